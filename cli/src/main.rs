@@ -1,0 +1,183 @@
+//! `meshfed`: the one binary. Thin: parses arguments, runs a subcommand, maps the outcome to
+//! an exit code (0 success, 1 problems found, 2 usage or I/O error).
+
+mod explain;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use meshfed_crds::diag::Severity;
+use meshfed_crds::manifests;
+use meshfed_crds::validate::{self, Input, Report};
+
+#[derive(Parser, Debug)]
+#[command(name = "meshfed", version, about = "Mesh federation gateway and peering service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the federation.maistra.io/v1 CRD manifests (or write one file per CRD).
+    Crds {
+        /// Write `<name>.yaml` files into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Also include meshfed's embedded-mode `Mesh` kind.
+        #[arg(long)]
+        include_mesh: bool,
+    },
+    /// Check YAML files (federation CRDs and Mesh files) against the schema and the semantic
+    /// rules; print every problem with file, document, line, field path and hint.
+    Validate {
+        /// Files to check; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = ReportFormat::Text)]
+        output: ReportFormat,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Dry run: what a mesh exports to and imports from each peer, under which hostnames,
+    /// which importAsLocal merges happen, and every conflict.
+    Explain {
+        /// Mesh file (a Mesh document plus its federation resources). The first one is
+        /// explained; the others supply the peers' exports.
+        #[arg(long = "mesh", required = true, value_name = "FILE")]
+        meshes: Vec<PathBuf>,
+        /// Only this peer (a ServiceMeshPeer name of the explained mesh).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Explain every given mesh, not only the first.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crds { out_dir, include_mesh } => crds(out_dir, include_mesh),
+        Command::Validate { files, output, strict } => validate_cmd(&files, output, strict),
+        Command::Explain { meshes, peer, all, output } => explain::run(&meshes, peer.as_deref(), all, output),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            crate::note(&format!("meshfed: {e:#}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `text` to standard output. A closed pipe (`meshfed … | head`) ends output quietly
+/// instead of failing.
+pub(crate) fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing standard output"),
+        _ => Ok(()),
+    }
+}
+
+/// Writes one line to standard error, ignoring failures (nothing better can be done).
+pub(crate) fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
+    let crds = if include_mesh { manifests::all_crds() } else { manifests::federation_crds() };
+    for crd in &crds {
+        let text = manifests::to_yaml(crd).context("serializing CRD")?;
+        match &out_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join(manifests::file_name(crd));
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                crate::note(&format!("wrote {}", path.display()));
+            }
+            None => emit(&text)?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the files (`-` is standard input) and validates them together.
+pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String>)> {
+    let mut texts = Vec::new();
+    for f in files {
+        let (name, text) = if f.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading standard input")?;
+            ("<stdin>".to_owned(), s)
+        } else {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", f.display(), e.utf8_error().valid_up_to())
+            })?;
+            (f.display().to_string(), text)
+        };
+        texts.push((name, text));
+    }
+    let inputs: Vec<Input<'_>> = texts.iter().map(|(f, t)| Input { file: f, text: t }).collect();
+    let report = validate::validate(&inputs);
+    Ok((report, texts.into_iter().map(|(f, _)| f).collect()))
+}
+
+fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result<ExitCode> {
+    let (mut report, names) = load_and_validate(files)?;
+    if strict {
+        for d in &mut report.diagnostics {
+            d.severity = Severity::Error;
+        }
+    }
+    match output {
+        ReportFormat::Json => {
+            let body = serde_json::json!({
+                "files": names,
+                "objects": report.objects.len(),
+                "errors": report.errors(),
+                "warnings": report.warnings(),
+                "diagnostics": report.diagnostics,
+            });
+            emit(&format!("{}\n", serde_json::to_string_pretty(&body)?))?;
+        }
+        ReportFormat::Text => {
+            let mut text = String::new();
+            for d in &report.diagnostics {
+                text.push_str(&format!("{d}\n"));
+            }
+            text.push_str(&format!(
+                "{} file(s), {} object(s): {} error(s), {} warning(s)\n",
+                names.len(),
+                report.objects.len(),
+                report.errors(),
+                report.warnings()
+            ));
+            emit(&text)?;
+        }
+    }
+    Ok(if report.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

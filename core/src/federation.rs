@@ -1,0 +1,187 @@
+//! A mesh's federation configuration as one value, and `explain`: what it exports to each peer,
+//! what it imports from each peer, which imports merge with local services, and every conflict.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::export::{ExportRule, ExportScope, ExportView, export_view_for};
+use crate::id::{Hostname, MeshName, Namespace, PeerName, SpiffeId, TrustDomain};
+use crate::import::{ImportConflict, ImportMapping, ImportPlan, ImportSet, RemoteService, combine, import_mapping};
+
+/// One `ServiceMeshPeer` with the service sets that carry its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub name: PeerName,
+    pub trust_domain: TrustDomain,
+    /// The peer egress gateway's identity, allowed to connect to us.
+    pub client_id: SpiffeId,
+    pub addresses: Vec<String>,
+    pub discovery_port: u16,
+    pub service_port: u16,
+    /// Rules of the `ExportedServiceSet` named after this peer (empty: nothing exported).
+    pub exports: Vec<ExportRule>,
+    /// The `ImportedServiceSet` named after this peer, if any.
+    pub imports: Option<ImportSet>,
+}
+
+/// One mesh: its identity, its services and its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshFederation {
+    pub mesh: MeshName,
+    pub trust_domain: TrustDomain,
+    /// The control-plane namespace, where the federation resources live.
+    pub namespace: Namespace,
+    pub catalog: Catalog,
+    pub peers: BTreeMap<PeerName, Peer>,
+}
+
+impl MeshFederation {
+    /// What `peer` may see of this mesh.
+    pub fn export_view(&self, peer: &Peer) -> ExportView {
+        let scope = ExportScope { peer: &peer.name, control_plane_namespace: Some(&self.namespace) };
+        export_view_for(scope, &peer.exports, &self.catalog)
+    }
+
+    /// This mesh's `ServiceMeshPeer` for the mesh with trust domain `td`.
+    pub fn peer_for(&self, td: &TrustDomain) -> Option<&Peer> {
+        self.peers.values().find(|p| &p.trust_domain == td)
+    }
+
+    /// The services this mesh exports to the mesh `importer`, as they arrive there.
+    pub fn exports_to(&self, importer: &MeshFederation) -> Option<Vec<RemoteService>> {
+        let peer = self.peer_for(&importer.trust_domain)?;
+        let view = self.export_view(peer);
+        Some(
+            view.services
+                .into_values()
+                .map(|s| {
+                    let accounts = self
+                        .catalog
+                        .get(&s.local)
+                        .map(|svc| {
+                            svc.service_accounts
+                                .iter()
+                                .filter_map(|sa| {
+                                    SpiffeId::for_service_account(&self.trust_domain, &s.local.namespace, sa).ok()
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    RemoteService {
+                        exported_name: s.exported_name,
+                        key: s.exported_as,
+                        ports: s.ports,
+                        service_accounts: accounts,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Where the import side of a peer stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state")]
+pub enum ImportSide {
+    /// No `ImportedServiceSet` carries this peer's name: nothing is imported.
+    NoImportedServiceSet,
+    /// The peer's configuration was not given, so its exports are unknown.
+    PeerExportsUnknown,
+    /// The peer's mesh has no `ServiceMeshPeer` for us, so it exports nothing to us.
+    PeerDoesNotPeerBack,
+    Mapped(ImportMapping),
+}
+
+/// Explanation of one peer relationship.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerExplanation {
+    pub peer: PeerName,
+    pub trust_domain: TrustDomain,
+    pub client_id: SpiffeId,
+    /// The peer's mesh, when its configuration was given.
+    pub remote_mesh: Option<MeshName>,
+    pub exports: ExportView,
+    pub imports: ImportSide,
+    /// Our exports to the peer that its import rules do not match (`ExportNotImported`).
+    pub exports_not_imported: Vec<Hostname>,
+}
+
+/// Explanation of one mesh's federation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub mesh: MeshName,
+    pub trust_domain: TrustDomain,
+    pub namespace: Namespace,
+    pub peers: Vec<PeerExplanation>,
+    /// Imports across all peers, with `importAsLocal` merges.
+    pub imports: ImportPlan,
+}
+
+impl Explanation {
+    /// Every conflict in the explanation, as (reason, description) pairs.
+    pub fn conflict_count(&self) -> usize {
+        self.imports.conflicts.len()
+            + self.peers.iter().map(|p| p.exports.conflicts.len()).sum::<usize>()
+    }
+
+    pub fn import_conflicts(&self) -> &[ImportConflict] {
+        &self.imports.conflicts
+    }
+}
+
+/// Explains `local`, using `others` (other meshes' configurations) for the import side.
+/// `only` restricts the per-peer sections to one peer; merges still account for every peer.
+pub fn explain(local: &MeshFederation, others: &[MeshFederation], only: Option<&PeerName>) -> Explanation {
+    let mut peers = Vec::new();
+    let mut mappings = Vec::new();
+    for peer in local.peers.values() {
+        let remote = others.iter().find(|m| m.trust_domain == peer.trust_domain);
+        let exports = local.export_view(peer);
+        let imports = match (&peer.imports, remote) {
+            (None, _) => ImportSide::NoImportedServiceSet,
+            (Some(_), None) => ImportSide::PeerExportsUnknown,
+            (Some(set), Some(remote)) => match remote.exports_to(local) {
+                None => ImportSide::PeerDoesNotPeerBack,
+                Some(services) => {
+                    let mapping = import_mapping(set, &services, &local.catalog);
+                    mappings.push(mapping.clone());
+                    ImportSide::Mapped(mapping)
+                }
+            },
+        };
+        let exports_not_imported = remote
+            .and_then(|r| {
+                let back = r.peer_for(&local.trust_domain)?;
+                let Some(set) = &back.imports else {
+                    return Some(exports.services.keys().cloned().collect());
+                };
+                let sent = local.exports_to(r)?;
+                Some(import_mapping(set, &sent, &r.catalog).unmatched)
+            })
+            .unwrap_or_default();
+        if only.is_none_or(|o| o == &peer.name) {
+            peers.push(PeerExplanation {
+                peer: peer.name.clone(),
+                trust_domain: peer.trust_domain.clone(),
+                client_id: peer.client_id.clone(),
+                remote_mesh: remote.map(|r| r.mesh.clone()),
+                exports,
+                imports,
+                exports_not_imported,
+            });
+        }
+    }
+    Explanation {
+        mesh: local.mesh.clone(),
+        trust_domain: local.trust_domain.clone(),
+        namespace: local.namespace.clone(),
+        peers,
+        imports: combine(&mappings, &local.catalog),
+    }
+}

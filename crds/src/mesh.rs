@@ -1,0 +1,70 @@
+//! `Mesh` (`meshfed.io/v1alpha1`): the embedded-mode description of one mesh — its identity
+//! and its services. Federation resources for the mesh sit beside it in the same file, in
+//! the namespace given here (the control-plane namespace).
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of meshfed's own embedded-mode kinds.
+pub const MESHFED_GROUP: &str = "meshfed.io";
+
+/// One mesh in embedded mode.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[kube(group = "meshfed.io", version = "v1alpha1", kind = "Mesh", plural = "meshes", namespaced)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// This mesh's SPIFFE trust domain, e.g. `alpha-mesh.local`. Required.
+    pub trust_domain: String,
+    /// DNS domain of local services (`<name>.<ns>.svc.<clusterDomain>`); default `cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+    /// Locality of this mesh's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<MeshLocality>,
+    /// Services of this mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<MeshService>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct MeshLocality {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subzone: Option<String>,
+}
+
+/// A service of the mesh.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshService {
+    /// Service name (DNS-1035 label).
+    pub name: String,
+    /// Namespace (DNS-1123 label).
+    pub namespace: String,
+    /// Labels, matched by `LabelSelector` export rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Ports; names must be unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<MeshServicePort>>,
+    /// Service accounts of the workloads behind the service; default `[<name>]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct MeshServicePort {
+    /// Port name (DNS-1123 label).
+    pub name: String,
+    /// Port number, 1–65535.
+    pub port: i32,
+    /// `HTTP`, `HTTP2`, `GRPC`, `TCP` or `TLS`; default `HTTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}

@@ -1,0 +1,627 @@
+//! Conversion of the wire types into `meshfed-core` domain values. Each function returns the
+//! converted value (skipping only what is invalid) together with every finding, so that
+//! `meshfed validate` and everything that consumes the model share one set of rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use meshfed_core::export::{ExportRule, ExportSelector};
+use meshfed_core::federation::Peer;
+use meshfed_core::import::{ImportRule, ImportSet};
+use meshfed_core::locality::Locality;
+use meshfed_core::mapping::{NameMapping, Pattern, PatternError};
+use meshfed_core::name::{self, NameError};
+use meshfed_core::selector::{LabelSelector, RawRequirement};
+use meshfed_core::{Catalog, Hostname, MeshName, Namespace, PeerName, Protocol, Service, ServicePort, SpiffeId, TrustDomain};
+
+use crate::common::{LABEL_SELECTOR, NAME_SELECTOR, ServiceNameMapping};
+use crate::diag::{FieldPath, Finding};
+use crate::exports::{ExportedServiceRule, ExportedServiceSetSpec};
+use crate::imports::ImportedServiceSetSpec;
+use crate::mesh::MeshSpec;
+use crate::peer::{DEFAULT_DISCOVERY_PORT, DEFAULT_SERVICE_PORT, ServiceMeshPeerSpec};
+
+/// Most addresses a peer may list.
+pub const MAX_ADDRESSES: usize = 64;
+/// Most rules one service set may hold.
+pub const MAX_RULES: usize = 1024;
+/// Most services one mesh file may define.
+pub const MAX_SERVICES: usize = 50_000;
+/// The cluster domain when a mesh does not set one.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Findings collected while converting one object.
+pub type Findings = Vec<Finding>;
+
+fn name_finding(path: FieldPath, e: &NameError) -> Finding {
+    Finding::error("InvalidName", path, e.to_string())
+}
+
+fn pattern_finding(path: FieldPath, e: &PatternError) -> Finding {
+    let reason = if e.reason() == "PartialWildcard" { "PartialWildcard" } else { "InvalidName" };
+    Finding::error(reason, path, e.to_string())
+}
+
+/// Parses a peer name (`metadata.name` of all three kinds).
+pub fn peer_name(name: &str, out: &mut Findings) -> Option<PeerName> {
+    match name.parse::<PeerName>() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            out.push(
+                Finding::error("InvalidPeerName", FieldPath::parse("metadata.name"), e.to_string()).hint(
+                    "peer names are DNS-1123 labels of at most 55 characters, so <peer>-exports and <peer>-imports stay valid DNS labels",
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn port(value: Option<i32>, default: i32, path: FieldPath, out: &mut Findings) -> Option<u16> {
+    let v = value.unwrap_or(default);
+    match u16::try_from(v) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            out.push(Finding::error("InvalidPort", path, format!("port {v} is outside 1–65535")));
+            None
+        }
+    }
+}
+
+fn check_address(addr: &str, path: FieldPath, out: &mut Findings) -> bool {
+    let bad = |reason: &'static str, msg: String, out: &mut Findings| {
+        out.push(Finding::error(reason, path.clone(), msg));
+        false
+    };
+    if addr.contains('%') {
+        return bad("InvalidAddress", format!("{addr:?} has an IPv6 zone id; zones are local to one host"), out);
+    }
+    if let Ok(ip) = addr.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        let reason = match ip {
+            _ if ip.is_unspecified() => Some("the unspecified address"),
+            _ if ip.is_multicast() => Some("a multicast address"),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V4(v4) if v4.octets() == [169, 254, 169, 254] => Some("the cloud metadata address"),
+            IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+            IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some("a link-local address"),
+            _ => None,
+        };
+        return match reason {
+            Some(r) => bad("InvalidAddress", format!("{addr:?} is {r}, not a peer gateway"), out),
+            None => true,
+        };
+    }
+    if let Some((host, p)) = addr.rsplit_once(':') {
+        if p.parse::<u16>().is_ok() {
+            out.push(
+                Finding::error("InvalidAddress", path, format!("{addr:?} includes a port"))
+                    .hint(format!("write {host:?} here and set remote.discoveryPort / remote.servicePort")),
+            );
+            return false;
+        }
+    }
+    if let Some(stripped) = addr.strip_suffix('.') {
+        out.push(
+            Finding::error("InvalidAddress", path, format!("{addr:?} ends with a dot"))
+                .hint(format!("write {stripped:?}")),
+        );
+        return false;
+    }
+    match addr.parse::<Hostname>() {
+        Ok(_) => true,
+        Err(e) => bad("InvalidAddress", format!("{addr:?} is neither an IP address nor a DNS name: {e}"), out),
+    }
+}
+
+/// Converts a `ServiceMeshPeer`. `name` is its `metadata.name`.
+pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) -> Option<Peer> {
+    let peer = peer_name(name, out);
+    let base = FieldPath::parse("spec");
+    let mut addresses = Vec::new();
+    let (mut discovery_port, mut service_port) = (None, None);
+    match &spec.remote {
+        None => out.push(
+            Finding::error("MissingField", base.key("remote"), "spec.remote is required to reach the peer")
+                .hint("set spec.remote.addresses to the peer's ingress gateway addresses"),
+        ),
+        Some(remote) => {
+            let path = base.key("remote").key("addresses");
+            let list = remote.addresses.as_deref().unwrap_or_default();
+            if list.is_empty() {
+                out.push(
+                    Finding::error("MissingAddresses", path.clone(), "no addresses: the peer cannot be reached")
+                        .hint("list the DNS names or IPs of the peer's ingress gateway"),
+                );
+            } else if list.len() > MAX_ADDRESSES {
+                out.push(Finding::error(
+                    "TooManyAddresses",
+                    path.clone(),
+                    format!("{} addresses; the limit is {MAX_ADDRESSES}", list.len()),
+                ));
+            } else {
+                let mut seen = BTreeSet::new();
+                for (i, a) in list.iter().enumerate() {
+                    if check_address(a, path.index(i), out) {
+                        if seen.insert(a.as_str()) {
+                            addresses.push(a.clone());
+                        } else {
+                            out.push(Finding::warning("DuplicateAddress", path.index(i), format!("{a:?} is listed twice")));
+                        }
+                    }
+                }
+            }
+            discovery_port = port(remote.discovery_port, DEFAULT_DISCOVERY_PORT, base.key("remote").key("discoveryPort"), out);
+            service_port = port(remote.service_port, DEFAULT_SERVICE_PORT, base.key("remote").key("servicePort"), out);
+            if discovery_port.is_some() && discovery_port == service_port {
+                out.push(Finding::error(
+                    "PortClash",
+                    base.key("remote").key("servicePort"),
+                    "servicePort equals discoveryPort; the gateway serves them on separate ports",
+                ));
+            }
+        }
+    }
+    if let Some(gw) = &spec.gateways {
+        for (which, r) in [("ingress", &gw.ingress), ("egress", &gw.egress)] {
+            if let Some(n) = r.as_ref().and_then(|r| r.name.as_deref()) {
+                if let Err(e) = name::dns1123_subdomain("gateway name", n) {
+                    out.push(name_finding(base.key("gateways").key(which).key("name"), &e));
+                }
+            }
+        }
+    }
+    let sec_path = base.key("security");
+    let Some(sec) = &spec.security else {
+        out.push(
+            Finding::error("MissingField", sec_path, "spec.security is required")
+                .hint("set security.trustDomain and security.clientID; meshfed never peers without authenticating the peer"),
+        );
+        return None;
+    };
+    let trust_domain = match sec.trust_domain.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            out.push(
+                Finding::error("MissingTrustDomain", sec_path.key("trustDomain"), "the peer's trust domain is required")
+                    .hint("by convention <peer>.local, e.g. beta-mesh.local"),
+            );
+            None
+        }
+        Some(td) => match td.parse::<TrustDomain>() {
+            Ok(td) => Some(td),
+            Err(e) => {
+                out.push(Finding::error("InvalidTrustDomain", sec_path.key("trustDomain"), e.to_string()));
+                None
+            }
+        },
+    };
+    let client_path = sec_path.key("clientID");
+    let client_id = match sec.client_id.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            out.push(
+                Finding::error("MissingClientID", client_path, "clientID is required")
+                    .hint("the peer egress gateway's identity, e.g. beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account; Maistra let an empty clientID admit everyone, meshfed refuses"),
+            );
+            None
+        }
+        Some(raw) => match SpiffeId::from_client_id(raw) {
+            Err(e) => {
+                out.push(
+                    Finding::error("InvalidClientID", client_path, e.to_string())
+                        .hint("write <trust-domain>/ns/<namespace>/sa/<service-account>"),
+                );
+                None
+            }
+            Ok(id) if !id.is_workload() => {
+                out.push(
+                    Finding::error("InvalidClientID", client_path, format!("clientID {raw:?} names a trust domain, not a workload"))
+                        .hint("write <trust-domain>/ns/<namespace>/sa/<service-account>"),
+                );
+                None
+            }
+            Ok(id) => {
+                if raw.starts_with("spiffe://") {
+                    out.push(
+                        Finding::warning("ClientIDHasScheme", client_path.clone(), "clientID starts with spiffe://")
+                            .hint(format!("Maistra expects {:?}; meshfed accepts both forms", id.to_client_id())),
+                    );
+                }
+                if let Some(td) = &trust_domain {
+                    if id.trust_domain() != td {
+                        out.push(
+                            Finding::error(
+                                "ClientIDTrustDomainMismatch",
+                                client_path,
+                                format!("clientID is in trust domain {:?}, but spec.security.trustDomain is {:?}", id.trust_domain().as_str(), td.as_str()),
+                            )
+                            .hint("the peer's egress gateway identity must be in the peer's trust domain"),
+                        );
+                        None
+                    } else {
+                        Some(id)
+                    }
+                } else {
+                    Some(id)
+                }
+            }
+        },
+    };
+    if let Some(chain) = &sec.certificate_chain {
+        let p = sec_path.key("certificateChain");
+        if !(chain.kind.is_empty() || chain.kind == "ConfigMap") {
+            out.push(
+                Finding::error("UnsupportedCertificateChainKind", p.key("kind"), format!("kind {:?} is not supported", chain.kind))
+                    .hint("use ConfigMap (key root-cert.pem), or exchange bundles with a peering token"),
+            );
+        }
+        if chain.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
+            out.push(Finding::error("UnsupportedCertificateChainKind", p.key("apiGroup"), "a ConfigMap has the core API group; leave apiGroup empty"));
+        }
+        if let Err(e) = name::dns1123_subdomain("ConfigMap name", &chain.name) {
+            out.push(name_finding(p.key("name"), &e));
+        }
+    }
+    Some(Peer {
+        name: peer?,
+        trust_domain: trust_domain?,
+        client_id: client_id?,
+        addresses,
+        discovery_port: discovery_port?,
+        service_port: service_port?,
+        exports: Vec::new(),
+        imports: None,
+    })
+}
+
+/// Converts a `nameSelector` (or an alias entry) at `path`.
+fn mapping(m: &ServiceNameMapping, path: &FieldPath, out: &mut Findings) -> Option<NameMapping> {
+    let mut ok = true;
+    let mut ns = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_namespace(s.unwrap_or("")) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(pattern_finding(p, &e));
+            ok = false;
+            Pattern::Any
+        }
+    };
+    let namespace = ns(m.namespace.as_deref(), path.key("namespace"), out);
+    let alias_namespace = ns(m.alias.as_ref().and_then(|a| a.namespace.as_deref()), path.key("alias").key("namespace"), out);
+    let mut nm = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_name(s.unwrap_or("")) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(pattern_finding(p, &e));
+            ok = false;
+            Pattern::Any
+        }
+    };
+    let name = nm(m.name.as_deref(), path.key("name"), out);
+    let alias_name = nm(m.alias.as_ref().and_then(|a| a.name.as_deref()), path.key("alias").key("name"), out);
+    let mapping = NameMapping { namespace, name, alias_namespace, alias_name };
+    if ok && mapping.collapses() {
+        out.push(
+            Finding::warning("AliasCollapses", path.key("alias"), "the alias gives every matching service the same name; only one of them can be used")
+                .hint("select one service by name, or alias only the namespace"),
+        );
+    }
+    ok.then_some(mapping)
+}
+
+/// True when rule `earlier` selects at least everything `later` does (name selectors only).
+fn covers(earlier: &NameMapping, later: &NameMapping) -> bool {
+    let ns = earlier.namespace == Pattern::Any || earlier.namespace == later.namespace;
+    let name = earlier.name == Pattern::Any || earlier.name == later.name;
+    ns && name
+}
+
+fn shadowing(mappings: &[(usize, NameMapping)], path: &FieldPath, out: &mut Findings) {
+    for (j, (idx_j, later)) in mappings.iter().enumerate() {
+        if let Some((idx_i, earlier)) = mappings[..j].iter().find(|(_, e)| covers(e, later)) {
+            let (reason, msg) = if earlier == later {
+                ("DuplicateRule", format!("rule {idx_j} repeats rule {idx_i}"))
+            } else {
+                ("UnreachableRule", format!("rule {idx_i} already matches every service rule {idx_j} matches"))
+            };
+            out.push(Finding::warning(reason, path.index(*idx_j), msg).hint("the first matching rule wins; move specific rules first or remove this one"));
+        }
+    }
+}
+
+fn too_many(n: usize, path: &FieldPath, out: &mut Findings) -> bool {
+    if n > MAX_RULES {
+        out.push(Finding::error("TooManyRules", path.clone(), format!("{n} rules; the limit is {MAX_RULES}")));
+        return true;
+    }
+    false
+}
+
+fn rule_type_error(t: &str, path: FieldPath, allowed: &str) -> Finding {
+    Finding::error("UnknownRuleType", path, format!("rule type {t:?} is not {allowed}"))
+        .hint("Maistra skipped such rules with a log line; meshfed rejects them so nothing is silently ignored")
+}
+
+fn export_rule(i: usize, rule: &ExportedServiceRule, path: &FieldPath, out: &mut Findings) -> Option<ExportRule> {
+    let p = path.index(i);
+    let selector = match rule.type_.as_str() {
+        NAME_SELECTOR => {
+            if rule.label_selector.is_some() {
+                out.push(Finding::warning("IgnoredSelector", p.key("labelSelector"), "labelSelector is ignored by a NameSelector rule"));
+            }
+            let Some(ns) = &rule.name_selector else {
+                out.push(Finding::error("MissingSelector", p.key("nameSelector"), "a NameSelector rule needs nameSelector"));
+                return None;
+            };
+            ExportSelector::Name(mapping(ns, &p.key("nameSelector"), out)?)
+        }
+        LABEL_SELECTOR => {
+            if rule.name_selector.is_some() {
+                out.push(Finding::warning("IgnoredSelector", p.key("nameSelector"), "nameSelector is ignored by a LabelSelector rule"));
+            }
+            let Some(ls) = &rule.label_selector else {
+                out.push(Finding::error("MissingSelector", p.key("labelSelector"), "a LabelSelector rule needs labelSelector"));
+                return None;
+            };
+            let lp = p.key("labelSelector");
+            let namespace = match Pattern::parse_namespace(ls.namespace.as_deref().unwrap_or("")) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    out.push(pattern_finding(lp.key("namespace"), &e));
+                    None
+                }
+            };
+            let empty = BTreeMap::new();
+            let exprs = ls.selector.match_expressions.as_deref().unwrap_or_default();
+            let selector = LabelSelector::new(
+                ls.selector.match_labels.as_ref().unwrap_or(&empty),
+                exprs.iter().map(|e| RawRequirement {
+                    key: &e.key,
+                    operator: &e.operator,
+                    values: e.values.as_deref().unwrap_or_default(),
+                }),
+            );
+            let selector = match selector {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    out.push(Finding::error(e.reason(), lp.key("selector").join(&e.field()), e.to_string()));
+                    None
+                }
+            };
+            let mut aliases = Vec::new();
+            let mut aliases_ok = true;
+            for (j, a) in ls.aliases.iter().flatten().enumerate() {
+                match mapping(a, &lp.key("aliases").index(j), out) {
+                    Some(m) => aliases.push(m),
+                    None => aliases_ok = false,
+                }
+            }
+            if !aliases_ok {
+                return None;
+            }
+            ExportSelector::Label { namespace: namespace?, selector: selector?, aliases }
+        }
+        other => {
+            out.push(rule_type_error(other, p.key("type"), "NameSelector or LabelSelector"));
+            return None;
+        }
+    };
+    let rule = ExportRule { index: i, selector };
+    if rule.selects_everything() {
+        out.push(
+            Finding::warning("ExportsEverything", p, "this rule exports every service in every namespace to the peer")
+                .hint("export only what the peer needs; name services or select them by label"),
+        );
+    }
+    Some(rule)
+}
+
+/// Converts an `ExportedServiceSet`'s rules, keeping the valid ones.
+pub fn convert_exports(spec: &ExportedServiceSetSpec, out: &mut Findings) -> Vec<ExportRule> {
+    let path = FieldPath::parse("spec.exportRules");
+    let rules = spec.export_rules.as_deref().unwrap_or_default();
+    if too_many(rules.len(), &path, out) {
+        return Vec::new();
+    }
+    let converted: Vec<ExportRule> =
+        rules.iter().enumerate().filter_map(|(i, r)| export_rule(i, r, &path, out)).collect();
+    let names: Vec<(usize, NameMapping)> = converted
+        .iter()
+        .filter_map(|r| match &r.selector {
+            ExportSelector::Name(m) => Some((r.index, m.clone())),
+            ExportSelector::Label { .. } => None,
+        })
+        .collect();
+    shadowing(&names, &path, out);
+    converted
+}
+
+fn domain_suffix(s: Option<&str>, path: FieldPath, cluster_domain: &str, out: &mut Findings) -> Option<Hostname> {
+    let s = s.filter(|s| !s.is_empty())?;
+    let parsed = match s.parse::<Hostname>() {
+        Ok(h) => h,
+        Err(e) => {
+            out.push(Finding::error("InvalidDomainSuffix", path, e.to_string()).hint("a DNS suffix such as alpha.remote, without leading or trailing dots"));
+            return None;
+        }
+    };
+    let local = format!("svc.{cluster_domain}");
+    if s == cluster_domain || s == local || s.ends_with(&format!(".{local}")) {
+        out.push(
+            Finding::error("LocalDomainSuffix", path, format!("domainSuffix {s:?} is the local service domain"))
+                .hint("use importAsLocal: true to merge with a local service; otherwise pick a separate suffix"),
+        );
+        return None;
+    }
+    Some(parsed)
+}
+
+/// Converts an `ImportedServiceSet`, keeping the valid rules. `cluster_domain` is the
+/// importer's (default `cluster.local`).
+pub fn convert_imports(peer: PeerName, spec: &ImportedServiceSetSpec, cluster_domain: &str, out: &mut Findings) -> ImportSet {
+    let base = FieldPath::parse("spec");
+    let suffix = domain_suffix(spec.domain_suffix.as_deref(), base.key("domainSuffix"), cluster_domain, out);
+    let locality = spec.locality.as_ref().and_then(|l| {
+        Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
+            .map_err(|e| {
+                out.push(
+                    Finding::error(e.reason(), base.key("locality").key(e.field()), e.to_string())
+                        .hint("a zone needs a region and a subzone needs a zone; Maistra dropped such a locality silently"),
+                )
+            })
+            .ok()
+            .flatten()
+    });
+    let path = base.key("importRules");
+    let rules_in = spec.import_rules.as_deref().unwrap_or_default();
+    let mut rules = Vec::new();
+    if !too_many(rules_in.len(), &path, out) {
+        for (i, r) in rules_in.iter().enumerate() {
+            let p = path.index(i);
+            match r.type_.as_str() {
+                NAME_SELECTOR => {}
+                LABEL_SELECTOR => {
+                    out.push(
+                        Finding::error("UnsupportedImportRuleType", p.key("type"), "import rules support only NameSelector")
+                            .hint("imports match exported names; Maistra's documentation mentions label selectors, but they never worked"),
+                    );
+                    continue;
+                }
+                other => {
+                    out.push(rule_type_error(other, p.key("type"), "NameSelector"));
+                    continue;
+                }
+            }
+            let Some(ns) = &r.name_selector else {
+                out.push(Finding::error("MissingSelector", p.key("nameSelector"), "a NameSelector rule needs nameSelector"));
+                continue;
+            };
+            let Some(m) = mapping(ns, &p.key("nameSelector"), out) else { continue };
+            let import_as_local = r.import_as_local.unwrap_or(false);
+            if import_as_local && m.alias_namespace.fixed().is_none() {
+                out.push(
+                    Finding::error("ImportAsLocalNeedsAliasNamespace", p.key("nameSelector").key("alias").key("namespace"), "importAsLocal needs a fixed alias namespace")
+                        .hint("set nameSelector.alias.namespace to the local namespace whose service the import merges with"),
+                );
+                continue;
+            }
+            let rule_suffix = domain_suffix(r.domain_suffix.as_deref(), p.key("domainSuffix"), cluster_domain, out);
+            if import_as_local && rule_suffix.is_some() {
+                out.push(Finding::warning("IgnoredDomainSuffix", p.key("domainSuffix"), "importAsLocal overrides domainSuffix"));
+            }
+            rules.push(ImportRule { index: i, mapping: m, domain_suffix: rule_suffix, import_as_local });
+        }
+    }
+    let names: Vec<(usize, NameMapping)> = rules.iter().map(|r| (r.index, r.mapping.clone())).collect();
+    shadowing(&names, &path, out);
+    ImportSet { peer, domain_suffix: suffix, locality, rules }
+}
+
+/// A converted `Mesh` document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshInfo {
+    pub name: MeshName,
+    pub namespace: Namespace,
+    pub trust_domain: TrustDomain,
+    pub locality: Option<Locality>,
+    pub catalog: Catalog,
+}
+
+/// Converts a `Mesh` document.
+pub fn convert_mesh(name: &str, namespace: Option<&str>, spec: &MeshSpec, out: &mut Findings) -> Option<MeshInfo> {
+    let base = FieldPath::parse("spec");
+    let mesh_name = name.parse::<MeshName>().map_err(|e| out.push(name_finding(FieldPath::parse("metadata.name"), &e))).ok();
+    let ns = match namespace {
+        None => {
+            out.push(
+                Finding::error("MissingNamespace", FieldPath::parse("metadata.namespace"), "a Mesh needs metadata.namespace")
+                    .hint("the mesh's control-plane namespace, where its federation resources live"),
+            );
+            None
+        }
+        Some(n) => n.parse::<Namespace>().map_err(|e| out.push(name_finding(FieldPath::parse("metadata.namespace"), &e))).ok(),
+    };
+    let td = spec
+        .trust_domain
+        .parse::<TrustDomain>()
+        .map_err(|e| out.push(Finding::error("InvalidTrustDomain", base.key("trustDomain"), e.to_string())))
+        .ok();
+    let cd_raw = spec.cluster_domain.as_deref().unwrap_or(DEFAULT_CLUSTER_DOMAIN);
+    let cluster_domain = cd_raw
+        .parse::<Hostname>()
+        .map_err(|e| out.push(Finding::error("InvalidName", base.key("clusterDomain"), e.to_string())))
+        .ok();
+    let locality = spec.locality.as_ref().and_then(|l| {
+        Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
+            .map_err(|e| out.push(Finding::error(e.reason(), base.key("locality").key(e.field()), e.to_string())))
+            .ok()
+            .flatten()
+    });
+    let mut catalog = Catalog::new(cluster_domain.clone().unwrap_or_else(|| {
+        #[allow(clippy::unwrap_used)] // a constant known to be valid
+        DEFAULT_CLUSTER_DOMAIN.parse().unwrap()
+    }));
+    let services = spec.services.as_deref().unwrap_or_default();
+    if services.len() > MAX_SERVICES {
+        out.push(Finding::error("TooManyServices", base.key("services"), format!("{} services; the limit is {MAX_SERVICES}", services.len())));
+    } else {
+        for (i, s) in services.iter().enumerate() {
+            if let Some(svc) = convert_service(s, &base.key("services").index(i), out) {
+                if let Err(e) = catalog.insert(svc) {
+                    out.push(Finding::error("DuplicateService", base.key("services").index(i), e.to_string()));
+                }
+            }
+        }
+    }
+    Some(MeshInfo { name: mesh_name?, namespace: ns?, trust_domain: td?, locality, catalog })
+        .filter(|_| cluster_domain.is_some())
+}
+
+fn convert_service(s: &crate::mesh::MeshService, p: &FieldPath, out: &mut Findings) -> Option<Service> {
+    let mut ok = true;
+    let name = s.name.parse().map_err(|e| out.push(name_finding(p.key("name"), &e))).ok();
+    let namespace = s.namespace.parse().map_err(|e| out.push(name_finding(p.key("namespace"), &e))).ok();
+    let labels = s.labels.clone().unwrap_or_default();
+    for (k, v) in &labels {
+        if let Err(e) = name::label_key(k) {
+            out.push(Finding::error("InvalidLabelKey", p.key("labels").key(k), e.to_string()));
+            ok = false;
+        } else if let Err(e) = name::label_value(v) {
+            out.push(Finding::error("InvalidLabelValue", p.key("labels").key(k), e.to_string()));
+            ok = false;
+        }
+    }
+    let mut ports = Vec::new();
+    let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
+    for (j, sp) in s.ports.iter().flatten().enumerate() {
+        let pp = p.key("ports").index(j);
+        if let Err(e) = name::dns1123_label("port name", &sp.name) {
+            out.push(name_finding(pp.key("name"), &e));
+            ok = false;
+        }
+        let number = port(Some(sp.port), 0, pp.key("port"), out);
+        let protocol = match sp.protocol.as_deref().unwrap_or("HTTP").parse::<Protocol>() {
+            Ok(pr) => Some(pr),
+            Err(e) => {
+                out.push(Finding::error("UnknownProtocol", pp.key("protocol"), e.to_string()));
+                None
+            }
+        };
+        if !names.insert(sp.name.clone()) || !numbers.insert(sp.port) {
+            out.push(Finding::error("DuplicatePort", pp, format!("port {} / {:?} is defined twice", sp.port, sp.name)));
+            ok = false;
+            continue;
+        }
+        match (number, protocol) {
+            (Some(port), Some(protocol)) => ports.push(ServicePort { name: sp.name.clone(), port, protocol }),
+            _ => ok = false,
+        }
+    }
+    let accounts = s.service_accounts.clone().unwrap_or_else(|| vec![s.name.clone()]);
+    for (j, sa) in accounts.iter().enumerate() {
+        if let Err(e) = name::dns1123_subdomain("service account", sa) {
+            out.push(name_finding(p.key("serviceAccounts").index(j), &e));
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(Service { key: meshfed_core::ServiceKey::new(namespace?, name?), labels, ports, service_accounts: accounts })
+}

@@ -1,0 +1,142 @@
+//! `ServiceMeshPeer`: how this mesh reaches and authenticates one peer.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::Condition;
+
+/// Default discovery port at the peer's addresses (Maistra's).
+pub const DEFAULT_DISCOVERY_PORT: i32 = 8188;
+/// Default service-traffic port at the peer's addresses (Maistra's).
+pub const DEFAULT_SERVICE_PORT: i32 = 15443;
+
+/// Configures federation with one peer mesh. The object's name is how this mesh names the peer.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "federation.maistra.io",
+    version = "v1",
+    kind = "ServiceMeshPeer",
+    plural = "servicemeshpeers",
+    namespaced,
+    status = "ServiceMeshPeerStatus",
+    category = "maistra-io"
+)]
+pub struct ServiceMeshPeerSpec {
+    /// Where the peer's ingress gateway is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<ServiceMeshPeerRemote>,
+    /// Local gateways serving this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<ServiceMeshPeerGateways>,
+    /// How the peer is authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<ServiceMeshPeerSecurity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMeshPeerRemote {
+    /// DNS names or IPs of the peer's ingress gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    /// Discovery port at those addresses; default 8188.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_port: Option<i32>,
+    /// Service-traffic port at those addresses; default 15443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceMeshPeerGateways {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<LocalObjectReference>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMeshPeerSecurity {
+    /// The peer egress gateway's identity, `<trust-domain>/ns/<ns>/sa/<sa>` (no `spiffe://`).
+    #[serde(rename = "clientID", default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The peer's trust domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// Where the peer's root certificate is (a ConfigMap with key `root-cert.pem`); default
+    /// `<peer>-ca-root-cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_chain: Option<TypedLocalObjectReference>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TypedLocalObjectReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMeshPeerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_status: Option<ServiceMeshPeerDiscoveryStatus>,
+    /// meshfed's addition: conditions with stable reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceMeshPeerDiscoveryStatus {
+    /// Control-plane pods whose outbound watch is connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<Vec<PodPeerDiscoveryStatus>>,
+    /// The other control-plane pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive: Option<Vec<PodPeerDiscoveryStatus>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PodPeerDiscoveryStatus {
+    pub pod: String,
+    /// The peer's inbound watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remotes: Option<Vec<DiscoveryRemoteStatus>>,
+    /// Our outbound watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<DiscoveryConnectionStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DiscoveryRemoteStatus {
+    pub source: String,
+    #[serde(flatten)]
+    pub connection: DiscoveryConnectionStatus,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryConnectionStatus {
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connected: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_full_sync: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disconnect: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disconnect_status: Option<String>,
+}
