@@ -13,7 +13,12 @@ use meshfed_core::import::{ImportConflict, ImportPlan};
 use crate::OutputFormat;
 use crate::table::Table;
 
-pub fn run(files: &[PathBuf], peer: Option<&str>, all: bool, output: OutputFormat) -> Result<ExitCode> {
+pub fn run(
+    files: &[PathBuf],
+    peer: Option<&str>,
+    all: bool,
+    output: OutputFormat,
+) -> Result<ExitCode> {
     let (report, names) = crate::load_and_validate(files)?;
     for d in &report.diagnostics {
         crate::note(&format!("{d}"));
@@ -25,39 +30,67 @@ pub fn run(files: &[PathBuf], peer: Option<&str>, all: bool, output: OutputForma
             .objects
             .iter()
             .zip(0..)
-            .filter(|(o, _)| &o.file == name && o.kind == meshfed_crds::validate::Kind::Mesh && o.converted.is_some())
+            .filter(|(o, _)| {
+                &o.file == name
+                    && o.kind == meshfed_crds::validate::Kind::Mesh
+                    && o.converted.is_some()
+            })
             .filter_map(|(o, _)| meshes.iter().find(|m| m.mesh.as_str() == o.name))
             .next()
         else {
-            bail!("{name}: no valid Mesh document (apiVersion meshfed.io/v1alpha1, kind Mesh); run `meshfed validate {name}`");
+            bail!(
+                "{name}: no valid Mesh document (apiVersion meshfed.io/v1alpha1, kind Mesh); run `meshfed validate {name}`"
+            );
         };
         by_file.push((name, m));
     }
     let only = match peer {
-        Some(p) => Some(p.parse::<PeerName>().with_context(|| format!("--peer {p:?}"))?),
+        Some(p) => Some(
+            p.parse::<PeerName>()
+                .with_context(|| format!("--peer {p:?}"))?,
+        ),
         None => None,
     };
-    let targets: Vec<&MeshFederation> =
-        if all { by_file.iter().map(|(_, m)| *m).collect() } else { by_file.iter().take(1).map(|(_, m)| *m).collect() };
+    let targets: Vec<&MeshFederation> = if all {
+        by_file.iter().map(|(_, m)| *m).collect()
+    } else {
+        by_file.iter().take(1).map(|(_, m)| *m).collect()
+    };
     let mut explanations = Vec::new();
     for local in targets {
         if let Some(p) = &only {
             if !all && !local.peers.contains_key(p) {
                 let known: Vec<&str> = local.peers.keys().map(PeerName::as_str).collect();
-                bail!("mesh {} has no ServiceMeshPeer {p:?}; its peers: {}", local.mesh, known.join(", "));
+                bail!(
+                    "mesh {} has no ServiceMeshPeer {:?}; its peers: {}",
+                    local.mesh,
+                    p.as_str(),
+                    known.join(", ")
+                );
             }
         }
-        let others: Vec<MeshFederation> =
-            by_file.iter().filter(|(_, m)| m.mesh != local.mesh).map(|(_, m)| (*m).clone()).collect();
+        let others: Vec<MeshFederation> = by_file
+            .iter()
+            .filter(|(_, m)| m.mesh != local.mesh)
+            .map(|(_, m)| (*m).clone())
+            .collect();
         explanations.push(explain(local, &others, only.as_ref()));
     }
     match output {
         OutputFormat::Json => {
-            let v = if all { serde_json::to_string_pretty(&explanations)? } else { serde_json::to_string_pretty(&explanations[0])? };
+            let v = if all {
+                serde_json::to_string_pretty(&explanations)?
+            } else {
+                serde_json::to_string_pretty(&explanations[0])?
+            };
             crate::emit(&format!("{v}\n"))?;
         }
         OutputFormat::Yaml => {
-            let v = if all { serde_saphyr::to_string(&explanations)? } else { serde_saphyr::to_string(&explanations[0])? };
+            let v = if all {
+                serde_saphyr::to_string(&explanations)?
+            } else {
+                serde_saphyr::to_string(&explanations[0])?
+            };
             crate::emit(&v)?;
         }
         OutputFormat::Table => {
@@ -66,12 +99,22 @@ pub fn run(files: &[PathBuf], peer: Option<&str>, all: bool, output: OutputForma
                 if i > 0 {
                     text.push('\n');
                 }
-                text.push_str(&render(e, by_file.iter().find(|(_, m)| m.mesh == e.mesh).map(|(_, m)| *m)));
+                text.push_str(&render(
+                    e,
+                    by_file
+                        .iter()
+                        .find(|(_, m)| m.mesh == e.mesh)
+                        .map(|(_, m)| *m),
+                ));
             }
             crate::emit(&text)?;
         }
     }
-    Ok(if report.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn render(e: &Explanation, mesh: Option<&MeshFederation>) -> String {
@@ -98,36 +141,71 @@ fn render(e: &Explanation, mesh: Option<&MeshFederation>) -> String {
 }
 
 fn render_peer(out: &mut String, p: &PeerExplanation) {
-    let remote = p.remote_mesh.as_ref().map_or_else(|| "configuration not given".to_owned(), |m| format!("mesh {m}"));
-    let _ = writeln!(out, "Peer {} — trust domain {}, client {}, {}", p.peer, p.trust_domain, p.client_id.to_client_id(), remote);
+    let remote = p.remote_mesh.as_ref().map_or_else(
+        || "configuration not given".to_owned(),
+        |m| format!("mesh {m}"),
+    );
+    let _ = writeln!(
+        out,
+        "Peer {} — trust domain {}, client {}, {}",
+        p.peer,
+        p.trust_domain,
+        p.client_id.to_client_id(),
+        remote
+    );
     render_exports(out, &p.exports);
     if !p.exports_not_imported.is_empty() {
-        let _ = writeln!(out, "  Exported but not imported by {} (ExportNotImported):", p.peer);
+        let _ = writeln!(
+            out,
+            "  Exported but not imported by {} (ExportNotImported):",
+            p.peer
+        );
         for h in &p.exports_not_imported {
             let _ = writeln!(out, "    {h}");
         }
     }
     match &p.imports {
         ImportSide::NoImportedServiceSet => {
-            let _ = writeln!(out, "  Imports from {}: none (no ImportedServiceSet named {})", p.peer, p.peer);
+            let _ = writeln!(
+                out,
+                "  Imports from {}: none (no ImportedServiceSet named {})",
+                p.peer, p.peer
+            );
         }
         ImportSide::PeerExportsUnknown => {
-            let _ = writeln!(out, "  Imports from {}: unknown — pass the peer's mesh file with another --mesh", p.peer);
+            let _ = writeln!(
+                out,
+                "  Imports from {}: unknown — pass the peer's mesh file with another --mesh",
+                p.peer
+            );
         }
         ImportSide::PeerDoesNotPeerBack => {
-            let _ = writeln!(out, "  Imports from {}: none — the peer has no ServiceMeshPeer for this mesh", p.peer);
+            let _ = writeln!(
+                out,
+                "  Imports from {}: none — the peer has no ServiceMeshPeer for this mesh",
+                p.peer
+            );
         }
         ImportSide::Mapped(m) => {
             let _ = writeln!(out, "  Imports from {} ({}):", p.peer, m.imports.len());
             if !m.imports.is_empty() {
                 let mut t = Table::new(&["EXPORTED NAME", "LOCAL HOSTNAME", "RULE", "MODE"]);
                 for i in &m.imports {
-                    let mode = if i.import_as_local { "importAsLocal".to_owned() } else { "imported".to_owned() };
+                    let mode = if i.import_as_local {
+                        "importAsLocal".to_owned()
+                    } else {
+                        "imported".to_owned()
+                    };
                     let mode = match &i.locality {
                         Some(l) => format!("{mode}, locality {l}"),
                         None => mode,
                     };
-                    t.row(vec![i.exported_name.to_string(), i.hostname.to_string(), format!("importRules[{}]", i.rule), mode]);
+                    t.row(vec![
+                        i.exported_name.to_string(),
+                        i.hostname.to_string(),
+                        format!("importRules[{}]", i.rule),
+                        mode,
+                    ]);
                 }
                 out.push_str(&t.render("    "));
             }
@@ -146,12 +224,20 @@ fn render_exports(out: &mut String, v: &ExportView) {
     if !v.services.is_empty() {
         let mut t = Table::new(&["LOCAL SERVICE", "EXPORTED AS", "RULE"]);
         for s in v.services.values() {
-            t.row(vec![s.local.to_string(), s.exported_name.to_string(), format!("exportRules[{}]", s.rule)]);
+            t.row(vec![
+                s.local.to_string(),
+                s.exported_name.to_string(),
+                format!("exportRules[{}]", s.rule),
+            ]);
         }
         out.push_str(&t.render("    "));
     }
     for s in &v.skipped {
-        let _ = writeln!(out, "    not exported: {} (exportRules[{}] matched; {})", s.local, s.rule, s.reason);
+        let _ = writeln!(
+            out,
+            "    not exported: {} (exportRules[{}] matched; {})",
+            s.local, s.rule, s.reason
+        );
     }
     for c in &v.conflicts {
         let _ = writeln!(
@@ -164,27 +250,53 @@ fn render_exports(out: &mut String, v: &ExportView) {
 
 fn describe_conflict(c: &ImportConflict) -> String {
     match c {
-        ImportConflict::DuplicateImportedHostname { hostname, winner_peer, winner, loser_peer, loser } => {
-            format!("{hostname}: {winner} from {winner_peer} wins over {loser} from {loser_peer}, which is not imported")
+        ImportConflict::DuplicateImportedHostname {
+            hostname,
+            winner_peer,
+            winner,
+            loser_peer,
+            loser,
+        } => {
+            format!(
+                "{hostname}: {winner} from {winner_peer} wins over {loser} from {loser_peer}, which is not imported"
+            )
         }
-        ImportConflict::ShadowsLocalService { hostname, peer, exported_name } => {
-            format!("{exported_name} from {peer} would take the local name {hostname}; not imported (use importAsLocal to merge)")
+        ImportConflict::ShadowsLocalService {
+            hostname,
+            peer,
+            exported_name,
+        } => {
+            format!(
+                "{exported_name} from {peer} would take the local name {hostname}; not imported (use importAsLocal to merge)"
+            )
         }
-        ImportConflict::ImportedNameTooLong { peer, exported_name } => {
-            format!("{exported_name} from {peer}: the imported hostname would exceed DNS limits; not imported")
+        ImportConflict::ImportedNameTooLong {
+            peer,
+            exported_name,
+        } => {
+            format!(
+                "{exported_name} from {peer}: the imported hostname would exceed DNS limits; not imported"
+            )
         }
     }
 }
 
 fn render_plan(out: &mut String, plan: &ImportPlan) {
-    let merges: Vec<_> = plan.services.values().filter(|s| s.groups.iter().any(|g| g.import_as_local)).collect();
+    let merges: Vec<_> = plan
+        .services
+        .values()
+        .filter(|s| s.groups.iter().any(|g| g.import_as_local))
+        .collect();
     if merges.is_empty() {
         let _ = writeln!(out, "importAsLocal merges: none");
     } else {
         let _ = writeln!(out, "importAsLocal merges ({}):", merges.len());
         let mut t = Table::new(&["HOSTNAME", "LOCAL ENDPOINTS", "PEER ENDPOINT GROUPS"]);
         for s in merges {
-            let local = s.local.as_ref().map_or_else(|| "none (no local service)".to_owned(), |k| k.to_string());
+            let local = s
+                .local
+                .as_ref()
+                .map_or_else(|| "none (no local service)".to_owned(), |k| k.to_string());
             let groups: Vec<String> = s
                 .groups
                 .iter()

@@ -14,7 +14,11 @@ use meshfed_crds::manifests;
 use meshfed_crds::validate::{self, Input, Report};
 
 #[derive(Parser, Debug)]
-#[command(name = "meshfed", version, about = "Mesh federation gateway and peering service")]
+#[command(
+    name = "meshfed",
+    version,
+    about = "Mesh federation gateway and peering service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,9 +81,21 @@ enum OutputFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crds { out_dir, include_mesh } => crds(out_dir, include_mesh),
-        Command::Validate { files, output, strict } => validate_cmd(&files, output, strict),
-        Command::Explain { meshes, peer, all, output } => explain::run(&meshes, peer.as_deref(), all, output),
+        Command::Crds {
+            out_dir,
+            include_mesh,
+        } => crds(out_dir, include_mesh),
+        Command::Validate {
+            files,
+            output,
+            strict,
+        } => validate_cmd(&files, output, strict),
+        Command::Explain {
+            meshes,
+            peer,
+            all,
+            output,
+        } => explain::run(&meshes, peer.as_deref(), all, output),
     };
     match result {
         Ok(code) => code,
@@ -96,7 +112,9 @@ pub(crate) fn emit(text: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing standard output"),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing standard output")
+        }
         _ => Ok(()),
     }
 }
@@ -108,14 +126,20 @@ pub(crate) fn note(line: &str) {
 }
 
 fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
-    let crds = if include_mesh { manifests::all_crds() } else { manifests::federation_crds() };
+    let crds = if include_mesh {
+        manifests::all_crds()
+    } else {
+        manifests::federation_crds()
+    };
     for crd in &crds {
         let text = manifests::to_yaml(crd).context("serializing CRD")?;
         match &out_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 let path = dir.join(manifests::file_name(crd));
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 crate::note(&format!("wrote {}", path.display()));
             }
             None => emit(&text)?,
@@ -130,18 +154,26 @@ pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String
     for f in files {
         let (name, text) = if f.as_os_str() == "-" {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading standard input")?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading standard input")?;
             ("<stdin>".to_owned(), s)
         } else {
             let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
             let text = String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", f.display(), e.utf8_error().valid_up_to())
+                anyhow::anyhow!(
+                    "{}: not UTF-8 text (invalid byte at offset {})",
+                    f.display(),
+                    e.utf8_error().valid_up_to()
+                )
             })?;
             (f.display().to_string(), text)
         };
         texts.push((name, text));
     }
-    let inputs: Vec<Input<'_>> = texts.iter().map(|(f, t)| Input { file: f, text: t }).collect();
+    let inputs: Vec<Input<'_>> = texts
+        .iter()
+        .map(|(f, t)| Input { file: f, text: t })
+        .collect();
     let report = validate::validate(&inputs);
     Ok((report, texts.into_iter().map(|(f, _)| f).collect()))
 }
@@ -179,5 +211,9 @@ fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result
             emit(&text)?;
         }
     }
-    Ok(if report.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

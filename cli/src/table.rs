@@ -10,7 +10,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Self { rows: vec![header.iter().map(|s| (*s).to_owned()).collect()] }
+        Self {
+            rows: vec![header.iter().map(|s| (*s).to_owned()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -21,7 +23,14 @@ impl Table {
     pub fn render(&self, indent: &str) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for row in &self.rows {

@@ -96,7 +96,10 @@ pub struct Catalog {
 impl Catalog {
     /// An empty catalog whose services live under `svc.<cluster_domain>`.
     pub fn new(cluster_domain: Hostname) -> Self {
-        Self { cluster_domain, services: BTreeMap::new() }
+        Self {
+            cluster_domain,
+            services: BTreeMap::new(),
+        }
     }
 
     pub fn cluster_domain(&self) -> &Hostname {
@@ -134,7 +137,10 @@ impl Catalog {
 
     /// The local service whose hostname is `host`, if any.
     pub fn by_hostname(&self, host: &Hostname) -> Option<&Service> {
-        let rest = host.as_str().strip_suffix(self.cluster_domain.as_str())?.strip_suffix(".svc.")?;
+        let rest = host
+            .as_str()
+            .strip_suffix(self.cluster_domain.as_str())?
+            .strip_suffix(".svc.")?;
         let (name, ns) = rest.split_once('.')?;
         let key = ServiceKey::new(ns.parse().ok()?, name.parse().ok()?);
         self.services.get(&key)
@@ -156,7 +162,12 @@ mod tests {
     fn lookups() {
         let mut c = Catalog::new("cluster.local".parse().unwrap());
         let key: ServiceKey = "shop/orders".parse().unwrap();
-        let svc = Service { key: key.clone(), labels: Labels::new(), ports: vec![], service_accounts: vec![] };
+        let svc = Service {
+            key: key.clone(),
+            labels: Labels::new(),
+            ports: vec![],
+            service_accounts: vec![],
+        };
         c.insert(svc.clone()).unwrap();
         assert_eq!(c.insert(svc).unwrap_err(), DuplicateService(key.clone()));
         let host: Hostname = "orders.shop.svc.cluster.local".parse().unwrap();

@@ -22,7 +22,11 @@ pub enum ExportSelector {
     Name(NameMapping),
     /// `LabelSelector`: a namespace filter and label selector, then the first fitting alias.
     #[serde(rename = "LabelSelector")]
-    Label { namespace: Pattern<Namespace>, selector: LabelSelector, aliases: Vec<NameMapping> },
+    Label {
+        namespace: Pattern<Namespace>,
+        selector: LabelSelector,
+        aliases: Vec<NameMapping>,
+    },
 }
 
 /// One export rule; `index` is its position in `spec.exportRules`.
@@ -38,11 +42,21 @@ impl ExportRule {
     pub fn exported_key(&self, service: &Service) -> Option<ServiceKey> {
         match &self.selector {
             ExportSelector::Name(m) => m.apply(&service.key),
-            ExportSelector::Label { namespace, selector, aliases } => {
-                if !namespace.matches(&service.key.namespace) || !selector.matches(&service.labels) {
+            ExportSelector::Label {
+                namespace,
+                selector,
+                aliases,
+            } => {
+                if !namespace.matches(&service.key.namespace) || !selector.matches(&service.labels)
+                {
                     return None;
                 }
-                Some(aliases.iter().find_map(|a| a.apply(&service.key)).unwrap_or_else(|| service.key.clone()))
+                Some(
+                    aliases
+                        .iter()
+                        .find_map(|a| a.apply(&service.key))
+                        .unwrap_or_else(|| service.key.clone()),
+                )
             }
         }
     }
@@ -51,9 +65,11 @@ impl ExportRule {
     pub fn selects_everything(&self) -> bool {
         match &self.selector {
             ExportSelector::Name(m) => m.selects_all(),
-            ExportSelector::Label { namespace, selector, .. } => {
-                *namespace == Pattern::Any && selector.is_empty()
-            }
+            ExportSelector::Label {
+                namespace,
+                selector,
+                ..
+            } => *namespace == Pattern::Any && selector.is_empty(),
         }
     }
 }
@@ -126,8 +142,17 @@ impl ExportView {
 }
 
 /// `<name>.<ns>.svc.<peer>-exports.local`.
-pub fn exported_hostname(peer: &PeerName, key: &ServiceKey) -> Result<Hostname, crate::name::NameError> {
-    Hostname::join(&[key.name.as_str(), key.namespace.as_str(), "svc", &format!("{peer}-exports"), "local"])
+pub fn exported_hostname(
+    peer: &PeerName,
+    key: &ServiceKey,
+) -> Result<Hostname, crate::name::NameError> {
+    Hostname::join(&[
+        key.name.as_str(),
+        key.namespace.as_str(),
+        "svc",
+        &format!("{peer}-exports"),
+        "local",
+    ])
 }
 
 fn is_reserved(key: &ServiceKey, scope: &ExportScope<'_>) -> bool {
@@ -137,21 +162,33 @@ fn is_reserved(key: &ServiceKey, scope: &ExportScope<'_>) -> bool {
 }
 
 /// Computes what `scope.peer` may see of `catalog` under `rules`.
-pub fn export_view_for(scope: ExportScope<'_>, rules: &[ExportRule], catalog: &Catalog) -> ExportView {
+pub fn export_view_for(
+    scope: ExportScope<'_>,
+    rules: &[ExportRule],
+    catalog: &Catalog,
+) -> ExportView {
     let mut claims: BTreeMap<Hostname, Vec<(usize, &Service, ServiceKey)>> = BTreeMap::new();
     let mut skipped = Vec::new();
     for service in catalog.iter() {
-        let Some((rule, exported_as)) =
-            rules.iter().find_map(|r| r.exported_key(service).map(|k| (r.index, k)))
+        let Some((rule, exported_as)) = rules
+            .iter()
+            .find_map(|r| r.exported_key(service).map(|k| (r.index, k)))
         else {
             continue;
         };
         if is_reserved(&service.key, &scope) {
-            skipped.push(SkippedExport { local: service.key.clone(), rule, reason: "ReservedService" });
+            skipped.push(SkippedExport {
+                local: service.key.clone(),
+                rule,
+                reason: "ReservedService",
+            });
             continue;
         }
         match exported_hostname(scope.peer, &exported_as) {
-            Ok(host) => claims.entry(host).or_default().push((rule, service, exported_as)),
+            Ok(host) => claims
+                .entry(host)
+                .or_default()
+                .push((rule, service, exported_as)),
             Err(_) => skipped.push(SkippedExport {
                 local: service.key.clone(),
                 rule,
@@ -164,7 +201,9 @@ pub fn export_view_for(scope: ExportScope<'_>, rules: &[ExportRule], catalog: &C
     for (host, mut claimants) in claims {
         claimants.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
         let mut it = claimants.into_iter();
-        let Some((rule, winner, exported_as)) = it.next() else { continue };
+        let Some((rule, winner, exported_as)) = it.next() else {
+            continue;
+        };
         for (loser_rule, loser, _) in it {
             conflicts.push(ExportConflict {
                 exported_name: host.clone(),
@@ -175,7 +214,11 @@ pub fn export_view_for(scope: ExportScope<'_>, rules: &[ExportRule], catalog: &C
             });
         }
         let Ok(local_hostname) = catalog.hostname_of(&winner.key) else {
-            skipped.push(SkippedExport { local: winner.key.clone(), rule, reason: "ExportedNameTooLong" });
+            skipped.push(SkippedExport {
+                local: winner.key.clone(),
+                rule,
+                reason: "ExportedNameTooLong",
+            });
             continue;
         };
         services.insert(
@@ -190,7 +233,12 @@ pub fn export_view_for(scope: ExportScope<'_>, rules: &[ExportRule], catalog: &C
             },
         );
     }
-    ExportView { peer: scope.peer.clone(), services, conflicts, skipped }
+    ExportView {
+        peer: scope.peer.clone(),
+        services,
+        conflicts,
+        skipped,
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +249,10 @@ mod tests {
     fn svc(key: &str, labels: &[(&str, &str)]) -> Service {
         Service {
             key: key.parse().unwrap(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Labels>(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Labels>(),
             ports: vec![],
             service_accounts: vec![],
         }
@@ -232,7 +283,10 @@ mod tests {
         let cat = catalog(vec![
             svc("shop-prod/orders-v2", &[]),
             svc("shop-prod/cart", &[("federation-export", "true")]),
-            svc("shop-prod/ledger", &[("federation-export", "true"), ("tier", "internal")]),
+            svc(
+                "shop-prod/ledger",
+                &[("federation-export", "true"), ("tier", "internal")],
+            ),
             svc("shop-prod/search", &[]),
         ]);
         let vals = vec!["internal".to_string()];
@@ -243,7 +297,11 @@ mod tests {
                 namespace: Pattern::parse_namespace("shop-prod").unwrap(),
                 selector: LabelSelector::new(
                     ml.iter(),
-                    [RawRequirement { key: "tier", operator: "NotIn", values: &vals }],
+                    [RawRequirement {
+                        key: "tier",
+                        operator: "NotIn",
+                        values: &vals,
+                    }],
                 )
                 .unwrap(),
                 aliases: vec![NameMapping {
@@ -254,17 +312,35 @@ mod tests {
                 }],
             },
         };
-        let rules = vec![name_rule(0, "shop-prod", "orders-v2", "shop", "orders"), label_rule];
+        let rules = vec![
+            name_rule(0, "shop-prod", "orders-v2", "shop", "orders"),
+            label_rule,
+        ];
         let peer: PeerName = "beta-mesh".parse().unwrap();
-        let view = export_view_for(ExportScope { peer: &peer, control_plane_namespace: None }, &rules, &cat);
+        let view = export_view_for(
+            ExportScope {
+                peer: &peer,
+                control_plane_namespace: None,
+            },
+            &rules,
+            &cat,
+        );
         let names: Vec<_> = view.services.keys().map(|h| h.as_str()).collect();
         assert_eq!(
             names,
-            vec!["cart.shop.svc.beta-mesh-exports.local", "orders.shop.svc.beta-mesh-exports.local"]
+            vec![
+                "cart.shop.svc.beta-mesh-exports.local",
+                "orders.shop.svc.beta-mesh-exports.local"
+            ]
         );
-        let orders = &view.services[&"orders.shop.svc.beta-mesh-exports.local".parse::<Hostname>().unwrap()];
+        let orders = &view.services[&"orders.shop.svc.beta-mesh-exports.local"
+            .parse::<Hostname>()
+            .unwrap()];
         assert_eq!(orders.local.to_string(), "shop-prod/orders-v2");
-        assert_eq!(orders.local_hostname.as_str(), "orders-v2.shop-prod.svc.cluster.local");
+        assert_eq!(
+            orders.local_hostname.as_str(),
+            "orders-v2.shop-prod.svc.cluster.local"
+        );
         assert_eq!(orders.rule, 0);
         assert!(view.conflicts.is_empty());
     }
@@ -272,9 +348,19 @@ mod tests {
     #[test]
     fn conflicts_pick_earliest_rule_then_key() {
         let cat = catalog(vec![svc("a/x", &[]), svc("b/x", &[]), svc("c/y", &[])]);
-        let rules = vec![name_rule(0, "c", "y", "z", "x"), name_rule(1, "*", "x", "z", "*")];
+        let rules = vec![
+            name_rule(0, "c", "y", "z", "x"),
+            name_rule(1, "*", "x", "z", "*"),
+        ];
         let peer: PeerName = "p".parse().unwrap();
-        let view = export_view_for(ExportScope { peer: &peer, control_plane_namespace: None }, &rules, &cat);
+        let view = export_view_for(
+            ExportScope {
+                peer: &peer,
+                control_plane_namespace: None,
+            },
+            &rules,
+            &cat,
+        );
         assert_eq!(view.services.len(), 1);
         let (_, winner) = view.services.iter().next().unwrap();
         assert_eq!(winner.local.to_string(), "c/y");
@@ -284,11 +370,22 @@ mod tests {
 
     #[test]
     fn reserved_services_never_export() {
-        let cat = catalog(vec![svc("alpha-system/discovery", &[]), svc("default/kubernetes", &[]), svc("shop/a", &[])]);
+        let cat = catalog(vec![
+            svc("alpha-system/discovery", &[]),
+            svc("default/kubernetes", &[]),
+            svc("shop/a", &[]),
+        ]);
         let rules = vec![name_rule(0, "*", "*", "*", "*")];
         let peer: PeerName = "p".parse().unwrap();
         let ns: Namespace = "alpha-system".parse().unwrap();
-        let view = export_view_for(ExportScope { peer: &peer, control_plane_namespace: Some(&ns) }, &rules, &cat);
+        let view = export_view_for(
+            ExportScope {
+                peer: &peer,
+                control_plane_namespace: Some(&ns),
+            },
+            &rules,
+            &cat,
+        );
         assert_eq!(view.services.len(), 1);
         assert_eq!(view.skipped.len(), 2);
         assert!(view.skipped.iter().all(|s| s.reason == "ReservedService"));

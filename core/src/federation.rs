@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::export::{ExportRule, ExportScope, ExportView, export_view_for};
 use crate::id::{Hostname, MeshName, Namespace, PeerName, SpiffeId, TrustDomain};
-use crate::import::{ImportConflict, ImportMapping, ImportPlan, ImportSet, RemoteService, combine, import_mapping};
+use crate::import::{
+    ImportConflict, ImportMapping, ImportPlan, ImportSet, RemoteService, combine, import_mapping,
+};
 
 /// One `ServiceMeshPeer` with the service sets that carry its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,7 +44,10 @@ pub struct MeshFederation {
 impl MeshFederation {
     /// What `peer` may see of this mesh.
     pub fn export_view(&self, peer: &Peer) -> ExportView {
-        let scope = ExportScope { peer: &peer.name, control_plane_namespace: Some(&self.namespace) };
+        let scope = ExportScope {
+            peer: &peer.name,
+            control_plane_namespace: Some(&self.namespace),
+        };
         export_view_for(scope, &peer.exports, &self.catalog)
     }
 
@@ -66,7 +71,12 @@ impl MeshFederation {
                             svc.service_accounts
                                 .iter()
                                 .filter_map(|sa| {
-                                    SpiffeId::for_service_account(&self.trust_domain, &s.local.namespace, sa).ok()
+                                    SpiffeId::for_service_account(
+                                        &self.trust_domain,
+                                        &s.local.namespace,
+                                        sa,
+                                    )
+                                    .ok()
                                 })
                                 .collect()
                         })
@@ -127,7 +137,11 @@ impl Explanation {
     /// Every conflict in the explanation, as (reason, description) pairs.
     pub fn conflict_count(&self) -> usize {
         self.imports.conflicts.len()
-            + self.peers.iter().map(|p| p.exports.conflicts.len()).sum::<usize>()
+            + self
+                .peers
+                .iter()
+                .map(|p| p.exports.conflicts.len())
+                .sum::<usize>()
     }
 
     pub fn import_conflicts(&self) -> &[ImportConflict] {
@@ -137,7 +151,11 @@ impl Explanation {
 
 /// Explains `local`, using `others` (other meshes' configurations) for the import side.
 /// `only` restricts the per-peer sections to one peer; merges still account for every peer.
-pub fn explain(local: &MeshFederation, others: &[MeshFederation], only: Option<&PeerName>) -> Explanation {
+pub fn explain(
+    local: &MeshFederation,
+    others: &[MeshFederation],
+    only: Option<&PeerName>,
+) -> Explanation {
     let mut peers = Vec::new();
     let mut mappings = Vec::new();
     for peer in local.peers.values() {

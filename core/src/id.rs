@@ -190,7 +190,10 @@ fn check_trust_domain(s: &str) -> Result<(), SpiffeIdError> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
     {
-        return Err(SpiffeIdError::TrustDomainChar { value: Shown::new(s), ch });
+        return Err(SpiffeIdError::TrustDomainChar {
+            value: Shown::new(s),
+            ch,
+        });
     }
     if s.split('.').any(str::is_empty) {
         return Err(SpiffeIdError::TrustDomainEmptyLabel(Shown::new(s)));
@@ -211,14 +214,22 @@ const SCHEME: &str = "spiffe://";
 
 impl SpiffeId {
     /// The ID of a Kubernetes service account: `spiffe://<td>/ns/<ns>/sa/<sa>`.
-    pub fn for_service_account(td: &TrustDomain, ns: &Namespace, sa: &str) -> Result<Self, SpiffeIdError> {
+    pub fn for_service_account(
+        td: &TrustDomain,
+        ns: &Namespace,
+        sa: &str,
+    ) -> Result<Self, SpiffeIdError> {
         format!("{SCHEME}{td}/ns/{ns}/sa/{sa}").parse()
     }
 
     /// Parses Maistra's `spec.security.clientID` form, which omits `spiffe://`
     /// (`<td>/ns/<ns>/sa/<sa>`); the full form is accepted too.
     pub fn from_client_id(s: &str) -> Result<Self, SpiffeIdError> {
-        if s.starts_with(SCHEME) { s.parse() } else { format!("{SCHEME}{s}").parse() }
+        if s.starts_with(SCHEME) {
+            s.parse()
+        } else {
+            format!("{SCHEME}{s}").parse()
+        }
     }
 
     /// Parses an ID that must name a workload (non-empty path).
@@ -260,7 +271,9 @@ impl FromStr for SpiffeId {
         if s.len() > MAX_SPIFFE_ID {
             return Err(SpiffeIdError::TooLong(Shown::new(s)));
         }
-        let rest = s.strip_prefix(SCHEME).ok_or_else(|| SpiffeIdError::BadScheme(Shown::new(s)))?;
+        let rest = s
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| SpiffeIdError::BadScheme(Shown::new(s)))?;
         if rest.contains(['?', '#']) {
             return Err(SpiffeIdError::QueryOrFragment(Shown::new(s)));
         }
@@ -285,14 +298,21 @@ impl FromStr for SpiffeId {
                     "." | ".." => return Err(SpiffeIdError::DotSegment(Shown::new(s))),
                     _ => {}
                 }
-                if let Some(ch) =
-                    seg.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+                if let Some(ch) = seg
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
                 {
-                    return Err(SpiffeIdError::PathChar { value: Shown::new(s), ch });
+                    return Err(SpiffeIdError::PathChar {
+                        value: Shown::new(s),
+                        ch,
+                    });
                 }
             }
         }
-        Ok(Self { trust_domain: TrustDomain(td.to_owned()), path: path.to_owned() })
+        Ok(Self {
+            trust_domain: TrustDomain(td.to_owned()),
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -347,15 +367,25 @@ impl ServiceKey {
 
     /// `<name>.<namespace>.svc.<cluster_domain>`.
     pub fn hostname_in(&self, cluster_domain: &Hostname) -> Result<Hostname, NameError> {
-        Hostname::join(&[self.name.as_str(), self.namespace.as_str(), "svc", cluster_domain.as_str()])
+        Hostname::join(&[
+            self.name.as_str(),
+            self.namespace.as_str(),
+            "svc",
+            cluster_domain.as_str(),
+        ])
     }
 }
 
 impl FromStr for ServiceKey {
     type Err = ServiceKeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ns, name) = s.split_once('/').ok_or_else(|| ServiceKeyError::Shape(Shown::new(s)))?;
-        Ok(Self { namespace: ns.parse()?, name: name.parse()? })
+        let (ns, name) = s
+            .split_once('/')
+            .ok_or_else(|| ServiceKeyError::Shape(Shown::new(s)))?;
+        Ok(Self {
+            namespace: ns.parse()?,
+            name: name.parse()?,
+        })
     }
 }
 
@@ -397,7 +427,11 @@ mod tests {
         assert!(!root.is_workload());
         // a dotted IPv4 address is a plain name
         assert!("spiffe://10.0.0.1/x".parse::<SpiffeId>().is_ok());
-        assert!("spiffe://td/Path_With.Mixed-Case".parse::<SpiffeId>().is_ok());
+        assert!(
+            "spiffe://td/Path_With.Mixed-Case"
+                .parse::<SpiffeId>()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -411,7 +445,9 @@ mod tests {
         // ID3
         assert_eq!(reason("spiffe:///x"), "EmptyTrustDomain");
         assert_eq!(
-            SpiffeId::parse_workload("spiffe://td").unwrap_err().reason(),
+            SpiffeId::parse_workload("spiffe://td")
+                .unwrap_err()
+                .reason(),
             "MissingPath"
         );
         assert_eq!(reason("spiffe://td/"), "TrailingSlash");
@@ -428,7 +464,10 @@ mod tests {
         // ID6
         let long = format!("spiffe://td/{}", "a".repeat(2040));
         assert_eq!(reason(&long), "SpiffeIdTooLong");
-        assert_eq!(reason(&format!("spiffe://{}/x", "a".repeat(256))), "TrustDomainTooLong");
+        assert_eq!(
+            reason(&format!("spiffe://{}/x", "a".repeat(256))),
+            "TrustDomainTooLong"
+        );
         // ID7
         assert_eq!(reason("spiffe://td./x"), "TrustDomainEmptyLabel");
         assert_eq!(reason("spiffe://td/x y"), "InvalidPathCharacter");
@@ -454,14 +493,28 @@ mod tests {
     fn service_keys() {
         let k: ServiceKey = "shop/orders".parse().unwrap();
         assert_eq!(k.to_string(), "shop/orders");
-        assert_eq!(k.hostname_in(&"cluster.local".parse().unwrap()).unwrap().as_str(), "orders.shop.svc.cluster.local");
-        assert_eq!("shop".parse::<ServiceKey>().unwrap_err().reason(), "BadServiceKey");
-        assert_eq!("shop/1abc".parse::<ServiceKey>().unwrap_err().reason(), "BadStart");
+        assert_eq!(
+            k.hostname_in(&"cluster.local".parse().unwrap())
+                .unwrap()
+                .as_str(),
+            "orders.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            "shop".parse::<ServiceKey>().unwrap_err().reason(),
+            "BadServiceKey"
+        );
+        assert_eq!(
+            "shop/1abc".parse::<ServiceKey>().unwrap_err().reason(),
+            "BadStart"
+        );
     }
 
     #[test]
     fn peer_names_leave_room_for_suffixes() {
         assert!("a".repeat(55).parse::<PeerName>().is_ok());
-        assert_eq!("a".repeat(56).parse::<PeerName>().unwrap_err().reason(), "TooLong");
+        assert_eq!(
+            "a".repeat(56).parse::<PeerName>().unwrap_err().reason(),
+            "TooLong"
+        );
     }
 }

@@ -80,9 +80,16 @@ pub enum ImportConflict {
         loser: Hostname,
     },
     /// A non-`importAsLocal` import would take a name in the local cluster domain.
-    ShadowsLocalService { hostname: Hostname, peer: PeerName, exported_name: Hostname },
+    ShadowsLocalService {
+        hostname: Hostname,
+        peer: PeerName,
+        exported_name: Hostname,
+    },
     /// The computed hostname is not a valid DNS name (too long).
-    ImportedNameTooLong { peer: PeerName, exported_name: Hostname },
+    ImportedNameTooLong {
+        peer: PeerName,
+        exported_name: Hostname,
+    },
 }
 
 impl ImportConflict {
@@ -120,7 +127,12 @@ fn imports_suffix(peer: &PeerName) -> String {
 }
 
 impl ImportSet {
-    fn hostname_for(&self, rule: &ImportRule, key: &ServiceKey, catalog: &Catalog) -> Option<Hostname> {
+    fn hostname_for(
+        &self,
+        rule: &ImportRule,
+        key: &ServiceKey,
+        catalog: &Catalog,
+    ) -> Option<Hostname> {
         if rule.import_as_local {
             return key.hostname_in(catalog.cluster_domain()).ok();
         }
@@ -134,7 +146,11 @@ impl ImportSet {
 
 /// Maps a peer's exports through `set`. `catalog` is the importer's own catalog (for the
 /// cluster domain and to keep non-local imports out of local names).
-pub fn import_mapping(set: &ImportSet, exports: &[RemoteService], catalog: &Catalog) -> ImportMapping {
+pub fn import_mapping(
+    set: &ImportSet,
+    exports: &[RemoteService],
+    catalog: &Catalog,
+) -> ImportMapping {
     let mut sorted: Vec<&RemoteService> = exports.iter().collect();
     sorted.sort();
     sorted.dedup_by(|a, b| a.exported_name == b.exported_name);
@@ -142,8 +158,10 @@ pub fn import_mapping(set: &ImportSet, exports: &[RemoteService], catalog: &Cata
     let mut unmatched = Vec::new();
     let mut conflicts = Vec::new();
     for remote in sorted {
-        let Some((rule, local_key)) =
-            set.rules.iter().find_map(|r| r.mapping.apply(&remote.key).map(|k| (r, k)))
+        let Some((rule, local_key)) = set
+            .rules
+            .iter()
+            .find_map(|r| r.mapping.apply(&remote.key).map(|k| (r, k)))
         else {
             unmatched.push(remote.exported_name.clone());
             continue;
@@ -163,17 +181,20 @@ pub fn import_mapping(set: &ImportSet, exports: &[RemoteService], catalog: &Cata
             });
             continue;
         }
-        claims.entry(hostname.clone()).or_default().push(ImportedService {
-            peer: set.peer.clone(),
-            exported_name: remote.exported_name.clone(),
-            local_key,
-            hostname,
-            rule: rule.index,
-            import_as_local: rule.import_as_local,
-            locality: set.locality.clone(),
-            ports: remote.ports.clone(),
-            service_accounts: remote.service_accounts.clone(),
-        });
+        claims
+            .entry(hostname.clone())
+            .or_default()
+            .push(ImportedService {
+                peer: set.peer.clone(),
+                exported_name: remote.exported_name.clone(),
+                local_key,
+                hostname,
+                rule: rule.index,
+                import_as_local: rule.import_as_local,
+                locality: set.locality.clone(),
+                ports: remote.ports.clone(),
+                service_accounts: remote.service_accounts.clone(),
+            });
     }
     let mut imports = Vec::new();
     for (hostname, mut claimants) in claims {
@@ -192,7 +213,12 @@ pub fn import_mapping(set: &ImportSet, exports: &[RemoteService], catalog: &Cata
         imports.push(winner);
     }
     imports.sort_by(|a, b| a.exported_name.cmp(&b.exported_name));
-    ImportMapping { peer: set.peer.clone(), imports, unmatched, conflicts }
+    ImportMapping {
+        peer: set.peer.clone(),
+        imports,
+        unmatched,
+        conflicts,
+    }
 }
 
 /// One local hostname after all peers' imports are combined.
@@ -231,11 +257,14 @@ pub fn combine(mappings: &[ImportMapping], catalog: &Catalog) -> ImportPlan {
     for mapping in ordered {
         conflicts.extend(mapping.conflicts.iter().cloned());
         for import in &mapping.imports {
-            let planned = services.entry(import.hostname.clone()).or_insert_with(|| PlannedService {
-                hostname: import.hostname.clone(),
-                local: catalog.by_hostname(&import.hostname).map(|s| s.key.clone()),
-                groups: Vec::new(),
-            });
+            let planned =
+                services
+                    .entry(import.hostname.clone())
+                    .or_insert_with(|| PlannedService {
+                        hostname: import.hostname.clone(),
+                        local: catalog.by_hostname(&import.hostname).map(|s| s.key.clone()),
+                        groups: Vec::new(),
+                    });
             match planned.groups.first() {
                 Some(first) if !(first.import_as_local && import.import_as_local) => {
                     conflicts.push(ImportConflict::DuplicateImportedHostname {
@@ -250,7 +279,10 @@ pub fn combine(mappings: &[ImportMapping], catalog: &Catalog) -> ImportPlan {
             }
         }
     }
-    ImportPlan { services, conflicts }
+    ImportPlan {
+        services,
+        conflicts,
+    }
 }
 
 #[cfg(test)]
@@ -263,16 +295,26 @@ mod tests {
     fn remote(peer_suffix: &str, key: &str) -> RemoteService {
         let key: ServiceKey = key.parse().unwrap();
         RemoteService {
-            exported_name: format!("{}.{}.svc.{peer_suffix}-exports.local", key.name, key.namespace)
-                .parse()
-                .unwrap(),
+            exported_name: format!(
+                "{}.{}.svc.{peer_suffix}-exports.local",
+                key.name, key.namespace
+            )
+            .parse()
+            .unwrap(),
             key,
             ports: vec![],
             service_accounts: vec![],
         }
     }
 
-    fn rule(index: usize, ns: &str, name: &str, alias: Option<(&str, &str)>, suffix: Option<&str>, local: bool) -> ImportRule {
+    fn rule(
+        index: usize,
+        ns: &str,
+        name: &str,
+        alias: Option<(&str, &str)>,
+        suffix: Option<&str>,
+        local: bool,
+    ) -> ImportRule {
         let (ans, aname) = alias.unwrap_or(("", ""));
         ImportRule {
             index,
@@ -289,8 +331,13 @@ mod tests {
 
     fn local_catalog() -> Catalog {
         let mut c = Catalog::new("cluster.local".parse().unwrap());
-        c.insert(Service { key: "shop/orders".parse().unwrap(), labels: Labels::new(), ports: vec![], service_accounts: vec![] })
-            .unwrap();
+        c.insert(Service {
+            key: "shop/orders".parse().unwrap(),
+            labels: Labels::new(),
+            ports: vec![],
+            service_accounts: vec![],
+        })
+        .unwrap();
         c
     }
 
@@ -309,20 +356,35 @@ mod tests {
                 rule(1, "shop", "*", None, Some("alpha.remote"), false),
             ],
         };
-        let exports = vec![remote("beta-mesh", "shop/orders"), remote("beta-mesh", "shop/cart"), remote("beta-mesh", "ops/x")];
+        let exports = vec![
+            remote("beta-mesh", "shop/orders"),
+            remote("beta-mesh", "shop/cart"),
+            remote("beta-mesh", "ops/x"),
+        ];
         let cat = local_catalog();
         let m = import_mapping(&set, &exports, &cat);
-        assert_eq!(hosts(&m), vec!["cart.shop.alpha.remote", "orders.shop.svc.cluster.local"]);
+        assert_eq!(
+            hosts(&m),
+            vec!["cart.shop.alpha.remote", "orders.shop.svc.cluster.local"]
+        );
         assert_eq!(m.unmatched.len(), 1);
         let plan = combine(&[m], &cat);
         let merged = &plan.services[&"orders.shop.svc.cluster.local".parse::<Hostname>().unwrap()];
         assert!(merged.is_merge());
-        assert_eq!(merged.groups[0].locality.as_ref().unwrap().to_string(), "eu-central/eu-central-1a");
+        assert_eq!(
+            merged.groups[0].locality.as_ref().unwrap().to_string(),
+            "eu-central/eu-central-1a"
+        );
     }
 
     #[test]
     fn default_suffix_uses_importer_name_for_peer() {
-        let set = ImportSet { peer: "west-mesh".parse().unwrap(), domain_suffix: None, locality: None, rules: vec![rule(0, "a", "*", None, None, false)] };
+        let set = ImportSet {
+            peer: "west-mesh".parse().unwrap(),
+            domain_suffix: None,
+            locality: None,
+            rules: vec![rule(0, "a", "*", None, None, false)],
+        };
         let m = import_mapping(&set, &[remote("east-mesh", "a/httpbin")], &local_catalog());
         assert_eq!(hosts(&m), vec!["httpbin.a.svc.west-mesh-imports.local"]);
     }
@@ -342,7 +404,10 @@ mod tests {
         assert_eq!(m1.conflicts.len(), 1);
         assert_eq!(m1.conflicts[0].reason(), "DuplicateImportedHostname");
         // Across peers: same non-local name; first peer by name wins.
-        let set2 = ImportSet { peer: "p0".parse().unwrap(), ..set.clone() };
+        let set2 = ImportSet {
+            peer: "p0".parse().unwrap(),
+            ..set.clone()
+        };
         let m0 = import_mapping(&set2, &[remote("q", "c/s3")], &cat);
         let plan = combine(&[m1.clone(), m0.clone()], &cat);
         let one = &plan.services[&"one.x.remote".parse::<Hostname>().unwrap()];
@@ -365,7 +430,10 @@ mod tests {
         let plan = combine(&[b, a], &cat);
         assert!(plan.conflicts.is_empty());
         let p = plan.services.values().next().unwrap();
-        assert_eq!(p.groups.iter().map(|g| g.peer.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            p.groups.iter().map(|g| g.peer.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         assert_eq!(p.local.as_ref().unwrap().to_string(), "shop/orders");
     }
 

@@ -19,4 +19,6 @@ pub mod name;
 pub mod selector;
 
 pub use catalog::{Catalog, Protocol, Service, ServicePort};
-pub use id::{Hostname, MeshName, Namespace, PeerName, ServiceKey, ServiceName, SpiffeId, TrustDomain};
+pub use id::{
+    Hostname, MeshName, Namespace, PeerName, ServiceKey, ServiceName, SpiffeId, TrustDomain,
+};

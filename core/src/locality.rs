@@ -22,7 +22,10 @@ pub enum LocalityError {
     #[error("subzone {0:?} is set without a zone")]
     SubzoneWithoutZone(String),
     #[error("{part}: {source}")]
-    Invalid { part: &'static str, source: NameError },
+    Invalid {
+        part: &'static str,
+        source: NameError,
+    },
 }
 
 impl LocalityError {
@@ -57,15 +60,25 @@ fn part(what: &'static str, v: Option<&str>) -> Result<Option<String>, LocalityE
 
 impl Locality {
     /// Builds a locality from optional parts; all empty gives `Ok(None)`.
-    pub fn new(region: Option<&str>, zone: Option<&str>, subzone: Option<&str>) -> Result<Option<Self>, LocalityError> {
+    pub fn new(
+        region: Option<&str>,
+        zone: Option<&str>,
+        subzone: Option<&str>,
+    ) -> Result<Option<Self>, LocalityError> {
         let region = part("region", region)?;
         let zone = part("zone", zone)?;
         let subzone = part("subzone", subzone)?;
         match (region, zone, subzone) {
             (None, None, None) => Ok(None),
             (None, Some(z), _) => Err(LocalityError::ZoneWithoutRegion(z)),
-            (None, None, Some(s)) | (Some(_), None, Some(s)) => Err(LocalityError::SubzoneWithoutZone(s)),
-            (Some(region), zone, subzone) => Ok(Some(Self { region, zone, subzone })),
+            (None, None, Some(s)) | (Some(_), None, Some(s)) => {
+                Err(LocalityError::SubzoneWithoutZone(s))
+            }
+            (Some(region), zone, subzone) => Ok(Some(Self {
+                region,
+                zone,
+                subzone,
+            })),
         }
     }
 
@@ -108,10 +121,23 @@ mod tests {
     #[test]
     fn combinations() {
         assert_eq!(Locality::new(None, None, None).unwrap(), None);
-        let l = Locality::new(Some("eu"), Some("eu-1a"), None).unwrap().unwrap();
+        let l = Locality::new(Some("eu"), Some("eu-1a"), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(l.to_string(), "eu/eu-1a");
-        assert_eq!(Locality::new(None, Some("z"), None).unwrap_err().reason(), "ZoneWithoutRegion");
-        assert_eq!(Locality::new(Some("r"), None, Some("s")).unwrap_err().reason(), "SubzoneWithoutZone");
-        assert_eq!(Locality::new(Some("a/b"), None, None).unwrap_err().reason(), "InvalidLocality");
+        assert_eq!(
+            Locality::new(None, Some("z"), None).unwrap_err().reason(),
+            "ZoneWithoutRegion"
+        );
+        assert_eq!(
+            Locality::new(Some("r"), None, Some("s"))
+                .unwrap_err()
+                .reason(),
+            "SubzoneWithoutZone"
+        );
+        assert_eq!(
+            Locality::new(Some("a/b"), None, None).unwrap_err().reason(),
+            "InvalidLocality"
+        );
     }
 }

@@ -60,7 +60,10 @@ impl PatternError {
     }
 }
 
-fn parse_part<T>(s: &str, parse: impl FnOnce(&str) -> Result<T, NameError>) -> Result<Pattern<T>, PatternError> {
+fn parse_part<T>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, NameError>,
+) -> Result<Pattern<T>, PatternError> {
     match s {
         "" | "*" => Ok(Pattern::Any),
         _ if s.contains('*') => Err(PatternError::PartialWildcard(s.to_owned())),
@@ -105,7 +108,12 @@ pub struct NameMapping {
 impl NameMapping {
     /// A mapping that matches `namespace`/`name` and keeps names unchanged.
     pub fn select(namespace: Pattern<Namespace>, name: Pattern<ServiceName>) -> Self {
-        Self { namespace, name, alias_namespace: Pattern::Any, alias_name: Pattern::Any }
+        Self {
+            namespace,
+            name,
+            alias_namespace: Pattern::Any,
+            alias_name: Pattern::Any,
+        }
     }
 
     pub fn matches(&self, key: &ServiceKey) -> bool {
@@ -120,7 +128,11 @@ impl NameMapping {
     /// Applies only the alias.
     pub fn rename(&self, key: &ServiceKey) -> ServiceKey {
         ServiceKey {
-            namespace: self.alias_namespace.fixed().unwrap_or(&key.namespace).clone(),
+            namespace: self
+                .alias_namespace
+                .fixed()
+                .unwrap_or(&key.namespace)
+                .clone(),
             name: self.alias_name.fixed().unwrap_or(&key.name).clone(),
         }
     }
@@ -160,11 +172,20 @@ mod tests {
     #[test]
     fn maistra_alias_examples() {
         // */foo -> */bar renames in place
-        assert_eq!(m("*", "foo", "*", "bar").apply(&k("x/foo")), Some(k("x/bar")));
+        assert_eq!(
+            m("*", "foo", "*", "bar").apply(&k("x/foo")),
+            Some(k("x/bar"))
+        );
         // */foo -> bar/bar
-        assert_eq!(m("*", "foo", "bar", "bar").apply(&k("x/foo")), Some(k("bar/bar")));
+        assert_eq!(
+            m("*", "foo", "bar", "bar").apply(&k("x/foo")),
+            Some(k("bar/bar"))
+        );
         // foo/* -> bar/* moves a namespace
-        assert_eq!(m("foo", "*", "bar", "*").apply(&k("foo/a")), Some(k("bar/a")));
+        assert_eq!(
+            m("foo", "*", "bar", "*").apply(&k("foo/a")),
+            Some(k("bar/a"))
+        );
         assert_eq!(m("foo", "*", "bar", "*").apply(&k("baz/a")), None);
         // */* -> */* changes nothing
         assert_eq!(m("", "", "", "").apply(&k("a/b")), Some(k("a/b")));
@@ -175,7 +196,13 @@ mod tests {
 
     #[test]
     fn partial_wildcards_refused() {
-        assert_eq!(Pattern::parse_name("orders-*").unwrap_err().reason(), "PartialWildcard");
-        assert_eq!(Pattern::parse_namespace("Shop").unwrap_err().reason(), "InvalidCharacter");
+        assert_eq!(
+            Pattern::parse_name("orders-*").unwrap_err().reason(),
+            "PartialWildcard"
+        );
+        assert_eq!(
+            Pattern::parse_namespace("Shop").unwrap_err().reason(),
+            "InvalidCharacter"
+        );
     }
 }

@@ -15,19 +15,36 @@ pub enum NameError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
     #[error("{what} {value} is {len} bytes long; the limit is {max}")]
-    TooLong { what: &'static str, value: Shown, len: usize, max: usize },
-    #[error(
-        "{what} {value} contains {ch:?} at byte {at}; use lower-case letters, digits{extra}"
-    )]
-    InvalidCharacter { what: &'static str, value: Shown, ch: char, at: usize, extra: &'static str },
+    TooLong {
+        what: &'static str,
+        value: Shown,
+        len: usize,
+        max: usize,
+    },
+    #[error("{what} {value} contains {ch:?} at byte {at}; use lower-case letters, digits{extra}")]
+    InvalidCharacter {
+        what: &'static str,
+        value: Shown,
+        ch: char,
+        at: usize,
+        extra: &'static str,
+    },
     #[error("{what} {value} must start with {need}")]
-    BadStart { what: &'static str, value: Shown, need: &'static str },
+    BadStart {
+        what: &'static str,
+        value: Shown,
+        need: &'static str,
+    },
     #[error("{what} {value} must end with a letter or digit")]
     BadEnd { what: &'static str, value: Shown },
     #[error("{what} {value} has an empty label (leading, trailing or doubled '.')")]
     EmptyLabel { what: &'static str, value: Shown },
     #[error("{what} {value} has a label longer than {max} bytes")]
-    LabelTooLong { what: &'static str, value: Shown, max: usize },
+    LabelTooLong {
+        what: &'static str,
+        value: Shown,
+        max: usize,
+    },
 }
 
 impl NameError {
@@ -72,12 +89,22 @@ fn check_len(what: &'static str, s: &str, max: usize) -> Result<(), NameError> {
         return Err(NameError::Empty { what });
     }
     if s.len() > max {
-        return Err(NameError::TooLong { what, value: Shown::new(s), len: s.len(), max });
+        return Err(NameError::TooLong {
+            what,
+            value: Shown::new(s),
+            len: s.len(),
+            max,
+        });
     }
     Ok(())
 }
 
-fn check_label_chars(what: &'static str, full: &str, label: &str, offset: usize) -> Result<(), NameError> {
+fn check_label_chars(
+    what: &'static str,
+    full: &str,
+    label: &str,
+    offset: usize,
+) -> Result<(), NameError> {
     for (i, ch) in label.char_indices() {
         if !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') {
             return Err(NameError::InvalidCharacter {
@@ -90,10 +117,17 @@ fn check_label_chars(what: &'static str, full: &str, label: &str, offset: usize)
         }
     }
     if !label.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadStart { what, value: Shown::new(full), need: "a letter or digit" });
+        return Err(NameError::BadStart {
+            what,
+            value: Shown::new(full),
+            need: "a letter or digit",
+        });
     }
     if !label.ends_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadEnd { what, value: Shown::new(full) });
+        return Err(NameError::BadEnd {
+            what,
+            value: Shown::new(full),
+        });
     }
     Ok(())
 }
@@ -113,7 +147,11 @@ pub fn dns1123_label_max(what: &'static str, s: &str, max: usize) -> Result<(), 
 pub fn dns1035_label(what: &'static str, s: &str) -> Result<(), NameError> {
     dns1123_label(what, s)?;
     if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(NameError::BadStart { what, value: Shown::new(s), need: "a letter" });
+        return Err(NameError::BadStart {
+            what,
+            value: Shown::new(s),
+            need: "a letter",
+        });
     }
     Ok(())
 }
@@ -124,10 +162,17 @@ pub fn dns1123_subdomain(what: &'static str, s: &str) -> Result<(), NameError> {
     let mut offset = 0;
     for label in s.split('.') {
         if label.is_empty() {
-            return Err(NameError::EmptyLabel { what, value: Shown::new(s) });
+            return Err(NameError::EmptyLabel {
+                what,
+                value: Shown::new(s),
+            });
         }
         if label.len() > MAX_LABEL {
-            return Err(NameError::LabelTooLong { what, value: Shown::new(s), max: MAX_LABEL });
+            return Err(NameError::LabelTooLong {
+                what,
+                value: Shown::new(s),
+                max: MAX_LABEL,
+            });
         }
         check_label_chars(what, s, label, offset)?;
         offset += label.len() + 1;
@@ -175,10 +220,17 @@ fn qualified_chars(what: &'static str, s: &str) -> Result<(), NameError> {
         }
     }
     if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadStart { what, value: Shown::new(s), need: "a letter or digit" });
+        return Err(NameError::BadStart {
+            what,
+            value: Shown::new(s),
+            need: "a letter or digit",
+        });
     }
     if !s.ends_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadEnd { what, value: Shown::new(s) });
+        return Err(NameError::BadEnd {
+            what,
+            value: Shown::new(s),
+        });
     }
     Ok(())
 }
@@ -192,25 +244,49 @@ mod tests {
         assert!(dns1123_label("n", "shop-prod").is_ok());
         assert!(dns1123_label("n", "0abc").is_ok());
         assert_eq!(dns1123_label("n", "").unwrap_err().reason(), "Empty");
-        assert_eq!(dns1123_label("n", "Shop").unwrap_err().reason(), "InvalidCharacter");
-        assert_eq!(dns1123_label("n", "a_b").unwrap_err().reason(), "InvalidCharacter");
+        assert_eq!(
+            dns1123_label("n", "Shop").unwrap_err().reason(),
+            "InvalidCharacter"
+        );
+        assert_eq!(
+            dns1123_label("n", "a_b").unwrap_err().reason(),
+            "InvalidCharacter"
+        );
         assert_eq!(dns1123_label("n", "-a").unwrap_err().reason(), "BadStart");
         assert_eq!(dns1123_label("n", "a-").unwrap_err().reason(), "BadEnd");
-        assert_eq!(dns1123_label("n", &"a".repeat(64)).unwrap_err().reason(), "TooLong");
+        assert_eq!(
+            dns1123_label("n", &"a".repeat(64)).unwrap_err().reason(),
+            "TooLong"
+        );
         // Cyrillic look-alike "а" (U+0430)
-        assert_eq!(dns1123_label("n", "shop-\u{430}").unwrap_err().reason(), "InvalidCharacter");
+        assert_eq!(
+            dns1123_label("n", "shop-\u{430}").unwrap_err().reason(),
+            "InvalidCharacter"
+        );
         assert_eq!(dns1035_label("n", "1abc").unwrap_err().reason(), "BadStart");
     }
 
     #[test]
     fn subdomains() {
         assert!(dns1123_subdomain("h", "orders.shop.svc.cluster.local").is_ok());
-        assert_eq!(dns1123_subdomain("h", "a..b").unwrap_err().reason(), "EmptyLabel");
-        assert_eq!(dns1123_subdomain("h", "a.b.").unwrap_err().reason(), "EmptyLabel");
+        assert_eq!(
+            dns1123_subdomain("h", "a..b").unwrap_err().reason(),
+            "EmptyLabel"
+        );
+        assert_eq!(
+            dns1123_subdomain("h", "a.b.").unwrap_err().reason(),
+            "EmptyLabel"
+        );
         let long = format!("{}.b", "a".repeat(64));
-        assert_eq!(dns1123_subdomain("h", &long).unwrap_err().reason(), "LabelTooLong");
+        assert_eq!(
+            dns1123_subdomain("h", &long).unwrap_err().reason(),
+            "LabelTooLong"
+        );
         let huge = vec!["abc"; 70].join(".");
-        assert_eq!(dns1123_subdomain("h", &huge).unwrap_err().reason(), "TooLong");
+        assert_eq!(
+            dns1123_subdomain("h", &huge).unwrap_err().reason(),
+            "TooLong"
+        );
     }
 
     #[test]

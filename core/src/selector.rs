@@ -61,11 +61,21 @@ pub enum SelectorError {
     )]
     UnknownOperator { index: usize, operator: String },
     #[error("matchExpressions[{index}]: operator {operator:?} needs at least one value")]
-    MissingValues { index: usize, operator: &'static str },
+    MissingValues {
+        index: usize,
+        operator: &'static str,
+    },
     #[error("matchExpressions[{index}]: operator {operator:?} takes no values")]
-    UnexpectedValues { index: usize, operator: &'static str },
+    UnexpectedValues {
+        index: usize,
+        operator: &'static str,
+    },
     #[error("matchExpressions[{index}].values[{value_index}]: {source}")]
-    ExpressionValue { index: usize, value_index: usize, source: NameError },
+    ExpressionValue {
+        index: usize,
+        value_index: usize,
+        source: NameError,
+    },
 }
 
 impl SelectorError {
@@ -82,13 +92,17 @@ impl SelectorError {
     /// Field path below the selector, e.g. `matchExpressions[1].operator`.
     pub fn field(&self) -> String {
         match self {
-            Self::LabelKey { key, .. } | Self::LabelValue { key, .. } => format!("matchLabels.{key}"),
+            Self::LabelKey { key, .. } | Self::LabelValue { key, .. } => {
+                format!("matchLabels.{key}")
+            }
             Self::ExpressionKey { index, .. } => format!("matchExpressions[{index}].key"),
             Self::UnknownOperator { index, .. } => format!("matchExpressions[{index}].operator"),
             Self::MissingValues { index, .. } | Self::UnexpectedValues { index, .. } => {
                 format!("matchExpressions[{index}].values")
             }
-            Self::ExpressionValue { index, value_index, .. } => {
+            Self::ExpressionValue {
+                index, value_index, ..
+            } => {
                 format!("matchExpressions[{index}].values[{value_index}]")
             }
         }
@@ -111,35 +125,53 @@ impl LabelSelector {
     ) -> Result<Self, SelectorError> {
         let mut sel = Self::default();
         for (k, v) in match_labels {
-            name::label_key(k).map_err(|source| SelectorError::LabelKey { key: k.clone(), source })?;
-            name::label_value(v)
-                .map_err(|source| SelectorError::LabelValue { key: k.clone(), source })?;
+            name::label_key(k).map_err(|source| SelectorError::LabelKey {
+                key: k.clone(),
+                source,
+            })?;
+            name::label_value(v).map_err(|source| SelectorError::LabelValue {
+                key: k.clone(),
+                source,
+            })?;
             sel.match_labels.insert(k.clone(), v.clone());
         }
         for (index, raw) in match_expressions.into_iter().enumerate() {
             name::label_key(raw.key)
                 .map_err(|source| SelectorError::ExpressionKey { index, source })?;
-            let operator = Operator::parse(raw.operator).ok_or_else(|| {
-                SelectorError::UnknownOperator { index, operator: raw.operator.to_owned() }
-            })?;
+            let operator =
+                Operator::parse(raw.operator).ok_or_else(|| SelectorError::UnknownOperator {
+                    index,
+                    operator: raw.operator.to_owned(),
+                })?;
             match operator {
                 Operator::In | Operator::NotIn if raw.values.is_empty() => {
                     return Err(SelectorError::MissingValues {
                         index,
-                        operator: if operator == Operator::In { "In" } else { "NotIn" },
+                        operator: if operator == Operator::In {
+                            "In"
+                        } else {
+                            "NotIn"
+                        },
                     });
                 }
                 Operator::Exists | Operator::DoesNotExist if !raw.values.is_empty() => {
                     return Err(SelectorError::UnexpectedValues {
                         index,
-                        operator: if operator == Operator::Exists { "Exists" } else { "DoesNotExist" },
+                        operator: if operator == Operator::Exists {
+                            "Exists"
+                        } else {
+                            "DoesNotExist"
+                        },
                     });
                 }
                 _ => {}
             }
             for (value_index, v) in raw.values.iter().enumerate() {
-                name::label_value(v)
-                    .map_err(|source| SelectorError::ExpressionValue { index, value_index, source })?;
+                name::label_value(v).map_err(|source| SelectorError::ExpressionValue {
+                    index,
+                    value_index,
+                    source,
+                })?;
             }
             sel.match_expressions.push(Requirement {
                 key: raw.key.to_owned(),
@@ -157,7 +189,9 @@ impl LabelSelector {
 
     /// Kubernetes semantics: every term must hold.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| {
                 let value = labels.get(&r.key);
                 match r.operator {
@@ -175,7 +209,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -184,12 +221,19 @@ mod tests {
         let vals = vec!["internal".to_string()];
         let sel = LabelSelector::new(
             ml.iter(),
-            [RawRequirement { key: "tier", operator: "NotIn", values: &vals }],
+            [RawRequirement {
+                key: "tier",
+                operator: "NotIn",
+                values: &vals,
+            }],
         )
         .unwrap();
         assert!(sel.matches(&labels(&[("federation-export", "true")])));
         assert!(sel.matches(&labels(&[("federation-export", "true"), ("tier", "web")])));
-        assert!(!sel.matches(&labels(&[("federation-export", "true"), ("tier", "internal")])));
+        assert!(!sel.matches(&labels(&[
+            ("federation-export", "true"),
+            ("tier", "internal")
+        ])));
         assert!(!sel.matches(&labels(&[("tier", "web")])));
         assert!(LabelSelector::default().matches(&Labels::new()));
     }
@@ -201,7 +245,11 @@ mod tests {
         let bad = |op: &str, values: &[String]| {
             LabelSelector::new(
                 std::iter::empty(),
-                [RawRequirement { key: "k", operator: op, values }],
+                [RawRequirement {
+                    key: "k",
+                    operator: op,
+                    values,
+                }],
             )
             .unwrap_err()
             .reason()
@@ -211,7 +259,9 @@ mod tests {
         assert_eq!(bad("Exists", &some), "UnexpectedValues");
         let ml = labels(&[("bad key", "v")]);
         assert_eq!(
-            LabelSelector::new(ml.iter(), std::iter::empty()).unwrap_err().reason(),
+            LabelSelector::new(ml.iter(), std::iter::empty())
+                .unwrap_err()
+                .reason(),
             "InvalidLabelKey"
         );
     }

@@ -23,7 +23,13 @@ impl FieldPath {
 
     /// Parses a dotted path of plain keys (`spec.security.trustDomain`).
     pub fn parse(dotted: &str) -> Self {
-        Self(dotted.split('.').filter(|s| !s.is_empty()).map(|s| Segment::Key(s.to_owned())).collect())
+        Self(
+            dotted
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| Segment::Key(s.to_owned()))
+                .collect(),
+        )
     }
 
     #[must_use]
@@ -68,7 +74,9 @@ impl FieldPath {
 }
 
 fn plain_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl fmt::Display for FieldPath {
@@ -136,7 +144,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}[{}]", self.file, self.line, self.column, self.severity, self.reason)?;
+        write!(
+            f,
+            "{}:{}:{}: {}[{}]",
+            self.file, self.line, self.column, self.severity, self.reason
+        )?;
         write!(f, " document {}", self.document)?;
         if let Some(o) = &self.object {
             write!(f, " ({o})")?;
@@ -161,11 +173,23 @@ pub struct Finding {
 
 impl Finding {
     pub fn error(reason: &'static str, path: FieldPath, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, reason, path, message: message.into(), hint: None }
+        Self {
+            severity: Severity::Error,
+            reason,
+            path,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn warning(reason: &'static str, path: FieldPath, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, reason, path, message: message.into(), hint: None }
+        Self {
+            severity: Severity::Warning,
+            reason,
+            path,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     #[must_use]
@@ -181,8 +205,16 @@ mod tests {
 
     #[test]
     fn paths_print() {
-        let p = FieldPath::parse("spec.exportRules").index(0).key("labelSelector").key("selector").key("matchLabels").key("topology.kubernetes.io/zone");
-        assert_eq!(p.to_string(), "spec.exportRules[0].labelSelector.selector.matchLabels[\"topology.kubernetes.io/zone\"]");
+        let p = FieldPath::parse("spec.exportRules")
+            .index(0)
+            .key("labelSelector")
+            .key("selector")
+            .key("matchLabels")
+            .key("topology.kubernetes.io/zone");
+        assert_eq!(
+            p.to_string(),
+            "spec.exportRules[0].labelSelector.selector.matchLabels[\"topology.kubernetes.io/zone\"]"
+        );
         let j = FieldPath::parse("spec.x").join("matchExpressions[1].values[2]");
         assert_eq!(j.to_string(), "spec.x.matchExpressions[1].values[2]");
         assert_eq!(FieldPath::root().to_string(), "(document)");

@@ -15,7 +15,8 @@ use crate::common::{Condition, PeerServiceMapping, ServiceNameMapping};
     kind = "ExportedServiceSet",
     plural = "exportedservicesets",
     namespaced,
-    status = "ExportedServiceSetStatus"
+    status = "ExportedServiceSetStatus",
+    doc = "ExportedServiceSet lists which local services the peer named like this object may see, and under which names."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExportedServiceSetSpec {

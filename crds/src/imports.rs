@@ -8,14 +8,17 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Condition, PeerServiceMapping, ServiceNameMapping};
 
 /// Ordered import rules for the peer named like this object; the first matching rule decides.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
 #[kube(
     group = "federation.maistra.io",
     version = "v1",
     kind = "ImportedServiceSet",
     plural = "importedservicesets",
     namespaced,
-    status = "ImportedServiceSetStatus"
+    status = "ImportedServiceSetStatus",
+    doc = "ImportedServiceSet lists which of the exports of the peer named like this object are imported, and under which local names."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ImportedServiceSetSpec {

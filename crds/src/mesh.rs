@@ -12,8 +12,17 @@ use serde::{Deserialize, Serialize};
 pub const MESHFED_GROUP: &str = "meshfed.io";
 
 /// One mesh in embedded mode.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[kube(group = "meshfed.io", version = "v1alpha1", kind = "Mesh", plural = "meshes", namespaced)]
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
+#[kube(
+    group = "meshfed.io",
+    version = "v1alpha1",
+    kind = "Mesh",
+    plural = "meshes",
+    namespaced,
+    doc = "Mesh describes one mesh in meshfed embedded mode: its identity and services."
+)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
     /// This mesh's SPIFFE trust domain, e.g. `alpha-mesh.local`. Required.

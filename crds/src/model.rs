@@ -12,7 +12,10 @@ use meshfed_core::locality::Locality;
 use meshfed_core::mapping::{NameMapping, Pattern, PatternError};
 use meshfed_core::name::{self, NameError};
 use meshfed_core::selector::{LabelSelector, RawRequirement};
-use meshfed_core::{Catalog, Hostname, MeshName, Namespace, PeerName, Protocol, Service, ServicePort, SpiffeId, TrustDomain};
+use meshfed_core::{
+    Catalog, Hostname, MeshName, Namespace, PeerName, Protocol, Service, ServicePort, SpiffeId,
+    TrustDomain,
+};
 
 use crate::common::{LABEL_SELECTOR, NAME_SELECTOR, ServiceNameMapping};
 use crate::diag::{FieldPath, Finding};
@@ -38,7 +41,11 @@ fn name_finding(path: FieldPath, e: &NameError) -> Finding {
 }
 
 fn pattern_finding(path: FieldPath, e: &PatternError) -> Finding {
-    let reason = if e.reason() == "PartialWildcard" { "PartialWildcard" } else { "InvalidName" };
+    let reason = if e.reason() == "PartialWildcard" {
+        "PartialWildcard"
+    } else {
+        "InvalidName"
+    };
     Finding::error(reason, path, e.to_string())
 }
 
@@ -62,7 +69,11 @@ fn port(value: Option<i32>, default: i32, path: FieldPath, out: &mut Findings) -
     match u16::try_from(v) {
         Ok(p) if p != 0 => Some(p),
         _ => {
-            out.push(Finding::error("InvalidPort", path, format!("port {v} is outside 1–65535")));
+            out.push(Finding::error(
+                "InvalidPort",
+                path,
+                format!("port {v} is outside 1–65535"),
+            ));
             None
         }
     }
@@ -74,28 +85,45 @@ fn check_address(addr: &str, path: FieldPath, out: &mut Findings) -> bool {
         false
     };
     if addr.contains('%') {
-        return bad("InvalidAddress", format!("{addr:?} has an IPv6 zone id; zones are local to one host"), out);
+        return bad(
+            "InvalidAddress",
+            format!("{addr:?} has an IPv6 zone id; zones are local to one host"),
+            out,
+        );
     }
-    if let Ok(ip) = addr.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         let reason = match ip {
             _ if ip.is_unspecified() => Some("the unspecified address"),
             _ if ip.is_multicast() => Some("a multicast address"),
             IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
-            IpAddr::V4(v4) if v4.octets() == [169, 254, 169, 254] => Some("the cloud metadata address"),
+            IpAddr::V4(v4) if v4.octets() == [169, 254, 169, 254] => {
+                Some("the cloud metadata address")
+            }
             IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
             IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some("a link-local address"),
             _ => None,
         };
         return match reason {
-            Some(r) => bad("InvalidAddress", format!("{addr:?} is {r}, not a peer gateway"), out),
+            Some(r) => bad(
+                "InvalidAddress",
+                format!("{addr:?} is {r}, not a peer gateway"),
+                out,
+            ),
             None => true,
         };
     }
     if let Some((host, p)) = addr.rsplit_once(':') {
         if p.parse::<u16>().is_ok() {
             out.push(
-                Finding::error("InvalidAddress", path, format!("{addr:?} includes a port"))
-                    .hint(format!("write {host:?} here and set remote.discoveryPort / remote.servicePort")),
+                Finding::error("InvalidAddress", path, format!("{addr:?} includes a port")).hint(
+                    format!(
+                        "write {host:?} here and set remote.discoveryPort / remote.servicePort"
+                    ),
+                ),
             );
             return false;
         }
@@ -109,7 +137,11 @@ fn check_address(addr: &str, path: FieldPath, out: &mut Findings) -> bool {
     }
     match addr.parse::<Hostname>() {
         Ok(_) => true,
-        Err(e) => bad("InvalidAddress", format!("{addr:?} is neither an IP address nor a DNS name: {e}"), out),
+        Err(e) => bad(
+            "InvalidAddress",
+            format!("{addr:?} is neither an IP address nor a DNS name: {e}"),
+            out,
+        ),
     }
 }
 
@@ -121,16 +153,24 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
     let (mut discovery_port, mut service_port) = (None, None);
     match &spec.remote {
         None => out.push(
-            Finding::error("MissingField", base.key("remote"), "spec.remote is required to reach the peer")
-                .hint("set spec.remote.addresses to the peer's ingress gateway addresses"),
+            Finding::error(
+                "MissingField",
+                base.key("remote"),
+                "spec.remote is required to reach the peer",
+            )
+            .hint("set spec.remote.addresses to the peer's ingress gateway addresses"),
         ),
         Some(remote) => {
             let path = base.key("remote").key("addresses");
             let list = remote.addresses.as_deref().unwrap_or_default();
             if list.is_empty() {
                 out.push(
-                    Finding::error("MissingAddresses", path.clone(), "no addresses: the peer cannot be reached")
-                        .hint("list the DNS names or IPs of the peer's ingress gateway"),
+                    Finding::error(
+                        "MissingAddresses",
+                        path.clone(),
+                        "no addresses: the peer cannot be reached",
+                    )
+                    .hint("list the DNS names or IPs of the peer's ingress gateway"),
                 );
             } else if list.len() > MAX_ADDRESSES {
                 out.push(Finding::error(
@@ -145,13 +185,27 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
                         if seen.insert(a.as_str()) {
                             addresses.push(a.clone());
                         } else {
-                            out.push(Finding::warning("DuplicateAddress", path.index(i), format!("{a:?} is listed twice")));
+                            out.push(Finding::warning(
+                                "DuplicateAddress",
+                                path.index(i),
+                                format!("{a:?} is listed twice"),
+                            ));
                         }
                     }
                 }
             }
-            discovery_port = port(remote.discovery_port, DEFAULT_DISCOVERY_PORT, base.key("remote").key("discoveryPort"), out);
-            service_port = port(remote.service_port, DEFAULT_SERVICE_PORT, base.key("remote").key("servicePort"), out);
+            discovery_port = port(
+                remote.discovery_port,
+                DEFAULT_DISCOVERY_PORT,
+                base.key("remote").key("discoveryPort"),
+                out,
+            );
+            service_port = port(
+                remote.service_port,
+                DEFAULT_SERVICE_PORT,
+                base.key("remote").key("servicePort"),
+                out,
+            );
             if discovery_port.is_some() && discovery_port == service_port {
                 out.push(Finding::error(
                     "PortClash",
@@ -165,7 +219,10 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
         for (which, r) in [("ingress", &gw.ingress), ("egress", &gw.egress)] {
             if let Some(n) = r.as_ref().and_then(|r| r.name.as_deref()) {
                 if let Err(e) = name::dns1123_subdomain("gateway name", n) {
-                    out.push(name_finding(base.key("gateways").key(which).key("name"), &e));
+                    out.push(name_finding(
+                        base.key("gateways").key(which).key("name"),
+                        &e,
+                    ));
                 }
             }
         }
@@ -181,15 +238,23 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
     let trust_domain = match sec.trust_domain.as_deref().filter(|s| !s.is_empty()) {
         None => {
             out.push(
-                Finding::error("MissingTrustDomain", sec_path.key("trustDomain"), "the peer's trust domain is required")
-                    .hint("by convention <peer>.local, e.g. beta-mesh.local"),
+                Finding::error(
+                    "MissingTrustDomain",
+                    sec_path.key("trustDomain"),
+                    "the peer's trust domain is required",
+                )
+                .hint("by convention <peer>.local, e.g. beta-mesh.local"),
             );
             None
         }
         Some(td) => match td.parse::<TrustDomain>() {
             Ok(td) => Some(td),
             Err(e) => {
-                out.push(Finding::error("InvalidTrustDomain", sec_path.key("trustDomain"), e.to_string()));
+                out.push(Finding::error(
+                    "InvalidTrustDomain",
+                    sec_path.key("trustDomain"),
+                    e.to_string(),
+                ));
                 None
             }
         },
@@ -213,16 +278,27 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
             }
             Ok(id) if !id.is_workload() => {
                 out.push(
-                    Finding::error("InvalidClientID", client_path, format!("clientID {raw:?} names a trust domain, not a workload"))
-                        .hint("write <trust-domain>/ns/<namespace>/sa/<service-account>"),
+                    Finding::error(
+                        "InvalidClientID",
+                        client_path,
+                        format!("clientID {raw:?} names a trust domain, not a workload"),
+                    )
+                    .hint("write <trust-domain>/ns/<namespace>/sa/<service-account>"),
                 );
                 None
             }
             Ok(id) => {
                 if raw.starts_with("spiffe://") {
                     out.push(
-                        Finding::warning("ClientIDHasScheme", client_path.clone(), "clientID starts with spiffe://")
-                            .hint(format!("Maistra expects {:?}; meshfed accepts both forms", id.to_client_id())),
+                        Finding::warning(
+                            "ClientIDHasScheme",
+                            client_path.clone(),
+                            "clientID starts with spiffe://",
+                        )
+                        .hint(format!(
+                            "Maistra expects {:?}; meshfed accepts both forms",
+                            id.to_client_id()
+                        )),
                     );
                 }
                 if let Some(td) = &trust_domain {
@@ -249,12 +325,22 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
         let p = sec_path.key("certificateChain");
         if !(chain.kind.is_empty() || chain.kind == "ConfigMap") {
             out.push(
-                Finding::error("UnsupportedCertificateChainKind", p.key("kind"), format!("kind {:?} is not supported", chain.kind))
-                    .hint("use ConfigMap (key root-cert.pem), or exchange bundles with a peering token"),
+                Finding::error(
+                    "UnsupportedCertificateChainKind",
+                    p.key("kind"),
+                    format!("kind {:?} is not supported", chain.kind),
+                )
+                .hint(
+                    "use ConfigMap (key root-cert.pem), or exchange bundles with a peering token",
+                ),
             );
         }
         if chain.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
-            out.push(Finding::error("UnsupportedCertificateChainKind", p.key("apiGroup"), "a ConfigMap has the core API group; leave apiGroup empty"));
+            out.push(Finding::error(
+                "UnsupportedCertificateChainKind",
+                p.key("apiGroup"),
+                "a ConfigMap has the core API group; leave apiGroup empty",
+            ));
         }
         if let Err(e) = name::dns1123_subdomain("ConfigMap name", &chain.name) {
             out.push(name_finding(p.key("name"), &e));
@@ -275,7 +361,9 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
 /// Converts a `nameSelector` (or an alias entry) at `path`.
 fn mapping(m: &ServiceNameMapping, path: &FieldPath, out: &mut Findings) -> Option<NameMapping> {
     let mut ok = true;
-    let mut ns = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_namespace(s.unwrap_or("")) {
+    let mut ns = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_namespace(
+        s.unwrap_or(""),
+    ) {
         Ok(v) => v,
         Err(e) => {
             out.push(pattern_finding(p, &e));
@@ -284,8 +372,14 @@ fn mapping(m: &ServiceNameMapping, path: &FieldPath, out: &mut Findings) -> Opti
         }
     };
     let namespace = ns(m.namespace.as_deref(), path.key("namespace"), out);
-    let alias_namespace = ns(m.alias.as_ref().and_then(|a| a.namespace.as_deref()), path.key("alias").key("namespace"), out);
-    let mut nm = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_name(s.unwrap_or("")) {
+    let alias_namespace = ns(
+        m.alias.as_ref().and_then(|a| a.namespace.as_deref()),
+        path.key("alias").key("namespace"),
+        out,
+    );
+    let mut nm = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_name(
+        s.unwrap_or(""),
+    ) {
         Ok(v) => v,
         Err(e) => {
             out.push(pattern_finding(p, &e));
@@ -294,8 +388,17 @@ fn mapping(m: &ServiceNameMapping, path: &FieldPath, out: &mut Findings) -> Opti
         }
     };
     let name = nm(m.name.as_deref(), path.key("name"), out);
-    let alias_name = nm(m.alias.as_ref().and_then(|a| a.name.as_deref()), path.key("alias").key("name"), out);
-    let mapping = NameMapping { namespace, name, alias_namespace, alias_name };
+    let alias_name = nm(
+        m.alias.as_ref().and_then(|a| a.name.as_deref()),
+        path.key("alias").key("name"),
+        out,
+    );
+    let mapping = NameMapping {
+        namespace,
+        name,
+        alias_namespace,
+        alias_name,
+    };
     if ok && mapping.collapses() {
         out.push(
             Finding::warning("AliasCollapses", path.key("alias"), "the alias gives every matching service the same name; only one of them can be used")
@@ -316,18 +419,30 @@ fn shadowing(mappings: &[(usize, NameMapping)], path: &FieldPath, out: &mut Find
     for (j, (idx_j, later)) in mappings.iter().enumerate() {
         if let Some((idx_i, earlier)) = mappings[..j].iter().find(|(_, e)| covers(e, later)) {
             let (reason, msg) = if earlier == later {
-                ("DuplicateRule", format!("rule {idx_j} repeats rule {idx_i}"))
+                (
+                    "DuplicateRule",
+                    format!("rule {idx_j} repeats rule {idx_i}"),
+                )
             } else {
-                ("UnreachableRule", format!("rule {idx_i} already matches every service rule {idx_j} matches"))
+                (
+                    "UnreachableRule",
+                    format!("rule {idx_i} already matches every service rule {idx_j} matches"),
+                )
             };
-            out.push(Finding::warning(reason, path.index(*idx_j), msg).hint("the first matching rule wins; move specific rules first or remove this one"));
+            out.push(Finding::warning(reason, path.index(*idx_j), msg).hint(
+                "the first matching rule wins; move specific rules first or remove this one",
+            ));
         }
     }
 }
 
 fn too_many(n: usize, path: &FieldPath, out: &mut Findings) -> bool {
     if n > MAX_RULES {
-        out.push(Finding::error("TooManyRules", path.clone(), format!("{n} rules; the limit is {MAX_RULES}")));
+        out.push(Finding::error(
+            "TooManyRules",
+            path.clone(),
+            format!("{n} rules; the limit is {MAX_RULES}"),
+        ));
         return true;
     }
     false
@@ -338,25 +453,46 @@ fn rule_type_error(t: &str, path: FieldPath, allowed: &str) -> Finding {
         .hint("Maistra skipped such rules with a log line; meshfed rejects them so nothing is silently ignored")
 }
 
-fn export_rule(i: usize, rule: &ExportedServiceRule, path: &FieldPath, out: &mut Findings) -> Option<ExportRule> {
+fn export_rule(
+    i: usize,
+    rule: &ExportedServiceRule,
+    path: &FieldPath,
+    out: &mut Findings,
+) -> Option<ExportRule> {
     let p = path.index(i);
     let selector = match rule.type_.as_str() {
         NAME_SELECTOR => {
             if rule.label_selector.is_some() {
-                out.push(Finding::warning("IgnoredSelector", p.key("labelSelector"), "labelSelector is ignored by a NameSelector rule"));
+                out.push(Finding::warning(
+                    "IgnoredSelector",
+                    p.key("labelSelector"),
+                    "labelSelector is ignored by a NameSelector rule",
+                ));
             }
             let Some(ns) = &rule.name_selector else {
-                out.push(Finding::error("MissingSelector", p.key("nameSelector"), "a NameSelector rule needs nameSelector"));
+                out.push(Finding::error(
+                    "MissingSelector",
+                    p.key("nameSelector"),
+                    "a NameSelector rule needs nameSelector",
+                ));
                 return None;
             };
             ExportSelector::Name(mapping(ns, &p.key("nameSelector"), out)?)
         }
         LABEL_SELECTOR => {
             if rule.name_selector.is_some() {
-                out.push(Finding::warning("IgnoredSelector", p.key("nameSelector"), "nameSelector is ignored by a LabelSelector rule"));
+                out.push(Finding::warning(
+                    "IgnoredSelector",
+                    p.key("nameSelector"),
+                    "nameSelector is ignored by a LabelSelector rule",
+                ));
             }
             let Some(ls) = &rule.label_selector else {
-                out.push(Finding::error("MissingSelector", p.key("labelSelector"), "a LabelSelector rule needs labelSelector"));
+                out.push(Finding::error(
+                    "MissingSelector",
+                    p.key("labelSelector"),
+                    "a LabelSelector rule needs labelSelector",
+                ));
                 return None;
             };
             let lp = p.key("labelSelector");
@@ -380,7 +516,11 @@ fn export_rule(i: usize, rule: &ExportedServiceRule, path: &FieldPath, out: &mut
             let selector = match selector {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    out.push(Finding::error(e.reason(), lp.key("selector").join(&e.field()), e.to_string()));
+                    out.push(Finding::error(
+                        e.reason(),
+                        lp.key("selector").join(&e.field()),
+                        e.to_string(),
+                    ));
                     None
                 }
             };
@@ -395,18 +535,30 @@ fn export_rule(i: usize, rule: &ExportedServiceRule, path: &FieldPath, out: &mut
             if !aliases_ok {
                 return None;
             }
-            ExportSelector::Label { namespace: namespace?, selector: selector?, aliases }
+            ExportSelector::Label {
+                namespace: namespace?,
+                selector: selector?,
+                aliases,
+            }
         }
         other => {
-            out.push(rule_type_error(other, p.key("type"), "NameSelector or LabelSelector"));
+            out.push(rule_type_error(
+                other,
+                p.key("type"),
+                "NameSelector or LabelSelector",
+            ));
             return None;
         }
     };
     let rule = ExportRule { index: i, selector };
     if rule.selects_everything() {
         out.push(
-            Finding::warning("ExportsEverything", p, "this rule exports every service in every namespace to the peer")
-                .hint("export only what the peer needs; name services or select them by label"),
+            Finding::warning(
+                "ExportsEverything",
+                p,
+                "this rule exports every service in every namespace to the peer",
+            )
+            .hint("export only what the peer needs; name services or select them by label"),
         );
     }
     Some(rule)
@@ -419,8 +571,11 @@ pub fn convert_exports(spec: &ExportedServiceSetSpec, out: &mut Findings) -> Vec
     if too_many(rules.len(), &path, out) {
         return Vec::new();
     }
-    let converted: Vec<ExportRule> =
-        rules.iter().enumerate().filter_map(|(i, r)| export_rule(i, r, &path, out)).collect();
+    let converted: Vec<ExportRule> = rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| export_rule(i, r, &path, out))
+        .collect();
     let names: Vec<(usize, NameMapping)> = converted
         .iter()
         .filter_map(|r| match &r.selector {
@@ -432,12 +587,20 @@ pub fn convert_exports(spec: &ExportedServiceSetSpec, out: &mut Findings) -> Vec
     converted
 }
 
-fn domain_suffix(s: Option<&str>, path: FieldPath, cluster_domain: &str, out: &mut Findings) -> Option<Hostname> {
+fn domain_suffix(
+    s: Option<&str>,
+    path: FieldPath,
+    cluster_domain: &str,
+    out: &mut Findings,
+) -> Option<Hostname> {
     let s = s.filter(|s| !s.is_empty())?;
     let parsed = match s.parse::<Hostname>() {
         Ok(h) => h,
         Err(e) => {
-            out.push(Finding::error("InvalidDomainSuffix", path, e.to_string()).hint("a DNS suffix such as alpha.remote, without leading or trailing dots"));
+            out.push(
+                Finding::error("InvalidDomainSuffix", path, e.to_string())
+                    .hint("a DNS suffix such as alpha.remote, without leading or trailing dots"),
+            );
             return None;
         }
     };
@@ -454,9 +617,19 @@ fn domain_suffix(s: Option<&str>, path: FieldPath, cluster_domain: &str, out: &m
 
 /// Converts an `ImportedServiceSet`, keeping the valid rules. `cluster_domain` is the
 /// importer's (default `cluster.local`).
-pub fn convert_imports(peer: PeerName, spec: &ImportedServiceSetSpec, cluster_domain: &str, out: &mut Findings) -> ImportSet {
+pub fn convert_imports(
+    peer: PeerName,
+    spec: &ImportedServiceSetSpec,
+    cluster_domain: &str,
+    out: &mut Findings,
+) -> ImportSet {
     let base = FieldPath::parse("spec");
-    let suffix = domain_suffix(spec.domain_suffix.as_deref(), base.key("domainSuffix"), cluster_domain, out);
+    let suffix = domain_suffix(
+        spec.domain_suffix.as_deref(),
+        base.key("domainSuffix"),
+        cluster_domain,
+        out,
+    );
     let locality = spec.locality.as_ref().and_then(|l| {
         Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
             .map_err(|e| {
@@ -489,10 +662,16 @@ pub fn convert_imports(peer: PeerName, spec: &ImportedServiceSetSpec, cluster_do
                 }
             }
             let Some(ns) = &r.name_selector else {
-                out.push(Finding::error("MissingSelector", p.key("nameSelector"), "a NameSelector rule needs nameSelector"));
+                out.push(Finding::error(
+                    "MissingSelector",
+                    p.key("nameSelector"),
+                    "a NameSelector rule needs nameSelector",
+                ));
                 continue;
             };
-            let Some(m) = mapping(ns, &p.key("nameSelector"), out) else { continue };
+            let Some(m) = mapping(ns, &p.key("nameSelector"), out) else {
+                continue;
+            };
             let import_as_local = r.import_as_local.unwrap_or(false);
             if import_as_local && m.alias_namespace.fixed().is_none() {
                 out.push(
@@ -501,16 +680,36 @@ pub fn convert_imports(peer: PeerName, spec: &ImportedServiceSetSpec, cluster_do
                 );
                 continue;
             }
-            let rule_suffix = domain_suffix(r.domain_suffix.as_deref(), p.key("domainSuffix"), cluster_domain, out);
+            let rule_suffix = domain_suffix(
+                r.domain_suffix.as_deref(),
+                p.key("domainSuffix"),
+                cluster_domain,
+                out,
+            );
             if import_as_local && rule_suffix.is_some() {
-                out.push(Finding::warning("IgnoredDomainSuffix", p.key("domainSuffix"), "importAsLocal overrides domainSuffix"));
+                out.push(Finding::warning(
+                    "IgnoredDomainSuffix",
+                    p.key("domainSuffix"),
+                    "importAsLocal overrides domainSuffix",
+                ));
             }
-            rules.push(ImportRule { index: i, mapping: m, domain_suffix: rule_suffix, import_as_local });
+            rules.push(ImportRule {
+                index: i,
+                mapping: m,
+                domain_suffix: rule_suffix,
+                import_as_local,
+            });
         }
     }
-    let names: Vec<(usize, NameMapping)> = rules.iter().map(|r| (r.index, r.mapping.clone())).collect();
+    let names: Vec<(usize, NameMapping)> =
+        rules.iter().map(|r| (r.index, r.mapping.clone())).collect();
     shadowing(&names, &path, out);
-    ImportSet { peer, domain_suffix: suffix, locality, rules }
+    ImportSet {
+        peer,
+        domain_suffix: suffix,
+        locality,
+        rules,
+    }
 }
 
 /// A converted `Mesh` document.
@@ -524,32 +723,68 @@ pub struct MeshInfo {
 }
 
 /// Converts a `Mesh` document.
-pub fn convert_mesh(name: &str, namespace: Option<&str>, spec: &MeshSpec, out: &mut Findings) -> Option<MeshInfo> {
+pub fn convert_mesh(
+    name: &str,
+    namespace: Option<&str>,
+    spec: &MeshSpec,
+    out: &mut Findings,
+) -> Option<MeshInfo> {
     let base = FieldPath::parse("spec");
-    let mesh_name = name.parse::<MeshName>().map_err(|e| out.push(name_finding(FieldPath::parse("metadata.name"), &e))).ok();
+    let mesh_name = name
+        .parse::<MeshName>()
+        .map_err(|e| out.push(name_finding(FieldPath::parse("metadata.name"), &e)))
+        .ok();
     let ns = match namespace {
         None => {
             out.push(
-                Finding::error("MissingNamespace", FieldPath::parse("metadata.namespace"), "a Mesh needs metadata.namespace")
-                    .hint("the mesh's control-plane namespace, where its federation resources live"),
+                Finding::error(
+                    "MissingNamespace",
+                    FieldPath::parse("metadata.namespace"),
+                    "a Mesh needs metadata.namespace",
+                )
+                .hint("the mesh's control-plane namespace, where its federation resources live"),
             );
             None
         }
-        Some(n) => n.parse::<Namespace>().map_err(|e| out.push(name_finding(FieldPath::parse("metadata.namespace"), &e))).ok(),
+        Some(n) => n
+            .parse::<Namespace>()
+            .map_err(|e| out.push(name_finding(FieldPath::parse("metadata.namespace"), &e)))
+            .ok(),
     };
     let td = spec
         .trust_domain
         .parse::<TrustDomain>()
-        .map_err(|e| out.push(Finding::error("InvalidTrustDomain", base.key("trustDomain"), e.to_string())))
+        .map_err(|e| {
+            out.push(Finding::error(
+                "InvalidTrustDomain",
+                base.key("trustDomain"),
+                e.to_string(),
+            ))
+        })
         .ok();
-    let cd_raw = spec.cluster_domain.as_deref().unwrap_or(DEFAULT_CLUSTER_DOMAIN);
+    let cd_raw = spec
+        .cluster_domain
+        .as_deref()
+        .unwrap_or(DEFAULT_CLUSTER_DOMAIN);
     let cluster_domain = cd_raw
         .parse::<Hostname>()
-        .map_err(|e| out.push(Finding::error("InvalidName", base.key("clusterDomain"), e.to_string())))
+        .map_err(|e| {
+            out.push(Finding::error(
+                "InvalidName",
+                base.key("clusterDomain"),
+                e.to_string(),
+            ))
+        })
         .ok();
     let locality = spec.locality.as_ref().and_then(|l| {
         Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
-            .map_err(|e| out.push(Finding::error(e.reason(), base.key("locality").key(e.field()), e.to_string())))
+            .map_err(|e| {
+                out.push(Finding::error(
+                    e.reason(),
+                    base.key("locality").key(e.field()),
+                    e.to_string(),
+                ))
+            })
             .ok()
             .flatten()
     });
@@ -559,31 +794,65 @@ pub fn convert_mesh(name: &str, namespace: Option<&str>, spec: &MeshSpec, out: &
     }));
     let services = spec.services.as_deref().unwrap_or_default();
     if services.len() > MAX_SERVICES {
-        out.push(Finding::error("TooManyServices", base.key("services"), format!("{} services; the limit is {MAX_SERVICES}", services.len())));
+        out.push(Finding::error(
+            "TooManyServices",
+            base.key("services"),
+            format!("{} services; the limit is {MAX_SERVICES}", services.len()),
+        ));
     } else {
         for (i, s) in services.iter().enumerate() {
             if let Some(svc) = convert_service(s, &base.key("services").index(i), out) {
                 if let Err(e) = catalog.insert(svc) {
-                    out.push(Finding::error("DuplicateService", base.key("services").index(i), e.to_string()));
+                    out.push(Finding::error(
+                        "DuplicateService",
+                        base.key("services").index(i),
+                        e.to_string(),
+                    ));
                 }
             }
         }
     }
-    Some(MeshInfo { name: mesh_name?, namespace: ns?, trust_domain: td?, locality, catalog })
-        .filter(|_| cluster_domain.is_some())
+    Some(MeshInfo {
+        name: mesh_name?,
+        namespace: ns?,
+        trust_domain: td?,
+        locality,
+        catalog,
+    })
+    .filter(|_| cluster_domain.is_some())
 }
 
-fn convert_service(s: &crate::mesh::MeshService, p: &FieldPath, out: &mut Findings) -> Option<Service> {
+fn convert_service(
+    s: &crate::mesh::MeshService,
+    p: &FieldPath,
+    out: &mut Findings,
+) -> Option<Service> {
     let mut ok = true;
-    let name = s.name.parse().map_err(|e| out.push(name_finding(p.key("name"), &e))).ok();
-    let namespace = s.namespace.parse().map_err(|e| out.push(name_finding(p.key("namespace"), &e))).ok();
+    let name = s
+        .name
+        .parse()
+        .map_err(|e| out.push(name_finding(p.key("name"), &e)))
+        .ok();
+    let namespace = s
+        .namespace
+        .parse()
+        .map_err(|e| out.push(name_finding(p.key("namespace"), &e)))
+        .ok();
     let labels = s.labels.clone().unwrap_or_default();
     for (k, v) in &labels {
         if let Err(e) = name::label_key(k) {
-            out.push(Finding::error("InvalidLabelKey", p.key("labels").key(k), e.to_string()));
+            out.push(Finding::error(
+                "InvalidLabelKey",
+                p.key("labels").key(k),
+                e.to_string(),
+            ));
             ok = false;
         } else if let Err(e) = name::label_value(v) {
-            out.push(Finding::error("InvalidLabelValue", p.key("labels").key(k), e.to_string()));
+            out.push(Finding::error(
+                "InvalidLabelValue",
+                p.key("labels").key(k),
+                e.to_string(),
+            ));
             ok = false;
         }
     }
@@ -599,21 +868,36 @@ fn convert_service(s: &crate::mesh::MeshService, p: &FieldPath, out: &mut Findin
         let protocol = match sp.protocol.as_deref().unwrap_or("HTTP").parse::<Protocol>() {
             Ok(pr) => Some(pr),
             Err(e) => {
-                out.push(Finding::error("UnknownProtocol", pp.key("protocol"), e.to_string()));
+                out.push(Finding::error(
+                    "UnknownProtocol",
+                    pp.key("protocol"),
+                    e.to_string(),
+                ));
                 None
             }
         };
         if !names.insert(sp.name.clone()) || !numbers.insert(sp.port) {
-            out.push(Finding::error("DuplicatePort", pp, format!("port {} / {:?} is defined twice", sp.port, sp.name)));
+            out.push(Finding::error(
+                "DuplicatePort",
+                pp,
+                format!("port {} / {:?} is defined twice", sp.port, sp.name),
+            ));
             ok = false;
             continue;
         }
         match (number, protocol) {
-            (Some(port), Some(protocol)) => ports.push(ServicePort { name: sp.name.clone(), port, protocol }),
+            (Some(port), Some(protocol)) => ports.push(ServicePort {
+                name: sp.name.clone(),
+                port,
+                protocol,
+            }),
             _ => ok = false,
         }
     }
-    let accounts = s.service_accounts.clone().unwrap_or_else(|| vec![s.name.clone()]);
+    let accounts = s
+        .service_accounts
+        .clone()
+        .unwrap_or_else(|| vec![s.name.clone()]);
     for (j, sa) in accounts.iter().enumerate() {
         if let Err(e) = name::dns1123_subdomain("service account", sa) {
             out.push(name_finding(p.key("serviceAccounts").index(j), &e));
@@ -623,5 +907,10 @@ fn convert_service(s: &crate::mesh::MeshService, p: &FieldPath, out: &mut Findin
     if !ok {
         return None;
     }
-    Some(Service { key: meshfed_core::ServiceKey::new(namespace?, name?), labels, ports, service_accounts: accounts })
+    Some(Service {
+        key: meshfed_core::ServiceKey::new(namespace?, name?),
+        labels,
+        ports,
+        service_accounts: accounts,
+    })
 }

@@ -13,7 +13,9 @@ pub const DEFAULT_DISCOVERY_PORT: i32 = 8188;
 pub const DEFAULT_SERVICE_PORT: i32 = 15443;
 
 /// Configures federation with one peer mesh. The object's name is how this mesh names the peer.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
 #[kube(
     group = "federation.maistra.io",
     version = "v1",
@@ -21,7 +23,8 @@ pub const DEFAULT_SERVICE_PORT: i32 = 15443;
     plural = "servicemeshpeers",
     namespaced,
     status = "ServiceMeshPeerStatus",
-    category = "maistra-io"
+    category = "maistra-io",
+    doc = "ServiceMeshPeer configures federation with one peer mesh; its name is how this mesh names the peer."
 )]
 pub struct ServiceMeshPeerSpec {
     /// Where the peer's ingress gateway is.

@@ -8,23 +8,37 @@ use crate::diag::{FieldPath, Finding};
 use crate::yaml::{Node, Value};
 
 /// Plain scalars that YAML 1.1 readers (kubectl, go-yaml v2) take as booleans.
-const YAML11_BOOLS: &[&str] =
-    &["y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+const YAML11_BOOLS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
 
 /// Walks `node` against `schema` (a JSON `openAPIV3Schema`), appending findings.
 pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) {
     if matches!(node.value, Value::Null) {
-        if schema.get("nullable").and_then(J::as_bool) != Some(true) && schema.get("type").is_some() {
-            out.push(Finding::error("WrongType", path.clone(), format!("expected {}, got null", type_label(schema))));
+        if schema.get("nullable").and_then(J::as_bool) != Some(true) && schema.get("type").is_some()
+        {
+            out.push(Finding::error(
+                "WrongType",
+                path.clone(),
+                format!("expected {}, got null", type_label(schema)),
+            ));
         }
         return;
     }
-    if schema.get("x-kubernetes-preserve-unknown-fields").and_then(J::as_bool) == Some(true)
+    if schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(J::as_bool)
+        == Some(true)
         && schema.get("properties").is_none()
     {
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(J::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(J::as_bool)
+        == Some(true)
+    {
         if !matches!(node.value, Value::Int(_) | Value::Str { .. }) {
             out.push(wrong_type("integer or string", node, path));
         }
@@ -43,18 +57,7 @@ pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) 
             _ => out.push(wrong_type("list", node, path)),
         },
         Some("string") => match &node.value {
-            Value::Str { text, plain } => {
-                if *plain && YAML11_BOOLS.contains(&text.as_str()) {
-                    out.push(
-                        Finding::warning(
-                            "Yaml11Boolean",
-                            path.clone(),
-                            format!("unquoted {text:?} is a boolean to kubectl and other YAML 1.1 readers"),
-                        )
-                        .hint(format!("quote it: \"{text}\"")),
-                    );
-                }
-            }
+            Value::Str { .. } => out.extend(yaml11_boolean(node, path)),
             _ => {
                 let mut f = wrong_type("string", node, path);
                 if matches!(node.value, Value::Bool(_) | Value::Int(_) | Value::Float(_)) {
@@ -70,7 +73,11 @@ pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) 
                     _ => (i64::MIN, i64::MAX),
                 };
                 if i < lo || i > hi {
-                    out.push(Finding::error("OutOfRange", path.clone(), format!("{i} does not fit in a 32-bit integer")));
+                    out.push(Finding::error(
+                        "OutOfRange",
+                        path.clone(),
+                        format!("{i} does not fit in a 32-bit integer"),
+                    ));
                 }
             }
             Value::Float(f) => out.push(Finding::error(
@@ -87,12 +94,29 @@ pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) 
         }
         Some("boolean") => match &node.value {
             Value::Bool(_) => {}
-            Value::Str { text, plain: true } if YAML11_BOOLS.contains(&text.as_str()) => out.push(
-                wrong_type("boolean", node, path).hint(format!("write true or false; {text:?} is a boolean only in YAML 1.1")),
-            ),
+            Value::Str { text, plain: true } if YAML11_BOOLS.contains(&text.as_str()) => {
+                out.push(wrong_type("boolean", node, path).hint(format!(
+                    "write true or false; {text:?} is a boolean only in YAML 1.1"
+                )))
+            }
             _ => out.push(wrong_type("boolean", node, path)),
         },
         _ => {}
+    }
+}
+
+/// A warning when `node` is an unquoted string that YAML 1.1 readers take as a boolean.
+pub fn yaml11_boolean(node: &Node, path: &FieldPath) -> Option<Finding> {
+    match &node.value {
+        Value::Str { text, plain: true } if YAML11_BOOLS.contains(&text.as_str()) => Some(
+            Finding::warning(
+                "Yaml11Boolean",
+                path.clone(),
+                format!("unquoted {text:?} is a boolean to kubectl and other YAML 1.1 readers"),
+            )
+            .hint(format!("quote it: \"{text}\"")),
+        ),
+        _ => None,
     }
 }
 
@@ -106,7 +130,11 @@ fn type_label(schema: &J) -> &str {
 }
 
 fn wrong_type(expected: &str, node: &Node, path: &FieldPath) -> Finding {
-    Finding::error("WrongType", path.clone(), format!("expected {expected}, got {}", node.value.type_name()))
+    Finding::error(
+        "WrongType",
+        path.clone(),
+        format!("expected {expected}, got {}", node.value.type_name()),
+    )
 }
 
 fn check_object(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) {
@@ -116,7 +144,10 @@ fn check_object(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding
     };
     let props = schema.get("properties").and_then(J::as_object);
     let additional = schema.get("additionalProperties");
-    let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(J::as_bool) == Some(true);
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(J::as_bool)
+        == Some(true);
     for e in entries {
         let child = path.key(&e.key);
         if let Some(s) = props.and_then(|p| p.get(&e.key)) {
@@ -139,7 +170,11 @@ fn check_object(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding
     if let Some(required) = schema.get("required").and_then(J::as_array) {
         for r in required.iter().filter_map(J::as_str) {
             if !entries.iter().any(|e| e.key == r) {
-                out.push(Finding::error("MissingField", path.key(r), format!("required field {r:?} is missing")));
+                out.push(Finding::error(
+                    "MissingField",
+                    path.key(r),
+                    format!("required field {r:?} is missing"),
+                ));
             }
         }
     }
@@ -161,7 +196,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -175,8 +212,14 @@ mod tests {
     #[test]
     fn typos_find_their_field() {
         let c = ["exportRules", "importRules", "domainSuffix"];
-        assert_eq!(closest("exportRule", c.iter().copied()), Some("exportRules"));
-        assert_eq!(closest("exportrules", c.iter().copied()), Some("exportRules"));
+        assert_eq!(
+            closest("exportRule", c.iter().copied()),
+            Some("exportRules")
+        );
+        assert_eq!(
+            closest("exportrules", c.iter().copied()),
+            Some("exportRules")
+        );
         assert_eq!(closest("zzz", c.iter().copied()), None);
     }
 }

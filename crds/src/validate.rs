@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_core::export::ExportRule;
+use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_core::import::ImportSet;
 use meshfed_core::name;
 use serde::de::DeserializeOwned;
@@ -42,9 +42,14 @@ impl Kind {
     }
 
     fn parse(kind: &str) -> Option<Self> {
-        [Self::ServiceMeshPeer, Self::ExportedServiceSet, Self::ImportedServiceSet, Self::Mesh]
-            .into_iter()
-            .find(|k| k.as_str() == kind)
+        [
+            Self::ServiceMeshPeer,
+            Self::ExportedServiceSet,
+            Self::ImportedServiceSet,
+            Self::Mesh,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
     }
 
     fn api_version(self) -> &'static str {
@@ -105,18 +110,31 @@ pub struct Report {
 
 impl Report {
     pub fn errors(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     pub fn warnings(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count()
     }
 
     pub fn has_errors(&self) -> bool {
         self.errors() > 0
     }
 
-    fn push(&mut self, file: &str, document: usize, root: Option<&Node>, object: Option<String>, f: Finding) {
+    fn push(
+        &mut self,
+        file: &str,
+        document: usize,
+        root: Option<&Node>,
+        object: Option<String>,
+        f: Finding,
+    ) {
         let pos = root.map(|r| r.locate(&f.path)).unwrap_or_default();
         self.diagnostics.push(Diagnostic {
             severity: f.severity,
@@ -142,9 +160,16 @@ impl Report {
     pub fn meshes(&self) -> Vec<MeshFederation> {
         let mut out = Vec::new();
         for o in &self.objects {
-            let Some(Converted::Mesh(info)) = &o.converted else { continue };
+            let Some(Converted::Mesh(info)) = &o.converted else {
+                continue;
+            };
             let mut peers: BTreeMap<_, Peer> = BTreeMap::new();
-            let in_mesh = |x: &&Object| x.namespace.as_deref().is_none_or(|ns| ns == info.namespace.as_str()) && x.file == o.file;
+            let in_mesh = |x: &&Object| {
+                x.namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == info.namespace.as_str())
+                    && x.file == o.file
+            };
             for x in self.objects.iter().filter(in_mesh) {
                 if let Some(Converted::Peer(p)) = &x.converted {
                     peers.entry(p.name.clone()).or_insert_with(|| p.clone());
@@ -167,7 +192,9 @@ impl Report {
             }
             // A peer whose trust domain is ours, or taken by an earlier peer, never federates.
             let mut seen = std::collections::BTreeSet::new();
-            peers.retain(|_, p| p.trust_domain != info.trust_domain && seen.insert(p.trust_domain.clone()));
+            peers.retain(|_, p| {
+                p.trust_domain != info.trust_domain && seen.insert(p.trust_domain.clone())
+            });
             out.push(MeshFederation {
                 mesh: info.name.clone(),
                 trust_domain: info.trust_domain.clone(),
@@ -187,7 +214,14 @@ fn schemas() -> &'static HashMap<&'static str, J> {
             .into_iter()
             .filter_map(|crd| {
                 let kind = Kind::parse(&crd.spec.names.kind)?.as_str();
-                let schema = crd.spec.versions.first()?.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+                let schema = crd
+                    .spec
+                    .versions
+                    .first()?
+                    .schema
+                    .as_ref()?
+                    .open_api_v3_schema
+                    .as_ref()?;
                 Some((kind, serde_json::to_value(schema).ok()?))
             })
             .collect()
@@ -197,26 +231,45 @@ fn schemas() -> &'static HashMap<&'static str, J> {
 fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Option<String>) {
     let path = FieldPath::parse("metadata");
     let Some(meta) = root.get("metadata") else {
-        out.push(Finding::error("MissingField", path, "metadata is missing").hint("every object needs metadata.name"));
+        out.push(
+            Finding::error("MissingField", path, "metadata is missing")
+                .hint("every object needs metadata.name"),
+        );
         return (None, None);
     };
     if !matches!(meta.value, Value::Map(_)) {
-        out.push(Finding::error("WrongType", path, format!("expected mapping, got {}", meta.value.type_name())));
+        out.push(Finding::error(
+            "WrongType",
+            path,
+            format!("expected mapping, got {}", meta.value.type_name()),
+        ));
         return (None, None);
     }
     let name = match meta.get("name").map(|n| &n.value) {
         None => {
-            out.push(Finding::error("MissingField", path.key("name"), "metadata.name is missing"));
+            out.push(Finding::error(
+                "MissingField",
+                path.key("name"),
+                "metadata.name is missing",
+            ));
             None
         }
         Some(Value::Str { text, .. }) => {
             if let Err(e) = name::dns1123_subdomain("object name", text) {
-                out.push(Finding::error("InvalidName", path.key("name"), e.to_string()));
+                out.push(Finding::error(
+                    "InvalidName",
+                    path.key("name"),
+                    e.to_string(),
+                ));
             }
             Some(text.clone())
         }
         Some(v) => {
-            out.push(Finding::error("WrongType", path.key("name"), format!("expected string, got {}", v.type_name())));
+            out.push(Finding::error(
+                "WrongType",
+                path.key("name"),
+                format!("expected string, got {}", v.type_name()),
+            ));
             None
         }
     };
@@ -224,12 +277,20 @@ fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Optio
         None | Some(Value::Null) => None,
         Some(Value::Str { text, .. }) => {
             if let Err(e) = name::dns1123_label("namespace", text) {
-                out.push(Finding::error("InvalidName", path.key("namespace"), e.to_string()));
+                out.push(Finding::error(
+                    "InvalidName",
+                    path.key("namespace"),
+                    e.to_string(),
+                ));
             }
             Some(text.clone())
         }
         Some(v) => {
-            out.push(Finding::error("WrongType", path.key("namespace"), format!("expected string, got {}", v.type_name())));
+            out.push(Finding::error(
+                "WrongType",
+                path.key("namespace"),
+                format!("expected string, got {}", v.type_name()),
+            ));
             None
         }
     };
@@ -237,16 +298,35 @@ fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Optio
         if let Some(Value::Map(entries)) = meta.get(field).map(|n| &n.value) {
             for e in entries {
                 if let Err(err) = name::label_key(&e.key) {
-                    out.push(Finding::error("InvalidLabelKey", path.key(field).key(&e.key), err.to_string()));
+                    out.push(Finding::error(
+                        "InvalidLabelKey",
+                        path.key(field).key(&e.key),
+                        err.to_string(),
+                    ));
                 }
                 if field == "labels" {
                     match &e.value.value {
                         Value::Str { text, .. } => {
+                            out.extend(crate::schema::yaml11_boolean(
+                                &e.value,
+                                &path.key(field).key(&e.key),
+                            ));
                             if let Err(err) = name::label_value(text) {
-                                out.push(Finding::error("InvalidLabelValue", path.key(field).key(&e.key), err.to_string()));
+                                out.push(Finding::error(
+                                    "InvalidLabelValue",
+                                    path.key(field).key(&e.key),
+                                    err.to_string(),
+                                ));
                             }
                         }
-                        v => out.push(Finding::error("WrongType", path.key(field).key(&e.key), format!("expected string, got {}", v.type_name())).hint("quote the value")),
+                        v => out.push(
+                            Finding::error(
+                                "WrongType",
+                                path.key(field).key(&e.key),
+                                format!("expected string, got {}", v.type_name()),
+                            )
+                            .hint("quote the value"),
+                        ),
                     }
                 }
             }
@@ -258,11 +338,21 @@ fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Optio
 fn decode<T: DeserializeOwned>(raw: &J, out: &mut Vec<Finding>) -> Option<T> {
     match raw.get("spec") {
         None => {
-            out.push(Finding::error("MissingField", FieldPath::parse("spec"), "spec is missing"));
+            out.push(Finding::error(
+                "MissingField",
+                FieldPath::parse("spec"),
+                "spec is missing",
+            ));
             None
         }
         Some(spec) => serde_json::from_value(spec.clone())
-            .map_err(|e| out.push(Finding::error("DecodeFailed", FieldPath::parse("spec"), e.to_string())))
+            .map_err(|e| {
+                out.push(Finding::error(
+                    "DecodeFailed",
+                    FieldPath::parse("spec"),
+                    e.to_string(),
+                ))
+            })
             .ok(),
     }
 }
@@ -270,9 +360,20 @@ fn decode<T: DeserializeOwned>(raw: &J, out: &mut Vec<Finding>) -> Option<T> {
 /// Checks one document. Returns the object when it is a kind meshfed knows.
 fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) -> Option<Object> {
     let mut findings = Vec::new();
-    let doc_finding = |report: &mut Report, f: Finding| report.push(file, index, Some(root), None, f);
+    let doc_finding =
+        |report: &mut Report, f: Finding| report.push(file, index, Some(root), None, f);
     if !matches!(root.value, Value::Map(_)) {
-        doc_finding(report, Finding::error("WrongType", FieldPath::root(), format!("expected a mapping (an object), got {}", root.value.type_name())));
+        doc_finding(
+            report,
+            Finding::error(
+                "WrongType",
+                FieldPath::root(),
+                format!(
+                    "expected a mapping (an object), got {}",
+                    root.value.type_name()
+                ),
+            ),
+        );
         return None;
     }
     let api_version = root.str_at("apiVersion");
@@ -280,7 +381,14 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
     let (Some(api_version), Some(kind_str)) = (api_version, kind_str) else {
         for (field, v) in [("apiVersion", api_version), ("kind", kind_str)] {
             if v.is_none() {
-                doc_finding(report, Finding::error("MissingField", FieldPath::parse(field), format!("{field} is missing or not a string")));
+                doc_finding(
+                    report,
+                    Finding::error(
+                        "MissingField",
+                        FieldPath::parse(field),
+                        format!("{field} is missing or not a string"),
+                    ),
+                );
             }
         }
         return None;
@@ -288,14 +396,25 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
     let Some(kind) = Kind::parse(kind_str) else {
         doc_finding(
             report,
-            Finding::warning("UnknownKind", FieldPath::parse("kind"), format!("{api_version} {kind_str} is not checked by meshfed; ignored")),
+            Finding::warning(
+                "UnknownKind",
+                FieldPath::parse("kind"),
+                format!("{api_version} {kind_str} is not checked by meshfed; ignored"),
+            ),
         );
         return None;
     };
     if api_version != kind.api_version() {
         doc_finding(
             report,
-            Finding::error("UnsupportedVersion", FieldPath::parse("apiVersion"), format!("{kind_str} is served as {}, not {api_version}", kind.api_version())),
+            Finding::error(
+                "UnsupportedVersion",
+                FieldPath::parse("apiVersion"),
+                format!(
+                    "{kind_str} is served as {}, not {api_version}",
+                    kind.api_version()
+                ),
+            ),
         );
         return None;
     }
@@ -321,15 +440,23 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
             Kind::ServiceMeshPeer => decode::<ServiceMeshPeerSpec>(&object.raw, out)
                 .and_then(|s| model::convert_peer(&name, &s, out))
                 .map(Converted::Peer),
-            Kind::ExportedServiceSet => decode::<ExportedServiceSetSpec>(&object.raw, out).map(|s| {
-                model::peer_name(&name, out);
-                Converted::Exports(model::convert_exports(&s, out))
-            }),
-            Kind::ImportedServiceSet => decode::<ImportedServiceSetSpec>(&object.raw, out).and_then(|s| {
-                // The importer's cluster domain is applied when the mesh is known (below).
-                let peer = model::peer_name(&name, out)?;
-                Some(Converted::Imports(model::convert_imports(peer, &s, model::DEFAULT_CLUSTER_DOMAIN, out)))
-            }),
+            Kind::ExportedServiceSet => {
+                decode::<ExportedServiceSetSpec>(&object.raw, out).map(|s| {
+                    model::peer_name(&name, out);
+                    Converted::Exports(model::convert_exports(&s, out))
+                })
+            }
+            Kind::ImportedServiceSet => decode::<ImportedServiceSetSpec>(&object.raw, out)
+                .and_then(|s| {
+                    // The importer's cluster domain is applied when the mesh is known (below).
+                    let peer = model::peer_name(&name, out)?;
+                    Some(Converted::Imports(model::convert_imports(
+                        peer,
+                        &s,
+                        model::DEFAULT_CLUSTER_DOMAIN,
+                        out,
+                    )))
+                }),
             Kind::Mesh => decode::<MeshSpec>(&object.raw, out)
                 .and_then(|s| model::convert_mesh(&name, object.namespace.as_deref(), &s, out))
                 .map(Converted::Mesh),
@@ -363,7 +490,13 @@ pub fn validate(inputs: &[Input<'_>]) -> Report {
             }
         }
         if let Some(e) = &stream.fatal {
-            report.push(input.file, stream.documents.len(), None, None, load_finding(e));
+            report.push(
+                input.file,
+                stream.documents.len(),
+                None,
+                None,
+                load_finding(e),
+            );
             if let Some(d) = report.diagnostics.last_mut() {
                 d.line = e.pos.line;
                 d.column = e.pos.column;
@@ -394,8 +527,12 @@ fn cross_checks(report: &mut Report) {
                 let other = report.objects[first].label();
                 report.push_for(
                     i,
-                    Finding::error("MultipleMeshes", FieldPath::root(), format!("this file already describes {other}"))
-                        .hint("put each mesh in its own file"),
+                    Finding::error(
+                        "MultipleMeshes",
+                        FieldPath::root(),
+                        format!("this file already describes {other}"),
+                    )
+                    .hint("put each mesh in its own file"),
                 );
             } else {
                 mesh_of_file.insert(report.objects[i].file.clone(), i);
@@ -408,10 +545,16 @@ fn cross_checks(report: &mut Report) {
         let o = &report.objects[i];
         let mesh = mesh_of_file.get(&o.file).map(|&m| &report.objects[m]);
         let mesh_ns = mesh.and_then(|m| m.namespace.clone());
-        let effective = o.namespace.clone().or_else(|| mesh_ns.clone()).unwrap_or_else(|| "(unset)".into());
+        let effective = o
+            .namespace
+            .clone()
+            .or_else(|| mesh_ns.clone())
+            .unwrap_or_else(|| "(unset)".into());
         let group_key = format!("{}\u{0}{}", mesh.map_or("", |m| m.file.as_str()), effective);
         let mismatch = o.kind != Kind::Mesh
-            && o.namespace.as_deref().is_some_and(|ns| mesh_ns.as_deref().is_some_and(|mns| mns != ns));
+            && o.namespace
+                .as_deref()
+                .is_some_and(|ns| mesh_ns.as_deref().is_some_and(|mns| mns != ns));
         let mlabel = mesh.map(Object::label).unwrap_or_default();
         group.push(group_key);
         if mismatch {
@@ -433,8 +576,18 @@ fn cross_checks(report: &mut Report) {
         }
         let key = (group[i].clone(), o.kind, o.name.clone());
         if let Some(&first) = seen.get(&key) {
-            let where_ = format!("{}: document {}", report.objects[first].file, report.objects[first].document);
-            report.push_for(i, Finding::error("DuplicateObject", FieldPath::parse("metadata.name"), format!("{} is defined again (first in {where_})", o.label())));
+            let where_ = format!(
+                "{}: document {}",
+                report.objects[first].file, report.objects[first].document
+            );
+            report.push_for(
+                i,
+                Finding::error(
+                    "DuplicateObject",
+                    FieldPath::parse("metadata.name"),
+                    format!("{} is defined again (first in {where_})", o.label()),
+                ),
+            );
             report.objects[i].converted = None;
         } else {
             seen.insert(key, i);
@@ -443,11 +596,15 @@ fn cross_checks(report: &mut Report) {
     // Peers per group: trust domains unique, and not the mesh's own.
     let mut peer_tds: HashMap<(String, String), usize> = HashMap::new();
     for i in 0..n {
-        let Some(Converted::Peer(p)) = &report.objects[i].converted else { continue };
+        let Some(Converted::Peer(p)) = &report.objects[i].converted else {
+            continue;
+        };
         let td = p.trust_domain.as_str().to_owned();
-        let mesh_td = mesh_of_file.get(&report.objects[i].file).and_then(|&m| match &report.objects[m].converted {
-            Some(Converted::Mesh(info)) => Some(info.trust_domain.as_str().to_owned()),
-            _ => None,
+        let mesh_td = mesh_of_file.get(&report.objects[i].file).and_then(|&m| {
+            match &report.objects[m].converted {
+                Some(Converted::Mesh(info)) => Some(info.trust_domain.as_str().to_owned()),
+                _ => None,
+            }
         });
         let path = FieldPath::parse("spec.security.trustDomain");
         if mesh_td.as_deref() == Some(td.as_str()) {
@@ -462,8 +619,12 @@ fn cross_checks(report: &mut Report) {
             let other = report.objects[first].label();
             report.push_for(
                 i,
-                Finding::error("TrustDomainTaken", path, format!("trust domain {td:?} is already claimed by {other}"))
-                    .hint("bundles are kept per trust domain; two peers cannot share one"),
+                Finding::error(
+                    "TrustDomainTaken",
+                    path,
+                    format!("trust domain {td:?} is already claimed by {other}"),
+                )
+                .hint("bundles are kept per trust domain; two peers cannot share one"),
             );
         } else {
             peer_tds.insert((group[i].clone(), td), i);
@@ -476,7 +637,9 @@ fn cross_checks(report: &mut Report) {
             continue;
         }
         let has_peer = (0..n).any(|j| {
-            report.objects[j].kind == Kind::ServiceMeshPeer && group[j] == group[i] && report.objects[j].name == name
+            report.objects[j].kind == Kind::ServiceMeshPeer
+                && group[j] == group[i]
+                && report.objects[j].name == name
         });
         if !has_peer {
             let kind = kind.as_str();
@@ -495,19 +658,36 @@ fn cross_checks(report: &mut Report) {
 /// Re-converts an `ImportedServiceSet` with its mesh's cluster domain when that differs from
 /// the default, so `domainSuffix` checks use the right local domain.
 fn recheck_cluster_domain(report: &mut Report, i: usize, mesh_of_file: &HashMap<String, usize>) {
-    let Some(&m) = mesh_of_file.get(&report.objects[i].file) else { return };
-    let Some(Converted::Mesh(info)) = &report.objects[m].converted else { return };
+    let Some(&m) = mesh_of_file.get(&report.objects[i].file) else {
+        return;
+    };
+    let Some(Converted::Mesh(info)) = &report.objects[m].converted else {
+        return;
+    };
     let cd = info.catalog.cluster_domain().as_str().to_owned();
     if cd == model::DEFAULT_CLUSTER_DOMAIN {
         return;
     }
-    let Some(Converted::Imports(set)) = &report.objects[i].converted else { return };
+    let Some(Converted::Imports(set)) = &report.objects[i].converted else {
+        return;
+    };
     let peer = set.peer.clone();
     let mut findings = Vec::new();
-    let Ok(spec) = serde_json::from_value::<ImportedServiceSetSpec>(report.objects[i].raw.get("spec").cloned().unwrap_or(J::Null)) else { return };
+    let Ok(spec) = serde_json::from_value::<ImportedServiceSetSpec>(
+        report.objects[i]
+            .raw
+            .get("spec")
+            .cloned()
+            .unwrap_or(J::Null),
+    ) else {
+        return;
+    };
     let set = model::convert_imports(peer, &spec, &cd, &mut findings);
     report.objects[i].converted = Some(Converted::Imports(set));
-    for f in findings.into_iter().filter(|f| f.reason == "LocalDomainSuffix") {
+    for f in findings
+        .into_iter()
+        .filter(|f| f.reason == "LocalDomainSuffix")
+    {
         report.push_for(i, f);
     }
 }

@@ -27,7 +27,10 @@ pub struct Pos {
 
 impl Pos {
     fn of(span: &Span) -> Self {
-        Self { line: span.start.line(), column: span.start.col() + 1 }
+        Self {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
     }
 }
 
@@ -47,7 +50,10 @@ pub enum Value {
     Float(f64),
     /// A string; `plain` is true for an unquoted scalar (YAML 1.1 readers may take `yes`,
     /// `on`, … as booleans there).
-    Str { text: String, plain: bool },
+    Str {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<Entry>),
 }
@@ -98,10 +104,13 @@ impl Node {
         let mut pos = self.pos;
         for seg in path.segments() {
             let next = match (&node.value, seg) {
-                (Value::Map(entries), crate::diag::Segment::Key(k)) => {
-                    entries.iter().find(|e| &e.key == k).map(|e| (e.key_pos, &e.value))
+                (Value::Map(entries), crate::diag::Segment::Key(k)) => entries
+                    .iter()
+                    .find(|e| &e.key == k)
+                    .map(|e| (e.key_pos, &e.value)),
+                (Value::Seq(items), crate::diag::Segment::Index(i)) => {
+                    items.get(*i).map(|n| (n.pos, n))
                 }
-                (Value::Seq(items), crate::diag::Segment::Index(i)) => items.get(*i).map(|n| (n.pos, n)),
                 _ => None,
             };
             match next {
@@ -122,12 +131,17 @@ impl Node {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| J::String(f.to_string()), J::Number),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or_else(|| J::String(f.to_string()), J::Number)
+            }
             Value::Str { text, .. } => J::String(text.clone()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => {
-                J::Object(entries.iter().map(|e| (e.key.clone(), e.value.to_json())).collect())
-            }
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -170,8 +184,17 @@ pub struct Stream {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, entries: Vec<Entry>, key: Option<(String, Pos)> },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<Entry>,
+        key: Option<(String, Pos)>,
+    },
 }
 
 struct Builder {
@@ -184,7 +207,13 @@ struct Builder {
 
 impl Builder {
     fn new() -> Self {
-        Self { frames: Vec::new(), anchors: Vec::new(), nodes: 0, root: None, errors: Vec::new() }
+        Self {
+            frames: Vec::new(),
+            anchors: Vec::new(),
+            nodes: 0,
+            root: None,
+            errors: Vec::new(),
+        }
     }
 
     fn path(&self) -> FieldPath {
@@ -192,7 +221,9 @@ impl Builder {
         for f in &self.frames {
             match f {
                 Frame::Seq { items, .. } => p = p.index(items.len()),
-                Frame::Map { key: Some((k, _)), .. } => p = p.key(k),
+                Frame::Map {
+                    key: Some((k, _)), ..
+                } => p = p.key(k),
                 Frame::Map { .. } => {}
             }
         }
@@ -252,7 +283,11 @@ impl Builder {
                             path,
                         });
                     } else {
-                        entries.push(Entry { key: k, key_pos, value: node });
+                        entries.push(Entry {
+                            key: k,
+                            key_pos,
+                            value: node,
+                        });
                     }
                 }
             },
@@ -279,23 +314,55 @@ impl Builder {
                     });
                 }
                 let frame = if matches!(ev, Event::SequenceStart(..)) {
-                    Frame::Seq { pos, anchor, items: Vec::new() }
+                    Frame::Seq {
+                        pos,
+                        anchor,
+                        items: Vec::new(),
+                    }
                 } else {
-                    Frame::Map { pos, anchor, entries: Vec::new(), key: None }
+                    Frame::Map {
+                        pos,
+                        anchor,
+                        entries: Vec::new(),
+                        key: None,
+                    }
                 };
                 self.frames.push(frame);
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(frame) = self.frames.pop() {
                     let (node, anchor) = match frame {
-                        Frame::Seq { pos, anchor, items } => (Node { pos, value: Value::Seq(items) }, anchor),
-                        Frame::Map { pos, anchor, entries, .. } => (Node { pos, value: Value::Map(entries) }, anchor),
+                        Frame::Seq { pos, anchor, items } => (
+                            Node {
+                                pos,
+                                value: Value::Seq(items),
+                            },
+                            anchor,
+                        ),
+                        Frame::Map {
+                            pos,
+                            anchor,
+                            entries,
+                            ..
+                        } => (
+                            Node {
+                                pos,
+                                value: Value::Map(entries),
+                            },
+                            anchor,
+                        ),
                     };
                     self.push(node, anchor)?;
                 }
             }
             Event::Alias(id) => {
-                let Some(node) = self.anchors.iter().rev().find(|(a, _)| *a == id).map(|(_, n)| n.clone()) else {
+                let Some(node) = self
+                    .anchors
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == id)
+                    .map(|(_, n)| n.clone())
+                else {
                     return Err(LoadError {
                         pos,
                         reason: "UnknownAlias",
@@ -323,7 +390,12 @@ impl Builder {
 fn node_count(n: &Node) -> usize {
     match &n.value {
         Value::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|e| 1 + node_count(&e.value)).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|e| 1 + node_count(&e.value))
+                .sum::<usize>()
+        }
         _ => 1,
     }
 }
@@ -333,16 +405,28 @@ fn resolve(text: Cow<'_, str>, style: ScalarStyle, tag: Option<&Tag>) -> Value {
     if let Some(tag) = tag {
         if tag.is_yaml_core_schema() {
             return match tag.suffix() {
-                "str" => Value::Str { text: text.into_owned(), plain: false },
+                "str" => Value::Str {
+                    text: text.into_owned(),
+                    plain: false,
+                },
                 "null" => Value::Null,
                 "bool" | "int" | "float" => resolve_plain(text),
-                _ => Value::Str { text: text.into_owned(), plain: false },
+                _ => Value::Str {
+                    text: text.into_owned(),
+                    plain: false,
+                },
             };
         }
-        return Value::Str { text: text.into_owned(), plain: false };
+        return Value::Str {
+            text: text.into_owned(),
+            plain: false,
+        };
     }
     if style != ScalarStyle::Plain {
-        return Value::Str { text: text.into_owned(), plain: false };
+        return Value::Str {
+            text: text.into_owned(),
+            plain: false,
+        };
     }
     resolve_plain(text)
 }
@@ -353,7 +437,9 @@ fn resolve_plain(text: Cow<'_, str>) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -383,7 +469,10 @@ fn resolve_plain(text: Cow<'_, str>) -> Value {
             return Value::Float(f);
         }
     }
-    Value::Str { text: text.into_owned(), plain: true }
+    Value::Str {
+        text: text.into_owned(),
+        plain: true,
+    }
 }
 
 fn is_int(s: &str) -> bool {
@@ -430,18 +519,29 @@ pub fn load(src: &str) -> Stream {
     let mut parser = Parser::new_from_str(src);
     let mut builder: Option<Builder> = None;
     loop {
-        let Some(next) = parser.next_event() else { break };
+        let Some(next) = parser.next_event() else {
+            break;
+        };
         let (ev, span) = match next {
             Ok(x) => x,
             Err(e) => {
                 let m = e.marker();
                 let fatal = LoadError {
-                    pos: Pos { line: m.line(), column: m.col() + 1 },
+                    pos: Pos {
+                        line: m.line(),
+                        column: m.col() + 1,
+                    },
                     reason: "YamlSyntax",
                     message: format!("invalid YAML: {}", e.info()),
-                    path: builder.as_ref().map(Builder::path).unwrap_or_else(FieldPath::root),
+                    path: builder
+                        .as_ref()
+                        .map(Builder::path)
+                        .unwrap_or_else(FieldPath::root),
                 };
-                return Stream { documents, fatal: Some(fatal) };
+                return Stream {
+                    documents,
+                    fatal: Some(fatal),
+                };
             }
         };
         match ev {
@@ -449,7 +549,11 @@ pub fn load(src: &str) -> Stream {
             Event::DocumentEnd => {
                 if let Some(b) = builder.take() {
                     let root = b.root.filter(|r| r.value != Value::Null);
-                    documents.push(Document { index: documents.len(), root, errors: b.errors });
+                    documents.push(Document {
+                        index: documents.len(),
+                        root,
+                        errors: b.errors,
+                    });
                 }
             }
             Event::StreamEnd => break,
@@ -459,14 +563,23 @@ pub fn load(src: &str) -> Stream {
                         // The document cannot be trusted; keep what was read and skip the rest.
                         let mut errors = std::mem::take(&mut b.errors);
                         errors.push(e);
-                        documents.push(Document { index: documents.len(), root: None, errors });
+                        documents.push(Document {
+                            index: documents.len(),
+                            root: None,
+                            errors,
+                        });
                         builder = None;
                         // Drain events up to the end of this document.
                         loop {
                             match parser.next_event() {
                                 Some(Ok((Event::DocumentEnd, _))) => break,
                                 Some(Ok(_)) => {}
-                                Some(Err(_)) | None => return Stream { documents, fatal: None },
+                                Some(Err(_)) | None => {
+                                    return Stream {
+                                        documents,
+                                        fatal: None,
+                                    };
+                                }
                             }
                         }
                     }
@@ -474,7 +587,10 @@ pub fn load(src: &str) -> Stream {
             }
         }
     }
-    Stream { documents, fatal: None }
+    Stream {
+        documents,
+        fatal: None,
+    }
 }
 
 #[cfg(test)]
@@ -489,10 +605,24 @@ mod tests {
 
     #[test]
     fn scalars_resolve_by_yaml_12() {
-        let n = one("a: 1\nb: yes\nc: 'true'\nd: true\ne: 0x1F\nf: 1.5\ng: ~\nh: 1e3\ni: 99999999999999999999\n");
+        let n = one(
+            "a: 1\nb: yes\nc: 'true'\nd: true\ne: 0x1F\nf: 1.5\ng: ~\nh: 1e3\ni: 99999999999999999999\n",
+        );
         assert_eq!(n.get("a").unwrap().value, Value::Int(1));
-        assert_eq!(n.get("b").unwrap().value, Value::Str { text: "yes".into(), plain: true });
-        assert_eq!(n.get("c").unwrap().value, Value::Str { text: "true".into(), plain: false });
+        assert_eq!(
+            n.get("b").unwrap().value,
+            Value::Str {
+                text: "yes".into(),
+                plain: true
+            }
+        );
+        assert_eq!(
+            n.get("c").unwrap().value,
+            Value::Str {
+                text: "true".into(),
+                plain: false
+            }
+        );
         assert_eq!(n.get("d").unwrap().value, Value::Bool(true));
         assert_eq!(n.get("e").unwrap().value, Value::Int(31));
         assert_eq!(n.get("f").unwrap().value, Value::Float(1.5));
@@ -504,7 +634,11 @@ mod tests {
     #[test]
     fn positions_and_paths() {
         let n = one("spec:\n  rules:\n  - name: a\n  - name: b\n");
-        let p = FieldPath::root().key("spec").key("rules").index(1).key("name");
+        let p = FieldPath::root()
+            .key("spec")
+            .key("rules")
+            .index(1)
+            .key("name");
         assert_eq!(n.locate(&p).line, 4);
         let missing = FieldPath::root().key("spec").key("nope");
         assert_eq!(n.locate(&missing).line, 1);
@@ -543,13 +677,22 @@ mod tests {
     fn deep_nesting_is_bounded() {
         let src = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let s = load(&src);
-        let reason = s.fatal.map(|f| f.reason).or_else(|| s.documents[0].errors.last().map(|e| e.reason));
-        assert!(matches!(reason, Some("TooDeep") | Some("YamlSyntax")), "{reason:?}");
+        let reason = s
+            .fatal
+            .map(|f| f.reason)
+            .or_else(|| s.documents[0].errors.last().map(|e| e.reason));
+        assert!(
+            matches!(reason, Some("TooDeep") | Some("YamlSyntax")),
+            "{reason:?}"
+        );
     }
 
     #[test]
     fn aliases_expand() {
         let n = one("base: &b {x: 1}\nother: *b\n");
-        assert_eq!(n.get("other").unwrap().get("x").unwrap().value, Value::Int(1));
+        assert_eq!(
+            n.get("other").unwrap().get("x").unwrap().value,
+            Value::Int(1)
+        );
     }
 }

@@ -1,0 +1,94 @@
+//! The crate layering of ARCHITECTURE.md, checked over `cargo metadata`: `core` stays pure,
+//! and heavy or sensitive dependencies stay in the crate that owns them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+fn deps() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("cargo metadata: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    v["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            let deps = p["dependencies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["kind"].is_null()) // normal dependencies only
+                .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                .collect();
+            (name, deps)
+        })
+        .collect()
+}
+
+/// Which workspace crates may use a dependency (by crate name).
+const OWNERS: &[(&str, &[&str])] = &[
+    ("kube", &["meshfed-crds", "meshfed-k8s"]),
+    ("k8s-openapi", &["meshfed-crds", "meshfed-k8s"]),
+    ("sled", &["meshfed-store"]),
+    ("quinn", &["meshfed-gateway"]),
+    ("rcgen", &["meshfed-trust"]),
+    ("x509-parser", &["meshfed-trust"]),
+];
+
+#[test]
+fn core_is_pure() {
+    let all = deps();
+    let core = all
+        .get("meshfed-core")
+        .unwrap_or_else(|| panic!("no meshfed-core"));
+    let allowed: BTreeSet<&str> = ["serde", "thiserror"].into();
+    let extra: Vec<&String> = core
+        .iter()
+        .filter(|d| !allowed.contains(d.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "meshfed-core must stay pure (no I/O, no runtime); it depends on {extra:?}"
+    );
+}
+
+#[test]
+fn owned_dependencies_stay_with_their_owner() {
+    for (krate, deps) in deps() {
+        for (dep, owners) in OWNERS {
+            if deps.contains(*dep) {
+                assert!(
+                    owners.contains(&krate.as_str()),
+                    "{krate} depends on {dep}, which only {owners:?} may use"
+                );
+            }
+        }
+        if krate == "meshfed-crds" {
+            let ws: Vec<&String> = deps
+                .iter()
+                .filter(|d| d.starts_with("meshfed-") && *d != "meshfed-core")
+                .collect();
+            assert!(
+                ws.is_empty(),
+                "meshfed-crds may depend only on meshfed-core, not {ws:?}"
+            );
+        }
+    }
+}
