@@ -58,16 +58,17 @@ pub fn run(
     };
     let mut explanations = Vec::new();
     for local in targets {
-        if let Some(p) = &only {
-            if !all && !local.peers.contains_key(p) {
-                let known: Vec<&str> = local.peers.keys().map(PeerName::as_str).collect();
-                bail!(
-                    "mesh {} has no ServiceMeshPeer {:?}; its peers: {}",
-                    local.mesh,
-                    p.as_str(),
-                    known.join(", ")
-                );
-            }
+        if let Some(p) = &only
+            && !all
+            && !local.peers.contains_key(p)
+        {
+            let known: Vec<&str> = local.peers.keys().map(PeerName::as_str).collect();
+            bail!(
+                "mesh {} has no ServiceMeshPeer {:?}; its peers: {}",
+                local.mesh,
+                p.as_str(),
+                known.join(", ")
+            );
         }
         let others: Vec<MeshFederation> = by_file
             .iter()

@@ -116,17 +116,15 @@ fn check_address(addr: &str, path: FieldPath, out: &mut Findings) -> bool {
             None => true,
         };
     }
-    if let Some((host, p)) = addr.rsplit_once(':') {
-        if p.parse::<u16>().is_ok() {
-            out.push(
-                Finding::error("InvalidAddress", path, format!("{addr:?} includes a port")).hint(
-                    format!(
-                        "write {host:?} here and set remote.discoveryPort / remote.servicePort"
-                    ),
-                ),
-            );
-            return false;
-        }
+    if let Some((host, p)) = addr.rsplit_once(':')
+        && p.parse::<u16>().is_ok()
+    {
+        out.push(
+            Finding::error("InvalidAddress", path, format!("{addr:?} includes a port")).hint(
+                format!("write {host:?} here and set remote.discoveryPort / remote.servicePort"),
+            ),
+        );
+        return false;
     }
     if let Some(stripped) = addr.strip_suffix('.') {
         out.push(
@@ -217,13 +215,13 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
     }
     if let Some(gw) = &spec.gateways {
         for (which, r) in [("ingress", &gw.ingress), ("egress", &gw.egress)] {
-            if let Some(n) = r.as_ref().and_then(|r| r.name.as_deref()) {
-                if let Err(e) = name::dns1123_subdomain("gateway name", n) {
-                    out.push(name_finding(
-                        base.key("gateways").key(which).key("name"),
-                        &e,
-                    ));
-                }
+            if let Some(n) = r.as_ref().and_then(|r| r.name.as_deref())
+                && let Err(e) = name::dns1123_subdomain("gateway name", n)
+            {
+                out.push(name_finding(
+                    base.key("gateways").key(which).key("name"),
+                    &e,
+                ));
             }
         }
     }
@@ -801,14 +799,14 @@ pub fn convert_mesh(
         ));
     } else {
         for (i, s) in services.iter().enumerate() {
-            if let Some(svc) = convert_service(s, &base.key("services").index(i), out) {
-                if let Err(e) = catalog.insert(svc) {
-                    out.push(Finding::error(
-                        "DuplicateService",
-                        base.key("services").index(i),
-                        e.to_string(),
-                    ));
-                }
+            if let Some(svc) = convert_service(s, &base.key("services").index(i), out)
+                && let Err(e) = catalog.insert(svc)
+            {
+                out.push(Finding::error(
+                    "DuplicateService",
+                    base.key("services").index(i),
+                    e.to_string(),
+                ));
             }
         }
     }

@@ -87,10 +87,8 @@ pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) 
             )),
             _ => out.push(wrong_type("integer", node, path)),
         },
-        Some("number") => {
-            if !matches!(node.value, Value::Int(_) | Value::Float(_)) {
-                out.push(wrong_type("number", node, path));
-            }
+        Some("number") if !matches!(node.value, Value::Int(_) | Value::Float(_)) => {
+            out.push(wrong_type("number", node, path));
         }
         Some("boolean") => match &node.value {
             Value::Bool(_) => {}

@@ -483,10 +483,10 @@ pub fn validate(inputs: &[Input<'_>]) -> Report {
                     d.column = e.pos.column;
                 }
             }
-            if let Some(root) = &doc.root {
-                if let Some(obj) = check_document(input.file, doc.index, root, &mut report) {
-                    report.objects.push(obj);
-                }
+            if let Some(root) = &doc.root
+                && let Some(obj) = check_document(input.file, doc.index, root, &mut report)
+            {
+                report.objects.push(obj);
             }
         }
         if let Some(e) = &stream.fatal {
@@ -569,12 +569,12 @@ fn cross_checks(report: &mut Report) {
     }
     // Duplicates per group.
     let mut seen: HashMap<(String, Kind, String), usize> = HashMap::new();
-    for i in 0..n {
+    for (i, g) in group.iter().enumerate() {
         let o = &report.objects[i];
         if o.name.is_empty() {
             continue;
         }
-        let key = (group[i].clone(), o.kind, o.name.clone());
+        let key = (g.clone(), o.kind, o.name.clone());
         if let Some(&first) = seen.get(&key) {
             let where_ = format!(
                 "{}: document {}",
@@ -595,7 +595,7 @@ fn cross_checks(report: &mut Report) {
     }
     // Peers per group: trust domains unique, and not the mesh's own.
     let mut peer_tds: HashMap<(String, String), usize> = HashMap::new();
-    for i in 0..n {
+    for (i, g) in group.iter().enumerate() {
         let Some(Converted::Peer(p)) = &report.objects[i].converted else {
             continue;
         };
@@ -615,7 +615,7 @@ fn cross_checks(report: &mut Report) {
             );
             continue;
         }
-        if let Some(&first) = peer_tds.get(&(group[i].clone(), td.clone())) {
+        if let Some(&first) = peer_tds.get(&(g.clone(), td.clone())) {
             let other = report.objects[first].label();
             report.push_for(
                 i,
@@ -627,7 +627,7 @@ fn cross_checks(report: &mut Report) {
                 .hint("bundles are kept per trust domain; two peers cannot share one"),
             );
         } else {
-            peer_tds.insert((group[i].clone(), td), i);
+            peer_tds.insert((g.clone(), td), i);
         }
     }
     // Service sets must name a peer; import rules use the mesh's cluster domain.

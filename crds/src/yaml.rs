@@ -445,16 +445,18 @@ fn resolve_plain(text: Cow<'_, str>) -> Value {
         _ => {}
     }
     if let Some(hex) = s.strip_prefix("0x") {
-        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(i) = i64::from_str_radix(hex, 16) {
-                return Value::Int(i);
-            }
+        if !hex.is_empty()
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            && let Ok(i) = i64::from_str_radix(hex, 16)
+        {
+            return Value::Int(i);
         }
     } else if let Some(oct) = s.strip_prefix("0o") {
-        if !oct.is_empty() && oct.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            if let Ok(i) = i64::from_str_radix(oct, 8) {
-                return Value::Int(i);
-            }
+        if !oct.is_empty()
+            && oct.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            && let Ok(i) = i64::from_str_radix(oct, 8)
+        {
+            return Value::Int(i);
         }
     } else if is_int(s) {
         if let Ok(i) = s.parse::<i64>() {
@@ -464,10 +466,10 @@ fn resolve_plain(text: Cow<'_, str>) -> Value {
         if let Ok(f) = s.parse::<f64>() {
             return Value::Float(f);
         }
-    } else if is_float(s) {
-        if let Ok(f) = s.parse::<f64>() {
-            return Value::Float(f);
-        }
+    } else if is_float(s)
+        && let Ok(f) = s.parse::<f64>()
+    {
+        return Value::Float(f);
     }
     Value::Str {
         text: text.into_owned(),
@@ -518,10 +520,7 @@ pub fn load(src: &str) -> Stream {
     }
     let mut parser = Parser::new_from_str(src);
     let mut builder: Option<Builder> = None;
-    loop {
-        let Some(next) = parser.next_event() else {
-            break;
-        };
+    while let Some(next) = parser.next_event() {
         let (ev, span) = match next {
             Ok(x) => x,
             Err(e) => {
@@ -558,28 +557,28 @@ pub fn load(src: &str) -> Stream {
             }
             Event::StreamEnd => break,
             ev => {
-                if let Some(b) = builder.as_mut() {
-                    if let Err(e) = b.event(ev, span) {
-                        // The document cannot be trusted; keep what was read and skip the rest.
-                        let mut errors = std::mem::take(&mut b.errors);
-                        errors.push(e);
-                        documents.push(Document {
-                            index: documents.len(),
-                            root: None,
-                            errors,
-                        });
-                        builder = None;
-                        // Drain events up to the end of this document.
-                        loop {
-                            match parser.next_event() {
-                                Some(Ok((Event::DocumentEnd, _))) => break,
-                                Some(Ok(_)) => {}
-                                Some(Err(_)) | None => {
-                                    return Stream {
-                                        documents,
-                                        fatal: None,
-                                    };
-                                }
+                if let Some(b) = builder.as_mut()
+                    && let Err(e) = b.event(ev, span)
+                {
+                    // The document cannot be trusted; keep what was read and skip the rest.
+                    let mut errors = std::mem::take(&mut b.errors);
+                    errors.push(e);
+                    documents.push(Document {
+                        index: documents.len(),
+                        root: None,
+                        errors,
+                    });
+                    builder = None;
+                    // Drain events up to the end of this document.
+                    loop {
+                        match parser.next_event() {
+                            Some(Ok((Event::DocumentEnd, _))) => break,
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => {
+                                return Stream {
+                                    documents,
+                                    fatal: None,
+                                };
                             }
                         }
                     }
