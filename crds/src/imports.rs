@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, PeerServiceMapping, ServiceNameMapping};
+use crate::common::{Condition, Locality, PeerServiceMapping, ServiceNameMapping};
 
 /// Ordered import rules for the peer named like this object; the first matching rule decides.
 #[derive(
@@ -27,7 +27,7 @@ pub struct ImportedServiceSetSpec {
     pub domain_suffix: Option<String>,
     /// Locality of every service imported from this peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<ImportedServiceLocality>,
+    pub locality: Option<Locality>,
     /// Empty or absent: nothing is imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_rules: Option<Vec<ImportedServiceRule>>,
@@ -47,18 +47,6 @@ pub struct ImportedServiceRule {
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_selector: Option<ServiceNameMapping>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct ImportedServiceLocality {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Needs `region`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    /// Needs `zone`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subzone: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

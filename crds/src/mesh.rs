@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::common::Locality;
+
 /// API group of meshfed's own embedded-mode kinds.
 pub const MESHFED_GROUP: &str = "meshfed.io";
 
@@ -32,20 +34,10 @@ pub struct MeshSpec {
     pub cluster_domain: Option<String>,
     /// Locality of this mesh's endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<MeshLocality>,
+    pub locality: Option<Locality>,
     /// Services of this mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<MeshService>>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct MeshLocality {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subzone: Option<String>,
 }
 
 /// A service of the mesh.

@@ -356,54 +356,60 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
     })
 }
 
+fn pattern_part<T>(
+    s: Option<&str>,
+    parse: fn(&str) -> Result<Pattern<T>, PatternError>,
+    path: FieldPath,
+    out: &mut Findings,
+) -> Option<Pattern<T>> {
+    parse(s.unwrap_or(""))
+        .map_err(|e| out.push(pattern_finding(path, &e)))
+        .ok()
+}
+
 /// Converts a `nameSelector` (or an alias entry) at `path`.
 fn mapping(m: &ServiceNameMapping, path: &FieldPath, out: &mut Findings) -> Option<NameMapping> {
-    let mut ok = true;
-    let mut ns = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_namespace(
-        s.unwrap_or(""),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            out.push(pattern_finding(p, &e));
-            ok = false;
-            Pattern::Any
-        }
-    };
-    let namespace = ns(m.namespace.as_deref(), path.key("namespace"), out);
-    let alias_namespace = ns(
-        m.alias.as_ref().and_then(|a| a.namespace.as_deref()),
-        path.key("alias").key("namespace"),
+    let alias = m.alias.as_ref();
+    let alias_path = path.key("alias");
+    let namespace = pattern_part(
+        m.namespace.as_deref(),
+        Pattern::parse_namespace,
+        path.key("namespace"),
         out,
     );
-    let mut nm = |s: Option<&str>, p: FieldPath, out: &mut Findings| match Pattern::parse_name(
-        s.unwrap_or(""),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            out.push(pattern_finding(p, &e));
-            ok = false;
-            Pattern::Any
-        }
-    };
-    let name = nm(m.name.as_deref(), path.key("name"), out);
-    let alias_name = nm(
-        m.alias.as_ref().and_then(|a| a.name.as_deref()),
-        path.key("alias").key("name"),
+    let name = pattern_part(
+        m.name.as_deref(),
+        Pattern::parse_name,
+        path.key("name"),
         out,
     );
+    let alias_namespace = pattern_part(
+        alias.and_then(|a| a.namespace.as_deref()),
+        Pattern::parse_namespace,
+        alias_path.key("namespace"),
+        out,
+    );
+    let alias_name = pattern_part(
+        alias.and_then(|a| a.name.as_deref()),
+        Pattern::parse_name,
+        alias_path.key("name"),
+        out,
+    );
+    let (namespace, name, alias_namespace, alias_name) =
+        (namespace?, name?, alias_namespace?, alias_name?);
     let mapping = NameMapping {
         namespace,
         name,
         alias_namespace,
         alias_name,
     };
-    if ok && mapping.collapses() {
+    if mapping.collapses() {
         out.push(
             Finding::warning("AliasCollapses", path.key("alias"), "the alias gives every matching service the same name; only one of them can be used")
                 .hint("select one service by name, or alias only the namespace"),
         );
     }
-    ok.then_some(mapping)
+    Some(mapping)
 }
 
 /// True when rule `earlier` selects at least everything `later` does (name selectors only).
@@ -613,6 +619,23 @@ fn domain_suffix(
     Some(parsed)
 }
 
+fn locality(
+    l: Option<&crate::common::Locality>,
+    path: &FieldPath,
+    out: &mut Findings,
+) -> Option<Locality> {
+    let l = l?;
+    Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
+        .map_err(|e| {
+            out.push(
+                Finding::error(e.reason(), path.key(e.field()), e.to_string())
+                    .hint("a zone needs a region and a subzone needs a zone; Maistra dropped such a locality silently"),
+            )
+        })
+        .ok()
+        .flatten()
+}
+
 /// Converts an `ImportedServiceSet`, keeping the valid rules. `cluster_domain` is the
 /// importer's (default `cluster.local`).
 pub fn convert_imports(
@@ -628,17 +651,7 @@ pub fn convert_imports(
         cluster_domain,
         out,
     );
-    let locality = spec.locality.as_ref().and_then(|l| {
-        Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
-            .map_err(|e| {
-                out.push(
-                    Finding::error(e.reason(), base.key("locality").key(e.field()), e.to_string())
-                        .hint("a zone needs a region and a subzone needs a zone; Maistra dropped such a locality silently"),
-                )
-            })
-            .ok()
-            .flatten()
-    });
+    let locality = locality(spec.locality.as_ref(), &base.key("locality"), out);
     let path = base.key("importRules");
     let rules_in = spec.import_rules.as_deref().unwrap_or_default();
     let mut rules = Vec::new();
@@ -774,18 +787,7 @@ pub fn convert_mesh(
             ))
         })
         .ok();
-    let locality = spec.locality.as_ref().and_then(|l| {
-        Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref())
-            .map_err(|e| {
-                out.push(Finding::error(
-                    e.reason(),
-                    base.key("locality").key(e.field()),
-                    e.to_string(),
-                ))
-            })
-            .ok()
-            .flatten()
-    });
+    let locality = locality(spec.locality.as_ref(), &base.key("locality"), out);
     let mut catalog = Catalog::new(cluster_domain.clone().unwrap_or_else(|| {
         #[allow(clippy::unwrap_used)] // a constant known to be valid
         DEFAULT_CLUSTER_DOMAIN.parse().unwrap()

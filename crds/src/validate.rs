@@ -245,55 +245,22 @@ fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Optio
         ));
         return (None, None);
     }
-    let name = match meta.get("name").map(|n| &n.value) {
-        None => {
-            out.push(Finding::error(
-                "MissingField",
-                path.key("name"),
-                "metadata.name is missing",
-            ));
-            None
-        }
-        Some(Value::Str { text, .. }) => {
-            if let Err(e) = name::dns1123_subdomain("object name", text) {
-                out.push(Finding::error(
-                    "InvalidName",
-                    path.key("name"),
-                    e.to_string(),
-                ));
-            }
-            Some(text.clone())
-        }
-        Some(v) => {
-            out.push(Finding::error(
-                "WrongType",
-                path.key("name"),
-                format!("expected string, got {}", v.type_name()),
-            ));
-            None
-        }
-    };
-    let namespace = match meta.get("namespace").map(|n| &n.value) {
-        None | Some(Value::Null) => None,
-        Some(Value::Str { text, .. }) => {
-            if let Err(e) = name::dns1123_label("namespace", text) {
-                out.push(Finding::error(
-                    "InvalidName",
-                    path.key("namespace"),
-                    e.to_string(),
-                ));
-            }
-            Some(text.clone())
-        }
-        Some(v) => {
-            out.push(Finding::error(
-                "WrongType",
-                path.key("namespace"),
-                format!("expected string, got {}", v.type_name()),
-            ));
-            None
-        }
-    };
+    let name = meta_string(
+        meta,
+        &path,
+        "name",
+        true,
+        |s| name::dns1123_subdomain("object name", s),
+        out,
+    );
+    let namespace = meta_string(
+        meta,
+        &path,
+        "namespace",
+        false,
+        |s| name::dns1123_label("namespace", s),
+        out,
+    );
     for field in ["labels", "annotations"] {
         if let Some(Value::Map(entries)) = meta.get(field).map(|n| &n.value) {
             for e in entries {
@@ -333,6 +300,44 @@ fn check_metadata(root: &Node, out: &mut Vec<Finding>) -> (Option<String>, Optio
         }
     }
     (name, namespace)
+}
+
+/// A string field of `metadata`, checked by `check`; a missing required field is reported.
+fn meta_string(
+    meta: &Node,
+    path: &FieldPath,
+    key: &str,
+    required: bool,
+    check: impl Fn(&str) -> Result<(), name::NameError>,
+    out: &mut Vec<Finding>,
+) -> Option<String> {
+    let path = path.key(key);
+    match meta.get(key).map(|n| &n.value) {
+        None | Some(Value::Null) => {
+            if required {
+                out.push(Finding::error(
+                    "MissingField",
+                    path,
+                    format!("metadata.{key} is missing"),
+                ));
+            }
+            None
+        }
+        Some(Value::Str { text, .. }) => {
+            if let Err(e) = check(text) {
+                out.push(Finding::error("InvalidName", path, e.to_string()));
+            }
+            Some(text.clone())
+        }
+        Some(v) => {
+            out.push(Finding::error(
+                "WrongType",
+                path,
+                format!("expected string, got {}", v.type_name()),
+            ));
+            None
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(raw: &J, out: &mut Vec<Finding>) -> Option<T> {
