@@ -1,0 +1,52 @@
+//! Reading certificates from PEM or DER, strictly: no trailing garbage, no private keys mixed
+//! into certificate files, bounded size and count.
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::{PemObject, SectionKind};
+
+/// Most certificates one file may hold.
+pub const MAX_CERTS: usize = 64;
+
+/// Certificates from PEM text (or a single DER certificate given as bytes).
+pub fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    certificates_from_bytes(text.as_bytes())
+}
+
+/// Certificates from PEM or DER bytes.
+pub fn certificates_from_bytes(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    if bytes.len() > crate::svid::MAX_CHAIN_BYTES * 4 {
+        return Err(format!(
+            "{} bytes is too large for a certificate file",
+            bytes.len()
+        ));
+    }
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateDer::from(bytes.to_vec())]);
+    }
+    let mut out = Vec::new();
+    let mut last_end = 0;
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
+        let (kind, der) = item.map_err(|e| format!("invalid PEM: {e}"))?;
+        match kind {
+            SectionKind::Certificate => out.push(CertificateDer::from(der)),
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                return Err("the file holds a private key; certificate files must not".into());
+            }
+            _ => return Err("the file holds a PEM section that is not a certificate".into()),
+        }
+        if out.len() > MAX_CERTS {
+            return Err(format!("more than {MAX_CERTS} certificates"));
+        }
+    }
+    let text = String::from_utf8_lossy(bytes);
+    if let Some(i) = text.rfind("-----END ") {
+        last_end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+    }
+    if !text[last_end.min(text.len())..].trim().is_empty() {
+        return Err("trailing data after the last PEM block".into());
+    }
+    if out.is_empty() {
+        return Err("no certificate found".into());
+    }
+    Ok(out)
+}
