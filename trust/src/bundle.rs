@@ -77,6 +77,20 @@ impl BundleError {
     }
 }
 
+/// A peer's copy of our bundle does not hold the root that signs our SVIDs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bundle {trust_domain} (sequence {sequence}) lacks the root that signs current SVIDs; publish it before signing with it"
+)]
+pub struct RotationWarning {
+    pub trust_domain: String,
+    pub sequence: u64,
+}
+
+impl RotationWarning {
+    pub const REASON: &'static str = "BundleLacksSigningRoot";
+}
+
 /// The roots of one trust domain.
 #[derive(Clone)]
 pub struct TrustBundle {
@@ -175,6 +189,22 @@ impl TrustBundle {
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
+    }
+
+    /// Rotation safety: `Err` when this bundle (as a peer holds it) lacks the root that signs
+    /// our current SVIDs, so the peer would refuse them (`BundleLacksSigningRoot`).
+    pub fn check_signing_root(
+        &self,
+        signing_root: &CertificateDer<'_>,
+    ) -> Result<(), RotationWarning> {
+        if self.contains(signing_root) {
+            Ok(())
+        } else {
+            Err(RotationWarning {
+                trust_domain: self.trust_domain.to_string(),
+                sequence: self.sequence,
+            })
+        }
     }
 
     /// webpki trust anchors of this bundle only.
