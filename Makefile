@@ -4,7 +4,11 @@ CARGO ?= cargo
 MESHFED = $(CARGO) run --quiet --locked -p meshfed-cli --
 EXAMPLES = scenarios/examples/alpha.yaml scenarios/examples/beta.yaml
 
-.PHONY: demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+## Benchmarks (not part of ci): results are appended to bench/RESULTS.md.
+bench-trust:
+	$(CARGO) bench --locked -p meshfed-trust --bench handshake
+
+.PHONY: bench-trust demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 ## Main job: validate the example meshes, then explain both sides of their federation.
 demo:

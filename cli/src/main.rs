@@ -3,6 +3,7 @@
 
 mod explain;
 mod table;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,16 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// The mesh CA: SVIDs, bundles, rotation, certificate checks.
+    Trust {
+        #[command(subcommand)]
+        command: trust::TrustCommand,
+    },
+    /// Peering between meshes (tokens).
+    Peering {
+        #[command(subcommand)]
+        command: trust::PeeringCommand,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +107,8 @@ fn main() -> ExitCode {
             all,
             output,
         } => explain::run(&meshes, peer.as_deref(), all, output),
+        Command::Trust { command } => trust::run_trust(command),
+        Command::Peering { command } => trust::run_peering(command),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! The `meshfed` binary, run as a user would: exit codes, output shapes, files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

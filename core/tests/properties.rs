@@ -1,5 +1,6 @@
 //! Property tests: identifiers round-trip; the export view never exposes a service no rule
 //! selects; the import mapping is deterministic and independent of input order.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 

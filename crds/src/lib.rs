@@ -21,6 +21,7 @@ pub mod yaml;
 
 pub use exports::{ExportedServiceSet, ExportedServiceSetSpec};
 pub use imports::{ImportedServiceSet, ImportedServiceSetSpec};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use mesh::{Mesh, MeshSpec};
 pub use peer::{ServiceMeshPeer, ServiceMeshPeerSpec};
 

@@ -1,6 +1,7 @@
 //! F-CRD-1: validation never panics, whatever the bytes, and every problem names a reason.
 //! Mutations of valid documents reach deep into the semantic checks; arbitrary text exercises
 //! the YAML loader.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use meshfed_crds::validate::{Input, validate};
 use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! Table-driven bad-input tests (C1–C12, CF1 of the security design): each invalid document
 //! must produce the expected reason at the expected field path, with a line number, and never
 //! panic. Bases are valid documents; each case changes one thing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use meshfed_crds::diag::Severity;
 use meshfed_crds::validate::{Input, Report, validate};

@@ -1,5 +1,6 @@
 //! Maistra-shaped example resources parse, validate clean, and re-serialize without losing
 //! a field; the committed CRD manifests match the types.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -247,6 +247,19 @@ impl TrustBundle {
         })
     }
 
+    /// The trust domain named by the roots of a bundle document (their `spiffe://<td>` URI
+    /// SAN), when the document itself does not say.
+    pub fn domain_hint(text: &str) -> Option<TrustDomain> {
+        let doc = strict_json(text).ok()?;
+        doc["keys"].as_array()?.iter().find_map(|k| {
+            let der = STANDARD.decode(k["x5c"][0].as_str()?).ok()?;
+            svid::inspect(&der, Role::Signing, SystemTime::UNIX_EPOCH)
+                .ok()?
+                .spiffe_id
+                .map(|id| id.trust_domain().clone())
+        })
+    }
+
     /// Parses a SPIFFE bundle document for `trust_domain`. Keys that are not usable X.509
     /// roots are skipped and listed in the returned warnings, as the format requires.
     pub fn from_json(

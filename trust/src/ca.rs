@@ -194,6 +194,8 @@ pub struct CertificateAuthority {
     trust_domain: TrustDomain,
     roots: Vec<Root>,
     generation: u32,
+    /// Rises on every change of the root set; the bundle's `spiffe_sequence`.
+    sequence: u64,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -218,6 +220,8 @@ struct Manifest {
     version: u32,
     trust_domain: String,
     generation: u32,
+    #[serde(default)]
+    sequence: u64,
     /// Root names, the signing root first.
     roots: Vec<String>,
 }
@@ -257,6 +261,7 @@ impl CertificateAuthority {
             trust_domain,
             roots: Vec::new(),
             generation: 0,
+            sequence: 0,
         };
         ca.rotate(now)?;
         Ok(ca)
@@ -280,6 +285,7 @@ impl CertificateAuthority {
             issuer: Issuer::new(params, key),
         };
         self.roots.insert(0, root);
+        self.sequence += 1;
         Ok(())
     }
 
@@ -287,7 +293,20 @@ impl CertificateAuthority {
     pub fn retire(&mut self) -> usize {
         let n = self.roots.len().saturating_sub(1);
         self.roots.truncate(1);
+        if n > 0 {
+            self.sequence += 1;
+        }
         n
+    }
+
+    /// The bundle's current sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// This CA's bundle at its current sequence.
+    pub fn current_bundle(&self) -> Result<TrustBundle, crate::bundle::BundleError> {
+        self.bundle(self.sequence)
     }
 
     /// All trusted roots, the signing root first.
@@ -433,6 +452,7 @@ impl CertificateAuthority {
             version: 1,
             trust_domain: self.trust_domain.to_string(),
             generation: self.generation,
+            sequence: self.sequence,
             roots: self.roots.iter().map(|r| r.name.clone()).collect(),
         };
         let body =
@@ -534,6 +554,7 @@ impl CertificateAuthority {
             trust_domain,
             roots,
             generation: m.generation,
+            sequence: m.sequence.max(1),
         })
     }
 }

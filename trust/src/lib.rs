@@ -15,6 +15,7 @@
 
 pub mod bundle;
 pub mod ca;
+pub mod dir;
 pub mod pem;
 pub mod svid;
 pub mod token;

@@ -50,3 +50,13 @@ pub fn certificates_from_bytes(bytes: &[u8]) -> Result<Vec<CertificateDer<'stati
     }
     Ok(out)
 }
+
+/// A CSR from PEM or DER bytes, as DER.
+pub fn csr_from_bytes(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    if bytes.first() == Some(&0x30) {
+        return Ok(bytes.to_vec());
+    }
+    rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(bytes)
+        .map(|c| c.as_ref().to_vec())
+        .map_err(|e| format!("not a PEM certificate request: {e}"))
+}

@@ -191,6 +191,16 @@ fn key_description(cert: &X509Certificate<'_>) -> (String, Option<String>) {
 
 /// Parses `der` and lists every rule it breaks for `role` at time `now`.
 pub fn inspect(der: &[u8], role: Role, now: SystemTime) -> Result<Inspection, SvidViolation> {
+    analyze(der, role, now, true)
+}
+
+/// The checks; `describe` also fills the human-readable fields (skipped on the handshake path).
+fn analyze(
+    der: &[u8],
+    role: Role,
+    now: SystemTime,
+    describe: bool,
+) -> Result<Inspection, SvidViolation> {
     if der.len() > MAX_CERT_BYTES {
         return Err(SvidViolation::TooLarge(der.len()));
     }
@@ -316,13 +326,17 @@ pub fn inspect(der: &[u8], role: Role, now: SystemTime) -> Result<Inspection, Sv
             v.push(SvidViolation::WeakSignature(name));
             (*name).to_owned()
         }
-        None => sig_oid,
+        None => KNOWN_SIGNATURES
+            .iter()
+            .find(|(oid, _)| *oid == sig_oid)
+            .map_or(sig_oid, |(_, n)| (*n).to_owned()),
     };
+    let text = |f: &dyn Fn() -> String| if describe { f() } else { String::new() };
     Ok(Inspection {
         spiffe_id,
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        serial: cert.raw_serial_as_string(),
+        subject: text(&|| cert.subject().to_string()),
+        issuer: text(&|| cert.issuer().to_string()),
+        serial: text(&|| cert.raw_serial_as_string()),
         not_before,
         not_after,
         is_ca,
@@ -332,9 +346,18 @@ pub fn inspect(der: &[u8], role: Role, now: SystemTime) -> Result<Inspection, Sv
     })
 }
 
+const KNOWN_SIGNATURES: &[(&str, &str)] = &[
+    ("1.2.840.10045.4.3.2", "ecdsa-with-SHA256"),
+    ("1.2.840.10045.4.3.3", "ecdsa-with-SHA384"),
+    ("1.2.840.113549.1.1.11", "sha256WithRSAEncryption"),
+    ("1.2.840.113549.1.1.12", "sha384WithRSAEncryption"),
+    ("1.2.840.113549.1.1.10", "rsassa-pss"),
+    ("1.3.101.112", "ed25519"),
+];
+
 /// Checks a workload leaf; returns its SPIFFE ID or the first rule it breaks.
 pub fn check_leaf(der: &[u8], now: SystemTime) -> Result<SpiffeId, SvidViolation> {
-    let inspection = inspect(der, Role::Leaf, now)?;
+    let inspection = analyze(der, Role::Leaf, now, false)?;
     if let Some(v) = inspection.violations.into_iter().next() {
         return Err(v);
     }

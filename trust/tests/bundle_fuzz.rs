@@ -1,5 +1,6 @@
 //! F-BUNDLE-1 and F-SVID-1 (proptest form): the bundle parser, the token verifier and the
 //! certificate checks never panic on arbitrary or mutated input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::SystemTime;
 

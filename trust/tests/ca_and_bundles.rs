@@ -1,5 +1,6 @@
 //! The CA (issuance rules, persistence, corruption) and trust bundles (SPIFFE format rules,
 //! sequence handling, one domain per root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

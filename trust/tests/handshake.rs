@@ -1,6 +1,7 @@
 //! Real TLS 1.3 handshakes on loopback with the meshfed verifiers on both sides: who may talk
 //! to whom across trust domains, and 50+ bad-certificate vectors, each refused with its own
 //! reason (security design §4.5, SEC-ID-1…4, SEC-ID-6).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
@@ -436,7 +437,7 @@ fn client_vectors(w: &World) -> Vec<(&'static str, Credential, &'static str)> {
                 let not_ca = b.intermediate("beta.local", |p| p.is_ca = IsCa::ExplicitNoCa);
                 not_ca
                     .sign(&leaf_params(B_CLIENT))
-                    .with_chain(&[not_ca.cert.clone()])
+                    .with_chain(std::slice::from_ref(&not_ca.cert))
             },
             "IssuerNotCa",
         ),
@@ -539,7 +540,7 @@ fn client_vectors(w: &World) -> Vec<(&'static str, Credential, &'static str)> {
                 p.not_after = at(-60);
             });
             old.sign(&leaf_params(B_CLIENT))
-                .with_chain(&[old.cert.clone()])
+                .with_chain(std::slice::from_ref(&old.cert))
         },
         "Expired",
     ));
@@ -595,7 +596,7 @@ async fn bad_roots_in_the_bundle_are_refused() {
             "path length exceeded",
             tight_inter
                 .sign(&leaf_params(B_CLIENT))
-                .with_chain(&[tight_inter.cert.clone()]),
+                .with_chain(std::slice::from_ref(&tight_inter.cert)),
             &tight,
             "PathLenConstraintViolated",
         ),
@@ -698,7 +699,7 @@ async fn unusual_but_valid_certificates_pass() {
             "intermediate in the chain",
             inter
                 .sign(&leaf_params(B_CLIENT))
-                .with_chain(&[inter.cert.clone()]),
+                .with_chain(std::slice::from_ref(&inter.cert)),
         ),
         (
             "P-384 key",

@@ -1,6 +1,7 @@
 //! R-ROT-2: traffic flows through a root rotation — publish the new root, trust both, reissue
 //! leaves, retire the old root — with zero failed handshakes. R-ROT-3: a careless rotation
 //! (sign before publishing) fails only that peer's traffic and the rotation check flags it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

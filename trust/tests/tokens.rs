@@ -1,5 +1,6 @@
 //! Peering tokens: a good token is accepted once; tampered, expired, reused or foreign-domain
 //! tokens are refused with a clear reason and store nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Shared helpers for trust tests: hand-built roots and leaves (rcgen), and real TLS
 //! handshakes over loopback with the meshfed verifiers on both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::sync::Arc;
