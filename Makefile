@@ -10,10 +10,22 @@ bench-trust:
 
 .PHONY: bench-trust demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
-## Main job: validate the example meshes, then explain both sides of their federation.
+DEMO = target/demo
+
+## Main job: validate the example meshes, explain both sides of their federation, then give
+## each mesh its own CA and exchange trust with a peering token (no root copied by hand).
 demo:
 	$(MESHFED) validate $(EXAMPLES)
 	$(MESHFED) explain --all $(addprefix --mesh ,$(EXAMPLES))
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(MESHFED) trust init --dir $(DEMO)/alpha --trust-domain alpha-mesh.local
+	$(MESHFED) trust init --dir $(DEMO)/beta --trust-domain beta-mesh.local
+	$(MESHFED) trust issue --dir $(DEMO)/alpha --id spiffe://alpha-mesh.local/ns/shop-prod/sa/orders --out $(DEMO)/orders
+	$(MESHFED) trust show $(DEMO)/orders.pem
+	$(MESHFED) peering token create --dir $(DEMO)/alpha --peer-name alpha-mesh --address 127.0.1.1 \
+	  --server-id spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-control \
+	  --client-id alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account > $(DEMO)/token
+	$(MESHFED) peering token accept --dir $(DEMO)/beta --namespace beta-system - < $(DEMO)/token
 
 ## Everything CI checks, in the order a failure is cheapest to find.
 ci: fmt-check clippy check-generated validate-manifests test
