@@ -11,7 +11,9 @@ use crate::name::NameError;
 use crate::selector::Labels;
 
 /// Application protocol of a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     #[serde(rename = "HTTP")]
     Http,
@@ -61,7 +63,7 @@ impl FromStr for Protocol {
 }
 
 /// One port of a service.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub name: String,

@@ -39,7 +39,7 @@ pub struct ImportSet {
 }
 
 /// A service a peer exports to us, as it arrives over peering.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteService {
     /// The peer's FQDN for it (`<name>.<ns>.svc.<our name>-exports.local`).

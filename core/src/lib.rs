@@ -3,7 +3,8 @@
 //! This crate holds validated identifiers ([`id`]), the local service [`catalog`], the
 //! [`export`] view a peer may see, the [`import`] mapping of a peer's exports to local names
 //! (aliases, `domainSuffix`, `importAsLocal`, locality) with conflict detection, and
-//! [`federation::explain`], which combines them for one mesh.
+//! [`federation::explain`], which combines them for one mesh; and the sans-IO peering
+//! protocol: the [`session`] state machine and the [`stream`] of snapshots and deltas.
 //!
 //! It does no I/O: no tokio, no sockets, no files, no clock. Wire formats (Kubernetes CRDs,
 //! protobuf) live in other crates and convert into these types at their edge.
@@ -17,6 +18,8 @@ pub mod locality;
 pub mod mapping;
 pub mod name;
 pub mod selector;
+pub mod session;
+pub mod stream;
 
 pub use catalog::{Catalog, Protocol, Service, ServicePort};
 pub use id::{
