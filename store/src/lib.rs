@@ -1,0 +1,302 @@
+//! meshfed's persisted state: a sled database used as a *rebuildable cache* of what peers last
+//! exported to us, so that after a restart with a peer unreachable the last-known imports are
+//! served at once (flagged stale) — static stability.
+//!
+//! Nothing here is trusted: every record carries a schema version and is decoded defensively;
+//! a record that does not decode is dropped and reported, the others kept. A store that does
+//! not open, or was written by a newer schema, is moved aside with a reason and rebuilt empty
+//! from peers — never a crash loop. Because release builds abort on panic, an `opening`
+//! marker beside the directory records an open in progress: if a previous open never finished
+//! (sled crashed on a corrupt file), the next start quarantines the store before touching it.
+//!
+//! Only this crate touches sled.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meshfed_core::PeerName;
+use meshfed_core::import::RemoteService;
+use serde::{Deserialize, Serialize};
+
+/// The record schema this build writes and reads.
+pub const SCHEMA: u32 = 1;
+const META_SCHEMA: &[u8] = b"schema";
+const IMPORTS: &str = "imports/v1";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error("store: {0}")]
+    Sled(String),
+    #[error("encoding a record: {0}")]
+    Encode(String),
+}
+
+impl StoreError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "StoreIo",
+            Self::Sled(_) => "StoreBackend",
+            Self::Encode(_) => "StoreEncode",
+        }
+    }
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Sled(e.to_string())
+}
+
+/// Why a store was moved aside and rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Stable token: `StoreUnreadable`, `SchemaTooNew`, `InterruptedOpen`.
+    pub reason: &'static str,
+    pub detail: String,
+    /// Where the old directory now is.
+    pub moved_to: PathBuf,
+}
+
+/// A record that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub key: String,
+    /// Stable token: `BadKey`, `Undecodable`, `SchemaTooNew`.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The last imports received from one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportRecord {
+    /// The exporter epoch and version these services are at.
+    pub epoch: u64,
+    pub version: u64,
+    pub services: Vec<RemoteService>,
+    /// When they were saved, seconds since the Unix epoch.
+    pub saved_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    schema: u32,
+    body: T,
+}
+
+/// The open store.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    imports: sled::Tree,
+}
+
+fn marker(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".opening");
+    PathBuf::from(p)
+}
+
+fn quarantine(path: &Path, reason: &'static str, detail: String) -> Result<Rebuilt, StoreError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut n = 0;
+    let moved_to = loop {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".quarantine-{stamp}-{n}"));
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            break p;
+        }
+        n += 1;
+    };
+    if path.exists() {
+        std::fs::rename(path, &moved_to).map_err(|e| StoreError::Io {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(Rebuilt {
+        reason,
+        detail,
+        moved_to,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`. A store that cannot be used is moved aside and
+    /// a fresh one created; the report says why. Errors only when even a fresh store cannot be
+    /// created (disk full, read-only filesystem).
+    pub fn open(path: &Path) -> Result<(Self, Option<Rebuilt>), StoreError> {
+        let mut rebuilt = None;
+        let mark = marker(path);
+        if mark.exists() {
+            rebuilt = Some(quarantine(
+                path,
+                "InterruptedOpen",
+                "a previous open did not finish (crash on a corrupt store?)".into(),
+            )?);
+        }
+        let write_mark = || {
+            std::fs::write(&mark, b"").map_err(|e| StoreError::Io {
+                path: mark.clone(),
+                detail: e.to_string(),
+            })
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_owned(),
+                detail: e.to_string(),
+            })?;
+        }
+        write_mark()?;
+        let store = match Self::try_open(path) {
+            Ok(s) => s,
+            Err((reason, detail)) => {
+                rebuilt = Some(quarantine(path, reason, detail)?);
+                Self::try_open(path).map_err(|(_, d)| StoreError::Sled(d))?
+            }
+        };
+        let _ = std::fs::remove_file(&mark);
+        Ok((store, rebuilt))
+    }
+
+    fn try_open(path: &Path) -> Result<Self, (&'static str, String)> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| ("StoreUnreadable", e.to_string()))?;
+        match db
+            .get(META_SCHEMA)
+            .map_err(|e| ("StoreUnreadable", e.to_string()))?
+        {
+            Some(v) => {
+                let schema = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| ("StoreUnreadable", "schema marker is not 4 bytes".to_owned()))?;
+                if schema > SCHEMA {
+                    return Err((
+                        "SchemaTooNew",
+                        format!("written by schema {schema}; this build reads up to {SCHEMA}"),
+                    ));
+                }
+            }
+            None => {
+                db.insert(META_SCHEMA, &SCHEMA.to_le_bytes())
+                    .map_err(|e| ("StoreUnreadable", e.to_string()))?;
+            }
+        }
+        let imports = db
+            .open_tree(IMPORTS)
+            .map_err(|e| ("StoreUnreadable", e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+            imports,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Saves one peer's imports and flushes them to disk.
+    pub fn save_imports(&self, peer: &PeerName, record: &ImportRecord) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(&Envelope {
+            schema: SCHEMA,
+            body: record,
+        })
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.imports
+            .insert(peer.as_str().as_bytes(), body)
+            .map_err(sled_err)?;
+        self.imports.flush().map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Forgets a peer (it was deleted).
+    pub fn remove_peer(&self, peer: &PeerName) -> Result<(), StoreError> {
+        self.imports
+            .remove(peer.as_str().as_bytes())
+            .map_err(sled_err)?;
+        self.imports.flush().map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Every peer's saved imports; records that cannot be used are dropped and listed.
+    pub fn load_imports(&self) -> (BTreeMap<PeerName, ImportRecord>, Vec<Dropped>) {
+        let mut out = BTreeMap::new();
+        let mut dropped = Vec::new();
+        for item in self.imports.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    dropped.push(Dropped {
+                        key: String::new(),
+                        reason: "Undecodable",
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Ok(peer) = key.parse::<PeerName>() else {
+                dropped.push(Dropped {
+                    key,
+                    reason: "BadKey",
+                    detail: "not a peer name".into(),
+                });
+                continue;
+            };
+            // The schema first: a newer record's body may have another shape.
+            let env = match serde_json::from_slice::<Envelope<serde_json::Value>>(&v) {
+                Ok(env) => env,
+                Err(e) => {
+                    dropped.push(Dropped {
+                        key,
+                        reason: "Undecodable",
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if env.schema > SCHEMA {
+                dropped.push(Dropped {
+                    key,
+                    reason: "SchemaTooNew",
+                    detail: format!("record schema {}", env.schema),
+                });
+                continue;
+            }
+            match serde_json::from_value::<ImportRecord>(env.body) {
+                Ok(rec) => {
+                    out.insert(peer, rec);
+                }
+                Err(e) => dropped.push(Dropped {
+                    key,
+                    reason: "Undecodable",
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        (out, dropped)
+    }
+
+    /// Writes raw bytes under a key (tests use it to plant corrupt records).
+    #[doc(hidden)]
+    pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.imports.insert(key, value).map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(sled_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! R-DB-1/R-DB-2 (bounded forms): the store survives restarts, drops bad records singly, and
+//! quarantines a store it cannot use instead of crash-looping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::path::PathBuf;
+
+use meshfed_core::import::RemoteService;
+use meshfed_core::{PeerName, Protocol, ServicePort};
+use meshfed_store::{ImportRecord, SCHEMA, Store};
+
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "meshfed-store-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn record(n: usize) -> ImportRecord {
+    ImportRecord {
+        epoch: 9,
+        version: 3,
+        services: (0..n)
+            .map(|i| RemoteService {
+                exported_name: format!("s{i}.shop.svc.alpha-exports.local")
+                    .parse()
+                    .unwrap(),
+                key: format!("shop/s{i}").parse().unwrap(),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Http,
+                }],
+                service_accounts: vec!["spiffe://beta.local/ns/shop/sa/s".parse().unwrap()],
+            })
+            .collect(),
+        saved_at: 1_700_000_000,
+    }
+}
+
+fn peer(s: &str) -> PeerName {
+    s.parse().unwrap()
+}
+
+#[test]
+fn imports_survive_a_restart() {
+    let path = tempdir().join("db");
+    {
+        let (store, rebuilt) = Store::open(&path).unwrap();
+        assert!(rebuilt.is_none());
+        store.save_imports(&peer("beta-mesh"), &record(3)).unwrap();
+        store.save_imports(&peer("gamma-mesh"), &record(1)).unwrap();
+        store.remove_peer(&peer("gamma-mesh")).unwrap();
+    }
+    let (store, rebuilt) = Store::open(&path).unwrap();
+    assert!(rebuilt.is_none());
+    let (loaded, dropped) = store.load_imports();
+    assert!(dropped.is_empty());
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[&peer("beta-mesh")], record(3));
+}
+
+#[test]
+fn bad_records_are_dropped_singly() {
+    let path = tempdir().join("db");
+    let (store, _) = Store::open(&path).unwrap();
+    store.save_imports(&peer("beta-mesh"), &record(2)).unwrap();
+    store.put_raw(b"gamma-mesh", b"{not json").unwrap();
+    store.put_raw(b"Bad Key", b"{}").unwrap();
+    let newer = format!("{{\"schema\":{},\"body\":{{}}}}", SCHEMA + 1);
+    store.put_raw(b"delta-mesh", newer.as_bytes()).unwrap();
+    store
+        .put_raw(
+            b"eps-mesh",
+            b"{\"schema\":1,\"body\":{\"epoch\":1,\"version\":1,\"services\":[{\"exportedName\":\"NOT VALID\"}],\"savedAt\":0}}",
+        )
+        .unwrap();
+    let (loaded, dropped) = store.load_imports();
+    assert_eq!(
+        loaded.keys().map(PeerName::as_str).collect::<Vec<_>>(),
+        vec!["beta-mesh"]
+    );
+    let mut reasons: Vec<&str> = dropped.iter().map(|d| d.reason).collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        vec!["BadKey", "SchemaTooNew", "Undecodable", "Undecodable"]
+    );
+}
+
+#[test]
+fn a_corrupt_store_is_quarantined_and_rebuilt() {
+    let dir = tempdir();
+    let path = dir.join("db");
+    {
+        let (store, _) = Store::open(&path).unwrap();
+        store.save_imports(&peer("beta-mesh"), &record(2)).unwrap();
+        store.flush().unwrap();
+    }
+    // Overwrite every file of the database with garbage.
+    for e in std::fs::read_dir(&path).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::write(e.path(), vec![0xA5u8; 4096]).unwrap();
+        }
+    }
+    let (store, rebuilt) = Store::open(&path).expect("a corrupt store never prevents start-up");
+    let rebuilt = rebuilt.expect("the corrupt store was moved aside");
+    assert_eq!(rebuilt.reason, "StoreUnreadable");
+    assert!(
+        rebuilt.moved_to.exists(),
+        "the old files are kept for inspection"
+    );
+    assert!(store.load_imports().0.is_empty());
+    store.save_imports(&peer("beta-mesh"), &record(1)).unwrap();
+}
+
+#[test]
+fn an_interrupted_open_or_newer_schema_is_quarantined() {
+    let dir = tempdir();
+    let path = dir.join("db");
+    drop(Store::open(&path).unwrap());
+    // A previous process died while opening: the marker is still there.
+    let mut mark = path.as_os_str().to_owned();
+    mark.push(".opening");
+    std::fs::write(&mark, b"").unwrap();
+    let (store, rebuilt) = Store::open(&path).unwrap();
+    assert_eq!(rebuilt.unwrap().reason, "InterruptedOpen");
+    assert!(
+        !PathBuf::from(&mark).exists(),
+        "the marker is removed after a good open"
+    );
+    drop(store);
+    // A store written by a newer build.
+    {
+        let db = sled::open(&path).unwrap();
+        db.insert(b"schema", &(SCHEMA + 1).to_le_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let (_, rebuilt) = Store::open(&path).unwrap();
+    assert_eq!(rebuilt.unwrap().reason, "SchemaTooNew");
+    // Quarantined directories sit beside the store, never replacing it.
+    let moved = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".quarantine-"))
+        .count();
+    assert_eq!(moved, 2);
+}
+
+/// Runs as the child of `sigkill_during_writes_never_prevents_start`: writes forever.
+#[test]
+fn child_writer() {
+    let Ok(path) = std::env::var("MESHFED_STORE_CHILD") else {
+        return;
+    };
+    let (store, _) = Store::open(std::path::Path::new(&path)).unwrap();
+    for i in 0.. {
+        store
+            .save_imports(&peer("beta-mesh"), &record(1 + i % 50))
+            .unwrap();
+    }
+}
+
+#[test]
+fn sigkill_during_writes_never_prevents_start() {
+    let path = tempdir().join("db");
+    for round in 0..10u64 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_writer", "--nocapture"])
+            .env("MESHFED_STORE_CHILD", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30 + round * 17 % 90));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (store, _rebuilt) = Store::open(&path).expect("start-up never fails after a kill");
+        let (loaded, _dropped) = store.load_imports();
+        if let Some(rec) = loaded.get(&peer("beta-mesh")) {
+            assert_eq!(rec.epoch, 9, "a loaded record is a whole record");
+        }
+    }
+}
