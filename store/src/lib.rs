@@ -33,6 +33,8 @@ pub enum StoreError {
     Sled(String),
     #[error("encoding a record: {0}")]
     Encode(String),
+    #[error("{path} is in use by another process or handle: {detail}")]
+    Locked { path: PathBuf, detail: String },
 }
 
 impl StoreError {
@@ -41,6 +43,7 @@ impl StoreError {
             Self::Io { .. } => "StoreIo",
             Self::Sled(_) => "StoreBackend",
             Self::Encode(_) => "StoreEncode",
+            Self::Locked { .. } => "StoreLocked",
         }
     }
 }
@@ -157,6 +160,13 @@ impl Store {
         write_mark()?;
         let store = match Self::try_open(path) {
             Ok(s) => s,
+            Err(("StoreLocked", detail)) => {
+                let _ = std::fs::remove_file(&mark);
+                return Err(StoreError::Locked {
+                    path: path.to_owned(),
+                    detail,
+                });
+            }
             Err((reason, detail)) => {
                 rebuilt = Some(quarantine(path, reason, detail)?);
                 Self::try_open(path).map_err(|(_, d)| StoreError::Sled(d))?

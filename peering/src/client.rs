@@ -1,0 +1,502 @@
+//! The importing side: a task per peer, driven by the sans-IO [`Session`], that dials the
+//! peer's peering endpoint over mTLS, exchanges hellos, applies snapshots and deltas to the last
+//! good [`ImportState`] (ACK or NACK each version), persists every version, heartbeats, marks
+//! the peer failing and its imports stale past the liveness timeout, and reconnects with
+//! jittered backoff. On start it serves the imports restored from the store at once, flagged
+//! stale (static stability). Results are published as whole values on watch channels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshfed_api::PEERING_PROTOCOL_VERSION;
+use meshfed_api::peering::exporter_message::Msg as In;
+use meshfed_api::peering::importer_message::Msg as Out;
+use meshfed_api::peering::peering_client::PeeringClient;
+use meshfed_api::peering::{self as pb, ExporterMessage, ImporterMessage};
+use meshfed_core::session::{Action, Event, PeerState, Session, SessionConfig};
+use meshfed_core::stream::{Applied, ImportState, Limits, Nack};
+use meshfed_core::{PeerName, TrustDomain};
+use meshfed_store::{ImportRecord, Store};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tonic::Streaming;
+
+use crate::convert::{delta_from_wire, snapshot_from_wire};
+use crate::server::MAX_MESSAGE_BYTES;
+use crate::status::{PeerStatus, unix_ms};
+
+/// One peer to import from.
+#[derive(Debug, Clone)]
+pub struct ImporterConfig {
+    /// Our mesh name and trust domain (sent in the hello).
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    /// Our name for the peer (`ServiceMeshPeer` name).
+    pub peer: PeerName,
+    pub peer_trust_domain: TrustDomain,
+    /// The peer's peering endpoint (gateway address and discovery port).
+    pub address: SocketAddr,
+    pub session: SessionConfig,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+}
+
+/// A running importer.
+#[derive(Debug)]
+pub struct Importer {
+    pub status: watch::Receiver<PeerStatus>,
+    pub imports: watch::Receiver<Arc<ImportState>>,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Importer {
+    /// Ends the relationship: closes the stream and stops the task.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+
+    /// Stops the task at once, as if the process died, and waits until it is gone.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts importing from one peer. `tls` carries our SVID and a verifier expecting the peer.
+pub fn spawn(
+    config: ImporterConfig,
+    tls: Arc<rustls::ClientConfig>,
+    store: Option<Arc<Store>>,
+) -> Importer {
+    let mut status = PeerStatus::new(config.peer.as_str());
+    let mut state = ImportState::default();
+    if let Some(store) = &store {
+        let (records, _dropped) = store.load_imports();
+        if let Some(r) = records.get(&config.peer) {
+            state = ImportState::restored(r.epoch, r.version, r.services.clone());
+            status.stale = true;
+            status.imported_services = state.services().len();
+            status.imported_version = state.version();
+            status.set_condition(
+                "Stale",
+                true,
+                "RestoredFromStore",
+                "imports restored from the store; waiting for the peer",
+                unix_ms(SystemTime::now()),
+            );
+        }
+    }
+    let (status_tx, status_rx) = watch::channel(status);
+    let (imports_tx, imports_rx) = watch::channel(Arc::new(state.clone()));
+    let stop = Arc::new(Notify::new());
+    let driver = Driver {
+        config,
+        tls,
+        store,
+        state,
+        status_tx,
+        imports_tx,
+        stop: stop.clone(),
+        start: Instant::now(),
+    };
+    let task = tokio::spawn(driver.run());
+    Importer {
+        status: status_rx,
+        imports: imports_rx,
+        stop,
+        task,
+    }
+}
+
+struct Conn {
+    tx: mpsc::Sender<ImporterMessage>,
+    inbound: Streaming<ExporterMessage>,
+    hello_done: bool,
+}
+
+struct Driver {
+    config: ImporterConfig,
+    tls: Arc<rustls::ClientConfig>,
+    store: Option<Arc<Store>>,
+    state: ImportState,
+    status_tx: watch::Sender<PeerStatus>,
+    imports_tx: watch::Sender<Arc<ImportState>>,
+    stop: Arc<Notify>,
+    start: Instant,
+}
+
+fn msg(m: Out) -> ImporterMessage {
+    ImporterMessage { msg: Some(m) }
+}
+
+/// The reason token at the start of a status message (`ClientIDRejected: …`).
+fn status_reason(s: &tonic::Status) -> String {
+    let m = s.message();
+    match m.split_once(':') {
+        Some((head, _)) if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            head.to_owned()
+        }
+        _ => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => "TrustBundleMismatch".to_owned(),
+            c => format!("{c:?}"),
+        },
+    }
+}
+
+/// Maps a low-level reason to the condition reason users see.
+fn condition_reason(reason: &str) -> &str {
+    match reason {
+        "UnknownTrustDomain" | "UnknownIssuer" | "BadSignature" | "RootExpired"
+        | "TlsHandshakeFailed" => "TrustBundleMismatch",
+        "IdentityNotAllowed" => "ServerIDRejected",
+        other => other,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut PeerStatus)) {
+        self.status_tx.send_modify(f);
+    }
+
+    fn publish(&self) {
+        let s = Arc::new(self.state.clone());
+        let (n, v, stale) = (s.services().len(), s.version(), s.is_stale());
+        // Status first, so whoever sees the new imports also sees matching status.
+        self.update_status(|st| {
+            st.imported_services = n;
+            st.imported_version = v;
+            st.stale = stale;
+        });
+        self.imports_tx.send_replace(s);
+    }
+
+    /// Records why the stream ended or could not start, whatever the state.
+    fn note_disconnect(&self, reason: &str) {
+        let now = unix_ms(SystemTime::now());
+        let r = condition_reason(reason).to_owned();
+        self.update_status(|s| {
+            s.last_disconnect_ms = Some(now);
+            s.last_disconnect_reason = Some(reason.to_owned());
+            s.set_condition("Connected", false, &r, reason, now);
+        });
+    }
+
+    fn persist(&self) {
+        let (Some(store), Some(epoch), Some(version)) =
+            (&self.store, self.state.epoch(), self.state.version())
+        else {
+            return;
+        };
+        let rec = ImportRecord {
+            epoch,
+            version,
+            services: self.state.services().values().cloned().collect(),
+            saved_at: unix_ms(SystemTime::now()) / 1000,
+        };
+        if let Err(e) = store.save_imports(&self.config.peer, &rec) {
+            tracing::warn!(peer = %self.config.peer, reason = e.reason(), "saving imports failed: {e}");
+        }
+    }
+
+    async fn dial(&self) -> Result<Conn, String> {
+        let channel = crate::tls::connect(
+            self.config.address,
+            self.tls.clone(),
+            self.config.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.reason)?;
+        let mut client = PeeringClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::Hello {
+            mesh: self.config.mesh.clone(),
+            trust_domain: self.config.trust_domain.to_string(),
+            protocol_version: PEERING_PROTOCOL_VERSION,
+        };
+        tx.send(msg(Out::Hello(hello)))
+            .await
+            .map_err(|_| "StreamClosed".to_owned())?;
+        let response = tokio::time::timeout(
+            self.config.connect_timeout,
+            client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| "GatewayUnreachable".to_owned())?
+        .map_err(|s| status_reason(&s))?;
+        Ok(Conn {
+            tx,
+            inbound: response.into_inner(),
+            hello_done: false,
+        })
+    }
+
+    /// Handles one exporter message; returns events for the session.
+    async fn on_message(&mut self, conn: &mut Conn, m: ExporterMessage) -> Vec<Event> {
+        let mut events = vec![Event::Received];
+        match m.msg {
+            Some(In::Hello(h)) => {
+                if conn.hello_done {
+                    return vec![Event::Disconnected {
+                        reason: "UnexpectedHello",
+                    }];
+                }
+                if h.protocol_version != PEERING_PROTOCOL_VERSION {
+                    return vec![Event::Disconnected {
+                        reason: "UnsupportedVersion",
+                    }];
+                }
+                if h.trust_domain != self.config.peer_trust_domain.as_str() {
+                    return vec![Event::Disconnected {
+                        reason: "TrustDomainMismatch",
+                    }];
+                }
+                conn.hello_done = true;
+                events.push(Event::HelloAccepted);
+            }
+            Some(_) if !conn.hello_done => {
+                return vec![Event::Disconnected {
+                    reason: "HelloExpected",
+                }];
+            }
+            Some(In::Snapshot(s)) => {
+                let r = snapshot_from_wire(s, &self.config.peer_trust_domain, &self.config.limits)
+                    .and_then(|c| self.state.apply_snapshot(c, &self.config.limits));
+                self.answer(conn, r, true).await;
+            }
+            Some(In::Delta(d)) => {
+                let r = delta_from_wire(d, &self.config.peer_trust_domain, &self.config.limits)
+                    .and_then(|d| self.state.apply_delta(d, &self.config.limits));
+                self.answer(conn, r, false).await;
+            }
+            Some(In::Heartbeat(_)) => {
+                let now = unix_ms(SystemTime::now());
+                self.update_status(|s| s.last_heartbeat_ms = Some(now));
+            }
+            Some(In::Health(_)) | Some(In::Bundle(_)) => {}
+            Some(In::Close(c)) => {
+                let reason: &'static str = match c.reason.as_str() {
+                    "ClientIDRejected" => "ClientIDRejected",
+                    "PeerDeleted" => "PeerDeleted",
+                    "NackStorm" => "NackStorm",
+                    "StreamStale" => "StreamStale",
+                    "UnsupportedVersion" => "UnsupportedVersion",
+                    "TrustDomainMismatch" => "TrustDomainMismatch",
+                    _ => "ClosedByPeer",
+                };
+                return vec![Event::Disconnected { reason }];
+            }
+            None => {
+                return vec![Event::Disconnected {
+                    reason: "EmptyMessage",
+                }];
+            }
+        }
+        events
+    }
+
+    async fn answer(&mut self, conn: &mut Conn, r: Result<Applied, Nack>, snapshot: bool) {
+        let now = unix_ms(SystemTime::now());
+        match r {
+            Ok(Applied::Buffered) => {}
+            Ok(Applied::Version(v)) => {
+                self.persist();
+                self.publish();
+                self.update_status(|s| {
+                    s.last_event_ms = Some(now);
+                    if snapshot {
+                        s.last_full_sync_ms = Some(now);
+                    }
+                    s.set_condition("Stale", false, "Synced", "imports are current", now);
+                    s.set_condition("ImportRejected", false, "Accepted", "", now);
+                });
+                let _ = conn.tx.send(msg(Out::Ack(pb::Ack { version: v }))).await;
+            }
+            Err(n) => {
+                tracing::info!(peer = %self.config.peer, reason = n.reason, "NACK: {}", n.detail);
+                self.update_status(|s| {
+                    s.set_condition("ImportRejected", true, n.reason, &n.detail, now)
+                });
+                let _ = conn
+                    .tx
+                    .send(msg(Out::Nack(pb::Nack {
+                        version: n.version,
+                        reason: n.reason.to_owned(),
+                        detail: n.detail,
+                    })))
+                    .await;
+            }
+        }
+    }
+
+    fn on_transition(&mut self, to: PeerState, reason: &str) {
+        let now = unix_ms(SystemTime::now());
+        match to {
+            PeerState::Active => {
+                self.update_status(|s| {
+                    s.state = to;
+                    s.connected = true;
+                    s.last_connected_ms = Some(now);
+                    s.set_condition(
+                        "Connected",
+                        true,
+                        "Connected",
+                        "peering stream established",
+                        now,
+                    );
+                });
+            }
+            PeerState::Failing
+            | PeerState::Terminated
+            | PeerState::Establishing
+            | PeerState::Pending => {
+                if to == PeerState::Failing {
+                    self.note_disconnect(reason);
+                }
+                let stale = matches!(to, PeerState::Failing) && self.state.version().is_some();
+                if stale {
+                    self.state.set_stale(true);
+                    self.publish();
+                }
+                let r = condition_reason(reason).to_owned();
+                self.update_status(|s| {
+                    s.state = to;
+                    s.connected = false;
+                    if to == PeerState::Failing || to == PeerState::Terminated {
+                        s.set_condition("Connected", false, &r, reason, now);
+                    }
+                    if stale {
+                        s.set_condition(
+                            "Stale",
+                            true,
+                            "StreamStale",
+                            "the peer is not answering; imports kept",
+                            now,
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let mut session = Session::new(self.config.session);
+        let mut conn: Option<Conn> = None;
+        let mut pending = session.handle(self.now(), Event::Start);
+        loop {
+            while !pending.is_empty() {
+                let actions = std::mem::take(&mut pending);
+                for a in actions {
+                    match a {
+                        Action::Dial => match self.dial().await {
+                            Ok(c) => {
+                                conn = Some(c);
+                                pending.extend(session.handle(self.now(), Event::Connected));
+                            }
+                            Err(reason) => {
+                                self.note_disconnect(&reason);
+                                let reason: &'static str = static_reason(&reason);
+                                pending.extend(
+                                    session.handle(self.now(), Event::Disconnected { reason }),
+                                );
+                            }
+                        },
+                        Action::SendHello => {} // sent with the request
+                        Action::SendHeartbeat => {
+                            if let Some(c) = &conn {
+                                let hb = pb::Heartbeat {
+                                    sent_unix_ms: unix_ms(SystemTime::now()),
+                                };
+                                let _ = c.tx.try_send(msg(Out::Heartbeat(hb)));
+                            }
+                        }
+                        Action::Close { .. } => conn = None,
+                        Action::Transition { to, reason, .. } => self.on_transition(to, reason),
+                    }
+                }
+            }
+            let deadline = session.next_deadline().map(|d| self.start + d);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                m = async {
+                    match conn.as_mut() {
+                        Some(c) => c.inbound.message().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let events = match m {
+                        Ok(Some(m)) => {
+                            let Some(mut c) = conn.take() else { continue };
+                            let ev = self.on_message(&mut c, m).await;
+                            conn = Some(c);
+                            ev
+                        }
+                        Ok(None) => vec![Event::Disconnected { reason: "StreamClosed" }],
+                        Err(s) => vec![Event::Disconnected { reason: static_reason(&status_reason(&s)) }],
+                    };
+                    for ev in events {
+                        if let Event::Disconnected { reason } = ev {
+                            conn = None;
+                            self.note_disconnect(reason);
+                        }
+                        pending.extend(session.handle(self.now(), ev));
+                    }
+                }
+                () = sleep => pending.extend(session.poll(self.now())),
+                () = self.stop.notified() => {
+                    let actions = session.handle(self.now(), Event::Terminate);
+                    for a in actions {
+                        if let Action::Transition { to, reason, .. } = a {
+                            self.on_transition(to, reason);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reason tokens are `&'static str` in the session; map known ones, lump the rest.
+fn static_reason(r: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "GatewayUnreachable",
+        "TlsHandshakeFailed",
+        "TrustBundleMismatch",
+        "ClientIDRejected",
+        "DuplicateStream",
+        "UnknownTrustDomain",
+        "UnknownIssuer",
+        "IdentityNotAllowed",
+        "StreamClosed",
+        "StreamStale",
+        "NoPeerIdentity",
+        "BadAddress",
+        "UnsupportedVersion",
+        "TrustDomainMismatch",
+        "HelloExpected",
+        "UnexpectedHello",
+        "EmptyMessage",
+        "PeerDeleted",
+        "NackStorm",
+        "ClosedByPeer",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == r)
+        .copied()
+        .unwrap_or("StreamError")
+}

@@ -1,0 +1,424 @@
+//! The exporting side: a tonic service that authenticates each importer by its verified SPIFFE
+//! ID (`spec.security.clientID`), then streams only *that peer's* export view: hello, a chunked
+//! snapshot, versioned deltas on every change, heartbeats; a NACK gets a fresh snapshot.
+//! One stream per peer; a slow reader is cut at its send timeout, never stalling the others.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use meshfed_api::PEERING_PROTOCOL_VERSION;
+use meshfed_api::peering::importer_message::Msg as In;
+use meshfed_api::peering::peering_server::{Peering, PeeringServer};
+use meshfed_api::peering::{
+    self as pb, ExporterMessage, ImporterMessage, exporter_message::Msg as Out,
+};
+use meshfed_core::import::RemoteService;
+use meshfed_core::stream::ExportStream;
+use meshfed_core::{Hostname, PeerName, SpiffeId, TrustDomain};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{delta_to_wire, snapshot_to_wire};
+use crate::status::unix_ms;
+use crate::tls::PeerInfo;
+
+/// Largest message either side accepts (tonic's default, and the design's bound).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// One peer we export to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPeer {
+    pub name: PeerName,
+    /// The identity the peer's importer must present.
+    pub client_id: SpiffeId,
+    /// What it may see, by exported name.
+    pub view: BTreeMap<Hostname, RemoteService>,
+}
+
+/// What the exporter serves; replaced whole on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterConfig {
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    pub peers: Vec<ExportPeer>,
+}
+
+/// Timing and bounds of exporter streams.
+#[derive(Debug, Clone, Copy)]
+pub struct ExporterOptions {
+    pub heartbeat: Duration,
+    pub liveness: Duration,
+    /// Services per snapshot chunk or delta.
+    pub batch: usize,
+    /// A reader that does not take a message within this long is cut.
+    pub send_timeout: Duration,
+    /// More NACKs than this within a minute close the stream (`NackStorm`).
+    pub max_nacks_per_minute: u32,
+    pub hello_timeout: Duration,
+}
+
+impl Default for ExporterOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            liveness: Duration::from_secs(15),
+            batch: 500,
+            send_timeout: Duration::from_secs(10),
+            max_nacks_per_minute: 20,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happened on the exporter, for status, metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExporterEvent {
+    Connected {
+        peer: PeerName,
+    },
+    Refused {
+        id: String,
+        reason: &'static str,
+    },
+    Closed {
+        peer: PeerName,
+        reason: String,
+    },
+    Acked {
+        peer: PeerName,
+        version: u64,
+    },
+    Nacked {
+        peer: PeerName,
+        version: u64,
+        reason: String,
+    },
+}
+
+/// The exporter service.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    config: watch::Receiver<Arc<ExporterConfig>>,
+    options: ExporterOptions,
+    active: Arc<Mutex<HashSet<PeerName>>>,
+    epoch: u64,
+    events: mpsc::UnboundedSender<ExporterEvent>,
+}
+
+impl Exporter {
+    /// An exporter serving `config`; events go to `events`. `epoch` must differ on every
+    /// start (a random number).
+    pub fn new(
+        config: watch::Receiver<Arc<ExporterConfig>>,
+        options: ExporterOptions,
+        epoch: u64,
+        events: mpsc::UnboundedSender<ExporterEvent>,
+    ) -> Self {
+        Self {
+            config,
+            options,
+            active: Arc::default(),
+            epoch,
+            events,
+        }
+    }
+
+    /// Serves the peering endpoint on authenticated connections until `shutdown` completes.
+    pub async fn serve<S>(
+        self,
+        incoming: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        S: tokio_stream::Stream<Item = std::io::Result<crate::tls::PeerConn>> + Send + 'static,
+    {
+        let svc = PeeringServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+}
+
+/// Removes a peer from the active set when its stream task ends.
+struct ActiveGuard {
+    active: Arc<Mutex<HashSet<PeerName>>>,
+    peer: PeerName,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(&self.peer);
+        }
+    }
+}
+
+fn out(msg: Out) -> ExporterMessage {
+    ExporterMessage { msg: Some(msg) }
+}
+
+fn close(reason: &str, detail: impl Into<String>) -> ExporterMessage {
+    out(Out::Close(pb::Close {
+        reason: reason.to_owned(),
+        detail: detail.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl Peering for Exporter {
+    type StreamStream = ReceiverStream<Result<ExporterMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ImporterMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let info = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "NoPeerIdentity: the connection carries no verified identity",
+                )
+            })?;
+        let config = self.config.borrow().clone();
+        let Some(peer) = config
+            .peers
+            .iter()
+            .find(|p| p.client_id == info.id)
+            .cloned()
+        else {
+            let _ = self.events.send(ExporterEvent::Refused {
+                id: info.id.to_string(),
+                reason: "ClientIDRejected",
+            });
+            return Err(Status::permission_denied(format!(
+                "ClientIDRejected: {} is not the clientID of any peer of mesh {}",
+                info.id, config.mesh
+            )));
+        };
+        {
+            let mut active = self
+                .active
+                .lock()
+                .map_err(|_| Status::internal("Internal: lock poisoned"))?;
+            if !active.insert(peer.name.clone()) {
+                let _ = self.events.send(ExporterEvent::Refused {
+                    id: info.id.to_string(),
+                    reason: "DuplicateStream",
+                });
+                return Err(Status::already_exists(format!(
+                    "DuplicateStream: peer {} already has a stream",
+                    peer.name
+                )));
+            }
+        }
+        let guard = ActiveGuard {
+            active: self.active.clone(),
+            peer: peer.name.clone(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let task = StreamTask {
+            peer: peer.name.clone(),
+            client_td: info.id.trust_domain().clone(),
+            config: self.config.clone(),
+            options: self.options,
+            epoch: self.epoch,
+            tx,
+            events: self.events.clone(),
+        };
+        let inbound = request.into_inner();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let reason = task.run(inbound).await;
+            let _ = task.events.send(ExporterEvent::Closed {
+                peer: task.peer.clone(),
+                reason,
+            });
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct StreamTask {
+    peer: PeerName,
+    client_td: TrustDomain,
+    config: watch::Receiver<Arc<ExporterConfig>>,
+    options: ExporterOptions,
+    epoch: u64,
+    tx: mpsc::Sender<Result<ExporterMessage, Status>>,
+    events: mpsc::UnboundedSender<ExporterEvent>,
+}
+
+enum Flow {
+    Continue,
+    End(String),
+}
+
+impl StreamTask {
+    async fn send(&self, m: ExporterMessage) -> Flow {
+        match self.tx.send_timeout(Ok(m), self.options.send_timeout).await {
+            Ok(()) => Flow::Continue,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Flow::End("SlowReader".into()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Flow::End("StreamClosed".into()),
+        }
+    }
+
+    async fn close(&self, reason: &str, detail: impl Into<String>) -> String {
+        let _ = self.send(close(reason, detail)).await;
+        reason.to_owned()
+    }
+
+    fn view(&self) -> Option<BTreeMap<Hostname, RemoteService>> {
+        self.config
+            .borrow()
+            .peers
+            .iter()
+            .find(|p| p.name == self.peer)
+            .map(|p| p.view.clone())
+    }
+
+    async fn snapshot(
+        &self,
+        stream: &mut ExportStream,
+        view: &BTreeMap<Hostname, RemoteService>,
+    ) -> Flow {
+        for c in stream.snapshot(view) {
+            if let Flow::End(r) = self.send(out(Out::Snapshot(snapshot_to_wire(&c)))).await {
+                return Flow::End(r);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs the stream; returns why it ended.
+    async fn run(&self, mut inbound: Streaming<ImporterMessage>) -> String {
+        let hello = match tokio::time::timeout(self.options.hello_timeout, inbound.message()).await
+        {
+            Ok(Ok(Some(ImporterMessage {
+                msg: Some(In::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                return self
+                    .close("HelloExpected", "the first message must be a hello")
+                    .await;
+            }
+            Ok(Ok(None)) => return "StreamClosed".into(),
+            Ok(Err(s)) => return format!("StreamError: {}", s.message()),
+            Err(_) => return self.close("HelloTimeout", "no hello in time").await,
+        };
+        if hello.protocol_version != PEERING_PROTOCOL_VERSION {
+            return self
+                .close(
+                    "UnsupportedVersion",
+                    format!(
+                        "protocol {} is not {PEERING_PROTOCOL_VERSION}",
+                        hello.protocol_version
+                    ),
+                )
+                .await;
+        }
+        if hello.trust_domain != self.client_td.as_str() {
+            return self
+                .close(
+                    "TrustDomainMismatch",
+                    format!(
+                        "hello says {:?}, certificate says {}",
+                        hello.trust_domain, self.client_td
+                    ),
+                )
+                .await;
+        }
+        let (mesh, td) = {
+            let c = self.config.borrow();
+            (c.mesh.clone(), c.trust_domain.to_string())
+        };
+        let mut config = self.config.clone();
+        let Some(view) = self.view() else {
+            return self.close("PeerDeleted", "").await;
+        };
+        let my_hello = pb::Hello {
+            mesh,
+            trust_domain: td,
+            protocol_version: PEERING_PROTOCOL_VERSION,
+        };
+        if let Flow::End(r) = self.send(out(Out::Hello(my_hello))).await {
+            return r;
+        }
+        let _ = self.events.send(ExporterEvent::Connected {
+            peer: self.peer.clone(),
+        });
+        let mut stream = ExportStream::new(self.epoch, self.options.batch);
+        if let Flow::End(r) = self.snapshot(&mut stream, &view).await {
+            return r;
+        }
+        let mut last_rx = tokio::time::Instant::now();
+        let mut nacks: Vec<tokio::time::Instant> = Vec::new();
+        let mut heartbeat = tokio::time::interval(self.options.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return self.close("ServerShutdown", "").await;
+                    }
+                    let Some(view) = self.view() else {
+                        return self.close("PeerDeleted", "the peer was removed").await;
+                    };
+                    for d in stream.deltas(&view) {
+                        if let Flow::End(r) = self.send(out(Out::Delta(delta_to_wire(&d)))).await {
+                            return r;
+                        }
+                    }
+                }
+                msg = inbound.message() => {
+                    let m = match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return "StreamClosed".into(),
+                        Err(s) => return format!("StreamError: {}", s.message()),
+                    };
+                    last_rx = tokio::time::Instant::now();
+                    match m.msg {
+                        Some(In::Ack(a)) => {
+                            let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), version: a.version });
+                        }
+                        Some(In::Nack(n)) => {
+                            let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), version: n.version, reason: n.reason.clone() });
+                            let now = tokio::time::Instant::now();
+                            nacks.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+                            nacks.push(now);
+                            if nacks.len() > self.options.max_nacks_per_minute as usize {
+                                return self.close("NackStorm", format!("{} NACKs in a minute", nacks.len())).await;
+                            }
+                            let Some(view) = self.view() else {
+                                return self.close("PeerDeleted", "").await;
+                            };
+                            if let Flow::End(r) = self.snapshot(&mut stream, &view).await {
+                                return r;
+                            }
+                        }
+                        Some(In::Heartbeat(_)) => {}
+                        Some(In::Redeem(_)) => {}
+                        Some(In::Hello(_)) => return self.close("UnexpectedHello", "hello after the handshake").await,
+                        None => return self.close("EmptyMessage", "a message without content").await,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_rx.elapsed() >= self.options.liveness {
+                        return self.close("StreamStale", "no message from the importer within the liveness timeout").await;
+                    }
+                    let hb = pb::Heartbeat { sent_unix_ms: unix_ms(SystemTime::now()) };
+                    if let Flow::End(r) = self.send(out(Out::Heartbeat(hb))).await {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+}

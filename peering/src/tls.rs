@@ -1,0 +1,213 @@
+//! mTLS for the peering stream, carrying meshfed's SPIFFE verifiers into tonic: a TLS accept
+//! loop that hands tonic connections already authenticated (with the peer's verified SPIFFE ID
+//! as connection info), and a connector for the dialing side.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use meshfed_core::SpiffeId;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The SPIFFE ID from the peer's verified certificate.
+    pub id: SpiffeId,
+    pub remote: SocketAddr,
+}
+
+/// An authenticated server-side connection.
+#[derive(Debug)]
+pub struct PeerConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl tonic::transport::server::Connected for PeerConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A failed inbound handshake, for counting and status (peer name unknown at this point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeFailure {
+    pub remote: SocketAddr,
+    /// meshfed reason token (e.g. `UnknownTrustDomain`, `IdentityNotAllowed`) or `Tls`.
+    pub reason: String,
+}
+
+fn reason_of(e: &io::Error) -> String {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .and_then(meshfed_trust::VerifyError::from_rustls)
+        .map_or_else(|| "Tls".to_owned(), |v| v.reason().to_owned())
+}
+
+/// Accepts TCP connections, runs the TLS handshake (bounded in time) on each in its own task,
+/// and yields authenticated connections. Accept errors (EMFILE…) back off and never end the
+/// loop (tonic RUSTSEC-2024-0376).
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    failures: mpsc::UnboundedSender<HandshakeFailure>,
+) -> ReceiverStream<io::Result<PeerConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    x
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, failures) = (acceptor.clone(), tx.clone(), failures.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        let _ = failures.send(HandshakeFailure {
+                            remote,
+                            reason: reason_of(&e),
+                        });
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = failures.send(HandshakeFailure {
+                            remote,
+                            reason: "HandshakeTimeout".into(),
+                        });
+                        return;
+                    }
+                };
+                let id = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
+                // The verifier already checked the certificate; a missing ID cannot happen.
+                if let Some(id) = id {
+                    let _ = tx
+                        .send(Ok(PeerConn {
+                            inner: tls,
+                            info: PeerInfo { id, remote },
+                        }))
+                        .await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Dials `addr` over mTLS with `config` (whose verifier decides whom it accepts) and returns a
+/// tonic channel on that one connection.
+pub async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, ConnectError> {
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from("peering.meshfed.invalid").map_err(io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ConnectError {
+            reason: "BadAddress".into(),
+            detail: e.to_string(),
+        })?
+        .connect_timeout(timeout)
+        .timeout(Duration::from_secs(24 * 3600))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            let reason = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .map_or_else(
+                    || "GatewayUnreachable".to_owned(),
+                    |io| match reason_of(io).as_str() {
+                        "Tls" => match io.kind() {
+                            io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::ConnectionReset => "GatewayUnreachable".to_owned(),
+                            _ => "TlsHandshakeFailed".to_owned(),
+                        },
+                        r => r.to_owned(),
+                    },
+                );
+            ConnectError {
+                reason,
+                detail: e.to_string(),
+            }
+        })
+}
+
+/// Why dialing a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct ConnectError {
+    /// `GatewayUnreachable`, `TlsHandshakeFailed`, or a verifier reason.
+    pub reason: String,
+    pub detail: String,
+}

@@ -1,0 +1,773 @@
+//! Two real peering endpoints on loopback over mTLS (security design R-PART/M-vectors in
+//! bounded form): sync and propagation, refusals with their conditions, liveness and
+//! recovery, restart from the store, hostile exporters, and a 10,000-service sync.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshfed_api::peering::{
+    self as pb, ExporterMessage, ImporterMessage, exporter_message::Msg as Out,
+};
+use meshfed_core::import::RemoteService;
+use meshfed_core::session::{PeerState, SessionConfig};
+use meshfed_core::stream::Limits;
+use meshfed_core::{Hostname, Protocol, ServicePort, TrustDomain};
+use meshfed_peering::client::{self, Importer, ImporterConfig};
+use meshfed_peering::server::{
+    ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions,
+};
+use meshfed_peering::status::PeerStatus;
+use meshfed_peering::tls;
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::bundle::TrustBundleSet;
+use meshfed_trust::verify::{
+    self, Expect, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+const IMPORTER_ID: &str = "spiffe://beta.local/ns/beta-system/sa/egress-alpha-mesh";
+const EXPORTER_ID: &str = "spiffe://alpha.local/ns/alpha-system/sa/meshfed-peering";
+
+fn td(s: &str) -> TrustDomain {
+    s.parse().unwrap()
+}
+
+fn service(name: &str, port: u16) -> RemoteService {
+    RemoteService {
+        exported_name: format!("{name}.shop.svc.beta-mesh-exports.local")
+            .parse()
+            .unwrap(),
+        key: format!("shop/{name}").parse().unwrap(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port,
+            protocol: Protocol::Http,
+        }],
+        service_accounts: vec![
+            format!("spiffe://alpha.local/ns/shop/sa/{name}")
+                .parse()
+                .unwrap(),
+        ],
+    }
+}
+
+fn view(items: &[(&str, u16)]) -> BTreeMap<Hostname, RemoteService> {
+    items
+        .iter()
+        .map(|(n, p)| service(n, *p))
+        .map(|s| (s.exported_name.clone(), s))
+        .collect()
+}
+
+struct Cas {
+    a: CertificateAuthority,
+    b: CertificateAuthority,
+}
+
+fn cas() -> Cas {
+    let now = SystemTime::now();
+    Cas {
+        a: CertificateAuthority::new(td("alpha.local"), now).unwrap(),
+        b: CertificateAuthority::new(td("beta.local"), now).unwrap(),
+    }
+}
+
+fn set(bundles: &[&CertificateAuthority]) -> TrustBundleSet {
+    let mut s = TrustBundleSet::new();
+    for ca in bundles {
+        s.insert(ca.bundle(1).unwrap()).unwrap();
+    }
+    s
+}
+
+fn server_tls(cas: &Cas) -> Arc<rustls::ServerConfig> {
+    let p = verify::provider();
+    let svid = cas
+        .a
+        .issue(
+            &EXPORTER_ID.parse().unwrap(),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let v = SpiffeClientVerifier::new(
+        verify::shared(set(&[&cas.a, &cas.b])),
+        Expect::domain(td("beta.local")),
+        p.clone(),
+    );
+    Arc::new(
+        verify::server_config(
+            Arc::new(SvidResolver::new(&svid, p.clone()).unwrap()),
+            Arc::new(v),
+            p,
+        )
+        .unwrap(),
+    )
+}
+
+fn client_tls(
+    ca: &CertificateAuthority,
+    id: &str,
+    trusts: &[&CertificateAuthority],
+) -> Arc<rustls::ClientConfig> {
+    let p = verify::provider();
+    let svid = ca
+        .issue(
+            &id.parse().unwrap(),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let v = SpiffeServerVerifier::new(
+        verify::shared(set(trusts)),
+        Expect::domain(td("alpha.local")),
+        p.clone(),
+    );
+    Arc::new(
+        verify::client_config(
+            Arc::new(SvidResolver::new(&svid, p.clone()).unwrap()),
+            Arc::new(v),
+            p,
+        )
+        .unwrap(),
+    )
+}
+
+fn fast_session() -> SessionConfig {
+    SessionConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        liveness_timeout: Duration::from_secs(1),
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(800),
+        seed: 42,
+    }
+}
+
+fn fast_exporter() -> ExporterOptions {
+    ExporterOptions {
+        heartbeat: Duration::from_millis(200),
+        liveness: Duration::from_secs(2),
+        batch: 500,
+        ..ExporterOptions::default()
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    config: watch::Sender<Arc<ExporterConfig>>,
+    events: mpsc::UnboundedReceiver<ExporterEvent>,
+    handshake_failures: mpsc::UnboundedReceiver<tls::HandshakeFailure>,
+    /// Held so the exporter runs until killed (dropping it would shut the server down).
+    _stop: oneshot::Sender<()>,
+    /// The exporter's own runtime: shutting it down kills every task and socket at once.
+    rt: tokio::runtime::Runtime,
+}
+
+impl Running {
+    /// Kills the exporter as a crash would.
+    fn kill(self) {
+        self.rt.shutdown_background();
+    }
+}
+
+async fn start_exporter(
+    cas: &Cas,
+    client_id: &str,
+    v: BTreeMap<Hostname, RemoteService>,
+    bind: Option<SocketAddr>,
+) -> Running {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bind = bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    let listener = loop {
+        // A killed exporter's port may take a moment to free.
+        match rt
+            .spawn(async move { tokio::net::TcpListener::bind(bind).await })
+            .await
+            .unwrap()
+        {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    let (fail_tx, handshake_failures) = mpsc::unbounded_channel();
+    let server_tls = server_tls(cas);
+    let incoming = rt
+        .spawn(async move { tls::incoming(listener, server_tls, fail_tx) })
+        .await
+        .unwrap();
+    let cfg = ExporterConfig {
+        mesh: "alpha".into(),
+        trust_domain: td("alpha.local"),
+        peers: vec![ExportPeer {
+            name: "beta-mesh".parse().unwrap(),
+            client_id: client_id.parse().unwrap(),
+            view: v,
+        }],
+    };
+    let (config, rx) = watch::channel(Arc::new(cfg));
+    let (ev_tx, events) = mpsc::unbounded_channel();
+    let epoch = rand_epoch();
+    let exporter = Exporter::new(rx, fast_exporter(), epoch, ev_tx);
+    let (stop, stopped) = oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = exporter
+            .serve(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Running {
+        addr,
+        config,
+        events,
+        handshake_failures,
+        _stop: stop,
+        rt,
+    }
+}
+
+fn rand_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn importer(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    store: Option<Arc<meshfed_store::Store>>,
+) -> Importer {
+    client::spawn(
+        ImporterConfig {
+            mesh: "beta".into(),
+            trust_domain: td("beta.local"),
+            peer: "alpha-mesh".parse().unwrap(),
+            peer_trust_domain: td("alpha.local"),
+            address: addr,
+            session: fast_session(),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(2),
+        },
+        tls,
+        store,
+    )
+}
+
+async fn wait_status(
+    rx: &mut watch::Receiver<PeerStatus>,
+    what: &str,
+    f: impl Fn(&PeerStatus) -> bool,
+) -> PeerStatus {
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if f(&s) {
+                    return s.clone();
+                }
+            }
+            if rx.changed().await.is_err() {
+                panic!("importer ended while waiting for {what}");
+            }
+        }
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("timed out waiting for {what}; status {:#?}", rx.borrow()))
+}
+
+async fn wait_imports(imp: &mut Importer, want: &BTreeMap<Hostname, RemoteService>) {
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if imp.imports.borrow_and_update().services() == want {
+                return;
+            }
+            imp.imports.changed().await.unwrap();
+        }
+    })
+    .await;
+    r.unwrap_or_else(|_| {
+        panic!(
+            "imports never became {:?}; have {:?}",
+            want.keys(),
+            imp.imports.borrow().services().keys()
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_every_change_propagates() {
+    let cas = cas();
+    let v1 = view(&[("orders", 8080), ("cart", 8080)]);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_imports(&mut imp, &v1).await;
+    let st = wait_status(&mut imp.status, "Active", |s| s.state == PeerState::Active).await;
+    assert!(st.connected && st.last_full_sync_ms.is_some() && !st.stale);
+    // Add, update, remove.
+    for next in [
+        view(&[("orders", 8080), ("cart", 8080), ("search", 9090)]),
+        view(&[("orders", 8081), ("cart", 8080), ("search", 9090)]),
+        view(&[("orders", 8081)]),
+        view(&[]),
+        view(&[("payments", 7070)]),
+    ] {
+        exp.config
+            .send_modify(|c| Arc::make_mut(c).peers[0].view = next.clone());
+        wait_imports(&mut imp, &next).await;
+    }
+    // The importer only ever held what was exported.
+    let st = imp.status.borrow().clone();
+    assert_eq!(st.imported_services, 1);
+    assert!(
+        st.condition("ImportRejected").is_none_or(|c| !c.status),
+        "{st:#?}"
+    );
+    imp.stop().await;
+    exp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_id_is_refused_with_its_condition() {
+    let cas = cas();
+    let mut exp = start_exporter(
+        &cas,
+        "spiffe://beta.local/ns/beta-system/sa/someone-else",
+        view(&[("orders", 1)]),
+        None,
+    )
+    .await;
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    let st = wait_status(&mut imp.status, "ClientIDRejected", |s| {
+        s.condition("Connected")
+            .is_some_and(|c| !c.status && c.reason == "ClientIDRejected")
+    })
+    .await;
+    assert!(imp.imports.borrow().services().is_empty());
+    assert_ne!(st.state, PeerState::Active);
+    let ev = tokio::time::timeout(Duration::from_secs(5), exp.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ev,
+        ExporterEvent::Refused {
+            id: IMPORTER_ID.into(),
+            reason: "ClientIDRejected"
+        }
+    );
+    imp.stop().await;
+    exp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_trust_domain_is_refused_with_its_condition() {
+    let cas = cas();
+    let gamma = CertificateAuthority::new(td("gamma.local"), SystemTime::now()).unwrap();
+    let mut exp = start_exporter(&cas, IMPORTER_ID, view(&[("orders", 1)]), None).await;
+    let mut imp = importer(
+        exp.addr,
+        client_tls(&gamma, "spiffe://gamma.local/ns/x/sa/egress", &[&cas.a]),
+        None,
+    );
+    wait_status(&mut imp.status, "TrustBundleMismatch", |s| {
+        s.condition("Connected")
+            .is_some_and(|c| !c.status && c.reason == "TrustBundleMismatch")
+    })
+    .await;
+    let f = tokio::time::timeout(Duration::from_secs(5), exp.handshake_failures.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.reason, "UnknownTrustDomain");
+    assert!(imp.imports.borrow().services().is_empty());
+    imp.stop().await;
+    exp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_turns_failing_keeps_imports_and_recovers() {
+    let cas = cas();
+    let v1 = view(&[("orders", 8080)]);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let addr = exp.addr;
+    let mut imp = importer(addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_imports(&mut imp, &v1).await;
+    wait_status(&mut imp.status, "Active", |s| s.state == PeerState::Active).await;
+    // Kill the exporter: every task and socket.
+    exp.kill();
+    let st = wait_status(&mut imp.status, "Failing", |s| {
+        s.state == PeerState::Failing
+    })
+    .await;
+    assert!(st.stale, "imports flagged stale: {st:#?}");
+    assert_eq!(
+        imp.imports.borrow().services(),
+        &v1,
+        "imports kept while the peer is down"
+    );
+    // The peer comes back (a new process: new epoch) on the same address, with a change.
+    let v2 = view(&[("orders", 8080), ("cart", 8080)]);
+    let exp2 = start_exporter(&cas, IMPORTER_ID, v2.clone(), Some(addr)).await;
+    wait_imports(&mut imp, &v2).await;
+    let st = wait_status(&mut imp.status, "Active again", |s| {
+        s.state == PeerState::Active && !s.stale
+    })
+    .await;
+    assert_eq!(st.imported_services, 2, "no duplicates after resync");
+    imp.stop().await;
+    exp2.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_are_served_from_the_store_while_the_peer_is_down() {
+    let cas = cas();
+    let dir = std::env::temp_dir().join(format!("meshfed-peering-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (store, _) = meshfed_store::Store::open(&dir.join("db")).unwrap();
+    let store = Arc::new(store);
+    let v1 = view(&[("orders", 8080), ("cart", 8080)]);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let mut imp = importer(
+        exp.addr,
+        client_tls(&cas.b, IMPORTER_ID, &[&cas.a]),
+        Some(store.clone()),
+    );
+    wait_imports(&mut imp, &v1).await;
+    // Our control plane and the peer both go down.
+    imp.abort().await;
+    let addr = exp.addr;
+    exp.kill();
+    drop(store);
+    // We restart while the peer is still down: the imports are there at once, stale.
+    let (store, rebuilt) = meshfed_store::Store::open(&dir.join("db")).unwrap();
+    assert!(rebuilt.is_none());
+    let imp = importer(
+        addr,
+        client_tls(&cas.b, IMPORTER_ID, &[&cas.a]),
+        Some(Arc::new(store)),
+    );
+    assert_eq!(imp.imports.borrow().services(), &v1);
+    assert!(imp.imports.borrow().is_stale());
+    let st = imp.status.borrow().clone();
+    assert!(
+        st.stale
+            && st
+                .condition("Stale")
+                .is_some_and(|c| c.reason == "RestoredFromStore"),
+        "{st:#?}"
+    );
+    imp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_services_sync_in_bounded_messages() {
+    let cas = cas();
+    let big: BTreeMap<Hostname, RemoteService> = (0..10_000)
+        .map(|i| service(&format!("svc-{i:05}"), 8080))
+        .map(|s| (s.exported_name.clone(), s))
+        .collect();
+    let exp = start_exporter(&cas, IMPORTER_ID, big.clone(), None).await;
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_imports(&mut imp, &big).await;
+    // Every chunk fits: a single 500-service chunk encodes far below the 4 MiB limit.
+    let chunk = meshfed_peering::convert::snapshot_to_wire(&meshfed_core::stream::SnapshotChunk {
+        epoch: 1,
+        version: 1,
+        chunk: 0,
+        last: false,
+        services: big.values().take(500).cloned().collect(),
+    });
+    let bytes = prost::Message::encoded_len(&chunk);
+    assert!(
+        bytes < meshfed_peering::server::MAX_MESSAGE_BYTES / 4,
+        "{bytes} bytes"
+    );
+    imp.stop().await;
+    exp.kill();
+}
+
+// ---- hostile exporters --------------------------------------------------------------------
+
+/// An exporter that sends a fixed script and records what the importer answers.
+#[derive(Clone)]
+struct Scripted {
+    script: Vec<ExporterMessage>,
+    seen: mpsc::UnboundedSender<ImporterMessage>,
+}
+
+#[tonic::async_trait]
+impl pb::peering_server::Peering for Scripted {
+    type StreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ExporterMessage, tonic::Status>>;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<ImporterMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut inbound = request.into_inner();
+        let seen = self.seen.clone();
+        let script = self.script.clone();
+        tokio::spawn(async move {
+            for m in script {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the stream open and record the importer's answers.
+            while let Ok(Some(m)) = inbound.message().await {
+                let _ = seen.send(m);
+            }
+            drop(tx);
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+fn hello(version: u32) -> ExporterMessage {
+    ExporterMessage {
+        msg: Some(Out::Hello(pb::Hello {
+            mesh: "alpha".into(),
+            trust_domain: "alpha.local".into(),
+            protocol_version: version,
+        })),
+    }
+}
+
+fn wire(s: &RemoteService) -> pb::Service {
+    meshfed_peering::convert::service_to_wire(s)
+}
+
+fn snapshot(version: u64, services: Vec<pb::Service>) -> ExporterMessage {
+    ExporterMessage {
+        msg: Some(Out::Snapshot(pb::Snapshot {
+            epoch: 5,
+            version,
+            chunk: 0,
+            last: true,
+            services,
+        })),
+    }
+}
+
+async fn run_script(
+    cas: &Cas,
+    script: Vec<ExporterMessage>,
+) -> (
+    Importer,
+    mpsc::UnboundedReceiver<ImporterMessage>,
+    oneshot::Sender<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+    let incoming = tls::incoming(listener, server_tls(cas), fail_tx);
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let svc = pb::peering_server::PeeringServer::new(Scripted {
+        script,
+        seen: seen_tx,
+    })
+    .max_decoding_message_size(64 << 20)
+    .max_encoding_message_size(64 << 20);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let imp = importer(addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    (imp, seen, stop)
+}
+
+async fn first_nack(seen: &mut mpsc::UnboundedReceiver<ImporterMessage>) -> pb::Nack {
+    use meshfed_api::peering::importer_message::Msg as In;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(ImporterMessage {
+                msg: Some(In::Nack(n)),
+            }) = seen.recv().await
+            {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("a NACK")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_exporters_are_refused_and_change_nothing() {
+    let cas = cas();
+    let good = wire(&service("orders", 8080));
+    let mut dup = vec![good.clone(), good.clone()];
+    dup[1].ports[0].port = 9;
+    let mut bad_host = good.clone();
+    bad_host.exported_name = "ORDERS.shop.svc.beta-mesh-exports.local".into();
+    let mut foreign = good.clone();
+    foreign.service_accounts = vec!["spiffe://beta.local/ns/shop/sa/orders".into()];
+    let delta = ExporterMessage {
+        msg: Some(Out::Delta(pb::Delta {
+            epoch: 5,
+            base: 0,
+            version: 1,
+            upserts: vec![good.clone()],
+            removals: vec![],
+        })),
+    };
+    let cases: Vec<(&str, Vec<ExporterMessage>, &str)> = vec![
+        (
+            "delta before snapshot",
+            vec![hello(1), delta],
+            "DeltaBeforeSnapshot",
+        ),
+        (
+            "duplicate names",
+            vec![hello(1), snapshot(1, dup)],
+            "DuplicateService",
+        ),
+        (
+            "invalid hostname",
+            vec![hello(1), snapshot(1, vec![bad_host])],
+            "InvalidHostname",
+        ),
+        (
+            "identity of another domain",
+            vec![hello(1), snapshot(1, vec![foreign])],
+            "ForeignIdentity",
+        ),
+        (
+            "too many services in a chunk",
+            vec![
+                hello(1),
+                snapshot(
+                    1,
+                    (0..1500)
+                        .map(|i| wire(&service(&format!("s{i}"), 1)))
+                        .collect(),
+                ),
+            ],
+            "BatchTooLarge",
+        ),
+    ];
+    for (name, script, reason) in cases {
+        let (mut imp, mut seen, stop) = run_script(&cas, script).await;
+        let n = first_nack(&mut seen).await;
+        assert_eq!(n.reason, reason, "{name}: {n:?}");
+        assert!(
+            imp.imports.borrow_and_update().services().is_empty(),
+            "{name}: nothing applied"
+        );
+        let st = imp.status.borrow().clone();
+        assert!(
+            st.condition("ImportRejected")
+                .is_some_and(|c| c.status && c.reason == reason),
+            "{name}: {st:#?}"
+        );
+        imp.stop().await;
+        let _ = stop.send(());
+    }
+    // Unknown protocol version: the stream is dropped with that reason.
+    let (mut imp, _seen, stop) = run_script(&cas, vec![hello(99)]).await;
+    wait_status(&mut imp.status, "UnsupportedVersion", |s| {
+        s.last_disconnect_reason.as_deref() == Some("UnsupportedVersion")
+            || s.condition("Connected")
+                .is_some_and(|c| c.message == "UnsupportedVersion")
+    })
+    .await;
+    imp.stop().await;
+    let _ = stop.send(());
+    // An oversized message (over the 4 MiB limit) breaks only that stream; nothing applied.
+    let huge: Vec<pb::Service> = (0..900)
+        .map(|i| {
+            let mut s = wire(&service(&format!("s{i}"), 1));
+            s.service_accounts =
+                vec![format!("spiffe://alpha.local/ns/shop/sa/{}", "x".repeat(5000)); 1];
+            s
+        })
+        .collect();
+    let (mut imp, _seen, stop) = run_script(&cas, vec![hello(1), snapshot(1, huge)]).await;
+    wait_status(&mut imp.status, "a refused oversized message", |s| {
+        s.last_disconnect_reason.is_some()
+            || s.condition("Connected")
+                .is_some_and(|c| !c.status && c.reason != "Dialing")
+    })
+    .await;
+    assert!(imp.imports.borrow().services().is_empty());
+    imp.stop().await;
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_fails_within_the_liveness_timeout() {
+    let cas = cas();
+    let good = wire(&service("orders", 8080));
+    // Hello and a snapshot, then silence with the connection open (a hung or SIGSTOPped peer).
+    let (mut imp, _seen, stop) = run_script(&cas, vec![hello(1), snapshot(1, vec![good])]).await;
+    wait_status(&mut imp.status, "Active", |s| {
+        s.state == PeerState::Active && s.imported_services == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let st = wait_status(&mut imp.status, "Failing", |s| {
+        s.state == PeerState::Failing
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "liveness 1 s, took {took:?}"
+    );
+    assert_eq!(
+        st.last_disconnect_reason.as_deref(),
+        Some("StreamStale"),
+        "{st:#?}"
+    );
+    assert!(st.stale);
+    assert_eq!(imp.imports.borrow().services().len(), 1, "imports kept");
+    imp.stop().await;
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_is_rebuilt_from_the_peer() {
+    let cas = cas();
+    let dir = std::env::temp_dir().join(format!("meshfed-peering-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("db");
+    drop(meshfed_store::Store::open(&path).unwrap());
+    for e in std::fs::read_dir(&path).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::write(e.path(), vec![0x5Au8; 2048]).unwrap();
+        }
+    }
+    let (store, rebuilt) = meshfed_store::Store::open(&path).unwrap();
+    assert_eq!(rebuilt.map(|r| r.reason), Some("StoreUnreadable"));
+    let v1 = view(&[("orders", 8080)]);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let mut imp = importer(
+        exp.addr,
+        client_tls(&cas.b, IMPORTER_ID, &[&cas.a]),
+        Some(Arc::new(store)),
+    );
+    wait_imports(&mut imp, &v1).await;
+    imp.abort().await;
+    // The rebuilt store now holds the peer's imports again.
+    let (store, rebuilt) = meshfed_store::Store::open(&path).unwrap();
+    assert!(rebuilt.is_none());
+    assert_eq!(store.load_imports().0.len(), 1);
+    exp.kill();
+}
