@@ -2,6 +2,7 @@
 //! an exit code (0 success, 1 problems found, 2 usage or I/O error).
 
 mod explain;
+mod node;
 mod table;
 mod trust;
 
@@ -69,11 +70,13 @@ enum Command {
         #[command(subcommand)]
         command: trust::TrustCommand,
     },
-    /// Peering between meshes (tokens).
+    /// Peering between meshes: tokens, and the peering service.
     Peering {
         #[command(subcommand)]
         command: trust::PeeringCommand,
     },
+    /// Show peer status from a running `meshfed peering run`.
+    Status(node::StatusArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         } => explain::run(&meshes, peer.as_deref(), all, output),
         Command::Trust { command } => trust::run_trust(command),
         Command::Peering { command } => trust::run_peering(command),
+        Command::Status(args) => node::status(args),
     };
     match result {
         Ok(code) => code,

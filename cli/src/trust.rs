@@ -23,7 +23,7 @@ use crate::{emit, note};
 pub struct DirArg {
     /// CA directory.
     #[arg(long, env = "MESHFED_TRUST_DIR", default_value = "meshfed-trust")]
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +105,9 @@ pub enum PeeringCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Run the peering service for one mesh file: serve its exports to each peer, import from
+    /// each peer, keep status on a loopback admin endpoint (see `meshfed status`).
+    Run(crate::node::RunArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,20 +147,24 @@ pub enum TokenCommand {
     },
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d`.
+/// Parses `250ms`, `90s`, `30m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h, d)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
     };
-    Ok(Duration::from_secs(secs))
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
 }
 
 fn load_ca(dir: &Path) -> Result<CertificateAuthority> {
@@ -445,7 +452,10 @@ fn describe(out: &mut String, label: &str, der: &[u8], role: Role, now: SystemTi
 
 pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
     let now = SystemTime::now();
-    let PeeringCommand::Token { command } = cmd;
+    let command = match cmd {
+        PeeringCommand::Token { command } => command,
+        PeeringCommand::Run(args) => return crate::node::run(args),
+    };
     match command {
         TokenCommand::Create {
             dir,

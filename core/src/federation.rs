@@ -23,6 +23,10 @@ pub struct Peer {
     pub addresses: Vec<String>,
     pub discovery_port: u16,
     pub service_port: u16,
+    /// Our egress gateway towards this peer (`spec.gateways.egress.name`, default
+    /// `egress-<peer>`); its service account `<name>-service-account` is the identity we
+    /// present to the peer, which the peer lists as its `clientID` for us.
+    pub egress_gateway: String,
     /// Rules of the `ExportedServiceSet` named after this peer (empty: nothing exported).
     pub exports: Vec<ExportRule>,
     /// The `ImportedServiceSet` named after this peer, if any.
@@ -58,37 +62,48 @@ impl MeshFederation {
 
     /// The services this mesh exports to the mesh `importer`, as they arrive there.
     pub fn exports_to(&self, importer: &MeshFederation) -> Option<Vec<RemoteService>> {
-        let peer = self.peer_for(&importer.trust_domain)?;
-        let view = self.export_view(peer);
-        Some(
-            view.services
-                .into_values()
-                .map(|s| {
-                    let accounts = self
-                        .catalog
-                        .get(&s.local)
-                        .map(|svc| {
-                            svc.service_accounts
-                                .iter()
-                                .filter_map(|sa| {
-                                    SpiffeId::for_service_account(
-                                        &self.trust_domain,
-                                        &s.local.namespace,
-                                        sa,
-                                    )
-                                    .ok()
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    RemoteService {
-                        exported_name: s.exported_name,
-                        key: s.exported_as,
-                        ports: s.ports,
-                        service_accounts: accounts,
-                    }
-                })
-                .collect(),
+        Some(self.remote_services_for(self.peer_for(&importer.trust_domain)?))
+    }
+
+    /// What `peer` receives over peering: its export view, with the serving identities.
+    pub fn remote_services_for(&self, peer: &Peer) -> Vec<RemoteService> {
+        self.export_view(peer)
+            .services
+            .into_values()
+            .map(|s| {
+                let accounts = self
+                    .catalog
+                    .get(&s.local)
+                    .map(|svc| {
+                        svc.service_accounts
+                            .iter()
+                            .filter_map(|sa| {
+                                SpiffeId::for_service_account(
+                                    &self.trust_domain,
+                                    &s.local.namespace,
+                                    sa,
+                                )
+                                .ok()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                RemoteService {
+                    exported_name: s.exported_name,
+                    key: s.exported_as,
+                    ports: s.ports,
+                    service_accounts: accounts,
+                }
+            })
+            .collect()
+    }
+
+    /// The identity this mesh presents to `peer` (its egress gateway's service account).
+    pub fn egress_identity(&self, peer: &Peer) -> Result<SpiffeId, crate::id::SpiffeIdError> {
+        SpiffeId::for_service_account(
+            &self.trust_domain,
+            &self.namespace,
+            &format!("{}-service-account", peer.egress_gateway),
         )
     }
 }

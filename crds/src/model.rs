@@ -344,6 +344,12 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
             out.push(name_finding(p.key("name"), &e));
         }
     }
+    let egress = spec
+        .gateways
+        .as_ref()
+        .and_then(|g| g.egress.as_ref())
+        .and_then(|e| e.name.clone())
+        .unwrap_or_else(|| format!("egress-{name}"));
     Some(Peer {
         name: peer?,
         trust_domain: trust_domain?,
@@ -351,6 +357,7 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
         addresses,
         discovery_port: discovery_port?,
         service_port: service_port?,
+        egress_gateway: egress,
         exports: Vec::new(),
         imports: None,
     })

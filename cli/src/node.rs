@@ -1,0 +1,498 @@
+//! `meshfed peering run`: the peering part of a mesh's control plane, for one mesh file — the
+//! exporter serving each peer its export view, an importer per peer, the store, and a loopback
+//! admin endpoint with status. `meshfed status` reads that endpoint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use meshfed_core::federation::MeshFederation;
+use meshfed_core::session::SessionConfig;
+use meshfed_core::stream::Limits;
+use meshfed_core::{Hostname, SpiffeId, TrustDomain};
+use meshfed_peering::client::{self, ImporterConfig};
+use meshfed_peering::server::{
+    ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions,
+};
+use meshfed_peering::status::{PeerStatus, unix_ms};
+use meshfed_peering::{admin, tls};
+use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::verify::{
+    self, Expect, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::trust::{DirArg, parse_duration};
+use crate::{emit, note};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The mesh file (a Mesh document and its federation resources).
+    #[arg(long)]
+    mesh: PathBuf,
+    #[command(flatten)]
+    dir: DirArg,
+    /// Where peers reach our peering endpoint (in production, behind the ingress gateway's
+    /// discovery port).
+    #[arg(long, default_value = "127.0.0.1:8188")]
+    listen: SocketAddr,
+    /// Loopback address of the admin endpoint (status, health).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin: SocketAddr,
+    /// Directory of the persisted imports (a rebuildable cache).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Heartbeat interval.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Silence after which a peer is Failing.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    liveness: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Admin address of a running `meshfed peering run`.
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin: SocketAddr,
+    #[arg(long, short, value_enum, default_value_t = crate::OutputFormat::Table)]
+    output: crate::OutputFormat,
+}
+
+/// The exporter side as status shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportSide {
+    connected: bool,
+    last_acked_version: Option<u64>,
+    last_close_reason: Option<String>,
+    last_nack_reason: Option<String>,
+    exported_services: usize,
+}
+
+/// Exporter-side status for every peer, and recent refusals (identity or address, reason).
+#[derive(Debug, Default)]
+struct ExportSides {
+    peers: BTreeMap<String, ExportSide>,
+    refused: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeStatus {
+    mesh: String,
+    trust_domain: String,
+    listen: String,
+    imports: Vec<PeerStatus>,
+    exports: BTreeMap<String, ExportSide>,
+    /// Recent refused connections (identity, reason).
+    refused: Vec<(String, String)>,
+}
+
+fn load_mesh(path: &PathBuf) -> Result<MeshFederation> {
+    let (report, _) = crate::load_and_validate(std::slice::from_ref(path))?;
+    for d in &report.diagnostics {
+        note(&d.to_string());
+    }
+    if report.has_errors() {
+        bail!(
+            "{} has {} error(s); fix them first",
+            path.display(),
+            report.errors()
+        );
+    }
+    let mut meshes = report.meshes();
+    match meshes.len() {
+        1 => Ok(meshes.remove(0)),
+        0 => bail!("{}: no Mesh document", path.display()),
+        n => bail!("{}: {n} Mesh documents; one per file", path.display()),
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> Result<ExitCode> {
+    let mesh = load_mesh(&args.mesh)?;
+    let ca = CertificateAuthority::load(&args.dir.dir)
+        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
+    if ca.trust_domain() != &mesh.trust_domain {
+        bail!(
+            "the CA in {} is for {}, the mesh is {}",
+            args.dir.dir.display(),
+            ca.trust_domain(),
+            mesh.trust_domain
+        );
+    }
+    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    for p in mesh.peers.values() {
+        if held.get(&p.trust_domain).is_none() {
+            note(&format!(
+                "warning: no bundle for peer {} ({}); import one with `meshfed trust bundle import` or a peering token",
+                p.name, p.trust_domain
+            ));
+        }
+    }
+    let bundles = verify::shared(held);
+    let provider = verify::provider();
+    let now = SystemTime::now();
+    // The exporter: serves each peer its view; accepts only peers' trust domains.
+    let server_id =
+        SpiffeId::for_service_account(&mesh.trust_domain, &mesh.namespace, "meshfed-peering")?;
+    let server_svid = ca.issue(&server_id, DEFAULT_SVID_TTL, now)?;
+    let server_resolver = Arc::new(SvidResolver::new(&server_svid, provider.clone())?);
+    let peer_domains: BTreeSet<TrustDomain> = mesh
+        .peers
+        .values()
+        .map(|p| p.trust_domain.clone())
+        .collect();
+    let server_tls = Arc::new(verify::server_config(
+        server_resolver.clone(),
+        Arc::new(SpiffeClientVerifier::new(
+            bundles.clone(),
+            Expect::TrustDomains(peer_domains),
+            provider.clone(),
+        )),
+        provider.clone(),
+    )?);
+    let exports: Vec<ExportPeer> = mesh
+        .peers
+        .values()
+        .map(|p| ExportPeer {
+            name: p.name.clone(),
+            client_id: p.client_id.clone(),
+            view: mesh
+                .remote_services_for(p)
+                .into_iter()
+                .map(|s| (s.exported_name.clone(), s))
+                .collect::<BTreeMap<Hostname, _>>(),
+        })
+        .collect();
+    let export_counts: BTreeMap<String, usize> = exports
+        .iter()
+        .map(|e| (e.name.to_string(), e.view.len()))
+        .collect();
+    let (_config_tx, config_rx) = watch::channel(Arc::new(ExporterConfig {
+        mesh: mesh.mesh.to_string(),
+        trust_domain: mesh.trust_domain.clone(),
+        peers: exports,
+    }));
+    let options = ExporterOptions {
+        heartbeat: args.heartbeat,
+        liveness: args.liveness * 2,
+        ..ExporterOptions::default()
+    };
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let epoch = unix_ms(now) ^ u64::from(std::process::id()).rotate_left(40);
+    let exporter = Exporter::new(config_rx, options, epoch, events_tx);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+    let incoming = tls::incoming(listener, server_tls, fail_tx);
+    tokio::spawn(async move {
+        if let Err(e) = exporter.serve(incoming, std::future::pending()).await {
+            note(&format!("peering server stopped: {e}"));
+        }
+    });
+    // Exporter-side status from its events.
+    let export_side = Arc::new(Mutex::new(ExportSides {
+        peers: export_counts
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    ExportSide {
+                        exported_services: *n,
+                        ..ExportSide::default()
+                    },
+                )
+            })
+            .collect(),
+        refused: Vec::new(),
+    }));
+    {
+        let side = export_side.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(ev) = events_rx.recv() => {
+                        let Ok(mut s) = side.lock() else { return };
+                        match ev {
+                            ExporterEvent::Connected { peer } => s.peers.entry(peer.to_string()).or_default().connected = true,
+                            ExporterEvent::Closed { peer, reason } => {
+                                let e = s.peers.entry(peer.to_string()).or_default();
+                                e.connected = false;
+                                e.last_close_reason = Some(reason);
+                            }
+                            ExporterEvent::Acked { peer, version } => s.peers.entry(peer.to_string()).or_default().last_acked_version = Some(version),
+                            ExporterEvent::Nacked { peer, reason, .. } => s.peers.entry(peer.to_string()).or_default().last_nack_reason = Some(reason),
+                            ExporterEvent::Refused { id, reason } => {
+                                s.refused.push((id, reason.to_owned()));
+                                if s.refused.len() > 20 { s.refused.remove(0); }
+                            }
+                        }
+                    }
+                    Some(f) = fail_rx.recv() => {
+                        let Ok(mut s) = side.lock() else { return };
+                        s.refused.push((f.remote.to_string(), f.reason));
+                        if s.refused.len() > 20 { s.refused.remove(0); }
+                    }
+                    else => return,
+                }
+            }
+        });
+    }
+    // The store and an importer per peer.
+    let store = match &args.store {
+        None => None,
+        Some(path) => {
+            let (store, rebuilt) = meshfed_store::Store::open(path)?;
+            if let Some(r) = rebuilt {
+                note(&format!(
+                    "store {} rebuilt ({}): {}; the old files are in {}",
+                    path.display(),
+                    r.reason,
+                    r.detail,
+                    r.moved_to.display()
+                ));
+            }
+            Some(Arc::new(store))
+        }
+    };
+    let mut statuses = Vec::new();
+    let mut importers = Vec::new();
+    let mut renew = vec![(server_id.clone(), server_resolver.clone())];
+    for p in mesh.peers.values() {
+        let Some(host) = p.addresses.first() else {
+            continue;
+        };
+        let address = match resolve(host, p.discovery_port).await {
+            Ok(a) => a,
+            Err(e) => {
+                note(&format!("peer {}: {e:#}", p.name));
+                continue;
+            }
+        };
+        let id = mesh.egress_identity(p)?;
+        let svid = ca.issue(&id, DEFAULT_SVID_TTL, now)?;
+        let resolver = Arc::new(SvidResolver::new(&svid, provider.clone())?);
+        renew.push((id.clone(), resolver.clone()));
+        let tls = Arc::new(verify::client_config(
+            resolver,
+            Arc::new(SpiffeServerVerifier::new(
+                bundles.clone(),
+                Expect::domain(p.trust_domain.clone()),
+                provider.clone(),
+            )),
+            provider.clone(),
+        )?);
+        let importer = client::spawn(
+            ImporterConfig {
+                mesh: mesh.mesh.to_string(),
+                trust_domain: mesh.trust_domain.clone(),
+                peer: p.name.clone(),
+                peer_trust_domain: p.trust_domain.clone(),
+                address,
+                session: SessionConfig {
+                    heartbeat_interval: args.heartbeat,
+                    liveness_timeout: args.liveness,
+                    ..SessionConfig::default()
+                },
+                limits: Limits::default(),
+                connect_timeout: Duration::from_secs(5),
+            },
+            tls,
+            store.clone(),
+        );
+        statuses.push(importer.status.clone());
+        importers.push(importer);
+    }
+    // Renew SVIDs at half life (the CA is local here).
+    {
+        let ca_dir = args.dir.dir.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
+                let Ok(ca) = CertificateAuthority::load(&ca_dir) else {
+                    continue;
+                };
+                for (id, r) in &renew {
+                    if let Ok(svid) = ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now()) {
+                        let _ = r.set(&svid);
+                    }
+                }
+            }
+        });
+    }
+    let (mesh_name, td, listen) = (
+        mesh.mesh.to_string(),
+        mesh.trust_domain.to_string(),
+        args.listen.to_string(),
+    );
+    let status_fn: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+        let (exports, refused) = export_side
+            .lock()
+            .map(|s| (s.peers.clone(), s.refused.clone()))
+            .unwrap_or_default();
+        let st = NodeStatus {
+            mesh: mesh_name.clone(),
+            trust_domain: td.clone(),
+            listen: listen.clone(),
+            imports: statuses.iter().map(|s| s.borrow().clone()).collect(),
+            exports,
+            refused,
+        };
+        serde_json::to_string_pretty(&st).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    });
+    let (admin_addr, _admin) = admin::serve(args.admin, status_fn).await?;
+    note(&format!(
+        "meshfed peering for mesh {} ({}): peering on {}, admin on http://{admin_addr}/status",
+        mesh.mesh, mesh.trust_domain, args.listen
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    note("stopping");
+    for i in importers {
+        i.stop().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let body = admin::get(args.admin, "/status", Duration::from_secs(5)).with_context(|| {
+        format!(
+            "reading status from {} (is `meshfed peering run` running?)",
+            args.admin
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the admin endpoint sent invalid JSON")?;
+    match args.output {
+        crate::OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&v)?))?,
+        crate::OutputFormat::Yaml => emit(&serde_saphyr::to_string(&v)?)?,
+        crate::OutputFormat::Table => emit(&render(&v))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(ms: &serde_json::Value) -> String {
+    let Some(ms) = ms.as_u64() else {
+        return "-".into();
+    };
+    let now = unix_ms(SystemTime::now());
+    let s = now.saturating_sub(ms) / 1000;
+    if s < 120 {
+        format!("{s}s ago")
+    } else if s < 7200 {
+        format!("{}m ago", s / 60)
+    } else {
+        format!("{}h ago", s / 3600)
+    }
+}
+
+fn render(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Mesh {} ({}), peering on {}",
+        v["mesh"].as_str().unwrap_or("?"),
+        v["trustDomain"].as_str().unwrap_or("?"),
+        v["listen"].as_str().unwrap_or("?")
+    );
+    let mut t = crate::table::Table::new(&[
+        "IMPORTING FROM",
+        "STATE",
+        "SERVICES",
+        "VERSION",
+        "STALE",
+        "LAST SYNC",
+        "LAST HEARTBEAT",
+        "CONDITIONS",
+    ]);
+    for p in v["imports"].as_array().into_iter().flatten() {
+        let conds: Vec<String> = p["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{}={}({})",
+                    c["type"].as_str().unwrap_or(""),
+                    if c["status"].as_bool() == Some(true) {
+                        "True"
+                    } else {
+                        "False"
+                    },
+                    c["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        t.row(vec![
+            p["peer"].as_str().unwrap_or("?").to_owned(),
+            p["state"].as_str().unwrap_or("?").to_owned(),
+            p["importedServices"].to_string(),
+            p["importedVersion"]
+                .as_u64()
+                .map_or("-".into(), |x| x.to_string()),
+            p["stale"].to_string(),
+            ago(&p["lastFullSyncMs"]),
+            ago(&p["lastHeartbeatMs"]),
+            conds.join(" "),
+        ]);
+    }
+    out.push_str(&t.render("  "));
+    let mut t = crate::table::Table::new(&[
+        "EXPORTING TO",
+        "CONNECTED",
+        "SERVICES",
+        "ACKED VERSION",
+        "LAST CLOSE",
+        "LAST NACK",
+    ]);
+    for (peer, e) in v["exports"].as_object().into_iter().flatten() {
+        t.row(vec![
+            peer.clone(),
+            e["connected"].to_string(),
+            e["exportedServices"].to_string(),
+            e["lastAckedVersion"]
+                .as_u64()
+                .map_or("-".into(), |x| x.to_string()),
+            e["lastCloseReason"].as_str().unwrap_or("-").to_owned(),
+            e["lastNackReason"].as_str().unwrap_or("-").to_owned(),
+        ]);
+    }
+    out.push_str(&t.render("  "));
+    for r in v["refused"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  refused: {} ({})",
+            r[0].as_str().unwrap_or("?"),
+            r[1].as_str().unwrap_or("?")
+        );
+    }
+    out
+}

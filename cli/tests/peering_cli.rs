@@ -1,0 +1,241 @@
+//! Two `meshfed peering run` processes — the example meshes alpha and beta — peering over real
+//! mTLS on loopback: both directions sync; killing alpha turns beta's view Failing with its
+//! imports kept and stale; beta restarted while alpha is down serves its imports from the
+//! store; alpha back brings beta to Active again.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshfed")
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshfed-peering-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn run(dir: &Path, args: &[&str]) {
+    let o = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Children are killed when the test ends, pass or fail.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The example mesh file with the peer's address and discovery port replaced.
+fn mesh_file(dir: &Path, example: &str, peer_addr: SocketAddr) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/examples")
+        .join(example);
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("addresses: [127.0.") {
+            out.push_str(&format!(
+                "    addresses: [{}]\n    discoveryPort: {}\n",
+                peer_addr.ip(),
+                peer_addr.port()
+            ));
+        } else if line.trim_start().starts_with("discoveryPort:") {
+            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let path = dir.join(example);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn start(
+    dir: &Path,
+    mesh: &Path,
+    trust: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    store: &str,
+) -> Child {
+    Command::new(bin())
+        .args([
+            "peering",
+            "run",
+            "--mesh",
+            mesh.to_str().unwrap(),
+            "--dir",
+            trust,
+        ])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--store",
+            store,
+        ])
+        .args(["--heartbeat", "300ms", "--liveness", "1500ms"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn status(dir: &Path, admin: SocketAddr) -> Option<serde_json::Value> {
+    let o = Command::new(bin())
+        .args(["status", "--admin", &admin.to_string(), "-o", "json"])
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+fn wait(
+    dir: &Path,
+    admin: SocketAddr,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(s) = status(dir, admin) {
+            if f(&s["imports"][0]) {
+                return s;
+            }
+            last = Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}; last status {last:#?}");
+}
+
+#[test]
+fn two_meshes_peer_fail_restart_from_store_and_recover() {
+    let dir = tempdir();
+    run(
+        &dir,
+        &[
+            "trust",
+            "init",
+            "--dir",
+            "a",
+            "--trust-domain",
+            "alpha-mesh.local",
+        ],
+    );
+    run(
+        &dir,
+        &[
+            "trust",
+            "init",
+            "--dir",
+            "b",
+            "--trust-domain",
+            "beta-mesh.local",
+        ],
+    );
+    for (from, to, td) in [
+        ("a", "b", "alpha-mesh.local"),
+        ("b", "a", "beta-mesh.local"),
+    ] {
+        let o = Command::new(bin())
+            .args(["trust", "bundle", "export", "--dir", from])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        std::fs::write(dir.join(format!("{from}.json")), o.stdout).unwrap();
+        run(
+            &dir,
+            &[
+                "trust",
+                "bundle",
+                "import",
+                "--dir",
+                to,
+                "--trust-domain",
+                td,
+                &format!("{from}.json"),
+            ],
+        );
+    }
+    let (a_listen, b_listen) = (free("127.0.3.1"), free("127.0.4.1"));
+    let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
+    let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
+    let beta = mesh_file(&dir, "beta.yaml", a_listen);
+    let mut procs = Procs(vec![
+        start(&dir, &alpha, "a", a_listen, a_admin, "a-store"),
+        start(&dir, &beta, "b", b_listen, b_admin, "b-store"),
+    ]);
+    let active = |p: &serde_json::Value| {
+        p["state"] == "Active" && p["importedServices"] == 2 && p["stale"] == false
+    };
+    // Both directions sync: beta imports orders+cart from alpha, alpha imports payments+reviews.
+    wait(&dir, b_admin, "beta importing from alpha", active);
+    let a = wait(&dir, a_admin, "alpha importing from beta", active);
+    assert_eq!(a["exports"]["beta-mesh"]["exportedServices"], 2);
+    // alpha dies: beta marks it Failing, keeps the imports, flags them stale.
+    let mut alpha_proc = procs.0.remove(0);
+    alpha_proc.kill().unwrap();
+    alpha_proc.wait().unwrap();
+    let s = wait(&dir, b_admin, "beta sees alpha failing", |p| {
+        p["state"] == "Failing"
+    });
+    assert_eq!(s["imports"][0]["importedServices"], 2);
+    assert_eq!(s["imports"][0]["stale"], true);
+    // beta restarts while alpha is down: the imports are served from its store at once.
+    let mut beta_proc = procs.0.remove(0);
+    beta_proc.kill().unwrap();
+    beta_proc.wait().unwrap();
+    procs
+        .0
+        .push(start(&dir, &beta, "b", b_listen, b_admin, "b-store"));
+    let s = wait(&dir, b_admin, "beta restored from its store", |p| {
+        p["importedServices"] == 2 && p["stale"] == true
+    });
+    let restored = s["imports"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["reason"] == "RestoredFromStore");
+    assert!(restored, "{s:#?}");
+    // alpha comes back: beta resyncs and is Active with fresh imports.
+    procs
+        .0
+        .push(start(&dir, &alpha, "a", a_listen, a_admin, "a-store"));
+    wait(&dir, b_admin, "beta active again", active);
+}
