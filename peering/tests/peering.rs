@@ -139,7 +139,7 @@ fn client_tls(
 fn fast_session() -> SessionConfig {
     SessionConfig {
         heartbeat_interval: Duration::from_millis(200),
-        liveness_timeout: Duration::from_secs(1),
+        liveness_timeout: Duration::from_secs(3),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(800),
         seed: 42,
@@ -149,7 +149,7 @@ fn fast_session() -> SessionConfig {
 fn fast_exporter() -> ExporterOptions {
     ExporterOptions {
         heartbeat: Duration::from_millis(200),
-        liveness: Duration::from_secs(2),
+        liveness: Duration::from_secs(6),
         batch: 500,
         ..ExporterOptions::default()
     }
@@ -295,10 +295,14 @@ async fn wait_imports(imp: &mut Importer, want: &BTreeMap<Hostname, RemoteServic
     })
     .await;
     r.unwrap_or_else(|_| {
+        let have = imp.imports.borrow();
+        let missing = want.keys().filter(|k| !have.services().contains_key(*k)).count();
+        let extra = have.services().keys().filter(|k| !want.contains_key(*k)).count();
         panic!(
-            "imports never became {:?}; have {:?}",
-            want.keys(),
-            imp.imports.borrow().services().keys()
+            "imports never matched: want {}, have {} ({missing} missing, {extra} extra); status {:#?}",
+            want.len(),
+            have.services().len(),
+            imp.status.borrow()
         )
     });
 }
@@ -310,8 +314,10 @@ async fn sync_and_every_change_propagates() {
     let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
     let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
     wait_imports(&mut imp, &v1).await;
-    let st = wait_status(&mut imp.status, "Active", |s| s.state == PeerState::Active).await;
-    assert!(st.connected && st.last_full_sync_ms.is_some() && !st.stale);
+    wait_status(&mut imp.status, "Active and synced", |s| {
+        s.state == PeerState::Active && s.connected && s.last_full_sync_ms.is_some() && !s.stale
+    })
+    .await;
     // Add, update, remove.
     for next in [
         view(&[("orders", 8080), ("cart", 8080), ("search", 9090)]),
@@ -769,5 +775,161 @@ async fn a_corrupt_store_is_rebuilt_from_the_peer() {
     let (store, rebuilt) = meshfed_store::Store::open(&path).unwrap();
     assert!(rebuilt.is_none());
     assert_eq!(store.load_imports().0.len(), 1);
+    exp.kill();
+}
+
+// ---- hostile importers ----------------------------------------------------------------------
+
+/// A raw importer stream: returns the sender for our messages and the inbound stream.
+async fn raw_stream(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<
+    (
+        mpsc::Sender<ImporterMessage>,
+        tonic::Streaming<ExporterMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = tls::connect(addr, tls, Duration::from_secs(5))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = pb::peering_client::PeeringClient::new(channel);
+    let (tx, rx) = mpsc::channel(1024);
+    use meshfed_api::peering::importer_message::Msg as In;
+    tx.send(ImporterMessage {
+        msg: Some(In::Hello(pb::Hello {
+            mesh: "beta".into(),
+            trust_domain: "beta.local".into(),
+            protocol_version: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    let resp = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    Ok((tx, resp.into_inner()))
+}
+
+async fn close_reason(inbound: &mut tonic::Streaming<ExporterMessage>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(ExporterMessage {
+                    msg: Some(Out::Close(c)),
+                })) => return c.reason,
+                Ok(Some(_)) => {}
+                Ok(None) => return "EndOfStream".into(),
+                Err(e) => return format!("Error: {}", e.message()),
+            }
+        }
+    })
+    .await
+    .expect("the exporter closed the stream")
+}
+
+const GAMMA_ID: &str = "spiffe://beta.local/ns/beta-system/sa/egress-gamma";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
+    use meshfed_api::peering::importer_message::Msg as In;
+    let cas = cas();
+    let v1 = view(&[("orders", 8080)]);
+    let mut exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    // A second, well-behaved peer of the exporter.
+    exp.config.send_modify(|c| {
+        Arc::make_mut(c).peers.push(ExportPeer {
+            name: "gamma-mesh".parse().unwrap(),
+            client_id: GAMMA_ID.parse().unwrap(),
+            view: v1.clone(),
+        })
+    });
+    let mut good = importer(exp.addr, client_tls(&cas.b, GAMMA_ID, &[&cas.a]), None);
+    wait_imports(&mut good, &v1).await;
+
+    // NACK storm: every version refused.
+    let (tx, mut inbound) = raw_stream(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]))
+        .await
+        .unwrap();
+    for v in 0..100u64 {
+        let _ = tx
+            .send(ImporterMessage {
+                msg: Some(In::Nack(pb::Nack {
+                    version: v,
+                    reason: "Nope".into(),
+                    detail: String::new(),
+                })),
+            })
+            .await;
+    }
+    assert_eq!(close_reason(&mut inbound).await, "NackStorm");
+    drop(tx);
+
+    // Two streams for one peer (M18): the second is refused while the first lives.
+    let (tx1, _in1) = raw_stream(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]))
+        .await
+        .unwrap();
+    let second = raw_stream(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a])).await;
+    let err = second.err().expect("second stream refused");
+    assert!(err.message().starts_with("DuplicateStream"), "{err:?}");
+    drop(tx1);
+
+    // A reader that stops reading (M19): cut at its send timeout, others unaffected.
+    let (tx2, stalled) = raw_stream(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]))
+        .await
+        .unwrap();
+    let big: BTreeMap<Hostname, RemoteService> = (0..3000)
+        .map(|i| service(&format!("bulk-{i}"), 1))
+        .map(|s| (s.exported_name.clone(), s))
+        .collect();
+    // Change every service each round (about 600 KB of deltas per round) until the stalled
+    // stream's buffers fill and a send times out; the healthy peer must keep up throughout.
+    let mut cut = false;
+    for round in 0..40u16 {
+        let next: BTreeMap<Hostname, RemoteService> = big
+            .values()
+            .map(|s| {
+                let mut s = s.clone();
+                s.ports[0].port = round + 1;
+                (s.exported_name.clone(), s)
+            })
+            .collect();
+        exp.config.send_modify(|c| {
+            for p in &mut Arc::make_mut(c).peers {
+                p.view = next.clone();
+            }
+        });
+        wait_imports(&mut good, &next).await;
+        while let Ok(ev) = exp.events.try_recv() {
+            if matches!(&ev, ExporterEvent::Closed { peer, reason } if peer.as_str() == "beta-mesh" && reason == "SlowReader")
+            {
+                cut = true;
+            }
+        }
+        if cut {
+            break;
+        }
+    }
+    // The stalled reader was cut once its buffers filled and a send timed out.
+    if !cut {
+        cut = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(ev) = exp.events.recv().await {
+                if matches!(&ev, ExporterEvent::Closed { peer, reason } if peer.as_str() == "beta-mesh" && reason == "SlowReader") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+    }
+    assert!(cut, "the stalled stream was cut with SlowReader");
+    // The healthy peer got every change and never lost its stream.
+    let st = good.status.borrow().clone();
+    assert_eq!(st.last_disconnect_reason, None, "{st:#?}");
+    drop(stalled);
+    drop(tx2);
+    good.stop().await;
     exp.kill();
 }
