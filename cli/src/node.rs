@@ -196,6 +196,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         mesh: mesh.mesh.to_string(),
         trust_domain: mesh.trust_domain.clone(),
         peers: exports,
+        bundle: Some(ca.current_bundle()?),
     }));
     let options = ExporterOptions {
         heartbeat: args.heartbeat,
@@ -321,6 +322,8 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                 },
                 limits: Limits::default(),
                 connect_timeout: Duration::from_secs(5),
+                bundles: Some(bundles.clone()),
+                trust_dir: Some(args.dir.dir.clone()),
             },
             tls,
             store.clone(),

@@ -40,6 +40,11 @@ pub struct ImporterConfig {
     pub session: SessionConfig,
     pub limits: Limits,
     pub connect_timeout: Duration,
+    /// The verifiers' live bundle set: a bundle the peer sends for its own domain is applied
+    /// here, so its root rotations take effect at the next handshake.
+    pub bundles: Option<meshfed_trust::verify::SharedBundles>,
+    /// Where accepted peer bundles are persisted (`<dir>/bundles/<td>.json`).
+    pub trust_dir: Option<std::path::PathBuf>,
 }
 
 /// A running importer.
@@ -281,7 +286,8 @@ impl Driver {
                 let now = unix_ms(SystemTime::now());
                 self.update_status(|s| s.last_heartbeat_ms = Some(now));
             }
-            Some(In::Health(_)) | Some(In::Bundle(_)) => {}
+            Some(In::Bundle(b)) => self.on_bundle(b),
+            Some(In::Health(_)) => {}
             Some(In::Close(c)) => {
                 let reason: &'static str = match c.reason.as_str() {
                     "ClientIDRejected" => "ClientIDRejected",
@@ -334,6 +340,60 @@ impl Driver {
                     })))
                     .await;
             }
+        }
+    }
+
+    /// A peer's bundle: only for its own trust domain, with a rising sequence, roots not shared
+    /// with any other domain. Refusals leave the current bundle in force.
+    fn on_bundle(&self, b: pb::TrustBundle) {
+        let now = unix_ms(SystemTime::now());
+        let refuse = |reason: &str, detail: String| {
+            tracing::warn!(peer = %self.config.peer, reason, "trust bundle refused: {detail}");
+            self.update_status(|s| {
+                s.set_condition("TrustBundleRejected", true, reason, &detail, now)
+            });
+        };
+        let Some(shared) = &self.config.bundles else {
+            return;
+        };
+        if b.trust_domain != self.config.peer_trust_domain.as_str() {
+            return refuse(
+                "BundleForeignDomain",
+                format!(
+                    "the peer sent a bundle for {:?}",
+                    b.trust_domain.chars().take(64).collect::<String>()
+                ),
+            );
+        }
+        let bundle = match meshfed_trust::TrustBundle::from_json(
+            self.config.peer_trust_domain.clone(),
+            &b.spiffe_bundle_json,
+        ) {
+            Ok((bundle, _)) if bundle.sequence == b.sequence => bundle,
+            Ok(_) => {
+                return refuse(
+                    "BundleSequenceMismatch",
+                    "message and document sequences differ".into(),
+                );
+            }
+            Err(e) => return refuse(e.reason(), e.to_string()),
+        };
+        let mut next = (**shared.load()).clone();
+        match next.insert(bundle.clone()) {
+            Ok(meshfed_trust::bundle::Applied::Unchanged) => {}
+            Ok(_) => {
+                shared.store(Arc::new(next));
+                if let Some(dir) = &self.config.trust_dir
+                    && let Err(e) = meshfed_trust::dir::write_peer_bundle(dir, &bundle)
+                {
+                    tracing::warn!(peer = %self.config.peer, "persisting the peer bundle failed: {e}");
+                }
+                self.update_status(|s| {
+                    s.peer_bundle_sequence = Some(bundle.sequence);
+                    s.set_condition("TrustBundleRejected", false, "Accepted", "", now);
+                });
+            }
+            Err(e) => refuse(e.reason(), e.to_string()),
         }
     }
 

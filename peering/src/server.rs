@@ -39,11 +39,13 @@ pub struct ExportPeer {
 }
 
 /// What the exporter serves; replaced whole on every change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExporterConfig {
     pub mesh: String,
     pub trust_domain: TrustDomain,
     pub peers: Vec<ExportPeer>,
+    /// Our own trust bundle, sent to every peer so root rotations reach them.
+    pub bundle: Option<meshfed_trust::TrustBundle>,
 }
 
 /// Timing and bounds of exporter streams.
@@ -275,6 +277,19 @@ impl StreamTask {
         reason.to_owned()
     }
 
+    fn bundle(&self) -> Option<(u64, ExporterMessage)> {
+        let c = self.config.borrow();
+        let b = c.bundle.as_ref()?;
+        Some((
+            b.sequence,
+            out(Out::Bundle(pb::TrustBundle {
+                trust_domain: b.trust_domain().to_string(),
+                sequence: b.sequence,
+                spiffe_bundle_json: b.to_json().to_string(),
+            })),
+        ))
+    }
+
     fn view(&self) -> Option<BTreeMap<Hostname, RemoteService>> {
         self.config
             .borrow()
@@ -354,6 +369,13 @@ impl StreamTask {
         let _ = self.events.send(ExporterEvent::Connected {
             peer: self.peer.clone(),
         });
+        let mut sent_bundle = None;
+        if let Some((seq, m)) = self.bundle() {
+            if let Flow::End(r) = self.send(m).await {
+                return r;
+            }
+            sent_bundle = Some(seq);
+        }
         let mut stream = ExportStream::new(self.epoch, self.options.batch);
         if let Flow::End(r) = self.snapshot(&mut stream, &view).await {
             return r;
@@ -371,6 +393,14 @@ impl StreamTask {
                     let Some(view) = self.view() else {
                         return self.close("PeerDeleted", "the peer was removed").await;
                     };
+                    if let Some((seq, m)) = self.bundle()
+                        && sent_bundle != Some(seq)
+                    {
+                        if let Flow::End(r) = self.send(m).await {
+                            return r;
+                        }
+                        sent_bundle = Some(seq);
+                    }
                     for d in stream.deltas(&view) {
                         if let Flow::End(r) = self.send(out(Out::Delta(delta_to_wire(&d)))).await {
                             return r;

@@ -42,6 +42,8 @@ pub struct PeerStatus {
     /// The exporter version we hold.
     pub imported_version: Option<u64>,
     pub imported_services: usize,
+    /// Sequence of the peer's trust bundle received over the stream.
+    pub peer_bundle_sequence: Option<u64>,
     /// Imports are kept but may be out of date (peer silent, or restored from the store).
     pub stale: bool,
     pub conditions: Vec<Condition>,
@@ -61,6 +63,7 @@ impl PeerStatus {
             last_heartbeat_ms: None,
             imported_version: None,
             imported_services: 0,
+            peer_bundle_sequence: None,
             stale: false,
             conditions: Vec::new(),
         }

@@ -211,6 +211,7 @@ async fn start_exporter(
             client_id: client_id.parse().unwrap(),
             view: v,
         }],
+        bundle: Some(cas.a.current_bundle().unwrap()),
     };
     let (config, rx) = watch::channel(Arc::new(cfg));
     let (ev_tx, events) = mpsc::unbounded_channel();
@@ -256,6 +257,8 @@ fn importer(
             session: fast_session(),
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(2),
+            bundles: None,
+            trust_dir: None,
         },
         tls,
         store,
@@ -934,4 +937,104 @@ async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
     drop(tx2);
     good.stop().await;
     exp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_reaches_the_peer_over_the_stream() {
+    let mut cas = cas();
+    let v1 = view(&[("orders", 8080)]);
+    // B's verifiers read this live set; at first it holds A's first root only.
+    let b_holds = verify::shared(set(&[&cas.a]));
+    let p = verify::provider();
+    let b_svid = cas
+        .b
+        .issue(
+            &IMPORTER_ID.parse().unwrap(),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let b_tls = Arc::new(
+        verify::client_config(
+            Arc::new(SvidResolver::new(&b_svid, p.clone()).unwrap()),
+            Arc::new(SpiffeServerVerifier::new(
+                b_holds.clone(),
+                Expect::domain(td("alpha.local")),
+                p.clone(),
+            )),
+            p.clone(),
+        )
+        .unwrap(),
+    );
+    let dir = std::env::temp_dir().join(format!("meshfed-peering-rot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let mut imp = client::spawn(
+        ImporterConfig {
+            mesh: "beta".into(),
+            trust_domain: td("beta.local"),
+            peer: "alpha-mesh".parse().unwrap(),
+            peer_trust_domain: td("alpha.local"),
+            address: exp.addr,
+            session: fast_session(),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(2),
+            bundles: Some(b_holds.clone()),
+            trust_dir: Some(dir.clone()),
+        },
+        b_tls.clone(),
+        None,
+    );
+    wait_imports(&mut imp, &v1).await;
+    // A rotates: a new signing root, both trusted, published over the stream.
+    cas.a.rotate(SystemTime::now()).unwrap();
+    let rotated = cas.a.current_bundle().unwrap();
+    assert_eq!(rotated.roots().len(), 2);
+    exp.config
+        .send_modify(|c| Arc::make_mut(c).bundle = Some(rotated.clone()));
+    wait_status(&mut imp.status, "the new bundle", |s| {
+        s.peer_bundle_sequence == Some(rotated.sequence)
+    })
+    .await;
+    assert_eq!(
+        b_holds
+            .load()
+            .get(&td("alpha.local"))
+            .unwrap()
+            .roots()
+            .len(),
+        2
+    );
+    assert!(
+        dir.join("bundles/alpha.local.json").exists(),
+        "the accepted bundle is persisted"
+    );
+    // A restarts its peering server with a leaf from the new root: B still connects, because
+    // it learned the new root over the stream (no file was copied by hand).
+    let addr = exp.addr;
+    exp.kill();
+    wait_status(&mut imp.status, "failing", |s| {
+        s.state == PeerState::Failing
+    })
+    .await;
+    let exp2 = start_exporter(&cas, IMPORTER_ID, v1.clone(), Some(addr)).await;
+    wait_status(&mut imp.status, "active with the new root", |s| {
+        s.state == PeerState::Active && !s.stale
+    })
+    .await;
+    // A bundle for another trust domain is refused and changes nothing.
+    let foreign = cas.b.current_bundle().unwrap();
+    exp2.config
+        .send_modify(|c| Arc::make_mut(c).bundle = Some(foreign.clone()));
+    exp2.config
+        .send_modify(|c| Arc::make_mut(c).peers[0].view = view(&[("orders", 9090)]));
+    let st = wait_status(&mut imp.status, "foreign bundle refused", |s| {
+        s.condition("TrustBundleRejected")
+            .is_some_and(|c| c.status && c.reason == "BundleForeignDomain")
+    })
+    .await;
+    assert_eq!(st.peer_bundle_sequence, Some(rotated.sequence));
+    assert!(b_holds.load().get(&td("beta.local")).is_none());
+    imp.stop().await;
+    exp2.kill();
 }

@@ -128,3 +128,19 @@ pub fn next_sequence(
         None => 1,
     })
 }
+
+/// Writes a peer bundle that the caller already checked (the peering importer, after applying
+/// it to its live set). Our own domain is never written here.
+pub fn write_peer_bundle(dir: &Path, bundle: &TrustBundle) -> Result<(), DirError> {
+    let bdir = bundles_dir(dir);
+    std::fs::create_dir_all(&bdir).map_err(|source| DirError::Io {
+        path: bdir.clone(),
+        source,
+    })?;
+    let path = bdir.join(format!("{}.json", bundle.trust_domain()));
+    let body = serde_json::to_vec_pretty(&bundle.to_json()).map_err(|e| DirError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    Ok(write_file(&path, &body, 0o644)?)
+}
