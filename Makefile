@@ -8,7 +8,10 @@ EXAMPLES = scenarios/examples/alpha.yaml scenarios/examples/beta.yaml
 bench-trust:
 	$(CARGO) bench --locked -p meshfed-trust --bench handshake
 
-.PHONY: bench-trust demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+bench-peering:
+	$(CARGO) bench --locked -p meshfed-peering --bench propagation
+
+.PHONY: bench-trust bench-peering demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 

@@ -168,11 +168,15 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         .collect();
     let server_tls = Arc::new(verify::server_config(
         server_resolver.clone(),
-        Arc::new(SpiffeClientVerifier::new(
-            bundles.clone(),
-            Expect::TrustDomains(peer_domains),
-            provider.clone(),
-        )),
+        // Anonymous clients may connect only to redeem a peering token; the stream needs mTLS.
+        Arc::new(
+            SpiffeClientVerifier::new(
+                bundles.clone(),
+                Expect::TrustDomains(peer_domains),
+                provider.clone(),
+            )
+            .allow_anonymous(),
+        ),
         provider.clone(),
     )?);
     let exports: Vec<ExportPeer> = mesh
@@ -205,7 +209,8 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     };
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let epoch = unix_ms(now) ^ u64::from(std::process::id()).rotate_left(40);
-    let exporter = Exporter::new(config_rx, options, epoch, events_tx);
+    let exporter = Exporter::new(config_rx, options, epoch, events_tx)
+        .with_redeemer(redeemer(args.dir.dir.clone(), bundles.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -283,6 +288,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     };
     let mut statuses = Vec::new();
     let mut importers = Vec::new();
+    let mapping: Mapping = Arc::default();
     let mut renew = vec![(server_id.clone(), server_resolver.clone())];
     for p in mesh.peers.values() {
         let Some(host) = p.addresses.first() else {
@@ -329,6 +335,14 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             store.clone(),
         );
         statuses.push(importer.status.clone());
+        if let Some(set) = &p.imports {
+            watch_mapping(
+                set.clone(),
+                mesh.catalog.clone(),
+                importer.imports.clone(),
+                mapping.clone(),
+            );
+        }
         importers.push(importer);
     }
     // Renew SVIDs at half life (the CA is local here).
@@ -362,7 +376,18 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             mesh: mesh_name.clone(),
             trust_domain: td.clone(),
             listen: listen.clone(),
-            imports: statuses.iter().map(|s| s.borrow().clone()).collect(),
+            imports: statuses
+                .iter()
+                .map(|s| {
+                    let mut st = s.borrow().clone();
+                    if let Ok(m) = mapping.lock()
+                        && let Some(extra) = m.get(&st.peer)
+                    {
+                        st.conditions.extend(extra.iter().cloned());
+                    }
+                    st
+                })
+                .collect(),
             exports,
             refused,
         };
@@ -383,6 +408,97 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         i.stop().await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per peer, the conditions that come from applying our import rules to its exports.
+type Mapping = Arc<Mutex<BTreeMap<String, Vec<meshfed_peering::status::Condition>>>>;
+
+/// Recomputes the import mapping of one peer on every imports update: `ImportConflict` when
+/// two exports claim one local name (or would shadow a local service), `ExportNotImported`
+/// when some of the peer's exports match no import rule.
+fn watch_mapping(
+    set: meshfed_core::import::ImportSet,
+    catalog: meshfed_core::Catalog,
+    mut imports: watch::Receiver<Arc<meshfed_core::stream::ImportState>>,
+    out: Mapping,
+) {
+    tokio::spawn(async move {
+        loop {
+            let services: Vec<_> = imports
+                .borrow_and_update()
+                .services()
+                .values()
+                .cloned()
+                .collect();
+            let m = meshfed_core::import::import_mapping(&set, &services, &catalog);
+            let now = unix_ms(SystemTime::now());
+            let conflict = m.conflicts.first().map(|c| {
+                (
+                    c.reason(),
+                    format!("{} import conflict(s)", m.conflicts.len()),
+                )
+            });
+            let conditions = vec![
+                meshfed_peering::status::Condition {
+                    type_: "ImportConflict",
+                    status: conflict.is_some(),
+                    reason: conflict.as_ref().map_or("NoConflict", |c| c.0).to_owned(),
+                    message: conflict.map(|c| c.1).unwrap_or_default(),
+                    last_transition_ms: now,
+                },
+                meshfed_peering::status::Condition {
+                    type_: "ExportNotImported",
+                    status: !m.unmatched.is_empty(),
+                    reason: if m.unmatched.is_empty() {
+                        "AllImported"
+                    } else {
+                        "NoMatchingImportRule"
+                    }
+                    .to_owned(),
+                    message: format!(
+                        "{} of the peer's {} exports match no import rule",
+                        m.unmatched.len(),
+                        services.len()
+                    ),
+                    last_transition_ms: now,
+                },
+            ];
+            if let Ok(mut o) = out.lock() {
+                o.insert(set.peer.to_string(), conditions);
+            }
+            if imports.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Redeems a token secret once and takes the caller's bundle: checked against everything held
+/// first, so a refused bundle does not burn the secret.
+fn redeemer(dir: PathBuf, live: verify::SharedBundles) -> meshfed_peering::server::Redeemer {
+    Arc::new(move |r: meshfed_peering::server::Redemption| {
+        let fail = |reason: &str, e: &dyn std::fmt::Display| format!("{reason}: {e}");
+        let ca = CertificateAuthority::load(&dir).map_err(|e| fail(e.reason(), &e))?;
+        let mut held =
+            meshfed_trust::dir::load_bundles(&dir, &ca).map_err(|e| fail(e.reason(), &e))?;
+        held.insert(r.bundle.clone())
+            .map_err(|e| fail(e.reason(), &e))?;
+        let token = meshfed_trust::token::redeem(&dir, &r.secret, SystemTime::now())
+            .map_err(|e| fail(e.reason(), &e))?;
+        meshfed_trust::dir::import_bundle(&dir, &ca, r.bundle.clone())
+            .map_err(|e| fail(e.reason(), &e))?;
+        let mut next = (**live.load()).clone();
+        if next.insert(r.bundle.clone()).is_ok() {
+            live.store(Arc::new(next));
+        }
+        note(&format!(
+            "peering token {token} redeemed by mesh {:?} ({}); its bundle is stored. Its egress identity (clientID): {}",
+            r.mesh,
+            r.trust_domain,
+            r.client_id.to_client_id()
+        ));
+        Ok(())
+    })
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {

@@ -135,13 +135,21 @@ pub enum TokenCommand {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
-    /// On mesh B: accept a token; stores A's bundle and prints A's ServiceMeshPeer.
+    /// On mesh B: accept a token — redeem it at A (A receives B's bundle), store A's bundle,
+    /// and print A's ServiceMeshPeer. Nothing is stored unless every step succeeds.
     Accept {
         #[command(flatten)]
         dir: DirArg,
-        /// Namespace for the printed ServiceMeshPeer (the control-plane namespace).
+        /// Our control-plane namespace: for the printed ServiceMeshPeer and our egress
+        /// identity sent to A.
         #[arg(long)]
         namespace: Option<String>,
+        /// Our mesh name, sent to A for its records.
+        #[arg(long, default_value = "")]
+        mesh_name: String,
+        /// Do not contact A: store its bundle only (A must then import ours by hand).
+        #[arg(long)]
+        no_redeem: bool,
         /// The token, or `-` to read it from standard input.
         token: String,
     },
@@ -493,6 +501,8 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
         TokenCommand::Accept {
             dir,
             namespace,
+            mesh_name,
+            no_redeem,
             token: tok,
         } => {
             let ca = load_ca(&dir.dir)?;
@@ -515,6 +525,9 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
             let mut held = dir::load_bundles(&dir.dir, &ca)?;
             held.insert(v.bundle.clone())
                 .context("the token's bundle conflicts with a bundle held here")?;
+            if !no_redeem {
+                redeem_at_issuer(&ca, &v, namespace.as_deref(), mesh_name)?;
+            }
             let v = token::accept_and_store(&dir.dir, ca.trust_domain(), &text, now)?;
             let peer = ServiceMeshPeer {
                 metadata: kube_meta(v.peer_name.as_str(), namespace, &v.id),
@@ -524,7 +537,12 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
                         discovery_port: Some(i32::from(v.discovery_port)),
                         service_port: Some(i32::from(v.service_port)),
                     }),
-                    gateways: None,
+                    gateways: Some(meshfed_crds::peer::ServiceMeshPeerGateways {
+                        ingress: None,
+                        egress: Some(meshfed_crds::peer::LocalObjectReference {
+                            name: Some(format!("egress-{}", v.peer_name)),
+                        }),
+                    }),
                     security: Some(ServiceMeshPeerSecurity {
                         client_id: Some(v.client_id.to_client_id()),
                         trust_domain: Some(v.trust_domain.to_string()),
@@ -551,4 +569,54 @@ fn kube_meta(name: &str, namespace: Option<String>, token_id: &str) -> ObjectMet
         annotations: Some([("meshfed.io/peering-token".to_owned(), token_id.to_owned())].into()),
         ..Default::default()
     }
+}
+
+/// Redeems the token at its issuer, sending our bundle and our egress identity.
+fn redeem_at_issuer(
+    ca: &CertificateAuthority,
+    v: &token::Verified,
+    namespace: Option<&str>,
+    mesh_name: String,
+) -> Result<()> {
+    let ns_str = namespace.context(
+        "--namespace is needed to redeem the token (our egress identity lives there), or pass --no-redeem",
+    )?;
+    let ns: meshfed_core::Namespace = ns_str
+        .parse()
+        .with_context(|| format!("--namespace {ns_str:?}"))?;
+    let client_id = SpiffeId::for_service_account(
+        ca.trust_domain(),
+        &ns,
+        &format!("egress-{}-service-account", v.peer_name),
+    )?;
+    let request = meshfed_api::peering::RedeemRequest {
+        secret: v.secret.clone(),
+        mesh: mesh_name,
+        trust_domain: ca.trust_domain().to_string(),
+        spiffe_bundle_json: ca.current_bundle()?.to_json().to_string(),
+        client_id: client_id.to_client_id(),
+    };
+    let host = v.addresses.first().cloned().unwrap_or_default();
+    let port = v.discovery_port;
+    let (server_id, bundle) = (v.server_id.clone(), v.bundle.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        meshfed_peering::redeem::redeem(addr, server_id, bundle, request, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("redeeming the token at {addr} failed: {e}; nothing was stored")
+            })
+    })?;
+    note(&format!(
+        "token redeemed at {}: it now holds our bundle",
+        v.trust_domain
+    ));
+    Ok(())
 }

@@ -205,7 +205,26 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
         p["state"] == "Active" && p["importedServices"] == 2 && p["stale"] == false
     };
     // Both directions sync: beta imports orders+cart from alpha, alpha imports payments+reviews.
-    wait(&dir, b_admin, "beta importing from alpha", active);
+    let b = wait(&dir, b_admin, "beta importing from alpha", active);
+    // beta's import rules cover everything alpha exports, without conflicts.
+    let cond = |s: &serde_json::Value, t: &str| {
+        s["imports"][0]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+    };
+    assert_eq!(
+        cond(&b, "ImportConflict").map(|c| c["status"].clone()),
+        Some(serde_json::Value::Bool(false)),
+        "{b:#?}"
+    );
+    assert_eq!(
+        cond(&b, "ExportNotImported").map(|c| c["reason"].clone()),
+        Some("AllImported".into()),
+        "{b:#?}"
+    );
     let a = wait(&dir, a_admin, "alpha importing from beta", active);
     assert_eq!(a["exports"]["beta-mesh"]["exportedServices"], 2);
     // alpha dies: beta marks it Failing, keeps the imports, flags them stale.
@@ -238,4 +257,123 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
         .0
         .push(start(&dir, &alpha, "a", a_listen, a_admin, "a-store"));
     wait(&dir, b_admin, "beta active again", active);
+}
+
+#[test]
+fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
+    let dir = tempdir().join("token");
+    std::fs::create_dir_all(&dir).unwrap();
+    run(
+        &dir,
+        &[
+            "trust",
+            "init",
+            "--dir",
+            "a",
+            "--trust-domain",
+            "alpha-mesh.local",
+        ],
+    );
+    run(
+        &dir,
+        &[
+            "trust",
+            "init",
+            "--dir",
+            "b",
+            "--trust-domain",
+            "beta-mesh.local",
+        ],
+    );
+    let (a_listen, b_listen) = (free("127.0.5.1"), free("127.0.6.1"));
+    let (a_admin, b_admin) = (free("127.0.5.1"), free("127.0.6.1"));
+    let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
+    let beta = mesh_file(&dir, "beta.yaml", a_listen);
+    // alpha issues a token and runs; it holds no bundle of beta yet.
+    let o = Command::new(bin())
+        .args([
+            "peering",
+            "token",
+            "create",
+            "--dir",
+            "a",
+            "--peer-name",
+            "alpha-mesh",
+        ])
+        .args([
+            "--address",
+            &a_listen.ip().to_string(),
+            "--discovery-port",
+            &a_listen.port().to_string(),
+        ])
+        .args([
+            "--server-id",
+            "spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-peering",
+        ])
+        .args([
+            "--client-id",
+            "alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let mut procs = Procs(vec![start(&dir, &alpha, "a", a_listen, a_admin, "a-store")]);
+    // Wait for alpha's admin endpoint.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&dir, a_admin).is_none() {
+        assert!(Instant::now() < deadline, "alpha never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.join("a/bundles/beta-mesh.local.json").exists());
+    // beta accepts: it redeems at alpha (alpha stores beta's bundle) and stores alpha's.
+    let o = Command::new(bin())
+        .args([
+            "peering",
+            "token",
+            "accept",
+            "--dir",
+            "b",
+            "--namespace",
+            "beta-system",
+            "--mesh-name",
+            "beta",
+            &token,
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        dir.join("a/bundles/beta-mesh.local.json").exists(),
+        "alpha received beta's bundle"
+    );
+    assert!(
+        dir.join("b/bundles/alpha-mesh.local.json").exists(),
+        "beta stored alpha's bundle"
+    );
+    // The token is spent.
+    let again = Command::new(bin())
+        .args([
+            "peering",
+            "token",
+            "accept",
+            "--dir",
+            "b",
+            "--namespace",
+            "beta-system",
+            &token,
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    // beta runs; both directions come up over mTLS with the exchanged bundles.
+    procs
+        .0
+        .push(start(&dir, &beta, "b", b_listen, b_admin, "b-store"));
+    let active = |p: &serde_json::Value| p["state"] == "Active" && p["importedServices"] == 2;
+    wait(&dir, b_admin, "beta importing from alpha", active);
+    wait(&dir, a_admin, "alpha importing from beta", active);
 }

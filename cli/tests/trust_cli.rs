@@ -345,7 +345,18 @@ fn peering_tokens_move_bundles_without_copying_roots() {
     assert!(v.status.success(), "{}", out(&v));
     // Reuse and tampering are refused, and change nothing on B.
     let before = std::fs::read(d.join("b/accepted-tokens.json")).unwrap();
-    let o = meshfed_in(&d, &["peering", "token", "accept", "--dir", "b", &tok]);
+    let o = meshfed_in(
+        &d,
+        &[
+            "peering",
+            "token",
+            "accept",
+            "--dir",
+            "b",
+            "--no-redeem",
+            &tok,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(out(&o).contains("already accepted"), "{}", out(&o));
     let mut bad = tok.clone().into_bytes();
@@ -387,7 +398,18 @@ fn peering_tokens_move_bundles_without_copying_roots() {
         ],
     );
     let own = String::from_utf8(o.stdout).unwrap().trim().to_owned();
-    let o = meshfed_in(&d, &["peering", "token", "accept", "--dir", "b", &own]);
+    let o = meshfed_in(
+        &d,
+        &[
+            "peering",
+            "token",
+            "accept",
+            "--dir",
+            "b",
+            "--no-redeem",
+            &own,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(out(&o).contains("own trust domain"), "{}", out(&o));
 }

@@ -294,30 +294,42 @@ impl ImportState {
                 "too many changes in one delta",
             ));
         }
-        let mut next = self.services.clone();
+        // Validate everything first, then change the state in place: O(changes), not O(state).
         let mut seen = std::collections::BTreeSet::new();
-        for s in d.upserts {
-            Self::check_service(&s, d.version, limits)?;
-            if !seen.insert(s.exported_name.clone()) {
+        for s in &d.upserts {
+            Self::check_service(s, d.version, limits)?;
+            if !seen.insert(&s.exported_name) {
                 return Err(nack(
                     d.version,
                     "DuplicateService",
                     format!("{} appears twice", s.exported_name),
                 ));
             }
-            next.insert(s.exported_name.clone(), s);
         }
-        for r in d.removals {
-            next.remove(&r);
-        }
-        if next.len() > limits.max_services {
+        let added = d
+            .upserts
+            .iter()
+            .filter(|s| !self.services.contains_key(&s.exported_name))
+            .count();
+        let removed = d
+            .removals
+            .iter()
+            .filter(|r| self.services.contains_key(*r) && !seen.contains(r))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if self.services.len() + added - removed > limits.max_services {
             return Err(nack(
                 d.version,
                 "TooManyServices",
                 format!("more than {} services", limits.max_services),
             ));
         }
-        self.services = next;
+        for s in d.upserts {
+            self.services.insert(s.exported_name.clone(), s);
+        }
+        for r in d.removals {
+            self.services.remove(&r);
+        }
         self.version = Some(d.version);
         Ok(Applied::Version(d.version))
     }

@@ -101,13 +101,23 @@ pub enum ExporterEvent {
 }
 
 /// The exporter service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Exporter {
     config: watch::Receiver<Arc<ExporterConfig>>,
     options: ExporterOptions,
     active: Arc<Mutex<HashSet<PeerName>>>,
     epoch: u64,
     events: mpsc::UnboundedSender<ExporterEvent>,
+    redeemer: Option<Redeemer>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("epoch", &self.epoch)
+            .field("redeems", &self.redeemer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Exporter {
@@ -125,7 +135,15 @@ impl Exporter {
             active: Arc::default(),
             epoch,
             events,
+            redeemer: None,
         }
+    }
+
+    /// Serves token redemptions with `redeemer`.
+    #[must_use]
+    pub fn with_redeemer(mut self, redeemer: Redeemer) -> Self {
+        self.redeemer = Some(redeemer);
+        self
     }
 
     /// Serves the peering endpoint on authenticated connections until `shutdown` completes.
@@ -146,6 +164,24 @@ impl Exporter {
             .await
     }
 }
+
+struct PeerInfoId {
+    id: SpiffeId,
+}
+
+/// A token redemption, validated, for the [`Redeemer`] to carry out.
+#[derive(Debug, Clone)]
+pub struct Redemption {
+    pub secret: String,
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    pub bundle: meshfed_trust::TrustBundle,
+    pub client_id: SpiffeId,
+}
+
+/// Carries out a redemption: checks the secret once and stores the caller's bundle. The error
+/// is a `Reason: detail` message for the caller.
+pub type Redeemer = Arc<dyn Fn(Redemption) -> Result<(), String> + Send + Sync>;
 
 /// Removes a peer from the active set when its stream task ends.
 struct ActiveGuard {
@@ -172,23 +208,80 @@ fn close(reason: &str, detail: impl Into<String>) -> ExporterMessage {
     }))
 }
 
+fn field_err(field: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("InvalidRedemption: {field}: {e}"))
+}
+
 #[tonic::async_trait]
 impl Peering for Exporter {
     type StreamStream = ReceiverStream<Result<ExporterMessage, Status>>;
+
+    async fn redeem(
+        &self,
+        request: Request<pb::RedeemRequest>,
+    ) -> Result<Response<pb::RedeemResponse>, Status> {
+        let Some(redeemer) = &self.redeemer else {
+            return Err(Status::unimplemented(
+                "RedemptionDisabled: this mesh does not redeem peering tokens",
+            ));
+        };
+        let r = request.into_inner();
+        if r.secret.is_empty() || r.secret.len() > 128 {
+            return Err(field_err("secret", "not a token secret"));
+        }
+        let trust_domain: TrustDomain = r
+            .trust_domain
+            .parse()
+            .map_err(|e| field_err("trustDomain", e))?;
+        let own = self.config.borrow().trust_domain.clone();
+        if trust_domain == own {
+            return Err(field_err(
+                "trustDomain",
+                "the caller claims our own trust domain",
+            ));
+        }
+        let (bundle, _) =
+            meshfed_trust::TrustBundle::from_json(trust_domain.clone(), &r.spiffe_bundle_json)
+                .map_err(|e| field_err("spiffeBundleJson", e))?;
+        if bundle.roots().is_empty() {
+            return Err(field_err("spiffeBundleJson", "no usable root"));
+        }
+        let client_id =
+            SpiffeId::from_client_id(&r.client_id).map_err(|e| field_err("clientId", e))?;
+        if client_id.trust_domain() != &trust_domain || !client_id.is_workload() {
+            return Err(field_err(
+                "clientId",
+                format!("{client_id} is not a workload of {trust_domain}"),
+            ));
+        }
+        let mesh = r.mesh.chars().take(63).collect();
+        redeemer(Redemption {
+            secret: r.secret,
+            mesh,
+            trust_domain,
+            bundle,
+            client_id,
+        })
+        .map_err(Status::permission_denied)?;
+        Ok(Response::new(pb::RedeemResponse {
+            mesh: self.config.borrow().mesh.clone(),
+        }))
+    }
 
     async fn stream(
         &self,
         request: Request<Streaming<ImporterMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let info = request
+        let Some(id) = request
             .extensions()
             .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "NoPeerIdentity: the connection carries no verified identity",
-                )
-            })?;
+            .and_then(|i| i.id.clone())
+        else {
+            return Err(Status::unauthenticated(
+                "NoPeerIdentity: the peering stream needs a client certificate",
+            ));
+        };
+        let info = PeerInfoId { id };
         let config = self.config.borrow().clone();
         let Some(peer) = config
             .peers

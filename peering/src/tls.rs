@@ -22,8 +22,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The SPIFFE ID from the peer's verified certificate.
-    pub id: SpiffeId,
+    /// The SPIFFE ID from the peer's verified certificate; `None` for a client that sent no
+    /// certificate (allowed only where the server's verifier permits anonymous clients).
+    pub id: Option<SpiffeId>,
     pub remote: SocketAddr,
 }
 
@@ -76,10 +77,13 @@ pub struct HandshakeFailure {
 }
 
 fn reason_of(e: &io::Error) -> String {
-    e.get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-        .and_then(meshfed_trust::VerifyError::from_rustls)
-        .map_or_else(|| "Tls".to_owned(), |v| v.reason().to_owned())
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => match meshfed_trust::VerifyError::from_rustls(r) {
+            Some(v) => v.reason().to_owned(),
+            None => format!("Tls: {r}"),
+        },
+        None => format!("Tls: {e}"),
+    }
 }
 
 /// Accepts TCP connections, runs the TLS handshake (bounded in time) on each in its own task,
@@ -136,15 +140,14 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
-                // The verifier already checked the certificate; a missing ID cannot happen.
-                if let Some(id) = id {
-                    let _ = tx
-                        .send(Ok(PeerConn {
-                            inner: tls,
-                            info: PeerInfo { id, remote },
-                        }))
-                        .await;
-                }
+                // A certificate, if any, was verified; no certificate means an anonymous client
+                // (only where the verifier allows it), which may only redeem a token.
+                let _ = tx
+                    .send(Ok(PeerConn {
+                        inner: tls,
+                        info: PeerInfo { id, remote },
+                    }))
+                    .await;
             });
         }
     });
@@ -187,7 +190,7 @@ pub async fn connect(
                 .map_or_else(
                     || "GatewayUnreachable".to_owned(),
                     |io| match reason_of(io).as_str() {
-                        "Tls" => match io.kind() {
+                        r if r.starts_with("Tls") => match io.kind() {
                             io::ErrorKind::ConnectionRefused
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::ConnectionReset => "GatewayUnreachable".to_owned(),

@@ -518,6 +518,13 @@ impl pb::peering_server::Peering for Scripted {
     type StreamStream =
         tokio_stream::wrappers::ReceiverStream<Result<ExporterMessage, tonic::Status>>;
 
+    async fn redeem(
+        &self,
+        _: tonic::Request<pb::RedeemRequest>,
+    ) -> Result<tonic::Response<pb::RedeemResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted"))
+    }
+
     async fn stream(
         &self,
         request: tonic::Request<tonic::Streaming<ImporterMessage>>,
@@ -1037,4 +1044,138 @@ async fn a_root_rotation_reaches_the_peer_over_the_stream() {
     assert!(b_holds.load().get(&td("beta.local")).is_none());
     imp.stop().await;
     exp2.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
+    use meshfed_peering::redeem::redeem;
+    use meshfed_peering::server::Redemption;
+    let cas = cas();
+    let p = verify::provider();
+    let svid = cas
+        .a
+        .issue(
+            &EXPORTER_ID.parse().unwrap(),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let server_tls = Arc::new(
+        verify::server_config(
+            Arc::new(SvidResolver::new(&svid, p.clone()).unwrap()),
+            Arc::new(
+                SpiffeClientVerifier::new(
+                    verify::shared(set(&[&cas.a])),
+                    Expect::domain(td("beta.local")),
+                    p.clone(),
+                )
+                .allow_anonymous(),
+            ),
+            p.clone(),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (fail_tx, _f) = mpsc::unbounded_channel();
+    let incoming = tls::incoming(listener, server_tls, fail_tx);
+    let (_cfg, rx) = watch::channel(Arc::new(ExporterConfig {
+        mesh: "alpha".into(),
+        trust_domain: td("alpha.local"),
+        peers: vec![],
+        bundle: None,
+    }));
+    let (ev_tx, _ev) = mpsc::unbounded_channel();
+    let redeemed = Arc::new(std::sync::Mutex::new(Vec::<Redemption>::new()));
+    let log = redeemed.clone();
+    let exporter = Exporter::new(rx, fast_exporter(), 1, ev_tx).with_redeemer(Arc::new(
+        move |r: Redemption| {
+            if r.secret != "good-secret" {
+                return Err("TokenUnknownSecret: no pending token has this secret".into());
+            }
+            log.lock().unwrap().push(r);
+            Ok(())
+        },
+    ));
+    tokio::spawn(async move { exporter.serve(incoming, std::future::pending()).await });
+    // An anonymous client cannot open the peering stream.
+    let anon = Arc::new(
+        rustls::ClientConfig::builder_with_provider(p.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+                verify::shared(set(&[&cas.a])),
+                Expect::domain(td("alpha.local")),
+                p.clone(),
+            )))
+            .with_no_client_auth(),
+    );
+    let err = raw_stream(addr, anon)
+        .await
+        .err()
+        .map(|s| s.message().to_owned())
+        .unwrap_or_default();
+    assert!(err.starts_with("NoPeerIdentity"), "{err}");
+    // Redeem: wrong secret, then bad claims, then a good one.
+    let request = |secret: &str, td_: &str, client_id: &str| meshfed_api::peering::RedeemRequest {
+        secret: secret.into(),
+        mesh: "beta".into(),
+        trust_domain: td_.into(),
+        spiffe_bundle_json: cas.b.current_bundle().unwrap().to_json().to_string(),
+        client_id: client_id.into(),
+    };
+    let go = |r| {
+        redeem(
+            addr,
+            EXPORTER_ID.parse().unwrap(),
+            cas.a.current_bundle().unwrap(),
+            r,
+            Duration::from_secs(5),
+        )
+    };
+    let e = go(request("bad", "beta.local", "beta.local/ns/b/sa/egress"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "TokenUnknownSecret");
+    let e = go(request(
+        "good-secret",
+        "alpha.local",
+        "alpha.local/ns/b/sa/egress",
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason, "InvalidRedemption", "{e}");
+    let e = go(request(
+        "good-secret",
+        "beta.local",
+        "gamma.local/ns/b/sa/egress",
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason, "InvalidRedemption", "{e}");
+    let r = go(request(
+        "good-secret",
+        "beta.local",
+        "beta.local/ns/beta-system/sa/egress-alpha-mesh-service-account",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.mesh, "alpha");
+    {
+        let got = redeemed.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].bundle.trust_domain().as_str(), "beta.local");
+    }
+    // A client expecting another server identity refuses to redeem (the token pins it).
+    let e = redeem(
+        addr,
+        "spiffe://alpha.local/ns/x/sa/impostor".parse().unwrap(),
+        cas.a.current_bundle().unwrap(),
+        request("good-secret", "beta.local", "beta.local/ns/b/sa/e"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(e.reason, "");
 }

@@ -265,6 +265,9 @@ pub struct SpiffeClientVerifier {
     bundles: SharedBundles,
     expect: ArcSwap<Expect>,
     provider: Arc<CryptoProvider>,
+    /// Whether a client may connect without any certificate (only for calls that authorize
+    /// otherwise, such as peering-token redemption). A certificate, if sent, is always checked.
+    anonymous: bool,
 }
 
 impl SpiffeClientVerifier {
@@ -273,7 +276,16 @@ impl SpiffeClientVerifier {
             bundles,
             expect: ArcSwap::from_pointee(expect),
             provider,
+            anonymous: false,
         }
+    }
+
+    /// Also lets clients connect without a certificate; the application must then refuse
+    /// every call that needs an identity. Certificates that are sent are still verified.
+    #[must_use]
+    pub fn allow_anonymous(mut self) -> Self {
+        self.anonymous = true;
+        self
     }
 
     /// Changes which client identities are allowed, from the next handshake on.
@@ -303,6 +315,10 @@ impl SpiffeClientVerifier {
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.anonymous
     }
 
     fn verify_client_cert(
