@@ -13,8 +13,8 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshfed")
 }
 
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshfed-peering-cli-{}", std::process::id()));
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshfed-peering-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -146,7 +146,7 @@ fn wait(
 
 #[test]
 fn two_meshes_peer_fail_restart_from_store_and_recover() {
-    let dir = tempdir();
+    let dir = tempdir("lifecycle");
     run(
         &dir,
         &[
@@ -261,8 +261,7 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
 
 #[test]
 fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
-    let dir = tempdir().join("token");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("token");
     run(
         &dir,
         &[
