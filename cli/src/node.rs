@@ -190,6 +190,8 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                 .into_iter()
                 .map(|s| (s.exported_name.clone(), s))
                 .collect::<BTreeMap<Hostname, _>>(),
+            // Endpoint health arrives with the data path; nothing is claimed until then.
+            health: BTreeMap::new(),
         })
         .collect();
     let export_counts: BTreeMap<String, usize> = exports

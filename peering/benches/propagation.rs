@@ -129,6 +129,7 @@ async fn propagation(base: usize) -> Vec<Duration> {
             name: "beta-mesh".parse().unwrap(),
             client_id: importer_id.parse().unwrap(),
             view: current.clone(),
+            health: Default::default(),
         }],
         bundle: None,
     }));

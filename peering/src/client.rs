@@ -52,6 +52,8 @@ pub struct ImporterConfig {
 pub struct Importer {
     pub status: watch::Receiver<PeerStatus>,
     pub imports: watch::Receiver<Arc<ImportState>>,
+    /// The peer's reported healthy/total endpoints per imported service.
+    pub health: watch::Receiver<Arc<Health>>,
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +71,12 @@ impl Importer {
         let _ = self.task.await;
     }
 }
+
+/// Healthy and total endpoints per exported name, as the peer reports them.
+pub type Health = std::collections::BTreeMap<meshfed_core::Hostname, (u32, u32)>;
+
+/// Most endpoints a peer may report for one service.
+const MAX_ENDPOINTS: u32 = 100_000;
 
 /// Starts importing from one peer. `tls` carries our SVID and a verifier expecting the peer.
 pub fn spawn(
@@ -96,6 +104,7 @@ pub fn spawn(
     }
     let (status_tx, status_rx) = watch::channel(status);
     let (imports_tx, imports_rx) = watch::channel(Arc::new(state.clone()));
+    let (health_tx, health_rx) = watch::channel(Arc::new(Health::new()));
     let stop = Arc::new(Notify::new());
     let driver = Driver {
         config,
@@ -104,6 +113,7 @@ pub fn spawn(
         state,
         status_tx,
         imports_tx,
+        health_tx,
         stop: stop.clone(),
         start: Instant::now(),
     };
@@ -111,6 +121,7 @@ pub fn spawn(
     Importer {
         status: status_rx,
         imports: imports_rx,
+        health: health_rx,
         stop,
         task,
     }
@@ -129,6 +140,7 @@ struct Driver {
     state: ImportState,
     status_tx: watch::Sender<PeerStatus>,
     imports_tx: watch::Sender<Arc<ImportState>>,
+    health_tx: watch::Sender<Arc<Health>>,
     stop: Arc<Notify>,
     start: Instant,
 }
@@ -287,7 +299,7 @@ impl Driver {
                 self.update_status(|s| s.last_heartbeat_ms = Some(now));
             }
             Some(In::Bundle(b)) => self.on_bundle(b),
-            Some(In::Health(_)) => {}
+            Some(In::Health(h)) => self.on_health(h),
             Some(In::Close(c)) => {
                 let reason: &'static str = match c.reason.as_str() {
                     "ClientIDRejected" => "ClientIDRejected",
@@ -341,6 +353,35 @@ impl Driver {
                     .await;
             }
         }
+    }
+
+    /// A health summary: only for services we import from this peer, with sane counts; a bad
+    /// summary is ignored whole.
+    fn on_health(&self, h: pb::HealthSummary) {
+        let mut out = Health::new();
+        for s in &h.services {
+            let Ok(name) = s.exported_name.parse::<meshfed_core::Hostname>() else {
+                return;
+            };
+            if !self.state.services().contains_key(&name)
+                || s.healthy > s.total
+                || s.total > MAX_ENDPOINTS
+            {
+                let now = unix_ms(SystemTime::now());
+                self.update_status(|st| {
+                    st.set_condition(
+                        "HealthRejected",
+                        true,
+                        "InvalidHealthSummary",
+                        &format!("{name}: {}/{}", s.healthy, s.total),
+                        now,
+                    )
+                });
+                return;
+            }
+            out.insert(name, (s.healthy, s.total));
+        }
+        self.health_tx.send_replace(Arc::new(out));
     }
 
     /// A peer's bundle: only for its own trust domain, with a rising sequence, roots not shared

@@ -36,6 +36,8 @@ pub struct ExportPeer {
     pub client_id: SpiffeId,
     /// What it may see, by exported name.
     pub view: BTreeMap<Hostname, RemoteService>,
+    /// Healthy and total endpoints per exported service (only services in `view` are sent).
+    pub health: BTreeMap<Hostname, (u32, u32)>,
 }
 
 /// What the exporter serves; replaced whole on every change.
@@ -383,6 +385,23 @@ impl StreamTask {
         ))
     }
 
+    /// The health summary for this peer's view, if any health is known.
+    fn health(&self) -> Option<pb::HealthSummary> {
+        let c = self.config.borrow();
+        let p = c.peers.iter().find(|p| p.name == self.peer)?;
+        let services: Vec<pb::ServiceHealth> = p
+            .health
+            .iter()
+            .filter(|(h, _)| p.view.contains_key(*h))
+            .map(|(h, (healthy, total))| pb::ServiceHealth {
+                exported_name: h.to_string(),
+                healthy: *healthy,
+                total: *total,
+            })
+            .collect();
+        (!services.is_empty()).then_some(pb::HealthSummary { services })
+    }
+
     fn view(&self) -> Option<BTreeMap<Hostname, RemoteService>> {
         self.config
             .borrow()
@@ -473,6 +492,12 @@ impl StreamTask {
         if let Flow::End(r) = self.snapshot(&mut stream, &view).await {
             return r;
         }
+        let mut sent_health = self.health();
+        if let Some(h) = sent_health.clone()
+            && let Flow::End(r) = self.send(out(Out::Health(h))).await
+        {
+            return r;
+        }
         let mut last_rx = tokio::time::Instant::now();
         let mut nacks: Vec<tokio::time::Instant> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
@@ -498,6 +523,15 @@ impl StreamTask {
                         if let Flow::End(r) = self.send(out(Out::Delta(delta_to_wire(&d)))).await {
                             return r;
                         }
+                    }
+                    let health = self.health();
+                    if health != sent_health {
+                        if let Some(h) = health.clone()
+                            && let Flow::End(r) = self.send(out(Out::Health(h))).await
+                        {
+                            return r;
+                        }
+                        sent_health = health;
                     }
                 }
                 msg = inbound.message() => {
@@ -527,7 +561,6 @@ impl StreamTask {
                             }
                         }
                         Some(In::Heartbeat(_)) => {}
-                        Some(In::Redeem(_)) => {}
                         Some(In::Hello(_)) => return self.close("UnexpectedHello", "hello after the handshake").await,
                         None => return self.close("EmptyMessage", "a message without content").await,
                     }

@@ -210,6 +210,7 @@ async fn start_exporter(
             name: "beta-mesh".parse().unwrap(),
             client_id: client_id.parse().unwrap(),
             view: v,
+            health: Default::default(),
         }],
         bundle: Some(cas.a.current_bundle().unwrap()),
     };
@@ -857,6 +858,7 @@ async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
             name: "gamma-mesh".parse().unwrap(),
             client_id: GAMMA_ID.parse().unwrap(),
             view: v1.clone(),
+            health: Default::default(),
         })
     });
     let mut good = importer(exp.addr, client_tls(&cas.b, GAMMA_ID, &[&cas.a]), None);
@@ -1182,4 +1184,67 @@ async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
     .await
     .unwrap_err();
     assert_ne!(e.reason, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_summaries_reach_the_importer() {
+    let cas = cas();
+    let v1 = view(&[("orders", 8080)]);
+    let exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let orders = service("orders", 8080).exported_name;
+    let secret = service("not-exported", 1).exported_name;
+    exp.config.send_modify(|c| {
+        let p = &mut Arc::make_mut(c).peers[0];
+        p.health = [(orders.clone(), (2, 3)), (secret.clone(), (1, 1))].into();
+    });
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_imports(&mut imp, &v1).await;
+    let want = |h: (u32, u32)| {
+        let orders = orders.clone();
+        move |m: &meshfed_peering::client::Health| m.get(&orders) == Some(&h) && m.len() == 1
+    };
+    let wait_health =
+        |imp: &mut Importer, f: Box<dyn Fn(&meshfed_peering::client::Health) -> bool + Send>| {
+            let mut rx = imp.health.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    loop {
+                        if f(&rx.borrow_and_update()) {
+                            return;
+                        }
+                        rx.changed().await.unwrap();
+                    }
+                })
+                .await
+                .expect("health arrived")
+            }
+        };
+    // Only services in the peer's view are reported.
+    wait_health(&mut imp, Box::new(want((2, 3)))).await;
+    exp.config
+        .send_modify(|c| Arc::make_mut(c).peers[0].health = [(orders.clone(), (0, 3))].into());
+    wait_health(&mut imp, Box::new(want((0, 3)))).await;
+    imp.stop().await;
+    exp.kill();
+    // A hostile summary (more healthy than total, or an unknown service) is ignored whole.
+    let good = wire(&service("orders", 8080));
+    let bad = ExporterMessage {
+        msg: Some(Out::Health(pb::HealthSummary {
+            services: vec![pb::ServiceHealth {
+                exported_name: orders.to_string(),
+                healthy: 5,
+                total: 1,
+            }],
+        })),
+    };
+    let (mut imp, _seen, stop) =
+        run_script(&cas, vec![hello(1), snapshot(1, vec![good]), bad]).await;
+    wait_status(&mut imp.status, "HealthRejected", |s| {
+        s.condition("HealthRejected")
+            .is_some_and(|c| c.status && c.reason == "InvalidHealthSummary")
+    })
+    .await;
+    assert!(imp.health.borrow().is_empty());
+    imp.stop().await;
+    let _ = stop.send(());
 }
