@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // benchmark code
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -250,54 +249,9 @@ fn main() {
         ));
     }
     println!("{table}{mem}");
-    record(&format!("{table}{mem}"));
-}
-
-fn cmd(args: &[&str]) -> String {
-    std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn record(body: &str) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let r = root.to_str().unwrap_or(".");
-    let commit = cmd(&["git", "-C", r, "rev-parse", "--short", "HEAD"]);
-    let dirty = !cmd(&["git", "-C", r, "status", "--porcelain"]).is_empty();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let date = time::OffsetDateTime::from(SystemTime::now())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let section = format!(
-        "\n## peering: propagation and import memory — {date}\n\n- commit {commit}{}; {}\n- machine: {cpu}, {} vCPUs; load {}\n- method: exporter and importer in one process on loopback over mTLS (TLS 1.3, aws-lc-rs), default session timings; each change (update a port / add / remove, in turn) timed from the exporter's config change to the importer's published state; memory is the RSS delta of one importer state holding N services; `cargo bench -p meshfed-peering --bench propagation`\n\n{body}",
-        if dirty { " (dirty tree)" } else { "" },
-        cmd(&["rustc", "--version"]),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+    meshfed_bench::record(
+        "peering: propagation and import memory",
+        "exporter and importer in one process on loopback over mTLS (TLS 1.3, aws-lc-rs), default session timings; each change (update a port / add / remove, in turn) timed from the exporter's config change to the importer's published state; memory is the RSS growth of an importer state holding N services; `cargo bench -p meshfed-peering --bench propagation`",
+        &format!("{table}{mem}"),
     );
-    let path = root.join("bench/RESULTS.md");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-    {
-        let _ = f.write_all(section.as_bytes());
-    }
 }
