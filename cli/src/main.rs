@@ -77,6 +77,58 @@ enum Command {
     },
     /// Show peer status from a running `meshfed peering run`.
     Status(node::StatusArgs),
+    /// Run the echo test workload: answers every request with JSON naming its mesh, service,
+    /// instance and the caller's verified identity (as its sidecar passes it on).
+    Echo(EchoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EchoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "")]
+    mesh: String,
+    #[arg(long, default_value = "echo")]
+    service: String,
+    #[arg(long, default_value = "echo-0")]
+    instance: String,
+    /// Status code of every answer.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..600))]
+    status: u16,
+    /// Added latency, e.g. 50ms.
+    #[arg(long, default_value = "0ms", value_parser = parse_latency)]
+    latency: std::time::Duration,
+}
+
+fn parse_latency(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim_start_matches('0').trim_end_matches("ms").is_empty() {
+        return Ok(std::time::Duration::ZERO);
+    }
+    trust::parse_duration(s)
+}
+
+fn echo(args: EchoArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let cfg = meshfed_proxy::echo::EchoConfig {
+            mesh: args.mesh,
+            service: args.service,
+            instance: args.instance,
+            status: args.status,
+            latency: args.latency,
+        };
+        let (addr, task) = meshfed_proxy::echo::start(args.listen, cfg)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        note(&format!("echo listening on http://{addr}"));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = task => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +165,7 @@ fn main() -> ExitCode {
         Command::Trust { command } => trust::run_trust(command),
         Command::Peering { command } => trust::run_peering(command),
         Command::Status(args) => node::status(args),
+        Command::Echo(args) => echo(args),
     };
     match result {
         Ok(code) => code,

@@ -243,3 +243,48 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
     d
 }
+
+#[test]
+fn echo_answers_with_json() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshfed"))
+        .args([
+            "echo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mesh",
+            "alpha",
+            "--instance",
+            "e-1",
+            "--status",
+            "503",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "echo never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("\"instance\":\"e-1\"") && text.contains("\"mesh\":\"alpha\""),
+        "{text}"
+    );
+}

@@ -1,0 +1,97 @@
+//! `meshfed echo`: a test workload that answers every request with JSON naming its mesh,
+//! service and instance, and the caller's verified identity as the sidecar passed it on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::CLIENT_ID_HEADER;
+use crate::http::{Body, json};
+
+/// What an echo instance reports and how it behaves.
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    pub mesh: String,
+    pub service: String,
+    pub instance: String,
+    /// Status code of every answer (default 200).
+    pub status: u16,
+    /// Added latency before answering.
+    pub latency: Duration,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        Self {
+            mesh: String::new(),
+            service: String::new(),
+            instance: String::new(),
+            status: 200,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+async fn answer(
+    cfg: Arc<EchoConfig>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency).await;
+    }
+    let caller = req
+        .headers()
+        .get(CLIENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::OK);
+    Ok(json(
+        status,
+        &json!({
+            "mesh": cfg.mesh,
+            "service": cfg.service,
+            "instance": cfg.instance,
+            "caller": caller,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+        }),
+    ))
+}
+
+/// Serves echo on `listener` until the task is dropped.
+pub fn serve(listener: TcpListener, cfg: EchoConfig) -> tokio::task::JoinHandle<()> {
+    let cfg = Arc::new(cfg);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| answer(cfg.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Binds `addr` and serves echo; returns the bound address.
+pub async fn start(
+    addr: SocketAddr,
+    cfg: EchoConfig,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((bound, serve(listener, cfg)))
+}

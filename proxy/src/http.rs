@@ -1,0 +1,72 @@
+//! Small HTTP helpers shared by the listeners.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+
+/// The body type every handler returns.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A plain-text response with `status`.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let body: String = msg.into();
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = text(status, value.to_string());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded, plus any header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for h in named {
+        headers.remove(h.as_str());
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(h);
+    }
+}
+
+/// Converts an incoming body into the boxed body type.
+pub fn boxed(b: Incoming) -> Body {
+    b.boxed()
+}
+
+/// Converts a request with an incoming body.
+pub fn boxed_request(r: Request<Incoming>) -> Request<Body> {
+    r.map(boxed)
+}

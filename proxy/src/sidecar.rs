@@ -1,0 +1,327 @@
+//! The sidecar's two listeners.
+//!
+//! Outbound (plaintext from the local app): the `Host` header names the service; an endpoint is
+//! chosen round robin; the request goes over mTLS with our SVID to the endpoint's inbound
+//! listener, and the server must present one of the service's identities.
+//!
+//! Inbound (mTLS from other sidecars): the caller's SVID is verified against the bundle of its
+//! own trust domain and the allowed identities; the request reaches the local app with every
+//! client-sent copy of the identity header removed and the verified SPIFFE ID added.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use meshfed_core::{Hostname, SpiffeId};
+use meshfed_trust::verify::{
+    self, Expect, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
+};
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::CLIENT_ID_HEADER;
+use crate::http::{Body, boxed, strip_hop_by_hop, text};
+
+/// Longest time to connect and handshake with an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One endpoint of a service: where its inbound listener is, and who must answer there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub identity: SpiffeId,
+}
+
+/// A service the local app may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundService {
+    /// Canonical hostname, e.g. `echo.shop.svc.cluster.local`.
+    pub host: Hostname,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A sidecar's static configuration (the control-plane stream comes later).
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Where the local app sends its requests (plaintext, loopback).
+    pub outbound: Option<SocketAddr>,
+    /// Where other sidecars reach this workload (mTLS).
+    pub inbound: Option<SocketAddr>,
+    /// The local app behind the inbound listener.
+    pub app: Option<SocketAddr>,
+    /// Who may call this workload.
+    pub allow: Expect,
+    pub services: Vec<OutboundService>,
+}
+
+struct Route {
+    host: Hostname,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Addresses the running sidecar listens on.
+#[derive(Debug)]
+pub struct Running {
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the inbound listener needs the app's address")]
+    NoApp,
+}
+
+/// Starts the configured listeners.
+pub async fn start(
+    cfg: SidecarConfig,
+    svid: Arc<SvidResolver>,
+    bundles: SharedBundles,
+) -> Result<Running, SidecarError> {
+    let provider = verify::provider();
+    let mut tasks = Vec::new();
+    let mut out_addr = None;
+    let mut in_addr = None;
+    if let Some(addr) = cfg.outbound {
+        let mut routes = Vec::new();
+        for s in &cfg.services {
+            let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
+            let tls = verify::client_config(
+                svid.clone(),
+                Arc::new(SpiffeServerVerifier::new(
+                    bundles.clone(),
+                    Expect::Ids(ids),
+                    provider.clone(),
+                )),
+                provider.clone(),
+            )?;
+            routes.push(Route {
+                host: s.host.clone(),
+                endpoints: s.endpoints.clone(),
+                next: AtomicUsize::new(0),
+                tls: Arc::new(tls),
+            });
+        }
+        let routes = Arc::new(routes);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| SidecarError::Bind(addr, e))?;
+        out_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|e| SidecarError::Bind(addr, e))?,
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| outbound(routes.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        }));
+    }
+    if let Some(addr) = cfg.inbound {
+        let app = cfg.app.ok_or(SidecarError::NoApp)?;
+        let verifier =
+            SpiffeClientVerifier::new(bundles.clone(), cfg.allow.clone(), provider.clone());
+        let server = Arc::new(verify::server_config(
+            svid.clone(),
+            Arc::new(verifier),
+            provider.clone(),
+        )?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| SidecarError::Bind(addr, e))?;
+        in_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|e| SidecarError::Bind(addr, e))?,
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let caller = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
+                    let Some(caller) = caller else { return };
+                    let caller = Arc::new(caller);
+                    let svc = service_fn(move |req| inbound(app, caller.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        }));
+    }
+    Ok(Running {
+        outbound: out_addr,
+        inbound: in_addr,
+        tasks,
+    })
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<Hostname> {
+    let raw = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+    let name = match raw.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    Hostname::canonicalize(name).ok()
+}
+
+/// Sends `req` over an already connected stream and returns the response.
+async fn forward<S>(io: S, mut req: Request<Body>) -> Result<Response<Body>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    strip_hop_by_hop(req.headers_mut());
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let mut resp = resp.map(boxed);
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+async fn outbound(
+    routes: Arc<Vec<Route>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(host) = host_of(&req) else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "NoHost: the request names no valid Host\n",
+        ));
+    };
+    let Some(route) = routes.iter().find(|r| r.host == host) else {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("NoRoute: no service {host}\n"),
+        ));
+    };
+    if route.endpoints.is_empty() {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("NoHealthyEndpoint: {host} has no endpoints\n"),
+        ));
+    }
+    let ep = &route.endpoints[route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len()];
+    let tls = route.tls.clone();
+    let addr = ep.addr;
+    let connect = async move {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("UpstreamConnect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from("upstream.meshfed.invalid").map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                let reason = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .and_then(meshfed_trust::VerifyError::from_rustls)
+                    .map_or_else(|| "UpstreamTls".to_owned(), |v| v.reason().to_owned());
+                format!("{reason}: {e}")
+            })
+    };
+    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))),
+        Err(_) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "UpstreamTimeout\n")),
+    };
+    // Origin-form target for the upstream.
+    let (mut parts, body) = req.into_parts();
+    if let Some(pq) = parts.uri.path_and_query().cloned() {
+        parts.uri = pq.as_str().parse().unwrap_or_default();
+    }
+    // The app cannot speak for anyone: identity is added on the receiving side only.
+    parts.headers.remove(CLIENT_ID_HEADER);
+    match forward(tls, Request::from_parts(parts, boxed(body))).await {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(text(
+            StatusCode::BAD_GATEWAY,
+            format!("UpstreamError: {e}\n"),
+        )),
+    }
+}
+
+async fn inbound(
+    app: SocketAddr,
+    caller: Arc<SpiffeId>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    // Remove every client-sent copy, also one named in Connection (H12), then add ours.
+    strip_hop_by_hop(&mut parts.headers);
+    while parts.headers.remove(CLIENT_ID_HEADER).is_some() {}
+    if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
+        parts.headers.insert(CLIENT_ID_HEADER, v);
+    }
+    let tcp = match TcpStream::connect(app).await {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("AppUnavailable: {e}\n"),
+            ));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    match forward(tcp, Request::from_parts(parts, boxed(body))).await {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))),
+    }
+}
