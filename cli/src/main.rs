@@ -3,6 +3,7 @@
 
 mod explain;
 mod node;
+mod proxy;
 mod table;
 mod trust;
 
@@ -77,6 +78,9 @@ enum Command {
     },
     /// Show peer status from a running `meshfed peering run`.
     Status(node::StatusArgs),
+    /// Run one workload's sidecar in local-file mode (routes and addresses from the mesh
+    /// file's workloads, identity from the mesh CA).
+    Proxy(proxy::ProxyArgs),
     /// Run the echo test workload: answers every request with JSON naming its mesh, service,
     /// instance and the caller's verified identity (as its sidecar passes it on).
     Echo(EchoArgs),
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Peering { command } => trust::run_peering(command),
         Command::Status(args) => node::status(args),
         Command::Echo(args) => echo(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(code) => code,

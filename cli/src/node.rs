@@ -96,7 +96,7 @@ struct NodeStatus {
     refused: Vec<(String, String)>,
 }
 
-fn load_mesh(path: &PathBuf) -> Result<MeshFederation> {
+pub(crate) fn load_mesh(path: &PathBuf) -> Result<MeshFederation> {
     let (report, _) = crate::load_and_validate(std::slice::from_ref(path))?;
     for d in &report.diagnostics {
         note(&d.to_string());

@@ -82,6 +82,24 @@ pub struct Service {
     pub service_accounts: Vec<String>,
 }
 
+/// One instance of a service: where its sidecar accepts mTLS, where its app listens, and the
+/// identity it runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub name: String,
+    pub namespace: crate::id::Namespace,
+    /// The service account it runs as (its SPIFFE ID is `…/ns/<namespace>/sa/<account>`).
+    pub service_account: String,
+    /// The service it backs.
+    pub service: ServiceKey,
+    /// Its sidecar's inbound (mTLS) address.
+    pub inbound: std::net::SocketAddr,
+    /// The app behind the sidecar.
+    pub app: std::net::SocketAddr,
+    pub locality: Option<crate::locality::Locality>,
+}
+
 /// A service was added twice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service {0} is defined more than once")]
@@ -93,6 +111,8 @@ pub struct DuplicateService(pub ServiceKey);
 pub struct Catalog {
     cluster_domain: Hostname,
     services: BTreeMap<ServiceKey, Service>,
+    /// Workloads, keyed by namespace and name.
+    workloads: BTreeMap<(String, String), Workload>,
 }
 
 impl Catalog {
@@ -101,6 +121,7 @@ impl Catalog {
         Self {
             cluster_domain,
             services: BTreeMap::new(),
+            workloads: BTreeMap::new(),
         }
     }
 
@@ -114,6 +135,30 @@ impl Catalog {
         }
         self.services.insert(service.key.clone(), service);
         Ok(())
+    }
+
+    /// Adds a workload; its service must exist. Returns the reason when it cannot be added.
+    pub fn insert_workload(&mut self, w: Workload) -> Result<(), &'static str> {
+        if !self.services.contains_key(&w.service) {
+            return Err("UnknownService");
+        }
+        let key = (w.namespace.to_string(), w.name.clone());
+        if self.workloads.contains_key(&key) {
+            return Err("DuplicateWorkload");
+        }
+        self.workloads.insert(key, w);
+        Ok(())
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.values()
+    }
+
+    /// The workloads backing `service`, in name order.
+    pub fn endpoints_of(&self, service: &ServiceKey) -> impl Iterator<Item = &Workload> {
+        self.workloads
+            .values()
+            .filter(move |w| &w.service == service)
     }
 
     pub fn get(&self, key: &ServiceKey) -> Option<&Service> {

@@ -38,6 +38,31 @@ pub struct MeshSpec {
     /// Services of this mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<MeshService>>,
+    /// Instances of the services, with their sidecar and app addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<Vec<MeshWorkload>>,
+}
+
+/// One instance of a service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshWorkload {
+    /// Workload name (DNS-1123 label), unique in its namespace.
+    pub name: String,
+    /// Namespace; the service it backs lives here too.
+    pub namespace: String,
+    /// The service it backs (a name in `services`).
+    pub service: String,
+    /// Service account it runs as; default the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Its sidecar's inbound mTLS address, `ip:port`.
+    pub inbound: String,
+    /// Its app's address, `ip:port` (plaintext, reached only through the sidecar).
+    pub app: String,
+    /// Locality; default the mesh's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
 }
 
 /// A service of the mesh.

@@ -819,6 +819,15 @@ pub fn convert_mesh(
             }
         }
     }
+    for (i, w) in spec.workloads.iter().flatten().enumerate() {
+        convert_workload(
+            w,
+            &base.key("workloads").index(i),
+            locality.as_ref(),
+            &mut catalog,
+            out,
+        );
+    }
     Some(MeshInfo {
         name: mesh_name?,
         namespace: ns?,
@@ -827,6 +836,111 @@ pub fn convert_mesh(
         catalog,
     })
     .filter(|_| cluster_domain.is_some())
+}
+
+fn convert_workload(
+    w: &crate::mesh::MeshWorkload,
+    p: &FieldPath,
+    mesh_locality: Option<&Locality>,
+    catalog: &mut Catalog,
+    out: &mut Findings,
+) {
+    let name = name::dns1123_label("workload name", &w.name)
+        .map_err(|e| out.push(name_finding(p.key("name"), &e)))
+        .ok();
+    let namespace: Option<Namespace> = w
+        .namespace
+        .parse()
+        .map_err(|e| out.push(name_finding(p.key("namespace"), &e)))
+        .ok();
+    let service: Option<meshfed_core::ServiceName> = w
+        .service
+        .parse()
+        .map_err(|e| out.push(name_finding(p.key("service"), &e)))
+        .ok();
+    let account = w
+        .service_account
+        .clone()
+        .unwrap_or_else(|| w.service.clone());
+    let account_ok = name::dns1123_subdomain("service account", &account)
+        .map_err(|e| out.push(name_finding(p.key("serviceAccount"), &e)))
+        .is_ok();
+    let addr = |field: &str, v: &str, out: &mut Findings| {
+        v.parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                out.push(
+                    Finding::error(
+                        "InvalidAddress",
+                        p.key(field),
+                        format!("{v:?} is not an ip:port address"),
+                    )
+                    .hint("e.g. 127.0.1.11:15006"),
+                )
+            })
+            .ok()
+    };
+    let inbound = addr("inbound", &w.inbound, out);
+    let app = addr("app", &w.app, out);
+    let locality = match &w.locality {
+        Some(l) => {
+            match Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref()) {
+                Ok(x) => x,
+                Err(e) => {
+                    out.push(Finding::error(
+                        e.reason(),
+                        p.key("locality").key(e.field()),
+                        e.to_string(),
+                    ));
+                    return;
+                }
+            }
+        }
+        None => mesh_locality.cloned(),
+    };
+    let (Some(name), Some(namespace), Some(service), true, Some(inbound), Some(app)) =
+        (name, namespace, service, account_ok, inbound, app)
+    else {
+        return;
+    };
+    let _ = name;
+    let key = meshfed_core::ServiceKey::new(namespace.clone(), service);
+    if let Some(svc) = catalog.get(&key)
+        && !svc.service_accounts.contains(&account)
+    {
+        out.push(
+            Finding::warning(
+                "ServiceAccountNotAdvertised",
+                p.key("serviceAccount"),
+                format!("{account:?} is not among the service's serviceAccounts"),
+            )
+            .hint("peers and clients expect the service's listed accounts; add it there"),
+        );
+    }
+    let workload = meshfed_core::catalog::Workload {
+        name: w.name.clone(),
+        namespace,
+        service_account: account,
+        service: key,
+        inbound,
+        app,
+        locality,
+    };
+    match catalog.insert_workload(workload) {
+        Ok(()) => {}
+        Err("UnknownService") => out.push(
+            Finding::error(
+                "UnknownService",
+                p.key("service"),
+                format!("no service {:?} in namespace {:?}", w.service, w.namespace),
+            )
+            .hint("a workload backs a service listed under spec.services in its own namespace"),
+        ),
+        Err(reason) => out.push(Finding::error(
+            reason,
+            p.key("name"),
+            format!("workload {}/{} is defined twice", w.namespace, w.name),
+        )),
+    }
 }
 
 fn convert_service(

@@ -1,0 +1,141 @@
+//! `meshfed echo` + two `meshfed proxy` processes in local-file mode: a request from the ui
+//! workload's app reaches the echo app over mTLS, and echo reports the ui workload's SPIFFE ID.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshfed")
+}
+
+fn free(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(dir: &PathBuf, args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_request_carries_the_callers_identity_through_two_sidecars() {
+    let dir = std::env::temp_dir().join(format!("meshfed-proxy-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "trust",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alpha-mesh.local",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let (echo_in, echo_app) = (free("127.0.7.1"), free("127.0.7.1"));
+    let (ui_in, ui_app, ui_out) = (free("127.0.7.2"), free("127.0.7.2"), free("127.0.7.2"));
+    let mesh = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services:
+  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+"
+    );
+    std::fs::write(dir.join("mesh.yaml"), mesh).unwrap();
+    let _procs = Procs(vec![
+        spawn(
+            &dir,
+            &[
+                "echo",
+                "--listen",
+                &echo_app.to_string(),
+                "--mesh",
+                "alpha",
+                "--instance",
+                "echo-1",
+            ],
+        ),
+        spawn(
+            &dir,
+            &[
+                "proxy",
+                "--mesh",
+                "mesh.yaml",
+                "--workload",
+                "echo-1",
+                "--dir",
+                "ca",
+            ],
+        ),
+        spawn(
+            &dir,
+            &[
+                "proxy",
+                "--mesh",
+                "mesh.yaml",
+                "--workload",
+                "ui-1",
+                "--dir",
+                "ca",
+                "--outbound",
+                &ui_out.to_string(),
+            ],
+        ),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        let attempt = TcpStream::connect(ui_out).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET /who HTTP/1.1\r\nHost: echo.shop.svc.cluster.local\r\nConnection: close\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            out.starts_with("HTTP/1.1 200").then_some(out)
+        });
+        if let Some(r) = attempt {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful request through the sidecars"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        response.contains("\"caller\":\"spiffe://alpha-mesh.local/ns/web/sa/ui\""),
+        "{response}"
+    );
+    assert!(response.contains("\"instance\":\"echo-1\""), "{response}");
+}
