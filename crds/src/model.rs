@@ -845,9 +845,9 @@ fn convert_workload(
     catalog: &mut Catalog,
     out: &mut Findings,
 ) {
-    let name = name::dns1123_label("workload name", &w.name)
+    let name_ok = name::dns1123_label("workload name", &w.name)
         .map_err(|e| out.push(name_finding(p.key("name"), &e)))
-        .ok();
+        .is_ok();
     let namespace: Option<Namespace> = w
         .namespace
         .parse()
@@ -897,12 +897,11 @@ fn convert_workload(
         }
         None => mesh_locality.cloned(),
     };
-    let (Some(name), Some(namespace), Some(service), true, Some(inbound), Some(app)) =
-        (name, namespace, service, account_ok, inbound, app)
+    let (true, Some(namespace), Some(service), true, Some(inbound), Some(app)) =
+        (name_ok, namespace, service, account_ok, inbound, app)
     else {
         return;
     };
-    let _ = name;
     let key = meshfed_core::ServiceKey::new(namespace.clone(), service);
     if let Some(svc) = catalog.get(&key)
         && !svc.service_accounts.contains(&account)

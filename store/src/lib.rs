@@ -131,6 +131,11 @@ fn quarantine(path: &Path, reason: &'static str, detail: String) -> Result<Rebui
     })
 }
 
+/// sled reports a held file lock as an I/O error with this text (and `WouldBlock` inside).
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl Store {
     /// Opens (or creates) the store at `path`. A store that cannot be used is moved aside and
     /// a fresh one created; the report says why. Errors only when even a fresh store cannot be
@@ -177,10 +182,22 @@ impl Store {
     }
 
     fn try_open(path: &Path) -> Result<Self, (&'static str, String)> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| ("StoreUnreadable", e.to_string()))?;
+        // A store locked by another handle or process is busy, not corrupt: wait a little,
+        // and never quarantine it.
+        let mut attempt = 0;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    attempt += 1;
+                    if attempt > 60 {
+                        return Err(("StoreLocked", e.to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(("StoreUnreadable", e.to_string())),
+            }
+        };
         match db
             .get(META_SCHEMA)
             .map_err(|e| ("StoreUnreadable", e.to_string()))?

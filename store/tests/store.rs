@@ -58,7 +58,7 @@ fn imports_survive_a_restart() {
         store.remove_peer(&peer("gamma-mesh")).unwrap();
     }
     let (store, rebuilt) = Store::open(&path).unwrap();
-    assert!(rebuilt.is_none());
+    assert!(rebuilt.is_none(), "{rebuilt:?}");
     let (loaded, dropped) = store.load_imports();
     assert!(dropped.is_empty());
     assert_eq!(loaded.len(), 1);
@@ -186,4 +186,31 @@ fn sigkill_during_writes_never_prevents_start() {
             assert_eq!(rec.epoch, 9, "a loaded record is a whole record");
         }
     }
+}
+
+#[test]
+fn a_locked_store_is_waited_for_never_quarantined() {
+    let dir = tempdir();
+    let path = dir.join("db");
+    let (held, _) = Store::open(&path).unwrap();
+    held.save_imports(&peer("beta-mesh"), &record(2)).unwrap();
+    // Released shortly: the second open waits and finds the data intact.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let (store, rebuilt) = Store::open(&path).unwrap();
+    releaser.join().unwrap();
+    assert!(rebuilt.is_none(), "{rebuilt:?}");
+    assert_eq!(store.load_imports().0.len(), 1);
+    // Held for good: the open fails as locked, and nothing is moved aside.
+    let err = Store::open(&path).unwrap_err();
+    assert_eq!(err.reason(), "StoreLocked");
+    let moved = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("quarantine"))
+        .count();
+    assert_eq!(moved, 0);
+    drop(store);
 }
