@@ -118,6 +118,7 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
         app: Some(w.app),
         allow: Expect::TrustDomains(allow),
         services,
+        policies: mesh.policies_for(&w.service),
     };
     let running = sidecar::start(cfg, resolver.clone(), verify::shared(held)).await?;
     note(&format!(

@@ -72,6 +72,12 @@ spec:
   workloads:
   - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
   - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+  authorizationPolicies:
+  - name: no-admin
+    namespace: shop
+    selector: {{service: echo}}
+    action: DENY
+    rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]
 "
     );
     std::fs::write(dir.join("mesh.yaml"), mesh).unwrap();
@@ -138,4 +144,12 @@ spec:
         "{response}"
     );
     assert!(response.contains("\"instance\":\"echo-1\""), "{response}");
+    // The mesh file's DENY policy is enforced by echo's sidecar, whatever the spelling.
+    let mut s = TcpStream::connect(ui_out).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /x/%2e%2e//admin HTTP/1.1\r\nHost: echo.shop.svc.cluster.local\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("AccessDenied"), "{out}");
 }

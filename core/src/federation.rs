@@ -43,9 +43,20 @@ pub struct MeshFederation {
     pub namespace: Namespace,
     pub catalog: Catalog,
     pub peers: BTreeMap<PeerName, Peer>,
+    /// Authorization policies, with the workloads they apply to.
+    pub policies: Vec<crate::authz::ScopedPolicy>,
 }
 
 impl MeshFederation {
+    /// The policies that apply to workloads of `service`.
+    pub fn policies_for(&self, service: &crate::id::ServiceKey) -> Vec<crate::authz::Policy> {
+        self.policies
+            .iter()
+            .filter(|p| p.applies_to(service))
+            .map(|p| p.policy.clone())
+            .collect()
+    }
+
     /// What `peer` may see of this mesh.
     pub fn export_view(&self, peer: &Peer) -> ExportView {
         let scope = ExportScope {

@@ -9,6 +9,7 @@
 //! It does no I/O: no tokio, no sockets, no files, no clock. Wire formats (Kubernetes CRDs,
 //! protobuf) live in other crates and convert into these types at their edge.
 
+pub mod authz;
 pub mod catalog;
 pub mod export;
 pub mod federation;

@@ -352,3 +352,20 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
         v.swap(i, j);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(800))]
+
+    /// F-HTTP-1: normalizing is idempotent, and what passes never contains a dot segment,
+    /// an empty segment, an encoded separator or matrix parameters.
+    #[test]
+    fn path_normalization_is_idempotent(raw in "(/|//|/\\.|/\\.\\.|/%2[eEfF]|/%5[cC]|/%00|/%41|;x=1|/admin|/a|\\?|#|\\\\)*") {
+        if let Ok(once) = meshfed_core::authz::normalize_path(&raw) {
+            let twice = meshfed_core::authz::normalize_path(&once);
+            prop_assert_eq!(twice.as_deref(), Ok(once.as_str()));
+            prop_assert!(!once.contains("//") && !once.contains("/./") && !once.contains("/../") && !once.ends_with("/.."));
+            prop_assert!(!once.to_ascii_lowercase().contains("%2f") && !once.to_ascii_lowercase().contains("%5c"));
+            prop_assert!(!once.contains(';'));
+        }
+    }
+}

@@ -41,6 +41,70 @@ pub struct MeshSpec {
     /// Instances of the services, with their sidecar and app addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workloads: Option<Vec<MeshWorkload>>,
+    /// Authorization policies (Istio `AuthorizationPolicy` names and meaning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_policies: Option<Vec<MeshAuthorizationPolicy>>,
+}
+
+/// An authorization policy for the workloads of a namespace, or of one service there.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct MeshAuthorizationPolicy {
+    pub name: String,
+    pub namespace: String,
+    /// Only the workloads of this service; default every workload of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<PolicySelector>,
+    /// `ALLOW` (default) or `DENY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// No rules: the policy matches every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<PolicyRule>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicySelector {
+    pub service: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<PolicyFrom>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<PolicyTo>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyFrom {
+    pub source: PolicySource,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyTo {
+    pub operation: PolicyOperation,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySource {
+    /// `<trust-domain>/ns/<ns>/sa/<sa>`, with `*` prefix/suffix patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principals: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domains: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyOperation {
+    /// Exact, `prefix*` or `*suffix`, matched against the normalized path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Upper-case HTTP methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
 }
 
 /// One instance of a service.

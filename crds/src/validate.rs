@@ -201,6 +201,7 @@ impl Report {
                 namespace: info.namespace.clone(),
                 catalog: info.catalog.clone(),
                 peers,
+                policies: info.policies.clone(),
             });
         }
         out

@@ -90,6 +90,24 @@ spec:
     serviceAccounts: [orders]
   - name: payments
     namespace: shop
+  authorizationPolicies:
+  - name: orders-readers
+    namespace: shop
+    selector: {service: orders}
+    rules:
+    - from:
+      - source:
+          principals: [alpha-mesh.local/ns/web/sa/ui, \"beta-mesh.local/ns/*\"]
+          namespaces: [web]
+          trustDomains: [alpha-mesh.local]
+      to:
+      - operation: {paths: [/orders, \"/orders/*\"], methods: [GET]}
+  - name: no-admin
+    namespace: shop
+    action: DENY
+    rules:
+    - to:
+      - operation: {paths: [/admin]}
 ";
 
 /// `base` with the first `from` replaced by `to`; the base must contain `from`.
@@ -1256,6 +1274,74 @@ fn cases() -> Vec<Case> {
             r(MESH, "  services:\n", "  service:\n"),
             "UnknownField",
             "spec.service",
+        ),
+        case(
+            "policy unknown action",
+            r(MESH, "action: DENY", "action: AUDIT"),
+            "UnknownAction",
+            "spec.authorizationPolicies[1].action",
+        ),
+        case(
+            "policy principal not an identity",
+            r(
+                MESH,
+                "alpha-mesh.local/ns/web/sa/ui",
+                "alpha mesh/ns/web/sa/ui",
+            ),
+            "InvalidPrincipal",
+            "spec.authorizationPolicies[0].rules[0].from[0].source.principals[0]",
+        ),
+        case(
+            "policy bad namespace",
+            r(MESH, "namespaces: [web]", "namespaces: [Web_1]"),
+            "InvalidName",
+            "spec.authorizationPolicies[0].rules[0].from[0].source.namespaces[0]",
+        ),
+        case(
+            "policy bad trust domain",
+            r(
+                MESH,
+                "trustDomains: [alpha-mesh.local]",
+                "trustDomains: [Alpha]",
+            ),
+            "InvalidTrustDomain",
+            "spec.authorizationPolicies[0].rules[0].from[0].source.trustDomains[0]",
+        ),
+        case(
+            "policy relative path",
+            r(MESH, "paths: [/admin]", "paths: [admin]"),
+            "InvalidPath",
+            "spec.authorizationPolicies[1].rules[0].to[0].operation.paths[0]",
+        ),
+        case(
+            "policy path that no request can match",
+            r(MESH, "paths: [/admin]", "paths: [/a/../admin]"),
+            "PathNotNormalized",
+            "spec.authorizationPolicies[1].rules[0].to[0].operation.paths[0]",
+        ),
+        case(
+            "policy path with params",
+            r(MESH, "paths: [/admin]", "paths: [\"/admin;x=1\"]"),
+            "PathNotNormalized",
+            "spec.authorizationPolicies[1].rules[0].to[0].operation.paths[0]",
+        ),
+        case(
+            "policy lower-case method",
+            r(MESH, "methods: [GET]", "methods: [get]"),
+            "InvalidMethod",
+            "spec.authorizationPolicies[0].rules[0].to[0].operation.methods[0]",
+        ),
+        case(
+            "policy bad name",
+            r(MESH, "name: no-admin", "name: No_Admin"),
+            "InvalidName",
+            "spec.authorizationPolicies[1].name",
+        ),
+        case(
+            "policy unknown field",
+            r(MESH, "    action: DENY", "    acton: DENY"),
+            "UnknownField",
+            "spec.authorizationPolicies[1].acton",
         ),
         with(
             "two meshes in one file",

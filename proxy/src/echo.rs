@@ -62,6 +62,7 @@ async fn answer(
             "caller": caller,
             "method": req.method().as_str(),
             "path": req.uri().path(),
+            "query": req.uri().query(),
         }),
     ))
 }

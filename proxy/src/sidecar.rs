@@ -6,13 +6,15 @@
 //!
 //! Inbound (mTLS from other sidecars): the caller's SVID is verified against the bundle of its
 //! own trust domain and the allowed identities; the request reaches the local app with every
-//! client-sent copy of the identity header removed and the verified SPIFFE ID added.
+//! client-sent copy of the identity header removed and the verified SPIFFE ID added. Before
+//! that, the path is normalized and the workload's authorization policies decide; the app gets
+//! exactly the path that was checked.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -20,6 +22,7 @@ use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use meshfed_core::authz::{self, Decision, Policy};
 use meshfed_core::{Hostname, SpiffeId};
 use meshfed_trust::verify::{
     self, Expect, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
@@ -60,6 +63,19 @@ pub struct SidecarConfig {
     /// Who may call this workload.
     pub allow: Expect,
     pub services: Vec<OutboundService>,
+    /// Authorization policies for requests reaching this workload (see [`authz`]).
+    pub policies: Vec<Policy>,
+}
+
+/// Counters of the inbound listener's decisions.
+#[derive(Debug, Default)]
+pub struct InboundStats {
+    /// Requests that passed authorization and were forwarded to the app.
+    pub allowed: AtomicU64,
+    /// Requests refused by an authorization policy (403).
+    pub denied: AtomicU64,
+    /// Requests refused before authorization because their path is unsafe (400).
+    pub bad_requests: AtomicU64,
 }
 
 struct Route {
@@ -74,6 +90,8 @@ struct Route {
 pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
+    /// The inbound listener's counters.
+    pub stats: Arc<InboundStats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -106,6 +124,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut out_addr = None;
     let mut in_addr = None;
+    let stats = Arc::new(InboundStats::default());
     if let Some(addr) = cfg.outbound {
         let mut routes = Vec::new();
         for s in &cfg.services {
@@ -162,6 +181,8 @@ pub async fn start(
             provider.clone(),
         )?);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let policies: Arc<[Policy]> = cfg.policies.clone().into();
+        let stats = stats.clone();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| SidecarError::Bind(addr, e))?;
@@ -178,6 +199,11 @@ pub async fn start(
                 };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
+                let inb = Inbound {
+                    app,
+                    policies: policies.clone(),
+                    stats: stats.clone(),
+                };
                 tokio::spawn(async move {
                     let Ok(Ok(tls)) =
                         tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
@@ -191,8 +217,8 @@ pub async fn start(
                         .and_then(|c| c.first())
                         .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
                     let Some(caller) = caller else { return };
-                    let caller = Arc::new(caller);
-                    let svc = service_fn(move |req| inbound(app, caller.clone(), req));
+                    let inb = Arc::new((inb, caller));
+                    let svc = service_fn(move |req| inbound(inb.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
@@ -203,6 +229,7 @@ pub async fn start(
     Ok(Running {
         outbound: out_addr,
         inbound: in_addr,
+        stats,
         tasks,
     })
 }
@@ -298,12 +325,61 @@ async fn outbound(
     }
 }
 
-async fn inbound(
+/// What every inbound connection shares.
+struct Inbound {
     app: SocketAddr,
-    caller: Arc<SpiffeId>,
+    policies: Arc<[Policy]>,
+    stats: Arc<InboundStats>,
+}
+
+async fn inbound(
+    ctx: Arc<(Inbound, SpiffeId)>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let (inb, caller) = (&ctx.0, &ctx.1);
+    // The path is normalized once; the same string is checked and forwarded.
+    let path = match authz::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            inb.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                format!("{}: {e}\n", e.reason()),
+            ));
+        }
+    };
+    let decision = authz::decide(
+        &inb.policies,
+        &authz::Request {
+            caller,
+            method: req.method().as_str(),
+            path: &path,
+        },
+    );
+    if let Decision::Deny { policy, reason } = decision {
+        inb.stats.denied.fetch_add(1, Ordering::Relaxed);
+        let by = policy.map_or_else(String::new, |p| format!(" (policy {p})"));
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            format!("AccessDenied: {reason}{by}\n"),
+        ));
+    }
+    inb.stats.allowed.fetch_add(1, Ordering::Relaxed);
+    let app = inb.app;
     let (mut parts, body) = req.into_parts();
+    let target = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match target.parse() {
+        Ok(u) => parts.uri = u,
+        Err(_) => {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "InvalidPath: unparseable target\n",
+            ));
+        }
+    }
     // Remove every client-sent copy, also one named in Connection (H12), then add ours.
     strip_hop_by_hop(&mut parts.headers);
     while parts.headers.remove(CLIENT_ID_HEADER).is_some() {}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshfed_core::authz::{Action, Operation, Pattern, Policy, Rule, Source};
 use meshfed_proxy::echo::{self, EchoConfig};
 use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, Running, SidecarConfig};
 use meshfed_trust::CertificateAuthority;
@@ -45,6 +46,16 @@ async fn server(
     instance: &str,
     allow: Expect,
 ) -> (Running, tokio::task::JoinHandle<()>) {
+    guarded(ca, instance, allow, vec![]).await
+}
+
+/// [`server`] with authorization policies.
+async fn guarded(
+    ca: &CertificateAuthority,
+    instance: &str,
+    allow: Expect,
+    policies: Vec<Policy>,
+) -> (Running, tokio::task::JoinHandle<()>) {
     let (app, task) = echo::start(
         any(),
         EchoConfig {
@@ -62,6 +73,7 @@ async fn server(
         app: Some(app),
         allow,
         services: vec![],
+        policies,
     };
     (
         sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
@@ -81,17 +93,29 @@ async fn client(ca: &CertificateAuthority, id: &str, endpoints: Vec<Endpoint>) -
             host: HOST.parse().unwrap(),
             endpoints,
         }],
+        policies: vec![],
     };
     sidecar::start(cfg, resolver(ca, id), bundles(ca))
         .await
         .unwrap()
 }
 
-/// Sends a raw HTTP/1.1 request; returns status and body.
+/// Sends a raw HTTP/1.1 request for `/hello?x=1`; returns status and body.
 async fn get(addr: SocketAddr, host: &str, extra: &str) -> (u16, String) {
+    request(addr, "GET", "/hello?x=1", host, extra).await
+}
+
+/// Sends a raw HTTP/1.1 request; returns status and body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    host: &str,
+    extra: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req =
-        format!("GET /hello?x=1 HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
@@ -205,6 +229,7 @@ async fn wrong_identities_are_refused_on_either_side() {
                 identity: ECHO.parse().unwrap(),
             }],
         }],
+        policies: vec![],
     };
     let mut both = TrustBundleSet::new();
     both.insert(ca.bundle(1).unwrap()).unwrap();
@@ -252,4 +277,97 @@ async fn requests_spread_round_robin() {
     }
     assert_eq!(seen.get("echo-1"), Some(&5), "{seen:?}");
     assert_eq!(seen.get("echo-2"), Some(&5), "{seen:?}");
+}
+
+fn policy(name: &str, action: Action, rule: Rule) -> Policy {
+    Policy {
+        name: name.into(),
+        action,
+        rules: vec![rule],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_checks_the_normalized_path_it_forwards() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let policies = vec![
+        policy(
+            "deny-admin",
+            Action::Deny,
+            Rule {
+                from: vec![],
+                to: vec![Operation {
+                    paths: vec![Pattern::parse("/admin"), Pattern::parse("/admin/*")],
+                    methods: vec![],
+                }],
+            },
+        ),
+        policy(
+            "web-reads",
+            Action::Allow,
+            Rule {
+                from: vec![Source {
+                    principals: vec![Pattern::parse("alpha.local/ns/web/sa/*")],
+                    ..Source::default()
+                }],
+                to: vec![Operation {
+                    paths: vec![],
+                    methods: vec!["GET".into()],
+                }],
+            },
+        ),
+    ];
+    let (srv, _e) = guarded(&ca, "echo-1", Expect::AnyKnownDomain, policies).await;
+    let ep = vec![Endpoint {
+        addr: srv.inbound.unwrap(),
+        identity: ECHO.parse().unwrap(),
+    }];
+    let ui = client(&ca, UI, ep.clone()).await;
+    let ui = ui.outbound.unwrap();
+
+    // Allowed: the app gets the normalized path and the original query.
+    let (status, body) = request(ui, "GET", "/a/./b//c;v=1?q=%2F&x", HOST, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v = body_json(&body);
+    assert_eq!(v["path"], "/a/b/c", "{body}");
+    assert_eq!(v["query"], "q=%2F&x", "{body}");
+
+    // Every spelling of /admin is denied by the DENY policy, before the app.
+    for target in [
+        "/admin",
+        "//admin",
+        "/a/../admin",
+        "/x/%2e%2e/admin",
+        "/%61dmin",
+        "/admin;x=1",
+        "/admin/./users",
+    ] {
+        let (status, body) = request(ui, "GET", target, HOST, "").await;
+        assert_eq!(status, 403, "{target}: {body}");
+        assert!(
+            body.starts_with("AccessDenied") && body.contains("deny-admin"),
+            "{target}: {body}"
+        );
+    }
+    // Paths that cannot be normalized safely are refused outright.
+    for (target, reason) in [
+        ("/admin%2fusers", "EncodedSeparator"),
+        ("/../admin", "PathAboveRoot"),
+    ] {
+        let (status, body) = request(ui, "GET", target, HOST, "").await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(body.starts_with(reason), "{target}: {body}");
+    }
+    // The ALLOW policy covers GET from web only.
+    let (status, body) = request(ui, "POST", "/hello", HOST, "Content-Length: 0\r\n").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("NoAllowPolicyMatched"), "{body}");
+    let batch = client(&ca, "spiffe://alpha.local/ns/batch/sa/job", ep).await;
+    let (status, body) = get(batch.outbound.unwrap(), HOST, "").await;
+    assert_eq!(status, 403, "{body}");
+
+    assert_eq!(srv.stats.allowed.load(Relaxed), 1);
+    assert_eq!(srv.stats.denied.load(Relaxed), 9);
+    assert_eq!(srv.stats.bad_requests.load(Relaxed), 2);
 }
