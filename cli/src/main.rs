@@ -102,6 +102,16 @@ struct EchoArgs {
     /// Added latency, e.g. 50ms.
     #[arg(long, default_value = "0ms", value_parser = parse_latency)]
     latency: std::time::Duration,
+    /// Percentage of requests answered 503 instead (0 to 100, fractions allowed).
+    #[arg(long, default_value = "0", value_parser = parse_percent)]
+    failure_percent: meshfed_core::traffic::Share,
+}
+
+fn parse_percent(s: &str) -> Result<meshfed_core::traffic::Share, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(meshfed_core::traffic::Share::from_percent)
+        .ok_or_else(|| format!("{s:?} is not a percentage from 0 to 100"))
 }
 
 fn parse_latency(s: &str) -> Result<std::time::Duration, String> {
@@ -122,6 +132,7 @@ fn echo(args: EchoArgs) -> Result<ExitCode> {
             instance: args.instance,
             status: args.status,
             latency: args.latency,
+            failure: args.failure_percent,
         };
         let (addr, task) = meshfed_proxy::echo::start(args.listen, cfg)
             .await

@@ -107,6 +107,7 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
         services.push(OutboundService {
             host: mesh.catalog.hostname_of(&svc.key)?,
             endpoints,
+            traffic: mesh.traffic_for(&svc.key),
         });
     }
     let id = identity(&w.namespace, &w.service_account)?;

@@ -155,24 +155,9 @@ pub enum TokenCommand {
     },
 }
 
-/// Parses `250ms`, `90s`, `30m`, `24h`, `7d`.
+/// Parses `250ms`, `1.5s`, `90s`, `30m`, `24h`, `7d` (for clap).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h, d)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86400)),
-        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be more than zero"));
-    }
-    Ok(d)
+    meshfed_core::traffic::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn load_ca(dir: &Path) -> Result<CertificateAuthority> {

@@ -45,6 +45,8 @@ pub struct MeshFederation {
     pub peers: BTreeMap<PeerName, Peer>,
     /// Authorization policies, with the workloads they apply to.
     pub policies: Vec<crate::authz::ScopedPolicy>,
+    /// Callers' traffic policy per service; services absent here get the default.
+    pub traffic: BTreeMap<crate::id::ServiceKey, crate::traffic::TrafficPolicy>,
 }
 
 impl MeshFederation {
@@ -55,6 +57,11 @@ impl MeshFederation {
             .filter(|p| p.applies_to(service))
             .map(|p| p.policy.clone())
             .collect()
+    }
+
+    /// The traffic policy for calls to `service`.
+    pub fn traffic_for(&self, service: &crate::id::ServiceKey) -> crate::traffic::TrafficPolicy {
+        self.traffic.get(service).cloned().unwrap_or_default()
     }
 
     /// What `peer` may see of this mesh.

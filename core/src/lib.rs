@@ -21,6 +21,7 @@ pub mod name;
 pub mod selector;
 pub mod session;
 pub mod stream;
+pub mod traffic;
 
 pub use catalog::{Catalog, Protocol, Service, ServicePort};
 pub use id::{

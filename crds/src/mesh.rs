@@ -44,6 +44,72 @@ pub struct MeshSpec {
     /// Authorization policies (Istio `AuthorizationPolicy` names and meaning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_policies: Option<Vec<MeshAuthorizationPolicy>>,
+    /// Client-side traffic policy per service (Istio `VirtualService` HTTP route names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Vec<MeshTrafficPolicy>>,
+}
+
+/// How callers' sidecars treat requests to one service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshTrafficPolicy {
+    /// The service's name.
+    pub service: String,
+    /// The service's namespace.
+    pub namespace: String,
+    /// Limit on the whole request, retries included, e.g. `2s`; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<HttpRetry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<HttpFault>,
+}
+
+/// Istio `HTTPRetry`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRetry {
+    /// Retries after the first attempt; 0 disables retries.
+    pub attempts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// Comma-separated: `5xx`, `gateway-error`, `connect-failure`, `reset`, status codes.
+    /// Default `connect-failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+}
+
+/// Istio `HTTPFaultInjection`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HttpFault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// A share of requests; absent means all of them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Percent {
+    /// 0 to 100, fractions allowed.
+    pub value: serde_json::Number,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    pub fixed_delay: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    pub http_status: i64,
 }
 
 /// An authorization policy for the workloads of a namespace, or of one service there.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use meshfed_core::export::{ExportRule, ExportSelector};
 use meshfed_core::federation::Peer;
@@ -12,6 +13,7 @@ use meshfed_core::locality::Locality;
 use meshfed_core::mapping::{NameMapping, Pattern, PatternError};
 use meshfed_core::name::{self, NameError};
 use meshfed_core::selector::{LabelSelector, RawRequirement};
+use meshfed_core::traffic::{Share, TrafficPolicy};
 use meshfed_core::{
     Catalog, Hostname, MeshName, Namespace, PeerName, Protocol, Service, ServicePort, SpiffeId,
     TrustDomain,
@@ -739,6 +741,7 @@ pub struct MeshInfo {
     pub locality: Option<Locality>,
     pub catalog: Catalog,
     pub policies: Vec<meshfed_core::authz::ScopedPolicy>,
+    pub traffic: BTreeMap<meshfed_core::ServiceKey, meshfed_core::traffic::TrafficPolicy>,
 }
 
 /// Converts a `Mesh` document.
@@ -840,6 +843,19 @@ pub fn convert_mesh(
             policies.push(sp);
         }
     }
+    let mut traffic = BTreeMap::new();
+    for (i, t) in spec.traffic.iter().flatten().enumerate() {
+        let tp = base.key("traffic").index(i);
+        if let Some((key, policy)) = convert_traffic(t, &tp, &catalog, out)
+            && traffic.insert(key.clone(), policy).is_some()
+        {
+            out.push(Finding::error(
+                "DuplicateTrafficPolicy",
+                tp.key("service"),
+                format!("{key} already has a traffic policy earlier in the list"),
+            ));
+        }
+    }
     Some(MeshInfo {
         name: mesh_name?,
         namespace: ns?,
@@ -847,6 +863,7 @@ pub fn convert_mesh(
         locality,
         catalog,
         policies,
+        traffic,
     })
     .filter(|_| cluster_domain.is_some())
 }
@@ -860,10 +877,7 @@ fn convert_policy(
     use meshfed_core::authz::{
         Action, Operation, Pattern as P, Policy, Rule, ScopedPolicy, Source,
     };
-    let before = out
-        .iter()
-        .filter(|f| f.severity == crate::diag::Severity::Error)
-        .count();
+    let before = errors_in(out);
     let name_ok = name::dns1123_label("policy name", &p.name)
         .map_err(|e| out.push(name_finding(path.key("name"), &e)))
         .is_ok();
@@ -996,11 +1010,7 @@ fn convert_policy(
         }
         rules.push(Rule { from, to });
     }
-    let errors = out
-        .iter()
-        .filter(|f| f.severity == crate::diag::Severity::Error)
-        .count();
-    if errors > before || !name_ok {
+    if errors_in(out) > before || !name_ok {
         return None;
     }
     Some(ScopedPolicy {
@@ -1012,6 +1022,134 @@ fn convert_policy(
             rules,
         },
     })
+}
+
+fn duration_field(raw: &str, path: FieldPath, out: &mut Findings) -> Option<Duration> {
+    meshfed_core::traffic::parse_duration(raw)
+        .map_err(|e| out.push(Finding::error("InvalidDuration", path, e.to_string())))
+        .ok()
+}
+
+fn share_field(
+    p: Option<&crate::mesh::Percent>,
+    path: FieldPath,
+    out: &mut Findings,
+) -> Option<Share> {
+    let Some(p) = p else {
+        return Some(Share::ALL);
+    };
+    let share = p.value.as_f64().and_then(Share::from_percent);
+    if share.is_none() {
+        out.push(Finding::error(
+            "InvalidPercentage",
+            path.key("percentage").key("value"),
+            format!("{} is not a percentage from 0 to 100", p.value),
+        ));
+    }
+    share
+}
+
+fn convert_traffic(
+    t: &crate::mesh::MeshTrafficPolicy,
+    path: &FieldPath,
+    catalog: &Catalog,
+    out: &mut Findings,
+) -> Option<(meshfed_core::ServiceKey, TrafficPolicy)> {
+    use meshfed_core::traffic::{Abort, Delay, Retries, RetryOn};
+    let before = errors_in(out);
+    let namespace: Option<Namespace> = t
+        .namespace
+        .parse()
+        .map_err(|e| out.push(name_finding(path.key("namespace"), &e)))
+        .ok();
+    let service: Option<meshfed_core::ServiceName> = t
+        .service
+        .parse()
+        .map_err(|e| out.push(name_finding(path.key("service"), &e)))
+        .ok();
+    let key = meshfed_core::ServiceKey::new(namespace?, service?);
+    if catalog.get(&key).is_none() {
+        out.push(Finding::warning(
+            "UnknownService",
+            path.key("service"),
+            format!("no service {key}; the policy applies to nothing yet"),
+        ));
+    }
+    let mut policy = TrafficPolicy {
+        timeout: t
+            .timeout
+            .as_deref()
+            .and_then(|d| duration_field(d, path.key("timeout"), out)),
+        ..TrafficPolicy::default()
+    };
+    if let Some(r) = &t.retries {
+        let rp = path.key("retries");
+        let attempts = u32::try_from(r.attempts)
+            .ok()
+            .filter(|a| *a <= 10)
+            .unwrap_or_else(|| {
+                out.push(Finding::error(
+                    "InvalidAttempts",
+                    rp.key("attempts"),
+                    format!("{} retries: expected 0 to 10", r.attempts),
+                ));
+                0
+            });
+        let retry_on = match r.retry_on.as_deref() {
+            None => RetryOn::parse("connect-failure").unwrap_or_default(),
+            Some(s) => RetryOn::parse(s).unwrap_or_else(|e| {
+                out.push(Finding::error(
+                    "UnknownRetryOn",
+                    rp.key("retryOn"),
+                    e.to_string(),
+                ));
+                RetryOn::default()
+            }),
+        };
+        policy.retries = Retries {
+            attempts,
+            per_try_timeout: r
+                .per_try_timeout
+                .as_deref()
+                .and_then(|d| duration_field(d, rp.key("perTryTimeout"), out)),
+            retry_on,
+        };
+    }
+    if let Some(f) = &t.fault {
+        let fp = path.key("fault");
+        if let Some(d) = &f.delay {
+            let dp = fp.key("delay");
+            let share = share_field(d.percentage.as_ref(), dp.clone(), out);
+            let fixed = duration_field(&d.fixed_delay, dp.key("fixedDelay"), out);
+            if let (Some(share), Some(fixed_delay)) = (share, fixed) {
+                policy.fault.delay = Some(Delay { share, fixed_delay });
+            }
+        }
+        if let Some(a) = &f.abort {
+            let ap = fp.key("abort");
+            let share = share_field(a.percentage.as_ref(), ap.clone(), out);
+            let status = u16::try_from(a.http_status)
+                .ok()
+                .filter(|s| (200..=599).contains(s));
+            if status.is_none() {
+                out.push(Finding::error(
+                    "InvalidHttpStatus",
+                    ap.key("httpStatus"),
+                    format!("{} is not an HTTP status from 200 to 599", a.http_status),
+                ));
+            }
+            if let (Some(share), Some(http_status)) = (share, status) {
+                policy.fault.abort = Some(Abort { share, http_status });
+            }
+        }
+    }
+    (errors_in(out) == before).then_some((key, policy))
+}
+
+fn errors_in(out: &Findings) -> usize {
+    out.iter()
+        .filter(|f| f.severity == crate::diag::Severity::Error)
+        .count()
 }
 
 fn convert_workload(

@@ -202,6 +202,7 @@ impl Report {
                 catalog: info.catalog.clone(),
                 peers,
                 policies: info.policies.clone(),
+                traffic: info.traffic.clone(),
             });
         }
         out

@@ -108,6 +108,14 @@ spec:
     rules:
     - to:
       - operation: {paths: [/admin]}
+  traffic:
+  - service: orders
+    namespace: shop
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: \"5xx,connect-failure,429\"}
+    fault:
+      delay: {percentage: {value: 0.5}, fixedDelay: 100ms}
+      abort: {percentage: {value: 1}, httpStatus: 503}
 ";
 
 /// `base` with the first `from` replaced by `to`; the base must contain `from`.
@@ -1343,6 +1351,69 @@ fn cases() -> Vec<Case> {
             "UnknownField",
             "spec.authorizationPolicies[1].acton",
         ),
+        case(
+            "traffic timeout without unit",
+            r(MESH, "timeout: 2s", "timeout: 2 seconds"),
+            "InvalidDuration",
+            "spec.traffic[0].timeout",
+        ),
+        case(
+            "traffic zero per-try timeout",
+            r(MESH, "perTryTimeout: 500ms", "perTryTimeout: 0s"),
+            "InvalidDuration",
+            "spec.traffic[0].retries.perTryTimeout",
+        ),
+        case(
+            "traffic negative attempts",
+            r(MESH, "attempts: 3", "attempts: -1"),
+            "InvalidAttempts",
+            "spec.traffic[0].retries.attempts",
+        ),
+        case(
+            "traffic unknown retry condition",
+            r(MESH, "5xx,connect-failure,429", "5xx,sometimes"),
+            "UnknownRetryOn",
+            "spec.traffic[0].retries.retryOn",
+        ),
+        case(
+            "traffic impossible percentage",
+            r(MESH, "{value: 0.5}", "{value: 150}"),
+            "InvalidPercentage",
+            "spec.traffic[0].fault.delay.percentage.value",
+        ),
+        case(
+            "traffic bad fixed delay",
+            r(MESH, "fixedDelay: 100ms", "fixedDelay: soon"),
+            "InvalidDuration",
+            "spec.traffic[0].fault.delay.fixedDelay",
+        ),
+        case(
+            "traffic abort status out of range",
+            r(MESH, "httpStatus: 503", "httpStatus: 700"),
+            "InvalidHttpStatus",
+            "spec.traffic[0].fault.abort.httpStatus",
+        ),
+        case(
+            "traffic twice for one service",
+            format!(
+                "{}  - {{service: orders, namespace: shop, timeout: 1s}}\n",
+                MESH
+            ),
+            "DuplicateTrafficPolicy",
+            "spec.traffic[1].service",
+        ),
+        case(
+            "traffic unknown field",
+            r(MESH, "    timeout: 2s", "    timout: 2s"),
+            "UnknownField",
+            "spec.traffic[0].timout",
+        ),
+        case(
+            "traffic attempts of the wrong type",
+            r(MESH, "attempts: 3", "attempts: three"),
+            "WrongType",
+            "spec.traffic[0].retries.attempts",
+        ),
         with(
             "two meshes in one file",
             vec![format!(
@@ -1649,4 +1720,26 @@ fn later_documents_keep_their_index_and_lines() {
         .position(|l| l.contains("domainSuffix: svc.cluster.local"))
         .map(|i| i + 1);
     assert_eq!(d, expected_line.map(|l| (1, l)));
+}
+
+#[test]
+fn the_base_traffic_policy_converts() {
+    use meshfed_core::traffic::Share;
+    use std::time::Duration;
+    let mesh = run(&[MESH]).meshes().remove(0);
+    let orders = "shop/orders".parse().unwrap();
+    let t = mesh.traffic_for(&orders);
+    assert_eq!(t.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(t.retries.attempts, 3);
+    assert_eq!(t.retries.per_try_timeout, Some(Duration::from_millis(500)));
+    assert!(t.retries.retry_on.five_xx && t.retries.retry_on.connect_failure);
+    assert_eq!(t.retries.retry_on.statuses, vec![429]);
+    let delay = t.fault.delay.unwrap();
+    assert_eq!(delay.share, Share::from_percent(0.5).unwrap());
+    assert_eq!(delay.fixed_delay, Duration::from_millis(100));
+    assert_eq!(t.fault.abort.unwrap().http_status, 503);
+    // A service without a policy gets the default: connection failures retried twice.
+    let payments = mesh.traffic_for(&"shop/payments".parse().unwrap());
+    assert_eq!(payments.retries.attempts, 2);
+    assert!(payments.retries.retry_on.connect_failure && !payments.retries.retry_on.five_xx);
 }

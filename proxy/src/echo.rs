@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use meshfed_core::traffic::Share;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -26,6 +27,8 @@ pub struct EchoConfig {
     pub status: u16,
     /// Added latency before answering.
     pub latency: Duration,
+    /// Share of requests answered 503 (`"failed": true` in the body) instead of `status`.
+    pub failure: Share,
 }
 
 impl Default for EchoConfig {
@@ -36,6 +39,7 @@ impl Default for EchoConfig {
             instance: String::new(),
             status: 200,
             latency: Duration::ZERO,
+            failure: Share::ZERO,
         }
     }
 }
@@ -52,7 +56,12 @@ async fn answer(
         .get(CLIENT_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let status = StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::OK);
+    let failed = cfg.failure.hit(fastrand::u32(..Share::MILLION));
+    let status = if failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::OK)
+    };
     Ok(json(
         status,
         &json!({
@@ -63,6 +72,7 @@ async fn answer(
             "method": req.method().as_str(),
             "path": req.uri().path(),
             "query": req.uri().query(),
+            "failed": failed,
         }),
     ))
 }

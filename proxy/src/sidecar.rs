@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshfed_core::authz::{self, Decision, Policy};
+use meshfed_core::traffic::{self, RetryOn, Share, TrafficPolicy};
 use meshfed_core::{Hostname, SpiffeId};
 use meshfed_trust::verify::{
     self, Expect, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
@@ -49,6 +51,8 @@ pub struct OutboundService {
     /// Canonical hostname, e.g. `echo.shop.svc.cluster.local`.
     pub host: Hostname,
     pub endpoints: Vec<Endpoint>,
+    /// Timeouts, retries and fault injection for calls to it.
+    pub traffic: TrafficPolicy,
 }
 
 /// A sidecar's static configuration (the control-plane stream comes later).
@@ -67,15 +71,25 @@ pub struct SidecarConfig {
     pub policies: Vec<Policy>,
 }
 
-/// Counters of the inbound listener's decisions.
+/// Counters of the sidecar's decisions.
 #[derive(Debug, Default)]
-pub struct InboundStats {
-    /// Requests that passed authorization and were forwarded to the app.
+pub struct Stats {
+    /// Inbound requests that passed authorization and were forwarded to the app.
     pub allowed: AtomicU64,
-    /// Requests refused by an authorization policy (403).
+    /// Inbound requests refused by an authorization policy (403).
     pub denied: AtomicU64,
-    /// Requests refused before authorization because their path is unsafe (400).
+    /// Inbound requests refused before authorization because their path is unsafe (400).
     pub bad_requests: AtomicU64,
+    /// Outbound attempts made after the first one.
+    pub retries: AtomicU64,
+    /// Retries not made because the retry budget was spent.
+    pub retry_budget_exhausted: AtomicU64,
+    /// Outbound requests that ran past the route `timeout` (504).
+    pub timeouts: AtomicU64,
+    /// Outbound requests answered by an injected abort.
+    pub fault_aborts: AtomicU64,
+    /// Outbound requests held by an injected delay.
+    pub fault_delays: AtomicU64,
 }
 
 struct Route {
@@ -83,6 +97,26 @@ struct Route {
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     tls: Arc<rustls::ClientConfig>,
+    traffic: TrafficPolicy,
+    /// Requests in flight, and those of them retrying (the retry budget's inputs).
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+}
+
+/// Counts one in-flight item for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Addresses the running sidecar listens on.
@@ -91,7 +125,7 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     /// The inbound listener's counters.
-    pub stats: Arc<InboundStats>,
+    pub stats: Arc<Stats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -124,7 +158,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut out_addr = None;
     let mut in_addr = None;
-    let stats = Arc::new(InboundStats::default());
+    let stats = Arc::new(Stats::default());
     if let Some(addr) = cfg.outbound {
         let mut routes = Vec::new();
         for s in &cfg.services {
@@ -143,9 +177,13 @@ pub async fn start(
                 endpoints: s.endpoints.clone(),
                 next: AtomicUsize::new(0),
                 tls: Arc::new(tls),
+                traffic: s.traffic.clone(),
+                active: AtomicUsize::new(0),
+                retrying: AtomicUsize::new(0),
             });
         }
         let routes = Arc::new(routes);
+        let stats = stats.clone();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| SidecarError::Bind(addr, e))?;
@@ -162,8 +200,9 @@ pub async fn start(
                 };
                 let _ = tcp.set_nodelay(true);
                 let routes = routes.clone();
+                let stats = stats.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| outbound(routes.clone(), req));
+                    let svc = service_fn(move |req| outbound(routes.clone(), stats.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -261,31 +300,71 @@ where
     Ok(resp)
 }
 
-async fn outbound(
-    routes: Arc<Vec<Route>>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let Some(host) = host_of(&req) else {
-        return Ok(text(
-            StatusCode::BAD_REQUEST,
-            "NoHost: the request names no valid Host\n",
-        ));
-    };
-    let Some(route) = routes.iter().find(|r| r.host == host) else {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            format!("NoRoute: no service {host}\n"),
-        ));
-    };
-    if route.endpoints.is_empty() {
-        return Ok(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("NoHealthyEndpoint: {host} has no endpoints\n"),
-        ));
+/// Request bodies up to this size are kept so the request can be retried; larger ones stream
+/// and are retried only when the connection failed (nothing was sent).
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// The request body, kept for replay or streamed once.
+enum Payload {
+    Kept(Bytes),
+    Stream(Option<Incoming>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Self::Kept(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
+            Self::Stream(s) => s.take().map(boxed),
+        }
     }
-    let ep = &route.endpoints[route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len()];
-    let tls = route.tls.clone();
-    let addr = ep.addr;
+
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Kept(_) => true,
+            Self::Stream(s) => s.is_some(),
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Answer(Response<Body>),
+    /// Connecting or the TLS handshake failed: nothing was sent.
+    ConnectFailed(String),
+    /// The upstream broke the exchange after the request was (partly) sent.
+    Reset(String),
+    /// The per-try timeout passed.
+    TimedOut,
+}
+
+impl Outcome {
+    fn retryable(&self, on: &RetryOn, payload: &Payload) -> bool {
+        match self {
+            Self::ConnectFailed(_) => on.connect_failure,
+            Self::Reset(_) => on.reset && payload.replayable(),
+            Self::TimedOut => on.timeout() && payload.replayable(),
+            Self::Answer(r) => on.status(r.status().as_u16()) && payload.replayable(),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Self::Answer(r) => r,
+            Self::ConnectFailed(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            Self::Reset(e) => text(StatusCode::BAD_GATEWAY, format!("UpstreamError: {e}\n")),
+            Self::TimedOut => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UpstreamTimeout: no answer within perTryTimeout\n",
+            ),
+        }
+    }
+}
+
+/// Connects and handshakes with one endpoint, expecting the route's identities.
+async fn connect(
+    tls: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let connect = async move {
         let tcp = TcpStream::connect(addr)
             .await
@@ -304,32 +383,166 @@ async fn outbound(
                 format!("{reason}: {e}")
             })
     };
-    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))),
-        Err(_) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "UpstreamTimeout\n")),
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("UpstreamTimeout: connecting to {addr}")),
+    }
+}
+
+/// One attempt at one endpoint.
+async fn attempt(
+    route: &Route,
+    addr: SocketAddr,
+    head: &hyper::http::request::Parts,
+    payload: &mut Payload,
+) -> Outcome {
+    let run = async {
+        let tls = match connect(route.tls.clone(), addr).await {
+            Ok(t) => t,
+            Err(e) => return Outcome::ConnectFailed(e),
+        };
+        let Some(body) = payload.take() else {
+            return Outcome::Reset("the request body was already sent".into());
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = head.uri.clone();
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers.clone();
+        match forward(tls, req).await {
+            Ok(r) => Outcome::Answer(r),
+            Err(e) => Outcome::Reset(e),
+        }
     };
+    match route.traffic.retries.per_try_timeout {
+        Some(t) => tokio::time::timeout(t, run)
+            .await
+            .unwrap_or(Outcome::TimedOut),
+        None => run.await,
+    }
+}
+
+/// Attempts until an answer that is not retried, the attempts are spent, or the budget is.
+async fn attempts(
+    route: &Route,
+    stats: &Stats,
+    head: hyper::http::request::Parts,
+    mut payload: Payload,
+) -> Response<Body> {
+    let retries = &route.traffic.retries;
+    let mut retry_guard = None;
+    let mut n = 0;
+    loop {
+        let ep =
+            &route.endpoints[route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len()];
+        let outcome = attempt(route, ep.addr, &head, &mut payload).await;
+        if n >= retries.attempts || !outcome.retryable(&retries.retry_on, &payload) {
+            return outcome.into_response();
+        }
+        if retry_guard.is_none() {
+            if !traffic::retry_allowed(
+                route.active.load(Ordering::Relaxed),
+                route.retrying.load(Ordering::Relaxed),
+            ) {
+                stats.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                return outcome.into_response();
+            }
+            retry_guard = Some(InFlight::new(&route.retrying));
+        }
+        drop(outcome);
+        n += 1;
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(traffic::backoff(n, fastrand::f64())).await;
+    }
+}
+
+async fn outbound(
+    routes: Arc<Vec<Route>>,
+    stats: Arc<Stats>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(host) = host_of(&req) else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "NoHost: the request names no valid Host\n",
+        ));
+    };
+    let Some(route) = routes.iter().find(|r| r.host == host) else {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("NoRoute: no service {host}\n"),
+        ));
+    };
+    let fault = &route.traffic.fault;
+    if let Some(d) = &fault.delay
+        && d.share.hit(fastrand::u32(..Share::MILLION))
+    {
+        stats.fault_delays.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(d.fixed_delay).await;
+    }
+    if let Some(a) = &fault.abort
+        && a.share.hit(fastrand::u32(..Share::MILLION))
+    {
+        stats.fault_aborts.fetch_add(1, Ordering::Relaxed);
+        return Ok(text(
+            StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            format!("FaultInjected: abort by the traffic policy for {host}\n"),
+        ));
+    }
+    if route.endpoints.is_empty() {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("NoHealthyEndpoint: {host} has no endpoints\n"),
+        ));
+    }
+    let _active = InFlight::new(&route.active);
     // Origin-form target for the upstream.
-    let (mut parts, body) = req.into_parts();
-    if let Some(pq) = parts.uri.path_and_query().cloned() {
-        parts.uri = pq.as_str().parse().unwrap_or_default();
+    let (mut head, body) = req.into_parts();
+    if let Some(pq) = head.uri.path_and_query().cloned() {
+        head.uri = pq.as_str().parse().unwrap_or_default();
     }
     // The app cannot speak for anyone: identity is added on the receiving side only.
-    parts.headers.remove(CLIENT_ID_HEADER);
-    match forward(tls, Request::from_parts(parts, boxed(body))).await {
-        Ok(r) => Ok(r),
-        Err(e) => Ok(text(
-            StatusCode::BAD_GATEWAY,
-            format!("UpstreamError: {e}\n"),
-        )),
-    }
+    head.headers.remove(CLIENT_ID_HEADER);
+    let run = async {
+        let replay = route.traffic.retries.attempts > 0
+            && body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY);
+        let payload = if body.is_end_stream() {
+            Payload::Kept(Bytes::new())
+        } else if replay {
+            match body.collect().await {
+                Ok(b) => Payload::Kept(b.to_bytes()),
+                Err(e) => {
+                    return text(StatusCode::BAD_REQUEST, format!("BadRequestBody: {e}\n"));
+                }
+            }
+        } else {
+            Payload::Stream(Some(body))
+        };
+        attempts(route, &stats, head, payload).await
+    };
+    Ok(match route.traffic.timeout {
+        None => run.await,
+        Some(t) => match tokio::time::timeout(t, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("UpstreamTimeout: no answer within the route timeout of {t:?}\n"),
+                )
+            }
+        },
+    })
 }
 
 /// What every inbound connection shares.
 struct Inbound {
     app: SocketAddr,
     policies: Arc<[Policy]>,
-    stats: Arc<InboundStats>,
+    stats: Arc<Stats>,
 }
 
 async fn inbound(

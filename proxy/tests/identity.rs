@@ -3,144 +3,17 @@
 //! survive; wrong identities are refused on either side; requests spread round robin.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::time::SystemTime;
+
+use common::*;
 use meshfed_core::authz::{Action, Operation, Pattern, Policy, Rule, Source};
-use meshfed_proxy::echo::{self, EchoConfig};
-use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, Running, SidecarConfig};
+use meshfed_core::traffic::TrafficPolicy;
+use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, SidecarConfig};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
-use meshfed_trust::verify::{self, Expect, SharedBundles, SvidResolver};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const UI: &str = "spiffe://alpha.local/ns/web/sa/ui";
-const ECHO: &str = "spiffe://alpha.local/ns/shop/sa/echo";
-const HOST: &str = "echo.shop.svc.cluster.local";
-
-fn bundles(ca: &CertificateAuthority) -> SharedBundles {
-    let mut s = TrustBundleSet::new();
-    s.insert(ca.bundle(1).unwrap()).unwrap();
-    verify::shared(s)
-}
-
-fn resolver(ca: &CertificateAuthority, id: &str) -> Arc<SvidResolver> {
-    let svid = ca
-        .issue(
-            &id.parse().unwrap(),
-            Duration::from_secs(3600),
-            SystemTime::now(),
-        )
-        .unwrap();
-    Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap())
-}
-
-fn any() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// An echo app behind a server sidecar; returns the sidecar (inbound address) and the echo task.
-async fn server(
-    ca: &CertificateAuthority,
-    instance: &str,
-    allow: Expect,
-) -> (Running, tokio::task::JoinHandle<()>) {
-    guarded(ca, instance, allow, vec![]).await
-}
-
-/// [`server`] with authorization policies.
-async fn guarded(
-    ca: &CertificateAuthority,
-    instance: &str,
-    allow: Expect,
-    policies: Vec<Policy>,
-) -> (Running, tokio::task::JoinHandle<()>) {
-    let (app, task) = echo::start(
-        any(),
-        EchoConfig {
-            mesh: "alpha".into(),
-            service: "echo".into(),
-            instance: instance.into(),
-            ..EchoConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let cfg = SidecarConfig {
-        outbound: None,
-        inbound: Some(any()),
-        app: Some(app),
-        allow,
-        services: vec![],
-        policies,
-    };
-    (
-        sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
-            .await
-            .unwrap(),
-        task,
-    )
-}
-
-async fn client(ca: &CertificateAuthority, id: &str, endpoints: Vec<Endpoint>) -> Running {
-    let cfg = SidecarConfig {
-        outbound: Some(any()),
-        inbound: None,
-        app: None,
-        allow: Expect::AnyKnownDomain,
-        services: vec![OutboundService {
-            host: HOST.parse().unwrap(),
-            endpoints,
-        }],
-        policies: vec![],
-    };
-    sidecar::start(cfg, resolver(ca, id), bundles(ca))
-        .await
-        .unwrap()
-}
-
-/// Sends a raw HTTP/1.1 request for `/hello?x=1`; returns status and body.
-async fn get(addr: SocketAddr, host: &str, extra: &str) -> (u16, String) {
-    request(addr, "GET", "/hello?x=1", host, extra).await
-}
-
-/// Sends a raw HTTP/1.1 request; returns status and body.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    host: &str,
-    extra: &str,
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req =
-        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn body_json(body: &str) -> serde_json::Value {
-    // Tolerate chunked framing: take the JSON object inside.
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
-    serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null)
-}
+use meshfed_trust::verify::{self, Expect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_sees_the_callers_verified_identity() {
@@ -224,6 +97,7 @@ async fn wrong_identities_are_refused_on_either_side() {
         allow: Expect::AnyKnownDomain,
         services: vec![OutboundService {
             host: HOST.parse().unwrap(),
+            traffic: TrafficPolicy::default(),
             endpoints: vec![Endpoint {
                 addr: srv.inbound.unwrap(),
                 identity: ECHO.parse().unwrap(),

@@ -1,0 +1,165 @@
+//! Helpers shared by the proxy's integration tests: a CA, echo apps behind server sidecars,
+//! client sidecars, and raw HTTP/1.1 requests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses some
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshfed_core::authz::Policy;
+use meshfed_core::traffic::TrafficPolicy;
+use meshfed_proxy::echo::{self, EchoConfig};
+use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, Running, SidecarConfig};
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::bundle::TrustBundleSet;
+use meshfed_trust::verify::{self, Expect, SharedBundles, SvidResolver};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const UI: &str = "spiffe://alpha.local/ns/web/sa/ui";
+pub const ECHO: &str = "spiffe://alpha.local/ns/shop/sa/echo";
+pub const HOST: &str = "echo.shop.svc.cluster.local";
+
+pub fn bundles(ca: &CertificateAuthority) -> SharedBundles {
+    let mut s = TrustBundleSet::new();
+    s.insert(ca.bundle(1).unwrap()).unwrap();
+    verify::shared(s)
+}
+
+pub fn resolver(ca: &CertificateAuthority, id: &str) -> Arc<SvidResolver> {
+    let svid = ca
+        .issue(
+            &id.parse().unwrap(),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap())
+}
+
+pub fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// An echo app behind a server sidecar; returns the sidecar (inbound address) and the echo task.
+pub async fn server(
+    ca: &CertificateAuthority,
+    instance: &str,
+    allow: Expect,
+) -> (Running, tokio::task::JoinHandle<()>) {
+    guarded(ca, instance, allow, vec![]).await
+}
+
+/// [`server`] with authorization policies.
+pub async fn guarded(
+    ca: &CertificateAuthority,
+    instance: &str,
+    allow: Expect,
+    policies: Vec<Policy>,
+) -> (Running, tokio::task::JoinHandle<()>) {
+    echo_server(ca, echo_config(instance), allow, policies).await
+}
+
+/// The echo config of one test instance.
+pub fn echo_config(instance: &str) -> EchoConfig {
+    EchoConfig {
+        mesh: "alpha".into(),
+        service: "echo".into(),
+        instance: instance.into(),
+        ..EchoConfig::default()
+    }
+}
+
+/// An echo app configured by `echo` behind a server sidecar running as [`ECHO`].
+pub async fn echo_server(
+    ca: &CertificateAuthority,
+    echo: EchoConfig,
+    allow: Expect,
+    policies: Vec<Policy>,
+) -> (Running, tokio::task::JoinHandle<()>) {
+    let (app, task) = echo::start(any(), echo).await.unwrap();
+    let cfg = SidecarConfig {
+        outbound: None,
+        inbound: Some(any()),
+        app: Some(app),
+        allow,
+        services: vec![],
+        policies,
+    };
+    (
+        sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
+            .await
+            .unwrap(),
+        task,
+    )
+}
+
+/// A client sidecar running as `id` with one route to [`HOST`].
+pub async fn client(ca: &CertificateAuthority, id: &str, endpoints: Vec<Endpoint>) -> Running {
+    client_with(ca, id, endpoints, TrafficPolicy::default()).await
+}
+
+/// [`client`] with a traffic policy for the route.
+pub async fn client_with(
+    ca: &CertificateAuthority,
+    id: &str,
+    endpoints: Vec<Endpoint>,
+    traffic: TrafficPolicy,
+) -> Running {
+    let cfg = SidecarConfig {
+        outbound: Some(any()),
+        inbound: None,
+        app: None,
+        allow: Expect::AnyKnownDomain,
+        services: vec![OutboundService {
+            host: HOST.parse().unwrap(),
+            traffic,
+            endpoints,
+        }],
+        policies: vec![],
+    };
+    sidecar::start(cfg, resolver(ca, id), bundles(ca))
+        .await
+        .unwrap()
+}
+
+/// Sends a raw HTTP/1.1 request for `/hello?x=1`; returns status and body.
+pub async fn get(addr: SocketAddr, host: &str, extra: &str) -> (u16, String) {
+    request(addr, "GET", "/hello?x=1", host, extra).await
+}
+
+/// Sends a raw HTTP/1.1 request; returns status and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    host: &str,
+    extra: &str,
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req =
+        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn body_json(body: &str) -> serde_json::Value {
+    // Tolerate chunked framing: take the JSON object inside.
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null)
+}

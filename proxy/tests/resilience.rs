@@ -1,0 +1,235 @@
+//! Resilience on the outbound path, over real sockets and mTLS on loopback: retries recover
+//! from failing endpoints (and connection failures by default), the route timeout and the
+//! per-try timeout hold, and injected faults hit the configured share of requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use meshfed_core::traffic::{Abort, Delay, Retries, RetryOn, Share, TrafficPolicy};
+use meshfed_proxy::echo::EchoConfig;
+use meshfed_proxy::sidecar::{Endpoint, Running};
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::verify::Expect;
+
+fn ca() -> CertificateAuthority {
+    CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap()
+}
+
+async fn echo(ca: &CertificateAuthority, cfg: EchoConfig) -> (Endpoint, Running) {
+    let (srv, task) = echo_server(ca, cfg, Expect::AnyKnownDomain, vec![]).await;
+    // The echo task lives as long as the test's runtime.
+    std::mem::forget(task);
+    (
+        Endpoint {
+            addr: srv.inbound.unwrap(),
+            identity: ECHO.parse().unwrap(),
+        },
+        srv,
+    )
+}
+
+fn retries(attempts: u32, on: &str) -> Retries {
+    Retries {
+        attempts,
+        per_try_timeout: None,
+        retry_on: RetryOn::parse(on).unwrap(),
+    }
+}
+
+/// Sends `n` requests; returns how many got each status.
+async fn statuses(c: &Running, n: usize) -> std::collections::BTreeMap<u16, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let (status, _) = get(c.outbound.unwrap(), HOST, "").await;
+        *seen.entry(status).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_recover_from_a_failing_endpoint() {
+    let ca = ca();
+    let (bad, _b) = echo(
+        &ca,
+        EchoConfig {
+            status: 503,
+            ..echo_config("bad")
+        },
+    )
+    .await;
+    let (good, _g) = echo(&ca, echo_config("good")).await;
+    let eps = vec![bad, good];
+
+    // Without retries of 5xx, round robin sends every other request to the failing endpoint.
+    let plain = client(&ca, UI, eps.clone()).await;
+    let seen = statuses(&plain, 10).await;
+    assert_eq!(seen.get(&503), Some(&5), "{seen:?}");
+    assert_eq!(plain.stats.retries.load(Relaxed), 0);
+
+    // With them, every request ends at the healthy endpoint.
+    let policy = TrafficPolicy {
+        retries: retries(2, "5xx"),
+        ..TrafficPolicy::default()
+    };
+    let retrying = client_with(&ca, UI, eps.clone(), policy).await;
+    for _ in 0..10 {
+        let (status, body) = request(
+            retrying.outbound.unwrap(),
+            "POST",
+            "/orders",
+            HOST,
+            "Content-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body_json(&body)["instance"], "good", "{body}");
+    }
+    let n = retrying.stats.retries.load(Relaxed);
+    assert!((5..=10).contains(&n), "{n} retries");
+
+    // An endpoint failing a fifth of its requests at random looks healthy with retries:
+    // all 30 succeed unless one request fails 11 times in a row (p ≈ 6e-7 for the run).
+    let (flaky, _f) = echo(
+        &ca,
+        EchoConfig {
+            failure: Share::from_percent(20.0).unwrap(),
+            ..echo_config("flaky")
+        },
+    )
+    .await;
+    let policy = TrafficPolicy {
+        retries: retries(10, "5xx"),
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![flaky], policy).await;
+    let seen = statuses(&c, 30).await;
+    assert_eq!(seen.get(&200), Some(&30), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_are_retried_by_default() {
+    let ca = ca();
+    let (good, _g) = echo(&ca, echo_config("good")).await;
+    // A loopback port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dead = Endpoint {
+        addr: closed,
+        identity: ECHO.parse().unwrap(),
+    };
+    let c = client(&ca, UI, vec![dead.clone(), good]).await;
+    let seen = statuses(&c, 6).await;
+    assert_eq!(seen.get(&200), Some(&6), "{seen:?}");
+    assert!(c.stats.retries.load(Relaxed) >= 3);
+    // With retries off, the failure shows.
+    let off = TrafficPolicy {
+        retries: retries(0, "connect-failure"),
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![dead], off).await;
+    let (status, body) = get(c.outbound.unwrap(), HOST, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("UpstreamConnect"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_bound_slow_endpoints() {
+    let ca = ca();
+    let slow = || EchoConfig {
+        latency: Duration::from_secs(5),
+        ..echo_config("slow")
+    };
+    let (slow_ep, _s) = echo(&ca, slow()).await;
+    let (fast_ep, _f) = echo(&ca, echo_config("fast")).await;
+
+    // The route timeout answers 504 long before the endpoint would.
+    let policy = TrafficPolicy {
+        timeout: Some(Duration::from_millis(300)),
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![slow_ep.clone()], policy).await;
+    let t0 = Instant::now();
+    let (status, body) = get(c.outbound.unwrap(), HOST, "").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.starts_with("UpstreamTimeout"), "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(c.stats.timeouts.load(Relaxed), 1);
+
+    // A per-try timeout moves on to the next endpoint.
+    let policy = TrafficPolicy {
+        retries: Retries {
+            per_try_timeout: Some(Duration::from_millis(300)),
+            ..retries(1, "gateway-error")
+        },
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![slow_ep, fast_ep], policy).await;
+    for _ in 0..2 {
+        let (status, body) = get(c.outbound.unwrap(), HOST, "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body_json(&body)["instance"], "fast", "{body}");
+    }
+    // Round robin starts each request at the slow endpoint again (no outlier detection here).
+    assert_eq!(c.stats.retries.load(Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_hit_their_share() {
+    let ca = ca();
+    let (ep, _e) = echo(&ca, echo_config("echo-1")).await;
+    let n = 400;
+    let policy = TrafficPolicy {
+        fault: meshfed_core::traffic::Fault {
+            abort: Some(Abort {
+                share: Share::from_percent(30.0).unwrap(),
+                http_status: 418,
+            }),
+            delay: Some(Delay {
+                share: Share::from_percent(50.0).unwrap(),
+                fixed_delay: Duration::from_millis(1),
+            }),
+        },
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![ep.clone()], policy).await;
+    let seen = statuses(&c, n).await;
+    let aborted = seen.get(&418).copied().unwrap_or(0);
+    assert_eq!(
+        aborted + seen.get(&200).copied().unwrap_or(0),
+        n,
+        "{seen:?}"
+    );
+    // Binomial bounds, six standard deviations wide: a false failure is practically impossible.
+    let within = |hits: usize, p: f64| {
+        let mean = n as f64 * p;
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        (hits as f64 - mean).abs() <= 6.0 * sd
+    };
+    assert!(within(aborted, 0.3), "{aborted} of {n} aborted");
+    let delayed = c.stats.fault_delays.load(Relaxed) as usize;
+    assert!(within(delayed, 0.5), "{delayed} of {n} delayed");
+    assert_eq!(c.stats.fault_aborts.load(Relaxed) as usize, aborted);
+
+    // A 100% delay delays every request by at least the fixed delay.
+    let policy = TrafficPolicy {
+        fault: meshfed_core::traffic::Fault {
+            delay: Some(Delay {
+                share: Share::from_percent(100.0).unwrap(),
+                fixed_delay: Duration::from_millis(200),
+            }),
+            abort: None,
+        },
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![ep], policy).await;
+    let t0 = Instant::now();
+    let (status, _) = get(c.outbound.unwrap(), HOST, "").await;
+    assert_eq!(status, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
