@@ -140,6 +140,57 @@ pub struct Fault {
     pub abort: Option<Abort>,
 }
 
+/// `connectionPool` (Istio `DestinationRule`): the circuit breaker. Requests beyond both
+/// limits are refused at once with 503 instead of queueing without bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Upstream connections open at once (`tcp.maxConnections`); each carries one request.
+    pub max_connections: u32,
+    /// Requests waiting for a connection (`http.http1MaxPendingRequests`).
+    pub max_pending_requests: u32,
+}
+
+impl Default for ConnectionPool {
+    /// Envoy's and Istio's defaults.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+        }
+    }
+}
+
+/// `outlierDetection` (Istio `DestinationRule`): endpoints that keep failing are ejected from
+/// load balancing for `baseEjectionTime` × the times they were ejected (at most 300 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers, connection failures or timeouts that eject (0: off).
+    pub consecutive_5xx_errors: u32,
+    /// Consecutive 502/503/504, connection failures or timeouts that eject (0: off).
+    pub consecutive_gateway_errors: u32,
+    pub base_ejection_time: Duration,
+    /// Share of a service's endpoints that may be ejected at once; at least one may be, and
+    /// the last available endpoint never is.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    /// Istio's defaults.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx_errors: 5,
+            consecutive_gateway_errors: 0,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// The longest ejection, whatever the count (Envoy's `max_ejection_time` default).
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
 /// The policy for calls to one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,6 +199,9 @@ pub struct TrafficPolicy {
     pub timeout: Option<Duration>,
     pub retries: Retries,
     pub fault: Fault,
+    pub connection_pool: ConnectionPool,
+    /// Off unless configured, as in Istio.
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// Why a duration was refused.

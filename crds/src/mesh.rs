@@ -64,6 +64,71 @@ pub struct MeshTrafficPolicy {
     pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFault>,
+    /// Istio `DestinationRule` `trafficPolicy.connectionPool`: the circuit breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Istio `DestinationRule` `trafficPolicy.outlierDetection`; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSettings>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSettings {
+    /// Upstream connections at once; default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HttpSettings {
+    /// Requests waiting for a connection; default 1024.
+    #[serde(
+        default,
+        rename = "http1MaxPendingRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http1_max_pending_requests: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct OutlierDetectionSettings {
+    /// Default 5; 0 turns this trigger off.
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Default 0 (off).
+    #[serde(
+        default,
+        rename = "consecutiveGatewayErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_gateway_errors: Option<i64>,
+    /// Default 30s.
+    #[serde(
+        default,
+        rename = "baseEjectionTime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection_time: Option<String>,
+    /// Default 10.
+    #[serde(
+        default,
+        rename = "maxEjectionPercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_percent: Option<i64>,
 }
 
 /// Istio `HTTPRetry`.

@@ -1143,7 +1143,89 @@ fn convert_traffic(
             }
         }
     }
+    if let Some(cp) = &t.connection_pool {
+        let cpp = path.key("connectionPool");
+        if let Some(n) = cp.tcp.as_ref().and_then(|t| t.max_connections) {
+            policy.connection_pool.max_connections = count_field(
+                n,
+                1,
+                cpp.key("tcp").key("maxConnections"),
+                "InvalidConnectionPool",
+                out,
+            );
+        }
+        if let Some(n) = cp.http.as_ref().and_then(|h| h.http1_max_pending_requests) {
+            policy.connection_pool.max_pending_requests = count_field(
+                n,
+                1,
+                cpp.key("http").key("http1MaxPendingRequests"),
+                "InvalidConnectionPool",
+                out,
+            );
+        }
+    }
+    if let Some(od) = &t.outlier_detection {
+        let op = path.key("outlierDetection");
+        let mut o = meshfed_core::traffic::OutlierDetection::default();
+        if let Some(n) = od.consecutive_5xx_errors {
+            o.consecutive_5xx_errors = count_field(
+                n,
+                0,
+                op.key("consecutive5xxErrors"),
+                "InvalidOutlierDetection",
+                out,
+            );
+        }
+        if let Some(n) = od.consecutive_gateway_errors {
+            o.consecutive_gateway_errors = count_field(
+                n,
+                0,
+                op.key("consecutiveGatewayErrors"),
+                "InvalidOutlierDetection",
+                out,
+            );
+        }
+        if let Some(d) = &od.base_ejection_time
+            && let Some(d) = duration_field(d, op.key("baseEjectionTime"), out)
+        {
+            o.base_ejection_time = d;
+        }
+        if let Some(n) = od.max_ejection_percent {
+            if (0..=100).contains(&n) {
+                o.max_ejection_percent = u32::try_from(n).unwrap_or_default();
+            } else {
+                out.push(Finding::error(
+                    "InvalidPercentage",
+                    op.key("maxEjectionPercent"),
+                    format!("{n} is not a percentage from 0 to 100"),
+                ));
+            }
+        }
+        if o.consecutive_5xx_errors == 0 && o.consecutive_gateway_errors == 0 {
+            out.push(Finding::warning(
+                "OutlierDetectionOff",
+                op,
+                "both consecutive5xxErrors and consecutiveGatewayErrors are 0, so nothing is ever ejected",
+            ));
+        }
+        policy.outlier_detection = Some(o);
+    }
     (errors_in(out) == before).then_some((key, policy))
+}
+
+/// A count of at least `min` that fits in u32; 0 after reporting `reason` otherwise.
+fn count_field(n: i64, min: i64, path: FieldPath, reason: &'static str, out: &mut Findings) -> u32 {
+    match u32::try_from(n) {
+        Ok(v) if n >= min => v,
+        _ => {
+            out.push(Finding::error(
+                reason,
+                path,
+                format!("{n}: expected a whole number from {min} to {}", u32::MAX),
+            ));
+            0
+        }
+    }
 }
 
 fn errors_in(out: &Findings) -> usize {

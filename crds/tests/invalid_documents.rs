@@ -116,6 +116,8 @@ spec:
     fault:
       delay: {percentage: {value: 0.5}, fixedDelay: 100ms}
       abort: {percentage: {value: 1}, httpStatus: 503}
+    connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
+    outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 15s, maxEjectionPercent: 50}
 ";
 
 /// `base` with the first `from` replaced by `to`; the base must contain `from`.
@@ -1409,6 +1411,48 @@ fn cases() -> Vec<Case> {
             "spec.traffic[0].timout",
         ),
         case(
+            "traffic zero connections",
+            r(MESH, "maxConnections: 100", "maxConnections: 0"),
+            "InvalidConnectionPool",
+            "spec.traffic[0].connectionPool.tcp.maxConnections",
+        ),
+        case(
+            "traffic negative pending requests",
+            r(MESH, "http1MaxPendingRequests: 10", "http1MaxPendingRequests: -5"),
+            "InvalidConnectionPool",
+            "spec.traffic[0].connectionPool.http.http1MaxPendingRequests",
+        ),
+        case(
+            "traffic negative 5xx streak",
+            r(MESH, "consecutive5xxErrors: 3", "consecutive5xxErrors: -3"),
+            "InvalidOutlierDetection",
+            "spec.traffic[0].outlierDetection.consecutive5xxErrors",
+        ),
+        case(
+            "traffic ejection percent above 100",
+            r(MESH, "maxEjectionPercent: 50", "maxEjectionPercent: 101"),
+            "InvalidPercentage",
+            "spec.traffic[0].outlierDetection.maxEjectionPercent",
+        ),
+        case(
+            "traffic bad ejection time",
+            r(MESH, "baseEjectionTime: 15s", "baseEjectionTime: 15"),
+            "WrongType",
+            "spec.traffic[0].outlierDetection.baseEjectionTime",
+        ),
+        case(
+            "traffic ejection time unit",
+            r(MESH, "baseEjectionTime: 15s", "baseEjectionTime: 15y"),
+            "InvalidDuration",
+            "spec.traffic[0].outlierDetection.baseEjectionTime",
+        ),
+        case(
+            "traffic unsupported outlier field",
+            r(MESH, "maxEjectionPercent: 50", "maxEjectionPercent: 50, interval: 10s"),
+            "UnknownField",
+            "spec.traffic[0].outlierDetection.interval",
+        ),
+        case(
             "traffic attempts of the wrong type",
             r(MESH, "attempts: 3", "attempts: three"),
             "WrongType",
@@ -1738,8 +1782,17 @@ fn the_base_traffic_policy_converts() {
     assert_eq!(delay.share, Share::from_percent(0.5).unwrap());
     assert_eq!(delay.fixed_delay, Duration::from_millis(100));
     assert_eq!(t.fault.abort.unwrap().http_status, 503);
+    assert_eq!(t.connection_pool.max_connections, 100);
+    assert_eq!(t.connection_pool.max_pending_requests, 10);
+    let od = t.outlier_detection.unwrap();
+    assert_eq!(od.consecutive_5xx_errors, 3);
+    assert_eq!(od.consecutive_gateway_errors, 0);
+    assert_eq!(od.base_ejection_time, Duration::from_secs(15));
+    assert_eq!(od.max_ejection_percent, 50);
     // A service without a policy gets the default: connection failures retried twice.
     let payments = mesh.traffic_for(&"shop/payments".parse().unwrap());
     assert_eq!(payments.retries.attempts, 2);
     assert!(payments.retries.retry_on.connect_failure && !payments.retries.retry_on.five_xx);
+    assert_eq!(payments.connection_pool.max_connections, 1024);
+    assert!(payments.outlier_detection.is_none());
 }

@@ -10,6 +10,7 @@
 
 pub mod echo;
 pub mod http;
+pub mod outlier;
 pub mod sidecar;
 
 /// The header through which the inbound side tells the app who called. Any copy sent by a

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::CLIENT_ID_HEADER;
 use crate::http::{Body, boxed, strip_hop_by_hop, text};
+use crate::outlier::{Outliers, Verdict};
 
 /// Longest time to connect and handshake with an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,6 +91,10 @@ pub struct Stats {
     pub fault_aborts: AtomicU64,
     /// Outbound requests held by an injected delay.
     pub fault_delays: AtomicU64,
+    /// Outbound requests refused because the connection pool and its queue were full (503).
+    pub overflows: AtomicU64,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: AtomicU64,
 }
 
 struct Route {
@@ -101,6 +106,11 @@ struct Route {
     /// Requests in flight, and those of them retrying (the retry budget's inputs).
     active: AtomicUsize,
     retrying: AtomicUsize,
+    /// One permit per upstream connection (`connectionPool.tcp.maxConnections`).
+    connections: tokio::sync::Semaphore,
+    /// Attempts waiting for a permit.
+    pending: AtomicUsize,
+    outliers: Option<Outliers>,
 }
 
 /// Counts one in-flight item for as long as it lives.
@@ -110,6 +120,15 @@ impl<'a> InFlight<'a> {
     fn new(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
         Self(c)
+    }
+
+    /// Counts one more unless `c` is already at `max`.
+    fn bounded(c: &'a AtomicUsize, max: usize) -> Option<Self> {
+        c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(c))
     }
 }
 
@@ -180,6 +199,17 @@ pub async fn start(
                 traffic: s.traffic.clone(),
                 active: AtomicUsize::new(0),
                 retrying: AtomicUsize::new(0),
+                connections: tokio::sync::Semaphore::new(
+                    usize::try_from(s.traffic.connection_pool.max_connections)
+                        .unwrap_or(usize::MAX)
+                        .min(tokio::sync::Semaphore::MAX_PERMITS),
+                ),
+                pending: AtomicUsize::new(0),
+                outliers: s
+                    .traffic
+                    .outlier_detection
+                    .clone()
+                    .map(|o| Outliers::new(o, s.endpoints.len())),
             });
         }
         let routes = Arc::new(routes);
@@ -335,6 +365,8 @@ enum Outcome {
     Reset(String),
     /// The per-try timeout passed.
     TimedOut,
+    /// The connection pool and its queue were full: refused without trying.
+    Overflow,
 }
 
 impl Outcome {
@@ -344,7 +376,21 @@ impl Outcome {
             Self::Reset(_) => on.reset && payload.replayable(),
             Self::TimedOut => on.timeout() && payload.replayable(),
             Self::Answer(r) => on.status(r.status().as_u16()) && payload.replayable(),
+            Self::Overflow => false,
         }
+    }
+
+    /// What outlier detection makes of it; `None` when the endpoint was never tried.
+    fn verdict(&self) -> Option<Verdict> {
+        Some(match self {
+            Self::Answer(r) => match r.status().as_u16() {
+                502..=504 => Verdict::GatewayError,
+                500..=599 => Verdict::ServerError,
+                _ => Verdict::Success,
+            },
+            Self::ConnectFailed(_) | Self::Reset(_) | Self::TimedOut => Verdict::GatewayError,
+            Self::Overflow => return None,
+        })
     }
 
     fn into_response(self) -> Response<Body> {
@@ -355,6 +401,10 @@ impl Outcome {
             Self::TimedOut => text(
                 StatusCode::GATEWAY_TIMEOUT,
                 "UpstreamTimeout: no answer within perTryTimeout\n",
+            ),
+            Self::Overflow => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UpstreamOverflow: every connection to the service is busy and the queue is full\n",
             ),
         }
     }
@@ -396,6 +446,21 @@ async fn attempt(
     head: &hyper::http::request::Parts,
     payload: &mut Payload,
 ) -> Outcome {
+    // The circuit breaker: a free connection, or a place in the bounded queue for one.
+    let _permit = match route.connections.try_acquire() {
+        Ok(p) => p,
+        Err(_) => {
+            let max = usize::try_from(route.traffic.connection_pool.max_pending_requests)
+                .unwrap_or(usize::MAX);
+            let Some(_waiting) = InFlight::bounded(&route.pending, max) else {
+                return Outcome::Overflow;
+            };
+            match route.connections.acquire().await {
+                Ok(p) => p,
+                Err(_) => return Outcome::Overflow,
+            }
+        }
+    };
     let run = async {
         let tls = match connect(route.tls.clone(), addr).await {
             Ok(t) => t,
@@ -433,9 +498,21 @@ async fn attempts(
     let mut retry_guard = None;
     let mut n = 0;
     loop {
-        let ep =
-            &route.endpoints[route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len()];
-        let outcome = attempt(route, ep.addr, &head, &mut payload).await;
+        let start = route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len();
+        let i = route
+            .outliers
+            .as_ref()
+            .map_or(start, |o| o.pick(start, Instant::now()));
+        let outcome = attempt(route, route.endpoints[i].addr, &head, &mut payload).await;
+        if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
+            && o.record(i, v, Instant::now())
+        {
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(service = %route.host, endpoint = %route.endpoints[i].addr, "outlier ejected");
+        }
+        if matches!(outcome, Outcome::Overflow) {
+            stats.overflows.fetch_add(1, Ordering::Relaxed);
+        }
         if n >= retries.attempts || !outcome.retryable(&retries.retry_on, &payload) {
             return outcome.into_response();
         }

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use meshfed_core::traffic::{Abort, Delay, Retries, RetryOn, Share, TrafficPolicy};
+use meshfed_core::traffic::{
+    Abort, ConnectionPool, Delay, OutlierDetection, Retries, RetryOn, Share, TrafficPolicy,
+};
 use meshfed_proxy::echo::EchoConfig;
 use meshfed_proxy::sidecar::{Endpoint, Running};
 use meshfed_trust::CertificateAuthority;
@@ -232,4 +234,92 @@ async fn injected_faults_hit_their_share() {
     let (status, _) = get(c.outbound.unwrap(), HOST, "").await;
     assert_eq!(status, 200);
     assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
+    let ca = ca();
+    let (bad, _b) = echo(
+        &ca,
+        EchoConfig {
+            status: 503,
+            ..echo_config("bad")
+        },
+    )
+    .await;
+    let (good, _g) = echo(&ca, echo_config("good")).await;
+    let base = Duration::from_secs(2);
+    let policy = TrafficPolicy {
+        retries: retries(0, "connect-failure"),
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx_errors: 2,
+            consecutive_gateway_errors: 0,
+            base_ejection_time: base,
+            max_ejection_percent: 50,
+        }),
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![bad, good], policy).await;
+    // Round robin: bad, good, bad → the second 503 in a row ejects it.
+    let seen = statuses(&c, 3).await;
+    assert_eq!(seen.get(&503), Some(&2), "{seen:?}");
+    assert_eq!(c.stats.ejections.load(Relaxed), 1);
+    let ejected_at = Instant::now();
+    // While ejected, only the healthy endpoint answers.
+    let seen = statuses(&c, 10).await;
+    if ejected_at.elapsed() < base {
+        assert_eq!(seen.get(&200), Some(&10), "{seen:?}");
+    }
+    // Once the ejection ends it is tried again (and fails again).
+    tokio::time::sleep(base.saturating_sub(ejected_at.elapsed()) + Duration::from_millis(100))
+        .await;
+    let seen = statuses(&c, 2).await;
+    assert_eq!(seen.get(&503), Some(&1), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_refuses_overflow_fast() {
+    let ca = ca();
+    let (slow, _s) = echo(
+        &ca,
+        EchoConfig {
+            latency: Duration::from_secs(2),
+            ..echo_config("slow")
+        },
+    )
+    .await;
+    let policy = TrafficPolicy {
+        connection_pool: ConnectionPool {
+            max_connections: 1,
+            max_pending_requests: 1,
+        },
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![slow], policy).await;
+    let addr = c.outbound.unwrap();
+    // Six at once: one holds the only connection, one waits for it, four are refused at once.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let (status, body) = get(addr, HOST, "").await;
+                (status, body, t0.elapsed())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        let (status, body, took) = call.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                assert!(body.starts_with("UpstreamOverflow"), "{body}");
+                // Refused without waiting for the 2 s the endpoint takes.
+                assert!(took < Duration::from_secs(2), "overflow took {took:?}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    assert_eq!(c.stats.overflows.load(Relaxed), 4);
 }
