@@ -34,6 +34,10 @@ pub struct ProxyArgs {
     /// Where the local app sends outbound requests (plaintext HTTP; omit for inbound only).
     #[arg(long)]
     outbound: Option<SocketAddr>,
+    /// The admin listener: /healthz/live, /healthz/ready, /metrics (plaintext; keep it on
+    /// loopback or a pod-local address).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 pub fn run(args: ProxyArgs) -> Result<ExitCode> {
@@ -120,10 +124,12 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
         allow: Expect::TrustDomains(allow),
         services,
         policies: mesh.policies_for(&w.service),
+        service: w.service.to_string(),
+        admin: args.admin,
     };
     let running = sidecar::start(cfg, resolver.clone(), verify::shared(held)).await?;
     note(&format!(
-        "sidecar for {}/{} as {id}: inbound mTLS on {}, app {}{}",
+        "sidecar for {}/{} as {id}: inbound mTLS on {}, app {}{}{}",
         w.namespace,
         w.name,
         running.inbound.map_or("-".into(), |a| a.to_string()),
@@ -131,6 +137,9 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
         running
             .outbound
             .map_or(String::new(), |a| format!(", outbound on {a}")),
+        running
+            .admin
+            .map_or(String::new(), |a| format!(", admin on http://{a}")),
     ));
     // Renew the SVID at half life.
     let ca_dir = args.dir.dir.clone();

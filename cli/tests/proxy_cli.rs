@@ -58,7 +58,7 @@ fn a_request_carries_the_callers_identity_through_two_sidecars() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let (echo_in, echo_app) = (free("127.0.7.1"), free("127.0.7.1"));
+    let (echo_in, echo_app, echo_admin) = (free("127.0.7.1"), free("127.0.7.1"), free("127.0.7.1"));
     let (ui_in, ui_app, ui_out) = (free("127.0.7.2"), free("127.0.7.2"), free("127.0.7.2"));
     let mesh = format!(
         "apiVersion: meshfed.io/v1alpha1
@@ -104,6 +104,8 @@ spec:
                 "echo-1",
                 "--dir",
                 "ca",
+                "--admin",
+                &echo_admin.to_string(),
             ],
         ),
         spawn(
@@ -152,4 +154,18 @@ spec:
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert!(out.contains("AccessDenied"), "{out}");
+    // The admin port counts what echo's sidecar decided.
+    let mut s = TcpStream::connect(echo_admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains("\nmeshfed_authz_denied_total 1\n"), "{out}");
+    assert!(
+        out.contains(
+            r#"meshfed_requests_total{direction="inbound",service="shop/echo",code="2xx"}"#
+        ),
+        "{out}"
+    );
 }

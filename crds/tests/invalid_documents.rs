@@ -1418,7 +1418,11 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "traffic negative pending requests",
-            r(MESH, "http1MaxPendingRequests: 10", "http1MaxPendingRequests: -5"),
+            r(
+                MESH,
+                "http1MaxPendingRequests: 10",
+                "http1MaxPendingRequests: -5",
+            ),
             "InvalidConnectionPool",
             "spec.traffic[0].connectionPool.http.http1MaxPendingRequests",
         ),
@@ -1448,7 +1452,11 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "traffic unsupported outlier field",
-            r(MESH, "maxEjectionPercent: 50", "maxEjectionPercent: 50, interval: 10s"),
+            r(
+                MESH,
+                "maxEjectionPercent: 50",
+                "maxEjectionPercent: 50, interval: 10s",
+            ),
             "UnknownField",
             "spec.traffic[0].outlierDetection.interval",
         ),

@@ -10,6 +10,7 @@
 
 pub mod echo;
 pub mod http;
+pub mod metrics;
 pub mod outlier;
 pub mod sidecar;
 

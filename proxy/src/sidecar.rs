@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -34,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::CLIENT_ID_HEADER;
 use crate::http::{Body, boxed, strip_hop_by_hop, text};
+use crate::metrics::Direction;
+pub use crate::metrics::Stats;
 use crate::outlier::{Outliers, Verdict};
 
 /// Longest time to connect and handshake with an upstream.
@@ -70,35 +72,16 @@ pub struct SidecarConfig {
     pub services: Vec<OutboundService>,
     /// Authorization policies for requests reaching this workload (see [`authz`]).
     pub policies: Vec<Policy>,
-}
-
-/// Counters of the sidecar's decisions.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Inbound requests that passed authorization and were forwarded to the app.
-    pub allowed: AtomicU64,
-    /// Inbound requests refused by an authorization policy (403).
-    pub denied: AtomicU64,
-    /// Inbound requests refused before authorization because their path is unsafe (400).
-    pub bad_requests: AtomicU64,
-    /// Outbound attempts made after the first one.
-    pub retries: AtomicU64,
-    /// Retries not made because the retry budget was spent.
-    pub retry_budget_exhausted: AtomicU64,
-    /// Outbound requests that ran past the route `timeout` (504).
-    pub timeouts: AtomicU64,
-    /// Outbound requests answered by an injected abort.
-    pub fault_aborts: AtomicU64,
-    /// Outbound requests held by an injected delay.
-    pub fault_delays: AtomicU64,
-    /// Outbound requests refused because the connection pool and its queue were full (503).
-    pub overflows: AtomicU64,
-    /// Endpoints ejected by outlier detection.
-    pub ejections: AtomicU64,
+    /// This workload's service, e.g. `shop/echo` (a metric label for inbound requests).
+    pub service: String,
+    /// The admin listener: `/healthz/live`, `/healthz/ready`, `/metrics` (plaintext).
+    pub admin: Option<SocketAddr>,
 }
 
 struct Route {
     host: Hostname,
+    /// `host` as a metric label.
+    label: String,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     tls: Arc<rustls::ClientConfig>,
@@ -143,7 +126,8 @@ impl Drop for InFlight<'_> {
 pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
-    /// The inbound listener's counters.
+    pub admin: Option<SocketAddr>,
+    /// The sidecar's counters, as `/metrics` shows them.
     pub stats: Arc<Stats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -177,7 +161,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut out_addr = None;
     let mut in_addr = None;
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new());
     if let Some(addr) = cfg.outbound {
         let mut routes = Vec::new();
         for s in &cfg.services {
@@ -193,6 +177,7 @@ pub async fn start(
             )?;
             routes.push(Route {
                 host: s.host.clone(),
+                label: s.host.to_string(),
                 endpoints: s.endpoints.clone(),
                 next: AtomicUsize::new(0),
                 tls: Arc::new(tls),
@@ -251,6 +236,7 @@ pub async fn start(
         )?);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let policies: Arc<[Policy]> = cfg.policies.clone().into();
+        let service: Arc<str> = cfg.service.as_str().into();
         let stats = stats.clone();
         let listener = TcpListener::bind(addr)
             .await
@@ -270,6 +256,7 @@ pub async fn start(
                 let acceptor = acceptor.clone();
                 let inb = Inbound {
                     app,
+                    service: service.clone(),
                     policies: policies.clone(),
                     stats: stats.clone(),
                 };
@@ -277,8 +264,10 @@ pub async fn start(
                     let Ok(Ok(tls)) =
                         tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
                     else {
+                        inb.stats.handshake(Direction::Inbound, false);
                         return;
                     };
+                    inb.stats.handshake(Direction::Inbound, true);
                     let caller = tls
                         .get_ref()
                         .1
@@ -295,11 +284,82 @@ pub async fn start(
             }
         }));
     }
+    let mut admin_addr = None;
+    if let Some(addr) = cfg.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| SidecarError::Bind(addr, e))?;
+        admin_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|e| SidecarError::Bind(addr, e))?,
+        );
+        let stats = stats.clone();
+        let app = cfg.app;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| admin(stats.clone(), app, req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        }));
+    }
     Ok(Running {
         outbound: out_addr,
         inbound: in_addr,
+        admin: admin_addr,
         stats,
         tasks,
+    })
+}
+
+/// The admin port: liveness (the sidecar answers), readiness (the app behind the inbound
+/// listener accepts connections) and Prometheus metrics.
+async fn admin(
+    stats: Arc<Stats>,
+    app: Option<SocketAddr>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz/live" => text(StatusCode::OK, "live\n"),
+        "/healthz/ready" => match app {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(app) => {
+                match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(app)).await {
+                    Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
+                    Ok(Err(e)) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("AppUnavailable: {app}: {e}\n"),
+                    ),
+                    Err(_) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("AppUnavailable: {app}: no answer within 1s\n"),
+                    ),
+                }
+            }
+        },
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, stats.encode());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "NotFound: try /healthz/live, /healthz/ready or /metrics\n",
+        ),
     })
 }
 
@@ -442,6 +502,7 @@ async fn connect(
 /// One attempt at one endpoint.
 async fn attempt(
     route: &Route,
+    stats: &Stats,
     addr: SocketAddr,
     head: &hyper::http::request::Parts,
     payload: &mut Payload,
@@ -464,8 +525,15 @@ async fn attempt(
     let run = async {
         let tls = match connect(route.tls.clone(), addr).await {
             Ok(t) => t,
-            Err(e) => return Outcome::ConnectFailed(e),
+            Err(e) => {
+                // Only a refused handshake is a handshake result; a refused TCP connect is not.
+                if !e.starts_with("UpstreamConnect") {
+                    stats.handshake(Direction::Outbound, false);
+                }
+                return Outcome::ConnectFailed(e);
+            }
         };
+        stats.handshake(Direction::Outbound, true);
         let Some(body) = payload.take() else {
             return Outcome::Reset("the request body was already sent".into());
         };
@@ -503,15 +571,15 @@ async fn attempts(
             .outliers
             .as_ref()
             .map_or(start, |o| o.pick(start, Instant::now()));
-        let outcome = attempt(route, route.endpoints[i].addr, &head, &mut payload).await;
+        let outcome = attempt(route, stats, route.endpoints[i].addr, &head, &mut payload).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
         {
-            stats.ejections.fetch_add(1, Ordering::Relaxed);
+            stats.ejections.inc();
             tracing::info!(service = %route.host, endpoint = %route.endpoints[i].addr, "outlier ejected");
         }
         if matches!(outcome, Outcome::Overflow) {
-            stats.overflows.fetch_add(1, Ordering::Relaxed);
+            stats.overflows.inc();
         }
         if n >= retries.attempts || !outcome.retryable(&retries.retry_on, &payload) {
             return outcome.into_response();
@@ -521,14 +589,14 @@ async fn attempts(
                 route.active.load(Ordering::Relaxed),
                 route.retrying.load(Ordering::Relaxed),
             ) {
-                stats.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                stats.retry_budget_exhausted.inc();
                 return outcome.into_response();
             }
             retry_guard = Some(InFlight::new(&route.retrying));
         }
         drop(outcome);
         n += 1;
-        stats.retries.fetch_add(1, Ordering::Relaxed);
+        stats.retries.inc();
         tokio::time::sleep(traffic::backoff(n, fastrand::f64())).await;
     }
 }
@@ -538,6 +606,7 @@ async fn outbound(
     stats: Arc<Stats>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let t0 = Instant::now();
     let Some(host) = host_of(&req) else {
         return Ok(text(
             StatusCode::BAD_REQUEST,
@@ -545,32 +614,46 @@ async fn outbound(
         ));
     };
     let Some(route) = routes.iter().find(|r| r.host == host) else {
+        // Not counted per service: the name came from the client, so it is unbounded.
         return Ok(text(
             StatusCode::NOT_FOUND,
             format!("NoRoute: no service {host}\n"),
         ));
     };
+    let resp = routed(route, &stats, req).await;
+    stats.request(
+        Direction::Outbound,
+        &route.label,
+        resp.status().as_u16(),
+        t0.elapsed(),
+    );
+    Ok(resp)
+}
+
+/// An outbound request for a known service: faults, then attempts within the route timeout.
+async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Response<Body> {
+    let host = &route.host;
     let fault = &route.traffic.fault;
     if let Some(d) = &fault.delay
         && d.share.hit(fastrand::u32(..Share::MILLION))
     {
-        stats.fault_delays.fetch_add(1, Ordering::Relaxed);
+        stats.fault_delays.inc();
         tokio::time::sleep(d.fixed_delay).await;
     }
     if let Some(a) = &fault.abort
         && a.share.hit(fastrand::u32(..Share::MILLION))
     {
-        stats.fault_aborts.fetch_add(1, Ordering::Relaxed);
-        return Ok(text(
+        stats.fault_aborts.inc();
+        return text(
             StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             format!("FaultInjected: abort by the traffic policy for {host}\n"),
-        ));
+        );
     }
     if route.endpoints.is_empty() {
-        return Ok(text(
+        return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("NoHealthyEndpoint: {host} has no endpoints\n"),
-        ));
+        );
     }
     let _active = InFlight::new(&route.active);
     // Origin-form target for the upstream.
@@ -598,26 +681,28 @@ async fn outbound(
         } else {
             Payload::Stream(Some(body))
         };
-        attempts(route, &stats, head, payload).await
+        attempts(route, stats, head, payload).await
     };
-    Ok(match route.traffic.timeout {
+    match route.traffic.timeout {
         None => run.await,
         Some(t) => match tokio::time::timeout(t, run).await {
             Ok(r) => r,
             Err(_) => {
-                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                stats.timeouts.inc();
                 text(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("UpstreamTimeout: no answer within the route timeout of {t:?}\n"),
                 )
             }
         },
-    })
+    }
 }
 
 /// What every inbound connection shares.
 struct Inbound {
     app: SocketAddr,
+    /// This workload's service, as a metric label.
+    service: Arc<str>,
     policies: Arc<[Policy]>,
     stats: Arc<Stats>,
 }
@@ -626,16 +711,25 @@ async fn inbound(
     ctx: Arc<(Inbound, SpiffeId)>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (inb, caller) = (&ctx.0, &ctx.1);
+    let t0 = Instant::now();
+    let resp = to_app(&ctx.0, &ctx.1, req).await;
+    ctx.0.stats.request(
+        Direction::Inbound,
+        &ctx.0.service,
+        resp.status().as_u16(),
+        t0.elapsed(),
+    );
+    Ok(resp)
+}
+
+/// An inbound request from a verified caller: path check, authorization, then the app.
+async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
     // The path is normalized once; the same string is checked and forwarded.
     let path = match authz::normalize_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => {
-            inb.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return Ok(text(
-                StatusCode::BAD_REQUEST,
-                format!("{}: {e}\n", e.reason()),
-            ));
+            inb.stats.bad_requests.inc();
+            return text(StatusCode::BAD_REQUEST, format!("{}: {e}\n", e.reason()));
         }
     };
     let decision = authz::decide(
@@ -647,14 +741,14 @@ async fn inbound(
         },
     );
     if let Decision::Deny { policy, reason } = decision {
-        inb.stats.denied.fetch_add(1, Ordering::Relaxed);
+        inb.stats.denied.inc();
         let by = policy.map_or_else(String::new, |p| format!(" (policy {p})"));
-        return Ok(text(
+        return text(
             StatusCode::FORBIDDEN,
             format!("AccessDenied: {reason}{by}\n"),
-        ));
+        );
     }
-    inb.stats.allowed.fetch_add(1, Ordering::Relaxed);
+    inb.stats.allowed.inc();
     let app = inb.app;
     let (mut parts, body) = req.into_parts();
     let target = match parts.uri.query() {
@@ -664,10 +758,7 @@ async fn inbound(
     match target.parse() {
         Ok(u) => parts.uri = u,
         Err(_) => {
-            return Ok(text(
-                StatusCode::BAD_REQUEST,
-                "InvalidPath: unparseable target\n",
-            ));
+            return text(StatusCode::BAD_REQUEST, "InvalidPath: unparseable target\n");
         }
     }
     // Remove every client-sent copy, also one named in Connection (H12), then add ours.
@@ -679,15 +770,15 @@ async fn inbound(
     let tcp = match TcpStream::connect(app).await {
         Ok(t) => t,
         Err(e) => {
-            return Ok(text(
+            return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("AppUnavailable: {e}\n"),
-            ));
+            );
         }
     };
     let _ = tcp.set_nodelay(true);
     match forward(tcp, Request::from_parts(parts, boxed(body))).await {
-        Ok(r) => Ok(r),
-        Err(e) => Ok(text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))),
+        Ok(r) => r,
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n")),
     }
 }

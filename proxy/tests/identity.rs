@@ -104,6 +104,8 @@ async fn wrong_identities_are_refused_on_either_side() {
             }],
         }],
         policies: vec![],
+        service: "web/ui".into(),
+        admin: None,
     };
     let mut both = TrustBundleSet::new();
     both.insert(ca.bundle(1).unwrap()).unwrap();
@@ -163,7 +165,6 @@ fn policy(name: &str, action: Action, rule: Rule) -> Policy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_checks_the_normalized_path_it_forwards() {
-    use std::sync::atomic::Ordering::Relaxed;
     let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
     let policies = vec![
         policy(
@@ -241,7 +242,73 @@ async fn authorization_checks_the_normalized_path_it_forwards() {
     let (status, body) = get(batch.outbound.unwrap(), HOST, "").await;
     assert_eq!(status, 403, "{body}");
 
-    assert_eq!(srv.stats.allowed.load(Relaxed), 1);
-    assert_eq!(srv.stats.denied.load(Relaxed), 9);
-    assert_eq!(srv.stats.bad_requests.load(Relaxed), 2);
+    assert_eq!(srv.stats.allowed.get(), 1);
+    assert_eq!(srv.stats.denied.get(), 9);
+    assert_eq!(srv.stats.bad_requests.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_reports_health_and_metrics() {
+    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let deny = Policy {
+        name: "no-admin".into(),
+        action: Action::Deny,
+        rules: vec![Rule {
+            from: vec![],
+            to: vec![Operation {
+                paths: vec![Pattern::parse("/admin")],
+                methods: vec![],
+            }],
+        }],
+    };
+    let (srv, echo_task) = guarded(&ca, "echo-1", Expect::AnyKnownDomain, vec![deny]).await;
+    let admin = srv.admin.unwrap();
+    let cli = client(
+        &ca,
+        UI,
+        vec![Endpoint {
+            addr: srv.inbound.unwrap(),
+            identity: ECHO.parse().unwrap(),
+        }],
+    )
+    .await;
+    for target in ["/hello", "/hello", "/admin"] {
+        request(cli.outbound.unwrap(), "GET", target, HOST, "").await;
+    }
+    assert_eq!(
+        request(admin, "GET", "/healthz/live", "admin", "").await.0,
+        200
+    );
+    assert_eq!(
+        request(admin, "GET", "/healthz/ready", "admin", "").await.0,
+        200
+    );
+    let (status, metrics) = request(admin, "GET", "/metrics", "admin", "").await;
+    assert_eq!(status, 200);
+    for line in [
+        "meshfed_authz_denied_total 1",
+        "meshfed_authz_allowed_total 2",
+        r#"meshfed_requests_total{direction="inbound",service="shop/echo",code="2xx"} 2"#,
+        r#"meshfed_requests_total{direction="inbound",service="shop/echo",code="4xx"} 1"#,
+        r#"meshfed_tls_handshakes_total{direction="inbound",result="ok"} 3"#,
+        r#"meshfed_request_duration_seconds_count{direction="inbound",service="shop/echo"} 3"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // The client's side counts per called service.
+    let ours = cli.stats.encode();
+    let line =
+        format!(r#"meshfed_requests_total{{direction="outbound",service="{HOST}",code="4xx"}} 1"#);
+    assert!(ours.lines().any(|l| l == line), "no {line:?} in\n{ours}");
+    // Without its app the workload is not ready.
+    echo_task.abort();
+    let _ = echo_task.await;
+    let (status, body) = request(admin, "GET", "/healthz/ready", "admin", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("AppUnavailable"), "{body}");
+    assert_eq!(request(admin, "GET", "/nope", "admin", "").await.0, 404);
 }

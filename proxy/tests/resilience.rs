@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -70,7 +69,7 @@ async fn retries_recover_from_a_failing_endpoint() {
     let plain = client(&ca, UI, eps.clone()).await;
     let seen = statuses(&plain, 10).await;
     assert_eq!(seen.get(&503), Some(&5), "{seen:?}");
-    assert_eq!(plain.stats.retries.load(Relaxed), 0);
+    assert_eq!(plain.stats.retries.get(), 0);
 
     // With them, every request ends at the healthy endpoint.
     let policy = TrafficPolicy {
@@ -90,7 +89,7 @@ async fn retries_recover_from_a_failing_endpoint() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body_json(&body)["instance"], "good", "{body}");
     }
-    let n = retrying.stats.retries.load(Relaxed);
+    let n = retrying.stats.retries.get();
     assert!((5..=10).contains(&n), "{n} retries");
 
     // An endpoint failing a fifth of its requests at random looks healthy with retries:
@@ -128,7 +127,7 @@ async fn connection_failures_are_retried_by_default() {
     let c = client(&ca, UI, vec![dead.clone(), good]).await;
     let seen = statuses(&c, 6).await;
     assert_eq!(seen.get(&200), Some(&6), "{seen:?}");
-    assert!(c.stats.retries.load(Relaxed) >= 3);
+    assert!(c.stats.retries.get() >= 3);
     // With retries off, the failure shows.
     let off = TrafficPolicy {
         retries: retries(0, "connect-failure"),
@@ -161,7 +160,7 @@ async fn timeouts_bound_slow_endpoints() {
     assert_eq!(status, 504, "{body}");
     assert!(body.starts_with("UpstreamTimeout"), "{body}");
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
-    assert_eq!(c.stats.timeouts.load(Relaxed), 1);
+    assert_eq!(c.stats.timeouts.get(), 1);
 
     // A per-try timeout moves on to the next endpoint.
     let policy = TrafficPolicy {
@@ -178,7 +177,7 @@ async fn timeouts_bound_slow_endpoints() {
         assert_eq!(body_json(&body)["instance"], "fast", "{body}");
     }
     // Round robin starts each request at the slow endpoint again (no outlier detection here).
-    assert_eq!(c.stats.retries.load(Relaxed), 2);
+    assert_eq!(c.stats.retries.get(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,9 +213,9 @@ async fn injected_faults_hit_their_share() {
         (hits as f64 - mean).abs() <= 6.0 * sd
     };
     assert!(within(aborted, 0.3), "{aborted} of {n} aborted");
-    let delayed = c.stats.fault_delays.load(Relaxed) as usize;
+    let delayed = c.stats.fault_delays.get() as usize;
     assert!(within(delayed, 0.5), "{delayed} of {n} delayed");
-    assert_eq!(c.stats.fault_aborts.load(Relaxed) as usize, aborted);
+    assert_eq!(c.stats.fault_aborts.get() as usize, aborted);
 
     // A 100% delay delays every request by at least the fixed delay.
     let policy = TrafficPolicy {
@@ -263,7 +262,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
     // Round robin: bad, good, bad → the second 503 in a row ejects it.
     let seen = statuses(&c, 3).await;
     assert_eq!(seen.get(&503), Some(&2), "{seen:?}");
-    assert_eq!(c.stats.ejections.load(Relaxed), 1);
+    assert_eq!(c.stats.ejections.get(), 1);
     let ejected_at = Instant::now();
     // While ejected, only the healthy endpoint answers.
     let seen = statuses(&c, 10).await;
@@ -321,5 +320,5 @@ async fn the_circuit_breaker_refuses_overflow_fast() {
         }
     }
     assert_eq!(ok, 2);
-    assert_eq!(c.stats.overflows.load(Relaxed), 4);
+    assert_eq!(c.stats.overflows.get(), 4);
 }

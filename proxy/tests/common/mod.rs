@@ -84,6 +84,8 @@ pub async fn echo_server(
         allow,
         services: vec![],
         policies,
+        service: "shop/echo".into(),
+        admin: Some(any()),
     };
     (
         sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
@@ -116,6 +118,8 @@ pub async fn client_with(
             endpoints,
         }],
         policies: vec![],
+        service: "web/ui".into(),
+        admin: None,
     };
     sidecar::start(cfg, resolver(ca, id), bundles(ca))
         .await

@@ -1,0 +1,207 @@
+//! The sidecar's counters and histograms, exported in the Prometheus text format on the admin
+//! port. Labels are bounded: direction, the configured service names, status classes and
+//! fixed outcome names — never addresses, paths or caller identities.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Which listener handled a request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// The called service's hostname (outbound) or this workload's service (inbound).
+    pub service: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: Direction,
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: Direction,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every count the sidecar keeps. Counters are shared with the registry, so tests read them
+/// directly and `/metrics` shows the same numbers.
+#[derive(Debug)]
+pub struct Stats {
+    /// Inbound requests that passed authorization and were forwarded to the app.
+    pub allowed: Counter,
+    /// Inbound requests refused by an authorization policy (403).
+    pub denied: Counter,
+    /// Inbound requests refused before authorization because their path is unsafe (400).
+    pub bad_requests: Counter,
+    /// Outbound attempts made after the first one.
+    pub retries: Counter,
+    /// Retries not made because the retry budget was spent.
+    pub retry_budget_exhausted: Counter,
+    /// Outbound requests that ran past the route `timeout` (504).
+    pub timeouts: Counter,
+    /// Outbound requests answered by an injected abort.
+    pub fault_aborts: Counter,
+    /// Outbound requests held by an injected delay.
+    pub fault_delays: Counter,
+    /// Outbound requests refused because the connection pool and its queue were full (503).
+    pub overflows: Counter,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: Counter,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: LatencyFamily,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    registry: Registry,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("meshfed");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let allowed = counter("authz_allowed", "Inbound requests allowed by authorization");
+        let denied = counter(
+            "authz_denied",
+            "Inbound requests denied by authorization (403)",
+        );
+        let bad_requests = counter(
+            "bad_path",
+            "Inbound requests refused for an unsafe path before authorization (400)",
+        );
+        let retries = counter("retries", "Outbound attempts after the first");
+        let retry_budget_exhausted = counter(
+            "retry_budget_exhausted",
+            "Retries not made because the retry budget was spent",
+        );
+        let timeouts = counter("timeouts", "Outbound requests past the route timeout (504)");
+        let fault_aborts = counter(
+            "fault_aborts",
+            "Outbound requests aborted by fault injection",
+        );
+        let fault_delays = counter(
+            "fault_delays",
+            "Outbound requests delayed by fault injection",
+        );
+        let overflows = counter(
+            "overflows",
+            "Outbound requests refused by the circuit breaker (503)",
+        );
+        let ejections = counter(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to response head",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register("tls_handshakes", "mTLS handshakes", handshakes.clone());
+        Self {
+            allowed,
+            denied,
+            bad_requests,
+            retries,
+            retry_budget_exhausted,
+            timeouts,
+            fault_aborts,
+            fault_delays,
+            overflows,
+            ejections,
+            requests,
+            latency,
+            handshakes,
+            registry,
+        }
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn request(&self, direction: Direction, service: &str, status: u16, took: Duration) {
+        let code = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                service: service.to_owned(),
+                code,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                direction,
+                service: service.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one mTLS handshake.
+    pub fn handshake(&self, direction: Direction, ok: bool) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                direction,
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of everything above.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
