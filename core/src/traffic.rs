@@ -191,6 +191,67 @@ impl Default for OutlierDetection {
 /// The longest ejection, whatever the count (Envoy's `max_ejection_time` default).
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
+/// `loadBalancer.simple` (Istio `DestinationRule`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// Istio's default: of two endpoints (the next in round robin order and a random other),
+    /// the one with fewer requests in flight; on a tie, the round-robin one.
+    #[default]
+    #[serde(rename = "LEAST_REQUEST")]
+    LeastRequest,
+    #[serde(rename = "ROUND_ROBIN")]
+    RoundRobin,
+    #[serde(rename = "RANDOM")]
+    Random,
+}
+
+impl LoadBalancer {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "LEAST_REQUEST" => Some(Self::LeastRequest),
+            "ROUND_ROBIN" => Some(Self::RoundRobin),
+            "RANDOM" => Some(Self::Random),
+            _ => None,
+        }
+    }
+
+    /// Chooses among `n` endpoints; `rr` is the round-robin counter's value, `random` a
+    /// uniform draw, `available` whether an endpoint may be used (not ejected) and `load` its
+    /// requests in flight. When none is available, the round-robin choice is used anyway.
+    pub fn pick(
+        self,
+        n: usize,
+        rr: usize,
+        random: usize,
+        available: impl Fn(usize) -> bool,
+        load: impl Fn(usize) -> usize,
+    ) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        // The first available endpoint from `from` on, in order.
+        let from = |from: usize| {
+            (0..n)
+                .map(|k| (from + k) % n)
+                .find(|&i| available(i))
+                .unwrap_or(from % n)
+        };
+        match self {
+            Self::RoundRobin => from(rr),
+            Self::Random => from(random),
+            Self::LeastRequest => {
+                let a = from(rr);
+                if n == 1 {
+                    return a;
+                }
+                // A random endpoint other than `a`.
+                let b = from((a + 1 + random % (n - 1)) % n);
+                if b != a && load(b) < load(a) { b } else { a }
+            }
+        }
+    }
+}
+
 /// The policy for calls to one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,6 +263,7 @@ pub struct TrafficPolicy {
     pub connection_pool: ConnectionPool,
     /// Off unless configured, as in Istio.
     pub outlier_detection: Option<OutlierDetection>,
+    pub load_balancer: LoadBalancer,
 }
 
 /// Why a duration was refused.
@@ -312,6 +374,36 @@ mod tests {
         assert_eq!(backoff(9, 1.0), Duration::from_millis(250));
         assert_eq!(backoff(40, 0.5), Duration::from_millis(125));
         assert_eq!(backoff(3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn load_balancers() {
+        let all = |_| true;
+        let idle = |_| 0;
+        // Round robin and random skip unavailable endpoints.
+        assert_eq!(LoadBalancer::RoundRobin.pick(3, 4, 0, all, idle), 1);
+        assert_eq!(LoadBalancer::RoundRobin.pick(3, 1, 0, |i| i != 1, idle), 2);
+        assert_eq!(LoadBalancer::Random.pick(3, 0, 2, all, idle), 2);
+        // Nothing available: the round-robin choice.
+        assert_eq!(LoadBalancer::RoundRobin.pick(3, 2, 0, |_| false, idle), 2);
+        // Least request: the less loaded of two; ties go to the round-robin one.
+        let load = |i: usize| [5, 0, 3][i];
+        assert_eq!(LoadBalancer::LeastRequest.pick(3, 0, 0, all, load), 1);
+        assert_eq!(LoadBalancer::LeastRequest.pick(3, 0, 1, all, load), 2);
+        assert_eq!(LoadBalancer::LeastRequest.pick(3, 1, 0, all, load), 1);
+        assert_eq!(LoadBalancer::LeastRequest.pick(2, 0, 7, all, idle), 0);
+        assert_eq!(LoadBalancer::LeastRequest.pick(1, 5, 7, all, idle), 0);
+        // The busy one is skipped only for a less loaded one that is available.
+        assert_eq!(
+            LoadBalancer::LeastRequest.pick(2, 0, 0, |i| i == 0, load),
+            0
+        );
+        for rr in 0..20 {
+            for r in 0..20 {
+                let i = LoadBalancer::LeastRequest.pick(4, rr, r, |i| i != 2, |i| i);
+                assert!(i < 4 && i != 2);
+            }
+        }
     }
 
     #[test]

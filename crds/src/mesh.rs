@@ -70,6 +70,16 @@ pub struct MeshTrafficPolicy {
     /// Istio `DestinationRule` `trafficPolicy.outlierDetection`; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSettings>,
+    /// Istio `DestinationRule` `trafficPolicy.loadBalancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LoadBalancerSettings {
+    /// `LEAST_REQUEST` (default), `ROUND_ROBIN` or `RANDOM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -1210,6 +1210,19 @@ fn convert_traffic(
         }
         policy.outlier_detection = Some(o);
     }
+    if let Some(simple) = t.load_balancer.as_ref().and_then(|l| l.simple.as_deref()) {
+        match meshfed_core::traffic::LoadBalancer::parse(simple) {
+            Some(lb) => policy.load_balancer = lb,
+            None => out.push(
+                Finding::error(
+                    "UnsupportedLoadBalancer",
+                    path.key("loadBalancer").key("simple"),
+                    format!("{simple:?} is not LEAST_REQUEST, ROUND_ROBIN or RANDOM"),
+                )
+                .hint("PASSTHROUGH and LEAST_CONN are not supported; LEAST_REQUEST replaces LEAST_CONN"),
+            ),
+        }
+    }
     (errors_in(out) == before).then_some((key, policy))
 }
 

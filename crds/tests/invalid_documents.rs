@@ -118,6 +118,7 @@ spec:
       abort: {percentage: {value: 1}, httpStatus: 503}
     connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
     outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 15s, maxEjectionPercent: 50}
+    loadBalancer: {simple: ROUND_ROBIN}
 ";
 
 /// `base` with the first `from` replaced by `to`; the base must contain `from`.
@@ -1461,6 +1462,12 @@ fn cases() -> Vec<Case> {
             "spec.traffic[0].outlierDetection.interval",
         ),
         case(
+            "traffic unsupported load balancer",
+            r(MESH, "simple: ROUND_ROBIN", "simple: PASSTHROUGH"),
+            "UnsupportedLoadBalancer",
+            "spec.traffic[0].loadBalancer.simple",
+        ),
+        case(
             "traffic attempts of the wrong type",
             r(MESH, "attempts: 3", "attempts: three"),
             "WrongType",
@@ -1797,10 +1804,18 @@ fn the_base_traffic_policy_converts() {
     assert_eq!(od.consecutive_gateway_errors, 0);
     assert_eq!(od.base_ejection_time, Duration::from_secs(15));
     assert_eq!(od.max_ejection_percent, 50);
+    assert_eq!(
+        t.load_balancer,
+        meshfed_core::traffic::LoadBalancer::RoundRobin
+    );
     // A service without a policy gets the default: connection failures retried twice.
     let payments = mesh.traffic_for(&"shop/payments".parse().unwrap());
     assert_eq!(payments.retries.attempts, 2);
     assert!(payments.retries.retry_on.connect_failure && !payments.retries.retry_on.five_xx);
     assert_eq!(payments.connection_pool.max_connections, 1024);
     assert!(payments.outlier_detection.is_none());
+    assert_eq!(
+        payments.load_balancer,
+        meshfed_core::traffic::LoadBalancer::LeastRequest
+    );
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -86,6 +87,8 @@ pub struct Stats {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: LatencyFamily,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Outbound attempts in flight (waiting for a connection included).
+    pub upstream_active: Gauge,
     registry: Registry,
 }
 
@@ -145,7 +148,14 @@ impl Stats {
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register("tls_handshakes", "mTLS handshakes", handshakes.clone());
+        let upstream_active = Gauge::default();
+        registry.register(
+            "upstream_requests_active",
+            "Outbound attempts in flight",
+            upstream_active.clone(),
+        );
         Self {
+            upstream_active,
             allowed,
             denied,
             bad_requests,

@@ -48,15 +48,11 @@ impl Outliers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The first endpoint from `start` on (round robin order) that is not ejected; `start`
-    /// itself when all are (better to try than to refuse every request).
-    pub fn pick(&self, start: usize, now: Instant) -> usize {
-        let hosts = self.hosts();
-        let n = hosts.len();
-        (0..n)
-            .map(|k| (start + k) % n.max(1))
-            .find(|&i| hosts[i].ejected_until.is_none_or(|t| t <= now))
-            .unwrap_or(start)
+    /// True when endpoint `i` is not ejected at `now`.
+    pub fn available(&self, i: usize, now: Instant) -> bool {
+        self.hosts()
+            .get(i)
+            .is_none_or(|h| h.ejected_until.is_none_or(|t| t <= now))
     }
 
     /// Records an attempt's result; true when it ejected the endpoint.
@@ -156,11 +152,11 @@ mod tests {
         assert!(!o.record(0, Verdict::ServerError, t0));
         assert!(!o.record(0, Verdict::GatewayError, t0));
         assert!(o.record(0, Verdict::ServerError, t0));
-        assert_eq!(o.pick(0, t0), 1);
+        assert!(!o.available(0, t0) && o.available(1, t0));
         assert_eq!(o.ejected(t0 + Duration::from_secs(9)), 1);
         // Back after the base time; the next ejection lasts twice as long.
         let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(o.pick(0, t1), 0);
+        assert!(o.available(0, t1));
         for _ in 0..3 {
             o.record(0, Verdict::ServerError, t1);
         }
@@ -186,7 +182,7 @@ mod tests {
             !o.record(1, Verdict::ServerError, t),
             "the last endpoint stays"
         );
-        // All ejected is impossible, so pick always has a host; 10% of 4 still allows one.
+        // 10% of 4 endpoints still allows one ejection.
         let o = Outliers::new(cfg(1, 0, 10), 4);
         assert!(o.record(0, Verdict::ServerError, t));
         assert!(!o.record(1, Verdict::ServerError, t));

@@ -93,6 +93,8 @@ struct Route {
     connections: tokio::sync::Semaphore,
     /// Attempts waiting for a permit.
     pending: AtomicUsize,
+    /// Attempts in flight per endpoint (least-request's load).
+    load: Vec<AtomicUsize>,
     outliers: Option<Outliers>,
 }
 
@@ -190,6 +192,7 @@ pub async fn start(
                         .min(tokio::sync::Semaphore::MAX_PERMITS),
                 ),
                 pending: AtomicUsize::new(0),
+                load: s.endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
                 outliers: s
                     .traffic
                     .outlier_detection
@@ -470,6 +473,15 @@ impl Outcome {
     }
 }
 
+/// Lowers a gauge when dropped (also when the attempt is cancelled by a timeout).
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Connects and handshakes with one endpoint, expecting the route's identities.
 async fn connect(
     tls: Arc<rustls::ClientConfig>,
@@ -503,10 +515,13 @@ async fn connect(
 async fn attempt(
     route: &Route,
     stats: &Stats,
-    addr: SocketAddr,
+    index: usize,
     head: &hyper::http::request::Parts,
     payload: &mut Payload,
 ) -> Outcome {
+    let _load = InFlight::new(&route.load[index]);
+    stats.upstream_active.inc();
+    let _gauge = GaugeGuard(&stats.upstream_active);
     // The circuit breaker: a free connection, or a place in the bounded queue for one.
     let _permit = match route.connections.try_acquire() {
         Ok(p) => p,
@@ -523,7 +538,7 @@ async fn attempt(
         }
     };
     let run = async {
-        let tls = match connect(route.tls.clone(), addr).await {
+        let tls = match connect(route.tls.clone(), route.endpoints[index].addr).await {
             Ok(t) => t,
             Err(e) => {
                 // Only a refused handshake is a handshake result; a refused TCP connect is not.
@@ -566,12 +581,15 @@ async fn attempts(
     let mut retry_guard = None;
     let mut n = 0;
     loop {
-        let start = route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len();
-        let i = route
-            .outliers
-            .as_ref()
-            .map_or(start, |o| o.pick(start, Instant::now()));
-        let outcome = attempt(route, stats, route.endpoints[i].addr, &head, &mut payload).await;
+        let now = Instant::now();
+        let i = route.traffic.load_balancer.pick(
+            route.endpoints.len(),
+            route.next.fetch_add(1, Ordering::Relaxed),
+            fastrand::usize(..),
+            |i| route.outliers.as_ref().is_none_or(|o| o.available(i, now)),
+            |i| route.load[i].load(Ordering::Relaxed),
+        );
+        let outcome = attempt(route, stats, i, &head, &mut payload).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
         {

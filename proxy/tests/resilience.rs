@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use meshfed_core::traffic::{
-    Abort, ConnectionPool, Delay, OutlierDetection, Retries, RetryOn, Share, TrafficPolicy,
+    Abort, ConnectionPool, Delay, LoadBalancer, OutlierDetection, Retries, RetryOn, Share,
+    TrafficPolicy,
 };
 use meshfed_proxy::echo::EchoConfig;
 use meshfed_proxy::sidecar::{Endpoint, Running};
@@ -321,4 +322,41 @@ async fn the_circuit_breaker_refuses_overflow_fast() {
     }
     assert_eq!(ok, 2);
     assert_eq!(c.stats.overflows.get(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_steers_around_a_busy_endpoint() {
+    let ca = ca();
+    let (slow, _s) = echo(
+        &ca,
+        EchoConfig {
+            latency: Duration::from_secs(3),
+            ..echo_config("slow")
+        },
+    )
+    .await;
+    let (fast, _f) = echo(&ca, echo_config("fast")).await;
+    let policy = TrafficPolicy {
+        load_balancer: LoadBalancer::LeastRequest,
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![slow, fast], policy).await;
+    let addr = c.outbound.unwrap();
+    // Both idle: the tie goes to round robin's first choice, the slow endpoint.
+    let held = tokio::spawn(async move { get(addr, HOST, "").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.stats.upstream_active.get() < 1 {
+        assert!(Instant::now() < deadline, "the first request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // While it is busy, every request goes to the idle endpoint (round robin would send
+    // every other one to the slow endpoint).
+    for _ in 0..6 {
+        let (status, body) = get(addr, HOST, "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body_json(&body)["instance"], "fast", "{body}");
+    }
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body_json(&body)["instance"], "slow", "{body}");
 }
