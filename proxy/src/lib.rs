@@ -12,6 +12,7 @@ pub mod echo;
 pub mod http;
 pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod sidecar;
 
 /// The header through which the inbound side tells the app who called. Any copy sent by a

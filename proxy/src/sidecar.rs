@@ -37,6 +37,7 @@ use crate::http::{Body, boxed, strip_hop_by_hop, text};
 use crate::metrics::Direction;
 pub use crate::metrics::Stats;
 use crate::outlier::{Outliers, Verdict};
+use crate::pool::{self, Pool, SendError};
 
 /// Longest time to connect and handshake with an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +96,8 @@ struct Route {
     pending: AtomicUsize,
     /// Attempts in flight per endpoint (least-request's load).
     load: Vec<AtomicUsize>,
+    /// Idle connections per endpoint.
+    pools: Vec<Arc<Pool>>,
     outliers: Option<Outliers>,
 }
 
@@ -193,6 +196,7 @@ pub async fn start(
                 ),
                 pending: AtomicUsize::new(0),
                 load: s.endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
+                pools: s.endpoints.iter().map(|_| Arc::default()).collect(),
                 outliers: s
                     .traffic
                     .outlier_detection
@@ -240,6 +244,7 @@ pub async fn start(
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let policies: Arc<[Policy]> = cfg.policies.clone().into();
         let service: Arc<str> = cfg.service.as_str().into();
+        let app_pool = Arc::new(Pool::default());
         let stats = stats.clone();
         let listener = TcpListener::bind(addr)
             .await
@@ -259,6 +264,7 @@ pub async fn start(
                 let acceptor = acceptor.clone();
                 let inb = Inbound {
                     app,
+                    app_pool: app_pool.clone(),
                     service: service.clone(),
                     policies: policies.clone(),
                     stats: stats.clone(),
@@ -375,22 +381,11 @@ fn host_of(req: &Request<Incoming>) -> Option<Hostname> {
     Hostname::canonicalize(name).ok()
 }
 
-/// Sends `req` over an already connected stream and returns the response.
-async fn forward<S>(io: S, mut req: Request<Body>) -> Result<Response<Body>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    strip_hop_by_hop(req.headers_mut());
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+/// An upstream's response, ready to pass on.
+fn response(resp: Response<Incoming>) -> Response<Body> {
     let mut resp = resp.map(boxed);
     strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    resp
 }
 
 /// Request bodies up to this size are kept so the request can be retried; larger ones stream
@@ -400,14 +395,21 @@ pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// The request body, kept for replay or streamed once.
 enum Payload {
     Kept(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<Body>),
 }
 
 impl Payload {
     fn take(&mut self) -> Option<Body> {
         match self {
             Self::Kept(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
-            Self::Stream(s) => s.take().map(boxed),
+            Self::Stream(s) => s.take(),
+        }
+    }
+
+    /// Puts back a streamed body that was never sent.
+    fn restore(&mut self, body: Body) {
+        if let Self::Stream(s @ None) = self {
+            *s = Some(body);
         }
     }
 
@@ -537,18 +539,8 @@ async fn attempt(
             }
         }
     };
+    let pool = &route.pools[index];
     let run = async {
-        let tls = match connect(route.tls.clone(), route.endpoints[index].addr).await {
-            Ok(t) => t,
-            Err(e) => {
-                // Only a refused handshake is a handshake result; a refused TCP connect is not.
-                if !e.starts_with("UpstreamConnect") {
-                    stats.handshake(Direction::Outbound, false);
-                }
-                return Outcome::ConnectFailed(e);
-            }
-        };
-        stats.handshake(Direction::Outbound, true);
         let Some(body) = payload.take() else {
             return Outcome::Reset("the request body was already sent".into());
         };
@@ -557,9 +549,46 @@ async fn attempt(
         *req.uri_mut() = head.uri.clone();
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers.clone();
-        match forward(tls, req).await {
-            Ok(r) => Outcome::Answer(r),
-            Err(e) => Outcome::Reset(e),
+        strip_hop_by_hop(req.headers_mut());
+        // An idle connection first; a request it could not take goes on a new one.
+        if let Some(mut s) = pool.take() {
+            match pool::send(&mut s, req).await {
+                Ok(resp) => {
+                    pool.put_when_ready(s);
+                    return Outcome::Answer(response(resp));
+                }
+                Err(SendError::NotSent(back, _)) => req = *back,
+                Err(SendError::Broken(e)) => return Outcome::Reset(e.to_string()),
+            }
+        }
+        let connected = async {
+            let tls = connect(route.tls.clone(), route.endpoints[index].addr).await?;
+            stats.handshake(Direction::Outbound, true);
+            pool::handshake(tls)
+                .await
+                .map_err(|e| format!("UpstreamConnect: {e}"))
+        };
+        let mut s = match connected.await {
+            Ok(s) => s,
+            Err(e) => {
+                // Only a refused handshake is a handshake result; a refused TCP connect is not.
+                if !e.starts_with("UpstreamConnect") {
+                    stats.handshake(Direction::Outbound, false);
+                }
+                payload.restore(req.into_body());
+                return Outcome::ConnectFailed(e);
+            }
+        };
+        match pool::send(&mut s, req).await {
+            Ok(resp) => {
+                pool.put_when_ready(s);
+                Outcome::Answer(response(resp))
+            }
+            Err(SendError::NotSent(back, e)) => {
+                payload.restore(back.into_body());
+                Outcome::ConnectFailed(format!("UpstreamConnect: {e}"))
+            }
+            Err(SendError::Broken(e)) => Outcome::Reset(e.to_string()),
         }
     };
     match route.traffic.retries.per_try_timeout {
@@ -697,7 +726,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
                 }
             }
         } else {
-            Payload::Stream(Some(body))
+            Payload::Stream(Some(boxed(body)))
         };
         attempts(route, stats, head, payload).await
     };
@@ -719,6 +748,8 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
 /// What every inbound connection shares.
 struct Inbound {
     app: SocketAddr,
+    /// Idle connections to the app.
+    app_pool: Arc<Pool>,
     /// This workload's service, as a metric label.
     service: Arc<str>,
     policies: Arc<[Policy]>,
@@ -785,8 +816,27 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
         parts.headers.insert(CLIENT_ID_HEADER, v);
     }
-    let tcp = match TcpStream::connect(app).await {
-        Ok(t) => t,
+    let mut req = Request::from_parts(parts, boxed(body));
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(mut s) = inb.app_pool.take() {
+        match pool::send(&mut s, req).await {
+            Ok(resp) => {
+                inb.app_pool.put_when_ready(s);
+                return response(resp);
+            }
+            Err(SendError::NotSent(back, _)) => req = *back,
+            Err(SendError::Broken(e)) => {
+                return text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
+            }
+        }
+    }
+    let connected = async {
+        let tcp = TcpStream::connect(app).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        pool::handshake(tcp).await.map_err(|e| e.to_string())
+    };
+    let mut s = match connected.await {
+        Ok(s) => s,
         Err(e) => {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -794,9 +844,13 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
             );
         }
     };
-    let _ = tcp.set_nodelay(true);
-    match forward(tcp, Request::from_parts(parts, boxed(body))).await {
-        Ok(r) => r,
-        Err(e) => text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n")),
+    match pool::send(&mut s, req).await {
+        Ok(resp) => {
+            inb.app_pool.put_when_ready(s);
+            response(resp)
+        }
+        Err(SendError::NotSent(_, e) | SendError::Broken(e)) => {
+            text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))
+        }
     }
 }
