@@ -205,32 +205,13 @@ pub async fn start(
             });
         }
         let routes = Arc::new(routes);
-        let stats = stats.clone();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| SidecarError::Bind(addr, e))?;
-        out_addr = Some(
-            listener
-                .local_addr()
-                .map_err(|e| SidecarError::Bind(addr, e))?,
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let routes = routes.clone();
-                let stats = stats.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| outbound(routes.clone(), stats.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        }));
+        let (listener, bound) = bind(addr).await?;
+        out_addr = Some(bound);
+        tasks.push(serve_plain(
+            listener,
+            (routes, stats.clone()),
+            |(routes, stats), req| outbound(routes, stats, req),
+        ));
     }
     if let Some(addr) = cfg.inbound {
         let app = cfg.app.ok_or(SidecarError::NoApp)?;
@@ -246,14 +227,8 @@ pub async fn start(
         let service: Arc<str> = cfg.service.as_str().into();
         let app_pool = Arc::new(Pool::default());
         let stats = stats.clone();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| SidecarError::Bind(addr, e))?;
-        in_addr = Some(
-            listener
-                .local_addr()
-                .map_err(|e| SidecarError::Bind(addr, e))?,
-        );
+        let (listener, bound) = bind(addr).await?;
+        in_addr = Some(bound);
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -295,31 +270,13 @@ pub async fn start(
     }
     let mut admin_addr = None;
     if let Some(addr) = cfg.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| SidecarError::Bind(addr, e))?;
-        admin_addr = Some(
-            listener
-                .local_addr()
-                .map_err(|e| SidecarError::Bind(addr, e))?,
-        );
-        let stats = stats.clone();
-        let app = cfg.app;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let stats = stats.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| admin(stats.clone(), app, req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        }));
+        let (listener, bound) = bind(addr).await?;
+        admin_addr = Some(bound);
+        tasks.push(serve_plain(
+            listener,
+            (stats.clone(), cfg.app),
+            |(stats, app), req| admin(stats, app, req),
+        ));
     }
     Ok(Running {
         outbound: out_addr,
@@ -327,6 +284,46 @@ pub async fn start(
         admin: admin_addr,
         stats,
         tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SidecarError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| SidecarError::Bind(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| SidecarError::Bind(addr, e))?;
+    Ok((listener, bound))
+}
+
+/// Serves plaintext HTTP/1.1 on `listener`, each request handled by `handler` with a clone
+/// of `state`.
+fn serve_plain<S, F, Fut>(
+    listener: TcpListener,
+    state: S,
+    handler: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handler(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
     })
 }
 

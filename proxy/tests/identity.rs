@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use common::*;
 use meshfed_core::authz::{Action, Operation, Pattern, Policy, Rule, Source};
 use meshfed_core::traffic::TrafficPolicy;
-use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, SidecarConfig};
+use meshfed_proxy::sidecar::Endpoint;
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::verify::{self, Expect};
@@ -24,15 +24,7 @@ async fn the_app_sees_the_callers_verified_identity() {
         Expect::domain("alpha.local".parse().unwrap()),
     )
     .await;
-    let cli = client(
-        &ca,
-        UI,
-        vec![Endpoint {
-            addr: srv.inbound.unwrap(),
-            identity: ECHO.parse().unwrap(),
-        }],
-    )
-    .await;
+    let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let out = cli.outbound.unwrap();
     let (status, body) = get(out, HOST, "").await;
     assert_eq!(status, 200, "{body}");
@@ -60,15 +52,7 @@ async fn wrong_identities_are_refused_on_either_side() {
         Expect::id("spiffe://alpha.local/ns/web/sa/admin".parse().unwrap()),
     )
     .await;
-    let cli = client(
-        &ca,
-        UI,
-        vec![Endpoint {
-            addr: srv.inbound.unwrap(),
-            identity: ECHO.parse().unwrap(),
-        }],
-    )
-    .await;
+    let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
     assert!(status == 502 || status == 503, "{status} {body}");
     assert!(!body.contains("\"caller\""), "the app was reached: {body}");
@@ -90,33 +74,16 @@ async fn wrong_identities_are_refused_on_either_side() {
     let other =
         CertificateAuthority::new("gamma.local".parse().unwrap(), SystemTime::now()).unwrap();
     let (srv, _e) = server(&ca, "echo-1", Expect::AnyKnownDomain).await;
-    let cfg = SidecarConfig {
-        outbound: Some(any()),
-        inbound: None,
-        app: None,
-        allow: Expect::AnyKnownDomain,
-        services: vec![OutboundService {
-            host: HOST.parse().unwrap(),
-            traffic: TrafficPolicy::default(),
-            endpoints: vec![Endpoint {
-                addr: srv.inbound.unwrap(),
-                identity: ECHO.parse().unwrap(),
-            }],
-        }],
-        policies: vec![],
-        service: "web/ui".into(),
-        admin: None,
-    };
     let mut both = TrustBundleSet::new();
     both.insert(ca.bundle(1).unwrap()).unwrap();
     both.insert(other.bundle(1).unwrap()).unwrap();
-    let cli = sidecar::start(
-        cfg,
+    let cli = client_sidecar(
         resolver(&other, "spiffe://gamma.local/ns/x/sa/y"),
         verify::shared(both),
+        vec![endpoint_of(&srv)],
+        TrafficPolicy::default(),
     )
-    .await
-    .unwrap();
+    .await;
     let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
     assert!(status == 502 || status == 503, "{status} {body}");
     assert!(!body.contains("\"caller\""), "{body}");
@@ -194,10 +161,7 @@ async fn authorization_checks_the_normalized_path_it_forwards() {
         ),
     ];
     let (srv, _e) = guarded(&ca, "echo-1", Expect::AnyKnownDomain, policies).await;
-    let ep = vec![Endpoint {
-        addr: srv.inbound.unwrap(),
-        identity: ECHO.parse().unwrap(),
-    }];
+    let ep = vec![endpoint_of(&srv)];
     let ui = client(&ca, UI, ep.clone()).await;
     let ui = ui.outbound.unwrap();
 
@@ -263,15 +227,7 @@ async fn the_admin_port_reports_health_and_metrics() {
     };
     let (srv, echo_task) = guarded(&ca, "echo-1", Expect::AnyKnownDomain, vec![deny]).await;
     let admin = srv.admin.unwrap();
-    let cli = client(
-        &ca,
-        UI,
-        vec![Endpoint {
-            addr: srv.inbound.unwrap(),
-            identity: ECHO.parse().unwrap(),
-        }],
-    )
-    .await;
+    let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     for target in ["/hello", "/hello", "/admin"] {
         request(cli.outbound.unwrap(), "GET", target, HOST, "").await;
     }
@@ -331,15 +287,7 @@ fn metric(text: &str, prefix: &str) -> u64 {
 async fn connections_are_reused() {
     let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
     let (srv, _e) = server(&ca, "echo-1", Expect::AnyKnownDomain).await;
-    let cli = client(
-        &ca,
-        UI,
-        vec![Endpoint {
-            addr: srv.inbound.unwrap(),
-            identity: ECHO.parse().unwrap(),
-        }],
-    )
-    .await;
+    let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let n = 20;
     for _ in 0..n {
         let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;

@@ -25,13 +25,16 @@ async fn echo(ca: &CertificateAuthority, cfg: EchoConfig) -> (Endpoint, Running)
     let (srv, task) = echo_server(ca, cfg, Expect::AnyKnownDomain, vec![]).await;
     // The echo task lives as long as the test's runtime.
     std::mem::forget(task);
-    (
-        Endpoint {
-            addr: srv.inbound.unwrap(),
-            identity: ECHO.parse().unwrap(),
-        },
-        srv,
-    )
+    (endpoint_of(&srv), srv)
+}
+
+/// An endpoint answering every request with 503, and a healthy one.
+async fn bad_and_good(ca: &CertificateAuthority) -> ((Endpoint, Running), (Endpoint, Running)) {
+    let bad = EchoConfig {
+        status: 503,
+        ..echo_config("bad")
+    };
+    (echo(ca, bad).await, echo(ca, echo_config("good")).await)
 }
 
 fn retries(attempts: u32, on: &str) -> Retries {
@@ -55,15 +58,7 @@ async fn statuses(c: &Running, n: usize) -> std::collections::BTreeMap<u16, usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_recover_from_a_failing_endpoint() {
     let ca = ca();
-    let (bad, _b) = echo(
-        &ca,
-        EchoConfig {
-            status: 503,
-            ..echo_config("bad")
-        },
-    )
-    .await;
-    let (good, _g) = echo(&ca, echo_config("good")).await;
+    let ((bad, _b), (good, _g)) = bad_and_good(&ca).await;
     let eps = vec![bad, good];
 
     // Without retries of 5xx, round robin sends every other request to the failing endpoint.
@@ -239,15 +234,7 @@ async fn injected_faults_hit_their_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
     let ca = ca();
-    let (bad, _b) = echo(
-        &ca,
-        EchoConfig {
-            status: 503,
-            ..echo_config("bad")
-        },
-    )
-    .await;
-    let (good, _g) = echo(&ca, echo_config("good")).await;
+    let ((bad, _b), (good, _g)) = bad_and_good(&ca).await;
     let base = Duration::from_secs(2);
     let policy = TrafficPolicy {
         retries: retries(0, "connect-failure"),

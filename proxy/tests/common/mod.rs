@@ -107,6 +107,24 @@ pub async fn client_with(
     endpoints: Vec<Endpoint>,
     traffic: TrafficPolicy,
 ) -> Running {
+    client_sidecar(resolver(ca, id), bundles(ca), endpoints, traffic).await
+}
+
+/// The endpoint a server sidecar from [`echo_server`] offers.
+pub fn endpoint_of(srv: &Running) -> Endpoint {
+    Endpoint {
+        addr: srv.inbound.unwrap(),
+        identity: ECHO.parse().unwrap(),
+    }
+}
+
+/// A client sidecar with its own SVID and bundles.
+pub async fn client_sidecar(
+    svid: Arc<SvidResolver>,
+    bundles: SharedBundles,
+    endpoints: Vec<Endpoint>,
+    traffic: TrafficPolicy,
+) -> Running {
     let cfg = SidecarConfig {
         outbound: Some(any()),
         inbound: None,
@@ -121,9 +139,7 @@ pub async fn client_with(
         service: "web/ui".into(),
         admin: None,
     };
-    sidecar::start(cfg, resolver(ca, id), bundles(ca))
-        .await
-        .unwrap()
+    sidecar::start(cfg, svid, bundles).await.unwrap()
 }
 
 /// Sends a raw HTTP/1.1 request for `/hello?x=1`; returns status and body.
