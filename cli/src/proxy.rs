@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, SidecarConfig};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
@@ -48,18 +49,12 @@ pub fn run(args: ProxyArgs) -> Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
-async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
-    let mesh = crate::node::load_mesh(&args.mesh)?;
-    let ca = CertificateAuthority::load(&args.dir.dir)
-        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
-    if ca.trust_domain() != &mesh.trust_domain {
-        bail!(
-            "the CA in {} is for {}, the mesh is {}",
-            args.dir.dir.display(),
-            ca.trust_domain(),
-            mesh.trust_domain
-        );
-    }
+/// The sidecar configuration of the chosen workload in `mesh`, and its identity.
+fn configure(
+    mesh: &MeshFederation,
+    args: &ProxyArgs,
+    allow: &BTreeSet<TrustDomain>,
+) -> Result<(SidecarConfig, SpiffeId)> {
     let matches: Vec<_> = mesh
         .catalog
         .workloads()
@@ -91,8 +86,6 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
             args.workload
         ),
     };
-    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
-    let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
     let identity = |ns: &meshfed_core::Namespace, sa: &str| {
         SpiffeId::for_service_account(&mesh.trust_domain, ns, sa)
     };
@@ -115,25 +108,75 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
         });
     }
     let id = identity(&w.namespace, &w.service_account)?;
-    let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
-    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     let cfg = SidecarConfig {
         outbound: args.outbound,
         inbound: Some(w.inbound),
         app: Some(w.app),
-        allow: Expect::TrustDomains(allow),
+        allow: Expect::TrustDomains(allow.clone()),
         services,
         policies: mesh.policies_for(&w.service),
         service: w.service.to_string(),
         admin: args.admin,
     };
+    Ok((cfg, id))
+}
+
+/// Re-reads the mesh file when it changes and applies it; a file that does not load keeps
+/// the running configuration, with the reason printed.
+async fn reload(
+    running: &sidecar::Running,
+    args: &ProxyArgs,
+    allow: &BTreeSet<TrustDomain>,
+    id: &SpiffeId,
+) {
+    let read = || std::fs::read(&args.mesh).ok();
+    let mut last = read();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = read();
+        if now == last {
+            continue;
+        }
+        last = now;
+        let applied = crate::node::load_mesh(&args.mesh)
+            .and_then(|mesh| configure(&mesh, args, allow))
+            .and_then(|(cfg, new_id)| {
+                if &new_id != id {
+                    bail!("the workload's identity changed to {new_id}; restart the sidecar");
+                }
+                running.update(&cfg)?;
+                Ok(())
+            });
+        match applied {
+            Ok(()) => note(&format!("applied the new {}", args.mesh.display())),
+            Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+        }
+    }
+}
+
+async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
+    let mesh = crate::node::load_mesh(&args.mesh)?;
+    let ca = CertificateAuthority::load(&args.dir.dir)
+        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
+    if ca.trust_domain() != &mesh.trust_domain {
+        bail!(
+            "the CA in {} is for {}, the mesh is {}",
+            args.dir.dir.display(),
+            ca.trust_domain(),
+            mesh.trust_domain
+        );
+    }
+    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
+    let (cfg, id) = configure(&mesh, &args, &allow)?;
+    let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
+    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
+    let app = cfg.app.map_or("-".into(), |a| a.to_string());
     let running = sidecar::start(cfg, resolver.clone(), verify::shared(held)).await?;
     note(&format!(
-        "sidecar for {}/{} as {id}: inbound mTLS on {}, app {}{}{}",
-        w.namespace,
-        w.name,
+        "sidecar for {} as {id}: inbound mTLS on {}, app {app}{}{}",
+        args.workload,
         running.inbound.map_or("-".into(), |a| a.to_string()),
-        w.app,
         running
             .outbound
             .map_or(String::new(), |a| format!(", outbound on {a}")),
@@ -143,11 +186,12 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
     ));
     // Renew the SVID at half life.
     let ca_dir = args.dir.dir.clone();
+    let renew_id = id.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
             if let Ok(ca) = CertificateAuthority::load(&ca_dir)
-                && let Ok(svid) = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())
+                && let Ok(svid) = ca.issue(&renew_id, DEFAULT_SVID_TTL, SystemTime::now())
             {
                 let _ = resolver.set(&svid);
             }
@@ -157,6 +201,7 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        () = reload(&running, &args, &allow, &id) => {}
     }
     drop(running);
     Ok(ExitCode::SUCCESS)

@@ -72,15 +72,16 @@ spec:
   workloads:
   - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
   - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
-  authorizationPolicies:
-  - name: no-admin
-    namespace: shop
-    selector: {{service: echo}}
-    action: DENY
-    rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]
 "
     );
-    std::fs::write(dir.join("mesh.yaml"), mesh).unwrap();
+    let policy = "  authorizationPolicies:
+  - name: no-admin
+    namespace: shop
+    selector: {service: echo}
+    action: DENY
+    rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+    std::fs::write(dir.join("mesh.yaml"), format!("{mesh}{policy}")).unwrap();
     let _procs = Procs(vec![
         spawn(
             &dir,
@@ -168,4 +169,36 @@ spec:
         ),
         "{out}"
     );
+    // A broken mesh file is refused and the running configuration stays.
+    std::fs::write(dir.join("mesh.yaml"), "apiVersion: [unclosed\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(http_get(ui_out, "/who").starts_with("HTTP/1.1 200"));
+    assert!(http_get(ui_out, "/admin").starts_with("HTTP/1.1 403"));
+    // A valid change is applied without a restart: the DENY policy is gone.
+    std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = http_get(ui_out, "/admin");
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new mesh file was not applied: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// GET `path` from echo through the sidecar listening on `addr`; the raw response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: echo.shop.svc.cluster.local\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

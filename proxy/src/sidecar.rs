@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -79,6 +79,7 @@ pub struct SidecarConfig {
     pub admin: Option<SocketAddr>,
 }
 
+#[derive(Debug)]
 struct Route {
     host: Hostname,
     /// `host` as a metric label.
@@ -134,7 +135,39 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The sidecar's counters, as `/metrics` shows them.
     pub stats: Arc<Stats>,
+    listeners: (
+        Option<SocketAddr>,
+        Option<SocketAddr>,
+        Option<SocketAddr>,
+        Option<SocketAddr>,
+    ),
+    routes: Shared<Vec<Route>>,
+    policies: Shared<[Policy]>,
+    svid: Arc<SvidResolver>,
+    bundles: SharedBundles,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Applies a new configuration: routes, endpoints, traffic and authorization policies.
+    /// Requests in flight finish with the configuration they began with; listener addresses
+    /// cannot change (restart for that). On error nothing changes.
+    pub fn update(&self, cfg: &SidecarConfig) -> Result<(), SidecarError> {
+        if (cfg.outbound, cfg.inbound, cfg.app, cfg.admin) != self.listeners {
+            return Err(SidecarError::ListenerChange);
+        }
+        let routes = Arc::new(build_routes(cfg, &self.svid, &self.bundles)?);
+        let policies: Arc<[Policy]> = cfg.policies.clone().into();
+        *self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = routes;
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policies;
+        Ok(())
+    }
 }
 
 impl Drop for Running {
@@ -154,6 +187,65 @@ pub enum SidecarError {
     Tls(#[from] rustls::Error),
     #[error("the inbound listener needs the app's address")]
     NoApp,
+    #[error("listener or app addresses changed; restart the sidecar to move them")]
+    ListenerChange,
+}
+
+/// A value the running sidecar swaps on update; requests in flight keep the one they began
+/// with.
+type Shared<T> = Arc<RwLock<Arc<T>>>;
+
+fn current<T: ?Sized>(s: &RwLock<Arc<T>>) -> Arc<T> {
+    s.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The outbound routes of `cfg`, each with its own TLS client expecting the service's
+/// identities.
+fn build_routes(
+    cfg: &SidecarConfig,
+    svid: &Arc<SvidResolver>,
+    bundles: &SharedBundles,
+) -> Result<Vec<Route>, SidecarError> {
+    let provider = verify::provider();
+    let mut routes = Vec::new();
+    for s in &cfg.services {
+        let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
+        let tls = verify::client_config(
+            svid.clone(),
+            Arc::new(SpiffeServerVerifier::new(
+                bundles.clone(),
+                Expect::Ids(ids),
+                provider.clone(),
+            )),
+            provider.clone(),
+        )?;
+        routes.push(Route {
+            host: s.host.clone(),
+            label: s.host.to_string(),
+            endpoints: s.endpoints.clone(),
+            next: AtomicUsize::new(0),
+            tls: Arc::new(tls),
+            traffic: s.traffic.clone(),
+            active: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            connections: tokio::sync::Semaphore::new(
+                usize::try_from(s.traffic.connection_pool.max_connections)
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            ),
+            pending: AtomicUsize::new(0),
+            load: s.endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
+            pools: s.endpoints.iter().map(|_| Arc::default()).collect(),
+            outliers: s
+                .traffic
+                .outlier_detection
+                .clone()
+                .map(|o| Outliers::new(o, s.endpoints.len())),
+        });
+    }
+    Ok(routes)
 }
 
 /// Starts the configured listeners.
@@ -167,49 +259,15 @@ pub async fn start(
     let mut out_addr = None;
     let mut in_addr = None;
     let stats = Arc::new(Stats::new());
+    let routes: Shared<Vec<Route>> =
+        Arc::new(RwLock::new(Arc::new(build_routes(&cfg, &svid, &bundles)?)));
+    let policies: Shared<[Policy]> = Arc::new(RwLock::new(cfg.policies.clone().into()));
     if let Some(addr) = cfg.outbound {
-        let mut routes = Vec::new();
-        for s in &cfg.services {
-            let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
-            let tls = verify::client_config(
-                svid.clone(),
-                Arc::new(SpiffeServerVerifier::new(
-                    bundles.clone(),
-                    Expect::Ids(ids),
-                    provider.clone(),
-                )),
-                provider.clone(),
-            )?;
-            routes.push(Route {
-                host: s.host.clone(),
-                label: s.host.to_string(),
-                endpoints: s.endpoints.clone(),
-                next: AtomicUsize::new(0),
-                tls: Arc::new(tls),
-                traffic: s.traffic.clone(),
-                active: AtomicUsize::new(0),
-                retrying: AtomicUsize::new(0),
-                connections: tokio::sync::Semaphore::new(
-                    usize::try_from(s.traffic.connection_pool.max_connections)
-                        .unwrap_or(usize::MAX)
-                        .min(tokio::sync::Semaphore::MAX_PERMITS),
-                ),
-                pending: AtomicUsize::new(0),
-                load: s.endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
-                pools: s.endpoints.iter().map(|_| Arc::default()).collect(),
-                outliers: s
-                    .traffic
-                    .outlier_detection
-                    .clone()
-                    .map(|o| Outliers::new(o, s.endpoints.len())),
-            });
-        }
-        let routes = Arc::new(routes);
         let (listener, bound) = bind(addr).await?;
         out_addr = Some(bound);
         tasks.push(serve_plain(
             listener,
-            (routes, stats.clone()),
+            (routes.clone(), stats.clone()),
             |(routes, stats), req| outbound(routes, stats, req),
         ));
     }
@@ -223,8 +281,8 @@ pub async fn start(
             provider.clone(),
         )?);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        let policies: Arc<[Policy]> = cfg.policies.clone().into();
         let service: Arc<str> = cfg.service.as_str().into();
+        let policies = policies.clone();
         let app_pool = Arc::new(Pool::default());
         let stats = stats.clone();
         let (listener, bound) = bind(addr).await?;
@@ -283,6 +341,11 @@ pub async fn start(
         inbound: in_addr,
         admin: admin_addr,
         stats,
+        listeners: (cfg.outbound, cfg.inbound, cfg.app, cfg.admin),
+        routes,
+        policies,
+        svid,
+        bundles,
         tasks,
     })
 }
@@ -646,11 +709,12 @@ async fn attempts(
 }
 
 async fn outbound(
-    routes: Arc<Vec<Route>>,
+    routes: Shared<Vec<Route>>,
     stats: Arc<Stats>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
+    let routes = current(&routes);
     let Some(host) = host_of(&req) else {
         return Ok(text(
             StatusCode::BAD_REQUEST,
@@ -749,7 +813,7 @@ struct Inbound {
     app_pool: Arc<Pool>,
     /// This workload's service, as a metric label.
     service: Arc<str>,
-    policies: Arc<[Policy]>,
+    policies: Shared<[Policy]>,
     stats: Arc<Stats>,
 }
 
@@ -779,7 +843,7 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
         }
     };
     let decision = authz::decide(
-        &inb.policies,
+        &current(&inb.policies),
         &authz::Request {
             caller,
             method: req.method().as_str(),

@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use meshfed_core::authz::{Action, Operation, Pattern, Policy, Rule, Source};
 use meshfed_core::traffic::TrafficPolicy;
-use meshfed_proxy::sidecar::Endpoint;
+use meshfed_proxy::echo::EchoConfig;
+use meshfed_proxy::sidecar::{Endpoint, SidecarError};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::verify::{self, Expect};
@@ -304,4 +305,44 @@ async fn connections_are_reused() {
     );
     let inbound = r#"meshfed_tls_handshakes_total{direction="inbound",result="ok"} "#;
     assert_eq!(metric(&srv.stats.encode(), inbound), handshakes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_apply_without_dropping_requests_in_flight() {
+    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let slow = EchoConfig {
+        latency: Duration::from_secs(1),
+        ..echo_config("one")
+    };
+    let (one, _a) = echo_server(&ca, slow, Expect::AnyKnownDomain, vec![]).await;
+    let (two, _b) = server(&ca, "two", Expect::AnyKnownDomain).await;
+    let c = client(&ca, UI, vec![endpoint_of(&one)]).await;
+    let addr = c.outbound.unwrap();
+    let in_flight = tokio::spawn(async move { get(addr, HOST, "").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.stats.upstream_active.get() < 1 {
+        assert!(Instant::now() < deadline, "the first request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Move the service to the other endpoint while a request is on the first.
+    c.update(&client_config(
+        vec![endpoint_of(&two)],
+        TrafficPolicy::default(),
+    ))
+    .unwrap();
+    let (status, body) = get(addr, HOST, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body_json(&body)["instance"], "two", "{body}");
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body_json(&body)["instance"], "one", "{body}");
+    // A change the running sidecar cannot make is refused and changes nothing.
+    let mut moved = client_config(vec![endpoint_of(&one)], TrafficPolicy::default());
+    moved.admin = Some(any());
+    assert!(matches!(
+        c.update(&moved),
+        Err(SidecarError::ListenerChange)
+    ));
+    let (_, body) = get(addr, HOST, "").await;
+    assert_eq!(body_json(&body)["instance"], "two", "{body}");
 }

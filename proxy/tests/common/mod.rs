@@ -118,14 +118,9 @@ pub fn endpoint_of(srv: &Running) -> Endpoint {
     }
 }
 
-/// A client sidecar with its own SVID and bundles.
-pub async fn client_sidecar(
-    svid: Arc<SvidResolver>,
-    bundles: SharedBundles,
-    endpoints: Vec<Endpoint>,
-    traffic: TrafficPolicy,
-) -> Running {
-    let cfg = SidecarConfig {
+/// A client sidecar's configuration: outbound only, one route to [`HOST`].
+pub fn client_config(endpoints: Vec<Endpoint>, traffic: TrafficPolicy) -> SidecarConfig {
+    SidecarConfig {
         outbound: Some(any()),
         inbound: None,
         app: None,
@@ -138,7 +133,17 @@ pub async fn client_sidecar(
         policies: vec![],
         service: "web/ui".into(),
         admin: None,
-    };
+    }
+}
+
+/// A client sidecar with its own SVID and bundles.
+pub async fn client_sidecar(
+    svid: Arc<SvidResolver>,
+    bundles: SharedBundles,
+    endpoints: Vec<Endpoint>,
+    traffic: TrafficPolicy,
+) -> Running {
+    let cfg = client_config(endpoints, traffic);
     sidecar::start(cfg, svid, bundles).await.unwrap()
 }
 
