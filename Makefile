@@ -8,10 +8,13 @@ EXAMPLES = scenarios/examples/alpha.yaml scenarios/examples/beta.yaml
 bench-trust:
 	$(CARGO) bench --locked -p meshfed-trust --bench handshake
 
+bench-proxy:
+	$(CARGO) bench --locked -p meshfed-proxy --bench datapath
+
 bench-peering:
 	$(CARGO) bench --locked -p meshfed-peering --bench propagation
 
-.PHONY: bench-trust bench-peering demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: bench-trust bench-peering bench-proxy demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 
