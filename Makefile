@@ -29,12 +29,22 @@ demo:
 	$(MESHFED) trust issue --dir $(DEMO)/alpha --id spiffe://alpha-mesh.local/ns/shop-prod/sa/orders --out $(DEMO)/orders
 	$(MESHFED) trust show $(DEMO)/orders.pem
 	$(MESHFED) peering token create --dir $(DEMO)/alpha --peer-name alpha-mesh --address 127.0.1.1 \
-	  --server-id spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-control \
+	  --server-id spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-peering \
 	  --client-id alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account > $(DEMO)/token
-	$(MESHFED) peering token accept --dir $(DEMO)/beta --namespace beta-system - < $(DEMO)/token
+	@# alpha's peering service redeems the token: beta gets alpha's bundle and alpha gets beta's.
+	$(CARGO) build --quiet --locked -p meshfed-cli
+	@target/debug/meshfed peering run --mesh scenarios/examples/alpha.yaml --dir $(DEMO)/alpha \
+	  --listen 127.0.1.1:8188 --admin 127.0.1.1:15020 --store $(DEMO)/alpha-store \
+	  > $(DEMO)/alpha-peering.log 2>&1 & echo $$! > $(DEMO)/alpha-peering.pid
+	@for i in $$(seq 150); do target/debug/meshfed status --admin 127.0.1.1:15020 >/dev/null 2>&1 && break; sleep 0.2; done
+	@status=0; target/debug/meshfed peering token accept --dir $(DEMO)/beta --namespace beta-system \
+	  --mesh-name beta - < $(DEMO)/token || status=$$?; \
+	  kill $$(cat $(DEMO)/alpha-peering.pid) 2>/dev/null; \
+	  test -f $(DEMO)/alpha/bundles/beta-mesh.local.json && echo "alpha now holds beta's bundle"; \
+	  exit $$status
 
 ## Everything CI checks, in the order a failure is cheapest to find.
-ci: fmt-check clippy check-generated validate-manifests test
+ci: fmt-check clippy check-generated validate-manifests test demo
 
 build:
 	$(CARGO) build --locked --workspace --all-targets
