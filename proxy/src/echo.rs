@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -16,6 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::CLIENT_ID_HEADER;
 use crate::http::{Body, json};
+
+/// Request bodies echo reads to the end (larger ones: `"received": null`).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// What an echo instance reports and how it behaves.
 #[derive(Debug, Clone)]
@@ -57,6 +61,12 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let failed = cfg.failure.hit(fastrand::u32(..Share::MILLION));
+    let (head, body) = req.into_parts();
+    // Read the whole body (bounded) so callers can check what arrived.
+    let received = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Some(b.to_bytes().len()),
+        Err(_) => None,
+    };
     let status = if failed {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -69,9 +79,10 @@ async fn answer(
             "service": cfg.service,
             "instance": cfg.instance,
             "caller": caller,
-            "method": req.method().as_str(),
-            "path": req.uri().path(),
-            "query": req.uri().query(),
+            "method": head.method.as_str(),
+            "path": head.uri.path(),
+            "query": head.uri.query(),
+            "received": received,
             "failed": failed,
         }),
     ))

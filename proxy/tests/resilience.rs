@@ -74,14 +74,7 @@ async fn retries_recover_from_a_failing_endpoint() {
     };
     let retrying = client_with(&ca, UI, eps.clone(), policy).await;
     for _ in 0..10 {
-        let (status, body) = request(
-            retrying.outbound.unwrap(),
-            "POST",
-            "/orders",
-            HOST,
-            "Content-Length: 5\r\n\r\nhello",
-        )
-        .await;
+        let (status, body) = post(retrying.outbound.unwrap(), b"hello").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body_json(&body)["instance"], "good", "{body}");
     }
@@ -346,4 +339,35 @@ async fn least_request_steers_around_a_busy_endpoint() {
     let (status, body) = held.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body_json(&body)["instance"], "slow", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_arrive_whole_when_replayed_or_streamed() {
+    let ca = ca();
+    let ((bad, _b), (good, _g)) = bad_and_good(&ca).await;
+    let policy = TrafficPolicy {
+        retries: retries(2, "5xx"),
+        load_balancer: LoadBalancer::RoundRobin,
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![bad.clone(), good.clone()], policy.clone()).await;
+    let addr = c.outbound.unwrap();
+    // A small body is kept, so the request is replayed whole at the healthy endpoint.
+    let small = vec![b'x'; 1024];
+    for _ in 0..2 {
+        let (status, body) = post(addr, &small).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body_json(&body)["received"], 1024, "{body}");
+    }
+    // A body over the replay limit streams: whole at a healthy endpoint...
+    let big = vec![b'y'; 100 * 1024];
+    let only_good = client_with(&ca, UI, vec![good], policy.clone()).await;
+    let (status, body) = post(only_good.outbound.unwrap(), &big).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body_json(&body)["received"], 100 * 1024, "{body}");
+    // ...and, once sent, never replayed: the failing endpoint's answer stands.
+    let only_bad = client_with(&ca, UI, vec![bad], policy).await;
+    let (status, _) = post(only_bad.outbound.unwrap(), &big).await;
+    assert_eq!(status, 503);
+    assert_eq!(only_bad.stats.retries.get(), 0);
 }

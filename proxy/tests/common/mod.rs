@@ -152,6 +152,17 @@ pub async fn get(addr: SocketAddr, host: &str, extra: &str) -> (u16, String) {
     request(addr, "GET", "/hello?x=1", host, extra).await
 }
 
+/// POSTs `body` with a Content-Length; returns status and body.
+pub async fn post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    exchange(addr, &raw).await
+}
+
 /// Sends a raw HTTP/1.1 request; returns status and body.
 pub async fn request(
     addr: SocketAddr,
@@ -160,10 +171,15 @@ pub async fn request(
     host: &str,
     extra: &str,
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req =
         format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    exchange(addr, req.as_bytes()).await
+}
+
+/// Writes `raw` on a new connection and reads the response to its end.
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await
