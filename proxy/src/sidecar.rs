@@ -141,7 +141,7 @@ pub struct Running {
         Option<SocketAddr>,
         Option<SocketAddr>,
     ),
-    routes: Shared<Vec<Route>>,
+    routes: Shared<Vec<Arc<Route>>>,
     policies: Shared<[Policy]>,
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
@@ -156,7 +156,8 @@ impl Running {
         if (cfg.outbound, cfg.inbound, cfg.app, cfg.admin) != self.listeners {
             return Err(SidecarError::ListenerChange);
         }
-        let routes = Arc::new(build_routes(cfg, &self.svid, &self.bundles)?);
+        let old = current(&self.routes);
+        let routes = Arc::new(build_routes(cfg, &self.svid, &self.bundles, &old)?);
         let policies: Arc<[Policy]> = cfg.policies.clone().into();
         *self
             .routes
@@ -207,10 +208,19 @@ fn build_routes(
     cfg: &SidecarConfig,
     svid: &Arc<SvidResolver>,
     bundles: &SharedBundles,
-) -> Result<Vec<Route>, SidecarError> {
+    old: &[Arc<Route>],
+) -> Result<Vec<Arc<Route>>, SidecarError> {
     let provider = verify::provider();
     let mut routes = Vec::new();
     for s in &cfg.services {
+        // An unchanged service keeps its route: idle connections, outlier state, counters.
+        if let Some(r) = old
+            .iter()
+            .find(|r| r.host == s.host && r.endpoints == s.endpoints && r.traffic == s.traffic)
+        {
+            routes.push(r.clone());
+            continue;
+        }
         let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
         let tls = verify::client_config(
             svid.clone(),
@@ -221,7 +231,7 @@ fn build_routes(
             )),
             provider.clone(),
         )?;
-        routes.push(Route {
+        routes.push(Arc::new(Route {
             host: s.host.clone(),
             label: s.host.to_string(),
             endpoints: s.endpoints.clone(),
@@ -243,7 +253,7 @@ fn build_routes(
                 .outlier_detection
                 .clone()
                 .map(|o| Outliers::new(o, s.endpoints.len())),
-        });
+        }));
     }
     Ok(routes)
 }
@@ -259,8 +269,12 @@ pub async fn start(
     let mut out_addr = None;
     let mut in_addr = None;
     let stats = Arc::new(Stats::new());
-    let routes: Shared<Vec<Route>> =
-        Arc::new(RwLock::new(Arc::new(build_routes(&cfg, &svid, &bundles)?)));
+    let routes: Shared<Vec<Arc<Route>>> = Arc::new(RwLock::new(Arc::new(build_routes(
+        &cfg,
+        &svid,
+        &bundles,
+        &[],
+    )?)));
     let policies: Shared<[Policy]> = Arc::new(RwLock::new(cfg.policies.clone().into()));
     if let Some(addr) = cfg.outbound {
         let (listener, bound) = bind(addr).await?;
@@ -709,7 +723,7 @@ async fn attempts(
 }
 
 async fn outbound(
-    routes: Shared<Vec<Route>>,
+    routes: Shared<Vec<Arc<Route>>>,
     stats: Arc<Stats>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {

@@ -13,7 +13,7 @@ use meshfed_core::traffic::{
     TrafficPolicy,
 };
 use meshfed_proxy::echo::EchoConfig;
-use meshfed_proxy::sidecar::{Endpoint, Running};
+use meshfed_proxy::sidecar::{Endpoint, OutboundService, Running};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 
@@ -239,12 +239,20 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
         }),
         ..TrafficPolicy::default()
     };
-    let c = client_with(&ca, UI, vec![bad, good], policy).await;
+    let c = client_with(&ca, UI, vec![bad.clone(), good.clone()], policy.clone()).await;
     // Round robin: bad, good, bad → the second 503 in a row ejects it.
     let seen = statuses(&c, 3).await;
     assert_eq!(seen.get(&503), Some(&2), "{seen:?}");
     assert_eq!(c.stats.ejections.get(), 1);
     let ejected_at = Instant::now();
+    // An update that leaves this service unchanged keeps its state, ejection included.
+    let mut cfg = client_config(vec![bad, good], policy);
+    cfg.services.push(OutboundService {
+        host: "other.shop.svc.cluster.local".parse().unwrap(),
+        endpoints: vec![],
+        traffic: TrafficPolicy::default(),
+    });
+    c.update(&cfg).unwrap();
     // While ejected, only the healthy endpoint answers.
     let seen = statuses(&c, 10).await;
     if ejected_at.elapsed() < base {
