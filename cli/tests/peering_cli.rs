@@ -27,6 +27,13 @@ fn free(ip: &str) -> SocketAddr {
         .unwrap()
 }
 
+/// Mesh CAs for alpha (`a/`) and beta (`b/`).
+fn two_cas(dir: &Path) {
+    for (d, td) in [("a", "alpha-mesh.local"), ("b", "beta-mesh.local")] {
+        run(dir, &["trust", "init", "--dir", d, "--trust-domain", td]);
+    }
+}
+
 fn run(dir: &Path, args: &[&str]) {
     let o = Command::new(bin())
         .args(args)
@@ -147,28 +154,7 @@ fn wait(
 #[test]
 fn two_meshes_peer_fail_restart_from_store_and_recover() {
     let dir = tempdir("lifecycle");
-    run(
-        &dir,
-        &[
-            "trust",
-            "init",
-            "--dir",
-            "a",
-            "--trust-domain",
-            "alpha-mesh.local",
-        ],
-    );
-    run(
-        &dir,
-        &[
-            "trust",
-            "init",
-            "--dir",
-            "b",
-            "--trust-domain",
-            "beta-mesh.local",
-        ],
-    );
+    two_cas(&dir);
     for (from, to, td) in [
         ("a", "b", "alpha-mesh.local"),
         ("b", "a", "beta-mesh.local"),
@@ -262,28 +248,7 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
 #[test]
 fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
     let dir = tempdir("token");
-    run(
-        &dir,
-        &[
-            "trust",
-            "init",
-            "--dir",
-            "a",
-            "--trust-domain",
-            "alpha-mesh.local",
-        ],
-    );
-    run(
-        &dir,
-        &[
-            "trust",
-            "init",
-            "--dir",
-            "b",
-            "--trust-domain",
-            "beta-mesh.local",
-        ],
-    );
+    two_cas(&dir);
     let (a_listen, b_listen) = (free("127.0.5.1"), free("127.0.6.1"));
     let (a_admin, b_admin) = (free("127.0.5.1"), free("127.0.6.1"));
     let alpha = mesh_file(&dir, "alpha.yaml", b_listen);

@@ -22,6 +22,22 @@ fn out(o: &Output) -> String {
     )
 }
 
+/// `meshfed trust init` in `d/dir`, which must succeed.
+fn init_ca(d: &Path, dir: &str, trust_domain: &str) {
+    let o = meshfed_in(
+        d,
+        &[
+            "trust",
+            "init",
+            "--dir",
+            dir,
+            "--trust-domain",
+            trust_domain,
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+}
+
 fn tempdir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -151,21 +167,7 @@ fn init_issue_show_rotate() {
 #[test]
 fn issue_from_a_csr_keeps_the_key_with_the_workload() {
     let d = tempdir();
-    assert!(
-        meshfed_in(
-            &d,
-            &[
-                "trust",
-                "init",
-                "--dir",
-                "ca",
-                "--trust-domain",
-                "alpha.local"
-            ]
-        )
-        .status
-        .success()
-    );
+    init_ca(&d, "ca", "alpha.local");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
     p.subject_alt_names = vec![rcgen::SanType::URI(
@@ -261,36 +263,8 @@ fn time_ago(secs: i64) -> time::OffsetDateTime {
 #[test]
 fn peering_tokens_move_bundles_without_copying_roots() {
     let d = tempdir();
-    assert!(
-        meshfed_in(
-            &d,
-            &[
-                "trust",
-                "init",
-                "--dir",
-                "a",
-                "--trust-domain",
-                "alpha.local"
-            ]
-        )
-        .status
-        .success()
-    );
-    assert!(
-        meshfed_in(
-            &d,
-            &[
-                "trust",
-                "init",
-                "--dir",
-                "b",
-                "--trust-domain",
-                "beta.local"
-            ]
-        )
-        .status
-        .success()
-    );
+    init_ca(&d, "a", "alpha.local");
+    init_ca(&d, "b", "beta.local");
     let o = meshfed_in(
         &d,
         &[
@@ -419,36 +393,8 @@ fn peering_tokens_move_bundles_without_copying_roots() {
 #[test]
 fn maistra_root_configmaps_still_work() {
     let d = tempdir();
-    assert!(
-        meshfed_in(
-            &d,
-            &[
-                "trust",
-                "init",
-                "--dir",
-                "a",
-                "--trust-domain",
-                "alpha.local"
-            ]
-        )
-        .status
-        .success()
-    );
-    assert!(
-        meshfed_in(
-            &d,
-            &[
-                "trust",
-                "init",
-                "--dir",
-                "b",
-                "--trust-domain",
-                "beta.local"
-            ]
-        )
-        .status
-        .success()
-    );
+    init_ca(&d, "a", "alpha.local");
+    init_ca(&d, "b", "beta.local");
     let root = std::fs::read_to_string(d.join("a/root-1.pem")).unwrap();
     let indented: String = root.lines().map(|l| format!("    {l}\n")).collect();
     let cm = format!(

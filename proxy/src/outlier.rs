@@ -26,6 +26,12 @@ struct Host {
     since: Option<Instant>,
 }
 
+impl Host {
+    fn ejected_at(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|t| t > now)
+    }
+}
+
 /// The outlier state of one service's endpoints.
 #[derive(Debug)]
 pub struct Outliers {
@@ -50,19 +56,14 @@ impl Outliers {
 
     /// True when endpoint `i` is not ejected at `now`.
     pub fn available(&self, i: usize, now: Instant) -> bool {
-        self.hosts()
-            .get(i)
-            .is_none_or(|h| h.ejected_until.is_none_or(|t| t <= now))
+        self.hosts().get(i).is_none_or(|h| !h.ejected_at(now))
     }
 
     /// Records an attempt's result; true when it ejected the endpoint.
     pub fn record(&self, i: usize, result: Verdict, now: Instant) -> bool {
         let mut hosts = self.hosts();
         let n = hosts.len();
-        let ejected_now = hosts
-            .iter()
-            .filter(|h| h.ejected_until.is_some_and(|t| t > now))
-            .count();
+        let ejected_now = hosts.iter().filter(|h| h.ejected_at(now)).count();
         let Some(h) = hosts.get_mut(i) else {
             return false;
         };
@@ -119,10 +120,7 @@ impl Outliers {
 
     /// Endpoints ejected at `now`.
     pub fn ejected(&self, now: Instant) -> usize {
-        self.hosts()
-            .iter()
-            .filter(|h| h.ejected_until.is_some_and(|t| t > now))
-            .count()
+        self.hosts().iter().filter(|h| h.ejected_at(now)).count()
     }
 }
 

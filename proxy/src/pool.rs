@@ -62,11 +62,6 @@ impl Pool {
             }
         });
     }
-
-    /// Idle connections held now (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.idle().len()
-    }
 }
 
 /// Starts HTTP/1.1 over a connected stream.

@@ -891,8 +891,8 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
         parts.headers.insert(CLIENT_ID_HEADER, v);
     }
+    // Hop-by-hop headers are already gone (above).
     let mut req = Request::from_parts(parts, boxed(body));
-    strip_hop_by_hop(req.headers_mut());
     if let Some(mut s) = inb.app_pool.take() {
         match pool::send(&mut s, req).await {
             Ok(resp) => {
