@@ -1,7 +1,10 @@
 //! Compiles the protobuf definitions with protox (pure Rust; no system protoc needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/meshfed/peering/v1/peering.proto"];
+    let files = [
+        "proto/meshfed/peering/v1/peering.proto",
+        "proto/meshfed/config/v1/config.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

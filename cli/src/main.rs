@@ -1,6 +1,7 @@
 //! `meshfed`: the one binary. Thin: parses arguments, runs a subcommand, maps the outcome to
 //! an exit code (0 success, 1 problems found, 2 usage or I/O error).
 
+mod control;
 mod explain;
 mod node;
 mod proxy;
@@ -78,8 +79,11 @@ enum Command {
     },
     /// Show peer status from a running `meshfed peering run`.
     Status(node::StatusArgs),
-    /// Run one workload's sidecar in local-file mode (routes and addresses from the mesh
-    /// file's workloads, identity from the mesh CA).
+    /// Run the mesh's control plane: the mesh file as config source, workload certificates
+    /// from the mesh CA, and the config stream to proxies.
+    Control(control::ControlArgs),
+    /// Run one workload's sidecar, configured by the control plane (`--bootstrap`) or from a
+    /// mesh file (`--mesh`, identity from the mesh CA in `--dir`).
     Proxy(proxy::ProxyArgs),
     /// Run the echo test workload: answers every request with JSON naming its mesh, service,
     /// instance and the caller's verified identity (as its sidecar passes it on).
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
         Command::Status(args) => node::status(args),
         Command::Echo(args) => echo(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Control(args) => control::run(args),
     };
     match result {
         Ok(code) => code,
@@ -235,6 +240,19 @@ fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
 }
 
 /// Reads the files (`-` is standard input) and validates them together.
+/// A file's name for diagnostics, and its text (which must be UTF-8).
+pub(crate) fn read_text(f: &PathBuf) -> Result<(String, String)> {
+    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            f.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok((f.display().to_string(), text))
+}
+
 pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String>)> {
     let mut texts = Vec::new();
     for f in files {
@@ -244,15 +262,7 @@ pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String
                 .context("reading standard input")?;
             ("<stdin>".to_owned(), s)
         } else {
-            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not UTF-8 text (invalid byte at offset {})",
-                    f.display(),
-                    e.utf8_error().valid_up_to()
-                )
-            })?;
-            (f.display().to_string(), text)
+            read_text(f)?
         };
         texts.push((name, text));
     }

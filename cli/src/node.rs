@@ -16,6 +16,7 @@ use meshfed_core::federation::MeshFederation;
 use meshfed_core::session::SessionConfig;
 use meshfed_core::stream::Limits;
 use meshfed_core::{Hostname, SpiffeId, TrustDomain};
+use meshfed_crds::validate;
 use meshfed_peering::client::{self, ImporterConfig};
 use meshfed_peering::server::{
     ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions,
@@ -97,23 +98,17 @@ struct NodeStatus {
 }
 
 pub(crate) fn load_mesh(path: &PathBuf) -> Result<MeshFederation> {
-    let (report, _) = crate::load_and_validate(std::slice::from_ref(path))?;
-    for d in &report.diagnostics {
+    Ok(load_mesh_file(path)?.mesh)
+}
+
+/// Loads the one mesh of `path`, printing its warnings; any error refuses the whole file.
+pub(crate) fn load_mesh_file(path: &PathBuf) -> Result<validate::LoadedMesh> {
+    let (_, text) = crate::read_text(path)?;
+    let loaded = validate::load_mesh(&path.display().to_string(), &text)?;
+    for d in &loaded.warnings {
         note(&d.to_string());
     }
-    if report.has_errors() {
-        bail!(
-            "{} has {} error(s); fix them first",
-            path.display(),
-            report.errors()
-        );
-    }
-    let mut meshes = report.meshes();
-    match meshes.len() {
-        1 => Ok(meshes.remove(0)),
-        0 => bail!("{}: no Mesh document", path.display()),
-        n => bail!("{}: {n} Mesh documents; one per file", path.display()),
-    }
+    Ok(loaded)
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {

@@ -1,5 +1,8 @@
-//! `meshfed proxy`: one workload's sidecar in local-file mode — routes and identities come
-//! from the mesh file, the SVID from the mesh CA (the control-plane stream comes later).
+//! `meshfed proxy`: one workload's sidecar. With `--bootstrap` it joins the control plane:
+//! its certificate comes from a CSR the control plane signs, its configuration from the config
+//! stream (validated, then ACKed or NACKed; the last good one keeps serving while the control
+//! plane is away). With `--mesh` it runs from a local mesh file and issues its own SVID from
+//! the mesh CA in `--dir` (tests and quick experiments).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -10,24 +13,32 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshfed_control::Log;
+use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, SidecarConfig};
+use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::verify::{self, Expect, SvidResolver};
+use tokio::sync::{mpsc, watch};
 
 use crate::note;
 use crate::trust::DirArg;
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
-    /// The mesh file (its `workloads` give routes and addresses).
+    /// Join the control plane with this bootstrap file (written by `meshfed control`).
+    #[arg(long, conflicts_with = "mesh", required_unless_present = "mesh")]
+    bootstrap: Option<PathBuf>,
+    /// Run from this mesh file instead (its `workloads` give routes and addresses).
     #[arg(long)]
-    mesh: PathBuf,
+    mesh: Option<PathBuf>,
     /// The workload this sidecar serves.
     #[arg(long)]
     workload: String,
-    /// The workload's namespace, if its name is not unique.
+    /// The workload's namespace (required with --bootstrap; with --mesh only if the name is
+    /// not unique).
     #[arg(long)]
     namespace: Option<String>,
     #[command(flatten)]
@@ -75,9 +86,9 @@ fn configure(
                 .map(|w| format!("{}/{}", w.namespace, w.name))
                 .collect();
             bail!(
-                "no workload {:?} in {}; workloads: {}",
+                "no workload {:?} in mesh {}; workloads: {}",
                 args.workload,
-                args.mesh.display(),
+                mesh.mesh,
                 known.join(", ")
             );
         }
@@ -126,10 +137,11 @@ fn configure(
 async fn reload(
     running: &sidecar::Running,
     args: &ProxyArgs,
+    path: &PathBuf,
     allow: &BTreeSet<TrustDomain>,
     id: &SpiffeId,
 ) {
-    let read = || std::fs::read(&args.mesh).ok();
+    let read = || std::fs::read(path).ok();
     let mut last = read();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -138,7 +150,7 @@ async fn reload(
             continue;
         }
         last = now;
-        let applied = crate::node::load_mesh(&args.mesh)
+        let applied = crate::node::load_mesh(path)
             .and_then(|mesh| configure(&mesh, args, allow))
             .and_then(|(cfg, new_id)| {
                 if &new_id != id {
@@ -148,14 +160,22 @@ async fn reload(
                 Ok(())
             });
         match applied {
-            Ok(()) => note(&format!("applied the new {}", args.mesh.display())),
+            Ok(()) => note(&format!("applied the new {}", path.display())),
             Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
         }
     }
 }
 
 async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
-    let mesh = crate::node::load_mesh(&args.mesh)?;
+    match (&args.bootstrap, &args.mesh) {
+        (Some(b), _) => run_joined(&args, b).await,
+        (None, Some(m)) => run_file(&args, m).await,
+        (None, None) => bail!("pass --bootstrap FILE (join the control plane) or --mesh FILE"),
+    }
+}
+
+async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
+    let mesh = crate::node::load_mesh(path)?;
     let ca = CertificateAuthority::load(&args.dir.dir)
         .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
     if ca.trust_domain() != &mesh.trust_domain {
@@ -168,7 +188,7 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
     }
     let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
     let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
-    let (cfg, id) = configure(&mesh, &args, &allow)?;
+    let (cfg, id) = configure(&mesh, args, &allow)?;
     let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     let app = cfg.app.map_or("-".into(), |a| a.to_string());
@@ -201,8 +221,120 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        () = reload(&running, &args, &allow, &id) => {}
+        () = reload(&running, args, path, &allow, &id) => {}
     }
     drop(running);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Joins the control plane: a first certificate with the bootstrap token, then the config
+/// stream. The listeners start with the first good snapshot; later ones are applied live.
+async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode> {
+    let boot = Bootstrap::read(path)?;
+    let Some(namespace) = args.namespace.as_deref() else {
+        bail!("--namespace is required with --bootstrap");
+    };
+    let log: Log = Arc::new(|line: &str| note(line));
+    let cp = boot.control_plane;
+    let client = Client::new(boot, namespace, &args.workload, log)?;
+    // The first certificate; the control plane may still be starting.
+    let mut wait = Duration::from_millis(200);
+    let svid = loop {
+        match client.certify(None).await {
+            Ok(s) => break s,
+            Err(e) if e.reason == "ControlPlaneUnreachable" => {
+                note(&format!("waiting for the control plane at {cp}: {e}"));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => bail!("the control plane at {cp} refused a certificate: {e}"),
+        }
+    };
+    let id = svid.id.clone();
+    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
+    note(&format!("certified as {id} by {cp}"));
+    let renew = tokio::spawn({
+        let (client, resolver) = (client.clone(), resolver.clone());
+        async move { client.renew_forever(resolver, svid).await }
+    });
+    let (updates, mut rx) = mpsc::channel::<Update>(1);
+    let (state, _) = watch::channel(ClientState::default());
+    let subscription = tokio::spawn({
+        let (client, resolver) = (client.clone(), resolver.clone());
+        async move { client.subscribe(resolver, updates, state).await }
+    });
+    let mut running: Option<sidecar::Running> = None;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let update = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            u = rx.recv() => match u {
+                Some(u) => u,
+                None => break,
+            },
+        };
+        let r = apply(args, &client, &resolver, &id, &mut running, update.received).await;
+        match &r {
+            Ok(version) => note(&format!("applied config version {version}")),
+            Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+        }
+        let _ = update
+            .done
+            .send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+    }
+    renew.abort();
+    subscription.abort();
+    drop(running);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Applies one validated snapshot: starts the sidecar on the first, updates it after.
+async fn apply(
+    args: &ProxyArgs,
+    client: &Client,
+    resolver: &Arc<SvidResolver>,
+    id: &SpiffeId,
+    running: &mut Option<sidecar::Running>,
+    received: meshfed_control::client::Received,
+) -> Result<u64> {
+    let allow: BTreeSet<TrustDomain> = received.bundles.domains().cloned().collect();
+    let (cfg, want) = configure(&received.mesh.mesh, args, &allow)?;
+    if &want != id {
+        bail!("the workload's identity changed to {want}; restart the sidecar");
+    }
+    let bundles = client.bundles();
+    match running {
+        Some(r) => {
+            // New bundles first, so a newly allowed domain is verifiable at once; put the
+            // old ones back if the update is refused.
+            let previous = bundles.swap(Arc::new(received.bundles));
+            if let Err(e) = r.update(&cfg) {
+                bundles.store(previous);
+                return Err(e.into());
+            }
+        }
+        None => {
+            let previous = bundles.swap(Arc::new(received.bundles));
+            match sidecar::start(cfg, resolver.clone(), bundles.clone()).await {
+                Ok(r) => {
+                    note(&format!(
+                        "sidecar for {} as {id}: inbound mTLS on {}{}{}",
+                        args.workload,
+                        r.inbound.map_or("-".into(), |a| a.to_string()),
+                        r.outbound
+                            .map_or(String::new(), |a| format!(", outbound on {a}")),
+                        r.admin
+                            .map_or(String::new(), |a| format!(", admin on http://{a}")),
+                    ));
+                    *running = Some(r);
+                }
+                Err(e) => {
+                    bundles.store(previous);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(received.version)
 }

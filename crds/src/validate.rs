@@ -698,3 +698,63 @@ fn recheck_cluster_domain(report: &mut Report, i: usize, mesh_of_file: &HashMap<
         report.push_for(i, f);
     }
 }
+
+/// One mesh loaded from a file's text: its model, and its `Mesh` document as JSON (what a
+/// control plane sends its proxies, who load it with this same function).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedMesh {
+    pub mesh: MeshFederation,
+    pub mesh_json: String,
+    /// Warnings found while loading.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a text did not load as exactly one mesh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshLoadError {
+    #[error("{file} has {} error(s):\n{}", .errors.len(), lines(.errors))]
+    Invalid {
+        file: String,
+        errors: Vec<Diagnostic>,
+    },
+    #[error("{0}: no Mesh document")]
+    NoMesh(String),
+    #[error("{0}: {1} Mesh documents; one per file")]
+    SeveralMeshes(String, usize),
+}
+
+fn lines(d: &[Diagnostic]) -> String {
+    d.iter().map(|d| format!("  {d}\n")).collect()
+}
+
+/// Validates `text` (named `file` in diagnostics) and returns its one mesh; every error is
+/// reported, none is skipped, and nothing is returned unless the whole text is valid.
+pub fn load_mesh(file: &str, text: &str) -> Result<LoadedMesh, MeshLoadError> {
+    let report = validate(&[Input { file, text }]);
+    let (errors, warnings): (Vec<_>, Vec<_>) = report
+        .diagnostics
+        .iter()
+        .cloned()
+        .partition(|d| d.severity == Severity::Error);
+    if !errors.is_empty() {
+        return Err(MeshLoadError::Invalid {
+            file: file.to_owned(),
+            errors,
+        });
+    }
+    let mut meshes = report.meshes();
+    let docs: Vec<&Object> = report
+        .objects
+        .iter()
+        .filter(|o| matches!(o.converted, Some(Converted::Mesh(_))))
+        .collect();
+    match (meshes.len(), docs.as_slice()) {
+        (1, [doc]) => Ok(LoadedMesh {
+            mesh: meshes.remove(0),
+            mesh_json: doc.raw.to_string(),
+            warnings,
+        }),
+        (0, _) => Err(MeshLoadError::NoMesh(file.to_owned())),
+        (n, _) => Err(MeshLoadError::SeveralMeshes(file.to_owned(), n)),
+    }
+}

@@ -88,7 +88,7 @@ fn reason_of(e: &io::Error) -> String {
 
 /// Accepts TCP connections, runs the TLS handshake (bounded in time) on each in its own task,
 /// and yields authenticated connections. Accept errors (EMFILE…) back off and never end the
-/// loop (tonic RUSTSEC-2024-0376).
+/// loop (tonic RUSTSEC-2024-0376); dropping the stream ends it and closes the listener.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -99,7 +99,12 @@ pub fn incoming(
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // Ends (and releases the port) as soon as the server stops taking connections.
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(x) => {
                     backoff = Duration::from_millis(5);
                     x
@@ -199,10 +204,13 @@ pub async fn connect(
                         r => r.to_owned(),
                     },
                 );
-            ConnectError {
-                reason,
-                detail: e.to_string(),
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = format!("{detail}: {s}");
+                source = s.source();
             }
+            ConnectError { reason, detail }
         })
 }
 

@@ -145,11 +145,14 @@ pub struct Running {
     policies: Shared<[Policy]>,
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
+    /// Who may call this workload (`allow`), swapped on update.
+    inbound_verifier: Option<Arc<SpiffeClientVerifier>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Applies a new configuration: routes, endpoints, traffic and authorization policies.
+    /// Applies a new configuration: routes, endpoints, traffic and authorization policies,
+    /// and who may call (`allow`, from the next handshake on).
     /// Requests in flight finish with the configuration they began with; listener addresses
     /// cannot change (restart for that). On error nothing changes.
     pub fn update(&self, cfg: &SidecarConfig) -> Result<(), SidecarError> {
@@ -167,6 +170,9 @@ impl Running {
             .policies
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = policies;
+        if let Some(v) = &self.inbound_verifier {
+            v.set_expect(cfg.allow.clone());
+        }
         Ok(())
     }
 }
@@ -268,6 +274,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut out_addr = None;
     let mut in_addr = None;
+    let mut inbound_verifier = None;
     let stats = Arc::new(Stats::new());
     let routes: Shared<Vec<Arc<Route>>> = Arc::new(RwLock::new(Arc::new(build_routes(
         &cfg,
@@ -287,11 +294,15 @@ pub async fn start(
     }
     if let Some(addr) = cfg.inbound {
         let app = cfg.app.ok_or(SidecarError::NoApp)?;
-        let verifier =
-            SpiffeClientVerifier::new(bundles.clone(), cfg.allow.clone(), provider.clone());
+        let verifier = Arc::new(SpiffeClientVerifier::new(
+            bundles.clone(),
+            cfg.allow.clone(),
+            provider.clone(),
+        ));
+        inbound_verifier = Some(verifier.clone());
         let server = Arc::new(verify::server_config(
             svid.clone(),
-            Arc::new(verifier),
+            verifier,
             provider.clone(),
         )?);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
@@ -360,6 +371,7 @@ pub async fn start(
         policies,
         svid,
         bundles,
+        inbound_verifier,
         tasks,
     })
 }

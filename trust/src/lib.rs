@@ -13,6 +13,7 @@
 //! Only this crate touches rcgen and x509-parser. Nothing here reads the clock: callers pass
 //! `now`.
 
+pub mod bootstrap;
 pub mod bundle;
 pub mod ca;
 pub mod dir;

@@ -1,0 +1,165 @@
+//! `meshfed control`: the mesh's control plane in embedded mode — the mesh file as the config
+//! source, the mesh CA for workload certificates, the config stream to proxies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use meshfed_control::server::{self, ControlPlane, ControlStatus};
+use meshfed_control::source::{self, BundlesFn};
+use meshfed_control::{Log, control_plane_id};
+use meshfed_peering::{admin, tls};
+use meshfed_trust::bootstrap::{self, Bootstrap};
+use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::verify::{self, SvidResolver};
+use tokio::sync::watch;
+
+use crate::note;
+use crate::trust::{DirArg, parse_duration};
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    /// The mesh file: services, workloads, traffic and authorization policies. Re-read when
+    /// it changes; a file with errors is refused whole and the previous version stays served.
+    #[arg(long)]
+    mesh: PathBuf,
+    #[command(flatten)]
+    dir: DirArg,
+    /// The config and certificate endpoint (mTLS).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    /// Loopback admin endpoint: GET /status (JSON), GET /healthz.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Where to write the bootstrap file proxies join with (address, identity, bundle and the
+    /// join secret; mode 0600). Default: `bootstrap.json` in the CA directory.
+    #[arg(long)]
+    bootstrap_out: Option<PathBuf>,
+    /// Lifetime of workload certificates, e.g. `24h`.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    svid_ttl: Duration,
+}
+
+pub fn run(args: ControlArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: ControlArgs) -> Result<ExitCode> {
+    let dir = args.dir.dir.clone();
+    let ca = Arc::new(
+        CertificateAuthority::load(&dir)
+            .with_context(|| format!("loading the CA in {}", dir.display()))?,
+    );
+    let td = ca.trust_domain().clone();
+    let bundles: BundlesFn = {
+        let (dir, ca) = (dir.clone(), ca.clone());
+        Arc::new(move || {
+            let set = meshfed_trust::dir::load_bundles(&dir, &ca).map_err(|e| e.to_string())?;
+            Ok(set
+                .domains()
+                .filter_map(|d| set.get(d).map(|b| (d.clone(), b.to_json().to_string())))
+                .collect())
+        })
+    };
+    let first = source::initial(&args.mesh, &td, &bundles).map_err(anyhow::Error::msg)?;
+    let cp_id = control_plane_id(&first.mesh)?;
+    let svid = ca.issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now())?;
+    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
+    let server_tls = Arc::new(server::tls_config(&ca, resolver.clone())?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let listen = listener.local_addr()?;
+    let token = bootstrap::new_token()?;
+    let boot = Bootstrap {
+        control_plane: listen,
+        control_plane_id: cp_id.clone(),
+        trust_domain: td.clone(),
+        bundle: ca.current_bundle()?.to_json(),
+        token: token.clone(),
+    };
+    let boot_path = args
+        .bootstrap_out
+        .clone()
+        .unwrap_or_else(|| dir.join("bootstrap.json"));
+    boot.write(&boot_path)?;
+
+    let log: Log = Arc::new(|line: &str| note(line));
+    let status = Arc::new(Mutex::new(ControlStatus::default()));
+    let version = first.version;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(source::watch_file(
+        args.mesh.clone(),
+        td.clone(),
+        bundles,
+        tx,
+        status.clone(),
+        Duration::from_millis(500),
+        log.clone(),
+    ));
+    let cp = ControlPlane::new(rx, ca.clone(), &token, status.clone(), log.clone())
+        .with_svid_ttl(args.svid_ttl);
+    let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+    let incoming = tls::incoming(listener, server_tls, fail_tx);
+    tokio::spawn(async move {
+        while let Some(f) = fail_rx.recv().await {
+            note(&format!(
+                "refused a connection from {}: {}",
+                f.remote, f.reason
+            ));
+        }
+    });
+    let server = tokio::spawn(cp.serve(incoming, std::future::pending()));
+    // Renew our own SVID at half life.
+    {
+        let (ca, resolver) = (ca.clone(), resolver.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
+                if let Ok(s) = ca.issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now()) {
+                    let _ = resolver.set(&s);
+                }
+            }
+        });
+    }
+    let _admin = match args.admin {
+        Some(addr) => {
+            let st = status.clone();
+            let f: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let s = st
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                serde_json::to_string_pretty(&s).unwrap_or_default()
+            });
+            let (bound, task) = admin::serve(addr, f).await?;
+            note(&format!("admin on http://{bound}/status"));
+            Some(task)
+        }
+        None => None,
+    };
+    note(&format!(
+        "control plane for {} ({td}) on {listen}, serving version {version}; proxies join with {}",
+        args.mesh.display(),
+        boot_path.display()
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = server => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("the config server stopped: {e}"),
+            Err(e) => bail!("the config server stopped: {e}"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,304 @@
+//! A real control plane (`meshfed control`) and two sidecars that joined it (`meshfed proxy
+//! --bootstrap`), with echo workloads, all as processes on loopback: identities come from CSRs
+//! the control plane signs, configuration from its stream; a bad mesh file is refused and the
+//! previous version stays; a good one reaches the sidecars live; with the control plane killed
+//! the sidecars keep serving their last snapshot, and they rejoin a restarted one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshfed")
+}
+
+fn free(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Children killed on drop, each logging to `<dir>/<name>.log`.
+struct Procs(Vec<(String, Child)>);
+
+impl Procs {
+    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.0.push((name.to_owned(), child));
+    }
+
+    fn kill(&mut self, name: &str) {
+        let i = self.0.iter().position(|(n, _)| n == name).unwrap();
+        let (_, mut c) = self.0.remove(i);
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn echo(out: SocketAddr, path: &str) -> String {
+    get(out, "echo.shop.svc.cluster.local", path).unwrap_or_default()
+}
+
+/// Waits up to 30 s for `f` to hold, describing the last state on failure.
+fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let raw = get(admin, "admin", "/status").unwrap_or_default();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Every proxy of `st` is connected and has ACKed the served version.
+fn all_acked(st: &serde_json::Value, n: usize) -> Result<(), String> {
+    let v = &st["version"];
+    let proxies = st["proxies"].as_object().ok_or(format!("{st}"))?;
+    let ok = proxies.len() == n
+        && proxies
+            .values()
+            .all(|p| p["connected"] == true && &p["acked"] == v);
+    if ok { Ok(()) } else { Err(st.to_string()) }
+}
+
+#[test]
+fn sidecars_joined_to_the_control_plane_carry_identity_apply_updates_and_outlive_it() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("meshfed-control-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "trust",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alpha-mesh.local",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let (cp, cp_admin) = (free("127.0.8.1"), free("127.0.8.1"));
+    let (echo_in, echo_app) = (free("127.0.8.2"), free("127.0.8.2"));
+    let (ui_in, ui_app, ui_out) = (free("127.0.8.3"), free("127.0.8.3"), free("127.0.8.3"));
+    let mesh = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services:
+  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+"
+    );
+    let deny_admin = "  authorizationPolicies:
+  - name: no-admin
+    namespace: shop
+    selector: {service: echo}
+    action: DENY
+    rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+    std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
+    let (cp_s, cp_admin_s) = (cp.to_string(), cp_admin.to_string());
+    let control_args = [
+        "control",
+        "--mesh",
+        "mesh.yaml",
+        "--dir",
+        "ca",
+        "--listen",
+        &cp_s,
+        "--admin",
+        &cp_admin_s,
+        "--bootstrap-out",
+        "boot.json",
+    ];
+    let mut procs = Procs(Vec::new());
+    procs.spawn(&dir, "control", &control_args);
+    eventually("the control plane writes its bootstrap file", || {
+        status(cp_admin)["version"]
+            .as_u64()
+            .map(|_| ())
+            .ok_or_else(|| "no status yet".into())
+    });
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("boot.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the bootstrap file holds the join secret"
+        );
+    }
+    let echo_app_s = echo_app.to_string();
+    procs.spawn(
+        &dir,
+        "echo",
+        &[
+            "echo",
+            "--listen",
+            &echo_app_s,
+            "--mesh",
+            "alpha",
+            "--instance",
+            "echo-1",
+        ],
+    );
+    let join = |workload: &str, ns: &str| {
+        vec![
+            "proxy".to_owned(),
+            "--bootstrap".into(),
+            "boot.json".into(),
+            "--workload".into(),
+            workload.into(),
+            "--namespace".into(),
+            ns.into(),
+        ]
+    };
+    let a = join("echo-1", "shop");
+    procs.spawn(
+        &dir,
+        "proxy-echo",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut b = join("ui-1", "web");
+    b.extend(["--outbound".into(), ui_out.to_string()]);
+    procs.spawn(
+        &dir,
+        "proxy-ui",
+        &b.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    // Identity end to end, with certificates the control plane signed from CSRs.
+    eventually("a request through both joined sidecars", || {
+        let r = echo(ui_out, "/who");
+        if r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let r = echo(ui_out, "/who");
+    assert!(
+        r.contains("\"caller\":\"spiffe://alpha-mesh.local/ns/web/sa/ui\""),
+        "{r}"
+    );
+    eventually("both proxies ACK the served version", || {
+        all_acked(&status(cp_admin), 2)
+    });
+    let st = status(cp_admin);
+    assert_eq!(st["certificatesIssued"], 2, "{st}");
+    let v1 = st["version"].as_u64().unwrap();
+
+    // Bad mesh files (an unknown field; an impossible percentage) are refused whole; the
+    // previous version stays served and in force.
+    for (bad, needle) in [
+        ("{service: echo, namespace: shop, bogus: 1}", "bogus"),
+        (
+            "{service: echo, namespace: shop, fault: {abort: {percentage: {value: 150}, httpStatus: 503}}}",
+            "percentage",
+        ),
+    ] {
+        std::fs::write(
+            dir.join("mesh.yaml"),
+            format!("{mesh}  traffic:\n  - {bad}\n"),
+        )
+        .unwrap();
+        eventually("the control plane refuses the bad file", || {
+            let st = status(cp_admin);
+            match st["configError"].as_str() {
+                Some(e) if e.contains(needle) => Ok(()),
+                _ => Err(st.to_string()),
+            }
+        });
+    }
+    assert_eq!(status(cp_admin)["version"].as_u64(), Some(v1));
+    assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
+
+    // A good change reaches the sidecars live: the DENY policy is enforced.
+    std::fs::write(dir.join("mesh.yaml"), format!("{mesh}{deny_admin}")).unwrap();
+    eventually("the new policy is applied", || {
+        let r = echo(ui_out, "/admin");
+        if r.starts_with("HTTP/1.1 403") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    eventually("both proxies ACK the new version", || {
+        all_acked(&status(cp_admin), 2)
+    });
+    assert!(status(cp_admin)["version"].as_u64().unwrap() > v1);
+
+    // The control plane dies: the sidecars keep serving with their last snapshot.
+    procs.kill("control");
+    for _ in 0..20 {
+        assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
+        assert!(echo(ui_out, "/admin").starts_with("HTTP/1.1 403"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A restarted control plane (same CA, same address) is rejoined with the SVIDs the
+    // proxies hold, and its next change reaches them.
+    std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
+    procs.spawn(&dir, "control", &control_args);
+    eventually("the proxies rejoin the restarted control plane", || {
+        let r = echo(ui_out, "/admin");
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(r);
+        }
+        all_acked(&status(cp_admin), 2)
+    });
+    let st = status(cp_admin);
+    assert_eq!(
+        st["certificatesIssued"], 0,
+        "rejoining needs no new certificate: {st}"
+    );
+}

@@ -1,0 +1,445 @@
+//! The proxy side: certificates from the control plane and the config subscription.
+//!
+//! A received snapshot is validated exactly like a mesh file (every field, every reference)
+//! and its bundles like imported bundles; only then is it handed to the proxy, whose answer
+//! becomes the ACK or the NACK. Nothing about a refused snapshot is applied. When the control
+//! plane cannot be reached the proxy keeps its last good configuration and certificate and
+//! retries with jittered backoff (200 ms doubling to 5 s).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshfed_api::config::control_message::Msg as Out;
+use meshfed_api::config::mesh_config_client::MeshConfigClient;
+use meshfed_api::config::proxy_message::Msg as In;
+use meshfed_api::config::{self as pb, ProxyMessage};
+use meshfed_core::{SpiffeId, TrustDomain};
+use meshfed_crds::validate::{self, LoadedMesh};
+use meshfed_trust::bootstrap::Bootstrap;
+use meshfed_trust::bundle::TrustBundleSet;
+use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeServerVerifier, SvidResolver};
+use meshfed_trust::{Svid, TrustBundle};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{Log, MAX_MESSAGE_BYTES};
+
+/// Longest wait for a connection or an answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a call to the control plane failed: a reason token and detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct ClientError {
+    pub reason: String,
+    pub detail: String,
+}
+
+impl ClientError {
+    fn new(reason: &str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A status from the control plane carries `Reason: detail`; anything else (a broken
+    /// connection, an h2 error) is `StreamBroken`.
+    fn from_status(s: &tonic::Status) -> Self {
+        match s.message().split_once(": ") {
+            Some((reason, detail))
+                if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                Self::new(reason, detail)
+            }
+            _ => Self::new("StreamBroken", s.message()),
+        }
+    }
+}
+
+/// A validated snapshot, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub version: u64,
+    pub mesh: LoadedMesh,
+    pub bundles: TrustBundleSet,
+}
+
+/// One snapshot for the proxy to apply; it answers on `done` (`Err` = NACK with the reason).
+#[derive(Debug)]
+pub struct Update {
+    pub received: Received,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Where the subscription stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientState {
+    pub connected: bool,
+    /// The version the proxy runs.
+    pub running: Option<u64>,
+    /// The newest refused version and why.
+    pub nacked: Option<(u64, String)>,
+    pub last_error: Option<String>,
+}
+
+/// A proxy's connection to its control plane.
+#[derive(Clone)]
+pub struct Client {
+    boot: Arc<Bootstrap>,
+    namespace: String,
+    workload: String,
+    bundles: SharedBundles,
+    log: Log,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("control_plane", &self.boot.control_plane)
+            .field("workload", &format!("{}/{}", self.namespace, self.workload))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for workload `namespace/workload`, trusting the bootstrap bundle until the
+    /// first snapshot brings the full set.
+    pub fn new(
+        boot: Bootstrap,
+        namespace: &str,
+        workload: &str,
+        log: Log,
+    ) -> Result<Self, ClientError> {
+        let own = boot
+            .trust_bundle()
+            .map_err(|e| ClientError::new("BadBootstrap", e))?;
+        let mut set = TrustBundleSet::new();
+        set.insert(own)
+            .map_err(|e| ClientError::new("BadBootstrap", e))?;
+        Ok(Self {
+            boot: Arc::new(boot),
+            namespace: namespace.to_owned(),
+            workload: workload.to_owned(),
+            bundles: verify::shared(set),
+            log,
+        })
+    }
+
+    /// The trust bundles the proxy verifies with; each applied snapshot replaces them.
+    pub fn bundles(&self) -> SharedBundles {
+        self.bundles.clone()
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.boot.trust_domain
+    }
+
+    /// A gRPC client on a new connection: mutual TLS with `svid`, or server-authenticated
+    /// only (for a first certificate) without.
+    pub async fn raw(
+        &self,
+        svid: Option<&Arc<SvidResolver>>,
+    ) -> Result<MeshConfigClient<tonic::transport::Channel>, ClientError> {
+        Ok(MeshConfigClient::new(self.channel(svid).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    async fn channel(
+        &self,
+        svid: Option<&Arc<SvidResolver>>,
+    ) -> Result<tonic::transport::Channel, ClientError> {
+        let provider = verify::provider();
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            self.bundles.clone(),
+            Expect::id(self.boot.control_plane_id.clone()),
+            provider.clone(),
+        ));
+        let config = match svid {
+            Some(r) => verify::client_config(r.clone(), verifier, provider),
+            None => rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(verifier)
+                        .with_no_client_auth()
+                }),
+        }
+        .map_err(|e| ClientError::new("Tls", e))?;
+        meshfed_peering::tls::connect(self.boot.control_plane, Arc::new(config), CALL_TIMEOUT)
+            .await
+            .map_err(|e| {
+                let reason = if e.reason == "GatewayUnreachable" {
+                    "ControlPlaneUnreachable"
+                } else {
+                    e.reason.as_str()
+                };
+                ClientError::new(reason, e.detail)
+            })
+    }
+
+    /// Obtains an SVID: with the bootstrap token when `current` is `None`, else renewing over
+    /// mTLS as the current identity. The key is generated here and never sent.
+    pub async fn certify(&self, current: Option<&Arc<SvidResolver>>) -> Result<Svid, ClientError> {
+        let channel = self.channel(current).await?;
+        let mut client = MeshConfigClient::new(channel).max_decoding_message_size(1 << 20);
+        let token = if current.is_some() {
+            String::new()
+        } else {
+            self.boot.token.clone()
+        };
+        let mut request = pb::CertifyRequest {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            csr_der: Vec::new(),
+            token,
+        };
+        let call = |client: &mut MeshConfigClient<_>, r: pb::CertifyRequest| {
+            let mut client = client.clone();
+            async move {
+                tokio::time::timeout(CALL_TIMEOUT, client.certify(r))
+                    .await
+                    .map_err(|_| ClientError::new("ControlPlaneUnreachable", "no answer in time"))?
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| ClientError::from_status(&s))
+            }
+        };
+        let who = call(&mut client, request.clone()).await?;
+        let id: SpiffeId = who
+            .spiffe_id
+            .parse()
+            .map_err(|e| ClientError::new("BadResponse", format!("spiffeId: {e}")))?;
+        if id.trust_domain() != &self.boot.trust_domain {
+            return Err(ClientError::new(
+                "BadResponse",
+                format!("{id} is not in {}", self.boot.trust_domain),
+            ));
+        }
+        let (key, csr) =
+            meshfed_trust::ca::workload_csr(&id).map_err(|e| ClientError::new("Csr", e))?;
+        request.csr_der = csr.to_vec();
+        let signed = call(&mut client, request).await?;
+        let chain: Vec<CertificateDer<'static>> = signed
+            .chain_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| ClientError::new("BadResponse", "no certificate"))?;
+        let got = meshfed_trust::svid::check_leaf(leaf, SystemTime::now())
+            .map_err(|e| ClientError::new("BadResponse", e))?;
+        if got != id {
+            return Err(ClientError::new(
+                "BadResponse",
+                format!("the certificate names {got}, not {id}"),
+            ));
+        }
+        let at = |s: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        Ok(Svid::new(
+            id,
+            chain,
+            key.serialize_der(),
+            at(signed.not_before),
+            at(signed.not_after),
+        ))
+    }
+
+    /// Renews `svid` at half its life, for as long as the proxy runs; a failed renewal is
+    /// retried every few seconds while the current certificate stays in use.
+    pub async fn renew_forever(&self, resolver: Arc<SvidResolver>, mut svid: Svid) {
+        loop {
+            let half = svid
+                .not_after
+                .duration_since(svid.not_before)
+                .unwrap_or_default()
+                / 2;
+            let due = svid.not_before + half;
+            let wait = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            match self.certify(Some(&resolver)).await {
+                Ok(next) => match resolver.set(&next) {
+                    Ok(()) => {
+                        (self.log)(&format!("renewed the SVID of {}", next.id));
+                        svid = next;
+                    }
+                    Err(e) => (self.log)(&format!("renewed SVID unusable: {e}")),
+                },
+                Err(e) => {
+                    (self.log)(&format!("renewing the SVID failed (retrying): {e}"));
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+            }
+        }
+    }
+
+    /// Subscribes for as long as the proxy runs: each snapshot is validated, handed to
+    /// `apply`, and ACKed or NACKed; on any failure it reconnects with backoff. `state` shows
+    /// where it stands.
+    pub async fn subscribe(
+        &self,
+        svid: Arc<SvidResolver>,
+        apply: mpsc::Sender<Update>,
+        state: watch::Sender<ClientState>,
+    ) {
+        let mut running: Option<(u64, Arc<str>, Vec<pb::Bundle>)> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut last_error = String::new();
+        loop {
+            let result = self.session(&svid, &apply, &state, &mut running).await;
+            state.send_modify(|s| s.connected = false);
+            let error = match result {
+                Ok(got_any) => {
+                    if got_any {
+                        backoff = BACKOFF_MIN;
+                    }
+                    "StreamEnded: the control plane closed the stream".to_owned()
+                }
+                Err(e) => e.to_string(),
+            };
+            if error != last_error {
+                (self.log)(&format!(
+                    "config stream: {error}; keeping version {} and retrying",
+                    running.as_ref().map_or(0, |r| r.0)
+                ));
+                last_error.clone_from(&error);
+            }
+            state.send_modify(|s| s.last_error = Some(error));
+            if apply.is_closed() {
+                return;
+            }
+            let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+            tokio::time::sleep(backoff / 2 + jitter).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One stream; `Ok(true)` if it delivered at least one snapshot before ending.
+    async fn session(
+        &self,
+        svid: &Arc<SvidResolver>,
+        apply: &mpsc::Sender<Update>,
+        state: &watch::Sender<ClientState>,
+        running: &mut Option<(u64, Arc<str>, Vec<pb::Bundle>)>,
+    ) -> Result<bool, ClientError> {
+        let channel = self.channel(Some(svid)).await?;
+        let mut client = MeshConfigClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (out, out_rx) = mpsc::channel(4);
+        let send = |m: In| ProxyMessage { msg: Some(m) };
+        let _ = out
+            .send(send(In::Subscribe(pb::Subscribe {
+                namespace: self.namespace.clone(),
+                workload: self.workload.clone(),
+                running_version: running.as_ref().map_or(0, |r| r.0),
+            })))
+            .await;
+        let mut inbound =
+            tokio::time::timeout(CALL_TIMEOUT, client.stream(ReceiverStream::new(out_rx)))
+                .await
+                .map_err(|_| ClientError::new("ControlPlaneUnreachable", "no answer in time"))?
+                .map_err(|s| ClientError::from_status(&s))?
+                .into_inner();
+        state.send_modify(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        let mut got_any = false;
+        while let Some(msg) = inbound
+            .message()
+            .await
+            .map_err(|s| ClientError::from_status(&s))?
+        {
+            let snap = match msg.msg {
+                Some(Out::Snapshot(s)) => s,
+                Some(Out::Close(c)) => return Err(ClientError::new(&c.reason, c.detail)),
+                None => continue,
+            };
+            got_any = true;
+            let version = snap.version;
+            let unchanged = running
+                .as_ref()
+                .is_some_and(|(_, json, b)| **json == *snap.mesh_json && *b == snap.bundles);
+            let verdict = if unchanged {
+                Ok(())
+            } else {
+                let bundles = snap.bundles.clone();
+                let json: Arc<str> = snap.mesh_json.as_str().into();
+                match self.check(snap) {
+                    Ok(received) => {
+                        let (done, answer) = oneshot::channel();
+                        if apply.send(Update { received, done }).await.is_err() {
+                            return Ok(got_any);
+                        }
+                        let r = answer
+                            .await
+                            .unwrap_or_else(|_| Err("the proxy stopped".into()));
+                        if r.is_ok() {
+                            *running = Some((version, json, bundles));
+                        }
+                        r
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let reply = match verdict {
+                Ok(()) => {
+                    if let Some(r) = running.as_mut() {
+                        r.0 = version;
+                    }
+                    state.send_modify(|s| s.running = Some(version));
+                    In::Ack(pb::Ack { version })
+                }
+                Err(reason) => {
+                    (self.log)(&format!("refused config version {version}: {reason}"));
+                    state.send_modify(|s| s.nacked = Some((version, reason.clone())));
+                    In::Nack(pb::Nack { version, reason })
+                }
+            };
+            if out.send(send(reply)).await.is_err() {
+                return Ok(got_any);
+            }
+        }
+        Ok(got_any)
+    }
+
+    /// Validates a snapshot like a mesh file and its bundles like imported ones.
+    fn check(&self, snap: pb::Snapshot) -> Result<Received, String> {
+        let file = format!("config version {}", snap.version);
+        let mesh = validate::load_mesh(&file, &snap.mesh_json).map_err(|e| e.to_string())?;
+        let own = &self.boot.trust_domain;
+        if &mesh.mesh.trust_domain != own {
+            return Err(format!(
+                "{file}: spec.trustDomain is {}, this proxy belongs to {own}",
+                mesh.mesh.trust_domain
+            ));
+        }
+        let mut bundles = TrustBundleSet::new();
+        for b in &snap.bundles {
+            let td: TrustDomain = b
+                .trust_domain
+                .parse()
+                .map_err(|e| format!("{file}: bundles[{}]: {e}", b.trust_domain))?;
+            let (bundle, _) = TrustBundle::from_json(td.clone(), &b.json)
+                .map_err(|e| format!("{file}: bundle of {td}: {e}"))?;
+            bundles
+                .insert(bundle)
+                .map_err(|e| format!("{file}: bundle of {td}: {e}"))?;
+        }
+        if bundles.get(own).is_none() {
+            return Err(format!("{file}: no bundle for the mesh's own domain {own}"));
+        }
+        Ok(Received {
+            version: snap.version,
+            mesh,
+            bundles,
+        })
+    }
+}

@@ -1,0 +1,453 @@
+//! The `MeshConfig` service: workload certificates and the config stream.
+//!
+//! Every proxy is identified by the SPIFFE ID of its verified client certificate (or, for a
+//! first certificate, by the bootstrap token). A proxy may obtain and subscribe only as the
+//! workload whose service account that ID names. Each stream gets the current snapshot, then
+//! every newer one; intermediate versions are skipped when a proxy is slow (snapshots are whole,
+//! so the newest is all it needs). ACKs and NACKs are recorded per proxy for status.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use meshfed_api::config::control_message::Msg as Out;
+use meshfed_api::config::mesh_config_server::{MeshConfig, MeshConfigServer};
+use meshfed_api::config::proxy_message::Msg as In;
+use meshfed_api::config::{self as pb, ControlMessage, ProxyMessage};
+use meshfed_core::SpiffeId;
+use meshfed_core::federation::MeshFederation;
+use meshfed_peering::tls::{PeerConn, PeerInfo};
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::bootstrap::token_matches;
+use meshfed_trust::bundle::TrustBundleSet;
+use meshfed_trust::svid::{Role, inspect};
+use meshfed_trust::verify::{self, Expect, SpiffeClientVerifier, SvidResolver};
+use rustls_pki_types::CertificateSigningRequestDer;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Log, MAX_MESSAGE_BYTES, Snapshot};
+
+/// Largest CSR accepted.
+const MAX_CSR_BYTES: usize = 16 << 10;
+/// How long a new stream may take to subscribe.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A proxy that does not take a snapshot within this long is cut (it reconnects and gets the
+/// newest one).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest NACK reason kept.
+const MAX_REASON: usize = 2048;
+
+/// What the control plane serves and how its proxies stand (`GET /status`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlStatus {
+    /// The version being served.
+    pub version: u64,
+    /// Why the newest mesh file was refused (the previous version stays served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+    pub certificates_issued: u64,
+    pub certificates_refused: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<String>,
+    /// Per subscribed workload, `namespace/name`.
+    pub proxies: BTreeMap<String, ProxyStatus>,
+}
+
+/// One proxy's standing.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub identity: String,
+    pub connected: bool,
+    /// The newest version sent, ACKed, and the newest NACK with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nacked: Option<Nacked>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Nacked {
+    pub version: u64,
+    pub reason: String,
+}
+
+/// The control plane's gRPC service.
+#[derive(Clone)]
+pub struct ControlPlane {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    ca: Arc<CertificateAuthority>,
+    token: Arc<str>,
+    svid_ttl: Duration,
+    status: Arc<Mutex<ControlStatus>>,
+    log: Log,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("version", &self.snapshot.borrow().version)
+            .field("svid_ttl", &self.svid_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Serves `snapshot`, signs with `ca`, accepts first-certificate requests carrying
+    /// `token`, records into `status`.
+    pub fn new(
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        ca: Arc<CertificateAuthority>,
+        token: &str,
+        status: Arc<Mutex<ControlStatus>>,
+        log: Log,
+    ) -> Self {
+        status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .version = snapshot.borrow().version;
+        Self {
+            snapshot,
+            ca,
+            token: token.into(),
+            svid_ttl: meshfed_trust::ca::DEFAULT_SVID_TTL,
+            status,
+            log,
+        }
+    }
+
+    /// Lifetime of the workload SVIDs it signs.
+    #[must_use]
+    pub fn with_svid_ttl(mut self, ttl: Duration) -> Self {
+        self.svid_ttl = ttl;
+        self
+    }
+
+    /// Serves on authenticated connections until `shutdown` completes.
+    pub async fn serve<S>(
+        self,
+        incoming: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        S: tokio_stream::Stream<Item = std::io::Result<PeerConn>> + Send + 'static,
+    {
+        let svc = MeshConfigServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, ControlStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn refuse(&self, status: Status) -> Status {
+        let mut st = self.status();
+        st.certificates_refused += 1;
+        st.last_refusal = Some(status.message().to_owned());
+        drop(st);
+        (self.log)(&format!("refused a certificate: {}", status.message()));
+        status
+    }
+
+    /// Runs one subscription; returns why it ended.
+    async fn run(
+        &self,
+        caller: SpiffeId,
+        inbound: &mut Streaming<ProxyMessage>,
+        tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+    ) -> String {
+        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inbound.message()).await;
+        let sub = match first {
+            Ok(Ok(Some(ProxyMessage {
+                msg: Some(In::Subscribe(s)),
+            }))) => s,
+            Ok(Ok(None) | Err(_)) => return "the proxy left before subscribing".into(),
+            Err(_) => return close(tx, "SubscribeTimeout", "no Subscribe in time").await,
+            Ok(Ok(Some(_))) => {
+                return close(tx, "ProtocolError", "the first message must be Subscribe").await;
+            }
+        };
+        let snap = self.snapshot.borrow().clone();
+        let id = match workload_identity(&snap.mesh, &sub.namespace, &sub.workload) {
+            Ok(id) => id,
+            Err(e) => return close(tx, "UnknownWorkload", e).await,
+        };
+        if id != caller {
+            return close(
+                tx,
+                "IdentityMismatch",
+                format!(
+                    "{caller} cannot subscribe as {}/{}",
+                    sub.namespace, sub.workload
+                ),
+            )
+            .await;
+        }
+        let key = format!("{}/{}", sub.namespace, sub.workload);
+        let _connected = Connected::new(self, &key, &caller);
+        let mut rx = self.snapshot.clone();
+        let mut sent = sub.running_version;
+        loop {
+            let cur = rx.borrow_and_update().clone();
+            if cur.version != sent {
+                let msg = ControlMessage {
+                    msg: Some(Out::Snapshot(to_wire(&cur))),
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "the proxy left".into(),
+                    Err(_) => {
+                        return "SlowReader: the proxy did not take a snapshot in time".into();
+                    }
+                }
+                sent = cur.version;
+                self.with_proxy(&key, |p| p.sent = Some(sent));
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    return close(tx, "ShuttingDown", "the control plane is stopping").await;
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(ProxyMessage { msg: Some(In::Ack(a)) })) => {
+                        self.with_proxy(&key, |p| p.acked = Some(a.version));
+                    }
+                    Ok(Some(ProxyMessage { msg: Some(In::Nack(n)) })) => {
+                        let reason: String = n.reason.chars().take(MAX_REASON).collect();
+                        (self.log)(&format!("{key} refused version {}: {reason}", n.version));
+                        self.with_proxy(&key, |p| {
+                            p.nacked = Some(Nacked { version: n.version, reason });
+                        });
+                    }
+                    Ok(Some(_)) => {
+                        return close(tx, "ProtocolError", "Subscribe may be sent only once").await;
+                    }
+                    Ok(None) | Err(_) => return "the proxy left".into(),
+                },
+            }
+        }
+    }
+
+    fn with_proxy(&self, key: &str, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(p) = self.status().proxies.get_mut(key) {
+            f(p);
+        }
+    }
+}
+
+/// Marks a proxy connected for as long as its stream runs.
+struct Connected {
+    status: Arc<Mutex<ControlStatus>>,
+    key: String,
+}
+
+impl Connected {
+    fn new(cp: &ControlPlane, key: &str, id: &SpiffeId) -> Self {
+        let mut st = cp.status();
+        let p = st.proxies.entry(key.to_owned()).or_default();
+        p.identity = id.to_string();
+        p.connected = true;
+        Self {
+            status: cp.status.clone(),
+            key: key.to_owned(),
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(p) = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .proxies
+            .get_mut(&self.key)
+        {
+            p.connected = false;
+        }
+    }
+}
+
+async fn close(
+    tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+    reason: &str,
+    detail: impl Into<String>,
+) -> String {
+    let detail = detail.into();
+    let msg = ControlMessage {
+        msg: Some(Out::Close(pb::Close {
+            reason: reason.to_owned(),
+            detail: detail.clone(),
+        })),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Ok(msg))).await;
+    format!("{reason}: {detail}")
+}
+
+fn to_wire(s: &Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        version: s.version,
+        mesh_json: s.mesh_json.to_string(),
+        bundles: s
+            .bundles
+            .iter()
+            .map(|(td, json)| pb::Bundle {
+                trust_domain: td.to_string(),
+                json: json.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The control plane's TLS: it presents `svid`; clients with a certificate must be workloads
+/// of its own trust domain (verified against its own bundle only); clients without one may
+/// only ask for a first certificate, with the join secret.
+pub fn tls_config(
+    ca: &CertificateAuthority,
+    svid: Arc<SvidResolver>,
+) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let provider = verify::provider();
+    let mut own = TrustBundleSet::new();
+    own.insert(ca.current_bundle()?)?;
+    let verifier = SpiffeClientVerifier::new(
+        verify::shared(own),
+        Expect::domain(ca.trust_domain().clone()),
+        provider.clone(),
+    )
+    .allow_anonymous();
+    Ok(verify::server_config(svid, Arc::new(verifier), provider)?)
+}
+
+/// Why the control plane's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("the mesh bundle: {0}")]
+    Bundle(#[from] meshfed_trust::bundle::BundleError),
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The SPIFFE ID of workload `namespace/name` in `mesh`.
+pub fn workload_identity(
+    mesh: &MeshFederation,
+    namespace: &str,
+    name: &str,
+) -> Result<SpiffeId, String> {
+    let w = mesh
+        .catalog
+        .workloads()
+        .find(|w| w.name == name && w.namespace.as_str() == namespace)
+        .ok_or_else(|| {
+            format!(
+                "mesh {} has no workload {:?} in namespace {:?}",
+                mesh.mesh,
+                name.chars().take(64).collect::<String>(),
+                namespace.chars().take(64).collect::<String>()
+            )
+        })?;
+    SpiffeId::for_service_account(&mesh.trust_domain, &w.namespace, &w.service_account)
+        .map_err(|e| e.to_string())
+}
+
+#[tonic::async_trait]
+impl MeshConfig for ControlPlane {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let caller = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|i| i.id.clone());
+        let r = request.into_inner();
+        if r.csr_der.len() > MAX_CSR_BYTES {
+            return Err(self.refuse(Status::invalid_argument(format!(
+                "InvalidCsr: csrDer is {} bytes; the limit is {MAX_CSR_BYTES}",
+                r.csr_der.len()
+            ))));
+        }
+        let mesh = self.snapshot.borrow().mesh.clone();
+        let id = workload_identity(&mesh, &r.namespace, &r.workload)
+            .map_err(|e| self.refuse(Status::not_found(format!("UnknownWorkload: {e}"))))?;
+        match &caller {
+            Some(c) if c == &id => {}
+            Some(c) => {
+                return Err(self.refuse(Status::permission_denied(format!(
+                    "IdentityMismatch: {c} may renew only its own certificate, not {id}'s"
+                ))));
+            }
+            None if token_matches(&self.token, &r.token) => {}
+            None => {
+                return Err(self.refuse(Status::unauthenticated(
+                    "BadToken: a first certificate needs the mesh's bootstrap token",
+                )));
+            }
+        }
+        if r.csr_der.is_empty() {
+            return Ok(Response::new(pb::CertifyResponse {
+                spiffe_id: id.to_string(),
+                ..Default::default()
+            }));
+        }
+        let now = SystemTime::now();
+        let chain = self
+            .ca
+            .sign_csr(
+                &CertificateSigningRequestDer::from(r.csr_der),
+                &id,
+                self.svid_ttl,
+                now,
+            )
+            .map_err(|e| self.refuse(Status::invalid_argument(format!("InvalidCsr: {e}"))))?;
+        let (not_before, not_after) = chain
+            .first()
+            .and_then(|leaf| inspect(leaf, Role::Leaf, now).ok())
+            .map(|i| (i.not_before.0, i.not_after.0))
+            .unwrap_or_default();
+        self.status().certificates_issued += 1;
+        Ok(Response::new(pb::CertifyResponse {
+            chain_der: chain.into_iter().map(|c| c.to_vec()).collect(),
+            not_before,
+            not_after,
+            spiffe_id: id.to_string(),
+        }))
+    }
+
+    type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let Some(caller) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|i| i.id.clone())
+        else {
+            return Err(Status::unauthenticated(
+                "NoIdentity: the config stream needs the workload's SVID",
+            ));
+        };
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(2);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let why = this.run(caller.clone(), &mut inbound, &tx).await;
+            (this.log)(&format!("config stream of {caller} ended: {why}"));
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

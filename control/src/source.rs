@@ -1,0 +1,134 @@
+//! The embedded-mode config source: the mesh file, re-read when it changes. A file that does
+//! not load — bad YAML, unknown fields, invalid values, another trust domain — is refused
+//! whole with every error, and the previous snapshot stays served.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshfed_core::TrustDomain;
+use meshfed_crds::validate;
+use tokio::sync::watch;
+
+use crate::Snapshot;
+use crate::server::ControlStatus;
+
+/// Reads the trust bundles to serve (own and peers'), as SPIFFE JSON per trust domain.
+pub type BundlesFn = Arc<dyn Fn() -> Result<Vec<(TrustDomain, String)>, String> + Send + Sync>;
+
+/// Loads `text` (from `file`) as the next configuration after `prev` (if any): `Ok(None)`
+/// when nothing changed.
+pub fn next_snapshot(
+    prev: Option<&Snapshot>,
+    file: &str,
+    text: &str,
+    trust_domain: &TrustDomain,
+    bundles: Vec<(TrustDomain, String)>,
+) -> Result<Option<Snapshot>, String> {
+    let loaded = validate::load_mesh(file, text).map_err(|e| e.to_string())?;
+    if &loaded.mesh.trust_domain != trust_domain {
+        return Err(format!(
+            "{file}: spec.trustDomain is {}, but this control plane's CA is for {trust_domain}; \
+             a trust domain cannot change while running",
+            loaded.mesh.trust_domain
+        ));
+    }
+    if !bundles.iter().any(|(td, _)| td == trust_domain) {
+        return Err(format!(
+            "no trust bundle for the mesh's own domain {trust_domain}"
+        ));
+    }
+    let next = Snapshot {
+        version: prev.map_or_else(Snapshot::first_version, |p| p.version + 1),
+        mesh: Arc::new(loaded.mesh),
+        mesh_json: loaded.mesh_json.into(),
+        bundles,
+    };
+    Ok(match prev {
+        Some(p) if p.same_content(&next) => None,
+        _ => Some(next),
+    })
+}
+
+/// Loads the first snapshot from `path`.
+pub fn initial(
+    path: &Path,
+    trust_domain: &TrustDomain,
+    bundles: &BundlesFn,
+) -> Result<Snapshot, String> {
+    let text = read(path)?;
+    next_snapshot(
+        None,
+        &path.display().to_string(),
+        &text,
+        trust_domain,
+        bundles()?,
+    )?
+    .ok_or_else(|| "no snapshot".to_owned())
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Re-reads `path` and the bundles every `every`; publishes each new valid configuration and
+/// records refusals in `status`. Runs until the receivers are gone.
+pub async fn watch_file(
+    path: PathBuf,
+    trust_domain: TrustDomain,
+    bundles: BundlesFn,
+    tx: watch::Sender<Arc<Snapshot>>,
+    status: Arc<Mutex<ControlStatus>>,
+    every: Duration,
+    log: crate::Log,
+) {
+    let mut last_seen: Option<(String, Vec<(TrustDomain, String)>)> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if tx.is_closed() {
+            return;
+        }
+        let input = read(&path).and_then(|t| Ok((t, bundles()?)));
+        let result = match input {
+            Err(e) => Err(e),
+            Ok(input) if last_seen.as_ref() == Some(&input) => continue,
+            Ok((text, b)) => {
+                last_seen = Some((text.clone(), b.clone()));
+                let prev = tx.borrow().clone();
+                next_snapshot(
+                    Some(&prev),
+                    &path.display().to_string(),
+                    &text,
+                    &trust_domain,
+                    b,
+                )
+            }
+        };
+        let mut st = status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(Some(snap)) => {
+                log(&format!("serving version {}", snap.version));
+                st.version = snap.version;
+                st.config_error = None;
+                drop(st);
+                tx.send_replace(Arc::new(snap));
+            }
+            Ok(None) => st.config_error = None,
+            Err(e) => {
+                if st.config_error.as_deref() != Some(e.as_str()) {
+                    log(&format!("keeping version {}: {e}", st.version));
+                }
+                st.config_error = Some(e);
+            }
+        }
+    }
+}

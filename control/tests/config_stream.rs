@@ -1,0 +1,455 @@
+//! The control plane's config and certificate service over real mTLS on loopback: who may get
+//! which certificate, who may subscribe as which workload, ACK/NACK with the last good
+//! snapshot kept, and a client that outlives its control plane and rejoins a new one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use meshfed_api::config::{self as pb, ProxyMessage};
+use meshfed_control::client::{Client, ClientError, ClientState, Update};
+use meshfed_control::server::{self, ControlPlane, ControlStatus};
+use meshfed_control::source::next_snapshot;
+use meshfed_control::{Log, Snapshot, control_plane_id};
+use meshfed_core::{SpiffeId, TrustDomain};
+use meshfed_peering::tls;
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::bootstrap::Bootstrap;
+use meshfed_trust::ca::DEFAULT_SVID_TTL;
+use meshfed_trust::verify::{self, SvidResolver};
+use tokio::sync::{mpsc, watch};
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn mesh_yaml(extra: &str) -> String {
+    format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services:
+  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"127.0.9.1:15006\", app: \"127.0.9.1:8080\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"127.0.9.2:15006\", app: \"127.0.9.2:8080\"}}
+{extra}"
+    )
+}
+
+fn quiet() -> Log {
+    Arc::new(|_: &str| {})
+}
+
+struct Cp {
+    addr: SocketAddr,
+    ca: Arc<CertificateAuthority>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    status: Arc<Mutex<ControlStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cp {
+    fn td() -> TrustDomain {
+        "alpha-mesh.local".parse().unwrap()
+    }
+
+    fn bundles(ca: &CertificateAuthority) -> Vec<(TrustDomain, String)> {
+        vec![(
+            Self::td(),
+            ca.current_bundle().unwrap().to_json().to_string(),
+        )]
+    }
+
+    /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any).
+    async fn start(ca: Arc<CertificateAuthority>, addr: SocketAddr) -> Self {
+        let snap = next_snapshot(
+            None,
+            "mesh.yaml",
+            &mesh_yaml(""),
+            &Self::td(),
+            Self::bundles(&ca),
+        )
+        .unwrap()
+        .unwrap();
+        let id = control_plane_id(&snap.mesh).unwrap();
+        let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now()).unwrap();
+        let resolver = Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap());
+        let config = Arc::new(server::tls_config(&ca, resolver).unwrap());
+        // A stopped control plane releases its port a moment after it stops.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("binding {addr}: {e}"),
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+        let incoming = tls::incoming(listener, config, fail_tx);
+        let (tx, rx) = watch::channel(Arc::new(snap));
+        let status = Arc::new(Mutex::new(ControlStatus::default()));
+        let cp = ControlPlane::new(rx, ca.clone(), TOKEN, status.clone(), quiet());
+        let task = tokio::spawn(async move {
+            let _ = cp.serve(incoming, std::future::pending()).await;
+        });
+        Self {
+            addr,
+            ca,
+            tx,
+            status,
+            task,
+        }
+    }
+
+    fn boot(&self, token: &str) -> Bootstrap {
+        Bootstrap {
+            control_plane: self.addr,
+            control_plane_id: "spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-control"
+                .parse()
+                .unwrap(),
+            trust_domain: Self::td(),
+            bundle: self.ca.current_bundle().unwrap().to_json(),
+            token: token.into(),
+        }
+    }
+
+    fn client(&self, ns: &str, workload: &str) -> Client {
+        Client::new(self.boot(TOKEN), ns, workload, quiet()).unwrap()
+    }
+
+    fn status(&self) -> ControlStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    /// Publishes `mesh_yaml(extra)` as the next version.
+    fn publish(&self, extra: &str) -> u64 {
+        let prev = self.tx.borrow().clone();
+        let next = next_snapshot(
+            Some(&prev),
+            "mesh.yaml",
+            &mesh_yaml(extra),
+            &Self::td(),
+            Self::bundles(&self.ca),
+        )
+        .unwrap()
+        .expect("a change");
+        let v = next.version;
+        self.tx.send_replace(Arc::new(next));
+        v
+    }
+}
+
+fn ca() -> Arc<CertificateAuthority> {
+    Arc::new(CertificateAuthority::new(Cp::td(), SystemTime::now()).unwrap())
+}
+
+async fn resolver(c: &Client) -> Arc<SvidResolver> {
+    let svid = c.certify(None).await.unwrap();
+    Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap())
+}
+
+#[tokio::test]
+async fn first_certificates_need_the_token_and_name_the_workloads_service_account() {
+    let cp = Cp::start(ca(), "127.0.9.10:0".parse().unwrap()).await;
+    let svid = cp.client("shop", "echo-1").certify(None).await.unwrap();
+    assert_eq!(
+        svid.id.to_string(),
+        "spiffe://alpha-mesh.local/ns/shop/sa/echo"
+    );
+    assert!(svid.not_after > SystemTime::now() + Duration::from_secs(3600));
+
+    let wrong = Client::new(
+        cp.boot("ffffffffffffffffffffffffffffffff"),
+        "shop",
+        "echo-1",
+        quiet(),
+    )
+    .unwrap();
+    let e = wrong.certify(None).await.unwrap_err();
+    assert_eq!(e.reason, "BadToken", "{e}");
+
+    let e = cp.client("shop", "nope").certify(None).await.unwrap_err();
+    assert_eq!(e.reason, "UnknownWorkload", "{e}");
+    assert!(e.detail.contains("nope"), "{e}");
+
+    // A CSR that is not one, and one for another identity, are refused.
+    let mut raw = cp.client("shop", "echo-1").raw(None).await.unwrap();
+    let bad = raw
+        .certify(pb::CertifyRequest {
+            namespace: "shop".into(),
+            workload: "echo-1".into(),
+            csr_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            token: TOKEN.into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("InvalidCsr: "), "{bad:?}");
+    let other: SpiffeId = "spiffe://alpha-mesh.local/ns/web/sa/ui".parse().unwrap();
+    let (_, csr) = meshfed_trust::ca::workload_csr(&other).unwrap();
+    let bad = raw
+        .certify(pb::CertifyRequest {
+            namespace: "shop".into(),
+            workload: "echo-1".into(),
+            csr_der: csr.to_vec(),
+            token: TOKEN.into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("InvalidCsr: "), "{bad:?}");
+    let st = cp.status();
+    assert_eq!(
+        (st.certificates_issued, st.certificates_refused),
+        (1, 4),
+        "{st:?}"
+    );
+    cp.task.abort();
+}
+
+#[tokio::test]
+async fn a_workload_renews_and_subscribes_only_as_itself() {
+    let cp = Cp::start(ca(), "127.0.9.11:0".parse().unwrap()).await;
+    let echo = cp.client("shop", "echo-1");
+    let echo_svid = resolver(&echo).await;
+    // Renewal over mTLS needs no token and keeps the identity.
+    let renewed = echo.certify(Some(&echo_svid)).await.unwrap();
+    assert_eq!(
+        renewed.id.to_string(),
+        "spiffe://alpha-mesh.local/ns/shop/sa/echo"
+    );
+    // echo's certificate cannot obtain ui's, nor subscribe as ui.
+    let ui = cp.client("web", "ui-1");
+    let e = ui.certify(Some(&echo_svid)).await.unwrap_err();
+    assert_eq!(e.reason, "IdentityMismatch", "{e}");
+    let (updates, _rx) = mpsc::channel::<Update>(1);
+    let (state, mut watch_state) = watch::channel(ClientState::default());
+    let sub = tokio::spawn({
+        let ui = ui.clone();
+        async move { ui.subscribe(echo_svid, updates, state).await }
+    });
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            watch_state.changed().await.unwrap();
+            if let Some(e) = watch_state.borrow().last_error.clone() {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused.starts_with("IdentityMismatch: "), "{refused}");
+    sub.abort();
+    // Without a certificate there is no stream at all.
+    let mut raw = ui.raw(None).await.unwrap();
+    let (_tx, rx) = mpsc::channel::<ProxyMessage>(1);
+    let e = raw
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("NoIdentity: "), "{e:?}");
+    // A workload of another mesh (another CA) is refused at the handshake.
+    let beta =
+        CertificateAuthority::new("beta-mesh.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let foreign = beta
+        .issue(
+            &"spiffe://beta-mesh.local/ns/shop/sa/echo".parse().unwrap(),
+            DEFAULT_SVID_TTL,
+            SystemTime::now(),
+        )
+        .unwrap();
+    let foreign = Arc::new(SvidResolver::new(&foreign, verify::provider()).unwrap());
+    let outcome = match echo.raw(Some(&foreign)).await {
+        Err(e) => Err(e),
+        Ok(mut c) => c
+            .certify(pb::CertifyRequest {
+                namespace: "shop".into(),
+                workload: "echo-1".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| ClientError {
+                reason: "Refused".into(),
+                detail: s.to_string(),
+            }),
+    };
+    assert!(
+        outcome.is_err(),
+        "a foreign workload reached the control plane"
+    );
+    assert_eq!(cp.status().certificates_issued, 2);
+    cp.task.abort();
+}
+
+/// Runs a subscription whose apply step answers with `verdict(version)`; returns the applied
+/// versions, the state, and the task.
+fn subscribe(
+    client: &Client,
+    svid: Arc<SvidResolver>,
+    verdict: fn(&str) -> Result<(), String>,
+) -> (
+    Arc<Mutex<Vec<u64>>>,
+    watch::Receiver<ClientState>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (updates, mut rx) = mpsc::channel::<Update>(1);
+    let (state, state_rx) = watch::channel(ClientState::default());
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let log = applied.clone();
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        let consumer = async move {
+            while let Some(u) = rx.recv().await {
+                let r = verdict(&u.received.mesh.mesh_json);
+                if r.is_ok() {
+                    log.lock().unwrap().push(u.received.version);
+                }
+                let _ = u.done.send(r);
+            }
+        };
+        tokio::join!(client.subscribe(svid, updates, state), consumer);
+    });
+    (applied, state_rx, task)
+}
+
+async fn until(
+    state: &mut watch::Receiver<ClientState>,
+    f: impl Fn(&ClientState) -> bool,
+) -> ClientState {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if f(&state.borrow_and_update()) {
+                return state.borrow().clone();
+            }
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("state reached in time")
+}
+
+#[tokio::test]
+async fn snapshots_are_acked_refused_ones_nacked_and_the_last_good_one_stays() {
+    let cp = Cp::start(ca(), "127.0.9.12:0".parse().unwrap()).await;
+    let client = cp.client("shop", "echo-1");
+    let svid = resolver(&client).await;
+    // The proxy refuses any configuration that mentions a service called `refuse-me`.
+    let (applied, mut state, task) = subscribe(&client, svid, |json| {
+        if json.contains("refuse-me") {
+            Err("refused by the proxy".into())
+        } else {
+            Ok(())
+        }
+    });
+    let v1 = cp.tx.borrow().version;
+    until(&mut state, |s| s.running == Some(v1)).await;
+
+    let v2 = cp.publish("  traffic:\n  - {service: echo, namespace: shop, timeout: 2s}\n");
+    until(&mut state, |s| s.running == Some(v2)).await;
+
+    // A snapshot that does not validate (unknown field) is NACKed with the field's path and
+    // never reaches the proxy.
+    let mut bad = (**cp.tx.borrow()).clone();
+    bad.version = v2 + 1;
+    bad.mesh_json = bad
+        .mesh_json
+        .replacen("\"spec\":{", "\"spec\":{\"bogus\":1,", 1)
+        .into();
+    assert!(bad.mesh_json.contains("bogus"));
+    cp.tx.send_replace(Arc::new(bad));
+    let s = until(&mut state, |s| {
+        s.nacked.as_ref().is_some_and(|n| n.0 == v2 + 1)
+    })
+    .await;
+    assert!(s.nacked.as_ref().unwrap().1.contains("spec.bogus"), "{s:?}");
+    assert_eq!(s.running, Some(v2));
+
+    // A snapshot the proxy itself refuses is NACKed with its reason.
+    let refused = {
+        let prev = cp.tx.borrow().clone();
+        let text = mesh_yaml("")
+            .replace(
+                "name: ui, namespace: web, ports",
+                "name: refuse-me, namespace: web, ports",
+            )
+            .replace("service: ui,", "service: refuse-me,");
+        next_snapshot(
+            Some(&prev),
+            "mesh.yaml",
+            &text,
+            &Cp::td(),
+            Cp::bundles(&cp.ca),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let vr = refused.version;
+    cp.tx.send_replace(Arc::new(refused));
+    let s = until(&mut state, |s| s.nacked.as_ref().is_some_and(|n| n.0 == vr)).await;
+    assert_eq!(s.nacked.unwrap().1, "refused by the proxy");
+    // The control plane's status shows both the ACKs and the newest NACK.
+    let st = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let st = cp.status();
+            if st
+                .proxies
+                .get("shop/echo-1")
+                .and_then(|p| p.nacked.as_ref())
+                .is_some_and(|n| n.version == vr)
+            {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let p = &st.proxies["shop/echo-1"];
+    assert!(p.connected);
+    assert_eq!(p.nacked.as_ref().unwrap().reason, "refused by the proxy");
+    assert!(p.acked.unwrap() >= v2, "{p:?}");
+    assert!(!applied.lock().unwrap().contains(&vr));
+    assert!(!applied.lock().unwrap().contains(&(v2 + 1)));
+    task.abort();
+    cp.task.abort();
+}
+
+#[tokio::test]
+async fn a_client_outlives_its_control_plane_and_rejoins_a_restarted_one() {
+    let ca = ca();
+    let cp = Cp::start(ca.clone(), "127.0.9.13:0".parse().unwrap()).await;
+    let addr = cp.addr;
+    let client = cp.client("web", "ui-1");
+    let svid = resolver(&client).await;
+    let (applied, mut state, task) = subscribe(&client, svid, |_| Ok(()));
+    let v1 = cp.tx.borrow().version;
+    until(&mut state, |s| s.running == Some(v1) && s.connected).await;
+
+    // The control plane goes away (its task and every connection with it).
+    cp.task.abort();
+    drop(cp);
+    let s = until(&mut state, |s| !s.connected).await;
+    assert_eq!(s.running, Some(v1), "the last good version stays");
+
+    // A new control plane on the same address, same CA, same mesh: the client rejoins with
+    // the SVID it holds; the content is unchanged, so it is ACKed without being re-applied.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cp = Cp::start(ca, addr).await;
+    let v2 = cp.tx.borrow().version;
+    assert!(v2 > v1, "a restarted control plane never reuses a version");
+    until(&mut state, |s| s.running == Some(v2) && s.connected).await;
+    assert_eq!(*applied.lock().unwrap(), vec![v1]);
+    assert_eq!(cp.status().certificates_issued, 0);
+    // And its next change is applied.
+    let v3 = cp.publish("  traffic:\n  - {service: echo, namespace: shop, timeout: 2s}\n");
+    until(&mut state, |s| s.running == Some(v3)).await;
+    assert_eq!(*applied.lock().unwrap(), vec![v1, v3]);
+    task.abort();
+    cp.task.abort();
+}

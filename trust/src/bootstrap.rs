@@ -1,0 +1,133 @@
+//! Joining a mesh's control plane: the bootstrap file a control plane writes for its proxies
+//! (where it listens, the identity it presents, the mesh's trust bundle, and the secret that
+//! authorizes a first certificate), and the constant-time check of that secret.
+//!
+//! The secret is mesh-wide, like a Consul agent token or a SPIRE join token: whoever holds it
+//! may obtain the SVID of any workload of the mesh, so the file is written with mode 0600. It is
+//! used only for the first certificate; renewals authenticate with the current SVID. In
+//! Kubernetes mode a projected service-account token takes its place.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use meshfed_core::{SpiffeId, TrustDomain};
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{BundleError, TrustBundle};
+
+/// Largest bootstrap file read.
+const MAX_BYTES: usize = 256 << 10;
+
+/// The bootstrap file (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bootstrap {
+    /// The control plane's config and certificate endpoint (port 15012 by default).
+    pub control_plane: SocketAddr,
+    /// The identity the control plane must present.
+    pub control_plane_id: SpiffeId,
+    pub trust_domain: TrustDomain,
+    /// The mesh's SPIFFE bundle, to verify the control plane before holding an SVID.
+    pub bundle: serde_json::Value,
+    /// The join secret for first certificates.
+    pub token: String,
+}
+
+impl Bootstrap {
+    /// The mesh's bundle, checked.
+    pub fn trust_bundle(&self) -> Result<TrustBundle, BootstrapError> {
+        let text = self.bundle.to_string();
+        let (bundle, _) = TrustBundle::from_json(self.trust_domain.clone(), &text)
+            .map_err(|e| BootstrapError::Bundle(self.trust_domain.to_string(), e))?;
+        if self.control_plane_id.trust_domain() != &self.trust_domain {
+            return Err(BootstrapError::Field(
+                "controlPlaneId",
+                format!(
+                    "{} is not in trust domain {}",
+                    self.control_plane_id, self.trust_domain
+                ),
+            ));
+        }
+        Ok(bundle)
+    }
+
+    /// Reads and checks a bootstrap file.
+    pub fn read(path: &Path) -> Result<Self, BootstrapError> {
+        let io = |e| BootstrapError::Io(path.display().to_string(), e);
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > MAX_BYTES as u64 {
+            return Err(BootstrapError::Field(
+                "(file)",
+                format!("{} bytes; the limit is {MAX_BYTES}", meta.len()),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let b: Self = serde_json::from_str(&text)
+            .map_err(|e| BootstrapError::Json(path.display().to_string(), e.to_string()))?;
+        if b.token.len() < 16 || b.token.len() > 128 {
+            return Err(BootstrapError::Field(
+                "token",
+                "must be 16 to 128 characters".into(),
+            ));
+        }
+        b.trust_bundle()?;
+        Ok(b)
+    }
+
+    /// Writes the file with mode 0600 (it holds the join secret).
+    pub fn write(&self, path: &Path) -> Result<(), BootstrapError> {
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| BootstrapError::Json(path.display().to_string(), e.to_string()))?;
+        crate::ca::write_file(path, &body, 0o600)
+            .map_err(|e| BootstrapError::Write(path.display().to_string(), e.to_string()))
+    }
+}
+
+/// A new random join secret (32 bytes, hex).
+pub fn new_token() -> Result<String, BootstrapError> {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| BootstrapError::Random)?;
+    Ok(b.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Compares a presented secret with the expected one in constant time.
+pub fn token_matches(expected: &str, presented: &str) -> bool {
+    !expected.is_empty()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(
+            expected.as_bytes(),
+            presented.as_bytes(),
+        )
+        .is_ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("reading {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0} is not a bootstrap file: {1}")]
+    Json(String, String),
+    #[error("bootstrap field {0}: {1}")]
+    Field(&'static str, String),
+    #[error("bootstrap field bundle (trust domain {0}): {1}")]
+    Bundle(String, BundleError),
+    #[error("writing {0}: {1}")]
+    Write(String, String),
+    #[error("the system random source failed")]
+    Random,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole_and_never_empty() {
+        let t = new_token().expect("token");
+        assert_eq!(t.len(), 64);
+        assert!(token_matches(&t, &t));
+        assert!(!token_matches(&t, &t[..63]));
+        assert!(!token_matches(&t, ""));
+        assert!(!token_matches("", ""));
+        assert_ne!(t, new_token().expect("token"));
+    }
+}
