@@ -109,6 +109,7 @@ fn configure(
                 Ok(Endpoint {
                     addr: e.inbound,
                     identity: identity(&e.namespace, &e.service_account)?,
+                    labels: e.labels.clone(),
                 })
             })
             .collect::<Result<Vec<_>, meshfed_core::id::SpiffeIdError>>()?;

@@ -130,7 +130,7 @@ spec:
   - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
   - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
   workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\", labels: {{version: v1}}}}
   - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
 "
     );
@@ -140,6 +140,13 @@ spec:
     selector: {service: echo}
     action: DENY
     rules: [{to: [{operation: {paths: [/admin]}}]}]
+  traffic:
+  - service: echo
+    namespace: shop
+    subsets: [{name: v1, labels: {version: v1}}]
+    http:
+    - match: [{uri: {prefix: /who}}, {uri: {exact: /admin}}]
+      route: [{destination: {host: echo, subset: v1}}]
 ";
     std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
     let (cp_s, cp_admin_s) = (cp.to_string(), cp_admin.to_string());
@@ -276,12 +283,20 @@ spec:
         all_acked(&status(cp_admin), 2)
     });
     assert!(status(cp_admin)["version"].as_u64().unwrap() > v1);
+    // ...and so are its routes: the subset finds echo-1 by its label; no route, no request.
+    assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
+    let r = echo(ui_out, "/elsewhere");
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.contains("NoRouteMatched"),
+        "{r}"
+    );
 
     // The control plane dies: the sidecars keep serving with their last snapshot.
     procs.kill("control");
     for _ in 0..20 {
         assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
         assert!(echo(ui_out, "/admin").starts_with("HTTP/1.1 403"));
+        assert!(echo(ui_out, "/elsewhere").starts_with("HTTP/1.1 404"));
         std::thread::sleep(Duration::from_millis(50));
     }
 

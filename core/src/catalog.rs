@@ -98,6 +98,8 @@ pub struct Workload {
     /// The app behind the sidecar.
     pub app: std::net::SocketAddr,
     pub locality: Option<crate::locality::Locality>,
+    /// Labels, matched by traffic subsets.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A service was added twice.

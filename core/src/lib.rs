@@ -18,6 +18,7 @@ pub mod import;
 pub mod locality;
 pub mod mapping;
 pub mod name;
+pub mod routing;
 pub mod selector;
 pub mod session;
 pub mod stream;

@@ -264,6 +264,8 @@ pub struct TrafficPolicy {
     /// Off unless configured, as in Istio.
     pub outlier_detection: Option<OutlierDetection>,
     pub load_balancer: LoadBalancer,
+    /// Subsets and HTTP routes (see [`crate::routing`]).
+    pub routing: crate::routing::Routing,
 }
 
 /// Why a duration was refused.

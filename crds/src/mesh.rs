@@ -73,6 +73,82 @@ pub struct MeshTrafficPolicy {
     /// Istio `DestinationRule` `trafficPolicy.loadBalancer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
+    /// Istio `DestinationRule` `subsets`: named groups of the service's workloads, chosen by
+    /// workload labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsets: Option<Vec<SubsetSettings>>,
+    /// Istio `VirtualService` `http`: ordered routes; the first whose `match` fits a request
+    /// wins, and its `route` splits traffic over subsets by `weight`. When routes are given and
+    /// none matches, the request gets 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRouteSettings>>,
+}
+
+/// A named group of a service's workloads (Istio `Subset`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SubsetSettings {
+    /// Subset name (DNS-1123 label), unique for the service.
+    pub name: String,
+    /// Workloads carrying all these labels belong to the subset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// One HTTP route (Istio `HTTPRoute`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HttpRouteSettings {
+    /// A name for logs and errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Alternatives (any may match); absent or empty matches every request.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub match_: Option<Vec<HttpMatchRequest>>,
+    /// Where matching requests go; the weights of several destinations sum to 100.
+    pub route: Vec<HttpRouteDestination>,
+}
+
+/// Conditions that must all hold (Istio `HTTPMatchRequest`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HttpMatchRequest {
+    /// The request path, without its query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatchSettings>,
+    /// The request method, e.g. `{exact: GET}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatchSettings>,
+    /// By lower-case header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, StringMatchSettings>>,
+}
+
+/// Exactly one of `exact`, `prefix` or `regex` (RE2 syntax, matched against the whole value).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct StringMatchSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A weighted destination (Istio `HTTPRouteDestination`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HttpRouteDestination {
+    pub destination: DestinationSettings,
+    /// Share of the route's requests, 0–100; may be omitted for a single destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+/// Istio `Destination`: this service (routing to other services is not supported), optionally
+/// one of its subsets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DestinationSettings {
+    /// The service: its name, `name.namespace`, or its full hostname.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -268,6 +344,9 @@ pub struct MeshWorkload {
     /// Locality; default the mesh's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<Locality>,
+    /// Labels, matched by traffic `subsets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// A service of the mesh.

@@ -1223,7 +1223,222 @@ fn convert_traffic(
             ),
         }
     }
+    policy.routing = convert_routing(t, path, &key, catalog, out);
     (errors_in(out) == before).then_some((key, policy))
+}
+
+/// `subsets` and `http` of a traffic entry (Istio `DestinationRule.subsets`, `VirtualService.http`).
+fn convert_routing(
+    t: &crate::mesh::MeshTrafficPolicy,
+    path: &FieldPath,
+    key: &meshfed_core::ServiceKey,
+    catalog: &Catalog,
+    out: &mut Findings,
+) -> meshfed_core::routing::Routing {
+    use meshfed_core::routing::{Destination, HttpMatch, HttpRoute, Routing, Subset};
+    let mut routing = Routing::default();
+    let mut names = BTreeSet::new();
+    for (i, s) in t.subsets.iter().flatten().enumerate() {
+        let sp = path.key("subsets").index(i);
+        let name_ok = name::dns1123_label("subset name", &s.name)
+            .map_err(|e| out.push(name_finding(sp.key("name"), &e)))
+            .is_ok();
+        let labels = s.labels.clone().unwrap_or_default();
+        if !(labels_ok(&labels, &sp.key("labels"), out) && name_ok) {
+            continue;
+        }
+        if !names.insert(s.name.clone()) {
+            out.push(Finding::error(
+                "DuplicateSubset",
+                sp.key("name"),
+                format!("subset {:?} is defined twice", s.name),
+            ));
+            continue;
+        }
+        let subset = Subset {
+            name: s.name.clone(),
+            labels,
+        };
+        if !catalog
+            .workloads()
+            .any(|w| &w.service == key && subset.selects(&w.labels))
+        {
+            out.push(Finding::warning(
+                "EmptySubset",
+                sp.key("labels"),
+                format!(
+                    "no workload of {key} carries these labels; requests routed to subset {:?} get 503",
+                    s.name
+                ),
+            ));
+        }
+        routing.subsets.push(subset);
+    }
+    let host = catalog.hostname_of(key).ok();
+    let own_host = |h: &str| {
+        let (name, ns) = (key.name.as_str(), key.namespace.as_str());
+        h == name
+            || h == format!("{name}.{ns}")
+            || h == format!("{name}.{ns}.svc")
+            || host.as_ref().is_some_and(|x| x.as_str() == h)
+    };
+    for (i, r) in t.http.iter().flatten().enumerate() {
+        let rp = path.key("http").index(i);
+        let mut matches = Vec::new();
+        for (j, m) in r.match_.iter().flatten().enumerate() {
+            let mp = rp.key("match").index(j);
+            let mut hm = HttpMatch {
+                uri: m
+                    .uri
+                    .as_ref()
+                    .and_then(|u| string_match(u, mp.key("uri"), true, out)),
+                method: m
+                    .method
+                    .as_ref()
+                    .and_then(|u| string_match(u, mp.key("method"), false, out)),
+                ..HttpMatch::default()
+            };
+            for (h, sm) in m.headers.iter().flatten() {
+                let hp = mp.key("headers").key(h);
+                let valid = !h.is_empty()
+                    && h.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b"-_.!#$%&'*+^`|~".contains(&b)
+                    });
+                if !valid {
+                    out.push(
+                        Finding::error(
+                            "InvalidHeaderName",
+                            hp,
+                            format!("{h:?} is not a lower-case header name"),
+                        )
+                        .hint("header names are matched in lower case, as in Istio"),
+                    );
+                    continue;
+                }
+                if let Some(x) = string_match(sm, hp, false, out) {
+                    hm.headers.insert(h.clone(), x);
+                }
+            }
+            matches.push(hm);
+        }
+        let dp = rp.key("route");
+        if r.route.is_empty() {
+            out.push(Finding::error(
+                "EmptyRoute",
+                dp.clone(),
+                "a route needs at least one destination",
+            ));
+        }
+        let mut route = Vec::new();
+        let mut total = 0i64;
+        for (k, d) in r.route.iter().enumerate() {
+            let p = dp.index(k);
+            if !own_host(&d.destination.host) {
+                out.push(
+                    Finding::error(
+                        "CrossServiceRoute",
+                        p.key("destination").key("host"),
+                        format!(
+                            "{:?} is not {key}; routes choose among this service's own subsets",
+                            d.destination.host
+                        ),
+                    )
+                    .hint("put the route in the traffic entry of the service it targets"),
+                );
+            }
+            if let Some(sub) = &d.destination.subset
+                && !names.contains(sub)
+            {
+                out.push(
+                    Finding::error(
+                        "UnknownSubset",
+                        p.key("destination").key("subset"),
+                        format!("no subset {sub:?} in subsets"),
+                    )
+                    .hint(format!(
+                        "defined: {}",
+                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                );
+            }
+            let weight = d.weight.unwrap_or(if r.route.len() == 1 { 100 } else { 0 });
+            if !(0..=100).contains(&weight) {
+                out.push(Finding::error(
+                    "InvalidWeight",
+                    p.key("weight"),
+                    format!("{weight} is not a weight from 0 to 100"),
+                ));
+            }
+            total += weight;
+            route.push(Destination {
+                subset: d.destination.subset.clone(),
+                weight: u32::try_from(weight.clamp(0, 100)).unwrap_or_default(),
+            });
+        }
+        if !r.route.is_empty() && total != 100 {
+            out.push(
+                Finding::error(
+                    "WeightSum",
+                    dp,
+                    format!("the weights sum to {total}; they must sum to 100"),
+                )
+                .hint("a single destination may omit its weight"),
+            );
+        }
+        routing.http.push(HttpRoute {
+            name: r.name.clone(),
+            matches,
+            route,
+        });
+    }
+    routing
+}
+
+/// An Istio `StringMatch`: exactly one of `exact`, `prefix`, `regex`. A `uri` match that is not a
+/// regex must start with `/`.
+fn string_match(
+    m: &crate::mesh::StringMatchSettings,
+    path: FieldPath,
+    uri: bool,
+    out: &mut Findings,
+) -> Option<meshfed_core::routing::StringMatch> {
+    use meshfed_core::routing::{Pattern, StringMatch};
+    let r = match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), None, None) => ("exact", StringMatch::Exact(e.clone())),
+        (None, Some(p), None) => ("prefix", StringMatch::Prefix(p.clone())),
+        (None, None, Some(r)) => match Pattern::new(r) {
+            Ok(p) => ("regex", StringMatch::Regex(p)),
+            Err(e) => {
+                out.push(Finding::error(
+                    "InvalidRegex",
+                    path.key("regex"),
+                    format!("{r:?}: {e}"),
+                ));
+                return None;
+            }
+        },
+        _ => {
+            out.push(Finding::error(
+                "StringMatchOneOf",
+                path,
+                "set exactly one of exact, prefix or regex",
+            ));
+            return None;
+        }
+    };
+    if let (true, (field, StringMatch::Exact(v) | StringMatch::Prefix(v))) = (uri, &r)
+        && !v.starts_with('/')
+    {
+        out.push(Finding::error(
+            "InvalidPath",
+            path.key(field),
+            format!("{v:?} must start with /"),
+        ));
+        return None;
+    }
+    Some(r.1)
 }
 
 /// A count of at least `min` that fits in u32; 0 after reporting `reason` otherwise.
@@ -1239,6 +1454,22 @@ fn count_field(n: i64, min: i64, path: FieldPath, reason: &'static str, out: &mu
             0
         }
     }
+}
+
+/// Reports every invalid label key or value under `path`; true when all are valid.
+fn labels_ok(labels: &BTreeMap<String, String>, path: &FieldPath, out: &mut Findings) -> bool {
+    let mut ok = true;
+    for (k, v) in labels {
+        let (reason, r) = match name::label_key(k) {
+            Err(e) => ("InvalidLabelKey", Err(e)),
+            Ok(()) => ("InvalidLabelValue", name::label_value(v)),
+        };
+        if let Err(e) = r {
+            out.push(Finding::error(reason, path.key(k), e.to_string()));
+            ok = false;
+        }
+    }
+    ok
 }
 
 fn errors_in(out: &Findings) -> usize {
@@ -1290,6 +1521,8 @@ fn convert_workload(
     };
     let inbound = addr("inbound", &w.inbound, out);
     let app = addr("app", &w.app, out);
+    let labels = w.labels.clone().unwrap_or_default();
+    let labels_ok = labels_ok(&labels, &p.key("labels"), out);
     let locality = match &w.locality {
         Some(l) => {
             match Locality::new(l.region.as_deref(), l.zone.as_deref(), l.subzone.as_deref()) {
@@ -1306,9 +1539,9 @@ fn convert_workload(
         }
         None => mesh_locality.cloned(),
     };
-    let (true, Some(namespace), Some(service), true, Some(inbound), Some(app)) =
-        (name_ok, namespace, service, account_ok, inbound, app)
-    else {
+    let (true, Some(namespace), Some(service), true, Some(inbound), Some(app), true) = (
+        name_ok, namespace, service, account_ok, inbound, app, labels_ok,
+    ) else {
         return;
     };
     let key = meshfed_core::ServiceKey::new(namespace.clone(), service);
@@ -1332,6 +1565,7 @@ fn convert_workload(
         inbound,
         app,
         locality,
+        labels,
     };
     match catalog.insert_workload(workload) {
         Ok(()) => {}
@@ -1368,23 +1602,7 @@ fn convert_service(
         .map_err(|e| out.push(name_finding(p.key("namespace"), &e)))
         .ok();
     let labels = s.labels.clone().unwrap_or_default();
-    for (k, v) in &labels {
-        if let Err(e) = name::label_key(k) {
-            out.push(Finding::error(
-                "InvalidLabelKey",
-                p.key("labels").key(k),
-                e.to_string(),
-            ));
-            ok = false;
-        } else if let Err(e) = name::label_value(v) {
-            out.push(Finding::error(
-                "InvalidLabelValue",
-                p.key("labels").key(k),
-                e.to_string(),
-            ));
-            ok = false;
-        }
-    }
+    ok &= labels_ok(&labels, &p.key("labels"), out);
     let mut ports = Vec::new();
     let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
     for (j, sp) in s.ports.iter().flatten().enumerate() {

@@ -90,6 +90,9 @@ spec:
     serviceAccounts: [orders]
   - name: payments
     namespace: shop
+  workloads:
+  - {name: orders-1, namespace: shop, service: orders, inbound: \"127.0.1.11:15006\", app: \"127.0.1.11:8080\", labels: {version: v1}}
+  - {name: orders-2, namespace: shop, service: orders, inbound: \"127.0.1.12:15006\", app: \"127.0.1.12:8080\", labels: {version: v2}}
   authorizationPolicies:
   - name: orders-readers
     namespace: shop
@@ -119,6 +122,19 @@ spec:
     connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
     outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 15s, maxEjectionPercent: 50}
     loadBalancer: {simple: ROUND_ROBIN}
+    subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+    http:
+    - name: canary
+      match:
+      - headers: {x-canary: {exact: \"1\"}}
+      - uri: {regex: \"/v2/.*\"}
+        method: {exact: GET}
+      route: [{destination: {host: orders, subset: v2}}]
+    - route:
+      - {destination: {host: orders.shop.svc.cluster.local, subset: v1}, weight: 90}
+      - {destination: {host: orders, subset: v2}, weight: 10}
 ";
 
 /// `base` with the first `from` replaced by `to`; the base must contain `from`.
@@ -1468,6 +1484,118 @@ fn cases() -> Vec<Case> {
             "spec.traffic[0].loadBalancer.simple",
         ),
         case(
+            "route regex that does not compile",
+            r(MESH, "{regex: \"/v2/.*\"}", "{regex: \"/v2/(\"}"),
+            "InvalidRegex",
+            "spec.traffic[0].http[0].match[1].uri.regex",
+        ),
+        case(
+            "route regex of unbounded size",
+            r(
+                MESH,
+                "{regex: \"/v2/.*\"}",
+                "{regex: \"(\\\\w{100}){100}\"}",
+            ),
+            "InvalidRegex",
+            "spec.traffic[0].http[0].match[1].uri.regex",
+        ),
+        case(
+            "route string match with two kinds",
+            r(
+                MESH,
+                "{regex: \"/v2/.*\"}",
+                "{regex: \"/v2/.*\", prefix: /v2}",
+            ),
+            "StringMatchOneOf",
+            "spec.traffic[0].http[0].match[1].uri",
+        ),
+        case(
+            "route string match with none",
+            r(MESH, "method: {exact: GET}", "method: {}"),
+            "StringMatchOneOf",
+            "spec.traffic[0].http[0].match[1].method",
+        ),
+        case(
+            "route uri prefix without a slash",
+            r(MESH, "{regex: \"/v2/.*\"}", "{prefix: v2}"),
+            "InvalidPath",
+            "spec.traffic[0].http[0].match[1].uri.prefix",
+        ),
+        case(
+            "route header name in upper case",
+            r(MESH, "x-canary:", "X-Canary:"),
+            "InvalidHeaderName",
+            "spec.traffic[0].http[0].match[0].headers.X-Canary",
+        ),
+        case(
+            "route weights not summing to 100",
+            r(MESH, "weight: 10}", "weight: 20}"),
+            "WeightSum",
+            "spec.traffic[0].http[1].route",
+        ),
+        case(
+            "route weight above 100",
+            r(MESH, "weight: 90}", "weight: 190}"),
+            "InvalidWeight",
+            "spec.traffic[0].http[1].route[0].weight",
+        ),
+        case(
+            "route to an undefined subset",
+            r(
+                MESH,
+                "{host: orders, subset: v2}}]",
+                "{host: orders, subset: v3}}]",
+            ),
+            "UnknownSubset",
+            "spec.traffic[0].http[0].route[0].destination.subset",
+        ),
+        case(
+            "route to another service",
+            r(
+                MESH,
+                "{host: orders, subset: v2}}]",
+                "{host: payments, subset: v2}}]",
+            ),
+            "CrossServiceRoute",
+            "spec.traffic[0].http[0].route[0].destination.host",
+        ),
+        case(
+            "route without destinations",
+            r(
+                MESH,
+                "route: [{destination: {host: orders, subset: v2}}]",
+                "route: []",
+            ),
+            "EmptyRoute",
+            "spec.traffic[0].http[0].route",
+        ),
+        case(
+            "subset defined twice",
+            r(
+                MESH,
+                "{name: v2, labels: {version: v2}}",
+                "{name: v1, labels: {version: v2}}",
+            ),
+            "DuplicateSubset",
+            "spec.traffic[0].subsets[1].name",
+        ),
+        case(
+            "subset with a bad name",
+            r(
+                MESH,
+                "{name: v2, labels: {version: v2}}",
+                "{name: V2, labels: {version: v2}}",
+            ),
+            "InvalidName",
+            "spec.traffic[0].subsets[1].name",
+        ),
+        case(
+            "workload label key invalid",
+            r(MESH, "labels: {version: v1}}", "labels: {\"bad key\": v1}}"),
+            "InvalidLabelKey",
+            "spec.workloads[0].labels[\"bad key\"]",
+        ),
+        case(
             "traffic attempts of the wrong type",
             r(MESH, "attempts: 3", "attempts: three"),
             "WrongType",
@@ -1644,6 +1772,16 @@ fn warnings_are_reported() {
             ),
             "DuplicateRule",
             "spec.importRules[2]",
+        ),
+        (
+            "subset no workload carries",
+            r(
+                MESH,
+                "{name: v2, labels: {version: v2}}",
+                "{name: v2, labels: {version: v3}}",
+            ),
+            "EmptySubset",
+            "spec.traffic[0].subsets[1].labels",
         ),
         (
             "peer not found",

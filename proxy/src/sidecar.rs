@@ -10,7 +10,7 @@
 //! that, the path is normalized and the workload's authorization policies decide; the app gets
 //! exactly the path that was checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +24,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshfed_core::authz::{self, Decision, Policy};
+use meshfed_core::routing::Target;
 use meshfed_core::traffic::{self, RetryOn, Share, TrafficPolicy};
 use meshfed_core::{Hostname, SpiffeId};
 use meshfed_trust::verify::{
@@ -47,6 +48,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub identity: SpiffeId,
+    /// The workload's labels (traffic subsets select by them).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A service the local app may call.
@@ -100,6 +103,9 @@ struct Route {
     /// Idle connections per endpoint.
     pools: Vec<Arc<Pool>>,
     outliers: Option<Outliers>,
+    /// Every endpoint's index, and the indices of each subset's endpoints.
+    all: Vec<usize>,
+    subsets: BTreeMap<String, Vec<usize>>,
 }
 
 /// Counts one in-flight item for as long as it lives.
@@ -259,6 +265,19 @@ fn build_routes(
                 .outlier_detection
                 .clone()
                 .map(|o| Outliers::new(o, s.endpoints.len())),
+            all: (0..s.endpoints.len()).collect(),
+            subsets: s
+                .traffic
+                .routing
+                .subsets
+                .iter()
+                .map(|sub| {
+                    let members = (0..s.endpoints.len())
+                        .filter(|&i| sub.selects(&s.endpoints[i].labels))
+                        .collect();
+                    (sub.name.clone(), members)
+                })
+                .collect(),
         }));
     }
     Ok(routes)
@@ -688,6 +707,7 @@ async fn attempt(
 /// Attempts until an answer that is not retried, the attempts are spent, or the budget is.
 async fn attempts(
     route: &Route,
+    candidates: &[usize],
     stats: &Stats,
     head: hyper::http::request::Parts,
     mut payload: Payload,
@@ -697,13 +717,18 @@ async fn attempts(
     let mut n = 0;
     loop {
         let now = Instant::now();
-        let i = route.traffic.load_balancer.pick(
-            route.endpoints.len(),
+        let i = candidates[route.traffic.load_balancer.pick(
+            candidates.len(),
             route.next.fetch_add(1, Ordering::Relaxed),
             fastrand::usize(..),
-            |i| route.outliers.as_ref().is_none_or(|o| o.available(i, now)),
-            |i| route.load[i].load(Ordering::Relaxed),
-        );
+            |k| {
+                route
+                    .outliers
+                    .as_ref()
+                    .is_none_or(|o| o.available(candidates[k], now))
+            },
+            |k| route.load[candidates[k]].load(Ordering::Relaxed),
+        )];
         let outcome = attempt(route, stats, i, &head, &mut payload).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
@@ -764,9 +789,29 @@ async fn outbound(
     Ok(resp)
 }
 
-/// An outbound request for a known service: faults, then attempts within the route timeout.
+/// An outbound request for a known service: its HTTP route and subset, faults, then attempts
+/// within the route timeout.
 async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Response<Body> {
     let host = &route.host;
+    let target = route.traffic.routing.decide(
+        req.method().as_str(),
+        req.uri().path(),
+        |name| req.headers().get(name).and_then(|v| v.to_str().ok()),
+        fastrand::u32(..100),
+    );
+    let candidates = match target {
+        Target::All => &route.all,
+        Target::Subset(name) => match route.subsets.get(name) {
+            Some(c) => c,
+            None => &Vec::new(),
+        },
+        Target::NoRoute => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("NoRouteMatched: no HTTP route of {host} matches this request\n"),
+            );
+        }
+    };
     let fault = &route.traffic.fault;
     if let Some(d) = &fault.delay
         && d.share.hit(fastrand::u32(..Share::MILLION))
@@ -783,10 +828,14 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
             format!("FaultInjected: abort by the traffic policy for {host}\n"),
         );
     }
-    if route.endpoints.is_empty() {
+    if candidates.is_empty() {
+        let which = match target {
+            Target::Subset(name) => format!("subset {name} of {host}"),
+            _ => host.to_string(),
+        };
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("NoHealthyEndpoint: {host} has no endpoints\n"),
+            format!("NoHealthyEndpoint: {which} has no endpoints\n"),
         );
     }
     let _active = InFlight::new(&route.active);
@@ -815,7 +864,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
         } else {
             Payload::Stream(Some(boxed(body)))
         };
-        attempts(route, stats, head, payload).await
+        attempts(route, candidates, stats, head, payload).await
     };
     match route.traffic.timeout {
         None => run.await,

@@ -65,6 +65,7 @@ async fn wrong_identities_are_refused_on_either_side() {
         vec![Endpoint {
             addr: srv.inbound.unwrap(),
             identity: "spiffe://alpha.local/ns/shop/sa/other".parse().unwrap(),
+            labels: Default::default(),
         }],
     )
     .await;
@@ -99,10 +100,12 @@ async fn requests_spread_round_robin() {
         Endpoint {
             addr: s1.inbound.unwrap(),
             identity: ECHO.parse().unwrap(),
+            labels: Default::default(),
         },
         Endpoint {
             addr: s2.inbound.unwrap(),
             identity: ECHO.parse().unwrap(),
+            labels: Default::default(),
         },
     ];
     let cli = client(&ca, UI, eps).await;

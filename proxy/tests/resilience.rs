@@ -112,6 +112,7 @@ async fn connection_failures_are_retried_by_default() {
     let dead = Endpoint {
         addr: closed,
         identity: ECHO.parse().unwrap(),
+        labels: Default::default(),
     };
     let c = client(&ca, UI, vec![dead.clone(), good]).await;
     let seen = statuses(&c, 6).await;

@@ -115,6 +115,7 @@ pub fn endpoint_of(srv: &Running) -> Endpoint {
     Endpoint {
         addr: srv.inbound.unwrap(),
         identity: ECHO.parse().unwrap(),
+        labels: Default::default(),
     }
 }
 
