@@ -14,7 +14,18 @@ bench-proxy:
 bench-peering:
 	$(CARGO) bench --locked -p meshfed-peering --bench propagation
 
-.PHONY: bench-trust bench-peering bench-proxy demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+## The sidecar vs HAProxy and nginx as processes (P1, P2 with mTLS); needs bench-tools.
+## BENCH_REPS, BENCH_SECS, BENCH_WARMUP tune the run (defaults 3, 10, 3).
+bench-peers:
+	$(CARGO) bench --locked -p meshfed-cli --bench peers
+
+## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
+bench-tools:
+	command -v haproxy >/dev/null && command -v nginx >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk; }
+	command -v oha >/dev/null || $(CARGO) install oha --locked
+
+.PHONY: bench-trust bench-peering bench-proxy bench-peers bench-tools demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 

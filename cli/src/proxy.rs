@@ -50,13 +50,23 @@ pub struct ProxyArgs {
     /// loopback or a pod-local address).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Worker threads (Istio's sidecar default concurrency is 2).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 pub fn run(args: ProxyArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // One worker: a current-thread runtime, without the cross-thread wake-ups and work
+    // stealing a one-worker multi-thread runtime still pays for.
+    let rt = match args.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(run_async(args))
 }
 

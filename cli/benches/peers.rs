@@ -1,0 +1,786 @@
+//! The sidecar against HAProxy and nginx in the same positions, as separate processes on
+//! loopback, measured in one run (`make bench-peers`; `../shared/design/performance.md`).
+//!
+//! Paths, all ending at the same origin (`meshfed echo`, one thread):
+//! - P0: generator → origin.
+//! - P1: generator —mTLS→ proxy → origin (the server-side hop: client certificate verified).
+//! - P2: generator → client proxy —mTLS→ server proxy → origin (the sidecar pair).
+//!
+//! Every proxy runs one worker thread; TLS 1.3 with X25519 and ECDSA P-256 certificates from
+//! the same mesh CA; no session resumption; access logs off; keep-alive to the origin and
+//! between the proxies. Load comes from `oha` over 16 keep-alive HTTP/1.1 connections:
+//! closed-loop for peak rps, fixed-rate with latency correction for percentiles (timed from
+//! when each request was due). CPU is utime+stime of the proxy processes over the 1,000 rps
+//! window; RSS is read idle (after start, before any request) and as the high-water mark at the
+//! end. Each repetition rotates the order of the systems; the median of the repetitions is
+//! reported with its min–max. Knobs: `BENCH_REPS` (3), `BENCH_SECS` (10), `BENCH_WARMUP` (3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // a harness: fail loudly
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const HOST: &str = "echo.shop.svc.cluster.local";
+const TD: &str = "alpha.local";
+const CONNS: u32 = 16;
+const RATES: [u32; 2] = [1_000, 10_000];
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process of the run, killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, name: &str, cmd: &mut Command) -> Self {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = cmd
+            .current_dir(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// utime + stime in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields after the command: state is [0]; utime and stime are fields 14 and 15 of the
+        // whole line, so [11] and [12] here.
+        f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    /// `VmRSS` or `VmHWM` in KiB.
+    fn mem_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr, who: &str, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join(format!("{who}.log"))).unwrap_or_default();
+            panic!("{who} never listened on {addr}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Certificates for HAProxy and nginx: ECDSA P-256 from the mesh root, with the SPIFFE ID and a
+/// DNS name (nginx verifies upstream names). Writes NAME.crt, NAME.key and NAME.pem (both).
+fn peer_cert(dir: &Path, name: &str, uri: &str, dns: &str) {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+    let root = std::fs::read_to_string(dir.join("ca/root-1.pem")).unwrap();
+    let root_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca/root-1.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&root, root_key).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(vec![dns.to_owned()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::URI(uri.try_into().unwrap()));
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(2);
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.pem")),
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    )
+    .unwrap();
+}
+
+fn haproxy_cfg(front: &str, back: &str) -> String {
+    format!(
+        "global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  {front}
+  default_backend b
+backend b
+  {back}
+"
+    )
+}
+
+fn nginx_cfg(dir: &Path, name: &str, server: &str, upstream: &str, location: &str) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;
+master_process off;
+daemon off;
+error_log {d}/{name}-error.log warn;
+pid {d}/{name}.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  keepalive_requests 100000000;
+  upstream up {{ server {upstream}; keepalive 64; keepalive_requests 100000000; }}
+  server {{
+    {server}
+    location / {{
+      proxy_pass {location};
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_ssl_certificate {d}/client.crt;
+      proxy_ssl_certificate_key {d}/client.key;
+      proxy_ssl_trusted_certificate {d}/root.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name echo.bench.local;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_session_reuse off;
+    }}
+  }}
+}}
+"
+    )
+}
+
+/// One generator run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    /// Share of requests that did not get a 2xx.
+    failed: f64,
+}
+
+/// What the generator is pointed at.
+struct Target {
+    url: String,
+    /// Client certificate and key (mTLS to the first hop).
+    tls: bool,
+}
+
+struct Gen {
+    oha: PathBuf,
+    dir: PathBuf,
+    raw: Vec<serde_json::Value>,
+}
+
+impl Gen {
+    fn oha(&mut self, label: &str, t: &Target, rate: Option<u32>, secs: u64) -> Run {
+        let mut cmd = Command::new(&self.oha);
+        cmd.args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-c",
+            &CONNS.to_string(),
+        ])
+        .args(["-z", &format!("{secs}s"), "-H", &format!("Host: {HOST}")]);
+        if let Some(r) = rate {
+            cmd.args(["-q", &r.to_string(), "--latency-correction"]);
+        }
+        if t.tls {
+            let d = &self.dir;
+            cmd.arg("--cert")
+                .arg(d.join("ui.pem"))
+                .arg("--key")
+                .arg(d.join("ui-key.pem"))
+                .arg("--insecure");
+        }
+        cmd.arg(&t.url);
+        let out = run(&mut cmd);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("oha output: {e}: {out}"));
+        let total: f64 = v["statusCodeDistribution"]
+            .as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_f64).sum())
+            .unwrap_or(0.0);
+        let ok: f64 = v["statusCodeDistribution"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.starts_with('2'))
+                    .filter_map(|(_, n)| n.as_f64())
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        let errors: f64 = v["errorDistribution"]
+            .as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_f64).sum())
+            .unwrap_or(0.0);
+        let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1e6;
+        let r = Run {
+            rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+            p50: us("p50"),
+            p99: us("p99"),
+            p999: us("p99.9"),
+            failed: if total + errors > 0.0 {
+                1.0 - ok / (total + errors)
+            } else {
+                1.0
+            },
+        };
+        self.raw.push(serde_json::json!({
+            "label": label, "rate": rate, "secs": secs, "url": t.url, "mtls": t.tls,
+            "summary": v["summary"], "latencyPercentiles": v["latencyPercentiles"],
+            "statusCodeDistribution": v["statusCodeDistribution"],
+            "errorDistribution": v["errorDistribution"],
+        }));
+        r
+    }
+}
+
+/// One system's two paths (or just P0 for the direct system).
+struct System {
+    name: &'static str,
+    p1: Option<(Target, Vec<Proc>)>,
+    p2: Option<(Target, Vec<Proc>)>,
+    p0: Option<Target>,
+}
+
+#[derive(Default)]
+struct Figures {
+    /// (system, path, metric) → one value per repetition.
+    values: BTreeMap<(String, String, String), Vec<f64>>,
+}
+
+impl Figures {
+    fn push(&mut self, sys: &str, path: &str, metric: &str, v: f64) {
+        self.values
+            .entry((sys.into(), path.into(), metric.into()))
+            .or_default()
+            .push(v);
+    }
+
+    /// Median, min, max.
+    fn get(&self, sys: &str, path: &str, metric: &str) -> Option<(f64, f64, f64)> {
+        let mut v = self
+            .values
+            .get(&(sys.into(), path.into(), metric.into()))?
+            .clone();
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`
+    }
+    let (Some(haproxy), Some(nginx), Some(oha)) = (which("haproxy"), which("nginx"), which("oha"))
+    else {
+        eprintln!("bench-peers needs haproxy, nginx and oha on PATH: run `make bench-tools`");
+        std::process::exit(2);
+    };
+    let meshfed = env!("CARGO_BIN_EXE_meshfed");
+    let reps = knob("BENCH_REPS", 3) as usize;
+    let dir = std::env::temp_dir().join(format!("meshfed-bench-peers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    eprintln!("bench-peers in {}", dir.display());
+
+    // Certificates: the mesh CA, SVIDs for meshfed and the generator, peer certificates.
+    run(Command::new(meshfed).current_dir(&dir).args([
+        "trust",
+        "init",
+        "--dir",
+        "ca",
+        "--trust-domain",
+        TD,
+    ]));
+    run(Command::new(meshfed).current_dir(&dir).args([
+        "trust",
+        "issue",
+        "--dir",
+        "ca",
+        "--id",
+        &format!("spiffe://{TD}/ns/web/sa/ui"),
+        "--out",
+        "ui",
+    ]));
+    std::fs::copy(dir.join("ca/root-1.pem"), dir.join("root.pem")).unwrap();
+    peer_cert(
+        &dir,
+        "server",
+        &format!("spiffe://{TD}/ns/shop/sa/echo"),
+        "echo.bench.local",
+    );
+    peer_cert(
+        &dir,
+        "client",
+        &format!("spiffe://{TD}/ns/web/sa/ui"),
+        "ui.bench.local",
+    );
+
+    // The origin.
+    let origin = free("127.0.50.1");
+    let _origin = Proc::spawn(
+        &dir,
+        "origin",
+        Command::new(meshfed).args([
+            "echo",
+            "--listen",
+            &origin.to_string(),
+            "--mesh",
+            "bench",
+            "--instance",
+            "origin",
+        ]),
+    );
+    wait_listening(origin, "origin", &dir);
+
+    // meshfed: the echo workload's sidecar (P1 and the server half of P2) and ui's (client half).
+    let (m_in, m_out, m_ui_in, m_ui_app) = (
+        free("127.0.50.2"),
+        free("127.0.50.3"),
+        free("127.0.50.3"),
+        free("127.0.50.3"),
+    );
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!(
+            "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: bench, namespace: bench-system}}
+spec:
+  trustDomain: {TD}
+  services:
+  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{m_in}\", app: \"{origin}\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"{m_ui_in}\", app: \"{m_ui_app}\"}}
+"
+        ),
+    )
+    .unwrap();
+    let sidecar = |name: &str, workload: &str, out: Option<SocketAddr>| {
+        let mut c = Command::new(meshfed);
+        c.args([
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--dir",
+            "ca",
+            "--workers",
+            "1",
+        ])
+        .args(["--workload", workload]);
+        if let Some(o) = out {
+            c.args(["--outbound", &o.to_string()]);
+        }
+        Proc::spawn(&dir, name, &mut c)
+    };
+    let m_server = sidecar("meshfed-server", "echo-1", None);
+    let m_client = sidecar("meshfed-client", "ui-1", Some(m_out));
+    wait_listening(m_in, "meshfed-server", &dir);
+    wait_listening(m_out, "meshfed-client", &dir);
+
+    // HAProxy pair.
+    let (h_in, h_out) = (free("127.0.50.4"), free("127.0.50.5"));
+    let d = dir.display();
+    std::fs::write(
+        dir.join("haproxy-server.cfg"),
+        haproxy_cfg(
+            &format!("bind {h_in} ssl crt {d}/server.pem ca-file {d}/root.pem verify required ssl-min-ver TLSv1.3 curves X25519"),
+            &format!("server o {origin}"),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("haproxy-client.cfg"),
+        haproxy_cfg(
+            &format!("bind {h_out}"),
+            &format!("server s {h_in} ssl crt {d}/client.pem ca-file {d}/root.pem verify required verifyhost echo.bench.local sni str(echo.bench.local) ssl-min-ver TLSv1.3 no-ssl-reuse"),
+        ),
+    )
+    .unwrap();
+    let h_server = Proc::spawn(
+        &dir,
+        "haproxy-server",
+        Command::new(&haproxy).args(["-db", "-f", "haproxy-server.cfg"]),
+    );
+    let h_client = Proc::spawn(
+        &dir,
+        "haproxy-client",
+        Command::new(&haproxy).args(["-db", "-f", "haproxy-client.cfg"]),
+    );
+    wait_listening(h_in, "haproxy-server", &dir);
+    wait_listening(h_out, "haproxy-client", &dir);
+
+    // nginx pair.
+    let (n_in, n_out) = (free("127.0.50.6"), free("127.0.50.7"));
+    std::fs::write(
+        dir.join("nginx-server.conf"),
+        nginx_cfg(
+            &dir,
+            "nginx-server",
+            &format!("listen {n_in} ssl; ssl_certificate {d}/server.crt; ssl_certificate_key {d}/server.key; ssl_client_certificate {d}/root.pem; ssl_verify_client on; ssl_protocols TLSv1.3; ssl_ecdh_curve X25519; ssl_session_tickets off; ssl_session_cache off;"),
+            &origin.to_string(),
+            "http://up",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("nginx-client.conf"),
+        nginx_cfg(
+            &dir,
+            "nginx-client",
+            &format!("listen {n_out};"),
+            &n_in.to_string(),
+            "https://up",
+        ),
+    )
+    .unwrap();
+    let nginx_run = |name: &str| {
+        Proc::spawn(
+            &dir,
+            name,
+            Command::new(&nginx)
+                .args(["-e", "stderr", "-p"])
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join(format!("{name}.conf"))),
+        )
+    };
+    let n_server = nginx_run("nginx-server");
+    let n_client = nginx_run("nginx-client");
+    wait_listening(n_in, "nginx-server", &dir);
+    wait_listening(n_out, "nginx-client", &dir);
+
+    // Idle memory, before any request.
+    let mut idle = BTreeMap::new();
+    for p in [
+        &m_server, &m_client, &h_server, &h_client, &n_server, &n_client,
+    ] {
+        idle.insert(p.name.clone(), p.mem_kib("VmRSS"));
+    }
+
+    let tls = |addr: SocketAddr| Target {
+        url: format!("https://{addr}/"),
+        tls: true,
+    };
+    let plain = |addr: SocketAddr| Target {
+        url: format!("http://{addr}/"),
+        tls: false,
+    };
+    let mut systems = vec![
+        System {
+            name: "direct",
+            p0: Some(plain(origin)),
+            p1: None,
+            p2: None,
+        },
+        System {
+            name: "HAProxy",
+            p0: None,
+            p1: Some((tls(h_in), vec![h_server])),
+            p2: Some((plain(h_out), vec![h_client])),
+        },
+        System {
+            name: "nginx",
+            p0: None,
+            p1: Some((tls(n_in), vec![n_server])),
+            p2: Some((plain(n_out), vec![n_client])),
+        },
+        System {
+            name: "meshfed",
+            p0: None,
+            p1: Some((tls(m_in), vec![m_server])),
+            p2: Some((plain(m_out), vec![m_client])),
+        },
+    ];
+    let mut load = Gen {
+        oha,
+        dir: dir.clone(),
+        raw: Vec::new(),
+    };
+    let mut figs = Figures::default();
+    let started = Instant::now();
+    for rep in 0..reps {
+        systems.rotate_left(1);
+        for s in &systems {
+            eprintln!(
+                "repetition {}/{reps}: {} ({:.0} s elapsed)",
+                rep + 1,
+                s.name,
+                started.elapsed().as_secs_f64()
+            );
+            if let Some(t) = &s.p0 {
+                measure(&mut load, &mut figs, s.name, "P0", t, &[]);
+            }
+            let server: Vec<&Proc> = s.p1.iter().flat_map(|(_, p)| p).collect();
+            if let Some((t, _)) = &s.p1 {
+                measure(&mut load, &mut figs, s.name, "P1", t, &server);
+            }
+            if let Some((t, procs)) = &s.p2 {
+                // P2's CPU counts both proxies: the server one is P1's.
+                let both: Vec<&Proc> = procs.iter().chain(server.iter().copied()).collect();
+                measure(&mut load, &mut figs, s.name, "P2", t, &both);
+            }
+        }
+    }
+    let mut hwm = BTreeMap::new();
+    for s in &systems {
+        for (_, procs) in s.p1.iter().chain(s.p2.iter()) {
+            for p in procs {
+                hwm.insert(p.name.clone(), p.mem_kib("VmHWM"));
+            }
+        }
+    }
+    let report = report(&figs, &idle, &hwm, reps);
+    eprintln!("{report}");
+    let raw_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-raw");
+    let _ = std::fs::create_dir_all(&raw_dir);
+    let raw_file = raw_dir.join(format!("peers-{}.json", std::process::id()));
+    std::fs::write(&raw_file, serde_json::to_string_pretty(&load.raw).unwrap()).unwrap();
+    let versions = format!(
+        "{}; {}; oha {}",
+        run(Command::new(&haproxy).arg("-v"))
+            .lines()
+            .next()
+            .unwrap_or(""),
+        String::from_utf8_lossy(&Command::new(&nginx).arg("-v").output().unwrap().stderr).trim(),
+        run(Command::new(&load.oha).arg("--version")).trim(),
+    );
+    meshfed_bench::record(
+        "Data path vs HAProxy and nginx (processes, mTLS)",
+        &format!(
+            "`make bench-peers`: processes on loopback; origin `meshfed echo` (one thread); every \
+             proxy one worker thread; TLS 1.3, X25519, ECDSA P-256 from one mesh CA, no \
+             resumption, access logs off, keep-alive everywhere. P1 = generator —mTLS→ proxy → \
+             origin; P2 = generator → client proxy —mTLS→ server proxy → origin. `oha -c {CONNS}` \
+             closed loop {secs} s for peak, `-q RATE --latency-correction` {secs} s for \
+             percentiles, {warm} s warm-up per path; {reps} repetitions rotating the system \
+             order; median (min–max). Added latency = path minus P0 in the same run. CPU = \
+             utime+stime of the path's proxies over the fixed-rate window. {versions}. Raw \
+             generator JSON: target/bench-raw/ (not committed).",
+            secs = knob("BENCH_SECS", 10),
+            warm = knob("BENCH_WARMUP", 3),
+        ),
+        &report,
+    );
+}
+
+fn measure(load: &mut Gen, figs: &mut Figures, sys: &str, path: &str, t: &Target, procs: &[&Proc]) {
+    let secs = knob("BENCH_SECS", 10);
+    let warm = knob("BENCH_WARMUP", 3);
+    let tck: f64 = run(Command::new("getconf").arg("CLK_TCK"))
+        .trim()
+        .parse()
+        .unwrap_or(100.0);
+    eprintln!("  {sys} {path}: warm-up, peak");
+    load.oha(&format!("{sys} {path} warm-up"), t, None, warm);
+    let peak = load.oha(&format!("{sys} {path} peak"), t, None, secs);
+    figs.push(sys, path, "peak rps", peak.rps);
+    figs.push(sys, path, "peak failed %", peak.failed * 100.0);
+    for rate in RATES {
+        eprintln!("  {sys} {path}: {rate} rps");
+        let ticks = || procs.iter().map(|p| p.cpu_ticks()).sum::<u64>();
+        let before = ticks();
+        let t0 = Instant::now();
+        let r = load.oha(&format!("{sys} {path} {rate} rps"), t, Some(rate), secs);
+        let vcpu = (ticks() - before) as f64 / tck / t0.elapsed().as_secs_f64();
+        for (m, x) in [("p50", r.p50), ("p99", r.p99), ("p99.9", r.p999)] {
+            figs.push(sys, path, &format!("{m} µs @{rate}"), x);
+        }
+        figs.push(sys, path, &format!("failed % @{rate}"), r.failed * 100.0);
+        figs.push(sys, path, &format!("achieved rps @{rate}"), r.rps);
+        if !procs.is_empty() {
+            let per_proxy = vcpu / procs.len() as f64 / (f64::from(rate) / 1000.0);
+            figs.push(
+                sys,
+                path,
+                &format!("vCPU per 1k rps per proxy @{rate}"),
+                per_proxy,
+            );
+        }
+    }
+}
+
+fn report(
+    figs: &Figures,
+    idle: &BTreeMap<String, u64>,
+    hwm: &BTreeMap<String, u64>,
+    reps: usize,
+) -> String {
+    let mut out = String::new();
+    let fmt = |x: Option<(f64, f64, f64)>, digits: usize| match x {
+        Some((m, lo, hi)) if reps > 1 => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+        Some((m, _, _)) => format!("{m:.digits$}"),
+        None => "—".into(),
+    };
+    let _ = writeln!(
+        out,
+        "| Path | Metric | direct | HAProxy | nginx | meshfed | meshfed / best peer | Goal |\n|---|---|---|---|---|---|---|---|"
+    );
+    let median = |s: &str, p: &str, m: &str| figs.get(s, p, m).map(|x| x.0);
+    for path in ["P1", "P2"] {
+        // Peak rps: higher is better.
+        let m = "peak rps";
+        let best = [median("HAProxy", path, m), median("nginx", path, m)]
+            .into_iter()
+            .flatten()
+            .fold(f64::NAN, f64::max);
+        let ours = median("meshfed", path, m);
+        let _ = writeln!(
+            out,
+            "| {path} | peak rps | {} | {} | {} | {} | {} | ≥ 1.10 |",
+            fmt(figs.get("direct", "P0", m), 0),
+            fmt(figs.get("HAProxy", path, m), 0),
+            fmt(figs.get("nginx", path, m), 0),
+            fmt(figs.get("meshfed", path, m), 0),
+            ours.map_or("—".into(), |o| format!("{:.2}", o / best)),
+        );
+        let m = "peak failed %";
+        let _ = writeln!(
+            out,
+            "| {path} | failed % in the peak run | {} | {} | {} | {} | | 0 |",
+            fmt(figs.get("direct", "P0", m), 2),
+            fmt(figs.get("HAProxy", path, m), 2),
+            fmt(figs.get("nginx", path, m), 2),
+            fmt(figs.get("meshfed", path, m), 2),
+        );
+        for rate in RATES {
+            for (pct, goal) in [("p50", "≤ 0.90"), ("p99", "≤ 1.00"), ("p99.9", "≤ 1.00")] {
+                let m = format!("{pct} µs @{rate}");
+                let base = median("direct", "P0", &m).unwrap_or(f64::NAN);
+                let added = |s: &str| median(s, path, &m).map(|v| v - base);
+                let best = [added("HAProxy"), added("nginx")]
+                    .into_iter()
+                    .flatten()
+                    .fold(f64::NAN, f64::min);
+                let cell = |s: &str| {
+                    figs.get(s, path, &m).map_or("—".into(), |(v, lo, hi)| {
+                        if reps > 1 {
+                            format!("+{:.0} ({:.0}–{:.0})", v - base, lo - base, hi - base)
+                        } else {
+                            format!("+{:.0}", v - base)
+                        }
+                    })
+                };
+                let _ = writeln!(
+                    out,
+                    "| {path} | added {pct} µs @ {rate} rps | {} | {} | {} | {} | {} | {goal} |",
+                    fmt(figs.get("direct", "P0", &m), 0),
+                    cell("HAProxy"),
+                    cell("nginx"),
+                    cell("meshfed"),
+                    added("meshfed").map_or("—".into(), |o| format!("{:.2}", o / best)),
+                );
+            }
+            let m = format!("vCPU per 1k rps per proxy @{rate}");
+            let best = [median("HAProxy", path, &m), median("nginx", path, &m)]
+                .into_iter()
+                .flatten()
+                .fold(f64::NAN, f64::min);
+            let _ = writeln!(
+                out,
+                "| {path} | vCPU per 1k rps per proxy @ {rate} rps | — | {} | {} | {} | {} | ≤ 1.00 |",
+                fmt(figs.get("HAProxy", path, &m), 3),
+                fmt(figs.get("nginx", path, &m), 3),
+                fmt(figs.get("meshfed", path, &m), 3),
+                median("meshfed", path, &m).map_or("—".into(), |o| format!("{:.2}", o / best)),
+            );
+            let m = format!("failed % @{rate}");
+            let _ = writeln!(
+                out,
+                "| {path} | failed % @ {rate} rps | {} | {} | {} | {} | | 0 |",
+                fmt(figs.get("direct", "P0", &m), 2),
+                fmt(figs.get("HAProxy", path, &m), 2),
+                fmt(figs.get("nginx", path, &m), 2),
+                fmt(figs.get("meshfed", path, &m), 2),
+            );
+        }
+    }
+    let mb = |k: u64| format!("{:.1}", k as f64 / 1024.0);
+    let _ = writeln!(
+        out,
+        "\n| Process | idle RSS MB | peak RSS MB (VmHWM) |\n|---|---|---|"
+    );
+    for (name, k) in idle {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} |",
+            mb(*k),
+            hwm.get(name).map_or("—".into(), |h| mb(*h))
+        );
+    }
+    let _ = writeln!(out, "\nGoal for an idle sidecar: ≤ 10 MB RSS.");
+    out
+}
