@@ -275,9 +275,16 @@ impl Gen {
                     .sum()
             })
             .unwrap_or(0.0);
+        // Requests still in flight when the run's time is up are cut by the generator, not
+        // failed by the proxy.
         let errors: f64 = v["errorDistribution"]
             .as_object()
-            .map(|m| m.values().filter_map(serde_json::Value::as_f64).sum())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !k.contains("aborted due to deadline"))
+                    .filter_map(|(_, n)| n.as_f64())
+                    .sum()
+            })
             .unwrap_or(0.0);
         let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1e6;
         let r = Run {

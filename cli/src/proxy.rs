@@ -15,9 +15,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshfed_control::Log;
 use meshfed_control::client::{Client, ClientState, Update};
+use meshfed_core::catalog::Protocol;
 use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
-use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, SidecarConfig};
+use meshfed_proxy::sidecar::{
+    self, Endpoint, HttpVersion, OutboundService, SidecarConfig, TcpForward,
+};
 use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::verify::{self, Expect, SvidResolver};
@@ -50,6 +53,11 @@ pub struct ProxyArgs {
     /// loopback or a pod-local address).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Forward a TCP service port to a local listener: `SERVICE:PORT=LISTEN`, where SERVICE
+    /// is the service's hostname or `name.namespace`, e.g. `db.data:5432=127.0.0.1:15432`.
+    /// The port must be a TCP or TLS port of the service. Repeatable.
+    #[arg(long = "tcp", value_name = "SERVICE:PORT=LISTEN")]
+    tcp: Vec<String>,
     /// Worker threads (Istio's sidecar default concurrency is 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -68,6 +76,65 @@ pub fn run(args: ProxyArgs) -> Result<ExitCode> {
             .build()?,
     };
     rt.block_on(run_async(args))
+}
+
+/// One `--tcp SERVICE:PORT=LISTEN`: the service's TCP port, its endpoints, the listener.
+fn tcp_forward(
+    mesh: &MeshFederation,
+    services: &[OutboundService],
+    spec: &str,
+) -> Result<TcpForward> {
+    let usage = || {
+        format!("--tcp {spec:?}: expected SERVICE:PORT=LISTEN, e.g. db.data:5432=127.0.0.1:15432")
+    };
+    let (target, listen) = spec.split_once('=').with_context(usage)?;
+    let (name, port) = target.rsplit_once(':').with_context(usage)?;
+    let port: u16 = port.parse().ok().with_context(usage)?;
+    let listen: SocketAddr = listen.parse().ok().with_context(usage)?;
+    let svc = mesh
+        .catalog
+        .iter()
+        .find(|s| {
+            let short = format!("{}.{}", s.key.name, s.key.namespace);
+            name == short
+                || mesh
+                    .catalog
+                    .hostname_of(&s.key)
+                    .is_ok_and(|h| h.as_str() == name)
+        })
+        .with_context(|| format!("--tcp {spec:?}: no service {name:?} in mesh {}", mesh.mesh))?;
+    let p = svc
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .with_context(|| format!("--tcp {spec:?}: service {} has no port {port}", svc.key))?;
+    if !matches!(p.protocol, Protocol::Tcp | Protocol::Tls) {
+        bail!(
+            "--tcp {spec:?}: port {port} of {} is {}, not TCP or TLS",
+            svc.key,
+            p.protocol
+        );
+    }
+    let host = mesh.catalog.hostname_of(&svc.key)?;
+    let endpoints = services
+        .iter()
+        .find(|s| s.host == host)
+        .map(|s| s.endpoints.clone())
+        .unwrap_or_default();
+    Ok(TcpForward {
+        listen,
+        host,
+        port,
+        endpoints,
+    })
+}
+
+fn http_version(svc: &meshfed_core::catalog::Service) -> HttpVersion {
+    if svc.speaks_http2() {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    }
 }
 
 /// The sidecar configuration of the chosen workload in `mesh`, and its identity.
@@ -127,18 +194,41 @@ fn configure(
             host: mesh.catalog.hostname_of(&svc.key)?,
             endpoints,
             traffic: mesh.traffic_for(&svc.key),
+            protocol: http_version(svc),
         });
     }
+    let tcp = args
+        .tcp
+        .iter()
+        .map(|spec| tcp_forward(mesh, &services, spec))
+        .collect::<Result<Vec<_>>>()?;
+    let tcp_ports = mesh
+        .catalog
+        .get(&w.service)
+        .map(|s| {
+            s.ports
+                .iter()
+                .filter(|p| matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
+                .map(|p| p.port)
+                .collect()
+        })
+        .unwrap_or_default();
     let id = identity(&w.namespace, &w.service_account)?;
     let cfg = SidecarConfig {
         outbound: args.outbound,
         inbound: Some(w.inbound),
         app: Some(w.app),
+        app_protocol: mesh
+            .catalog
+            .get(&w.service)
+            .map_or(HttpVersion::Http1, http_version),
         allow: Expect::TrustDomains(allow.clone()),
         services,
         policies: mesh.policies_for(&w.service),
         service: w.service.to_string(),
         admin: args.admin,
+        tcp,
+        tcp_ports,
     };
     Ok((cfg, id))
 }

@@ -202,3 +202,119 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[test]
+fn tcp_ports_are_forwarded_between_sidecar_processes() {
+    let dir = std::env::temp_dir().join(format!("meshfed-proxy-tcp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "trust",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alpha-mesh.local",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    // The database app: echoes every byte, on the workload's IP and the service port.
+    let db_app = TcpListener::bind("127.0.7.5:0").unwrap();
+    let port = db_app.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in db_app.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let (db_in, ui_in, ui_app, listen) = (
+        free("127.0.7.5"),
+        free("127.0.7.6"),
+        free("127.0.7.6"),
+        free("127.0.7.6"),
+    );
+    let mesh = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services:
+  - {{name: db, namespace: data, ports: [{{name: sql, port: {port}, protocol: TCP}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: db-1, namespace: data, service: db, inbound: \"{db_in}\", app: \"127.0.7.5:1\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+"
+    );
+    std::fs::write(dir.join("mesh.yaml"), mesh).unwrap();
+    // A --tcp that names no TCP port is refused before anything starts.
+    let o = Command::new(bin())
+        .args([
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--dir",
+            "ca",
+            "--workload",
+            "ui-1",
+        ])
+        .args(["--tcp", &format!("ui.web:8080={listen}")])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not TCP or TLS"), "{err}");
+    let forward = format!("db.data:{port}={listen}");
+    let _procs = Procs(vec![
+        spawn(
+            &dir,
+            &[
+                "proxy",
+                "--mesh",
+                "mesh.yaml",
+                "--dir",
+                "ca",
+                "--workload",
+                "db-1",
+            ],
+        ),
+        spawn(
+            &dir,
+            &[
+                "proxy",
+                "--mesh",
+                "mesh.yaml",
+                "--dir",
+                "ca",
+                "--workload",
+                "ui-1",
+                "--tcp",
+                &forward,
+            ],
+        ),
+    ]);
+    let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = TcpStream::connect(listen).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(&payload).ok()?;
+            let mut got = vec![0u8; payload.len()];
+            s.read_exact(&mut got).ok()?;
+            Some(got)
+        });
+        if got.as_deref() == Some(payload.as_slice()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stream through the sidecars");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -170,11 +170,46 @@ impl Policy {
     }
 }
 
+impl Operation {
+    /// Whether it names HTTP-only conditions (paths, methods).
+    fn http_only(&self) -> bool {
+        !self.paths.is_empty() || !self.methods.is_empty()
+    }
+}
+
+impl Policy {
+    /// Matching for a TCP stream, where paths and methods cannot be seen: as Istio does, an
+    /// operation with HTTP-only conditions is taken to match in a DENY policy (fail closed)
+    /// and never to match in an ALLOW policy.
+    fn matches_tcp(&self, r: &Request<'_>) -> bool {
+        let deny = self.action == Action::Deny;
+        self.rules.is_empty()
+            || self.rules.iter().any(|rule| {
+                (rule.from.is_empty() || rule.from.iter().any(|s| s.matches(r)))
+                    && (rule.to.is_empty() || rule.to.iter().any(|o| deny || !o.http_only()))
+            })
+    }
+}
+
 /// Decides a request against the policies that apply to the workload.
 pub fn decide(policies: &[Policy], r: &Request<'_>) -> Decision {
+    decide_by(policies, |p| p.matches(r))
+}
+
+/// Decides a TCP stream from `caller` (see [`Policy`]'s TCP rule on HTTP-only conditions).
+pub fn decide_tcp(policies: &[Policy], caller: &SpiffeId) -> Decision {
+    let r = Request {
+        caller,
+        method: "",
+        path: "",
+    };
+    decide_by(policies, |p| p.matches_tcp(&r))
+}
+
+fn decide_by(policies: &[Policy], matches: impl Fn(&Policy) -> bool) -> Decision {
     if let Some(p) = policies
         .iter()
-        .find(|p| p.action == Action::Deny && p.matches(r))
+        .find(|p| p.action == Action::Deny && matches(p))
     {
         return Decision::Deny {
             policy: Some(p.name.clone()),
@@ -188,7 +223,7 @@ pub fn decide(policies: &[Policy], r: &Request<'_>) -> Decision {
     if allows.peek().is_none() {
         return Decision::Allow { policy: None };
     }
-    match allows.find(|p| p.matches(r)) {
+    match allows.find(|p| matches(p)) {
         Some(p) => Decision::Allow {
             policy: Some(p.name.clone()),
         },
@@ -346,6 +381,40 @@ mod tests {
             action,
             rules,
         }
+    }
+
+    #[test]
+    fn tcp_streams_fail_closed_on_http_only_conditions() {
+        let ui = id("spiffe://alpha.local/ns/web/sa/ui");
+        let get_only = vec![Rule {
+            from: vec![],
+            to: vec![Operation {
+                paths: vec![],
+                methods: vec!["GET".into()],
+            }],
+        }];
+        let from_web = vec![Rule {
+            from: vec![Source {
+                namespaces: vec![Pattern::Exact("web".into())],
+                ..Source::default()
+            }],
+            to: vec![],
+        }];
+        // An ALLOW that needs a method cannot allow a stream...
+        let d = decide_tcp(&[policy("gets", Action::Allow, get_only.clone())], &ui);
+        assert_eq!(
+            d,
+            Decision::Deny {
+                policy: None,
+                reason: "NoAllowPolicyMatched"
+            }
+        );
+        // ...one on identity alone can.
+        assert!(decide_tcp(&[policy("web", Action::Allow, from_web)], &ui).allowed());
+        // A DENY that names a method denies every stream.
+        let d = decide_tcp(&[policy("no-gets", Action::Deny, get_only)], &ui);
+        assert!(!d.allowed());
+        assert!(decide_tcp(&[], &ui).allowed());
     }
 
     #[test]

@@ -82,6 +82,20 @@ pub struct Service {
     pub service_accounts: Vec<String>,
 }
 
+impl Service {
+    /// True when the service's HTTP traffic is HTTP/2: it has HTTP2 or GRPC ports and no
+    /// HTTP (1.1) port. Sidecars then speak HTTP/2 to its endpoints and their apps.
+    pub fn speaks_http2(&self) -> bool {
+        let http: Vec<Protocol> = self
+            .ports
+            .iter()
+            .map(|p| p.protocol)
+            .filter(|p| matches!(p, Protocol::Http | Protocol::Http2 | Protocol::Grpc))
+            .collect();
+        !http.is_empty() && !http.contains(&Protocol::Http)
+    }
+}
+
 /// One instance of a service: where its sidecar accepts mTLS, where its app listens, and the
 /// identity it runs as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

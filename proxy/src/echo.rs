@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_core::traffic::Share;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -84,6 +84,9 @@ async fn answer(
             "query": head.uri.query(),
             "received": received,
             "failed": failed,
+            "version": format!("{:?}", head.version),
+            "host": head.headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok()),
+            "authority": head.uri.authority().map(|a| a.as_str()),
         }),
     ))
 }
@@ -100,7 +103,8 @@ pub fn serve(listener: TcpListener, cfg: EchoConfig) -> tokio::task::JoinHandle<
             let cfg = cfg.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| answer(cfg.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), as gRPC servers take it.
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
             });

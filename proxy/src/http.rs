@@ -48,16 +48,23 @@ pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     for h in named {
         headers.remove(h.as_str());
     }
+    // `TE: trailers` is the one TE value that may cross (RFC 9113 §8.2.2); gRPC needs it.
+    let trailers = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for h in [
         "connection",
         "keep-alive",
         "proxy-connection",
-        "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
     ] {
         headers.remove(h);
+    }
+    if !trailers {
+        headers.remove(hyper::header::TE);
     }
 }
 

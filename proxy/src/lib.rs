@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod pool;
 pub mod sidecar;
+pub mod tcp;
 
 /// The header through which the inbound side tells the app who called. Any copy sent by a
 /// client is removed before the verified value is added.

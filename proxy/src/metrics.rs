@@ -53,6 +53,13 @@ pub struct HandshakeLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    /// `forwarded`, `denied`, `no_endpoint`, `upstream_unavailable` or `app_unavailable`.
+    pub result: &'static str,
+}
+
 type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +94,8 @@ pub struct Stats {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: LatencyFamily,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// TCP streams by outcome.
+    pub tcp_streams: Family<TcpLabels, Counter>,
     /// Outbound attempts in flight (waiting for a connection included).
     pub upstream_active: Gauge,
     registry: Registry,
@@ -148,6 +157,8 @@ impl Stats {
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register("tls_handshakes", "mTLS handshakes", handshakes.clone());
+        let tcp_streams = Family::<TcpLabels, Counter>::default();
+        registry.register("tcp_streams", "TCP streams by outcome", tcp_streams.clone());
         let upstream_active = Gauge::default();
         registry.register(
             "upstream_requests_active",
@@ -169,6 +180,7 @@ impl Stats {
             requests,
             latency,
             handshakes,
+            tcp_streams,
             registry,
         }
     }
@@ -195,6 +207,13 @@ impl Stats {
                 service: service.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one TCP stream's outcome.
+    pub fn tcp(&self, direction: Direction, result: &'static str) {
+        self.tcp_streams
+            .get_or_create(&TcpLabels { direction, result })
+            .inc();
     }
 
     /// Counts one mTLS handshake.

@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_core::authz::{self, Decision, Policy};
 use meshfed_core::routing::Target;
 use meshfed_core::traffic::{self, RetryOn, Share, TrafficPolicy};
@@ -38,7 +38,10 @@ use crate::http::{Body, boxed, strip_hop_by_hop, text};
 use crate::metrics::Direction;
 pub use crate::metrics::Stats;
 use crate::outlier::{Outliers, Verdict};
+pub use crate::pool::Version as HttpVersion;
 use crate::pool::{self, Pool, SendError};
+use crate::tcp;
+pub use crate::tcp::TcpForward;
 
 /// Longest time to connect and handshake with an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +63,8 @@ pub struct OutboundService {
     pub endpoints: Vec<Endpoint>,
     /// Timeouts, retries and fault injection for calls to it.
     pub traffic: TrafficPolicy,
+    /// HTTP/2 for services whose ports are HTTP2 or GRPC (gRPC needs it end to end).
+    pub protocol: HttpVersion,
 }
 
 /// A sidecar's static configuration (the control-plane stream comes later).
@@ -71,6 +76,8 @@ pub struct SidecarConfig {
     pub inbound: Option<SocketAddr>,
     /// The local app behind the inbound listener.
     pub app: Option<SocketAddr>,
+    /// What the app speaks: HTTP/2 (prior knowledge, h2c) for an HTTP2 or GRPC service.
+    pub app_protocol: HttpVersion,
     /// Who may call this workload.
     pub allow: Expect,
     pub services: Vec<OutboundService>,
@@ -80,6 +87,10 @@ pub struct SidecarConfig {
     pub service: String,
     /// The admin listener: `/healthz/live`, `/healthz/ready`, `/metrics` (plaintext).
     pub admin: Option<SocketAddr>,
+    /// Local listeners for TCP service ports the app calls.
+    pub tcp: Vec<TcpForward>,
+    /// This workload's TCP ports: streams for them reach the app's IP on that port.
+    pub tcp_ports: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -91,6 +102,7 @@ struct Route {
     next: AtomicUsize,
     tls: Arc<rustls::ClientConfig>,
     traffic: TrafficPolicy,
+    protocol: HttpVersion,
     /// Requests in flight, and those of them retrying (the retry budget's inputs).
     active: AtomicUsize,
     retrying: AtomicUsize,
@@ -139,15 +151,13 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The TCP forwards' listeners, in configuration order.
+    pub tcp: Vec<SocketAddr>,
     /// The sidecar's counters, as `/metrics` shows them.
     pub stats: Arc<Stats>,
-    listeners: (
-        Option<SocketAddr>,
-        Option<SocketAddr>,
-        Option<SocketAddr>,
-        Option<SocketAddr>,
-    ),
+    listeners: Listeners,
     routes: Shared<Vec<Arc<Route>>>,
+    tcp_routes: tcp::Routes,
     policies: Shared<[Policy]>,
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
@@ -162,11 +172,16 @@ impl Running {
     /// Requests in flight finish with the configuration they began with; listener addresses
     /// cannot change (restart for that). On error nothing changes.
     pub fn update(&self, cfg: &SidecarConfig) -> Result<(), SidecarError> {
-        if (cfg.outbound, cfg.inbound, cfg.app, cfg.admin) != self.listeners {
+        if Listeners::of(cfg) != self.listeners {
             return Err(SidecarError::ListenerChange);
         }
         let old = current(&self.routes);
         let routes = Arc::new(build_routes(cfg, &self.svid, &self.bundles, &old)?);
+        let tcp_routes = Arc::new(build_tcp(cfg, &self.svid, &self.bundles)?);
+        *self
+            .tcp_routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tcp_routes;
         let policies: Arc<[Policy]> = cfg.policies.clone().into();
         *self
             .routes
@@ -204,6 +219,42 @@ pub enum SidecarError {
     ListenerChange,
 }
 
+/// What an update cannot change: listener addresses, the app, and the inbound TCP ports
+/// (their ALPN names are in the TLS server configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listeners {
+    outbound: Option<SocketAddr>,
+    inbound: Option<SocketAddr>,
+    app: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    tcp_ports: Vec<u16>,
+}
+
+impl Listeners {
+    fn of(cfg: &SidecarConfig) -> Self {
+        Self {
+            outbound: cfg.outbound,
+            inbound: cfg.inbound,
+            app: cfg.app,
+            admin: cfg.admin,
+            tcp: cfg.tcp.iter().map(|t| t.listen).collect(),
+            tcp_ports: cfg.tcp_ports.clone(),
+        }
+    }
+}
+
+fn build_tcp(
+    cfg: &SidecarConfig,
+    svid: &Arc<SvidResolver>,
+    bundles: &SharedBundles,
+) -> Result<Vec<Arc<tcp::TcpRoute>>, SidecarError> {
+    cfg.tcp
+        .iter()
+        .map(|f| Ok(Arc::new(tcp::TcpRoute::new(f, svid, bundles)?)))
+        .collect()
+}
+
 /// A value the running sidecar swaps on update; requests in flight keep the one they began
 /// with.
 type Shared<T> = Arc<RwLock<Arc<T>>>;
@@ -226,15 +277,17 @@ fn build_routes(
     let mut routes = Vec::new();
     for s in &cfg.services {
         // An unchanged service keeps its route: idle connections, outlier state, counters.
-        if let Some(r) = old
-            .iter()
-            .find(|r| r.host == s.host && r.endpoints == s.endpoints && r.traffic == s.traffic)
-        {
+        if let Some(r) = old.iter().find(|r| {
+            r.host == s.host
+                && r.endpoints == s.endpoints
+                && r.traffic == s.traffic
+                && r.protocol == s.protocol
+        }) {
             routes.push(r.clone());
             continue;
         }
         let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
-        let tls = verify::client_config(
+        let mut tls = verify::client_config(
             svid.clone(),
             Arc::new(SpiffeServerVerifier::new(
                 bundles.clone(),
@@ -243,6 +296,10 @@ fn build_routes(
             )),
             provider.clone(),
         )?;
+        tls.alpn_protocols = vec![match s.protocol {
+            HttpVersion::Http1 => ALPN_HTTP1.to_vec(),
+            HttpVersion::Http2 => ALPN_H2.to_vec(),
+        }];
         routes.push(Arc::new(Route {
             host: s.host.clone(),
             label: s.host.to_string(),
@@ -250,6 +307,7 @@ fn build_routes(
             next: AtomicUsize::new(0),
             tls: Arc::new(tls),
             traffic: s.traffic.clone(),
+            protocol: s.protocol,
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             connections: tokio::sync::Semaphore::new(
@@ -302,6 +360,19 @@ pub async fn start(
         &[],
     )?)));
     let policies: Shared<[Policy]> = Arc::new(RwLock::new(cfg.policies.clone().into()));
+    let tcp_routes: tcp::Routes =
+        Arc::new(RwLock::new(Arc::new(build_tcp(&cfg, &svid, &bundles)?)));
+    let mut tcp_addrs = Vec::new();
+    for f in &cfg.tcp {
+        let (listener, bound) = bind(f.listen).await?;
+        tcp_addrs.push(bound);
+        tasks.push(tcp::serve_outbound(
+            listener,
+            f.listen,
+            tcp_routes.clone(),
+            stats.clone(),
+        ));
+    }
     if let Some(addr) = cfg.outbound {
         let (listener, bound) = bind(addr).await?;
         out_addr = Some(bound);
@@ -319,11 +390,13 @@ pub async fn start(
             provider.clone(),
         ));
         inbound_verifier = Some(verifier.clone());
-        let server = Arc::new(verify::server_config(
-            svid.clone(),
-            verifier,
-            provider.clone(),
-        )?);
+        let mut server = verify::server_config(svid.clone(), verifier, provider.clone())?;
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        server
+            .alpn_protocols
+            .extend(cfg.tcp_ports.iter().map(|p| tcp::alpn(*p)));
+        let server = Arc::new(server);
+        let app_protocol = cfg.app_protocol;
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let service: Arc<str> = cfg.service.as_str().into();
         let policies = policies.clone();
@@ -341,6 +414,7 @@ pub async fn start(
                 let acceptor = acceptor.clone();
                 let inb = Inbound {
                     app,
+                    app_protocol,
                     app_pool: app_pool.clone(),
                     service: service.clone(),
                     policies: policies.clone(),
@@ -361,11 +435,25 @@ pub async fn start(
                         .and_then(|c| c.first())
                         .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
                     let Some(caller) = caller else { return };
+                    let alpn = tls.get_ref().1.alpn_protocol();
+                    if let Some(port) = alpn.and_then(tcp::port_of) {
+                        let policies = current(&inb.policies);
+                        tcp::inbound(tls, &caller, port, inb.app.ip(), &policies, &inb.stats).await;
+                        return;
+                    }
+                    let h2 = alpn == Some(ALPN_H2);
                     let inb = Arc::new((inb, caller));
                     let svc = service_fn(move |req| inbound(inb.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let io = TokioIo::new(tls);
+                    let _ = if h2 {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await
+                    };
                 });
             }
         }));
@@ -384,9 +472,11 @@ pub async fn start(
         outbound: out_addr,
         inbound: in_addr,
         admin: admin_addr,
+        tcp: tcp_addrs,
         stats,
-        listeners: (cfg.outbound, cfg.inbound, cfg.app, cfg.admin),
+        listeners: Listeners::of(&cfg),
         routes,
+        tcp_routes,
         policies,
         svid,
         bundles,
@@ -405,8 +495,8 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SidecarErro
     Ok((listener, bound))
 }
 
-/// Serves plaintext HTTP/1.1 on `listener`, each request handled by `handler` with a clone
-/// of `state`.
+/// Serves plaintext HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients speak it) on
+/// `listener`, each request handled by `handler` with a clone of `state`.
 fn serve_plain<S, F, Fut>(
     listener: TcpListener,
     state: S,
@@ -427,7 +517,7 @@ where
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handler(state.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
             });
@@ -477,13 +567,48 @@ async fn admin(
     })
 }
 
+/// The service a request names: its authority (HTTP/2, or an absolute-form target), else its
+/// `Host` header.
 fn host_of(req: &Request<Incoming>) -> Option<Hostname> {
-    let raw = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(hyper::header::HOST)?.to_str().ok()?,
+    };
     let name = match raw.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => raw,
     };
     Hostname::canonicalize(name).ok()
+}
+
+/// ALPN protocol names: HTTP/2 and HTTP/1.1 between sidecars.
+const ALPN_H2: &[u8] = b"h2";
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// Sets the request's version and target for the next hop: HTTP/1.1 takes the origin form and a
+/// `Host` header (added from `authority` when the request came over HTTP/2, which has none);
+/// HTTP/2 takes the absolute form, whose authority becomes `:authority`.
+fn set_target(req: &mut Request<Body>, version: HttpVersion, authority: &str, uri: &hyper::Uri) {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match version {
+        HttpVersion::Http1 => {
+            *req.version_mut() = hyper::Version::HTTP_11;
+            *req.uri_mut() = pq.parse().unwrap_or_default();
+            if !req.headers().contains_key(hyper::header::HOST)
+                && let Ok(v) = HeaderValue::from_str(authority)
+            {
+                req.headers_mut().insert(hyper::header::HOST, v);
+            }
+        }
+        HttpVersion::Http2 => {
+            *req.version_mut() = hyper::Version::HTTP_2;
+            *req.uri_mut() = format!("http://{authority}{pq}")
+                .parse()
+                .unwrap_or_default();
+            // :authority carries it; a second copy could disagree.
+            req.headers_mut().remove(hyper::header::HOST);
+        }
+    }
 }
 
 /// An upstream's response, ready to pass on.
@@ -651,12 +776,14 @@ async fn attempt(
         };
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
-        *req.uri_mut() = head.uri.clone();
-        *req.version_mut() = head.version;
         *req.headers_mut() = head.headers.clone();
         strip_hop_by_hop(req.headers_mut());
-        // An idle connection first; a request it could not take goes on a new one.
+        set_target(&mut req, route.protocol, route.host.as_str(), &head.uri);
+        // An idle (or the shared HTTP/2) connection first; a request it could not take goes on
+        // a new one.
+        let mut gate = pool.gate(route.protocol).await;
         if let Some(mut s) = pool.take() {
+            drop(gate.take());
             match pool::send(&mut s, req).await {
                 Ok(resp) => {
                     pool.put_when_ready(s);
@@ -669,12 +796,16 @@ async fn attempt(
         let connected = async {
             let tls = connect(route.tls.clone(), route.endpoints[index].addr).await?;
             stats.handshake(Direction::Outbound, true);
-            pool::handshake(tls)
+            pool::handshake(tls, route.protocol)
                 .await
                 .map_err(|e| format!("UpstreamConnect: {e}"))
         };
         let mut s = match connected.await {
-            Ok(s) => s,
+            Ok(s) => {
+                pool.share(&s);
+                drop(gate);
+                s
+            }
             Err(e) => {
                 // Only a refused handshake is a handshake result; a refused TCP connect is not.
                 if !e.starts_with("UpstreamConnect") {
@@ -839,11 +970,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
         );
     }
     let _active = InFlight::new(&route.active);
-    // Origin-form target for the upstream.
     let (mut head, body) = req.into_parts();
-    if let Some(pq) = head.uri.path_and_query().cloned() {
-        head.uri = pq.as_str().parse().unwrap_or_default();
-    }
     // The app cannot speak for anyone: identity is added on the receiving side only.
     head.headers.remove(CLIENT_ID_HEADER);
     let run = async {
@@ -884,6 +1011,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
 /// What every inbound connection shares.
 struct Inbound {
     app: SocketAddr,
+    app_protocol: HttpVersion,
     /// Idle connections to the app.
     app_pool: Arc<Pool>,
     /// This workload's service, as a metric label.
@@ -936,6 +1064,18 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     inb.stats.allowed.inc();
     let app = inb.app;
     let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| app.to_string());
     let target = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -953,8 +1093,12 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
         parts.headers.insert(CLIENT_ID_HEADER, v);
     }
     // Hop-by-hop headers are already gone (above).
+    let target = parts.uri.clone();
     let mut req = Request::from_parts(parts, boxed(body));
+    set_target(&mut req, inb.app_protocol, &authority, &target);
+    let mut gate = inb.app_pool.gate(inb.app_protocol).await;
     if let Some(mut s) = inb.app_pool.take() {
+        drop(gate.take());
         match pool::send(&mut s, req).await {
             Ok(resp) => {
                 inb.app_pool.put_when_ready(s);
@@ -969,10 +1113,16 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     let connected = async {
         let tcp = TcpStream::connect(app).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        pool::handshake(tcp).await.map_err(|e| e.to_string())
+        pool::handshake(tcp, inb.app_protocol)
+            .await
+            .map_err(|e| e.to_string())
     };
     let mut s = match connected.await {
-        Ok(s) => s,
+        Ok(s) => {
+            inb.app_pool.share(&s);
+            drop(gate);
+            s
+        }
         Err(e) => {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -252,6 +252,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
         host: "other.shop.svc.cluster.local".parse().unwrap(),
         endpoints: vec![],
         traffic: TrafficPolicy::default(),
+        protocol: meshfed_proxy::sidecar::HttpVersion::Http1,
     });
     c.update(&cfg).unwrap();
     // While ejected, only the healthy endpoint answers.

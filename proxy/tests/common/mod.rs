@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use meshfed_core::authz::Policy;
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_proxy::echo::{self, EchoConfig};
-use meshfed_proxy::sidecar::{self, Endpoint, OutboundService, Running, SidecarConfig};
+use meshfed_proxy::sidecar::{
+    self, Endpoint, HttpVersion, OutboundService, Running, SidecarConfig,
+};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::verify::{self, Expect, SharedBundles, SvidResolver};
@@ -81,11 +83,14 @@ pub async fn echo_server(
         outbound: None,
         inbound: Some(any()),
         app: Some(app),
+        app_protocol: HttpVersion::Http1,
         allow,
         services: vec![],
         policies,
         service: "shop/echo".into(),
         admin: Some(any()),
+        tcp: vec![],
+        tcp_ports: vec![],
     };
     (
         sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
@@ -125,15 +130,19 @@ pub fn client_config(endpoints: Vec<Endpoint>, traffic: TrafficPolicy) -> Sideca
         outbound: Some(any()),
         inbound: None,
         app: None,
+        app_protocol: HttpVersion::Http1,
         allow: Expect::AnyKnownDomain,
         services: vec![OutboundService {
             host: HOST.parse().unwrap(),
             traffic,
             endpoints,
+            protocol: HttpVersion::Http1,
         }],
         policies: vec![],
         service: "web/ui".into(),
         admin: None,
+        tcp: vec![],
+        tcp_ports: vec![],
     }
 }
 
@@ -204,4 +213,12 @@ pub fn body_json(body: &str) -> serde_json::Value {
     let start = body.find('{').unwrap_or(0);
     let end = body.rfind('}').map_or(body.len(), |e| e + 1);
     serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null)
+}
+
+/// The value of the metric line starting with `prefix` (0 when absent).
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
