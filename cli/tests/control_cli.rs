@@ -5,55 +5,13 @@
 //! the sidecars keep serving their last snapshot, and they rejoin a restarted one.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meshfed")
-}
-
-fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Children killed on drop, each logging to `<dir>/<name>.log`.
-struct Procs(Vec<(String, Child)>);
-
-impl Procs {
-    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.0.push((name.to_owned(), child));
-    }
-
-    fn kill(&mut self, name: &str) {
-        let i = self.0.iter().position(|(n, _)| n == name).unwrap();
-        let (_, mut c) = self.0.remove(i);
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use common::{Procs, free, tempdir, trust_init};
 
 fn get(addr: SocketAddr, host: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -100,23 +58,8 @@ fn all_acked(st: &serde_json::Value, n: usize) -> Result<(), String> {
 
 #[test]
 fn sidecars_joined_to_the_control_plane_carry_identity_apply_updates_and_outlive_it() {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("meshfed-control-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let o = Command::new(bin())
-        .args([
-            "trust",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "alpha-mesh.local",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let dir = tempdir("control-cli");
+    trust_init(&dir, "ca", "alpha-mesh.local");
     let (cp, cp_admin) = (free("127.0.8.1"), free("127.0.8.1"));
     let (echo_in, echo_app) = (free("127.0.8.2"), free("127.0.8.2"));
     let (ui_in, ui_app, ui_out) = (free("127.0.8.3"), free("127.0.8.3"), free("127.0.8.3"));
@@ -163,7 +106,7 @@ spec:
         "--bootstrap-out",
         "boot.json",
     ];
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs::default();
     procs.spawn(&dir, "control", &control_args);
     eventually("the control plane writes its bootstrap file", || {
         status(cp_admin)["version"]

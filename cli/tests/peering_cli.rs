@@ -4,59 +4,19 @@
 //! store; alpha back brings beta to Active again.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::net::{SocketAddr, TcpListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meshfed")
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshfed-peering-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use common::{Procs, bin, free, run, tempdir, trust_init};
 
 /// Mesh CAs for alpha (`a/`) and beta (`b/`).
 fn two_cas(dir: &Path) {
     for (d, td) in [("a", "alpha-mesh.local"), ("b", "beta-mesh.local")] {
-        run(dir, &["trust", "init", "--dir", d, "--trust-domain", td]);
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) {
-    let o = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Children are killed when the test ends, pass or fail.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        trust_init(dir, d, td);
     }
 }
 
@@ -86,37 +46,43 @@ fn mesh_file(dir: &Path, example: &str, peer_addr: SocketAddr) -> PathBuf {
     path
 }
 
+/// Starts `meshfed peering run` as `name` (logging to `<dir>/<name>.log`).
 fn start(
+    procs: &mut Procs,
     dir: &Path,
+    name: &str,
     mesh: &Path,
     trust: &str,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    (listen, admin): (SocketAddr, SocketAddr),
     store: &str,
-) -> Child {
-    Command::new(bin())
-        .args([
+) {
+    let (mesh, listen, admin) = (
+        mesh.to_str().unwrap(),
+        listen.to_string(),
+        admin.to_string(),
+    );
+    procs.spawn(
+        dir,
+        name,
+        &[
             "peering",
             "run",
             "--mesh",
-            mesh.to_str().unwrap(),
+            mesh,
             "--dir",
             trust,
-        ])
-        .args([
             "--listen",
-            &listen.to_string(),
+            &listen,
             "--admin",
-            &admin.to_string(),
+            &admin,
             "--store",
             store,
-        ])
-        .args(["--heartbeat", "300ms", "--liveness", "1500ms"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+            "--heartbeat",
+            "300ms",
+            "--liveness",
+            "1500ms",
+        ],
+    );
 }
 
 fn status(dir: &Path, admin: SocketAddr) -> Option<serde_json::Value> {
@@ -153,7 +119,7 @@ fn wait(
 
 #[test]
 fn two_meshes_peer_fail_restart_from_store_and_recover() {
-    let dir = tempdir("lifecycle");
+    let dir = tempdir("peering-cli-lifecycle");
     two_cas(&dir);
     for (from, to, td) in [
         ("a", "b", "alpha-mesh.local"),
@@ -183,10 +149,25 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
     let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
     let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
     let beta = mesh_file(&dir, "beta.yaml", a_listen);
-    let mut procs = Procs(vec![
-        start(&dir, &alpha, "a", a_listen, a_admin, "a-store"),
-        start(&dir, &beta, "b", b_listen, b_admin, "b-store"),
-    ]);
+    let mut procs = Procs::default();
+    start(
+        &mut procs,
+        &dir,
+        "alpha",
+        &alpha,
+        "a",
+        (a_listen, a_admin),
+        "a-store",
+    );
+    start(
+        &mut procs,
+        &dir,
+        "beta",
+        &beta,
+        "b",
+        (b_listen, b_admin),
+        "b-store",
+    );
     let active = |p: &serde_json::Value| {
         p["state"] == "Active" && p["importedServices"] == 2 && p["stale"] == false
     };
@@ -214,21 +195,23 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
     let a = wait(&dir, a_admin, "alpha importing from beta", active);
     assert_eq!(a["exports"]["beta-mesh"]["exportedServices"], 2);
     // alpha dies: beta marks it Failing, keeps the imports, flags them stale.
-    let mut alpha_proc = procs.0.remove(0);
-    alpha_proc.kill().unwrap();
-    alpha_proc.wait().unwrap();
+    procs.kill("alpha");
     let s = wait(&dir, b_admin, "beta sees alpha failing", |p| {
         p["state"] == "Failing"
     });
     assert_eq!(s["imports"][0]["importedServices"], 2);
     assert_eq!(s["imports"][0]["stale"], true);
     // beta restarts while alpha is down: the imports are served from its store at once.
-    let mut beta_proc = procs.0.remove(0);
-    beta_proc.kill().unwrap();
-    beta_proc.wait().unwrap();
-    procs
-        .0
-        .push(start(&dir, &beta, "b", b_listen, b_admin, "b-store"));
+    procs.kill("beta");
+    start(
+        &mut procs,
+        &dir,
+        "beta",
+        &beta,
+        "b",
+        (b_listen, b_admin),
+        "b-store",
+    );
     let s = wait(&dir, b_admin, "beta restored from its store", |p| {
         p["importedServices"] == 2 && p["stale"] == true
     });
@@ -239,15 +222,21 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
         .any(|c| c["reason"] == "RestoredFromStore");
     assert!(restored, "{s:#?}");
     // alpha comes back: beta resyncs and is Active with fresh imports.
-    procs
-        .0
-        .push(start(&dir, &alpha, "a", a_listen, a_admin, "a-store"));
+    start(
+        &mut procs,
+        &dir,
+        "alpha",
+        &alpha,
+        "a",
+        (a_listen, a_admin),
+        "a-store",
+    );
     wait(&dir, b_admin, "beta active again", active);
 }
 
 #[test]
 fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
-    let dir = tempdir("token");
+    let dir = tempdir("peering-cli-token");
     two_cas(&dir);
     let (a_listen, b_listen) = (free("127.0.5.1"), free("127.0.6.1"));
     let (a_admin, b_admin) = (free("127.0.5.1"), free("127.0.6.1"));
@@ -283,7 +272,16 @@ fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
-    let mut procs = Procs(vec![start(&dir, &alpha, "a", a_listen, a_admin, "a-store")]);
+    let mut procs = Procs::default();
+    start(
+        &mut procs,
+        &dir,
+        "alpha",
+        &alpha,
+        "a",
+        (a_listen, a_admin),
+        "a-store",
+    );
     // Wait for alpha's admin endpoint.
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&dir, a_admin).is_none() {
@@ -334,9 +332,15 @@ fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
         .unwrap();
     assert!(!again.status.success());
     // beta runs; both directions come up over mTLS with the exchanged bundles.
-    procs
-        .0
-        .push(start(&dir, &beta, "b", b_listen, b_admin, "b-store"));
+    start(
+        &mut procs,
+        &dir,
+        "beta",
+        &beta,
+        "b",
+        (b_listen, b_admin),
+        "b-store",
+    );
     let active = |p: &serde_json::Value| p["state"] == "Active" && p["importedServices"] == 2;
     wait(&dir, b_admin, "beta importing from alpha", active);
     wait(&dir, a_admin, "alpha importing from beta", active);

@@ -2,62 +2,19 @@
 //! workload's app reaches the echo app over mTLS, and echo reports the ui workload's SPIFFE ID.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meshfed")
-}
-
-fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(dir: &PathBuf, args: &[&str]) -> Child {
-    Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+use common::{Procs, bin, free, tempdir, trust_init};
 
 #[test]
 fn a_request_carries_the_callers_identity_through_two_sidecars() {
-    let dir = std::env::temp_dir().join(format!("meshfed-proxy-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let o = Command::new(bin())
-        .args([
-            "trust",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "alpha-mesh.local",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let dir = tempdir("proxy-cli");
+    trust_init(&dir, "ca", "alpha-mesh.local");
     let (echo_in, echo_app, echo_admin) = (free("127.0.7.1"), free("127.0.7.1"), free("127.0.7.1"));
     let (ui_in, ui_app, ui_out) = (free("127.0.7.2"), free("127.0.7.2"), free("127.0.7.2"));
     let mesh = format!(
@@ -82,48 +39,50 @@ spec:
     rules: [{to: [{operation: {paths: [/admin]}}]}]
 ";
     std::fs::write(dir.join("mesh.yaml"), format!("{mesh}{policy}")).unwrap();
-    let _procs = Procs(vec![
-        spawn(
-            &dir,
-            &[
-                "echo",
-                "--listen",
-                &echo_app.to_string(),
-                "--mesh",
-                "alpha",
-                "--instance",
-                "echo-1",
-            ],
-        ),
-        spawn(
-            &dir,
-            &[
-                "proxy",
-                "--mesh",
-                "mesh.yaml",
-                "--workload",
-                "echo-1",
-                "--dir",
-                "ca",
-                "--admin",
-                &echo_admin.to_string(),
-            ],
-        ),
-        spawn(
-            &dir,
-            &[
-                "proxy",
-                "--mesh",
-                "mesh.yaml",
-                "--workload",
-                "ui-1",
-                "--dir",
-                "ca",
-                "--outbound",
-                &ui_out.to_string(),
-            ],
-        ),
-    ]);
+    let mut procs = Procs::default();
+    procs.spawn(
+        &dir,
+        "echo",
+        &[
+            "echo",
+            "--listen",
+            &echo_app.to_string(),
+            "--mesh",
+            "alpha",
+            "--instance",
+            "echo-1",
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "proxy-echo",
+        &[
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--workload",
+            "echo-1",
+            "--dir",
+            "ca",
+            "--admin",
+            &echo_admin.to_string(),
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "proxy-ui",
+        &[
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--workload",
+            "ui-1",
+            "--dir",
+            "ca",
+            "--outbound",
+            &ui_out.to_string(),
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let response = loop {
         let attempt = TcpStream::connect(ui_out).ok().and_then(|mut s| {
@@ -205,22 +164,8 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 
 #[test]
 fn tcp_ports_are_forwarded_between_sidecar_processes() {
-    let dir = std::env::temp_dir().join(format!("meshfed-proxy-tcp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let o = Command::new(bin())
-        .args([
-            "trust",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "alpha-mesh.local",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let dir = tempdir("proxy-tcp");
+    trust_init(&dir, "ca", "alpha-mesh.local");
     // The database app: echoes every byte, on the workload's IP and the service port.
     let db_app = TcpListener::bind("127.0.7.5:0").unwrap();
     let port = db_app.local_addr().unwrap().port();
@@ -273,34 +218,35 @@ spec:
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not TCP or TLS"), "{err}");
     let forward = format!("db.data:{port}={listen}");
-    let _procs = Procs(vec![
-        spawn(
-            &dir,
-            &[
-                "proxy",
-                "--mesh",
-                "mesh.yaml",
-                "--dir",
-                "ca",
-                "--workload",
-                "db-1",
-            ],
-        ),
-        spawn(
-            &dir,
-            &[
-                "proxy",
-                "--mesh",
-                "mesh.yaml",
-                "--dir",
-                "ca",
-                "--workload",
-                "ui-1",
-                "--tcp",
-                &forward,
-            ],
-        ),
-    ]);
+    let mut procs = Procs::default();
+    procs.spawn(
+        &dir,
+        "proxy-db",
+        &[
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--dir",
+            "ca",
+            "--workload",
+            "db-1",
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "proxy-ui",
+        &[
+            "proxy",
+            "--mesh",
+            "mesh.yaml",
+            "--dir",
+            "ca",
+            "--workload",
+            "ui-1",
+            "--tcp",
+            &forward,
+        ],
+    );
     let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

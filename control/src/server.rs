@@ -368,10 +368,7 @@ impl MeshConfig for ControlPlane {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|i| i.id.clone());
+        let caller = PeerInfo::caller_of(&request);
         let r = request.into_inner();
         if r.csr_der.len() > MAX_CSR_BYTES {
             return Err(self.refuse(Status::invalid_argument(format!(
@@ -432,11 +429,7 @@ impl MeshConfig for ControlPlane {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let Some(caller) = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|i| i.id.clone())
-        else {
+        let Some(caller) = PeerInfo::caller_of(&request) else {
             return Err(Status::unauthenticated(
                 "NoIdentity: the config stream needs the workload's SVID",
             ));

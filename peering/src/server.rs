@@ -274,11 +274,7 @@ impl Peering for Exporter {
         &self,
         request: Request<Streaming<ImporterMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let Some(id) = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|i| i.id.clone())
-        else {
+        let Some(id) = PeerInfo::caller_of(&request) else {
             return Err(Status::unauthenticated(
                 "NoPeerIdentity: the peering stream needs a client certificate",
             ));

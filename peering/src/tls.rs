@@ -28,6 +28,16 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
 }
 
+impl PeerInfo {
+    /// The verified SPIFFE ID of whoever made `request`, if they presented a certificate.
+    pub fn caller_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
+        request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|i| i.id.clone())
+    }
+}
+
 /// An authenticated server-side connection.
 #[derive(Debug)]
 pub struct PeerConn {

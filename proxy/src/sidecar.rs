@@ -265,6 +265,29 @@ fn current<T: ?Sized>(s: &RwLock<Arc<T>>) -> Arc<T> {
         .clone()
 }
 
+/// A TLS client for a service's endpoints: presents our SVID, accepts only the endpoints'
+/// identities, offers `alpn`.
+pub(crate) fn upstream_tls(
+    svid: &Arc<SvidResolver>,
+    bundles: &SharedBundles,
+    endpoints: &[Endpoint],
+    alpn: Vec<u8>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = verify::provider();
+    let ids: BTreeSet<SpiffeId> = endpoints.iter().map(|e| e.identity.clone()).collect();
+    let mut tls = verify::client_config(
+        svid.clone(),
+        Arc::new(SpiffeServerVerifier::new(
+            bundles.clone(),
+            Expect::Ids(ids),
+            provider.clone(),
+        )),
+        provider,
+    )?;
+    tls.alpn_protocols = vec![alpn];
+    Ok(tls)
+}
+
 /// The outbound routes of `cfg`, each with its own TLS client expecting the service's
 /// identities.
 fn build_routes(
@@ -273,7 +296,6 @@ fn build_routes(
     bundles: &SharedBundles,
     old: &[Arc<Route>],
 ) -> Result<Vec<Arc<Route>>, SidecarError> {
-    let provider = verify::provider();
     let mut routes = Vec::new();
     for s in &cfg.services {
         // An unchanged service keeps its route: idle connections, outlier state, counters.
@@ -286,20 +308,11 @@ fn build_routes(
             routes.push(r.clone());
             continue;
         }
-        let ids: BTreeSet<SpiffeId> = s.endpoints.iter().map(|e| e.identity.clone()).collect();
-        let mut tls = verify::client_config(
-            svid.clone(),
-            Arc::new(SpiffeServerVerifier::new(
-                bundles.clone(),
-                Expect::Ids(ids),
-                provider.clone(),
-            )),
-            provider.clone(),
-        )?;
-        tls.alpn_protocols = vec![match s.protocol {
-            HttpVersion::Http1 => ALPN_HTTP1.to_vec(),
-            HttpVersion::Http2 => ALPN_H2.to_vec(),
-        }];
+        let alpn = match s.protocol {
+            HttpVersion::Http1 => ALPN_HTTP1,
+            HttpVersion::Http2 => ALPN_H2,
+        };
+        let tls = upstream_tls(svid, bundles, &s.endpoints, alpn.to_vec())?;
         routes.push(Arc::new(Route {
             host: s.host.clone(),
             label: s.host.to_string(),

@@ -4,7 +4,6 @@
 //! that port after authorization by identity (see [`authz::decide_tcp`]). A port the receiving
 //! workload does not serve matches no ALPN protocol, so the handshake itself fails.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +11,7 @@ use std::time::Duration;
 
 use meshfed_core::authz::{self, Policy};
 use meshfed_core::{Hostname, SpiffeId};
-use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeServerVerifier, SvidResolver};
+use meshfed_trust::verify::{SharedBundles, SvidResolver};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::{Direction, Stats};
@@ -62,18 +61,7 @@ impl TcpRoute {
         svid: &Arc<SvidResolver>,
         bundles: &SharedBundles,
     ) -> Result<Self, rustls::Error> {
-        let provider = verify::provider();
-        let ids: BTreeSet<SpiffeId> = fwd.endpoints.iter().map(|e| e.identity.clone()).collect();
-        let mut tls = verify::client_config(
-            svid.clone(),
-            Arc::new(SpiffeServerVerifier::new(
-                bundles.clone(),
-                Expect::Ids(ids),
-                provider.clone(),
-            )),
-            provider,
-        )?;
-        tls.alpn_protocols = vec![alpn(fwd.port)];
+        let tls = crate::sidecar::upstream_tls(svid, bundles, &fwd.endpoints, alpn(fwd.port))?;
         Ok(Self {
             fwd: fwd.clone(),
             tls: Arc::new(tls),
