@@ -67,6 +67,53 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+const CODES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "other"];
+
+/// One service's request counters (by status class) and latency histogram.
+#[derive(Debug)]
+pub struct ServiceMetrics {
+    direction: Direction,
+    service: String,
+    requests: Family<RequestLabels, Counter>,
+    latency_family: LatencyFamily,
+    codes: [std::sync::OnceLock<Counter>; 5],
+    latency: std::sync::OnceLock<Histogram>,
+}
+
+impl ServiceMetrics {
+    /// Counts one answered request and its latency.
+    pub fn record(&self, status: u16, took: Duration) {
+        let i = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            500..=599 => 3,
+            _ => 4,
+        };
+        self.codes[i]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        direction: self.direction,
+                        service: self.service.clone(),
+                        code: CODES[i],
+                    })
+                    .clone()
+            })
+            .inc();
+        self.latency
+            .get_or_init(|| {
+                self.latency_family
+                    .get_or_create(&LatencyLabels {
+                        direction: self.direction,
+                        service: self.service.clone(),
+                    })
+                    .clone()
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// Every count the sidecar keeps. Counters are shared with the registry, so tests read them
 /// directly and `/metrics` shows the same numbers.
 #[derive(Debug)]
@@ -187,26 +234,20 @@ impl Stats {
 
     /// Counts one answered request and its latency.
     pub fn request(&self, direction: Direction, service: &str, status: u16, took: Duration) {
-        let code = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction,
-                service: service.to_owned(),
-                code,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels {
-                direction,
-                service: service.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+        self.service(direction, service).record(status, took);
+    }
+
+    /// The request counters and latency histogram of one service, each resolved on first
+    /// use and kept, so the request path neither allocates label values nor looks them up.
+    pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            direction,
+            service: service.to_owned(),
+            requests: self.requests.clone(),
+            latency_family: self.latency.clone(),
+            codes: Default::default(),
+            latency: std::sync::OnceLock::new(),
+        }
     }
 
     /// Counts one TCP stream's outcome.

@@ -35,8 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::CLIENT_ID_HEADER;
 use crate::http::{Body, boxed, strip_hop_by_hop, text};
-use crate::metrics::Direction;
 pub use crate::metrics::Stats;
+use crate::metrics::{Direction, ServiceMetrics};
 use crate::outlier::{Outliers, Verdict};
 pub use crate::pool::Version as HttpVersion;
 use crate::pool::{self, Pool, SendError};
@@ -96,8 +96,8 @@ pub struct SidecarConfig {
 #[derive(Debug)]
 struct Route {
     host: Hostname,
-    /// `host` as a metric label.
-    label: String,
+    /// Requests and latency, labelled with `host`.
+    metrics: ServiceMetrics,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     tls: Arc<rustls::ClientConfig>,
@@ -176,7 +176,13 @@ impl Running {
             return Err(SidecarError::ListenerChange);
         }
         let old = current(&self.routes);
-        let routes = Arc::new(build_routes(cfg, &self.svid, &self.bundles, &old)?);
+        let routes = Arc::new(build_routes(
+            cfg,
+            &self.svid,
+            &self.bundles,
+            &old,
+            &self.stats,
+        )?);
         let tcp_routes = Arc::new(build_tcp(cfg, &self.svid, &self.bundles)?);
         *self
             .tcp_routes
@@ -295,6 +301,7 @@ fn build_routes(
     svid: &Arc<SvidResolver>,
     bundles: &SharedBundles,
     old: &[Arc<Route>],
+    stats: &Stats,
 ) -> Result<Vec<Arc<Route>>, SidecarError> {
     let mut routes = Vec::new();
     for s in &cfg.services {
@@ -315,7 +322,7 @@ fn build_routes(
         let tls = upstream_tls(svid, bundles, &s.endpoints, alpn.to_vec())?;
         routes.push(Arc::new(Route {
             host: s.host.clone(),
-            label: s.host.to_string(),
+            metrics: stats.service(Direction::Outbound, s.host.as_str()),
             endpoints: s.endpoints.clone(),
             next: AtomicUsize::new(0),
             tls: Arc::new(tls),
@@ -371,6 +378,7 @@ pub async fn start(
         &svid,
         &bundles,
         &[],
+        &stats,
     )?)));
     let policies: Shared<[Policy]> = Arc::new(RwLock::new(cfg.policies.clone().into()));
     let tcp_routes: tcp::Routes =
@@ -411,7 +419,7 @@ pub async fn start(
         let server = Arc::new(server);
         let app_protocol = cfg.app_protocol;
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        let service: Arc<str> = cfg.service.as_str().into();
+        let metrics = Arc::new(stats.service(Direction::Inbound, &cfg.service));
         let policies = policies.clone();
         let app_pool = Arc::new(Pool::default());
         let stats = stats.clone();
@@ -429,7 +437,7 @@ pub async fn start(
                     app,
                     app_protocol,
                     app_pool: app_pool.clone(),
-                    service: service.clone(),
+                    metrics: metrics.clone(),
                     policies: policies.clone(),
                     stats: stats.clone(),
                 };
@@ -455,7 +463,8 @@ pub async fn start(
                         return;
                     }
                     let h2 = alpn == Some(ALPN_H2);
-                    let inb = Arc::new((inb, caller));
+                    let header = HeaderValue::from_str(&caller.to_string()).ok();
+                    let inb = Arc::new((inb, Caller { id: caller, header }));
                     let svc = service_fn(move |req| inbound(inb.clone(), req));
                     let io = TokioIo::new(tls);
                     let _ = if h2 {
@@ -924,12 +933,7 @@ async fn outbound(
         ));
     };
     let resp = routed(route, &stats, req).await;
-    stats.request(
-        Direction::Outbound,
-        &route.label,
-        resp.status().as_u16(),
-        t0.elapsed(),
-    );
+    route.metrics.record(resp.status().as_u16(), t0.elapsed());
     Ok(resp)
 }
 
@@ -1027,29 +1031,30 @@ struct Inbound {
     app_protocol: HttpVersion,
     /// Idle connections to the app.
     app_pool: Arc<Pool>,
-    /// This workload's service, as a metric label.
-    service: Arc<str>,
+    /// Requests and latency, labelled with this workload's service.
+    metrics: Arc<ServiceMetrics>,
     policies: Shared<[Policy]>,
     stats: Arc<Stats>,
 }
 
+/// The verified caller of one inbound connection, and the header that tells the app.
+struct Caller {
+    id: SpiffeId,
+    header: Option<HeaderValue>,
+}
+
 async fn inbound(
-    ctx: Arc<(Inbound, SpiffeId)>,
+    ctx: Arc<(Inbound, Caller)>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
     let resp = to_app(&ctx.0, &ctx.1, req).await;
-    ctx.0.stats.request(
-        Direction::Inbound,
-        &ctx.0.service,
-        resp.status().as_u16(),
-        t0.elapsed(),
-    );
+    ctx.0.metrics.record(resp.status().as_u16(), t0.elapsed());
     Ok(resp)
 }
 
 /// An inbound request from a verified caller: path check, authorization, then the app.
-async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Response<Body> {
+async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
     // The path is normalized once; the same string is checked and forwarded.
     let path = match authz::normalize_path(req.uri().path()) {
         Ok(p) => p,
@@ -1061,7 +1066,7 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     let decision = authz::decide(
         &current(&inb.policies),
         &authz::Request {
-            caller,
+            caller: &caller.id,
             method: req.method().as_str(),
             path: &path,
         },
@@ -1102,8 +1107,8 @@ async fn to_app(inb: &Inbound, caller: &SpiffeId, req: Request<Incoming>) -> Res
     // Remove every client-sent copy, also one named in Connection (H12), then add ours.
     strip_hop_by_hop(&mut parts.headers);
     while parts.headers.remove(CLIENT_ID_HEADER).is_some() {}
-    if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
-        parts.headers.insert(CLIENT_ID_HEADER, v);
+    if let Some(v) = &caller.header {
+        parts.headers.insert(CLIENT_ID_HEADER, v.clone());
     }
     // Hop-by-hop headers are already gone (above).
     let target = parts.uri.clone();
