@@ -145,10 +145,14 @@ pub struct Fault {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionPool {
-    /// Upstream connections open at once (`tcp.maxConnections`); each carries one request.
+    /// HTTP/1.1 connections in use at once (`tcp.maxConnections`); each carries one request.
+    /// An HTTP/2 service has one multiplexed connection per endpoint, bounded by
+    /// `max_requests` instead.
     pub max_connections: u32,
     /// Requests waiting for a connection (`http.http1MaxPendingRequests`).
     pub max_pending_requests: u32,
+    /// Requests in flight (`http.http2MaxRequests`; both HTTP versions, as in Envoy).
+    pub max_requests: u32,
 }
 
 impl Default for ConnectionPool {
@@ -157,6 +161,7 @@ impl Default for ConnectionPool {
         Self {
             max_connections: 1024,
             max_pending_requests: 1024,
+            max_requests: u32::MAX,
         }
     }
 }

@@ -183,6 +183,14 @@ pub struct HttpSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub http1_max_pending_requests: Option<i64>,
+    /// Requests in flight to the service, over HTTP/1.1 or HTTP/2; beyond it, 503 at once.
+    /// Default unlimited (2^32 − 1), as in Istio.
+    #[serde(
+        default,
+        rename = "http2MaxRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_max_requests: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -1163,6 +1163,15 @@ fn convert_traffic(
                 out,
             );
         }
+        if let Some(n) = cp.http.as_ref().and_then(|h| h.http2_max_requests) {
+            policy.connection_pool.max_requests = count_field(
+                n,
+                1,
+                cpp.key("http").key("http2MaxRequests"),
+                "InvalidConnectionPool",
+                out,
+            );
+        }
     }
     if let Some(od) = &t.outlier_detection {
         let op = path.key("outlierDetection");

@@ -119,7 +119,7 @@ spec:
     fault:
       delay: {percentage: {value: 0.5}, fixedDelay: 100ms}
       abort: {percentage: {value: 1}, httpStatus: 503}
-    connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10}}
+    connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 10, http2MaxRequests: 500}}
     outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 15s, maxEjectionPercent: 50}
     loadBalancer: {simple: ROUND_ROBIN}
     subsets:
@@ -1432,6 +1432,12 @@ fn cases() -> Vec<Case> {
             r(MESH, "maxConnections: 100", "maxConnections: 0"),
             "InvalidConnectionPool",
             "spec.traffic[0].connectionPool.tcp.maxConnections",
+        ),
+        case(
+            "traffic zero request limit",
+            r(MESH, "http2MaxRequests: 500", "http2MaxRequests: 0"),
+            "InvalidConnectionPool",
+            "spec.traffic[0].connectionPool.http.http2MaxRequests",
         ),
         case(
             "traffic negative pending requests",

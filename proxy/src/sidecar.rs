@@ -776,9 +776,11 @@ async fn attempt(
     let _load = InFlight::new(&route.load[index]);
     stats.upstream_active.inc();
     let _gauge = GaugeGuard(&stats.upstream_active);
-    // The circuit breaker: a free connection, or a place in the bounded queue for one.
+    // The circuit breaker: a free connection, or a place in the bounded queue for one (HTTP/1.1:
+    // a connection carries one request; HTTP/2 multiplexes one per endpoint).
     let _permit = match route.connections.try_acquire() {
-        Ok(p) => p,
+        _ if route.protocol == HttpVersion::Http2 => None,
+        Ok(p) => Some(p),
         Err(_) => {
             let max = usize::try_from(route.traffic.connection_pool.max_pending_requests)
                 .unwrap_or(usize::MAX);
@@ -786,7 +788,7 @@ async fn attempt(
                 return Outcome::Overflow;
             };
             match route.connections.acquire().await {
-                Ok(p) => p,
+                Ok(p) => Some(p),
                 Err(_) => return Outcome::Overflow,
             }
         }
@@ -986,7 +988,17 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
             format!("NoHealthyEndpoint: {which} has no endpoints\n"),
         );
     }
-    let _active = InFlight::new(&route.active);
+    // The circuit breaker's request limit (`http2MaxRequests`): beyond it, 503 at once.
+    let max = usize::try_from(route.traffic.connection_pool.max_requests).unwrap_or(usize::MAX);
+    let Some(_active) = InFlight::bounded(&route.active, max) else {
+        stats.overflows.inc();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "UpstreamOverflow: {max} requests to {host} are in flight (http2MaxRequests)\n"
+            ),
+        );
+    };
     let (mut head, body) = req.into_parts();
     // The app cannot speak for anyone: identity is added on the receiving side only.
     head.headers.remove(CLIENT_ID_HEADER);

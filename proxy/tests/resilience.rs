@@ -282,12 +282,30 @@ async fn the_circuit_breaker_refuses_overflow_fast() {
         connection_pool: ConnectionPool {
             max_connections: 1,
             max_pending_requests: 1,
+            ..ConnectionPool::default()
+        },
+        ..TrafficPolicy::default()
+    };
+    let c = client_with(&ca, UI, vec![slow.clone()], policy).await;
+    // Six at once: one holds the only connection, one waits for it, four are refused at once.
+    six_at_once(&c, "every connection").await;
+    // The request limit (`http2MaxRequests`), with connections to spare: two in flight, four
+    // refused at once.
+    let policy = TrafficPolicy {
+        connection_pool: ConnectionPool {
+            max_requests: 2,
+            ..ConnectionPool::default()
         },
         ..TrafficPolicy::default()
     };
     let c = client_with(&ca, UI, vec![slow], policy).await;
+    six_at_once(&c, "http2MaxRequests").await;
+}
+
+/// Six concurrent calls to a 2 s endpoint: two answered, four refused fast with a message
+/// containing `why`, all counted.
+async fn six_at_once(c: &Running, why: &str) {
     let addr = c.outbound.unwrap();
-    // Six at once: one holds the only connection, one waits for it, four are refused at once.
     let calls: Vec<_> = (0..6)
         .map(|_| {
             tokio::spawn(async move {
@@ -303,7 +321,10 @@ async fn the_circuit_breaker_refuses_overflow_fast() {
         match status {
             200 => ok += 1,
             503 => {
-                assert!(body.starts_with("UpstreamOverflow"), "{body}");
+                assert!(
+                    body.starts_with("UpstreamOverflow") && body.contains(why),
+                    "{body}"
+                );
                 // Refused without waiting for the 2 s the endpoint takes.
                 assert!(took < Duration::from_secs(2), "overflow took {took:?}");
             }
