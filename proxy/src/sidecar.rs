@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshfed_core::authz::{self, Decision, Policy};
 use meshfed_core::routing::Target;
 use meshfed_core::traffic::{self, RetryOn, Share, TrafficPolicy};
@@ -42,6 +42,10 @@ pub use crate::pool::Version as HttpVersion;
 use crate::pool::{self, Pool, SendError};
 use crate::tcp;
 pub use crate::tcp::TcpForward;
+
+/// Longest time a client may take to send a request's headers (slow-header attacks), and the
+/// longest an idle HTTP/1.1 client connection is kept waiting for its next request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest time to connect and handshake with an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -473,6 +477,8 @@ pub async fn start(
                             .await
                     } else {
                         hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
                             .serve_connection(io, svc)
                             .await
                     };
@@ -539,9 +545,11 @@ where
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handler(state.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     })
