@@ -692,16 +692,28 @@ enum Outcome {
     TimedOut,
     /// The connection pool and its queue were full: refused without trying.
     Overflow,
+    /// The client's own request body broke (bad chunked framing, a reset): not the
+    /// endpoint's fault, never retried, answered 400 and the connection closed.
+    BadRequestBody(String),
 }
 
 impl Outcome {
+    /// An exchange that broke after sending began: the client's body, or the upstream.
+    fn broken(e: &hyper::Error) -> Self {
+        if e.is_user() {
+            Self::BadRequestBody(e.to_string())
+        } else {
+            Self::Reset(e.to_string())
+        }
+    }
+
     fn retryable(&self, on: &RetryOn, payload: &Payload) -> bool {
         match self {
             Self::ConnectFailed(_) => on.connect_failure,
             Self::Reset(_) => on.reset && payload.replayable(),
             Self::TimedOut => on.timeout() && payload.replayable(),
             Self::Answer(r) => on.status(r.status().as_u16()) && payload.replayable(),
-            Self::Overflow => false,
+            Self::Overflow | Self::BadRequestBody(_) => false,
         }
     }
 
@@ -714,7 +726,7 @@ impl Outcome {
                 _ => Verdict::Success,
             },
             Self::ConnectFailed(_) | Self::Reset(_) | Self::TimedOut => Verdict::GatewayError,
-            Self::Overflow => return None,
+            Self::Overflow | Self::BadRequestBody(_) => return None,
         })
     }
 
@@ -727,6 +739,12 @@ impl Outcome {
                 StatusCode::GATEWAY_TIMEOUT,
                 "UpstreamTimeout: no answer within perTryTimeout\n",
             ),
+            Self::BadRequestBody(e) => {
+                let mut r = text(StatusCode::BAD_REQUEST, format!("BadRequestBody: {e}\n"));
+                r.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             Self::Overflow => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UpstreamOverflow: every connection to the service is busy and the queue is full\n",
@@ -822,7 +840,7 @@ async fn attempt(
                     return Outcome::Answer(response(resp));
                 }
                 Err(SendError::NotSent(back, _)) => req = *back,
-                Err(SendError::Broken(e)) => return Outcome::Reset(e.to_string()),
+                Err(SendError::Broken(e)) => return Outcome::broken(&e),
             }
         }
         let connected = async {
@@ -856,7 +874,7 @@ async fn attempt(
                 payload.restore(back.into_body());
                 Outcome::ConnectFailed(format!("UpstreamConnect: {e}"))
             }
-            Err(SendError::Broken(e)) => Outcome::Reset(e.to_string()),
+            Err(SendError::Broken(e)) => Outcome::broken(&e),
         }
     };
     match route.traffic.retries.per_try_timeout {
