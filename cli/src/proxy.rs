@@ -187,6 +187,7 @@ fn configure(
                     addr: e.inbound,
                     identity: identity(&e.namespace, &e.service_account)?,
                     labels: e.labels.clone(),
+                    sni: None,
                 })
             })
             .collect::<Result<Vec<_>, meshfed_core::id::SpiffeIdError>>()?;

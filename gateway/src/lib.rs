@@ -4,7 +4,9 @@
 //! to a local endpoint, so workload identity survives end to end and a peer reaches only its
 //! exports.
 //!
-//! This first slice holds the ClientHello reader ([`sni`]); the tunnel, egress and ingress
-//! follow.
+//! Built so far: the ClientHello reader ([`sni`]) and the egress and ingress over a TCP + rustls
+//! tunnel ([`relay`]). To come: the QUIC transport, configuration from the control plane,
+//! discovery-port forwarding, per-peer metrics, probing and graceful drain.
 
+pub mod relay;
 pub mod sni;

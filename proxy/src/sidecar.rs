@@ -57,6 +57,9 @@ pub struct Endpoint {
     pub identity: SpiffeId,
     /// The workload's labels (traffic subsets select by them).
     pub labels: BTreeMap<String, String>,
+    /// The server name to send: a peer's exported name when `addr` is an egress gateway
+    /// that routes by it; `None` for a local endpoint.
+    pub sni: Option<Hostname>,
 }
 
 /// A service the local app may call.
@@ -765,14 +768,22 @@ impl Drop for GaugeGuard<'_> {
 /// Connects and handshakes with one endpoint, expecting the route's identities.
 async fn connect(
     tls: Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
+    endpoint: &Endpoint,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let addr = endpoint.addr;
+    // The SNI names the service for a gateway on the way (a peer's exported name); a local
+    // endpoint needs none, and SPIFFE verification ignores it either way.
+    let sni = endpoint
+        .sni
+        .as_ref()
+        .map_or("upstream.meshfed.invalid", |h| h.as_str())
+        .to_owned();
     let connect = async move {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("UpstreamConnect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from("upstream.meshfed.invalid").map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(sni).map_err(|e| e.to_string())?;
         tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
@@ -844,7 +855,7 @@ async fn attempt(
             }
         }
         let connected = async {
-            let tls = connect(route.tls.clone(), route.endpoints[index].addr).await?;
+            let tls = connect(route.tls.clone(), &route.endpoints[index]).await?;
             stats.handshake(Direction::Outbound, true);
             pool::handshake(tls, route.protocol)
                 .await

@@ -66,6 +66,7 @@ async fn wrong_identities_are_refused_on_either_side() {
             addr: srv.inbound.unwrap(),
             identity: "spiffe://alpha.local/ns/shop/sa/other".parse().unwrap(),
             labels: Default::default(),
+            sni: None,
         }],
     )
     .await;
@@ -101,11 +102,13 @@ async fn requests_spread_round_robin() {
             addr: s1.inbound.unwrap(),
             identity: ECHO.parse().unwrap(),
             labels: Default::default(),
+            sni: None,
         },
         Endpoint {
             addr: s2.inbound.unwrap(),
             identity: ECHO.parse().unwrap(),
             labels: Default::default(),
+            sni: None,
         },
     ];
     let cli = client(&ca, UI, eps).await;

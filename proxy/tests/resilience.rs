@@ -113,6 +113,7 @@ async fn connection_failures_are_retried_by_default() {
         addr: closed,
         identity: ECHO.parse().unwrap(),
         labels: Default::default(),
+        sni: None,
     };
     let c = client(&ca, UI, vec![dead.clone(), good]).await;
     let seen = statuses(&c, 6).await;

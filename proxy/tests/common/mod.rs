@@ -121,6 +121,7 @@ pub fn endpoint_of(srv: &Running) -> Endpoint {
         addr: srv.inbound.unwrap(),
         identity: ECHO.parse().unwrap(),
         labels: Default::default(),
+        sni: None,
     }
 }
 
