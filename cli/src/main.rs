@@ -3,6 +3,7 @@
 
 mod control;
 mod explain;
+mod gateway;
 mod node;
 mod proxy;
 mod table;
@@ -79,6 +80,9 @@ enum Command {
     },
     /// Show peer status from a running `meshfed peering run`.
     Status(node::StatusArgs),
+    /// Run this mesh's federation gateways for one peer: the ingress (what we export to the
+    /// peer) and/or the egress (our sidecars to what the peer exports to us).
+    Gateway(gateway::GatewayArgs),
     /// Run the mesh's control plane: the mesh file as config source, workload certificates
     /// from the mesh CA, and the config stream to proxies.
     Control(control::ControlArgs),
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Control(args) => control::run(args),
+        Command::Gateway(args) => gateway::run(args),
     };
     match result {
         Ok(code) => code,

@@ -27,6 +27,9 @@ pub struct Peer {
     /// `egress-<peer>`); its service account `<name>-service-account` is the identity we
     /// present to the peer, which the peer lists as its `clientID` for us.
     pub egress_gateway: String,
+    /// Our ingress gateway for this peer (`spec.gateways.ingress.name`, default
+    /// `ingress-<peer>`); the peer's egress expects its service account's identity.
+    pub ingress_gateway: String,
     /// Rules of the `ExportedServiceSet` named after this peer (empty: nothing exported).
     pub exports: Vec<ExportRule>,
     /// The `ImportedServiceSet` named after this peer, if any.
@@ -114,6 +117,15 @@ impl MeshFederation {
                 }
             })
             .collect()
+    }
+
+    /// The identity our ingress gateway for `peer` presents to the peer's egress.
+    pub fn ingress_identity(&self, peer: &Peer) -> Result<SpiffeId, crate::id::SpiffeIdError> {
+        SpiffeId::for_service_account(
+            &self.trust_domain,
+            &self.namespace,
+            &format!("{}-service-account", peer.ingress_gateway),
+        )
     }
 
     /// The identity this mesh presents to `peer` (its egress gateway's service account).

@@ -352,6 +352,12 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
         .and_then(|g| g.egress.as_ref())
         .and_then(|e| e.name.clone())
         .unwrap_or_else(|| format!("egress-{name}"));
+    let ingress = spec
+        .gateways
+        .as_ref()
+        .and_then(|g| g.ingress.as_ref())
+        .and_then(|e| e.name.clone())
+        .unwrap_or_else(|| format!("ingress-{name}"));
     Some(Peer {
         name: peer?,
         trust_domain: trust_domain?,
@@ -360,6 +366,7 @@ pub fn convert_peer(name: &str, spec: &ServiceMeshPeerSpec, out: &mut Findings) 
         discovery_port: discovery_port?,
         service_port: service_port?,
         egress_gateway: egress,
+        ingress_gateway: ingress,
         exports: Vec::new(),
         imports: None,
     })

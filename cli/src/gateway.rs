@@ -1,0 +1,218 @@
+//! `meshfed gateway`: the federation gateways of one mesh for one peer, configured from mesh
+//! files (embedded mode; the control-plane stream comes later). The ingress serves what this
+//! mesh exports to the peer; the egress carries local sidecars to what the peer exports to us.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use meshfed_core::Hostname;
+use meshfed_core::federation::{MeshFederation, Peer};
+use meshfed_gateway::relay::{self, EgressRoute, IngressPeer};
+use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::verify::{self, SvidResolver};
+
+use crate::note;
+use crate::trust::DirArg;
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// This mesh's file.
+    #[arg(long)]
+    mesh: PathBuf,
+    /// The `ServiceMeshPeer` (by name) these gateways serve.
+    #[arg(long)]
+    peer: String,
+    /// The peer mesh's file: what it exports to us and the identity of its ingress gateway
+    /// (needed for --egress).
+    #[arg(long)]
+    peer_mesh: Option<PathBuf>,
+    #[command(flatten)]
+    dir: DirArg,
+    /// Serve the ingress here: the peer's egress reaches it at the `spec.remote.addresses` and
+    /// `servicePort` of its `ServiceMeshPeer` for this mesh.
+    #[arg(long)]
+    ingress: Option<SocketAddr>,
+    /// Serve the egress here, for this mesh's sidecars.
+    #[arg(long)]
+    egress: Option<SocketAddr>,
+}
+
+pub fn run(args: GatewayArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args))
+}
+
+/// What `peer` may reach through our ingress: exported name → the local service's endpoints.
+fn ingress_peer(mesh: &MeshFederation, peer: &Peer) -> IngressPeer {
+    let exports = mesh
+        .export_view(peer)
+        .services
+        .into_values()
+        .map(|s| {
+            let endpoints = mesh
+                .catalog
+                .endpoints_of(&s.local)
+                .map(|w| w.inbound)
+                .collect();
+            (s.exported_name, endpoints)
+        })
+        .collect();
+    IngressPeer {
+        name: peer.name.to_string(),
+        client_id: peer.client_id.clone(),
+        exports,
+    }
+}
+
+/// Where our egress sends each name `peer_mesh` exports to us.
+async fn egress_routes(
+    mesh: &MeshFederation,
+    peer: &Peer,
+    peer_mesh: &MeshFederation,
+) -> Result<BTreeMap<Hostname, EgressRoute>> {
+    if peer_mesh.trust_domain != peer.trust_domain {
+        bail!(
+            "the peer mesh file is for {}, but ServiceMeshPeer {} is {}",
+            peer_mesh.trust_domain,
+            peer.name,
+            peer.trust_domain
+        );
+    }
+    let Some(us) = peer_mesh.peer_for(&mesh.trust_domain) else {
+        bail!(
+            "mesh {} has no ServiceMeshPeer for {}: it exports nothing to us",
+            peer_mesh.mesh,
+            mesh.trust_domain
+        );
+    };
+    let ingress_id = peer_mesh.ingress_identity(us)?;
+    let host = peer
+        .addresses
+        .first()
+        .with_context(|| format!("ServiceMeshPeer {} has no spec.remote.addresses", peer.name))?;
+    let ingress = tokio::net::lookup_host((host.as_str(), peer.service_port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    Ok(peer_mesh
+        .exports_to(mesh)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            (
+                r.exported_name,
+                EgressRoute {
+                    peer: peer.name.to_string(),
+                    ingress,
+                    ingress_id: ingress_id.clone(),
+                },
+            )
+        })
+        .collect())
+}
+
+async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
+    if args.ingress.is_none() && args.egress.is_none() {
+        bail!("pass --ingress ADDR, --egress ADDR, or both");
+    }
+    let mesh = crate::node::load_mesh(&args.mesh)?;
+    let Some(peer) = mesh.peers.values().find(|p| p.name.as_str() == args.peer) else {
+        let known: Vec<String> = mesh.peers.keys().map(ToString::to_string).collect();
+        bail!(
+            "mesh {} has no ServiceMeshPeer {:?}; peers: {}",
+            mesh.mesh,
+            args.peer,
+            known.join(", ")
+        );
+    };
+    let ca = CertificateAuthority::load(&args.dir.dir)
+        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
+    if ca.trust_domain() != &mesh.trust_domain {
+        bail!(
+            "the CA in {} is for {}, the mesh is {}",
+            args.dir.dir.display(),
+            ca.trust_domain(),
+            mesh.trust_domain
+        );
+    }
+    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    if held.get(&peer.trust_domain).is_none() {
+        bail!(
+            "no trust bundle for {} in {}: import one (`meshfed trust bundle import`) or accept a peering token",
+            peer.trust_domain,
+            args.dir.dir.display()
+        );
+    }
+    let bundles = verify::shared(held);
+    let issue = |id| -> Result<Arc<SvidResolver>> {
+        let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
+        Ok(Arc::new(SvidResolver::new(&svid, verify::provider())?))
+    };
+    let mut running = Vec::new();
+    if let Some(addr) = args.ingress {
+        let ip = ingress_peer(&mesh, peer);
+        let names: Vec<String> = ip.exports.keys().map(ToString::to_string).collect();
+        let g = relay::start_ingress(
+            addr,
+            Arc::new(RwLock::new(Arc::new(vec![ip]))),
+            issue(mesh.ingress_identity(peer)?)?,
+            bundles.clone(),
+        )
+        .await?;
+        note(&format!(
+            "ingress for {} on {}: accepts {} and serves {}",
+            peer.name,
+            g.addr,
+            peer.client_id,
+            if names.is_empty() {
+                "nothing".into()
+            } else {
+                names.join(", ")
+            }
+        ));
+        running.push(g);
+    }
+    if let Some(addr) = args.egress {
+        let Some(path) = &args.peer_mesh else {
+            bail!("--egress needs --peer-mesh (what the peer exports to us)");
+        };
+        let peer_mesh = crate::node::load_mesh(path)?;
+        let routes = egress_routes(&mesh, peer, &peer_mesh).await?;
+        let names: Vec<String> = routes.keys().map(ToString::to_string).collect();
+        let g = relay::start_egress(
+            addr,
+            Arc::new(RwLock::new(Arc::new(routes))),
+            issue(mesh.egress_identity(peer)?)?,
+            bundles.clone(),
+        )
+        .await?;
+        note(&format!(
+            "egress to {} on {}: carries {}",
+            peer.name,
+            g.addr,
+            if names.is_empty() {
+                "nothing".into()
+            } else {
+                names.join(", ")
+            }
+        ));
+        running.push(g);
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(running);
+    Ok(ExitCode::SUCCESS)
+}

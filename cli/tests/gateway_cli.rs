@@ -1,0 +1,219 @@
+//! `meshfed gateway` processes for two meshes with their own CAs, configured from the mesh
+//! files: a client holding an alpha workload SVID reaches beta's echo — exported to alpha —
+//! through alpha's egress and beta's ingress, and the echo sees the alpha identity; a name beta
+//! does not export is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Procs, free, run, tempdir, trust_init};
+use meshfed_trust::CertificateAuthority;
+use meshfed_trust::ca::DEFAULT_SVID_TTL;
+use meshfed_trust::verify::{self, Expect, SpiffeServerVerifier, SvidResolver};
+
+const UI: &str = "spiffe://alpha-mesh.local/ns/web/sa/ui";
+const ECHO: &str = "spiffe://beta-mesh.local/ns/shop/sa/echo";
+const EXPORTED: &str = "echo.shop.svc.alpha-mesh-exports.local";
+
+/// One HTTPS exchange as alpha's ui sidecar would make it: mTLS with SNI `name` to `egress`,
+/// expecting beta's echo identity. The raw response, if any.
+fn call(dir: &Path, egress: SocketAddr, name: &str) -> Option<String> {
+    let ca = CertificateAuthority::load(&dir.join("a")).unwrap();
+    let svid = ca
+        .issue(&UI.parse().unwrap(), DEFAULT_SVID_TTL, SystemTime::now())
+        .unwrap();
+    let provider = verify::provider();
+    let held = meshfed_trust::dir::load_bundles(&dir.join("a"), &ca).unwrap();
+    let verifier = SpiffeServerVerifier::new(
+        verify::shared(held),
+        Expect::id(ECHO.parse().unwrap()),
+        provider.clone(),
+    );
+    let cfg = verify::client_config(
+        Arc::new(SvidResolver::new(&svid, provider.clone()).unwrap()),
+        Arc::new(verifier),
+        provider,
+    )
+    .unwrap();
+    let server = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), server).unwrap();
+    let tcp = TcpStream::connect(egress).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let req = "GET /who HTTP/1.1\r\nHost: echo.shop.svc.cluster.local\r\nConnection: close\r\n\r\n";
+    tls.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
+    let dir = tempdir("gateway-cli");
+    trust_init(&dir, "a", "alpha-mesh.local");
+    trust_init(&dir, "b", "beta-mesh.local");
+    // Exchange trust bundles (a peering token does the same over the wire).
+    for (from, to, td) in [
+        ("a", "b", "alpha-mesh.local"),
+        ("b", "a", "beta-mesh.local"),
+    ] {
+        let o = std::process::Command::new(common::bin())
+            .args(["trust", "bundle", "export", "--dir", from])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        std::fs::write(dir.join(format!("{from}.json")), o.stdout).unwrap();
+        run(
+            &dir,
+            &[
+                "trust",
+                "bundle",
+                "import",
+                "--dir",
+                to,
+                "--trust-domain",
+                td,
+                &format!("{from}.json"),
+            ],
+        );
+    }
+    let (ingress, egress) = (free("127.0.9.21"), free("127.0.9.11"));
+    let (echo_in, echo_app) = (free("127.0.9.22"), free("127.0.9.22"));
+    let alpha = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services: [{{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}]
+---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: beta-mesh, namespace: alpha-system}}
+spec:
+  remote: {{addresses: [{}], servicePort: {}}}
+  security:
+    trustDomain: beta-mesh.local
+    clientID: beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account
+",
+        ingress.ip(),
+        ingress.port()
+    );
+    let beta = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: beta, namespace: beta-system}}
+spec:
+  trustDomain: beta-mesh.local
+  services: [{{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}]
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: alpha-mesh, namespace: beta-system}}
+spec:
+  remote: {{addresses: [127.0.9.11]}}
+  security:
+    trustDomain: alpha-mesh.local
+    clientID: alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account
+---
+apiVersion: federation.maistra.io/v1
+kind: ExportedServiceSet
+metadata: {{name: alpha-mesh, namespace: beta-system}}
+spec:
+  exportRules:
+  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
+"
+    );
+    std::fs::write(dir.join("alpha.yaml"), alpha).unwrap();
+    std::fs::write(dir.join("beta.yaml"), beta).unwrap();
+    let mut procs = Procs::default();
+    let s = |a: SocketAddr| a.to_string();
+    procs.spawn(
+        &dir,
+        "echo",
+        &[
+            "echo",
+            "--listen",
+            &s(echo_app),
+            "--mesh",
+            "beta",
+            "--instance",
+            "echo-1",
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "proxy-echo",
+        &[
+            "proxy",
+            "--mesh",
+            "beta.yaml",
+            "--dir",
+            "b",
+            "--workload",
+            "echo-1",
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "beta-ingress",
+        &[
+            "gateway",
+            "--mesh",
+            "beta.yaml",
+            "--peer",
+            "alpha-mesh",
+            "--dir",
+            "b",
+            "--ingress",
+            &s(ingress),
+        ],
+    );
+    procs.spawn(
+        &dir,
+        "alpha-egress",
+        &[
+            "gateway",
+            "--mesh",
+            "alpha.yaml",
+            "--peer",
+            "beta-mesh",
+            "--peer-mesh",
+            "beta.yaml",
+            "--dir",
+            "a",
+            "--egress",
+            &s(egress),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        if let Some(out) = call(&dir, egress, EXPORTED).filter(|o| o.starts_with("HTTP/1.1 200")) {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the gateways; ingress log:\n{}\negress log:\n{}",
+            std::fs::read_to_string(dir.join("beta-ingress.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("alpha-egress.log")).unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(out.contains(&format!("\"caller\":\"{UI}\"")), "{out}");
+    assert!(out.contains("\"mesh\":\"beta\""), "{out}");
+    // A name beta does not export to alpha gets nowhere.
+    let refused = call(&dir, egress, "secret.shop.svc.alpha-mesh-exports.local");
+    assert!(
+        refused.as_ref().is_none_or(|o| !o.contains("HTTP/1.1")),
+        "{refused:?}"
+    );
+}
