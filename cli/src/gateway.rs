@@ -14,7 +14,7 @@ use clap::Args;
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_gateway::relay::{self, EgressRoute, IngressPeer};
-use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, SvidResolver};
 
 use crate::note;
@@ -135,17 +135,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             known.join(", ")
         );
     };
-    let ca = CertificateAuthority::load(&args.dir.dir)
-        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
-    if ca.trust_domain() != &mesh.trust_domain {
-        bail!(
-            "the CA in {} is for {}, the mesh is {}",
-            args.dir.dir.display(),
-            ca.trust_domain(),
-            mesh.trust_domain
-        );
-    }
-    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    let (ca, held) = crate::node::load_ca_for(&args.dir.dir, &mesh)?;
     if held.get(&peer.trust_domain).is_none() {
         bail!(
             "no trust bundle for {} in {}: import one (`meshfed trust bundle import`) or accept a peering token",

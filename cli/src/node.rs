@@ -111,6 +111,25 @@ pub(crate) fn load_mesh_file(path: &PathBuf) -> Result<validate::LoadedMesh> {
     Ok(loaded)
 }
 
+/// The mesh CA in `dir`, which must be `mesh`'s, and every trust bundle held there.
+pub(crate) fn load_ca_for(
+    dir: &std::path::Path,
+    mesh: &MeshFederation,
+) -> Result<(CertificateAuthority, meshfed_trust::TrustBundleSet)> {
+    let ca = CertificateAuthority::load(dir)
+        .with_context(|| format!("loading the CA in {}", dir.display()))?;
+    if ca.trust_domain() != &mesh.trust_domain {
+        bail!(
+            "the CA in {} is for {}, the mesh is {}",
+            dir.display(),
+            ca.trust_domain(),
+            mesh.trust_domain
+        );
+    }
+    let held = meshfed_trust::dir::load_bundles(dir, &ca)?;
+    Ok((ca, held))
+}
+
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     tokio::net::lookup_host((host, port))
         .await
@@ -129,17 +148,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let mesh = load_mesh(&args.mesh)?;
-    let ca = CertificateAuthority::load(&args.dir.dir)
-        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
-    if ca.trust_domain() != &mesh.trust_domain {
-        bail!(
-            "the CA in {} is for {}, the mesh is {}",
-            args.dir.dir.display(),
-            ca.trust_domain(),
-            mesh.trust_domain
-        );
-    }
-    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    let (ca, held) = load_ca_for(&args.dir.dir, &mesh)?;
     for p in mesh.peers.values() {
         if held.get(&p.trust_domain).is_none() {
             note(&format!(

@@ -278,17 +278,7 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
 
 async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
     let mesh = crate::node::load_mesh(path)?;
-    let ca = CertificateAuthority::load(&args.dir.dir)
-        .with_context(|| format!("loading the CA in {}", args.dir.dir.display()))?;
-    if ca.trust_domain() != &mesh.trust_domain {
-        bail!(
-            "the CA in {} is for {}, the mesh is {}",
-            args.dir.dir.display(),
-            ca.trust_domain(),
-            mesh.trust_domain
-        );
-    }
-    let held = meshfed_trust::dir::load_bundles(&args.dir.dir, &ca)?;
+    let (ca, held) = crate::node::load_ca_for(&args.dir.dir, &mesh)?;
     let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
     let (cfg, id) = configure(&mesh, args, &allow)?;
     let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
