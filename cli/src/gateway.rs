@@ -41,6 +41,10 @@ pub struct GatewayArgs {
     /// Serve the egress here, for this mesh's sidecars.
     #[arg(long)]
     egress: Option<SocketAddr>,
+    /// On SIGTERM or Ctrl-C: stop accepting, then let connections in flight finish for up to
+    /// this long (Istio's `terminationDrainDuration` default).
+    #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
+    drain_timeout: std::time::Duration,
 }
 
 pub fn run(args: GatewayArgs) -> Result<ExitCode> {
@@ -203,6 +207,26 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    drop(running);
+    note(&format!(
+        "draining: no new connections; waiting up to {:?} for those in flight",
+        args.drain_timeout
+    ));
+    let left: u64 = drain_all(running, args.drain_timeout).await;
+    note(&format!(
+        "drained; {left} connection(s) cut at the deadline"
+    ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drains every gateway at once; the connections still open at the deadline.
+async fn drain_all(gateways: Vec<relay::Gateway>, deadline: std::time::Duration) -> u64 {
+    let tasks: Vec<_> = gateways
+        .into_iter()
+        .map(|g| tokio::spawn(g.drain(deadline)))
+        .collect();
+    let mut left = 0;
+    for t in tasks {
+        left += t.await.unwrap_or(0);
+    }
+    left
 }

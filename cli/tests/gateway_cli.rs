@@ -216,4 +216,9 @@ spec:
         refused.as_ref().is_none_or(|o| !o.contains("HTTP/1.1")),
         "{refused:?}"
     );
+    // SIGTERM drains: nothing is in flight, so the ingress exits at once, cleanly.
+    let status = procs.terminate("beta-ingress", Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let log = std::fs::read_to_string(dir.join("beta-ingress.log")).unwrap();
+    assert!(log.contains("drained; 0 connection(s) cut"), "{log}");
 }

@@ -56,6 +56,8 @@ pub struct EgressRoute {
 #[derive(Debug, Default)]
 pub struct GatewayStats {
     pub accepted: AtomicU64,
+    /// Connections being handled now.
+    pub active: AtomicU64,
     /// Upstream connections opened (to local endpoints at an ingress, to peers at an egress).
     pub upstream_connections: AtomicU64,
     /// Refusals by (peer, reason); the peer is `-` when unknown.
@@ -95,6 +97,39 @@ pub struct Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Gateway {
+    /// Graceful drain: stops accepting (the listener closes, so new connections are refused
+    /// and go elsewhere), then waits for the connections in flight to finish, at most
+    /// `deadline`. Returns how many were still open when it gave up.
+    pub async fn drain(self, deadline: Duration) -> u64 {
+        self.task.abort();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let open = self.stats.active.load(Ordering::Relaxed);
+            if open == 0 || tokio::time::Instant::now() >= until {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Counts a connection as active for as long as its task holds it.
+struct ActiveGuard(Arc<GatewayStats>);
+
+impl ActiveGuard {
+    fn new(stats: &Arc<GatewayStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -176,7 +211,9 @@ pub async fn start_ingress(
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, peers, stats, next) =
                     (acceptor.clone(), peers.clone(), stats.clone(), next.clone());
+                let active = ActiveGuard::new(&stats);
                 tokio::spawn(async move {
+                    let _active = active;
                     let Ok(Ok(mut tunnel)) =
                         tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await
                     else {
@@ -251,7 +288,9 @@ pub async fn start_egress(
                 let _ = down.set_nodelay(true);
                 let (routes, stats, svid, bundles) =
                     (routes.clone(), stats.clone(), svid.clone(), bundles.clone());
+                let active = ActiveGuard::new(&stats);
                 tokio::spawn(async move {
+                    let _active = active;
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let (hello, first) = match read_hello(&mut down).await {
                         Ok(x) => x,

@@ -110,6 +110,15 @@ async fn world(
     extra_exports: BTreeMap<Hostname, Vec<SocketAddr>>,
     gamma: Option<IngressPeer>,
 ) -> World {
+    world_with(Duration::ZERO, extra_exports, gamma).await
+}
+
+/// [`world`] with an echo that takes `latency` to answer.
+async fn world_with(
+    latency: Duration,
+    extra_exports: BTreeMap<Hostname, Vec<SocketAddr>>,
+    gamma: Option<IngressPeer>,
+) -> World {
     let alpha =
         CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
     let beta = CertificateAuthority::new("beta.local".parse().unwrap(), SystemTime::now()).unwrap();
@@ -119,6 +128,7 @@ async fn world(
         mesh: "beta".into(),
         service: "echo".into(),
         instance: "echo-1".into(),
+        latency,
         ..Default::default()
     };
     let (app, echo) = meshfed_proxy::echo::start(any(), echo_cfg).await.unwrap();
@@ -366,4 +376,38 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
     // The client path still works.
     let (status, body) = get(w.client.outbound.unwrap(), LOCAL_NAME).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_ingress_refuses_new_connections_and_lets_streams_in_flight_finish() {
+    let w = world_with(Duration::from_millis(1500), BTreeMap::new(), None).await;
+    let out = w.client.outbound.unwrap();
+    let in_flight = tokio::spawn(get(out, LOCAL_NAME));
+    let stats = w.ingress.stats.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let addr = w.ingress.addr;
+    let World { ingress, .. } = w;
+    let drain = tokio::spawn(ingress.drain(Duration::from_secs(3)));
+    // The listener is gone at once: new connections are refused (and go to another replica).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the draining ingress still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The stream in flight finishes normally.
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"caller\":\"{UI}\"")), "{body}");
+    // What is left open after the deadline is at most the idle pooled tunnel of that request.
+    assert!(drain.await.unwrap() <= 1);
 }

@@ -74,6 +74,34 @@ impl Procs {
         self.0.push((name.to_owned(), child));
     }
 
+    /// Sends SIGTERM to the process started as `name` and waits up to `timeout` for it to
+    /// exit; its exit status, or `None` if it is still running (it is then killed on drop).
+    pub fn terminate(
+        &mut self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let i = self.0.iter().position(|(n, _)| n == name).unwrap();
+        let pid = self.0[i].1.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0[i].1.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Kills the process started as `name` and waits for it.
     pub fn kill(&mut self, name: &str) {
         let i = self.0.iter().position(|(n, _)| n == name).unwrap();
