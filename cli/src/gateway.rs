@@ -41,6 +41,10 @@ pub struct GatewayArgs {
     /// Serve the egress here, for this mesh's sidecars.
     #[arg(long)]
     egress: Option<SocketAddr>,
+    /// Loopback admin endpoint: `GET /status` (JSON counts per gateway: accepted, active and
+    /// upstream connections, refusals by peer and reason) and `GET /healthz`.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// On SIGTERM or Ctrl-C: stop accepting, then let connections in flight finish for up to
     /// this long (Istio's `terminationDrainDuration` default).
     #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
@@ -153,6 +157,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         Ok(Arc::new(SvidResolver::new(&svid, verify::provider())?))
     };
     let mut running = Vec::new();
+    let mut roles = Vec::new();
     if let Some(addr) = args.ingress {
         let ip = ingress_peer(&mesh, peer);
         let names: Vec<String> = ip.exports.keys().map(ToString::to_string).collect();
@@ -175,6 +180,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             }
         ));
         running.push(g);
+        roles.push("ingress");
     }
     if let Some(addr) = args.egress {
         let Some(path) = &args.peer_mesh else {
@@ -201,7 +207,28 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             }
         ));
         running.push(g);
+        roles.push("egress");
     }
+    let _admin = match args.admin {
+        Some(addr) => {
+            let views: Vec<(&'static str, Arc<relay::GatewayStats>)> = roles
+                .iter()
+                .copied()
+                .zip(running.iter().map(|g| g.stats.clone()))
+                .collect();
+            let status: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let body: serde_json::Map<String, serde_json::Value> = views
+                    .iter()
+                    .map(|(role, st)| ((*role).to_owned(), st.to_json()))
+                    .collect();
+                serde_json::Value::Object(body).to_string()
+            });
+            let (bound, task) = meshfed_peering::admin::serve(addr, status).await?;
+            note(&format!("admin on http://{bound}/status"));
+            Some(task)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -53,6 +53,18 @@ fn call(dir: &Path, egress: SocketAddr, name: &str) -> Option<String> {
     Some(out)
 }
 
+/// `GET /status` from a gateway's admin endpoint.
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
 #[test]
 fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
     let dir = tempdir("gateway-cli");
@@ -85,6 +97,7 @@ fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
         );
     }
     let (ingress, egress) = (free("127.0.9.21"), free("127.0.9.11"));
+    let (ingress_admin, egress_admin) = (free("127.0.9.21"), free("127.0.9.11"));
     let (echo_in, echo_app) = (free("127.0.9.22"), free("127.0.9.22"));
     let alpha = format!(
         "apiVersion: meshfed.io/v1alpha1
@@ -176,6 +189,8 @@ spec:
             "b",
             "--ingress",
             &s(ingress),
+            "--admin",
+            &s(ingress_admin),
         ],
     );
     procs.spawn(
@@ -193,6 +208,8 @@ spec:
             "a",
             "--egress",
             &s(egress),
+            "--admin",
+            &s(egress_admin),
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -216,6 +233,20 @@ spec:
         refused.as_ref().is_none_or(|o| !o.contains("HTTP/1.1")),
         "{refused:?}"
     );
+    // The admin endpoints count what happened: a connection carried by each gateway, and the
+    // refused name at the egress.
+    let ingress_status = status(ingress_admin);
+    assert!(
+        ingress_status["ingress"]["upstreamConnections"].as_u64() >= Some(1),
+        "{ingress_status}"
+    );
+    let egress_status = status(egress_admin);
+    let refused_here = egress_status["egress"]["denials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["reason"] == "NoPeerExportsName");
+    assert!(refused_here, "{egress_status}");
     // SIGTERM drains: nothing is in flight, so the ingress exits at once, cleanly.
     let status = procs.terminate("beta-ingress", Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");

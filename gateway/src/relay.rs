@@ -74,6 +74,24 @@ impl GatewayStats {
             .or_default() += 1;
     }
 
+    /// The counts as JSON (the gateway's `/status`): accepted, active and upstream
+    /// connections, and refusals by peer and reason.
+    pub fn to_json(&self) -> serde_json::Value {
+        let denials: Vec<serde_json::Value> = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|((peer, reason), n)| serde_json::json!({"peer": peer, "reason": reason, "count": n}))
+            .collect();
+        serde_json::json!({
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "active": self.active.load(Ordering::Relaxed),
+            "upstreamConnections": self.upstream_connections.load(Ordering::Relaxed),
+            "denials": denials,
+        })
+    }
+
     /// Refusals with `reason`, across peers.
     pub fn denied(&self, reason: &str) -> u64 {
         self.denials
