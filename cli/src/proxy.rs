@@ -129,6 +129,25 @@ fn tcp_forward(
     })
 }
 
+/// The names a workload of `service` answers to: the service's hostname and every name it is
+/// exported under to a peer.
+fn served_names(
+    mesh: &MeshFederation,
+    service: &meshfed_core::ServiceKey,
+) -> Result<Vec<meshfed_core::Hostname>> {
+    let mut names = vec![mesh.catalog.hostname_of(service)?];
+    for peer in mesh.peers.values() {
+        names.extend(
+            mesh.export_view(peer)
+                .services
+                .into_values()
+                .filter(|s| &s.local == service)
+                .map(|s| s.exported_name),
+        );
+    }
+    Ok(names)
+}
+
 fn http_version(svc: &meshfed_core::catalog::Service) -> HttpVersion {
     if svc.speaks_http2() {
         HttpVersion::Http2
@@ -230,6 +249,7 @@ fn configure(
         admin: args.admin,
         tcp,
         tcp_ports,
+        names: served_names(mesh, &w.service)?,
     };
     Ok((cfg, id))
 }

@@ -67,6 +67,7 @@ fn config(
         admin: None,
         tcp: vec![],
         tcp_ports: vec![],
+        names: vec![],
     }
 }
 

@@ -98,6 +98,10 @@ pub struct SidecarConfig {
     pub tcp: Vec<TcpForward>,
     /// This workload's TCP ports: streams for them reach the app's IP on that port.
     pub tcp_ports: Vec<u16>,
+    /// The server names (SNI) the inbound listener answers to: the service's hostname and the
+    /// names it is exported under. A ClientHello naming anything else is refused; one without
+    /// a name is accepted. Empty: any name.
+    pub names: Vec<Hostname>,
 }
 
 #[derive(Debug)]
@@ -163,6 +167,8 @@ pub struct Running {
     /// The sidecar's counters, as `/metrics` shows them.
     pub stats: Arc<Stats>,
     listeners: Listeners,
+    /// The server names the inbound listener answers to.
+    names: Shared<Vec<Hostname>>,
     routes: Shared<Vec<Arc<Route>>>,
     tcp_routes: tcp::Routes,
     policies: Shared<[Policy]>,
@@ -207,6 +213,10 @@ impl Running {
         if let Some(v) = &self.inbound_verifier {
             v.set_expect(cfg.allow.clone());
         }
+        *self
+            .names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(cfg.names.clone());
         Ok(())
     }
 }
@@ -388,6 +398,7 @@ pub async fn start(
         &stats,
     )?)));
     let policies: Shared<[Policy]> = Arc::new(RwLock::new(cfg.policies.clone().into()));
+    let names: Shared<Vec<Hostname>> = Arc::new(RwLock::new(Arc::new(cfg.names.clone())));
     let tcp_routes: tcp::Routes =
         Arc::new(RwLock::new(Arc::new(build_tcp(&cfg, &svid, &bundles)?)));
     let mut tcp_addrs = Vec::new();
@@ -425,7 +436,7 @@ pub async fn start(
             .extend(cfg.tcp_ports.iter().map(|p| tcp::alpn(*p)));
         let server = Arc::new(server);
         let app_protocol = cfg.app_protocol;
-        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let names = names.clone();
         let metrics = Arc::new(stats.service(Direction::Inbound, &cfg.service));
         let policies = policies.clone();
         let app_pool = Arc::new(Pool::default());
@@ -439,7 +450,7 @@ pub async fn start(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let (server, names) = (server.clone(), names.clone());
                 let inb = Inbound {
                     app,
                     app_protocol,
@@ -449,8 +460,24 @@ pub async fn start(
                     stats: stats.clone(),
                 };
                 tokio::spawn(async move {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
+                    let handshake = async {
+                        let start = tokio_rustls::LazyConfigAcceptor::new(
+                            rustls::server::Acceptor::default(),
+                            tcp,
+                        )
+                        .await
+                        .ok()?;
+                        if let Some(name) = start.client_hello().server_name() {
+                            let served = current(&names);
+                            let ok = served.is_empty()
+                                || Hostname::canonicalize(name).is_ok_and(|n| served.contains(&n));
+                            if !ok {
+                                return None;
+                            }
+                        }
+                        start.into_stream(server).await.ok()
+                    };
+                    let Ok(Some(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await
                     else {
                         inb.stats.handshake(Direction::Inbound, false);
                         return;
@@ -506,6 +533,7 @@ pub async fn start(
         tcp: tcp_addrs,
         stats,
         listeners: Listeners::of(&cfg),
+        names,
         routes,
         tcp_routes,
         policies,
@@ -769,15 +797,13 @@ impl Drop for GaugeGuard<'_> {
 async fn connect(
     tls: Arc<rustls::ClientConfig>,
     endpoint: &Endpoint,
+    service: &Hostname,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let addr = endpoint.addr;
-    // The SNI names the service for a gateway on the way (a peer's exported name); a local
-    // endpoint needs none, and SPIFFE verification ignores it either way.
-    let sni = endpoint
-        .sni
-        .as_ref()
-        .map_or("upstream.meshfed.invalid", |h| h.as_str())
-        .to_owned();
+    // The SNI names the service: the peer's exported name through a gateway, else the
+    // service's own hostname; the server sidecar refuses names it does not serve (domain
+    // fronting), and SPIFFE verification does not depend on it.
+    let sni = endpoint.sni.as_ref().unwrap_or(service).as_str().to_owned();
     let connect = async move {
         let tcp = TcpStream::connect(addr)
             .await
@@ -855,7 +881,7 @@ async fn attempt(
             }
         }
         let connected = async {
-            let tls = connect(route.tls.clone(), &route.endpoints[index]).await?;
+            let tls = connect(route.tls.clone(), &route.endpoints[index], &route.host).await?;
             stats.handshake(Direction::Outbound, true);
             pool::handshake(tls, route.protocol)
                 .await

@@ -120,7 +120,15 @@ async fn forward(mut app: TcpStream, route: &TcpRoute, stats: &Stats) -> &'stati
         let connect = async {
             let tcp = TcpStream::connect(ep.addr).await.ok()?;
             let _ = tcp.set_nodelay(true);
-            let name = rustls_pki_types::ServerName::try_from("upstream.meshfed.invalid").ok()?;
+            // The service's name (or the peer's exported name through a gateway): the server
+            // sidecar answers only to names its service is known by.
+            let sni = ep
+                .sni
+                .as_ref()
+                .unwrap_or(&route.fwd.host)
+                .as_str()
+                .to_owned();
+            let name = rustls_pki_types::ServerName::try_from(sni).ok()?;
             tokio_rustls::TlsConnector::from(route.tls.clone())
                 .connect(name, tcp)
                 .await

@@ -39,6 +39,7 @@ async fn server_for(ca: &CertificateAuthority, app: SocketAddr, version: HttpVer
         admin: None,
         tcp: vec![],
         tcp_ports: vec![],
+        names: vec![],
     };
     sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
         .await

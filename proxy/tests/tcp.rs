@@ -47,6 +47,7 @@ async fn server(ca: &CertificateAuthority, port: u16, policies: Vec<Policy>) -> 
         admin: None,
         tcp: vec![],
         tcp_ports: vec![port],
+        names: vec![],
     };
     sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
         .await

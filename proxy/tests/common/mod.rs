@@ -91,6 +91,7 @@ pub async fn echo_server(
         admin: Some(any()),
         tcp: vec![],
         tcp_ports: vec![],
+        names: vec![],
     };
     (
         sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
@@ -144,6 +145,7 @@ pub fn client_config(endpoints: Vec<Endpoint>, traffic: TrafficPolicy) -> Sideca
         admin: None,
         tcp: vec![],
         tcp_ports: vec![],
+        names: vec![],
     }
 }
 
