@@ -246,15 +246,8 @@ fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
 
 /// Reads the files (`-` is standard input) and validates them together.
 /// A file's name for diagnostics, and its text (which must be UTF-8).
-pub(crate) fn read_text(f: &PathBuf) -> Result<(String, String)> {
-    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 text (invalid byte at offset {})",
-            f.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+pub(crate) fn read_text(f: &std::path::Path) -> Result<(String, String)> {
+    let text = meshfed_control::source::read_text(f).map_err(anyhow::Error::msg)?;
     Ok((f.display().to_string(), text))
 }
 

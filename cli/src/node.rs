@@ -97,12 +97,12 @@ struct NodeStatus {
     refused: Vec<(String, String)>,
 }
 
-pub(crate) fn load_mesh(path: &PathBuf) -> Result<MeshFederation> {
+pub(crate) fn load_mesh(path: &std::path::Path) -> Result<MeshFederation> {
     Ok(load_mesh_file(path)?.mesh)
 }
 
 /// Loads the one mesh of `path`, printing its warnings; any error refuses the whole file.
-pub(crate) fn load_mesh_file(path: &PathBuf) -> Result<validate::LoadedMesh> {
+pub(crate) fn load_mesh_file(path: &std::path::Path) -> Result<validate::LoadedMesh> {
     let (_, text) = crate::read_text(path)?;
     let loaded = validate::load_mesh(&path.display().to_string(), &text)?;
     for d in &loaded.warnings {

@@ -56,7 +56,7 @@ pub fn initial(
     trust_domain: &TrustDomain,
     bundles: &BundlesFn,
 ) -> Result<Snapshot, String> {
-    let text = read(path)?;
+    let text = read_text(path)?;
     next_snapshot(
         None,
         &path.display().to_string(),
@@ -67,7 +67,8 @@ pub fn initial(
     .ok_or_else(|| "no snapshot".to_owned())
 }
 
-fn read(path: &Path) -> Result<String, String> {
+/// A file's text, which must be UTF-8; the error names the file (and the first bad byte).
+pub fn read_text(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
@@ -95,7 +96,7 @@ pub async fn watch_file(
         if tx.is_closed() {
             return;
         }
-        let input = read(&path).and_then(|t| Ok((t, bundles()?)));
+        let input = read_text(&path).and_then(|t| Ok((t, bundles()?)));
         let result = match input {
             Err(e) => Err(e),
             Ok(input) if last_seen.as_ref() == Some(&input) => continue,

@@ -286,6 +286,41 @@ pub async fn start_ingress(
     Ok(Gateway { addr, stats, task })
 }
 
+/// The egress's tunnel TLS clients, one per peer ingress identity, made on first use (not per
+/// connection).
+#[derive(Default)]
+struct Tunnels(Mutex<BTreeMap<SpiffeId, Arc<rustls::ClientConfig>>>);
+
+impl Tunnels {
+    fn get(
+        &self,
+        ingress_id: &SpiffeId,
+        svid: &Arc<SvidResolver>,
+        bundles: &SharedBundles,
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let mut all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = all.get(ingress_id) {
+            return Ok(c.clone());
+        }
+        let provider = verify::provider();
+        let verifier = SpiffeServerVerifier::new(
+            bundles.clone(),
+            Expect::id(ingress_id.clone()),
+            provider.clone(),
+        );
+        let c = Arc::new(verify::client_config(
+            svid.clone(),
+            Arc::new(verifier),
+            provider,
+        )?);
+        all.insert(ingress_id.clone(), c.clone());
+        Ok(c)
+    }
+}
+
 /// The egress: local sidecars in, peers' ingress gateways out.
 pub async fn start_egress(
     listen: SocketAddr,
@@ -295,6 +330,7 @@ pub async fn start_egress(
 ) -> Result<Gateway, GatewayError> {
     let (listener, addr) = bind(listen).await?;
     let stats = Arc::new(GatewayStats::default());
+    let tunnels = Arc::new(Tunnels::default());
     let task = {
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -304,8 +340,13 @@ pub async fn start_egress(
                     continue;
                 };
                 let _ = down.set_nodelay(true);
-                let (routes, stats, svid, bundles) =
-                    (routes.clone(), stats.clone(), svid.clone(), bundles.clone());
+                let (routes, stats, svid, bundles, tunnels) = (
+                    routes.clone(),
+                    stats.clone(),
+                    svid.clone(),
+                    bundles.clone(),
+                    tunnels.clone(),
+                );
                 let active = ActiveGuard::new(&stats);
                 tokio::spawn(async move {
                     let _active = active;
@@ -326,13 +367,7 @@ pub async fn start_egress(
                         stats.deny("-", "NoPeerExportsName");
                         return;
                     };
-                    let provider = verify::provider();
-                    let verifier = SpiffeServerVerifier::new(
-                        bundles,
-                        Expect::id(route.ingress_id.clone()),
-                        provider.clone(),
-                    );
-                    let Ok(tls) = verify::client_config(svid, Arc::new(verifier), provider) else {
+                    let Ok(tls) = tunnels.get(&route.ingress_id, &svid, &bundles) else {
                         stats.deny(&route.peer, "TunnelConfig");
                         return;
                     };
@@ -340,7 +375,7 @@ pub async fn start_egress(
                         let tcp = TcpStream::connect(route.ingress).await.ok()?;
                         let _ = tcp.set_nodelay(true);
                         let name = ServerName::try_from("ingress.meshfed.invalid").ok()?;
-                        tokio_rustls::TlsConnector::from(Arc::new(tls))
+                        tokio_rustls::TlsConnector::from(tls)
                             .connect(name, tcp)
                             .await
                             .ok()

@@ -232,11 +232,6 @@ impl Stats {
         }
     }
 
-    /// Counts one answered request and its latency.
-    pub fn request(&self, direction: Direction, service: &str, status: u16, took: Duration) {
-        self.service(direction, service).record(status, took);
-    }
-
     /// The request counters and latency histogram of one service, each resolved on first
     /// use and kept, so the request path neither allocates label values nor looks them up.
     pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
