@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
-use meshfed_gateway::relay::{self, EgressRoute, IngressPeer};
+use meshfed_gateway::relay::{self, EgressOptions, EgressRoute, IngressOptions, IngressPeer};
+use meshfed_gateway::tunnel::Transport;
 use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, SvidResolver};
 
@@ -41,8 +42,24 @@ pub struct GatewayArgs {
     /// Serve the egress here, for this mesh's sidecars.
     #[arg(long)]
     egress: Option<SocketAddr>,
+    /// The egress's tunnel to the peer's ingress: `tcp` (TCP + TLS, a connection per stream)
+    /// or `quic` (multiplexed streams on one connection). The ingress always serves both.
+    #[arg(long, default_value = "tcp")]
+    tunnel: Transport,
+    /// How often the egress probes the peer's ingress (reachability and tunnel RTT in
+    /// `/status` and `/metrics`); `0s` turns probing off.
+    #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
+    probe_interval: std::time::Duration,
+    /// Serve the discovery port here (the peer's `spec.remote.discoveryPort`): connections are
+    /// forwarded, still encrypted, to the local peering service at --discovery-upstream.
+    #[arg(long, requires = "discovery_upstream")]
+    discovery: Option<SocketAddr>,
+    /// The local peering service (`meshfed peering run --listen`).
+    #[arg(long, requires = "discovery")]
+    discovery_upstream: Option<SocketAddr>,
     /// Loopback admin endpoint: `GET /status` (JSON counts per gateway: accepted, active and
-    /// upstream connections, refusals by peer and reason) and `GET /healthz`.
+    /// upstream connections, refusals by peer and reason, per-peer streams, bytes, reachability
+    /// and RTT), `GET /metrics` (Prometheus) and `GET /healthz`.
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// On SIGTERM or Ctrl-C: stop accepting, then let connections in flight finish for up to
@@ -130,8 +147,8 @@ async fn egress_routes(
 }
 
 async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
-    if args.ingress.is_none() && args.egress.is_none() {
-        bail!("pass --ingress ADDR, --egress ADDR, or both");
+    if args.ingress.is_none() && args.egress.is_none() && args.discovery.is_none() {
+        bail!("pass --ingress ADDR, --egress ADDR, --discovery ADDR, or several");
     }
     let mesh = crate::node::load_mesh(&args.mesh)?;
     let Some(peer) = mesh.peers.values().find(|p| p.name.as_str() == args.peer) else {
@@ -166,6 +183,10 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             Arc::new(RwLock::new(Arc::new(vec![ip]))),
             issue(mesh.ingress_identity(peer)?)?,
             bundles.clone(),
+            IngressOptions {
+                quic: true,
+                reset_key: Some(reset_key(&args.dir.dir)?),
+            },
         )
         .await?;
         note(&format!(
@@ -194,12 +215,17 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             Arc::new(RwLock::new(Arc::new(routes))),
             issue(mesh.egress_identity(peer)?)?,
             bundles.clone(),
+            EgressOptions {
+                transport: args.tunnel,
+                probe_interval: (!args.probe_interval.is_zero()).then_some(args.probe_interval),
+            },
         )
         .await?;
         note(&format!(
-            "egress to {} on {}: carries {}",
+            "egress to {} on {} ({} tunnel): carries {}",
             peer.name,
             g.addr,
+            args.tunnel,
             if names.is_empty() {
                 "nothing".into()
             } else {
@@ -208,6 +234,15 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         ));
         running.push(g);
         roles.push("egress");
+    }
+    if let (Some(addr), Some(upstream)) = (args.discovery, args.discovery_upstream) {
+        let g = relay::start_discovery(addr, upstream).await?;
+        note(&format!(
+            "discovery port on {}: forwards to the peering service at {upstream}",
+            g.addr
+        ));
+        running.push(g);
+        roles.push("discovery");
     }
     let _admin = match args.admin {
         Some(addr) => {
@@ -223,7 +258,19 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
                     .collect();
                 serde_json::Value::Object(body).to_string()
             });
-            let (bound, task) = meshfed_peering::admin::serve(addr, status).await?;
+            let all: Vec<Arc<relay::GatewayStats>> =
+                running.iter().map(|g| g.stats.clone()).collect();
+            let pages: meshfed_peering::admin::Pages = Arc::new(move |path| {
+                (path == "/metrics").then(|| {
+                    let refs: Vec<&relay::GatewayStats> = all.iter().map(AsRef::as_ref).collect();
+                    (
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        meshfed_gateway::stats::encode_metrics(&refs),
+                    )
+                })
+            });
+            let (bound, task) =
+                meshfed_peering::admin::serve_with(addr, status, Some(pages)).await?;
             note(&format!("admin on http://{bound}/status"));
             Some(task)
         }
@@ -256,4 +303,34 @@ async fn drain_all(gateways: Vec<relay::Gateway>, deadline: std::time::Duration)
         left += t.await.unwrap_or(0);
     }
     left
+}
+
+/// The ingress's QUIC stateless-reset key, kept at `DIR/quic-reset.key` (mode 0600) so a
+/// restarted ingress can tell peers' egresses at once that their old connection is gone.
+fn reset_key(dir: &std::path::Path) -> Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("quic-reset.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.as_slice().try_into().with_context(|| {
+            format!(
+                "{}: a QUIC reset key is 32 bytes, this file has {}; delete it to make a new one",
+                path.display(),
+                bytes.len()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = meshfed_gateway::tunnel::new_reset_key()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }

@@ -1,7 +1,9 @@
 //! `meshfed gateway` processes for two meshes with their own CAs, configured from the mesh
 //! files: a client holding an alpha workload SVID reaches beta's echo — exported to alpha —
-//! through alpha's egress and beta's ingress, and the echo sees the alpha identity; a name beta
-//! does not export is refused.
+//! through alpha's egress and beta's ingress over the QUIC tunnel, and the echo sees the alpha
+//! identity; a name beta does not export is refused; the discovery port forwards TLS; the
+//! admin endpoints show counts and Prometheus metrics; a SIGKILLed ingress, started again,
+//! serves the same egress at once; SIGTERM drains.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -53,16 +55,34 @@ fn call(dir: &Path, egress: SocketAddr, name: &str) -> Option<String> {
     Some(out)
 }
 
-/// `GET /status` from a gateway's admin endpoint.
-fn status(admin: SocketAddr) -> serde_json::Value {
+/// `GET path` from a gateway's admin endpoint: the body.
+fn admin_get(admin: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
         .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("null");
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()
+}
+
+/// `GET /status` from a gateway's admin endpoint.
+fn status(admin: SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&admin_get(admin, "/status")).unwrap_or(serde_json::Value::Null)
+}
+
+/// Calls until one answers 200, for at most `within`.
+fn call_until_ok(dir: &Path, addr: SocketAddr, name: &str, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(out) = call(dir, addr, name).filter(|o| o.starts_with("HTTP/1.1 200")) {
+            return Some(out);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -98,6 +118,7 @@ fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
     }
     let (ingress, egress) = (free("127.0.9.21"), free("127.0.9.11"));
     let (ingress_admin, egress_admin) = (free("127.0.9.21"), free("127.0.9.11"));
+    let discovery = free("127.0.9.21");
     let (echo_in, echo_app) = (free("127.0.9.22"), free("127.0.9.22"));
     let alpha = format!(
         "apiVersion: meshfed.io/v1alpha1
@@ -176,23 +197,25 @@ spec:
             "echo-1",
         ],
     );
-    procs.spawn(
-        &dir,
-        "beta-ingress",
-        &[
-            "gateway",
-            "--mesh",
-            "beta.yaml",
-            "--peer",
-            "alpha-mesh",
-            "--dir",
-            "b",
-            "--ingress",
-            &s(ingress),
-            "--admin",
-            &s(ingress_admin),
-        ],
-    );
+    let ingress_args = [
+        "gateway",
+        "--mesh",
+        "beta.yaml",
+        "--peer",
+        "alpha-mesh",
+        "--dir",
+        "b",
+        "--ingress",
+        &s(ingress),
+        "--admin",
+        &s(ingress_admin),
+        // Any TLS service stands in for beta's peering service here.
+        "--discovery",
+        &s(discovery),
+        "--discovery-upstream",
+        &s(echo_in),
+    ];
+    procs.spawn(&dir, "beta-ingress", &ingress_args);
     procs.spawn(
         &dir,
         "alpha-egress",
@@ -210,6 +233,10 @@ spec:
             &s(egress),
             "--admin",
             &s(egress_admin),
+            "--tunnel",
+            "quic",
+            "--probe-interval",
+            "200ms",
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -247,6 +274,38 @@ spec:
         .iter()
         .any(|d| d["reason"] == "NoPeerExportsName");
     assert!(refused_here, "{egress_status}");
+    // Prometheus metrics: the egress's probes found beta's ingress over QUIC.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = admin_get(egress_admin, "/metrics");
+        if m.contains("meshfed_gateway_peer_reachable{peer=\"beta-mesh\"} 1")
+            && m.contains("meshfed_gateway_bytes_total{role=\"egress\",peer=\"beta-mesh\",direction=\"from_peer\"}")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The discovery port passes TLS through to the service behind it.
+    let via_discovery = call_until_ok(&dir, discovery, EXPORTED, Duration::from_secs(10));
+    assert!(via_discovery.is_some());
+    // SIGKILL the ingress and start it again: the egress's QUIC connection to the old process
+    // is dead; the new one (same stateless-reset key, kept in the CA folder) says so, and the
+    // egress redials.
+    procs.kill("beta-ingress");
+    procs.spawn(&dir, "beta-ingress", &ingress_args);
+    let t0 = Instant::now();
+    let again = call_until_ok(&dir, egress, EXPORTED, Duration::from_secs(30));
+    assert!(
+        again.is_some_and(|o| o.contains(&format!("\"caller\":\"{UI}\""))),
+        "not back after a restart; ingress log:\n{}\negress log:\n{}",
+        std::fs::read_to_string(dir.join("beta-ingress.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("alpha-egress.log")).unwrap_or_default(),
+    );
+    eprintln!(
+        "served again {:?} after the ingress was killed",
+        t0.elapsed()
+    );
     // SIGTERM drains: nothing is in flight, so the ingress exits at once, cleanly.
     let status = procs.terminate("beta-ingress", Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");

@@ -49,6 +49,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("k8s-openapi", &["meshfed-crds", "meshfed-k8s"]),
     ("sled", &["meshfed-store"]),
     ("quinn", &["meshfed-gateway"]),
+    ("quinn-proto", &["meshfed-gateway"]),
     ("rcgen", &["meshfed-trust"]),
     ("x509-parser", &["meshfed-trust"]),
 ];

@@ -4,9 +4,13 @@
 //! to a local endpoint, so workload identity survives end to end and a peer reaches only its
 //! exports.
 //!
-//! Built so far: the ClientHello reader ([`sni`]) and the egress and ingress over a TCP + rustls
-//! tunnel ([`relay`]). To come: the QUIC transport, configuration from the control plane,
-//! discovery-port forwarding, per-peer metrics, probing and graceful drain.
+//! - [`sni`]: the ClientHello reader, built for hostile input.
+//! - [`tunnel`]: the gateway-to-gateway tunnel, TCP + rustls or QUIC (quinn), and probes.
+//! - [`relay`]: the egress, the ingress (both transports on one port), the discovery-port
+//!   forwarder, graceful drain.
+//! - [`stats`]: per-peer counters for `/status` and Prometheus `/metrics`.
 
 pub mod relay;
 pub mod sni;
+pub mod stats;
+pub mod tunnel;

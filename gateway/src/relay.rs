@@ -1,9 +1,11 @@
-//! The gateways' data path over TCP + rustls, one tunnel connection per client connection.
+//! The gateways' data path: egress, ingress and the discovery forwarder.
 //!
 //! Egress: a local sidecar connects in plaintext TCP and starts its own mTLS handshake with the
 //! server sidecar; the egress reads the server name from that ClientHello (never terminating
-//! it), finds the peer that exports the name, opens an mTLS connection to the peer's ingress
-//! gateway with its own gateway SVID, and relays the sidecar's bytes inside it.
+//! it), finds the peer that exports the name, opens a tunnel stream to the peer's ingress
+//! gateway ([`crate::tunnel`]: TCP + rustls or QUIC, authenticated with its own gateway SVID),
+//! and relays the sidecar's bytes inside it. It probes each peer's ingress on an interval and
+//! reports reachability and tunnel RTT.
 //!
 //! Ingress: the peer's egress gateway must present the peer's `clientID`; inside that tunnel the
 //! ingress reads the client sidecar's ClientHello and accepts it only if the name is exported to
@@ -11,23 +13,33 @@
 //! ClientHello, one larger than 16 KiB — is refused before any upstream connection is opened,
 //! counted by reason. An accepted stream is spliced to a local endpoint (round robin), so the
 //! client and server sidecars complete mTLS end to end: the gateways never see plaintext and
-//! hold no workload keys.
+//! hold no workload keys. The ingress serves both tunnel transports on one port (TCP and UDP).
+//!
+//! Discovery: the ingress gateway's discovery port forwards to the local peering service, so a
+//! peer needs only the gateway addresses; the peering stream's own mTLS passes through untouched
+//! (anything that does not start with a TLS ClientHello is refused).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use meshfed_core::{Hostname, SpiffeId};
-use meshfed_trust::verify::{
-    self, Expect, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
-};
-use rustls_pki_types::ServerName;
+use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeClientVerifier, SvidResolver};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::sni::{self, ClientHello, MAX_PEEK, SniError};
+pub use crate::stats::GatewayStats;
+use crate::stats::{Counted, PeerCounters};
+use crate::tunnel::{
+    self, ALPN_PROBE, ALPN_TUNNEL, CODE_DRAINING, CODE_REFUSED, Dialer, Target, Transport,
+    TunnelError,
+};
 
 /// Longest wait for a ClientHello, a tunnel handshake, or an upstream connection.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,78 +64,88 @@ pub struct EgressRoute {
     pub ingress_id: SpiffeId,
 }
 
-/// Counts for health, metrics and tests.
-#[derive(Debug, Default)]
-pub struct GatewayStats {
-    pub accepted: AtomicU64,
-    /// Connections being handled now.
-    pub active: AtomicU64,
-    /// Upstream connections opened (to local endpoints at an ingress, to peers at an egress).
-    pub upstream_connections: AtomicU64,
-    /// Refusals by (peer, reason); the peer is `-` when unknown.
-    pub denials: Mutex<BTreeMap<(String, String), u64>>,
+/// How an ingress serves.
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// Also serve the QUIC tunnel (UDP, same port as TCP).
+    pub quic: bool,
+    /// The QUIC stateless-reset key; keep it across restarts (see [`crate::tunnel`]).
+    pub reset_key: Option<[u8; 32]>,
 }
 
-impl GatewayStats {
-    fn deny(&self, peer: &str, reason: &str) {
-        *self
-            .denials
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((peer.to_owned(), reason.to_owned()))
-            .or_default() += 1;
-    }
-
-    /// The counts as JSON (the gateway's `/status`): accepted, active and upstream
-    /// connections, and refusals by peer and reason.
-    pub fn to_json(&self) -> serde_json::Value {
-        let denials: Vec<serde_json::Value> = self
-            .denials
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|((peer, reason), n)| serde_json::json!({"peer": peer, "reason": reason, "count": n}))
-            .collect();
-        serde_json::json!({
-            "accepted": self.accepted.load(Ordering::Relaxed),
-            "active": self.active.load(Ordering::Relaxed),
-            "upstreamConnections": self.upstream_connections.load(Ordering::Relaxed),
-            "denials": denials,
-        })
-    }
-
-    /// Refusals with `reason`, across peers.
-    pub fn denied(&self, reason: &str) -> u64 {
-        self.denials
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|((_, r), _)| r == reason)
-            .map(|(_, n)| n)
-            .sum()
+impl Default for IngressOptions {
+    fn default() -> Self {
+        Self {
+            quic: true,
+            reset_key: None,
+        }
     }
 }
 
-/// A running gateway listener; stops when dropped.
+/// How an egress dials and probes.
+#[derive(Debug, Clone)]
+pub struct EgressOptions {
+    pub transport: Transport,
+    /// How often to probe each peer's ingress; `None` never probes.
+    pub probe_interval: Option<Duration>,
+}
+
+impl Default for EgressOptions {
+    fn default() -> Self {
+        Self {
+            transport: Transport::default(),
+            probe_interval: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A running gateway. Dropping it stops everything at once (connections in flight are cut);
+/// [`Gateway::drain`] stops gracefully.
 #[derive(Debug)]
 pub struct Gateway {
     pub addr: SocketAddr,
     pub stats: Arc<GatewayStats>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    kill: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    quic: Option<quinn::Endpoint>,
+    dialer: Option<Arc<Dialer>>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
 impl Gateway {
-    /// Graceful drain: stops accepting (the listener closes, so new connections are refused
-    /// and go elsewhere), then waits for the connections in flight to finish, at most
-    /// `deadline`. Returns how many were still open when it gave up.
-    pub async fn drain(self, deadline: Duration) -> u64 {
-        self.task.abort();
+    /// Stops at once: listeners and every connection in flight are closed (what dropping the
+    /// gateway does). The addresses are free again once the tasks have ended.
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.kill.send_replace(true);
+        if let Some(e) = self.quic.take() {
+            e.close(0u32.into(), b"gateway stopped");
+        }
+        if let Some(d) = self.dialer.take() {
+            d.close();
+        }
+    }
+
+    /// Graceful drain: stops accepting (the listeners close, so new connections are refused
+    /// and go elsewhere; QUIC refuses new connections and new streams with a retryable code),
+    /// then waits for the streams in flight to finish, at most `deadline`. Returns how many
+    /// were still open when it gave up (they are cut).
+    pub async fn drain(mut self, deadline: Duration) -> u64 {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(e) = &self.quic {
+            e.set_server_config(None);
+        }
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let open = self.stats.active.load(Ordering::Relaxed);
@@ -133,6 +155,37 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// The egress's tunnel transport (`None` for other roles).
+    pub fn transport(&self) -> Option<Transport> {
+        self.dialer.as_ref().map(|d| d.transport())
+    }
+}
+
+/// Runs `fut` until it ends or the gateway is stopped.
+fn spawn_killable<F>(kill: &watch::Receiver<bool>, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut kill = kill.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = fut => {}
+            _ = kill.wait_for(|k| *k) => {}
+        }
+    });
+}
+
+/// [`spawn_killable`], counted as an active connection while it runs.
+fn spawn_conn<F>(stats: &Arc<GatewayStats>, kill: &watch::Receiver<bool>, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let active = ActiveGuard::new(stats);
+    spawn_killable(kill, async move {
+        let _active = active;
+        fut.await;
+    });
 }
 
 /// Counts a connection as active for as long as its task holds it.
@@ -146,6 +199,23 @@ impl ActiveGuard {
 }
 
 impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a stream against its peer while it is relayed.
+struct PeerStream(Arc<PeerCounters>);
+
+impl PeerStream {
+    fn new(c: Arc<PeerCounters>) -> Self {
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        c.active.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for PeerStream {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -180,13 +250,14 @@ async fn read_hello<S: AsyncRead + Unpin>(s: &mut S) -> Result<(ClientHello, Vec
     Ok((hello, buf))
 }
 
-/// Writes what was already read, then relays both ways until either side closes.
-async fn splice<A, B>(mut down: A, mut up: B, first: &[u8])
+/// Writes what each side already sent to the other, then relays both ways until either side
+/// closes.
+async fn splice<A, B>(mut down: A, mut up: B, to_up: &[u8], to_down: &[u8])
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    if up.write_all(first).await.is_err() {
+    if up.write_all(to_up).await.is_err() || down.write_all(to_down).await.is_err() {
         return;
     }
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
@@ -198,126 +269,254 @@ async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((l, bound))
 }
 
-/// The ingress: peers' egress gateways in, local endpoints out.
+/// Accepts TCP connections until the task is aborted, handing each to `handle`.
+fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stats: Arc<GatewayStats>,
+    kill: watch::Receiver<bool>,
+    handle: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            spawn_conn(&stats, &kill, handle(tcp));
+        }
+    })
+}
+
+/// What an ingress shares across its connections.
+struct IngressCtx {
+    peers: Arc<RwLock<Arc<Vec<IngressPeer>>>>,
+    stats: Arc<GatewayStats>,
+    next: AtomicUsize,
+}
+
+impl IngressCtx {
+    /// The current configuration of the peer whose egress presented `caller`.
+    fn peer(&self, caller: Option<SpiffeId>) -> Option<IngressPeer> {
+        let caller = caller?;
+        self.peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| p.client_id == caller)
+            .cloned()
+    }
+
+    /// Reads the client's ClientHello from the tunnel and, if its name is exported to `peer`,
+    /// connects to a local endpoint. Every refusal is counted and no upstream is opened.
+    async fn admit<S: AsyncRead + Unpin>(
+        &self,
+        peer: &IngressPeer,
+        tunnel: &mut S,
+    ) -> Result<(TcpStream, Vec<u8>), String> {
+        let (hello, first) = read_hello(tunnel).await?;
+        let endpoints = peer
+            .exports
+            .get(&hello.server_name)
+            .filter(|e| !e.is_empty())
+            .ok_or("NotExportedToPeer")?;
+        let ep = endpoints[self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+        let up = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(ep))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or("EndpointUnreachable")?;
+        let _ = up.set_nodelay(true);
+        self.stats
+            .upstream_connections
+            .fetch_add(1, Ordering::Relaxed);
+        Ok((up, first))
+    }
+
+    /// One admitted tunnel stream, relayed and counted against its peer.
+    async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        peer: &IngressPeer,
+        tunnel: S,
+        up: TcpStream,
+        first: Vec<u8>,
+    ) {
+        let counters = self.stats.peer(&peer.name);
+        let _stream = PeerStream::new(counters.clone());
+        counters
+            .bytes_from_peer
+            .fetch_add(first.len() as u64, Ordering::Relaxed);
+        let tunnel = Counted {
+            inner: tunnel,
+            read: counters.clone(),
+            to_peer: false,
+        };
+        let up = Counted {
+            inner: up,
+            read: counters,
+            to_peer: true,
+        };
+        splice(tunnel, up, &first, &[]).await;
+    }
+}
+
+fn spiffe_id(cert: Option<&CertificateDer<'_>>) -> Option<SpiffeId> {
+    cert.and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok())
+}
+
+/// The ingress: peers' egress gateways in (TCP + TLS and QUIC on the same port), local
+/// endpoints out.
 pub async fn start_ingress(
     listen: SocketAddr,
     peers: Arc<RwLock<Arc<Vec<IngressPeer>>>>,
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
+    opts: IngressOptions,
 ) -> Result<Gateway, GatewayError> {
     let provider = verify::provider();
     let ids = peers
         .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .map(|p| p.client_id.clone())
         .collect();
     let verifier = SpiffeClientVerifier::new(bundles, Expect::Ids(ids), provider.clone());
-    let tls = Arc::new(verify::server_config(svid, Arc::new(verifier), provider)?);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let (listener, addr) = bind(listen).await?;
-    let stats = Arc::new(GatewayStats::default());
-    let next = Arc::new(AtomicUsize::new(0));
-    let task = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, peers, stats, next) =
-                    (acceptor.clone(), peers.clone(), stats.clone(), next.clone());
-                let active = ActiveGuard::new(&stats);
-                tokio::spawn(async move {
-                    let _active = active;
-                    let Ok(Ok(mut tunnel)) =
-                        tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await
-                    else {
-                        stats.deny("-", "TunnelHandshakeFailed");
-                        return;
-                    };
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let caller = tunnel
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
-                    let peers = peers
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone();
-                    let Some(peer) = caller.and_then(|id| peers.iter().find(|p| p.client_id == id))
-                    else {
-                        stats.deny("-", "UnknownPeer");
-                        return;
-                    };
-                    let (hello, first) = match read_hello(&mut tunnel).await {
-                        Ok(x) => x,
-                        Err(reason) => {
-                            stats.deny(&peer.name, &reason);
-                            return;
-                        }
-                    };
-                    let Some(endpoints) = peer
-                        .exports
-                        .get(&hello.server_name)
-                        .filter(|e| !e.is_empty())
-                    else {
-                        stats.deny(&peer.name, "NotExportedToPeer");
-                        return;
-                    };
-                    let ep = endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-                    let Ok(Ok(up)) =
-                        tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(ep)).await
-                    else {
-                        stats.deny(&peer.name, "EndpointUnreachable");
-                        return;
-                    };
-                    let _ = up.set_nodelay(true);
-                    stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
-                    splice(tunnel, up, &first).await;
-                });
-            }
-        })
+    let mut tls = verify::server_config(svid, Arc::new(verifier), provider)?;
+    let quic_cfg = if opts.quic {
+        Some(tunnel::quic_server_config(tls.clone())?)
+    } else {
+        None
     };
-    Ok(Gateway { addr, stats, task })
+    tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec(), ALPN_PROBE.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (listener, addr) = bind(listen).await?;
+    // Every socket is bound before any task starts, so a failure leaves nothing behind.
+    let endpoint = match quic_cfg {
+        Some(cfg) => Some(quinn::Endpoint::new(
+            tunnel::endpoint_config(opts.reset_key),
+            Some(cfg),
+            std::net::UdpSocket::bind(addr)?,
+            Arc::new(quinn::TokioRuntime),
+        )?),
+        None => None,
+    };
+    let stats = Arc::new(GatewayStats::new("ingress"));
+    let (kill, kill_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(IngressCtx {
+        peers,
+        stats: stats.clone(),
+        next: AtomicUsize::new(0),
+    });
+    let mut tasks = vec![{
+        let ctx = ctx.clone();
+        accept_loop(listener, stats.clone(), kill_rx.clone(), move |tcp| {
+            let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+            async move { ingress_tcp(&ctx, &acceptor, tcp).await }
+        })
+    }];
+    let quic = match endpoint {
+        Some(endpoint) => {
+            let (e, ctx, kill, draining) = (
+                endpoint.clone(),
+                ctx.clone(),
+                kill_rx.clone(),
+                draining.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while let Some(incoming) = e.accept().await {
+                    spawn_killable(
+                        &kill,
+                        ingress_quic(ctx.clone(), incoming, kill.clone(), draining.clone()),
+                    );
+                }
+            }));
+            Some(endpoint)
+        }
+        _ => None,
+    };
+    Ok(Gateway {
+        addr,
+        stats,
+        tasks,
+        kill,
+        draining,
+        quic,
+        dialer: None,
+    })
 }
 
-/// The egress's tunnel TLS clients, one per peer ingress identity, made on first use (not per
-/// connection).
-#[derive(Default)]
-struct Tunnels(Mutex<BTreeMap<SpiffeId, Arc<rustls::ClientConfig>>>);
+async fn ingress_tcp(ctx: &IngressCtx, acceptor: &tokio_rustls::TlsAcceptor, tcp: TcpStream) {
+    let stats = &ctx.stats;
+    let Ok(Ok(mut tunnel)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await else {
+        stats.deny("-", "TunnelHandshakeFailed");
+        return;
+    };
+    let conn = tunnel.get_ref().1;
+    let caller = spiffe_id(conn.peer_certificates().and_then(|c| c.first()));
+    let probe = conn.alpn_protocol() == Some(ALPN_PROBE);
+    let Some(peer) = ctx.peer(caller) else {
+        stats.deny("-", "UnknownPeer");
+        return;
+    };
+    if probe {
+        let _ = tunnel.shutdown().await;
+        return;
+    }
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    match ctx.admit(&peer, &mut tunnel).await {
+        Ok((up, first)) => ctx.relay(&peer, tunnel, up, first).await,
+        Err(reason) => stats.deny(&peer.name, &reason),
+    }
+}
 
-impl Tunnels {
-    fn get(
-        &self,
-        ingress_id: &SpiffeId,
-        svid: &Arc<SvidResolver>,
-        bundles: &SharedBundles,
-    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-        let mut all = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = all.get(ingress_id) {
-            return Ok(c.clone());
+async fn ingress_quic(
+    ctx: Arc<IngressCtx>,
+    incoming: quinn::Incoming,
+    kill: watch::Receiver<bool>,
+    draining: Arc<AtomicBool>,
+) {
+    let stats = &ctx.stats;
+    let Ok(Ok(conn)) = tokio::time::timeout(STEP_TIMEOUT, async { incoming.accept()?.await }).await
+    else {
+        stats.deny("-", "TunnelHandshakeFailed");
+        return;
+    };
+    let caller = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| spiffe_id(certs.first()));
+    let Some(peer) = ctx.peer(caller) else {
+        stats.deny("-", "UnknownPeer");
+        conn.close(CODE_REFUSED.into(), b"unknown peer");
+        return;
+    };
+    let peer = Arc::new(peer);
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        if draining.load(Ordering::Relaxed) {
+            let _ = send.reset(CODE_DRAINING.into());
+            let _ = recv.stop(CODE_DRAINING.into());
+            continue;
         }
-        let provider = verify::provider();
-        let verifier = SpiffeServerVerifier::new(
-            bundles.clone(),
-            Expect::id(ingress_id.clone()),
-            provider.clone(),
-        );
-        let c = Arc::new(verify::client_config(
-            svid.clone(),
-            Arc::new(verifier),
-            provider,
-        )?);
-        all.insert(ingress_id.clone(), c.clone());
-        Ok(c)
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let (ctx, peer) = (ctx.clone(), peer.clone());
+        spawn_conn(&ctx.stats.clone(), &kill, async move {
+            match ctx.admit(&peer, &mut recv).await {
+                Ok((up, first)) => {
+                    ctx.relay(&peer, tokio::io::join(recv, send), up, first)
+                        .await;
+                }
+                Err(reason) => {
+                    ctx.stats.deny(&peer.name, &reason);
+                    let _ = send.reset(CODE_REFUSED.into());
+                    let _ = recv.stop(CODE_REFUSED.into());
+                }
+            }
+        });
     }
 }
 
@@ -327,70 +526,172 @@ pub async fn start_egress(
     routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>>,
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
+    opts: EgressOptions,
 ) -> Result<Gateway, GatewayError> {
     let (listener, addr) = bind(listen).await?;
-    let stats = Arc::new(GatewayStats::default());
-    let tunnels = Arc::new(Tunnels::default());
+    let stats = Arc::new(GatewayStats::new("egress"));
+    let dialer = Arc::new(Dialer::new(opts.transport, addr.ip(), svid, bundles)?);
+    let (kill, kill_rx) = watch::channel(false);
+    let mut tasks = vec![{
+        let (routes, dialer, stats) = (routes.clone(), dialer.clone(), stats.clone());
+        accept_loop(listener, stats.clone(), kill_rx, move |down| {
+            let (routes, dialer, stats) = (routes.clone(), dialer.clone(), stats.clone());
+            async move { egress_conn(&routes, &dialer, &stats, down).await }
+        })
+    }];
+    if let Some(every) = opts.probe_interval {
+        tasks.push(tokio::spawn(probe_loop(
+            routes,
+            dialer.clone(),
+            stats.clone(),
+            every,
+        )));
+    }
+    Ok(Gateway {
+        addr,
+        stats,
+        tasks,
+        kill,
+        draining: Arc::new(AtomicBool::new(false)),
+        quic: None,
+        dialer: Some(dialer),
+    })
+}
+
+async fn egress_conn(
+    routes: &RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>,
+    dialer: &Dialer,
+    stats: &GatewayStats,
+    mut down: TcpStream,
+) {
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let (hello, first) = match read_hello(&mut down).await {
+        Ok(x) => x,
+        Err(reason) => {
+            stats.deny("-", &reason);
+            return;
+        }
+    };
+    let route = routes
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&hello.server_name)
+        .cloned();
+    let Some(route) = route else {
+        stats.deny("-", "NoPeerExportsName");
+        return;
+    };
+    let target = Target {
+        addr: route.ingress,
+        id: route.ingress_id.clone(),
+    };
+    let (tunnel, answered) = match dialer.open(&target, &first).await {
+        Ok(x) => x,
+        Err(reason) => {
+            stats.deny(&route.peer, reason);
+            return;
+        }
+    };
+    stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
+    let counters = stats.peer(&route.peer);
+    let _stream = PeerStream::new(counters.clone());
+    counters
+        .bytes_to_peer
+        .fetch_add(first.len() as u64, Ordering::Relaxed);
+    counters
+        .bytes_from_peer
+        .fetch_add(answered.len() as u64, Ordering::Relaxed);
+    let down = Counted {
+        inner: down,
+        read: counters.clone(),
+        to_peer: true,
+    };
+    let tunnel = Counted {
+        inner: tunnel,
+        read: counters,
+        to_peer: false,
+    };
+    splice(down, tunnel, &[], &answered).await;
+}
+
+/// Probes every peer ingress the routes name, all at once, every `every`.
+async fn probe_loop(
+    routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>>,
+    dialer: Arc<Dialer>,
+    stats: Arc<GatewayStats>,
+    every: Duration,
+) {
+    loop {
+        let targets: BTreeSet<(String, Target)> = routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|r| {
+                (
+                    r.peer.clone(),
+                    Target {
+                        addr: r.ingress,
+                        id: r.ingress_id.clone(),
+                    },
+                )
+            })
+            .collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (peer, target) in targets {
+            let (dialer, stats) = (dialer.clone(), stats.clone());
+            set.spawn(async move {
+                let p = dialer.probe(&target).await;
+                stats.peer(&peer).record_probe(p);
+            });
+        }
+        while set.join_next().await.is_some() {}
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The discovery forwarder: the ingress gateway's discovery port, spliced to the local peering
+/// service. Only connections that open with a TLS ClientHello pass.
+pub async fn start_discovery(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<Gateway, GatewayError> {
+    let (listener, addr) = bind(listen).await?;
+    let stats = Arc::new(GatewayStats::new("discovery"));
+    let (kill, kill_rx) = watch::channel(false);
     let task = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+        let st = stats.clone();
+        accept_loop(listener, stats.clone(), kill_rx, move |mut down| {
+            let stats = st.clone();
+            async move {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let first = match read_hello(&mut down).await {
+                    Ok((_, first)) => first,
+                    Err(reason) => {
+                        stats.deny("-", &reason);
+                        return;
+                    }
                 };
-                let _ = down.set_nodelay(true);
-                let (routes, stats, svid, bundles, tunnels) = (
-                    routes.clone(),
-                    stats.clone(),
-                    svid.clone(),
-                    bundles.clone(),
-                    tunnels.clone(),
-                );
-                let active = ActiveGuard::new(&stats);
-                tokio::spawn(async move {
-                    let _active = active;
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let (hello, first) = match read_hello(&mut down).await {
-                        Ok(x) => x,
-                        Err(reason) => {
-                            stats.deny("-", &reason);
-                            return;
-                        }
-                    };
-                    let route = routes
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get(&hello.server_name)
-                        .cloned();
-                    let Some(route) = route else {
-                        stats.deny("-", "NoPeerExportsName");
-                        return;
-                    };
-                    let Ok(tls) = tunnels.get(&route.ingress_id, &svid, &bundles) else {
-                        stats.deny(&route.peer, "TunnelConfig");
-                        return;
-                    };
-                    let connect = async {
-                        let tcp = TcpStream::connect(route.ingress).await.ok()?;
-                        let _ = tcp.set_nodelay(true);
-                        let name = ServerName::try_from("ingress.meshfed.invalid").ok()?;
-                        tokio_rustls::TlsConnector::from(tls)
-                            .connect(name, tcp)
-                            .await
-                            .ok()
-                    };
-                    let Ok(Some(tunnel)) = tokio::time::timeout(STEP_TIMEOUT, connect).await else {
-                        stats.deny(&route.peer, "PeerUnreachable");
-                        return;
-                    };
-                    stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
-                    splice(down, tunnel, &first).await;
-                });
+                let Ok(Ok(up)) =
+                    tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(upstream)).await
+                else {
+                    stats.deny("-", "EndpointUnreachable");
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
+                splice(down, up, &first, &[]).await;
             }
         })
     };
-    Ok(Gateway { addr, stats, task })
+    Ok(Gateway {
+        addr,
+        stats,
+        tasks: vec![task],
+        kill,
+        draining: Arc::new(AtomicBool::new(false)),
+        quic: None,
+        dialer: None,
+    })
 }
 
 /// Why a gateway could not start.
@@ -400,4 +701,6 @@ pub enum GatewayError {
     Bind(#[from] std::io::Error),
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] TunnelError),
 }

@@ -1,9 +1,10 @@
 //! Two meshes with their own CAs and trust domains, over real sockets on loopback: a client in
-//! alpha calls a service exported by beta through alpha's egress and beta's ingress gateway
-//! (TCP + rustls tunnel). The echo in beta sees the alpha workload's SPIFFE ID; what crosses
-//! the gateways stays TLS end to end; and the ingress refuses — before opening any upstream
-//! connection — names not exported to that peer, names exported to another peer, a missing or
-//! malformed ClientHello, and tunnels from the wrong identity or an unknown CA.
+//! alpha calls a service exported by beta through alpha's egress and beta's ingress gateway,
+//! over each tunnel transport (TCP + rustls, QUIC). The echo in beta sees the alpha workload's
+//! SPIFFE ID; what crosses the gateways stays TLS end to end; the ingress refuses — before
+//! opening any upstream connection — names not exported to that peer, names exported to another
+//! peer, a missing or malformed ClientHello, and tunnels from the wrong identity or an unknown
+//! CA; either gateway can be restarted under load; probes report reachability and RTT.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
@@ -13,7 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_core::{Hostname, SpiffeId};
-use meshfed_gateway::relay::{self, EgressRoute, Gateway, IngressPeer};
+use meshfed_gateway::relay::{
+    self, EgressOptions, EgressRoute, Gateway, IngressOptions, IngressPeer,
+};
+use meshfed_gateway::tunnel::Transport;
 use meshfed_proxy::sidecar::{
     self, Endpoint, HttpVersion, OutboundService, Running, SidecarConfig,
 };
@@ -104,18 +108,105 @@ struct World {
     client: Running,
     /// First bytes each ingress → server-sidecar connection carried.
     tapped: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// What restarting a gateway in place needs.
+    both: SharedBundles,
+    ingress_peers: Arc<RwLock<Arc<Vec<IngressPeer>>>>,
+    routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>>,
+    reset_key: [u8; 32],
+    transport: Transport,
     _echo: tokio::task::JoinHandle<()>,
 }
 
+impl World {
+    fn ingress_opts(&self) -> IngressOptions {
+        IngressOptions {
+            quic: true,
+            reset_key: Some(self.reset_key),
+        }
+    }
+
+    /// Starts the ingress again at its old address (retrying while the old sockets close).
+    async fn restart_ingress(&mut self) {
+        self.ingress.stop();
+        let addr = self.ingress.addr;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match relay::start_ingress(
+                addr,
+                self.ingress_peers.clone(),
+                svid(&self.beta, BETA_INGRESS),
+                self.both.clone(),
+                self.ingress_opts(),
+            )
+            .await
+            {
+                Ok(g) => {
+                    self.ingress = g;
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{}: rebinding: {e}",
+                        self.transport
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn restart_egress(&mut self) {
+        self.egress.stop();
+        let addr = self.egress.addr;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match relay::start_egress(
+                addr,
+                self.routes.clone(),
+                svid(&self.alpha, ALPHA_EGRESS),
+                self.both.clone(),
+                egress_opts(self.transport),
+            )
+            .await
+            {
+                Ok(g) => {
+                    self.egress = g;
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{}: rebinding: {e}",
+                        self.transport
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+fn egress_opts(transport: Transport) -> EgressOptions {
+    EgressOptions {
+        transport,
+        probe_interval: Some(Duration::from_millis(100)),
+    }
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::Tcp, Transport::Quic];
+
 async fn world(
+    transport: Transport,
     extra_exports: BTreeMap<Hostname, Vec<SocketAddr>>,
     gamma: Option<IngressPeer>,
 ) -> World {
-    world_with(Duration::ZERO, extra_exports, gamma).await
+    world_with(transport, Duration::ZERO, extra_exports, gamma).await
 }
 
 /// [`world`] with an echo that takes `latency` to answer.
 async fn world_with(
+    transport: Transport,
     latency: Duration,
     extra_exports: BTreeMap<Hostname, Vec<SocketAddr>>,
     gamma: Option<IngressPeer>,
@@ -149,11 +240,17 @@ async fn world_with(
         exports,
     }];
     peers.extend(gamma);
+    let ingress_peers = Arc::new(RwLock::new(Arc::new(peers)));
+    let reset_key = meshfed_gateway::tunnel::new_reset_key().unwrap();
     let ingress = relay::start_ingress(
         any(),
-        Arc::new(RwLock::new(Arc::new(peers))),
+        ingress_peers.clone(),
         svid(&beta, BETA_INGRESS),
         both.clone(),
+        IngressOptions {
+            quic: true,
+            reset_key: Some(reset_key),
+        },
     )
     .await
     .unwrap();
@@ -171,11 +268,13 @@ async fn world_with(
             )
         })
         .collect();
+    let routes = Arc::new(RwLock::new(Arc::new(routes)));
     let egress = relay::start_egress(
         any(),
-        Arc::new(RwLock::new(Arc::new(routes))),
+        routes.clone(),
         svid(&alpha, ALPHA_EGRESS),
         both.clone(),
+        egress_opts(transport),
     )
     .await
     .unwrap();
@@ -211,7 +310,7 @@ async fn world_with(
             ],
         ),
         svid(&alpha, UI),
-        both,
+        both.clone(),
     )
     .await
     .unwrap();
@@ -223,6 +322,11 @@ async fn world_with(
         egress,
         client,
         tapped,
+        both,
+        ingress_peers,
+        routes,
+        reset_key,
+        transport,
         _echo: echo,
     }
 }
@@ -232,10 +336,11 @@ async fn get(addr: SocketAddr, host: &str) -> (u16, String) {
     let req = format!("GET /who HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return (0, format!("read: {e}")),
+        Err(_) => return (0, "timed out".into()),
+    }
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split_whitespace()
@@ -247,7 +352,14 @@ async fn get(addr: SocketAddr, host: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_workload_sees_the_callers_identity_through_both_gateways() {
-    let w = world(BTreeMap::new(), None).await;
+    for transport in TRANSPORTS {
+        identity_end_to_end(transport).await;
+    }
+}
+
+async fn identity_end_to_end(transport: Transport) {
+    let w = world(transport, BTreeMap::new(), None).await;
+    assert_eq!(w.egress.transport(), Some(transport));
     let out = w.client.outbound.unwrap();
     for _ in 0..3 {
         let (status, body) = get(out, LOCAL_NAME).await;
@@ -270,11 +382,30 @@ async fn the_peer_workload_sees_the_callers_identity_through_both_gateways() {
             .load(std::sync::atomic::Ordering::Relaxed),
         tapped.len() as u64
     );
+    // Per-peer counts on both sides: streams (the client sidecar reuses its connection) and
+    // bytes each way.
+    let (e, i) = (w.egress.stats.to_json(), w.ingress.stats.to_json());
+    assert!(e["peers"]["beta"]["streams"].as_u64().unwrap() >= 1, "{e}");
+    assert!(i["peers"]["alpha"]["streams"].as_u64().unwrap() >= 1, "{i}");
+    for (j, peer) in [(&e, "beta"), (&i, "alpha")] {
+        for dir in ["bytesToPeer", "bytesFromPeer"] {
+            assert!(
+                j["peers"][peer][dir].as_u64().unwrap() > 1000,
+                "{transport} {dir}: {j}"
+            );
+        }
+    }
     let _ = (&w.alpha, &w.beta, &w.server, &w.egress);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_not_exported_to_the_caller_never_reach_an_endpoint() {
+    for transport in TRANSPORTS {
+        not_exported_refused(transport).await;
+    }
+}
+
+async fn not_exported_refused(transport: Transport) {
     // `gammas` is exported, but to another peer (gamma); `secret` is exported to nobody.
     let gamma = IngressPeer {
         name: "gamma".into(),
@@ -287,7 +418,7 @@ async fn names_not_exported_to_the_caller_never_reach_an_endpoint() {
         )]
         .into(),
     };
-    let w = world(BTreeMap::new(), Some(gamma)).await;
+    let w = world(transport, BTreeMap::new(), Some(gamma)).await;
     let out = w.client.outbound.unwrap();
     let before = w
         .ingress
@@ -320,7 +451,7 @@ async fn names_not_exported_to_the_caller_never_reach_an_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
-    let w = world(BTreeMap::new(), None).await;
+    let w = world(Transport::Tcp, BTreeMap::new(), None).await;
     let provider = verify::provider();
     let both = bundles(&[&w.alpha, &w.beta]);
     // A tunnel from a client presenting `who` (its CA's SVID), sending `payload` inside.
@@ -381,15 +512,29 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_ingress_refuses_new_connections_and_lets_streams_in_flight_finish() {
-    let w = world_with(Duration::from_millis(1500), BTreeMap::new(), None).await;
+    for transport in TRANSPORTS {
+        drain_in_flight(transport).await;
+    }
+}
+
+async fn drain_in_flight(transport: Transport) {
+    let w = world_with(
+        transport,
+        Duration::from_millis(1500),
+        BTreeMap::new(),
+        None,
+    )
+    .await;
     let out = w.client.outbound.unwrap();
     let in_flight = tokio::spawn(get(out, LOCAL_NAME));
     let stats = w.ingress.stats.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    // (The stream, not a connection: the egress's probes connect too.)
+    let alpha = stats.peer("alpha");
+    while alpha.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the request never reached the ingress"
+            "{transport}: the request never reached the ingress"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -407,8 +552,243 @@ async fn a_draining_ingress_refuses_new_connections_and_lets_streams_in_flight_f
     }
     // The stream in flight finishes normally.
     let (status, body) = in_flight.await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 200, "{transport}: {body}");
     assert!(body.contains(&format!("\"caller\":\"{UI}\"")), "{body}");
     // What is left open after the deadline is at most the idle pooled tunnel of that request.
     assert!(drain.await.unwrap() <= 1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Ingress,
+    Egress,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_gateway_restarts_under_load_and_new_requests_succeed() {
+    for transport in TRANSPORTS {
+        for which in [Which::Ingress, Which::Egress] {
+            restart_under_load(transport, which).await;
+        }
+    }
+}
+
+/// Three callers loop through the client sidecar; one gateway is stopped (its connections
+/// cut) for 300 ms and started again at the same address. Requests fail only around the
+/// outage; everything started a moment after the restart succeeds.
+async fn restart_under_load(transport: Transport, which: Which) {
+    let mut w = world(transport, BTreeMap::new(), None).await;
+    let out = w.client.outbound.unwrap();
+    // (started, finished, status) of every request.
+    type Log = Vec<(tokio::time::Instant, tokio::time::Instant, u16)>;
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Bounded: at most 2,000 requests per caller.
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let started = tokio::time::Instant::now();
+                    let (status, _) = get(out, LOCAL_NAME).await;
+                    let finished = tokio::time::Instant::now();
+                    log.lock().unwrap().push((started, finished, status));
+                }
+            })
+        })
+        .collect();
+    let ok_since = |t: tokio::time::Instant| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _, c)| *s >= t && *c == 200)
+            .count()
+    };
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + Duration::from_secs(30);
+    while ok_since(t0) < 15 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{transport}: no load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outage = tokio::time::Instant::now();
+    match which {
+        Which::Ingress => w.ingress.stop(),
+        Which::Egress => w.egress.stop(),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match which {
+        Which::Ingress => w.restart_ingress().await,
+        Which::Egress => w.restart_egress().await,
+    }
+    let back = tokio::time::Instant::now();
+    while ok_since(back) < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{transport} {which:?}: not back: {:?}",
+            log.lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in callers {
+        c.await.unwrap();
+    }
+    let log = log.lock().unwrap();
+    let settled = back + Duration::from_secs(1);
+    let late_failures: Vec<_> = log
+        .iter()
+        .filter(|(s, _, c)| *s >= settled && *c != 200)
+        .collect();
+    assert!(
+        late_failures.is_empty(),
+        "{transport} {which:?}: failures after the restart: {late_failures:?}"
+    );
+    // Requests in flight on the stopped gateway may fail; none that ended before it did.
+    let early_failures = log
+        .iter()
+        .filter(|(_, f, c)| *f < outage && *c != 200)
+        .count();
+    assert_eq!(
+        early_failures, 0,
+        "{transport} {which:?}: failures before the outage"
+    );
+    let _ = (&w.server, &w.client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_probes_the_peer_ingress_and_reports_reachability_and_rtt() {
+    for transport in TRANSPORTS {
+        let mut w = world(transport, BTreeMap::new(), None).await;
+        let beta = w.egress.stats.peer("beta");
+        let wait = |want: bool| {
+            let beta = beta.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                while beta.reachable() != Some(want) {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{transport}: reachable never became {want}: {:?}",
+                        beta.probe()
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        wait(true).await;
+        let rtt = beta.probe().unwrap().rtt.unwrap();
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "{rtt:?}"
+        );
+        let metrics = meshfed_gateway::stats::encode_metrics(&[&w.egress.stats]);
+        assert!(
+            metrics.contains("meshfed_gateway_peer_reachable{peer=\"beta\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("meshfed_gateway_tunnel_rtt_seconds{peer=\"beta\"}"));
+        // Probes carry nothing and are not refusals at the ingress.
+        assert!(w.ingress.stats.denials.lock().unwrap().is_empty());
+        w.ingress.stop();
+        wait(false).await;
+        assert!(beta.probe().unwrap().error.is_some());
+        w.restart_ingress().await;
+        wait(true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_discovery_port_forwards_tls_to_the_peering_service_and_nothing_else() {
+    let alpha =
+        CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let beta = CertificateAuthority::new("beta.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let both = bundles(&[&alpha, &beta]);
+    let provider = verify::provider();
+    const PEERING: &str = "spiffe://beta.local/ns/beta-system/sa/meshfed-peering";
+    const PEER: &str = "spiffe://alpha.local/ns/alpha-system/sa/meshfed-peering";
+    // Beta's "peering service": an mTLS echo that accepts only alpha's peering identity.
+    let server_tls = verify::server_config(
+        svid(&beta, PEERING),
+        Arc::new(meshfed_trust::SpiffeClientVerifier::new(
+            both.clone(),
+            Expect::id(PEER.parse::<SpiffeId>().unwrap()),
+            provider.clone(),
+        )),
+        provider.clone(),
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind(any()).await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let who = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok())
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(who.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let g = relay::start_discovery(any(), upstream).await.unwrap();
+    // Through the discovery port, the peering mTLS is end to end: the server sees alpha's
+    // peering identity, the client verified beta's.
+    let client_tls = verify::client_config(
+        svid(&alpha, PEER),
+        Arc::new(meshfed_trust::SpiffeServerVerifier::new(
+            both,
+            Expect::id(PEERING.parse::<SpiffeId>().unwrap()),
+            provider,
+        )),
+        verify::provider(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(client_tls))
+        .connect(
+            rustls_pki_types::ServerName::try_from("peering").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, PEER);
+    // Plain HTTP never reaches the peering service.
+    let mut plain = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    plain
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
+    assert!(sink.is_empty());
+    assert_eq!(g.stats.denied("NotTls"), 1);
+    assert_eq!(
+        g.stats
+            .upstream_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }

@@ -27,6 +27,18 @@ pub async fn serve(
     addr: SocketAddr,
     status: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), AdminError> {
+    serve_with(addr, status, None).await
+}
+
+/// Extra `GET` pages: path → (content type, body), `None` for not found.
+pub type Pages = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
+
+/// [`serve`], plus `pages` for other paths (a gateway's `/metrics`).
+pub async fn serve_with(
+    addr: SocketAddr,
+    status: Arc<dyn Fn() -> String + Send + Sync>,
+    pages: Option<Pages>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), AdminError> {
     if !addr.ip().is_loopback() {
         return Err(AdminError::NotLoopback(addr));
     }
@@ -42,7 +54,7 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let status = status.clone();
+            let (status, pages) = (status.clone(), pages.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_REQUEST];
                 let mut n = 0;
@@ -65,10 +77,14 @@ pub async fn serve(
                 }
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
+                let page = || pages.as_ref().and_then(|p| p(path));
                 let (code, ctype, body) = match (head.starts_with("GET "), path) {
                     (true, "/status") => ("200 OK", "application/json", status()),
                     (true, "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-                    (true, _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+                    (true, _) => match page() {
+                        Some((ctype, body)) => ("200 OK", ctype, body),
+                        None => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+                    },
                     (false, _) => (
                         "405 Method Not Allowed",
                         "text/plain",
