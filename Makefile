@@ -19,13 +19,18 @@ bench-peering:
 bench-peers:
 	$(CARGO) bench --locked -p meshfed-cli --bench peers
 
+## The full cross-mesh path (P4: client sidecar → egress → ingress → server sidecar) over the
+## TCP and the QUIC tunnel vs four-instance HAProxy and nginx chains; needs bench-tools.
+bench-crossmesh:
+	$(CARGO) bench --locked -p meshfed-cli --bench crossmesh
+
 ## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
 bench-tools:
 	command -v haproxy >/dev/null && command -v nginx >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk; }
 	command -v oha >/dev/null || $(CARGO) install oha --locked
 
-.PHONY: bench-trust bench-peering bench-proxy bench-peers bench-tools demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-tools demo ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 

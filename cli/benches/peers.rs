@@ -18,295 +18,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
 
-const HOST: &str = "echo.shop.svc.cluster.local";
-const TD: &str = "alpha.local";
-const CONNS: u32 = 16;
-const RATES: [u32; 2] = [1_000, 10_000];
+mod harness;
 
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A process of the run, killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(dir: &Path, name: &str, cmd: &mut Command) -> Self {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = cmd
-            .current_dir(dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// utime + stime in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // Fields after the command: state is [0]; utime and stime are fields 14 and 15 of the
-        // whole line, so [11] and [12] here.
-        f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-    }
-
-    /// `VmRSS` or `VmHWM` in KiB.
-    fn mem_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_listening(addr: SocketAddr, who: &str, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.join(format!("{who}.log"))).unwrap_or_default();
-            panic!("{who} never listened on {addr}:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Certificates for HAProxy and nginx: ECDSA P-256 from the mesh root, with the SPIFFE ID and a
-/// DNS name (nginx verifies upstream names). Writes NAME.crt, NAME.key and NAME.pem (both).
-fn peer_cert(dir: &Path, name: &str, uri: &str, dns: &str) {
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
-    let root = std::fs::read_to_string(dir.join("ca/root-1.pem")).unwrap();
-    let root_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca/root-1.key")).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&root, root_key).unwrap();
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::new(vec![dns.to_owned()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::URI(uri.try_into().unwrap()));
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(2);
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.pem")),
-        format!("{}{}", cert.pem(), key.serialize_pem()),
-    )
-    .unwrap();
-}
-
-fn haproxy_cfg(front: &str, back: &str) -> String {
-    format!(
-        "global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend f
-  {front}
-  default_backend b
-backend b
-  {back}
-"
-    )
-}
-
-fn nginx_cfg(dir: &Path, name: &str, server: &str, upstream: &str, location: &str) -> String {
-    let d = dir.display();
-    format!(
-        "worker_processes 1;
-master_process off;
-daemon off;
-error_log {d}/{name}-error.log warn;
-pid {d}/{name}.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
-  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-  keepalive_requests 100000000;
-  upstream up {{ server {upstream}; keepalive 64; keepalive_requests 100000000; }}
-  server {{
-    {server}
-    location / {{
-      proxy_pass {location};
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_ssl_certificate {d}/client.crt;
-      proxy_ssl_certificate_key {d}/client.key;
-      proxy_ssl_trusted_certificate {d}/root.pem;
-      proxy_ssl_verify on;
-      proxy_ssl_name echo.bench.local;
-      proxy_ssl_protocols TLSv1.3;
-      proxy_ssl_session_reuse off;
-    }}
-  }}
-}}
-"
-    )
-}
-
-/// One generator run's figures.
-#[derive(Debug, Clone, Copy, Default)]
-struct Run {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    /// Share of requests that did not get a 2xx.
-    failed: f64,
-}
-
-/// What the generator is pointed at.
-struct Target {
-    url: String,
-    /// Client certificate and key (mTLS to the first hop).
-    tls: bool,
-}
-
-struct Gen {
-    oha: PathBuf,
-    dir: PathBuf,
-    raw: Vec<serde_json::Value>,
-}
-
-impl Gen {
-    fn oha(&mut self, label: &str, t: &Target, rate: Option<u32>, secs: u64) -> Run {
-        let mut cmd = Command::new(&self.oha);
-        cmd.args([
-            "--no-tui",
-            "--output-format",
-            "json",
-            "-c",
-            &CONNS.to_string(),
-        ])
-        .args(["-z", &format!("{secs}s"), "-H", &format!("Host: {HOST}")]);
-        if let Some(r) = rate {
-            cmd.args(["-q", &r.to_string(), "--latency-correction"]);
-        }
-        if t.tls {
-            let d = &self.dir;
-            cmd.arg("--cert")
-                .arg(d.join("ui.pem"))
-                .arg("--key")
-                .arg(d.join("ui-key.pem"))
-                .arg("--insecure");
-        }
-        cmd.arg(&t.url);
-        let out = run(&mut cmd);
-        let v: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("oha output: {e}: {out}"));
-        let total: f64 = v["statusCodeDistribution"]
-            .as_object()
-            .map(|m| m.values().filter_map(serde_json::Value::as_f64).sum())
-            .unwrap_or(0.0);
-        let ok: f64 = v["statusCodeDistribution"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| k.starts_with('2'))
-                    .filter_map(|(_, n)| n.as_f64())
-                    .sum()
-            })
-            .unwrap_or(0.0);
-        // Requests still in flight when the run's time is up are cut by the generator, not
-        // failed by the proxy.
-        let errors: f64 = v["errorDistribution"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| !k.contains("aborted due to deadline"))
-                    .filter_map(|(_, n)| n.as_f64())
-                    .sum()
-            })
-            .unwrap_or(0.0);
-        let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1e6;
-        let r = Run {
-            rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
-            p50: us("p50"),
-            p99: us("p99"),
-            p999: us("p99.9"),
-            failed: if total + errors > 0.0 {
-                1.0 - ok / (total + errors)
-            } else {
-                1.0
-            },
-        };
-        self.raw.push(serde_json::json!({
-            "label": label, "rate": rate, "secs": secs, "url": t.url, "mtls": t.tls,
-            "summary": v["summary"], "latencyPercentiles": v["latencyPercentiles"],
-            "statusCodeDistribution": v["statusCodeDistribution"],
-            "errorDistribution": v["errorDistribution"],
-        }));
-        r
-    }
-}
+use harness::{
+    CONNS, Figures, Gen, HOST, Proc, RATES, TD, Target, free, haproxy_cfg, knob, nginx_cfg,
+    peer_cert, run, wait_listening, which,
+};
 
 /// One system's two paths (or just P0 for the direct system).
 struct System {
@@ -314,35 +36,6 @@ struct System {
     p1: Option<(Target, Vec<Proc>)>,
     p2: Option<(Target, Vec<Proc>)>,
     p0: Option<Target>,
-}
-
-#[derive(Default)]
-struct Figures {
-    /// (system, path, metric) → one value per repetition.
-    values: BTreeMap<(String, String, String), Vec<f64>>,
-}
-
-impl Figures {
-    fn push(&mut self, sys: &str, path: &str, metric: &str, v: f64) {
-        self.values
-            .entry((sys.into(), path.into(), metric.into()))
-            .or_default()
-            .push(v);
-    }
-
-    /// Median, min, max.
-    fn get(&self, sys: &str, path: &str, metric: &str) -> Option<(f64, f64, f64)> {
-        let mut v = self
-            .values
-            .get(&(sys.into(), path.into(), metric.into()))?
-            .clone();
-        v.retain(|x| x.is_finite());
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
-    }
 }
 
 fn main() {
@@ -540,10 +233,16 @@ spec:
 
     let tls = |addr: SocketAddr| Target {
         url: format!("https://{addr}/"),
+        host: HOST.into(),
+        body: None,
+        conns: None,
         tls: true,
     };
     let plain = |addr: SocketAddr| Target {
         url: format!("http://{addr}/"),
+        host: HOST.into(),
+        body: None,
+        conns: None,
         tls: false,
     };
     let mut systems = vec![

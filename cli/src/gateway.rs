@@ -66,14 +66,13 @@ pub struct GatewayArgs {
     /// this long (Istio's `terminationDrainDuration` default).
     #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
     drain_timeout: std::time::Duration,
+    /// Worker threads (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 pub fn run(args: GatewayArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(args))
+    crate::runtime(args.workers)?.block_on(run_async(args))
 }
 
 /// What `peer` may reach through our ingress: exported name → the local service's endpoints.

@@ -311,3 +311,17 @@ fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result
         ExitCode::SUCCESS
     })
 }
+
+/// A runtime with `workers` threads. One worker gets a current-thread runtime, without the
+/// cross-thread wake-ups and work stealing a one-worker multi-thread runtime still pays for.
+fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    }
+}

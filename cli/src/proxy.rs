@@ -58,24 +58,22 @@ pub struct ProxyArgs {
     /// The port must be a TCP or TLS port of the service. Repeatable.
     #[arg(long = "tcp", value_name = "SERVICE:PORT=LISTEN")]
     tcp: Vec<String>,
+    /// With --mesh: a peer mesh's file (repeatable). What it exports to this mesh is imported
+    /// through this mesh's `ImportedServiceSet` for it and called through --egress. (Joined to
+    /// the control plane, imports will come from peering instead.)
+    #[arg(long, requires = "egress", requires = "mesh")]
+    peer_mesh: Vec<PathBuf>,
+    /// This mesh's egress gateway (`meshfed gateway --egress`): calls to imported services go
+    /// there, with the peer's exported name as the TLS server name.
+    #[arg(long)]
+    egress: Option<SocketAddr>,
     /// Worker threads (Istio's sidecar default concurrency is 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
 }
 
 pub fn run(args: ProxyArgs) -> Result<ExitCode> {
-    // One worker: a current-thread runtime, without the cross-thread wake-ups and work
-    // stealing a one-worker multi-thread runtime still pays for.
-    let rt = match args.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(n))
-            .enable_all()
-            .build()?,
-    };
-    rt.block_on(run_async(args))
+    crate::runtime(args.workers)?.block_on(run_async(args))
 }
 
 /// One `--tcp SERVICE:PORT=LISTEN`: the service's TCP port, its endpoints, the listener.
@@ -217,6 +215,14 @@ fn configure(
             protocol: http_version(svc),
         });
     }
+    if let Some(egress) = args.egress {
+        let peers = args
+            .peer_mesh
+            .iter()
+            .map(|p| crate::node::load_mesh(p))
+            .collect::<Result<Vec<_>>>()?;
+        services.extend(imported_services(mesh, &peers, egress));
+    }
     let tcp = args
         .tcp
         .iter()
@@ -252,6 +258,48 @@ fn configure(
         names: served_names(mesh, &w.service)?,
     };
     Ok((cfg, id))
+}
+
+/// The services `mesh` imports from `peers` (their exports to it, mapped by its
+/// `ImportedServiceSet`s), each reached through `egress` with the peer's exported name as the
+/// server name and the peer's advertised service accounts as the accepted identities (one
+/// endpoint per account, all at the egress). `importAsLocal` merges into an existing local
+/// service are left out until locality-aware balancing keeps local endpoints first.
+fn imported_services(
+    mesh: &MeshFederation,
+    peers: &[MeshFederation],
+    egress: SocketAddr,
+) -> Vec<OutboundService> {
+    let plan = meshfed_core::federation::explain(mesh, peers, None).imports;
+    plan.services
+        .into_values()
+        .filter(|p| !p.is_merge())
+        .filter_map(|p| {
+            let endpoints: Vec<Endpoint> = p
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    g.service_accounts.iter().map(|id| Endpoint {
+                        addr: egress,
+                        identity: id.clone(),
+                        labels: std::collections::BTreeMap::new(),
+                        sni: Some(g.exported_name.clone()),
+                    })
+                })
+                .collect();
+            let first = p.groups.first()?;
+            Some(OutboundService {
+                host: p.hostname.clone(),
+                endpoints,
+                traffic: mesh.traffic_for(&first.local_key),
+                protocol: if meshfed_core::catalog::ports_speak_http2(&first.ports) {
+                    HttpVersion::Http2
+                } else {
+                    HttpVersion::Http1
+                },
+            })
+        })
+        .collect()
 }
 
 /// Re-reads the mesh file when it changes and applies it; a file that does not load keeps

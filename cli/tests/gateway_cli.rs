@@ -119,6 +119,7 @@ fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
     let (ingress, egress) = (free("127.0.9.21"), free("127.0.9.11"));
     let (ingress_admin, egress_admin) = (free("127.0.9.21"), free("127.0.9.11"));
     let discovery = free("127.0.9.21");
+    let (ui_in, ui_app, ui_out) = (free("127.0.9.12"), free("127.0.9.12"), free("127.0.9.12"));
     let (echo_in, echo_app) = (free("127.0.9.22"), free("127.0.9.22"));
     let alpha = format!(
         "apiVersion: meshfed.io/v1alpha1
@@ -127,6 +128,8 @@ metadata: {{name: alpha, namespace: alpha-system}}
 spec:
   trustDomain: alpha-mesh.local
   services: [{{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}]
+  workloads:
+  - {{name: ui-1, namespace: web, service: ui, serviceAccount: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
 ---
 apiVersion: federation.maistra.io/v1
 kind: ServiceMeshPeer
@@ -136,6 +139,13 @@ spec:
   security:
     trustDomain: beta-mesh.local
     clientID: beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account
+---
+apiVersion: federation.maistra.io/v1
+kind: ImportedServiceSet
+metadata: {{name: beta-mesh, namespace: alpha-system}}
+spec:
+  importRules:
+  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
 ",
         ingress.ip(),
         ingress.port()
@@ -274,6 +284,53 @@ spec:
         .iter()
         .any(|d| d["reason"] == "NoPeerExportsName");
     assert!(refused_here, "{egress_status}");
+    // alpha's ui sidecar, from the mesh files: beta's export, imported by alpha's
+    // ImportedServiceSet as echo.shop.svc.beta-mesh-imports.local, is called through the egress.
+    procs.spawn(
+        &dir,
+        "proxy-ui",
+        &[
+            "proxy",
+            "--mesh",
+            "alpha.yaml",
+            "--dir",
+            "a",
+            "--workload",
+            "ui-1",
+            "--outbound",
+            &s(ui_out),
+            "--peer-mesh",
+            "beta.yaml",
+            "--egress",
+            &s(egress),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let via_sidecar = loop {
+        let got = TcpStream::connect(ui_out).ok().and_then(|mut t| {
+            t.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            t.write_all(
+                b"GET /who HTTP/1.1\r\nHost: echo.shop.svc.beta-mesh-imports.local\r\nConnection: close\r\n\r\n",
+            )
+            .ok()?;
+            let mut out = String::new();
+            t.read_to_string(&mut out).ok()?;
+            Some(out)
+        });
+        if let Some(out) = got.filter(|o| o.starts_with("HTTP/1.1 200")) {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the ui sidecar; its log:\n{}",
+            std::fs::read_to_string(dir.join("proxy-ui.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        via_sidecar.contains(&format!("\"caller\":\"{UI}\"")),
+        "{via_sidecar}"
+    );
     // Prometheus metrics: the egress's probes found beta's ingress over QUIC.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -86,13 +86,7 @@ impl Service {
     /// True when the service's HTTP traffic is HTTP/2: it has HTTP2 or GRPC ports and no
     /// HTTP (1.1) port. Sidecars then speak HTTP/2 to its endpoints and their apps.
     pub fn speaks_http2(&self) -> bool {
-        let http: Vec<Protocol> = self
-            .ports
-            .iter()
-            .map(|p| p.protocol)
-            .filter(|p| matches!(p, Protocol::Http | Protocol::Http2 | Protocol::Grpc))
-            .collect();
-        !http.is_empty() && !http.contains(&Protocol::Http)
+        ports_speak_http2(&self.ports)
     }
 }
 
@@ -215,6 +209,16 @@ impl Catalog {
             .strip_suffix(self.cluster_domain.as_str())
             .is_some_and(|rest| rest.ends_with(".svc."))
     }
+}
+
+/// True when the HTTP ports among `ports` are all HTTP/2 or gRPC (so calls use HTTP/2).
+pub fn ports_speak_http2(ports: &[ServicePort]) -> bool {
+    let http: Vec<Protocol> = ports
+        .iter()
+        .map(|p| p.protocol)
+        .filter(|p| matches!(p, Protocol::Http | Protocol::Http2 | Protocol::Grpc))
+        .collect();
+    !http.is_empty() && !http.contains(&Protocol::Http)
 }
 
 #[cfg(test)]
