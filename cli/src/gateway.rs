@@ -35,13 +35,15 @@ pub struct GatewayArgs {
     peer_mesh: Option<PathBuf>,
     #[command(flatten)]
     dir: DirArg,
-    /// Serve the ingress here: the peer's egress reaches it at the `spec.remote.addresses` and
-    /// `servicePort` of its `ServiceMeshPeer` for this mesh.
-    #[arg(long)]
-    ingress: Option<SocketAddr>,
-    /// Serve the egress here, for this mesh's sidecars.
-    #[arg(long)]
-    egress: Option<SocketAddr>,
+    /// Serve the ingress: the peer's egress reaches it at the `spec.remote.addresses` and
+    /// `servicePort` of its `ServiceMeshPeer` for this mesh. Without ADDR, at the address
+    /// `spec.gateways` gives the peer's ingress gateway (`ingress-<peer>` by default).
+    #[arg(long, num_args = 0..=1, value_name = "ADDR")]
+    ingress: Option<Option<SocketAddr>>,
+    /// Serve the egress, for this mesh's sidecars. Without ADDR, at the address
+    /// `spec.gateways` gives the peer's egress gateway (`egress-<peer>` by default).
+    #[arg(long, num_args = 0..=1, value_name = "ADDR")]
+    egress: Option<Option<SocketAddr>>,
     /// The egress's tunnel to the peer's ingress: `tcp` (TCP + TLS, a connection per stream)
     /// or `quic` (multiplexed streams on one connection). The ingress always serves both.
     #[arg(long, default_value = "tcp")]
@@ -50,10 +52,11 @@ pub struct GatewayArgs {
     /// `/status` and `/metrics`); `0s` turns probing off.
     #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
     probe_interval: std::time::Duration,
-    /// Serve the discovery port here (the peer's `spec.remote.discoveryPort`): connections are
+    /// Serve the discovery port (the peer's `spec.remote.discoveryPort`): connections are
     /// forwarded, still encrypted, to the local peering service at --discovery-upstream.
-    #[arg(long, requires = "discovery_upstream")]
-    discovery: Option<SocketAddr>,
+    /// Without ADDR, at the ingress gateway's `discoveryAddress` in `spec.gateways`.
+    #[arg(long, num_args = 0..=1, value_name = "ADDR", requires = "discovery_upstream")]
+    discovery: Option<Option<SocketAddr>>,
     /// The local peering service (`meshfed peering run --listen`).
     #[arg(long, requires = "discovery")]
     discovery_upstream: Option<SocketAddr>,
@@ -159,6 +162,44 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
             known.join(", ")
         );
     };
+    let declared = |role: &str, name: &str, flag: &str| {
+        anyhow::anyhow!(
+            "mesh {} declares no {role} gateway {name:?}: add it under spec.gateways or pass {flag} ADDR",
+            mesh.mesh
+        )
+    };
+    let ingress_addr = match args.ingress {
+        None => None,
+        Some(Some(a)) => Some(a),
+        Some(None) => Some(
+            mesh.ingress_address(peer)
+                .ok_or_else(|| declared("ingress", &peer.ingress_gateway, "--ingress"))?
+                .address,
+        ),
+    };
+    let egress_addr = match args.egress {
+        None => None,
+        Some(Some(a)) => Some(a),
+        Some(None) => Some(
+            mesh.egress_address(peer)
+                .ok_or_else(|| declared("egress", &peer.egress_gateway, "--egress"))?,
+        ),
+    };
+    let discovery_addr = match args.discovery {
+        None => None,
+        Some(Some(a)) => Some(a),
+        Some(None) => Some(
+            mesh.ingress_address(peer)
+                .and_then(|g| g.discovery)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "mesh {} declares no discoveryAddress for gateway {:?}: add it under spec.gateways or pass --discovery ADDR",
+                        mesh.mesh,
+                        peer.ingress_gateway
+                    )
+                })?,
+        ),
+    };
     let (ca, held) = crate::node::load_ca_for(&args.dir.dir, &mesh)?;
     if held.get(&peer.trust_domain).is_none() {
         bail!(
@@ -174,7 +215,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
     };
     let mut running = Vec::new();
     let mut roles = Vec::new();
-    if let Some(addr) = args.ingress {
+    if let Some(addr) = ingress_addr {
         let ip = ingress_peer(&mesh, peer);
         let names: Vec<String> = ip.exports.keys().map(ToString::to_string).collect();
         let g = relay::start_ingress(
@@ -202,7 +243,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         running.push(g);
         roles.push("ingress");
     }
-    if let Some(addr) = args.egress {
+    if let Some(addr) = egress_addr {
         let Some(path) = &args.peer_mesh else {
             bail!("--egress needs --peer-mesh (what the peer exports to us)");
         };
@@ -234,7 +275,7 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         running.push(g);
         roles.push("egress");
     }
-    if let (Some(addr), Some(upstream)) = (args.discovery, args.discovery_upstream) {
+    if let (Some(addr), Some(upstream)) = (discovery_addr, args.discovery_upstream) {
         let g = relay::start_discovery(addr, upstream).await?;
         note(&format!(
             "discovery port on {}: forwards to the peering service at {upstream}",

@@ -59,13 +59,14 @@ pub struct ProxyArgs {
     #[arg(long = "tcp", value_name = "SERVICE:PORT=LISTEN")]
     tcp: Vec<String>,
     /// With --mesh: a peer mesh's file (repeatable). What it exports to this mesh is imported
-    /// through this mesh's `ImportedServiceSet` for it and called through --egress. (Joined to
-    /// the control plane, imports will come from peering instead.)
-    #[arg(long, requires = "egress", requires = "mesh")]
+    /// through this mesh's `ImportedServiceSet` for it and called through this mesh's egress
+    /// gateway for that peer (its address from `spec.gateways`, or --egress). (Joined to the
+    /// control plane, imports come from peering instead.)
+    #[arg(long, requires = "mesh")]
     peer_mesh: Vec<PathBuf>,
-    /// This mesh's egress gateway (`meshfed gateway --egress`): calls to imported services go
-    /// there, with the peer's exported name as the TLS server name.
-    #[arg(long)]
+    /// The egress gateway for every peer, instead of the addresses in `spec.gateways`: calls
+    /// to imported services go there, with the peer's exported name as the TLS server name.
+    #[arg(long, requires = "peer_mesh")]
     egress: Option<SocketAddr>,
     /// Worker threads (Istio's sidecar default concurrency is 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -215,13 +216,28 @@ fn configure(
             protocol: http_version(svc),
         });
     }
-    if let Some(egress) = args.egress {
+    if !args.peer_mesh.is_empty() {
         let peers = args
             .peer_mesh
             .iter()
             .map(|p| crate::node::load_mesh(p))
             .collect::<Result<Vec<_>>>()?;
-        services.extend(imported_services(mesh, &peers, egress));
+        let plan = meshfed_core::federation::explain(mesh, &peers, None).imports;
+        let egress = |peer: &meshfed_core::PeerName| {
+            args.egress
+                .or_else(|| mesh.peers.get(peer).and_then(|p| mesh.egress_address(p)))
+        };
+        for p in plan.services.values() {
+            if let Some(g) = p.groups.iter().find(|g| egress(&g.peer).is_none()) {
+                bail!(
+                    "{} is imported from {}, but mesh {} declares no egress gateway for that peer: add it under spec.gateways or pass --egress",
+                    p.hostname,
+                    g.peer,
+                    mesh.mesh
+                );
+            }
+        }
+        services.extend(imported_services(mesh, &plan, |peer| egress(peer)));
     }
     let tcp = args
         .tcp
@@ -260,27 +276,27 @@ fn configure(
     Ok((cfg, id))
 }
 
-/// The services `mesh` imports from `peers` (their exports to it, mapped by its
-/// `ImportedServiceSet`s), each reached through `egress` with the peer's exported name as the
+/// The services in `plan` (what `mesh` imports from its peers, mapped by its
+/// `ImportedServiceSet`s), each reached through its peer's egress gateway with the peer's exported name as the
 /// server name and the peer's advertised service accounts as the accepted identities (one
 /// endpoint per account, all at the egress). `importAsLocal` merges into an existing local
 /// service are left out until locality-aware balancing keeps local endpoints first.
 fn imported_services(
     mesh: &MeshFederation,
-    peers: &[MeshFederation],
-    egress: SocketAddr,
+    plan: &meshfed_core::import::ImportPlan,
+    egress: impl Fn(&meshfed_core::PeerName) -> Option<SocketAddr>,
 ) -> Vec<OutboundService> {
-    let plan = meshfed_core::federation::explain(mesh, peers, None).imports;
     plan.services
-        .into_values()
+        .values()
         .filter(|p| !p.is_merge())
         .filter_map(|p| {
             let endpoints: Vec<Endpoint> = p
                 .groups
                 .iter()
-                .flat_map(|g| {
-                    g.service_accounts.iter().map(|id| Endpoint {
-                        addr: egress,
+                .filter_map(|g| Some((g, egress(&g.peer)?)))
+                .flat_map(|(g, addr)| {
+                    g.service_accounts.iter().map(move |id| Endpoint {
+                        addr,
                         identity: id.clone(),
                         labels: std::collections::BTreeMap::new(),
                         sni: Some(g.exported_name.clone()),

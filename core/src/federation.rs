@@ -50,6 +50,17 @@ pub struct MeshFederation {
     pub policies: Vec<crate::authz::ScopedPolicy>,
     /// Callers' traffic policy per service; services absent here get the default.
     pub traffic: BTreeMap<crate::id::ServiceKey, crate::traffic::TrafficPolicy>,
+    /// Where the mesh's federation gateways listen, by gateway name.
+    pub gateways: BTreeMap<String, GatewayAddress>,
+}
+
+/// Where one federation gateway listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    pub address: std::net::SocketAddr,
+    /// An ingress's discovery listener.
+    pub discovery: Option<std::net::SocketAddr>,
 }
 
 impl MeshFederation {
@@ -117,6 +128,16 @@ impl MeshFederation {
                 }
             })
             .collect()
+    }
+
+    /// Where our egress gateway towards `peer` listens, if the mesh declares it.
+    pub fn egress_address(&self, peer: &Peer) -> Option<std::net::SocketAddr> {
+        self.gateways.get(&peer.egress_gateway).map(|g| g.address)
+    }
+
+    /// Where our ingress gateway for `peer` listens, if the mesh declares it.
+    pub fn ingress_address(&self, peer: &Peer) -> Option<GatewayAddress> {
+        self.gateways.get(&peer.ingress_gateway).copied()
     }
 
     /// The identity our ingress gateway for `peer` presents to the peer's egress.

@@ -47,6 +47,26 @@ pub struct MeshSpec {
     /// Client-side traffic policy per service (Istio `VirtualService` HTTP route names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Vec<MeshTrafficPolicy>>,
+    /// The mesh's federation gateways and where they listen. A `ServiceMeshPeer` names its
+    /// gateways in `spec.gateways` (default `ingress-<peer>` and `egress-<peer>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<MeshGateway>>,
+}
+
+/// One federation gateway of the mesh.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshGateway {
+    /// Its name, as a `ServiceMeshPeer`'s `spec.gateways.ingress.name` or `.egress.name` gives
+    /// it (DNS-1123 label); it runs as `<name>-service-account` in the control-plane namespace.
+    pub name: String,
+    /// Where it listens, `ip:port`: an ingress for peers' egress gateways (what the peer lists
+    /// as `spec.remote.addresses` and `servicePort`), an egress for this mesh's sidecars.
+    pub address: String,
+    /// An ingress's discovery listener, `ip:port` (the peer's `discoveryPort`), forwarded to
+    /// the control plane's peering service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_address: Option<String>,
 }
 
 /// How callers' sidecars treat requests to one service.

@@ -749,6 +749,7 @@ pub struct MeshInfo {
     pub catalog: Catalog,
     pub policies: Vec<meshfed_core::authz::ScopedPolicy>,
     pub traffic: BTreeMap<meshfed_core::ServiceKey, meshfed_core::traffic::TrafficPolicy>,
+    pub gateways: BTreeMap<String, meshfed_core::federation::GatewayAddress>,
 }
 
 /// Converts a `Mesh` document.
@@ -863,6 +864,7 @@ pub fn convert_mesh(
             ));
         }
     }
+    let gateways = convert_gateways(spec.gateways.as_deref().unwrap_or_default(), &base, out);
     Some(MeshInfo {
         name: mesh_name?,
         namespace: ns?,
@@ -871,8 +873,65 @@ pub fn convert_mesh(
         catalog,
         policies,
         traffic,
+        gateways,
     })
     .filter(|_| cluster_domain.is_some())
+}
+
+/// Most gateways one mesh may declare.
+const MAX_GATEWAYS: usize = 1_000;
+
+fn convert_gateways(
+    gateways: &[crate::mesh::MeshGateway],
+    base: &FieldPath,
+    out: &mut Findings,
+) -> BTreeMap<String, meshfed_core::federation::GatewayAddress> {
+    let mut all = BTreeMap::new();
+    if gateways.len() > MAX_GATEWAYS {
+        out.push(Finding::error(
+            "TooManyGateways",
+            base.key("gateways"),
+            format!("{} gateways; the limit is {MAX_GATEWAYS}", gateways.len()),
+        ));
+        return all;
+    }
+    for (i, g) in gateways.iter().enumerate() {
+        let p = base.key("gateways").index(i);
+        let name_ok = name::dns1123_label("gateway name", &g.name)
+            .map_err(|e| out.push(name_finding(p.key("name"), &e)))
+            .is_ok();
+        let addr = |field: &str, v: &str, out: &mut Findings| {
+            v.parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    out.push(
+                        Finding::error(
+                            "InvalidAddress",
+                            p.key(field),
+                            format!("{v:?} is not an ip:port address"),
+                        )
+                        .hint("e.g. 127.0.1.2:15443"),
+                    );
+                })
+                .ok()
+        };
+        let address = addr("address", &g.address, out);
+        let discovery = match &g.discovery_address {
+            Some(d) => addr("discoveryAddress", d, out).map(Some),
+            None => Some(None),
+        };
+        let (Some(address), Some(discovery), true) = (address, discovery, name_ok) else {
+            continue;
+        };
+        let gw = meshfed_core::federation::GatewayAddress { address, discovery };
+        if all.insert(g.name.clone(), gw).is_some() {
+            out.push(Finding::error(
+                "DuplicateGateway",
+                p.key("name"),
+                format!("gateway {:?} is declared twice", g.name),
+            ));
+        }
+    }
+    all
 }
 
 fn convert_policy(

@@ -203,6 +203,7 @@ impl Report {
                 peers,
                 policies: info.policies.clone(),
                 traffic: info.traffic.clone(),
+                gateways: info.gateways.clone(),
             });
         }
         out

@@ -111,6 +111,9 @@ spec:
     rules:
     - to:
       - operation: {paths: [/admin]}
+  gateways:
+  - {name: egress-beta-mesh, address: \"127.0.1.2:15443\"}
+  - {name: ingress-beta-mesh, address: \"127.0.1.3:15443\", discoveryAddress: \"127.0.1.3:8188\"}
   traffic:
   - service: orders
     namespace: shop
@@ -1600,6 +1603,44 @@ fn cases() -> Vec<Case> {
             r(MESH, "labels: {version: v1}}", "labels: {\"bad key\": v1}}"),
             "InvalidLabelKey",
             "spec.workloads[0].labels[\"bad key\"]",
+        ),
+        case(
+            "gateway address not ip:port",
+            r(
+                MESH,
+                "address: \"127.0.1.2:15443\"",
+                "address: \"egress.local\"",
+            ),
+            "InvalidAddress",
+            "spec.gateways[0].address",
+        ),
+        case(
+            "gateway discovery address not ip:port",
+            r(
+                MESH,
+                "discoveryAddress: \"127.0.1.3:8188\"",
+                "discoveryAddress: \"8188\"",
+            ),
+            "InvalidAddress",
+            "spec.gateways[1].discoveryAddress",
+        ),
+        case(
+            "gateway declared twice",
+            r(MESH, "name: ingress-beta-mesh", "name: egress-beta-mesh"),
+            "DuplicateGateway",
+            "spec.gateways[1].name",
+        ),
+        case(
+            "gateway name not a DNS label",
+            r(MESH, "name: egress-beta-mesh", "name: Egress_Beta"),
+            "InvalidName",
+            "spec.gateways[0].name",
+        ),
+        case(
+            "gateway without an address",
+            r(MESH, ", address: \"127.0.1.2:15443\"", ""),
+            "MissingField",
+            "spec.gateways[0].address",
         ),
         case(
             "traffic attempts of the wrong type",
