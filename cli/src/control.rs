@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshfed_control::imports::{PeerFeed, serve_with_imports};
 use meshfed_control::server::{self, ControlPlane, ControlStatus};
 use meshfed_control::source::{self, BundlesFn};
 use meshfed_control::{Log, control_plane_id};
@@ -42,6 +43,21 @@ pub struct ControlArgs {
     /// Lifetime of workload certificates, e.g. `24h`.
     #[arg(long, value_parser = parse_duration, default_value = "24h")]
     svid_ttl: Duration,
+    /// Run the mesh's peering here too (what `meshfed peering run` does: serve each peer its
+    /// exports, import from every peer): imports reach the proxies in their snapshots, routed
+    /// through the egress gateways `spec.gateways` declares. Peers reach it through the
+    /// ingress gateway's discovery port.
+    #[arg(long)]
+    peering: Option<SocketAddr>,
+    /// With --peering: the directory of persisted imports (a rebuildable cache).
+    #[arg(long, requires = "peering")]
+    store: Option<PathBuf>,
+    /// With --peering: heartbeat interval.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// With --peering: silence after which a peer is Failing.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    liveness: Duration,
 }
 
 pub fn run(args: ControlArgs) -> Result<ExitCode> {
@@ -95,14 +111,57 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     let log: Log = Arc::new(|line: &str| note(line));
     let status = Arc::new(Mutex::new(ControlStatus::default()));
     let version = first.version;
+    // The peering node, if asked for: its importers feed the served snapshots.
+    let node = match args.peering {
+        None => None,
+        Some(listen) => {
+            let (_, held) = crate::node::load_ca_for(&dir, &first.mesh)?;
+            crate::node::warn_missing_bundles(&first.mesh, &held);
+            let node = crate::node::start_node(
+                &first.mesh,
+                &ca,
+                verify::shared(held),
+                crate::node::NodeOptions {
+                    listen,
+                    store: args.store.clone(),
+                    heartbeat: args.heartbeat,
+                    liveness: args.liveness,
+                    dir: dir.clone(),
+                },
+            )
+            .await?;
+            note(&format!("peering on {}", node.listen));
+            Some(node)
+        }
+    };
+    let feeds: Vec<PeerFeed> = node.iter().flat_map(|n| n.feeds.clone()).collect();
+    let (src_tx, src_rx) = watch::channel(Arc::new(first.clone()));
+    // A changed mesh file changes what peering exports too.
+    let node = node.map(Arc::new);
+    if let Some(n) = &node {
+        let (n, mut rx) = (n.clone(), src_rx.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let mesh = rx.borrow_and_update().mesh.clone();
+                n.set_exports(&mesh);
+            }
+        });
+    }
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(source::watch_file(
         args.mesh.clone(),
         td.clone(),
         bundles,
-        tx,
+        src_tx,
         status.clone(),
         Duration::from_millis(500),
+        log.clone(),
+    ));
+    tokio::spawn(serve_with_imports(
+        src_rx,
+        feeds,
+        tx,
+        status.clone(),
         log.clone(),
     ));
     let cp = ControlPlane::new(rx, ca.clone(), &token, status.clone(), log.clone())
@@ -133,12 +192,17 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     let _admin = match args.admin {
         Some(addr) => {
             let st = status.clone();
+            let peering = node.as_ref().map(|n| n.status.clone());
             let f: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
                 let s = st
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
-                serde_json::to_string_pretty(&s).unwrap_or_default()
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                if let Some(p) = &peering {
+                    v["peering"] = serde_json::from_str(&p()).unwrap_or_default();
+                }
+                serde_json::to_string_pretty(&v).unwrap_or_default()
             });
             let (bound, task) = admin::serve(addr, f).await?;
             note(&format!("admin on http://{bound}/status"));
@@ -160,6 +224,9 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             Ok(Err(e)) => bail!("the config server stopped: {e}"),
             Err(e) => bail!("the config server stopped: {e}"),
         },
+    }
+    if let Some(n) = node {
+        n.stop().await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `meshfed gateway`: the federation gateways of one mesh for one peer, configured from mesh
-//! files (embedded mode; the control-plane stream comes later). The ingress serves what this
-//! mesh exports to the peer; the egress carries local sidecars to what the peer exports to us.
+//! files or joined to the control plane (certificates and configuration from its stream,
+//! followed live). The ingress serves what this mesh exports to the peer; the egress carries
+//! local sidecars to what the peer exports to us.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,21 +12,44 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshfed_control::GatewayPlan;
+use meshfed_control::Log;
+use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_gateway::relay::{self, EgressOptions, EgressRoute, IngressOptions, IngressPeer};
-use meshfed_gateway::tunnel::Transport;
+use meshfed_gateway::tunnel::{PeerIdentity, Transport};
+use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, SvidResolver};
+use tokio::sync::{mpsc, watch};
 
 use crate::note;
 use crate::trust::DirArg;
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
-    /// This mesh's file.
+    /// Run from this mesh's file (and --peer-mesh for the egress), with SVIDs from the CA in
+    /// --dir.
+    #[arg(
+        long,
+        conflicts_with = "bootstrap",
+        required_unless_present = "bootstrap"
+    )]
+    mesh: Option<PathBuf>,
+    /// Join the control plane with this bootstrap file (written by `meshfed control`): the
+    /// gateways' certificates and configuration (what the peer may reach, what it exports to
+    /// us) come from it and follow its changes.
     #[arg(long)]
-    mesh: PathBuf,
+    bootstrap: Option<PathBuf>,
+    /// With --bootstrap: the ingress gateway's name in `spec.gateways` (default
+    /// `ingress-<peer>`).
+    #[arg(long, requires = "bootstrap")]
+    ingress_name: Option<String>,
+    /// With --bootstrap: the egress gateway's name in `spec.gateways` (default
+    /// `egress-<peer>`).
+    #[arg(long, requires = "bootstrap")]
+    egress_name: Option<String>,
     /// The `ServiceMeshPeer` (by name) these gateways serve.
     #[arg(long)]
     peer: String,
@@ -80,23 +104,10 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode> {
 
 /// What `peer` may reach through our ingress: exported name → the local service's endpoints.
 fn ingress_peer(mesh: &MeshFederation, peer: &Peer) -> IngressPeer {
-    let exports = mesh
-        .export_view(peer)
-        .services
-        .into_values()
-        .map(|s| {
-            let endpoints = mesh
-                .catalog
-                .endpoints_of(&s.local)
-                .map(|w| w.inbound)
-                .collect();
-            (s.exported_name, endpoints)
-        })
-        .collect();
     IngressPeer {
         name: peer.name.to_string(),
         client_id: peer.client_id.clone(),
-        exports,
+        exports: mesh.ingress_exports(peer),
     }
 }
 
@@ -141,7 +152,7 @@ async fn egress_routes(
                 EgressRoute {
                     peer: peer.name.to_string(),
                     ingress,
-                    ingress_id: ingress_id.clone(),
+                    ingress_id: PeerIdentity::Id(ingress_id.clone()),
                 },
             )
         })
@@ -150,9 +161,17 @@ async fn egress_routes(
 
 async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
     if args.ingress.is_none() && args.egress.is_none() && args.discovery.is_none() {
-        bail!("pass --ingress ADDR, --egress ADDR, --discovery ADDR, or several");
+        bail!("pass --ingress [ADDR], --egress [ADDR], --discovery [ADDR], or several");
     }
-    let mesh = crate::node::load_mesh(&args.mesh)?;
+    match (&args.bootstrap, &args.mesh) {
+        (Some(b), _) => run_joined(&args, b).await,
+        (None, Some(m)) => run_file(&args, m).await,
+        (None, None) => bail!("pass --mesh FILE or --bootstrap FILE"),
+    }
+}
+
+async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<ExitCode> {
+    let mesh = crate::node::load_mesh(mesh_path)?;
     let Some(peer) = mesh.peers.values().find(|p| p.name.as_str() == args.peer) else {
         let known: Vec<String> = mesh.peers.keys().map(ToString::to_string).collect();
         bail!(
@@ -276,14 +295,27 @@ async fn run_async(args: GatewayArgs) -> Result<ExitCode> {
         roles.push("egress");
     }
     if let (Some(addr), Some(upstream)) = (discovery_addr, args.discovery_upstream) {
-        let g = relay::start_discovery(addr, upstream).await?;
-        note(&format!(
-            "discovery port on {}: forwards to the peering service at {upstream}",
-            g.addr
-        ));
-        running.push(g);
+        running.push(start_discovery(addr, upstream).await?);
         roles.push("discovery");
     }
+    serve_and_drain(args, running, roles).await
+}
+
+async fn start_discovery(addr: SocketAddr, upstream: SocketAddr) -> Result<relay::Gateway> {
+    let g = relay::start_discovery(addr, upstream).await?;
+    note(&format!(
+        "discovery port on {}: forwards to the peering service at {upstream}",
+        g.addr
+    ));
+    Ok(g)
+}
+
+/// Serves the admin endpoint until SIGTERM or Ctrl-C, then drains every gateway.
+async fn serve_and_drain(
+    args: &GatewayArgs,
+    running: Vec<relay::Gateway>,
+    roles: Vec<&'static str>,
+) -> Result<ExitCode> {
     let _admin = match args.admin {
         Some(addr) => {
             let views: Vec<(&'static str, Arc<relay::GatewayStats>)> = roles
@@ -373,4 +405,244 @@ fn reset_key(dir: &std::path::Path) -> Result<[u8; 32]> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// The namespace in a control plane's SPIFFE ID (`spiffe://td/ns/NS/sa/…`): the mesh's
+/// control-plane namespace, where its gateways run.
+fn control_namespace(id: &meshfed_core::SpiffeId) -> Result<String> {
+    let parts: Vec<&str> = id.path().split('/').collect();
+    match parts.as_slice() {
+        ["", "ns", ns, "sa", _] => Ok((*ns).to_owned()),
+        _ => bail!("the control plane's identity {id} names no namespace"),
+    }
+}
+
+/// Joins the control plane as `name` in `namespace`: a first certificate (retried while the
+/// control plane starts), renewed at half life.
+async fn join(
+    boot: &Bootstrap,
+    namespace: &str,
+    name: &str,
+    log: &Log,
+) -> Result<(Client, Arc<SvidResolver>)> {
+    let client = Client::new(boot.clone(), namespace, name, log.clone())?;
+    let svid = crate::proxy::certify_first(&client, boot.control_plane).await?;
+    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
+    note(&format!(
+        "certified as {} by {}",
+        svid.id, boot.control_plane
+    ));
+    {
+        let (client, resolver) = (client.clone(), resolver.clone());
+        tokio::spawn(async move { client.renew_forever(resolver, svid).await });
+    }
+    Ok((client, resolver))
+}
+
+/// The ingress's view of `peer` in a gateway plan.
+fn plan_ingress(plan: &GatewayPlan, peer: &str) -> Vec<IngressPeer> {
+    plan.ingress
+        .iter()
+        .filter(|g| g.peer.as_str() == peer)
+        .map(|g| IngressPeer {
+            name: g.peer.to_string(),
+            client_id: g.client_id.clone(),
+            exports: g.exports.clone(),
+        })
+        .collect()
+}
+
+/// The egress's routes to `peer` in a gateway plan (peer ingress addresses resolved).
+async fn plan_egress(plan: &GatewayPlan, peer: &str) -> Result<BTreeMap<Hostname, EgressRoute>> {
+    let mut routes = BTreeMap::new();
+    for t in plan.egress.iter().filter(|t| t.peer.as_str() == peer) {
+        let ingress = tokio::net::lookup_host(t.ingress.as_str())
+            .await
+            .with_context(|| format!("resolving {}", t.ingress))?
+            .next()
+            .with_context(|| format!("{} has no address", t.ingress))?;
+        routes.insert(
+            t.exported_name.clone(),
+            EgressRoute {
+                peer: t.peer.to_string(),
+                ingress,
+                ingress_id: PeerIdentity::Domain(t.trust_domain.clone()),
+            },
+        );
+    }
+    Ok(routes)
+}
+
+/// Joined to the control plane: the ingress and egress certify as their gateways'
+/// identities, then follow the configuration stream.
+async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCode> {
+    let boot = Bootstrap::read(path)?;
+    let namespace = control_namespace(&boot.control_plane_id)?;
+    let peer = args.peer.clone();
+    let ingress_name = args
+        .ingress_name
+        .clone()
+        .unwrap_or_else(|| format!("ingress-{peer}"));
+    let egress_name = args
+        .egress_name
+        .clone()
+        .unwrap_or_else(|| format!("egress-{peer}"));
+    let log: Log = Arc::new(|line: &str| note(line));
+    let serve_ingress = args.ingress.is_some() || args.discovery.is_some();
+    let ingress_id = match serve_ingress {
+        true => Some(join(&boot, &namespace, &ingress_name, &log).await?),
+        false => None,
+    };
+    let egress_id = match args.egress.is_some() {
+        true => Some(join(&boot, &namespace, &egress_name, &log).await?),
+        false => None,
+    };
+    // One subscription carries the whole gateway configuration.
+    let Some((client, resolver)) = ingress_id.clone().or_else(|| egress_id.clone()) else {
+        bail!("pass --ingress [ADDR] or --egress [ADDR]");
+    };
+    let bundles = client.bundles();
+    let (updates, mut rx) = mpsc::channel::<Update>(1);
+    let (state, _) = watch::channel(ClientState::default());
+    let subscription = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe(resolver, updates, state).await }
+    });
+    let ingress_peers: Arc<RwLock<Arc<Vec<IngressPeer>>>> = Arc::default();
+    let egress_routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>> = Arc::default();
+    // The first good snapshot starts the listeners.
+    let (running, roles) = loop {
+        let Some(update) = rx.recv().await else {
+            bail!("the control-plane subscription ended");
+        };
+        let r = async {
+            let received = &update.received;
+            let plan = received
+                .gateway
+                .clone()
+                .context("the control plane sent no gateway configuration: is this gateway declared under spec.gateways?")?;
+            let gateways = &received.mesh.mesh.gateways;
+            let addr = |flag: &Option<Option<SocketAddr>>, name: &str, discovery: bool| -> Result<Option<SocketAddr>> {
+                Ok(match flag {
+                    None => None,
+                    Some(Some(a)) => Some(*a),
+                    Some(None) => Some(
+                        gateways
+                            .get(name)
+                            .and_then(|g| if discovery { g.discovery } else { Some(g.address) })
+                            .with_context(|| format!("the mesh declares no {} for gateway {name:?} under spec.gateways; pass the address", if discovery { "discoveryAddress" } else { "address" }))?,
+                    ),
+                })
+            };
+            let ingress_addr = addr(&args.ingress, &ingress_name, false)?;
+            let egress_addr = addr(&args.egress, &egress_name, false)?;
+            let discovery_addr = addr(&args.discovery, &ingress_name, true)?;
+            bundles.store(Arc::new(received.bundles.clone()));
+            *ingress_peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Arc::new(plan_ingress(&plan, &peer));
+            *egress_routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Arc::new(plan_egress(&plan, &peer).await?);
+            let mut running = Vec::new();
+            let mut roles = Vec::new();
+            if let (Some(a), Some((_, svid))) = (ingress_addr, &ingress_id) {
+                let g = relay::start_ingress(
+                    a,
+                    ingress_peers.clone(),
+                    svid.clone(),
+                    bundles.clone(),
+                    IngressOptions {
+                        quic: true,
+                        reset_key: Some(reset_key(&args.dir.dir)?),
+                    },
+                )
+                .await?;
+                note(&format!("ingress for {peer} on {}", g.addr));
+                running.push(g);
+                roles.push("ingress");
+            }
+            if let (Some(a), Some((_, svid))) = (egress_addr, &egress_id) {
+                let g = relay::start_egress(
+                    a,
+                    egress_routes.clone(),
+                    svid.clone(),
+                    bundles.clone(),
+                    EgressOptions {
+                        transport: args.tunnel,
+                        probe_interval: (!args.probe_interval.is_zero())
+                            .then_some(args.probe_interval),
+                    },
+                )
+                .await?;
+                note(&format!("egress to {peer} on {} ({} tunnel)", g.addr, args.tunnel));
+                running.push(g);
+                roles.push("egress");
+            }
+            if let (Some(a), Some(upstream)) = (discovery_addr, args.discovery_upstream) {
+                running.push(start_discovery(a, upstream).await?);
+                roles.push("discovery");
+            }
+            anyhow::Ok((running, roles))
+        }
+        .await;
+        match r {
+            Ok(x) => {
+                note(&format!(
+                    "applied config version {}",
+                    update.received.version
+                ));
+                let _ = update.done.send(Ok(()));
+                break x;
+            }
+            Err(e) => {
+                note(&format!(
+                    "refused config version {}: {e:#}",
+                    update.received.version
+                ));
+                let _ = update.done.send(Err(format!("{e:#}")));
+            }
+        }
+    };
+    // Later snapshots update what the gateways serve, live.
+    let follow = tokio::spawn({
+        let (ingress_peers, egress_routes, bundles, peer) = (
+            ingress_peers.clone(),
+            egress_routes.clone(),
+            bundles.clone(),
+            peer.clone(),
+        );
+        async move {
+            while let Some(update) = rx.recv().await {
+                let received = &update.received;
+                let r = async {
+                    let plan = received
+                        .gateway
+                        .clone()
+                        .context("the control plane sent no gateway configuration")?;
+                    let routes = plan_egress(&plan, &peer).await?;
+                    bundles.store(Arc::new(received.bundles.clone()));
+                    *ingress_peers
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Arc::new(plan_ingress(&plan, &peer));
+                    *egress_routes
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
+                    anyhow::Ok(())
+                }
+                .await;
+                match &r {
+                    Ok(()) => note(&format!("applied config version {}", received.version)),
+                    Err(e) => note(&format!(
+                        "refused config version {}: {e:#}",
+                        received.version
+                    )),
+                }
+                let _ = update.done.send(r.map_err(|e| format!("{e:#}")));
+            }
+        }
+    });
+    let code = serve_and_drain(args, running, roles).await;
+    follow.abort();
+    subscription.abort();
+    code
 }

@@ -149,6 +149,39 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let mesh = load_mesh(&args.mesh)?;
     let (ca, held) = load_ca_for(&args.dir.dir, &mesh)?;
+    warn_missing_bundles(&mesh, &held);
+    let node = start_node(
+        &mesh,
+        &ca,
+        verify::shared(held),
+        NodeOptions {
+            listen: args.listen,
+            store: args.store.clone(),
+            heartbeat: args.heartbeat,
+            liveness: args.liveness,
+            dir: args.dir.dir.clone(),
+        },
+    )
+    .await?;
+    let (admin_addr, _admin) = admin::serve(args.admin, node.status.clone()).await?;
+    note(&format!(
+        "meshfed peering for mesh {} ({}): peering on {}, admin on http://{admin_addr}/status",
+        mesh.mesh, mesh.trust_domain, node.listen
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    note("stopping");
+    node.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn warn_missing_bundles(
+    mesh: &MeshFederation,
+    held: &meshfed_trust::bundle::TrustBundleSet,
+) {
     for p in mesh.peers.values() {
         if held.get(&p.trust_domain).is_none() {
             note(&format!(
@@ -157,7 +190,67 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             ));
         }
     }
-    let bundles = verify::shared(held);
+}
+
+/// How a peering node runs.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeOptions {
+    pub listen: SocketAddr,
+    pub store: Option<PathBuf>,
+    pub heartbeat: Duration,
+    pub liveness: Duration,
+    /// The CA folder (peer bundles are persisted there).
+    pub dir: PathBuf,
+}
+
+/// A running peering node: the exporter and an importer per peer.
+pub(crate) struct Node {
+    pub listen: SocketAddr,
+    /// Status as JSON (the admin endpoint's `/status`).
+    pub status: Arc<dyn Fn() -> String + Send + Sync>,
+    pub feeds: Vec<meshfed_control::imports::PeerFeed>,
+    importers: Mutex<Vec<client::Importer>>,
+    exports: watch::Sender<Arc<ExporterConfig>>,
+}
+
+impl Node {
+    /// Serves what a changed `mesh` exports (peers themselves are fixed at start: a new
+    /// `ServiceMeshPeer` needs a restart).
+    pub fn set_exports(&self, mesh: &MeshFederation) {
+        let peers = export_peers(mesh);
+        self.exports.send_if_modified(|c| {
+            if c.peers == peers {
+                return false;
+            }
+            let mut next = (**c).clone();
+            next.peers = peers;
+            *c = Arc::new(next);
+            true
+        });
+    }
+
+    pub async fn stop(&self) {
+        let importers = std::mem::take(
+            &mut *self
+                .importers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for i in importers {
+            i.stop().await;
+        }
+    }
+}
+
+/// Starts the peering of `mesh`: serves each peer its export view on `opts.listen` and imports
+/// from every peer.
+pub(crate) async fn start_node(
+    mesh: &MeshFederation,
+    ca: &CertificateAuthority,
+    bundles: verify::SharedBundles,
+    opts: NodeOptions,
+) -> Result<Node> {
+    let args = &opts;
     let provider = verify::provider();
     let now = SystemTime::now();
     // The exporter: serves each peer its view; accepts only peers' trust domains.
@@ -183,26 +276,12 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         ),
         provider.clone(),
     )?);
-    let exports: Vec<ExportPeer> = mesh
-        .peers
-        .values()
-        .map(|p| ExportPeer {
-            name: p.name.clone(),
-            client_id: p.client_id.clone(),
-            view: mesh
-                .remote_services_for(p)
-                .into_iter()
-                .map(|s| (s.exported_name.clone(), s))
-                .collect::<BTreeMap<Hostname, _>>(),
-            // Endpoint health arrives with the data path; nothing is claimed until then.
-            health: BTreeMap::new(),
-        })
-        .collect();
+    let exports = export_peers(mesh);
     let export_counts: BTreeMap<String, usize> = exports
         .iter()
         .map(|e| (e.name.to_string(), e.view.len()))
         .collect();
-    let (_config_tx, config_rx) = watch::channel(Arc::new(ExporterConfig {
+    let (exports_tx, config_rx) = watch::channel(Arc::new(ExporterConfig {
         mesh: mesh.mesh.to_string(),
         trust_domain: mesh.trust_domain.clone(),
         peers: exports,
@@ -216,10 +295,11 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let epoch = unix_ms(now) ^ u64::from(std::process::id()).rotate_left(40);
     let exporter = Exporter::new(config_rx, options, epoch, events_tx)
-        .with_redeemer(redeemer(args.dir.dir.clone(), bundles.clone()));
+        .with_redeemer(redeemer(args.dir.clone(), bundles.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr()?;
     let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
     let incoming = tls::incoming(listener, server_tls, fail_tx);
     tokio::spawn(async move {
@@ -293,6 +373,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let mut statuses = Vec::new();
+    let mut feeds = Vec::new();
     let mut importers = Vec::new();
     let mapping: Mapping = Arc::default();
     let mut renew = vec![(server_id.clone(), server_resolver.clone())];
@@ -335,12 +416,17 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                 limits: Limits::default(),
                 connect_timeout: Duration::from_secs(5),
                 bundles: Some(bundles.clone()),
-                trust_dir: Some(args.dir.dir.clone()),
+                trust_dir: Some(args.dir.clone()),
             },
             tls,
             store.clone(),
         );
         statuses.push(importer.status.clone());
+        feeds.push(meshfed_control::imports::PeerFeed {
+            peer: p.name.clone(),
+            imports: importer.imports.clone(),
+            health: importer.health.clone(),
+        });
         if let Some(set) = &p.imports {
             watch_mapping(
                 set.clone(),
@@ -353,7 +439,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     }
     // Renew SVIDs at half life (the CA is local here).
     {
-        let ca_dir = args.dir.dir.clone();
+        let ca_dir = args.dir.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
@@ -371,7 +457,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let (mesh_name, td, listen) = (
         mesh.mesh.to_string(),
         mesh.trust_domain.to_string(),
-        args.listen.to_string(),
+        bound.to_string(),
     );
     let status_fn: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
         let (exports, refused) = export_side
@@ -399,21 +485,31 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         };
         serde_json::to_string_pretty(&st).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     });
-    let (admin_addr, _admin) = admin::serve(args.admin, status_fn).await?;
-    note(&format!(
-        "meshfed peering for mesh {} ({}): peering on {}, admin on http://{admin_addr}/status",
-        mesh.mesh, mesh.trust_domain, args.listen
-    ));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    note("stopping");
-    for i in importers {
-        i.stop().await;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Node {
+        listen: bound,
+        status: status_fn,
+        feeds,
+        importers: Mutex::new(importers),
+        exports: exports_tx,
+    })
+}
+
+/// What `mesh` exports to each of its peers.
+fn export_peers(mesh: &MeshFederation) -> Vec<ExportPeer> {
+    mesh.peers
+        .values()
+        .map(|p| ExportPeer {
+            name: p.name.clone(),
+            client_id: p.client_id.clone(),
+            view: mesh
+                .remote_services_for(p)
+                .into_iter()
+                .map(|s| (s.exported_name.clone(), s))
+                .collect::<BTreeMap<Hostname, _>>(),
+            // Endpoint health arrives with the data path; nothing is claimed until then.
+            health: BTreeMap::new(),
+        })
+        .collect()
 }
 
 /// Per peer, the conditions that come from applying our import rules to its exports.

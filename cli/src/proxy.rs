@@ -17,6 +17,8 @@ use meshfed_control::Log;
 use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::catalog::Protocol;
 use meshfed_core::federation::MeshFederation;
+use meshfed_core::import::ImportedRoute;
+use meshfed_core::traffic::TrafficPolicy;
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_proxy::sidecar::{
     self, Endpoint, HttpVersion, OutboundService, SidecarConfig, TcpForward,
@@ -133,17 +135,13 @@ fn tcp_forward(
 fn served_names(
     mesh: &MeshFederation,
     service: &meshfed_core::ServiceKey,
+    exported: &[meshfed_core::Hostname],
 ) -> Result<Vec<meshfed_core::Hostname>> {
     let mut names = vec![mesh.catalog.hostname_of(service)?];
-    for peer in mesh.peers.values() {
-        names.extend(
-            mesh.export_view(peer)
-                .services
-                .into_values()
-                .filter(|s| &s.local == service)
-                .map(|s| s.exported_name),
-        );
-    }
+    names.extend(mesh.exported_names_of(service));
+    names.extend(exported.iter().cloned());
+    names.sort();
+    names.dedup();
     Ok(names)
 }
 
@@ -155,9 +153,21 @@ fn http_version(svc: &meshfed_core::catalog::Service) -> HttpVersion {
     }
 }
 
-/// The sidecar configuration of the chosen workload in `mesh`, and its identity.
+/// What federation adds to a sidecar's configuration.
+#[derive(Debug, Default)]
+struct Federated {
+    /// Services imported from peers.
+    imports: Vec<ImportedRoute>,
+    /// Names peers reach the workload's service by (from the control plane; in file mode the
+    /// mesh file's own exports give them).
+    exported: Vec<meshfed_core::Hostname>,
+}
+
+/// The sidecar configuration of the chosen workload in `mesh` (with what federation adds),
+/// and its identity.
 fn configure(
     mesh: &MeshFederation,
+    fed: &Federated,
     args: &ProxyArgs,
     allow: &BTreeSet<TrustDomain>,
 ) -> Result<(SidecarConfig, SpiffeId)> {
@@ -216,29 +226,7 @@ fn configure(
             protocol: http_version(svc),
         });
     }
-    if !args.peer_mesh.is_empty() {
-        let peers = args
-            .peer_mesh
-            .iter()
-            .map(|p| crate::node::load_mesh(p))
-            .collect::<Result<Vec<_>>>()?;
-        let plan = meshfed_core::federation::explain(mesh, &peers, None).imports;
-        let egress = |peer: &meshfed_core::PeerName| {
-            args.egress
-                .or_else(|| mesh.peers.get(peer).and_then(|p| mesh.egress_address(p)))
-        };
-        for p in plan.services.values() {
-            if let Some(g) = p.groups.iter().find(|g| egress(&g.peer).is_none()) {
-                bail!(
-                    "{} is imported from {}, but mesh {} declares no egress gateway for that peer: add it under spec.gateways or pass --egress",
-                    p.hostname,
-                    g.peer,
-                    mesh.mesh
-                );
-            }
-        }
-        services.extend(imported_services(mesh, &plan, |peer| egress(peer)));
-    }
+    services.extend(imported_services(mesh, &fed.imports));
     let tcp = args
         .tcp
         .iter()
@@ -271,49 +259,73 @@ fn configure(
         admin: args.admin,
         tcp,
         tcp_ports,
-        names: served_names(mesh, &w.service)?,
+        names: served_names(mesh, &w.service, &fed.exported)?,
     };
     Ok((cfg, id))
 }
 
-/// The services in `plan` (what `mesh` imports from its peers, mapped by its
-/// `ImportedServiceSet`s), each reached through its peer's egress gateway with the peer's exported name as the
-/// server name and the peer's advertised service accounts as the accepted identities (one
-/// endpoint per account, all at the egress). `importAsLocal` merges into an existing local
-/// service are left out until locality-aware balancing keeps local endpoints first.
-fn imported_services(
-    mesh: &MeshFederation,
-    plan: &meshfed_core::import::ImportPlan,
-    egress: impl Fn(&meshfed_core::PeerName) -> Option<SocketAddr>,
-) -> Vec<OutboundService> {
-    plan.services
-        .values()
-        .filter(|p| !p.is_merge())
-        .filter_map(|p| {
-            let endpoints: Vec<Endpoint> = p
-                .groups
+/// The imports of a mesh run from files: what the `--peer-mesh` files export to `mesh`, mapped
+/// by its `ImportedServiceSet`s, each through the egress gateway the mesh declares for that
+/// peer (or `--egress`).
+fn file_imports(mesh: &MeshFederation, args: &ProxyArgs) -> Result<Vec<ImportedRoute>> {
+    if args.peer_mesh.is_empty() {
+        return Ok(Vec::new());
+    }
+    let peers = args
+        .peer_mesh
+        .iter()
+        .map(|p| crate::node::load_mesh(p))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = meshfed_core::federation::explain(mesh, &peers, None).imports;
+    let (routes, missing) = meshfed_core::import::routes_from_plan(
+        &plan,
+        |peer| {
+            args.egress
+                .or_else(|| mesh.peers.get(peer).and_then(|p| mesh.egress_address(p)))
+        },
+        |_, _| None,
+    );
+    if let Some((host, peer)) = missing.first() {
+        bail!(
+            "{host} is imported from {peer}, but mesh {} declares no egress gateway for that peer: add it under spec.gateways or pass --egress",
+            mesh.mesh
+        );
+    }
+    Ok(routes)
+}
+
+/// Outbound services for `imports`: each imported hostname with one endpoint per peer and
+/// advertised identity, at that peer's egress gateway, with the peer's exported name as the
+/// server name. `importAsLocal` merges into an existing local service are left out until
+/// locality-aware balancing keeps local endpoints first.
+fn imported_services(mesh: &MeshFederation, imports: &[ImportedRoute]) -> Vec<OutboundService> {
+    let mut by_host: std::collections::BTreeMap<&meshfed_core::Hostname, Vec<&ImportedRoute>> =
+        std::collections::BTreeMap::new();
+    for r in imports {
+        by_host.entry(&r.hostname).or_default().push(r);
+    }
+    by_host
+        .into_iter()
+        .filter(|(host, _)| mesh.catalog.by_hostname(host).is_none())
+        .map(|(host, routes)| OutboundService {
+            host: host.clone(),
+            endpoints: routes
                 .iter()
-                .filter_map(|g| Some((g, egress(&g.peer)?)))
-                .flat_map(|(g, addr)| {
-                    g.service_accounts.iter().map(move |id| Endpoint {
-                        addr,
+                .flat_map(|r| {
+                    r.identities.iter().map(move |id| Endpoint {
+                        addr: r.egress,
                         identity: id.clone(),
                         labels: std::collections::BTreeMap::new(),
-                        sni: Some(g.exported_name.clone()),
+                        sni: Some(r.exported_name.clone()),
                     })
                 })
-                .collect();
-            let first = p.groups.first()?;
-            Some(OutboundService {
-                host: p.hostname.clone(),
-                endpoints,
-                traffic: mesh.traffic_for(&first.local_key),
-                protocol: if meshfed_core::catalog::ports_speak_http2(&first.ports) {
-                    HttpVersion::Http2
-                } else {
-                    HttpVersion::Http1
-                },
-            })
+                .collect(),
+            traffic: TrafficPolicy::default(),
+            protocol: if routes.iter().all(|r| r.http2) {
+                HttpVersion::Http2
+            } else {
+                HttpVersion::Http1
+            },
         })
         .collect()
 }
@@ -337,7 +349,13 @@ async fn reload(
         }
         last = now;
         let applied = crate::node::load_mesh(path)
-            .and_then(|mesh| configure(&mesh, args, allow))
+            .and_then(|mesh| {
+                let fed = Federated {
+                    imports: file_imports(&mesh, args)?,
+                    exported: Vec::new(),
+                };
+                configure(&mesh, &fed, args, allow)
+            })
             .and_then(|(cfg, new_id)| {
                 if &new_id != id {
                     bail!("the workload's identity changed to {new_id}; restart the sidecar");
@@ -364,7 +382,11 @@ async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
     let mesh = crate::node::load_mesh(path)?;
     let (ca, held) = crate::node::load_ca_for(&args.dir.dir, &mesh)?;
     let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
-    let (cfg, id) = configure(&mesh, args, &allow)?;
+    let fed = Federated {
+        imports: file_imports(&mesh, args)?,
+        exported: Vec::new(),
+    };
+    let (cfg, id) = configure(&mesh, &fed, args, &allow)?;
     let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     let app = cfg.app.map_or("-".into(), |a| a.to_string());
@@ -413,19 +435,7 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     let log: Log = Arc::new(|line: &str| note(line));
     let cp = boot.control_plane;
     let client = Client::new(boot, namespace, &args.workload, log)?;
-    // The first certificate; the control plane may still be starting.
-    let mut wait = Duration::from_millis(200);
-    let svid = loop {
-        match client.certify(None).await {
-            Ok(s) => break s,
-            Err(e) if e.reason == "ControlPlaneUnreachable" => {
-                note(&format!("waiting for the control plane at {cp}: {e}"));
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => bail!("the control plane at {cp} refused a certificate: {e}"),
-        }
-    };
+    let svid = certify_first(&client, cp).await?;
     let id = svid.id.clone();
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     note(&format!("certified as {id} by {cp}"));
@@ -465,6 +475,23 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first certificate from the control plane at `cp`, retried with backoff while it is
+/// unreachable (it may still be starting).
+pub(crate) async fn certify_first(client: &Client, cp: SocketAddr) -> Result<meshfed_trust::Svid> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match client.certify(None).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.reason == "ControlPlaneUnreachable" => {
+                note(&format!("waiting for the control plane at {cp}: {e}"));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => bail!("the control plane at {cp} refused a certificate: {e}"),
+        }
+    }
+}
+
 /// Applies one validated snapshot: starts the sidecar on the first, updates it after.
 async fn apply(
     args: &ProxyArgs,
@@ -475,7 +502,11 @@ async fn apply(
     received: meshfed_control::client::Received,
 ) -> Result<u64> {
     let allow: BTreeSet<TrustDomain> = received.bundles.domains().cloned().collect();
-    let (cfg, want) = configure(&received.mesh.mesh, args, &allow)?;
+    let fed = Federated {
+        imports: received.imports,
+        exported: received.exported_names,
+    };
+    let (cfg, want) = configure(&received.mesh.mesh, &fed, args, &allow)?;
     if &want != id {
         bail!("the workload's identity changed to {want}; restart the sidecar");
     }

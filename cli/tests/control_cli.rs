@@ -7,42 +7,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use common::{Procs, free, tempdir, trust_init};
-
-fn get(addr: SocketAddr, host: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
+use common::{Procs, eventually, free, get, status, tempdir, trust_init};
 
 fn echo(out: SocketAddr, path: &str) -> String {
     get(out, "echo.shop.svc.cluster.local", path).unwrap_or_default()
-}
-
-/// Waits up to 30 s for `f` to hold, describing the last state on failure.
-fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn status(admin: SocketAddr) -> serde_json::Value {
-    let raw = get(admin, "admin", "/status").unwrap_or_default();
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
 }
 
 /// Every proxy of `st` is connected and has ACKed the served version.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Procs, free, run, tempdir, trust_init};
+use common::{Procs, free, tempdir, trust_init};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, Expect, SpiffeServerVerifier, SvidResolver};
@@ -90,32 +90,7 @@ fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
     let dir = tempdir("gateway-cli");
     trust_init(&dir, "a", "alpha-mesh.local");
     trust_init(&dir, "b", "beta-mesh.local");
-    // Exchange trust bundles (a peering token does the same over the wire).
-    for (from, to, td) in [
-        ("a", "b", "alpha-mesh.local"),
-        ("b", "a", "beta-mesh.local"),
-    ] {
-        let o = std::process::Command::new(common::bin())
-            .args(["trust", "bundle", "export", "--dir", from])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-        std::fs::write(dir.join(format!("{from}.json")), o.stdout).unwrap();
-        run(
-            &dir,
-            &[
-                "trust",
-                "bundle",
-                "import",
-                "--dir",
-                to,
-                "--trust-domain",
-                td,
-                &format!("{from}.json"),
-            ],
-        );
-    }
+    common::exchange_bundles(&dir, ("a", "alpha-mesh.local"), ("b", "beta-mesh.local"));
     let (ingress, egress) = (free("127.0.9.21"), free("127.0.9.11"));
     let (ingress_admin, egress_admin) = (free("127.0.9.21"), free("127.0.9.11"));
     let discovery = free("127.0.9.21");

@@ -13,6 +13,7 @@ use meshfed_api::config::control_message::Msg as Out;
 use meshfed_api::config::mesh_config_client::MeshConfigClient;
 use meshfed_api::config::proxy_message::Msg as In;
 use meshfed_api::config::{self as pb, ProxyMessage};
+use meshfed_core::import::ImportedRoute;
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_crds::validate::{self, LoadedMesh};
 use meshfed_trust::bootstrap::Bootstrap;
@@ -66,6 +67,128 @@ pub struct Received {
     pub version: u64,
     pub mesh: LoadedMesh,
     pub bundles: TrustBundleSet,
+    /// Services imported from peers.
+    pub imports: Vec<ImportedRoute>,
+    /// A gateway's configuration (gateways only).
+    pub gateway: Option<crate::GatewayPlan>,
+    /// Names peers reach this workload's service by.
+    pub exported_names: Vec<meshfed_core::Hostname>,
+}
+
+/// Most imported services one snapshot may carry, and identities per import.
+const MAX_IMPORTS: usize = 100_000;
+const MAX_IDENTITIES: usize = 64;
+/// Most peers, names and endpoints a gateway configuration may carry.
+const MAX_GATEWAY_ITEMS: usize = 100_000;
+
+fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
+    let field = |name: &str, e: &dyn std::fmt::Display| format!("{name}: {e}");
+    if w.identities.len() > MAX_IDENTITIES {
+        return Err(format!(
+            "identities: {} entries; the limit is {MAX_IDENTITIES}",
+            w.identities.len()
+        ));
+    }
+    let identities = w
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            id.parse::<SpiffeId>()
+                .map_err(|e| field(&format!("identities[{i}]"), &e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if identities.is_empty() {
+        return Err("identities: none; a service nobody may serve cannot be called".into());
+    }
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let (region, zone, subzone) = (opt(&w.region), opt(&w.zone), opt(&w.subzone));
+    let locality = meshfed_core::locality::Locality::new(
+        region.as_deref(),
+        zone.as_deref(),
+        subzone.as_deref(),
+    )
+    .map_err(|e| field("locality", &e))?;
+    if w.healthy > w.total {
+        return Err(format!(
+            "healthy: {} of {} endpoints is more than all of them",
+            w.healthy, w.total
+        ));
+    }
+    Ok(ImportedRoute {
+        hostname: w.hostname.parse().map_err(|e| field("hostname", &e))?,
+        peer: w.peer.parse().map_err(|e| field("peer", &e))?,
+        exported_name: w
+            .exported_name
+            .parse()
+            .map_err(|e| field("exportedName", &e))?,
+        identities,
+        egress: w
+            .egress
+            .parse()
+            .map_err(|_| format!("egress: {:?} is not an ip:port address", w.egress))?,
+        import_as_local: w.import_as_local,
+        http2: w.http2,
+        locality,
+        health: (w.total > 0).then_some((w.healthy, w.total)),
+    })
+}
+
+fn gateway_from_wire(w: &pb::GatewayConfig) -> Result<crate::GatewayPlan, String> {
+    let items = w.ingress.iter().map(|p| 1 + p.exports.len()).sum::<usize>() + w.egress.len();
+    if items > MAX_GATEWAY_ITEMS {
+        return Err(format!(
+            "gateway: {items} entries; the limit is {MAX_GATEWAY_ITEMS}"
+        ));
+    }
+    let mut plan = crate::GatewayPlan::default();
+    for (i, p) in w.ingress.iter().enumerate() {
+        let at = |f: &str, e: &dyn std::fmt::Display| format!("gateway.ingress[{i}].{f}: {e}");
+        let mut exports = std::collections::BTreeMap::new();
+        for (j, x) in p.exports.iter().enumerate() {
+            let name: meshfed_core::Hostname = x
+                .exported_name
+                .parse()
+                .map_err(|e| at(&format!("exports[{j}].exportedName"), &e))?;
+            let eps = x
+                .endpoints
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::SocketAddr>().map_err(|_| {
+                        at(
+                            &format!("exports[{j}].endpoints"),
+                            &format!("{a:?} is not an ip:port address"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            exports.insert(name, eps);
+        }
+        plan.ingress.push(crate::IngressGrant {
+            peer: p.peer.parse().map_err(|e| at("peer", &e))?,
+            client_id: p.client_id.parse().map_err(|e| at("clientId", &e))?,
+            exports,
+        });
+    }
+    for (i, r) in w.egress.iter().enumerate() {
+        let at = |f: &str, e: &dyn std::fmt::Display| format!("gateway.egress[{i}].{f}: {e}");
+        if r.ingress.len() > 300 || !r.ingress.contains(':') {
+            return Err(at(
+                "ingress",
+                &format!("{:?} is not a host:port address", r.ingress),
+            ));
+        }
+        plan.egress.push(crate::EgressTarget {
+            exported_name: r
+                .exported_name
+                .parse()
+                .map_err(|e| at("exportedName", &e))?,
+            peer: r.peer.parse().map_err(|e| at("peer", &e))?,
+            ingress: r.ingress.clone(),
+            trust_domain: r.trust_domain.parse().map_err(|e| at("trustDomain", &e))?,
+        });
+    }
+    Ok(plan)
 }
 
 /// One snapshot for the proxy to apply; it answers on `done` (`Err` = NACK with the reason).
@@ -288,7 +411,7 @@ impl Client {
         apply: mpsc::Sender<Update>,
         state: watch::Sender<ClientState>,
     ) {
-        let mut running: Option<(u64, Arc<str>, Vec<pb::Bundle>)> = None;
+        let mut running: Option<(u64, pb::Snapshot)> = None;
         let mut backoff = BACKOFF_MIN;
         let mut last_error = String::new();
         loop {
@@ -326,7 +449,7 @@ impl Client {
         svid: &Arc<SvidResolver>,
         apply: &mpsc::Sender<Update>,
         state: &watch::Sender<ClientState>,
-        running: &mut Option<(u64, Arc<str>, Vec<pb::Bundle>)>,
+        running: &mut Option<(u64, pb::Snapshot)>,
     ) -> Result<bool, ClientError> {
         let channel = self.channel(Some(svid)).await?;
         let mut client = MeshConfigClient::new(channel)
@@ -364,14 +487,16 @@ impl Client {
             };
             got_any = true;
             let version = snap.version;
-            let unchanged = running
-                .as_ref()
-                .is_some_and(|(_, json, b)| **json == *snap.mesh_json && *b == snap.bundles);
+            // The content without its version: a reconnect to a restarted control plane that
+            // serves the same configuration under a new version is not applied again.
+            let content = pb::Snapshot {
+                version: 0,
+                ..snap.clone()
+            };
+            let unchanged = running.as_ref().is_some_and(|(_, c)| *c == content);
             let verdict = if unchanged {
                 Ok(())
             } else {
-                let bundles = snap.bundles.clone();
-                let json: Arc<str> = snap.mesh_json.as_str().into();
                 match self.check(snap) {
                     Ok(received) => {
                         let (done, answer) = oneshot::channel();
@@ -382,7 +507,7 @@ impl Client {
                             .await
                             .unwrap_or_else(|_| Err("the proxy stopped".into()));
                         if r.is_ok() {
-                            *running = Some((version, json, bundles));
+                            *running = Some((version, content));
                         }
                         r
                     }
@@ -436,10 +561,46 @@ impl Client {
         if bundles.get(own).is_none() {
             return Err(format!("{file}: no bundle for the mesh's own domain {own}"));
         }
+        if snap.imports.len() > MAX_IMPORTS {
+            return Err(format!(
+                "{file}: imports: {} entries; the limit is {MAX_IMPORTS}",
+                snap.imports.len()
+            ));
+        }
+        let imports = snap
+            .imports
+            .iter()
+            .enumerate()
+            .map(|(i, w)| import_from_wire(w).map_err(|e| format!("{file}: imports[{i}].{e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gateway = snap
+            .gateway
+            .as_ref()
+            .map(gateway_from_wire)
+            .transpose()
+            .map_err(|e| format!("{file}: {e}"))?;
+        if snap.exported_names.len() > MAX_IMPORTS {
+            return Err(format!(
+                "{file}: exportedNames: {} entries; the limit is {MAX_IMPORTS}",
+                snap.exported_names.len()
+            ));
+        }
+        let exported_names = snap
+            .exported_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse()
+                    .map_err(|e| format!("{file}: exportedNames[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Received {
             version: snap.version,
             mesh,
             bundles,
+            imports,
+            gateway,
+            exported_names,
         })
     }
 }

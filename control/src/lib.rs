@@ -4,6 +4,8 @@
 //!   whole; a file with any error keeps the previous snapshot.
 //! - [`server`]: the `MeshConfig` service (`config.proto`): signs workload CSRs with the mesh CA
 //!   and streams versioned snapshots to proxies, recording each proxy's ACK or NACK.
+//! - [`imports`]: the served snapshot — the file's, joined with what peers export to us
+//!   (through the peering importers), resolved to routes via our egress gateways.
 //! - [`client`]: what a proxy runs — first certificate with the bootstrap token, renewal over
 //!   mTLS, the subscription with validation, ACK/NACK, and reconnection with backoff while it
 //!   keeps serving its last good snapshot.
@@ -15,6 +17,7 @@ use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
 
 pub mod client;
+pub mod imports;
 pub mod server;
 pub mod source;
 
@@ -45,6 +48,8 @@ pub struct Snapshot {
     pub mesh_json: Arc<str>,
     /// SPIFFE bundle JSON per trust domain: the mesh's own and its peers'.
     pub bundles: Vec<(TrustDomain, String)>,
+    /// Services imported from peers, resolved (empty without peering).
+    pub imports: Arc<Vec<meshfed_core::import::ImportedRoute>>,
 }
 
 impl Snapshot {
@@ -57,6 +62,38 @@ impl Snapshot {
 
     /// True when `other` carries the same configuration (whatever its version).
     pub fn same_content(&self, other: &Self) -> bool {
-        self.mesh_json == other.mesh_json && self.bundles == other.bundles
+        self.mesh_json == other.mesh_json
+            && self.bundles == other.bundles
+            && self.imports == other.imports
+            && self.mesh.peers == other.mesh.peers
     }
+}
+
+/// What a federation gateway receives (only gateways get it): per peer, who its egress is and
+/// what it may reach through our ingress; per imported name, the peer ingress that carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayPlan {
+    pub ingress: Vec<IngressGrant>,
+    pub egress: Vec<EgressTarget>,
+}
+
+/// One peer at our ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressGrant {
+    pub peer: meshfed_core::PeerName,
+    /// The identity its egress gateway presents (`spec.security.clientID`).
+    pub client_id: SpiffeId,
+    /// Exported name → the local service's workload inbound addresses.
+    pub exports: std::collections::BTreeMap<meshfed_core::Hostname, Vec<std::net::SocketAddr>>,
+}
+
+/// One name a peer exports to us, as our egress carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressTarget {
+    pub exported_name: meshfed_core::Hostname,
+    pub peer: meshfed_core::PeerName,
+    /// The peer's ingress gateway, `host:port`.
+    pub ingress: String,
+    /// The trust domain its SVID must belong to.
+    pub trust_domain: TrustDomain,
 }

@@ -197,6 +197,15 @@ impl ControlPlane {
             )
             .await;
         }
+        let who = match snap
+            .mesh
+            .catalog
+            .workloads()
+            .find(|w| w.name == sub.workload && w.namespace.as_str() == sub.namespace)
+        {
+            Some(w) => Subscriber::Workload(w.service.clone()),
+            None => Subscriber::Gateway,
+        };
         let key = format!("{}/{}", sub.namespace, sub.workload);
         let _connected = Connected::new(self, &key, &caller);
         let mut rx = self.snapshot.clone();
@@ -205,7 +214,7 @@ impl ControlPlane {
             let cur = rx.borrow_and_update().clone();
             if cur.version != sent {
                 let msg = ControlMessage {
-                    msg: Some(Out::Snapshot(to_wire(&cur))),
+                    msg: Some(Out::Snapshot(to_wire(&cur, &who))),
                 };
                 match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
                     Ok(Ok(())) => {}
@@ -297,7 +306,25 @@ async fn close(
     format!("{reason}: {detail}")
 }
 
-fn to_wire(s: &Snapshot) -> pb::Snapshot {
+/// Who a subscription is for.
+enum Subscriber {
+    Gateway,
+    Workload(meshfed_core::ServiceKey),
+}
+
+/// The wire form of `s` for `who`: a gateway's carries its [`pb::GatewayConfig`], a
+/// workload's the names its service is exported under.
+fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
+    let gateway = matches!(who, Subscriber::Gateway);
+    let exported_names = match who {
+        Subscriber::Workload(service) => s
+            .mesh
+            .exported_names_of(service)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        Subscriber::Gateway => Vec::new(),
+    };
     pb::Snapshot {
         version: s.version,
         mesh_json: s.mesh_json.to_string(),
@@ -309,7 +336,89 @@ fn to_wire(s: &Snapshot) -> pb::Snapshot {
                 json: json.clone(),
             })
             .collect(),
+        imports: s.imports.iter().map(import_to_wire).collect(),
+        gateway: gateway.then(|| gateway_config(s)),
+        exported_names,
     }
+}
+
+fn import_to_wire(r: &meshfed_core::import::ImportedRoute) -> pb::ImportedService {
+    let (healthy, total) = r.health.unwrap_or((0, 0));
+    pb::ImportedService {
+        hostname: r.hostname.to_string(),
+        peer: r.peer.to_string(),
+        exported_name: r.exported_name.to_string(),
+        identities: r.identities.iter().map(ToString::to_string).collect(),
+        egress: r.egress.to_string(),
+        import_as_local: r.import_as_local,
+        http2: r.http2,
+        region: r
+            .locality
+            .as_ref()
+            .map(|l| l.region().to_owned())
+            .unwrap_or_default(),
+        zone: r
+            .locality
+            .as_ref()
+            .and_then(|l| l.zone().map(str::to_owned))
+            .unwrap_or_default(),
+        subzone: r
+            .locality
+            .as_ref()
+            .and_then(|l| l.subzone().map(str::to_owned))
+            .unwrap_or_default(),
+        healthy,
+        total,
+    }
+}
+
+/// What the mesh's gateways serve: per peer, its egress identity and the local endpoints of
+/// each name exported to it; per imported name, the peer ingress that carries it.
+fn gateway_config(s: &Snapshot) -> pb::GatewayConfig {
+    let ingress = s
+        .mesh
+        .peers
+        .values()
+        .map(|p| pb::GatewayIngressPeer {
+            peer: p.name.to_string(),
+            client_id: p.client_id.to_string(),
+            exports: s
+                .mesh
+                .ingress_exports(p)
+                .into_iter()
+                .map(|(name, eps)| pb::GatewayExport {
+                    exported_name: name.to_string(),
+                    endpoints: eps.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let mut egress: Vec<pb::GatewayEgressRoute> = Vec::new();
+    for r in s.imports.iter() {
+        let Some(p) = s.mesh.peers.get(&r.peer) else {
+            continue;
+        };
+        let Some(host) = p.addresses.first() else {
+            continue;
+        };
+        if egress
+            .iter()
+            .any(|e| e.exported_name == r.exported_name.as_str())
+        {
+            continue;
+        }
+        let ingress = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, p.service_port).to_string(),
+            Err(_) => format!("{host}:{}", p.service_port),
+        };
+        egress.push(pb::GatewayEgressRoute {
+            exported_name: r.exported_name.to_string(),
+            peer: p.name.to_string(),
+            ingress,
+            trust_domain: p.trust_domain.to_string(),
+        });
+    }
+    pb::GatewayConfig { ingress, egress }
 }
 
 /// The control plane's TLS: it presents `svid`; clients with a certificate must be workloads
@@ -340,12 +449,21 @@ pub enum TlsSetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// The SPIFFE ID of workload `namespace/name` in `mesh`.
+/// The SPIFFE ID of workload `namespace/name` in `mesh`: one of its `workloads`, or one of its
+/// federation `gateways` (in the control-plane namespace, as `<name>-service-account`).
 pub fn workload_identity(
     mesh: &MeshFederation,
     namespace: &str,
     name: &str,
 ) -> Result<SpiffeId, String> {
+    if mesh.namespace.as_str() == namespace && mesh.gateways.contains_key(name) {
+        return SpiffeId::for_service_account(
+            &mesh.trust_domain,
+            &mesh.namespace,
+            &format!("{name}-service-account"),
+        )
+        .map_err(|e| e.to_string());
+    }
     let w = mesh
         .catalog
         .workloads()

@@ -43,6 +43,7 @@ pub fn next_snapshot(
         mesh: Arc::new(loaded.mesh),
         mesh_json: loaded.mesh_json.into(),
         bundles,
+        imports: prev.map(|p| p.imports.clone()).unwrap_or_default(),
     };
     Ok(match prev {
         Some(p) if p.same_content(&next) => None,
@@ -80,7 +81,8 @@ pub fn read_text(path: &Path) -> Result<String, String> {
 }
 
 /// Re-reads `path` and the bundles every `every`; publishes each new valid configuration and
-/// records refusals in `status`. Runs until the receivers are gone.
+/// records refusals in `status` (the served version is [`crate::imports`]'s to record). Runs
+/// until the receivers are gone.
 pub async fn watch_file(
     path: PathBuf,
     trust_domain: TrustDomain,
@@ -117,8 +119,7 @@ pub async fn watch_file(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok(Some(snap)) => {
-                log(&format!("serving version {}", snap.version));
-                st.version = snap.version;
+                log(&format!("loaded the changed {}", path.display()));
                 st.config_error = None;
                 drop(st);
                 tx.send_replace(Arc::new(snap));

@@ -130,6 +130,41 @@ impl MeshFederation {
             .collect()
     }
 
+    /// What `peer` may reach through our ingress: each name exported to it, with the local
+    /// service's workload inbound addresses.
+    pub fn ingress_exports(&self, peer: &Peer) -> BTreeMap<Hostname, Vec<std::net::SocketAddr>> {
+        self.export_view(peer)
+            .services
+            .into_values()
+            .map(|s| {
+                let endpoints = self
+                    .catalog
+                    .endpoints_of(&s.local)
+                    .map(|w| w.inbound)
+                    .collect();
+                (s.exported_name, endpoints)
+            })
+            .collect()
+    }
+
+    /// The names peers reach `service` by: its exported names, across peers.
+    pub fn exported_names_of(&self, service: &crate::id::ServiceKey) -> Vec<Hostname> {
+        let mut names: Vec<Hostname> = self
+            .peers
+            .values()
+            .flat_map(|peer| {
+                self.export_view(peer)
+                    .services
+                    .into_values()
+                    .filter(|s| &s.local == service)
+                    .map(|s| s.exported_name)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Where our egress gateway towards `peer` listens, if the mesh declares it.
     pub fn egress_address(&self, peer: &Peer) -> Option<std::net::SocketAddr> {
         self.gateways.get(&peer.egress_gateway).map(|g| g.address)

@@ -285,6 +285,59 @@ pub fn combine(mappings: &[ImportMapping], catalog: &Catalog) -> ImportPlan {
     }
 }
 
+/// One imported service as a sidecar needs it, resolved from an import plan: which local
+/// hostname, which peer and exported name (the TLS server name at the egress), which identities
+/// may serve it, which egress gateway carries it, and what the peer says of its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedRoute {
+    pub hostname: Hostname,
+    pub peer: PeerName,
+    pub exported_name: Hostname,
+    /// The peer's advertised service accounts for it.
+    pub identities: Vec<SpiffeId>,
+    /// This mesh's egress gateway towards the peer.
+    pub egress: std::net::SocketAddr,
+    pub import_as_local: bool,
+    /// Calls use HTTP/2 (its HTTP ports are all HTTP2 or GRPC).
+    pub http2: bool,
+    pub locality: Option<Locality>,
+    /// The peer's report: healthy and total endpoints; `None` when it has not said.
+    pub health: Option<(u32, u32)>,
+}
+
+/// The routes of every planned import whose peer has an egress gateway (`egress`); `health`
+/// gives the peer's report for an exported name. Imports of a peer without an egress are
+/// returned apart, as (hostname, peer), so the caller can say why they are missing.
+pub fn routes_from_plan(
+    plan: &ImportPlan,
+    egress: impl Fn(&PeerName) -> Option<std::net::SocketAddr>,
+    health: impl Fn(&PeerName, &Hostname) -> Option<(u32, u32)>,
+) -> (Vec<ImportedRoute>, Vec<(Hostname, PeerName)>) {
+    let mut routes = Vec::new();
+    let mut missing = Vec::new();
+    for p in plan.services.values() {
+        for g in &p.groups {
+            let Some(addr) = egress(&g.peer) else {
+                missing.push((p.hostname.clone(), g.peer.clone()));
+                continue;
+            };
+            routes.push(ImportedRoute {
+                hostname: p.hostname.clone(),
+                peer: g.peer.clone(),
+                exported_name: g.exported_name.clone(),
+                identities: g.service_accounts.clone(),
+                egress: addr,
+                import_as_local: g.import_as_local,
+                http2: crate::catalog::ports_speak_http2(&g.ports),
+                locality: g.locality.clone(),
+                health: health(&g.peer, &g.exported_name),
+            });
+        }
+    }
+    (routes, missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,8 @@ use crate::sni::{self, ClientHello, MAX_PEEK, SniError};
 pub use crate::stats::GatewayStats;
 use crate::stats::{Counted, PeerCounters};
 use crate::tunnel::{
-    self, ALPN_PROBE, ALPN_TUNNEL, CODE_DRAINING, CODE_REFUSED, Dialer, Target, Transport,
-    TunnelError,
+    self, ALPN_PROBE, ALPN_TUNNEL, CODE_DRAINING, CODE_REFUSED, Dialer, PeerIdentity, Target,
+    Transport, TunnelError,
 };
 
 /// Longest wait for a ClientHello, a tunnel handshake, or an upstream connection.
@@ -60,8 +60,8 @@ pub struct EgressRoute {
     pub peer: String,
     /// The peer's ingress gateway (`spec.remote.addresses` : `servicePort`).
     pub ingress: SocketAddr,
-    /// The identity the peer's ingress must present.
-    pub ingress_id: SpiffeId,
+    /// Who the peer's ingress must be.
+    pub ingress_id: PeerIdentity,
 }
 
 /// How an ingress serves.

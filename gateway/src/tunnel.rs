@@ -145,11 +145,30 @@ pub enum TunnelError {
     Io(#[from] std::io::Error),
 }
 
+/// Who a peer's ingress must be.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerIdentity {
+    /// Exactly this SPIFFE ID (known when the peer's mesh file is at hand).
+    Id(SpiffeId),
+    /// Any SVID of the peer's trust domain, verified against that domain's bundle only (what
+    /// peering tells us; the peer does not advertise its ingress's identity).
+    Domain(meshfed_core::TrustDomain),
+}
+
+impl PeerIdentity {
+    fn expect(&self) -> Expect {
+        match self {
+            Self::Id(id) => Expect::id(id.clone()),
+            Self::Domain(td) => Expect::domain(td.clone()),
+        }
+    }
+}
+
 /// One peer ingress, as the egress dials it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Target {
     pub addr: SocketAddr,
-    pub id: SpiffeId,
+    pub id: PeerIdentity,
 }
 
 /// A cached QUIC connection to one ingress; the async lock makes concurrent first streams share
@@ -164,7 +183,7 @@ pub struct Dialer {
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
     /// TLS client configs per ingress identity (TCP and QUIC), made on first use.
-    tls: Mutex<BTreeMap<(SpiffeId, bool), Arc<rustls::ClientConfig>>>,
+    tls: Mutex<BTreeMap<(PeerIdentity, bool), Arc<rustls::ClientConfig>>>,
     quic: Mutex<BTreeMap<Target, Arc<QuicSlot>>>,
     endpoint: Option<quinn::Endpoint>,
 }
@@ -199,17 +218,14 @@ impl Dialer {
         self.transport
     }
 
-    fn tls(&self, id: &SpiffeId, quic: bool) -> Result<Arc<rustls::ClientConfig>, TunnelError> {
+    fn tls(&self, id: &PeerIdentity, quic: bool) -> Result<Arc<rustls::ClientConfig>, TunnelError> {
         let mut all = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = all.get(&(id.clone(), quic)) {
             return Ok(c.clone());
         }
         let provider = verify::provider();
-        let verifier = SpiffeServerVerifier::new(
-            self.bundles.clone(),
-            Expect::id(id.clone()),
-            provider.clone(),
-        );
+        let verifier =
+            SpiffeServerVerifier::new(self.bundles.clone(), id.expect(), provider.clone());
         let mut c = verify::client_config(self.svid.clone(), Arc::new(verifier), provider)?;
         c.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
         if quic {

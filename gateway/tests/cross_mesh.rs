@@ -17,7 +17,7 @@ use meshfed_core::{Hostname, SpiffeId};
 use meshfed_gateway::relay::{
     self, EgressOptions, EgressRoute, Gateway, IngressOptions, IngressPeer,
 };
-use meshfed_gateway::tunnel::Transport;
+use meshfed_gateway::tunnel::{PeerIdentity, Transport};
 use meshfed_proxy::sidecar::{
     self, Endpoint, HttpVersion, OutboundService, Running, SidecarConfig,
 };
@@ -263,7 +263,7 @@ async fn world_with(
                 EgressRoute {
                     peer: "beta".into(),
                     ingress: ingress.addr,
-                    ingress_id: BETA_INGRESS.parse().unwrap(),
+                    ingress_id: PeerIdentity::Id(BETA_INGRESS.parse().unwrap()),
                 },
             )
         })

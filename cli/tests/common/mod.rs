@@ -3,9 +3,11 @@
 //! the test ends, pass or fail.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses some
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshfed")
@@ -117,5 +119,62 @@ impl Drop for Procs {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// `GET path` with `Host: host` over a new connection; the raw response, if any.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Waits up to 30 s for `f` to hold, describing the last state on failure.
+pub fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `GET /status` from an admin endpoint, as JSON (`null` if it does not answer).
+pub fn status(admin: SocketAddr) -> serde_json::Value {
+    let raw = get(admin, "admin", "/status").unwrap_or_default();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Gives the CAs in `dir/a` and `dir/b` each other's bundles (a peering token does the same
+/// over the wire).
+pub fn exchange_bundles(dir: &Path, a: (&str, &str), b: (&str, &str)) {
+    for ((from, td), (to, _)) in [(a, b), (b, a)] {
+        let o = Command::new(bin())
+            .args(["trust", "bundle", "export", "--dir", from])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        std::fs::write(dir.join(format!("{from}.json")), o.stdout).unwrap();
+        run(
+            dir,
+            &[
+                "trust",
+                "bundle",
+                "import",
+                "--dir",
+                to,
+                "--trust-domain",
+                td,
+                &format!("{from}.json"),
+            ],
+        );
     }
 }
