@@ -502,6 +502,9 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
         bail!("pass --ingress [ADDR] or --egress [ADDR]");
     };
     let bundles = client.bundles();
+    // The egress's probe results go to the control plane on the config stream.
+    let (reports_tx, reports_rx) = watch::channel(Vec::new());
+    let client = client.with_reports(reports_rx);
     let (updates, mut rx) = mpsc::channel::<Update>(1);
     let (state, _) = watch::channel(ClientState::default());
     let subscription = tokio::spawn({
@@ -574,6 +577,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
                 )
                 .await?;
                 note(&format!("egress to {peer} on {} ({} tunnel)", g.addr, args.tunnel));
+                tokio::spawn(report_reachability(g.stats.clone(), reports_tx.clone()));
                 running.push(g);
                 roles.push("egress");
             }
@@ -645,4 +649,49 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
     follow.abort();
     subscription.abort();
     code
+}
+
+/// Publishes the egress's probe results whenever a peer's reachability changes (and the RTT
+/// with them, refreshed at least every 30 s), for the control plane.
+async fn report_reachability(
+    stats: Arc<relay::GatewayStats>,
+    tx: watch::Sender<Vec<meshfed_api::config::PeerReachability>>,
+) {
+    let mut last_sent = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now: Vec<meshfed_api::config::PeerReachability> = stats
+            .peer_names()
+            .into_iter()
+            .filter_map(|name| {
+                let p = stats.peer(&name).probe()?;
+                Some(meshfed_api::config::PeerReachability {
+                    peer: name,
+                    reachable: p.error.is_none(),
+                    rtt_us: p
+                        .rtt
+                        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                    error: p.error.unwrap_or_default(),
+                })
+            })
+            .collect();
+        let stale = last_sent.elapsed() > std::time::Duration::from_secs(30);
+        let changed = tx.send_if_modified(|cur| {
+            let same = cur.len() == now.len()
+                && cur.iter().zip(&now).all(|(a, b)| {
+                    a.peer == b.peer && a.reachable == b.reachable && a.error == b.error
+                });
+            if same && !stale {
+                return false;
+            }
+            cur.clone_from(&now);
+            true
+        });
+        if changed {
+            last_sent = std::time::Instant::now();
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! the discovery port, configured from the stream), `meshfed proxy --bootstrap` sidecars and
 //! echo workloads. Beta exports echo to alpha; alpha imports it. Peering runs through the
 //! gateways' discovery port, the request through both gateways, and the echo sees the alpha
-//! workload's SPIFFE ID. Unexporting echo in beta's file takes it away from alpha again.
+//! workload's SPIFFE ID. Alpha's egress reports beta's ingress reachable to alpha's control
+//! plane. Unexporting echo in beta's file takes it away from alpha again.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -256,6 +257,13 @@ spec:
     eventually("alpha's egress finds beta's ingress reachable", || {
         let st = status(a.gw_admin);
         (st["egress"]["peers"]["beta"]["reachable"] == true)
+            .then_some(())
+            .ok_or(st.to_string())
+    });
+    // ... and reports it to alpha's control plane on the config stream.
+    eventually("alpha's control plane knows beta is reachable", || {
+        let st = status(a.admin);
+        (st["proxies"]["alpha-system/ingress-beta"]["reachability"]["beta"]["reachable"] == true)
             .then_some(())
             .ok_or(st.to_string())
     });

@@ -209,6 +209,9 @@ pub struct ClientState {
     pub last_error: Option<String>,
 }
 
+/// What a gateway reports of its peers (see `config.proto`'s `Report`).
+pub type Reports = watch::Receiver<Vec<pb::PeerReachability>>;
+
 /// A proxy's connection to its control plane.
 #[derive(Clone)]
 pub struct Client {
@@ -217,6 +220,7 @@ pub struct Client {
     workload: String,
     bundles: SharedBundles,
     log: Log,
+    reports: Option<Reports>,
 }
 
 impl std::fmt::Debug for Client {
@@ -249,7 +253,16 @@ impl Client {
             workload: workload.to_owned(),
             bundles: verify::shared(set),
             log,
+            reports: None,
         })
+    }
+
+    /// Sends each new value of `reports` on the config stream (a gateway's peer
+    /// reachability), and the current one whenever the stream (re)opens.
+    #[must_use]
+    pub fn with_reports(mut self, reports: Reports) -> Self {
+        self.reports = Some(reports);
+        self
     }
 
     /// The trust bundles the proxy verifies with; each applied snapshot replaces them.
@@ -464,6 +477,19 @@ impl Client {
                 running_version: running.as_ref().map_or(0, |r| r.0),
             })))
             .await;
+        // Reports go out beside the ACKs for as long as this stream lives.
+        let _reporter = self.reports.clone().map(|mut rx| {
+            let out = out.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    let peers = rx.borrow_and_update().clone();
+                    let msg = send(In::Report(pb::Report { peers }));
+                    if out.send(msg).await.is_err() || rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }))
+        });
         let mut inbound =
             tokio::time::timeout(CALL_TIMEOUT, client.stream(ReceiverStream::new(out_rx)))
                 .await
@@ -602,5 +628,14 @@ impl Client {
             gateway,
             exported_names,
         })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

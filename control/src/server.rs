@@ -71,7 +71,24 @@ pub struct ProxyStatus {
     pub acked: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nacked: Option<Nacked>,
+    /// A gateway's report: per peer, whether its ingress answered the last probe.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reachability: BTreeMap<String, Reachability>,
 }
+
+/// One peer as a gateway last reported it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reachability {
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Most peers one report may name.
+const MAX_REPORTED_PEERS: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Nacked {
@@ -240,6 +257,25 @@ impl ControlPlane {
                         self.with_proxy(&key, |p| {
                             p.nacked = Some(Nacked { version: n.version, reason });
                         });
+                    }
+                    Ok(Some(ProxyMessage { msg: Some(In::Report(r)) })) => {
+                        if r.peers.len() > MAX_REPORTED_PEERS {
+                            return close(tx, "ProtocolError", format!("a report names {} peers; the limit is {MAX_REPORTED_PEERS}", r.peers.len())).await;
+                        }
+                        let reach: BTreeMap<String, Reachability> = r
+                            .peers
+                            .into_iter()
+                            .map(|p| {
+                                let name: String = p.peer.chars().take(253).collect();
+                                (name, Reachability {
+                                    reachable: p.reachable,
+                                    rtt_us: (p.rtt_us > 0).then_some(p.rtt_us),
+                                    error: (!p.error.is_empty())
+                                        .then(|| p.error.chars().take(MAX_REASON).collect()),
+                                })
+                            })
+                            .collect();
+                        self.with_proxy(&key, |p| p.reachability = reach);
                     }
                     Ok(Some(_)) => {
                         return close(tx, "ProtocolError", "Subscribe may be sent only once").await;

@@ -112,6 +112,16 @@ impl GatewayStats {
             .clone()
     }
 
+    /// The peers with counters.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn peer_list(&self) -> Vec<(String, Arc<PeerCounters>)> {
         self.peers
             .lock()

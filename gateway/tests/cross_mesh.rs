@@ -3,8 +3,8 @@
 //! over each tunnel transport (TCP + rustls, QUIC). The echo in beta sees the alpha workload's
 //! SPIFFE ID; what crosses the gateways stays TLS end to end; the ingress refuses — before
 //! opening any upstream connection — names not exported to that peer, names exported to another
-//! peer, a missing or malformed ClientHello, and tunnels from the wrong identity or an unknown
-//! CA; either gateway can be restarted under load; probes report reachability and RTT.
+//! peer, a missing, malformed or oversized ClientHello, and tunnels from the wrong identity or
+//! an unknown CA; either gateway can be restarted under load; probes report reachability and RTT.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
@@ -481,6 +481,16 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
     // Right identity, but no ClientHello inside: plain HTTP, then a truncated-and-closed hello.
     tunnel(egress_id(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
     tunnel(egress_id(), vec![22, 3, 1, 0, 200, 1, 0]).await;
+    // A ClientHello that claims more than 16 KiB of handshake.
+    let mut huge = vec![22, 3, 1, 0x40, 0x00, 1, 0x00, 0x80, 0x00];
+    huge.resize(17 * 1024, 0);
+    tunnel(egress_id(), huge.clone()).await;
+    // The same at alpha's egress, from a local client.
+    let mut plain = tokio::net::TcpStream::connect(w.egress.addr).await.unwrap();
+    let _ = plain.write_all(&huge).await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
+    assert_eq!(w.egress.stats.denied("ClientHelloTooLarge"), 1);
     // Wrong identity from the right CA (a workload, not alpha's egress gateway).
     tunnel(svid(&w.alpha, UI), vec![]).await;
     // An unknown CA claiming alpha's egress identity.
@@ -492,6 +502,7 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
     while s.denied("TunnelHandshakeFailed") < 2
         || s.denied("NotTls") < 1
         || s.denied("ClientClosed") < 1
+        || s.denied("ClientHelloTooLarge") < 1
     {
         assert!(
             tokio::time::Instant::now() < deadline,
