@@ -11,7 +11,8 @@
 //! ingress reads the client sidecar's ClientHello and accepts it only if the name is exported to
 //! *that* peer. Anything else — another peer's export, an unknown name, no or a malformed
 //! ClientHello, one larger than 16 KiB — is refused before any upstream connection is opened,
-//! counted by reason. An accepted stream is spliced to a local endpoint (round robin), so the
+//! counted by reason. An accepted stream is spliced to a local endpoint (round robin, skipping
+//! endpoints that refuse the connection), so the
 //! client and server sidecars complete mTLS end to end: the gateways never see plaintext and
 //! hold no workload keys. The ingress serves both tunnel transports on one port (TCP and UDP).
 //!
@@ -43,6 +44,8 @@ use crate::tunnel::{
 
 /// Longest wait for a ClientHello, a tunnel handshake, or an upstream connection.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Local endpoints an ingress tries for one stream before refusing it.
+const MAX_ENDPOINT_TRIES: usize = 3;
 
 /// One peer, as the ingress sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,11 +327,23 @@ impl IngressCtx {
             .get(&hello.server_name)
             .filter(|e| !e.is_empty())
             .ok_or("NotExportedToPeer")?;
-        let ep = endpoints[self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-        let up = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(ep))
+        // Round robin; an endpoint that refuses is skipped for the next (at most three tries,
+        // within one step timeout), so one dead endpoint costs the caller nothing.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let tries = endpoints.len().min(MAX_ENDPOINT_TRIES);
+        let connect = async {
+            for k in 0..tries {
+                let ep = endpoints[(start + k) % endpoints.len()];
+                if let Ok(up) = TcpStream::connect(ep).await {
+                    return Some(up);
+                }
+            }
+            None
+        };
+        let up = tokio::time::timeout(STEP_TIMEOUT, connect)
             .await
             .ok()
-            .and_then(Result::ok)
+            .flatten()
             .ok_or("EndpointUnreachable")?;
         let _ = up.set_nodelay(true);
         self.stats

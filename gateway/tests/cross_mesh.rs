@@ -803,3 +803,27 @@ async fn the_discovery_port_forwards_tls_to_the_peering_service_and_nothing_else
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_skips_an_endpoint_that_refuses() {
+    let w = world(Transport::Tcp, BTreeMap::new(), None).await;
+    // A dead endpoint first in the exported service's list.
+    let dead = {
+        let l = std::net::TcpListener::bind(any()).unwrap();
+        l.local_addr().unwrap()
+    };
+    {
+        let mut peers = w.ingress_peers.write().unwrap();
+        let mut list = (**peers).clone();
+        let eps = list[0].exports.get_mut(&EXPORTED.parse().unwrap()).unwrap();
+        eps.insert(0, dead);
+        *peers = Arc::new(list);
+    }
+    let out = w.client.outbound.unwrap();
+    let calls: Vec<_> = (0..4).map(|_| tokio::spawn(get(out, LOCAL_NAME))).collect();
+    for c in calls {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(w.ingress.stats.denied("EndpointUnreachable"), 0);
+}
