@@ -205,9 +205,15 @@ fn configure(
     let identity = |ns: &meshfed_core::Namespace, sa: &str| {
         SpiffeId::for_service_account(&mesh.trust_domain, ns, sa)
     };
+    // Locality priorities are the calling workload's.
+    let here = w.locality.as_ref();
+    let local_priority = |at: Option<&meshfed_core::locality::Locality>| match (at, here) {
+        (Some(at), Some(here)) => at.priority_from(here),
+        _ => 0,
+    };
     let mut services = Vec::new();
     for svc in mesh.catalog.iter() {
-        let endpoints = mesh
+        let mut endpoints = mesh
             .catalog
             .endpoints_of(&svc.key)
             .map(|e| {
@@ -216,17 +222,27 @@ fn configure(
                     identity: identity(&e.namespace, &e.service_account)?,
                     labels: e.labels.clone(),
                     sni: None,
+                    priority: local_priority(e.locality.as_ref()),
+                    healthy: true,
                 })
             })
             .collect::<Result<Vec<_>, meshfed_core::id::SpiffeIdError>>()?;
+        let host = mesh.catalog.hostname_of(&svc.key)?;
+        // `importAsLocal`: the peers' endpoints join the local ones, as failover groups.
+        endpoints.extend(
+            fed.imports
+                .iter()
+                .filter(|r| r.import_as_local && r.hostname == host)
+                .flat_map(|r| remote_endpoints(r, here)),
+        );
         services.push(OutboundService {
-            host: mesh.catalog.hostname_of(&svc.key)?,
+            host,
             endpoints,
             traffic: mesh.traffic_for(&svc.key),
             protocol: http_version(svc),
         });
     }
-    services.extend(imported_services(mesh, &fed.imports));
+    services.extend(imported_services(mesh, &fed.imports, here));
     let tcp = args
         .tcp
         .iter()
@@ -294,11 +310,43 @@ fn file_imports(mesh: &MeshFederation, args: &ProxyArgs) -> Result<Vec<ImportedR
     Ok(routes)
 }
 
-/// Outbound services for `imports`: each imported hostname with one endpoint per peer and
-/// advertised identity, at that peer's egress gateway, with the peer's exported name as the
-/// server name. `importAsLocal` merges into an existing local service are left out until
-/// locality-aware balancing keeps local endpoints first.
-fn imported_services(mesh: &MeshFederation, imports: &[ImportedRoute]) -> Vec<OutboundService> {
+/// Priority of a peer's endpoints for a caller at `here`: by the import's locality, and after
+/// every local priority when it has none.
+const REMOTE_WITHOUT_LOCALITY: u8 = 4;
+
+/// The endpoints of one imported route: one per advertised identity, at this mesh's egress
+/// gateway for the peer, with the peer's exported name as the server name; unhealthy when the
+/// peer reports no healthy endpoints behind it.
+fn remote_endpoints(
+    r: &ImportedRoute,
+    here: Option<&meshfed_core::locality::Locality>,
+) -> Vec<Endpoint> {
+    let priority = match (&r.locality, here) {
+        (Some(at), Some(here)) => at.priority_from(here),
+        (Some(_), None) => 0,
+        (None, _) => REMOTE_WITHOUT_LOCALITY,
+    };
+    let healthy = r.health.is_none_or(|(up, _)| up > 0);
+    r.identities
+        .iter()
+        .map(|id| Endpoint {
+            addr: r.egress,
+            identity: id.clone(),
+            labels: std::collections::BTreeMap::new(),
+            sni: Some(r.exported_name.clone()),
+            priority,
+            healthy,
+        })
+        .collect()
+}
+
+/// Outbound services for imports under names of their own (not merged into a local service):
+/// each imported hostname with its peers' endpoints.
+fn imported_services(
+    mesh: &MeshFederation,
+    imports: &[ImportedRoute],
+    here: Option<&meshfed_core::locality::Locality>,
+) -> Vec<OutboundService> {
     let mut by_host: std::collections::BTreeMap<&meshfed_core::Hostname, Vec<&ImportedRoute>> =
         std::collections::BTreeMap::new();
     for r in imports {
@@ -311,14 +359,7 @@ fn imported_services(mesh: &MeshFederation, imports: &[ImportedRoute]) -> Vec<Ou
             host: host.clone(),
             endpoints: routes
                 .iter()
-                .flat_map(|r| {
-                    r.identities.iter().map(move |id| Endpoint {
-                        addr: r.egress,
-                        identity: id.clone(),
-                        labels: std::collections::BTreeMap::new(),
-                        sni: Some(r.exported_name.clone()),
-                    })
-                })
+                .flat_map(|r| remote_endpoints(r, here))
                 .collect(),
             traffic: TrafficPolicy::default(),
             protocol: if routes.iter().all(|r| r.http2) {

@@ -59,6 +59,21 @@ fn part(what: &'static str, v: Option<&str>) -> Result<Option<String>, LocalityE
 }
 
 impl Locality {
+    /// Priority of an endpoint at `self` for a caller at `from`, 0 first: same subzone, same
+    /// zone, same region, anywhere else (Istio's locality failover order).
+    pub fn priority_from(&self, from: &Locality) -> u8 {
+        match (
+            self.region == from.region,
+            self.zone == from.zone,
+            self.subzone == from.subzone,
+        ) {
+            (true, true, true) => 0,
+            (true, true, false) => 1,
+            (true, false, _) => 2,
+            (false, _, _) => 3,
+        }
+    }
+
     /// Builds a locality from optional parts; all empty gives `Ok(None)`.
     pub fn new(
         region: Option<&str>,

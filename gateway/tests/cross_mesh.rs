@@ -285,6 +285,8 @@ async fn world_with(
             identity: ECHO.parse().unwrap(),
             labels: BTreeMap::new(),
             sni: Some(sni.parse().unwrap()),
+            priority: 0,
+            healthy: true,
         }],
         traffic: TrafficPolicy::default(),
         protocol: HttpVersion::Http1,

@@ -25,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshfed_core::authz::{self, Decision, Policy};
 use meshfed_core::routing::Target;
-use meshfed_core::traffic::{self, RetryOn, Share, TrafficPolicy};
+use meshfed_core::traffic::{self, OutlierDetection, RetryOn, Share, TrafficPolicy};
 use meshfed_core::{Hostname, SpiffeId};
 use meshfed_trust::verify::{
     self, Expect, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
@@ -60,6 +60,12 @@ pub struct Endpoint {
     /// The server name to send: a peer's exported name when `addr` is an egress gateway
     /// that routes by it; `None` for a local endpoint.
     pub sni: Option<Hostname>,
+    /// Locality priority, 0 first: traffic goes to the best priority while enough of it is
+    /// healthy, and spills to the next as it degrades (Envoy's overprovisioning factor 1.4).
+    pub priority: u8,
+    /// False when the configuration says it serves nothing now (a peer that reports no
+    /// healthy endpoints behind it): chosen only when nothing else is left.
+    pub healthy: bool,
 }
 
 /// A service the local app may call.
@@ -126,6 +132,8 @@ struct Route {
     /// Idle connections per endpoint.
     pools: Vec<Arc<Pool>>,
     outliers: Option<Outliers>,
+    /// Endpoints in more than one priority (locality failover) or marked unhealthy.
+    prioritized: bool,
     /// Every endpoint's index, and the indices of each subset's endpoints.
     all: Vec<usize>,
     subsets: BTreeMap<String, Vec<usize>>,
@@ -355,11 +363,8 @@ fn build_routes(
             pending: AtomicUsize::new(0),
             load: s.endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
             pools: s.endpoints.iter().map(|_| Arc::default()).collect(),
-            outliers: s
-                .traffic
-                .outlier_detection
-                .clone()
-                .map(|o| Outliers::new(o, s.endpoints.len())),
+            outliers: outlier_detection(s).map(|o| Outliers::new(o, s.endpoints.len())),
+            prioritized: prioritized(&s.endpoints),
             all: (0..s.endpoints.len()).collect(),
             subsets: s
                 .traffic
@@ -376,6 +381,27 @@ fn build_routes(
         }));
     }
     Ok(routes)
+}
+
+fn prioritized(endpoints: &[Endpoint]) -> bool {
+    endpoints
+        .iter()
+        .any(|e| e.priority != endpoints[0].priority || !e.healthy)
+}
+
+/// The service's outlier detection: its own, or — when it has failover priorities and none is
+/// configured — one that lets failover work without tuning (Istio needs it set by hand):
+/// three consecutive gateway errors (refused, not delivered, 502–504, timeouts) or five 5xx
+/// eject for 5 s (growing with each ejection), and every endpoint but the last may go.
+fn outlier_detection(s: &OutboundService) -> Option<OutlierDetection> {
+    s.traffic.outlier_detection.clone().or_else(|| {
+        prioritized(&s.endpoints).then(|| OutlierDetection {
+            consecutive_5xx_errors: 5,
+            consecutive_gateway_errors: 3,
+            base_ejection_time: Duration::from_secs(5),
+            max_ejection_percent: 100,
+        })
+    })
 }
 
 /// Starts the configured listeners.
@@ -676,7 +702,29 @@ fn set_target(req: &mut Request<Body>, version: HttpVersion, authority: &str, ur
 fn response(resp: Response<Incoming>) -> Response<Body> {
     let mut resp = resp.map(boxed);
     strip_hop_by_hop(resp.headers_mut());
+    // Only a sidecar may say a request was not delivered; an app's copy is dropped.
+    resp.headers_mut().remove(NOT_DELIVERED);
     resp
+}
+
+/// Set by a receiving sidecar on an answer to a request it never handed to its app (the app
+/// refused the connection): the calling sidecar may send it elsewhere like a connection
+/// failure, and removes the header.
+const NOT_DELIVERED: &str = "x-meshfed-not-delivered";
+
+/// Envoy's overprovisioning factor: a priority keeps all its traffic while at least 1/1.4 of
+/// its endpoints are healthy, and hands the rest to the next priority as it degrades.
+const OVERPROVISIONING: f64 = 1.4;
+
+/// An upstream answer: [`Outcome::NotDelivered`] when the receiving sidecar says so.
+fn answered(resp: Response<Incoming>) -> Outcome {
+    let not_delivered = resp.headers().contains_key(NOT_DELIVERED);
+    let resp = response(resp);
+    if not_delivered {
+        Outcome::NotDelivered(resp)
+    } else {
+        Outcome::Answer(resp)
+    }
 }
 
 /// Request bodies up to this size are kept so the request can be retried; larger ones stream
@@ -717,6 +765,9 @@ enum Outcome {
     Answer(Response<Body>),
     /// Connecting or the TLS handshake failed: nothing was sent.
     ConnectFailed(String),
+    /// The receiving sidecar could not hand the request to its app (its answer, without the
+    /// marker): retried like a connection failure.
+    NotDelivered(Response<Body>),
     /// The upstream broke the exchange after the request was (partly) sent.
     Reset(String),
     /// The per-try timeout passed.
@@ -741,6 +792,7 @@ impl Outcome {
     fn retryable(&self, on: &RetryOn, payload: &Payload) -> bool {
         match self {
             Self::ConnectFailed(_) => on.connect_failure,
+            Self::NotDelivered(_) => on.connect_failure && payload.replayable(),
             Self::Reset(_) => on.reset && payload.replayable(),
             Self::TimedOut => on.timeout() && payload.replayable(),
             Self::Answer(r) => on.status(r.status().as_u16()) && payload.replayable(),
@@ -756,14 +808,16 @@ impl Outcome {
                 500..=599 => Verdict::ServerError,
                 _ => Verdict::Success,
             },
-            Self::ConnectFailed(_) | Self::Reset(_) | Self::TimedOut => Verdict::GatewayError,
+            Self::ConnectFailed(_) | Self::NotDelivered(_) | Self::Reset(_) | Self::TimedOut => {
+                Verdict::GatewayError
+            }
             Self::Overflow | Self::BadRequestBody(_) => return None,
         })
     }
 
     fn into_response(self) -> Response<Body> {
         match self {
-            Self::Answer(r) => r,
+            Self::Answer(r) | Self::NotDelivered(r) => r,
             Self::ConnectFailed(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
             Self::Reset(e) => text(StatusCode::BAD_GATEWAY, format!("UpstreamError: {e}\n")),
             Self::TimedOut => text(
@@ -874,7 +928,7 @@ async fn attempt(
             match pool::send(&mut s, req).await {
                 Ok(resp) => {
                     pool.put_when_ready(s);
-                    return Outcome::Answer(response(resp));
+                    return answered(resp);
                 }
                 Err(SendError::NotSent(back, _)) => req = *back,
                 Err(SendError::Broken(e)) => return Outcome::broken(&e),
@@ -905,7 +959,7 @@ async fn attempt(
         match pool::send(&mut s, req).await {
             Ok(resp) => {
                 pool.put_when_ready(s);
-                Outcome::Answer(response(resp))
+                answered(resp)
             }
             Err(SendError::NotSent(back, e)) => {
                 payload.restore(back.into_body());
@@ -922,6 +976,63 @@ async fn attempt(
     }
 }
 
+/// The endpoint for the next attempt among `candidates`: a priority by Envoy's priority load
+/// (each takes `min(1, 1.4 × healthy share)` of what the better ones left), then the load
+/// balancer within it. Healthy means configured healthy, not ejected, and — on a retry — not
+/// tried already; when nothing is, the best priority's endpoints are used as they are.
+fn choose(route: &Route, candidates: &[usize], tried: &[usize], now: Instant) -> usize {
+    let ep = &route.endpoints;
+    let not_ejected = |i: usize| route.outliers.as_ref().is_none_or(|o| o.available(i, now));
+    let usable = |i: usize| ep[i].healthy && not_ejected(i) && !tried.contains(&i);
+    let pick = |members: &[usize], ok: &dyn Fn(usize) -> bool| {
+        members[route.traffic.load_balancer.pick(
+            members.len(),
+            route.next.fetch_add(1, Ordering::Relaxed),
+            fastrand::usize(..),
+            |k| ok(members[k]),
+            |k| route.load[members[k]].load(Ordering::Relaxed),
+        )]
+    };
+    if !route.prioritized {
+        return pick(candidates, &usable);
+    }
+    let mut levels: Vec<u8> = candidates.iter().map(|&i| ep[i].priority).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let members = |p: u8| -> Vec<usize> {
+        candidates
+            .iter()
+            .copied()
+            .filter(|&i| ep[i].priority == p)
+            .collect()
+    };
+    let mut left = 1.0_f64;
+    let mut loads = Vec::with_capacity(levels.len());
+    for &p in &levels {
+        let m = members(p);
+        let up = m.iter().filter(|&&i| usable(i)).count();
+        let health = (OVERPROVISIONING * up as f64 / m.len().max(1) as f64).min(1.0);
+        let load = health.min(left);
+        left -= load;
+        loads.push(load);
+    }
+    let total: f64 = loads.iter().sum();
+    if total <= 0.0 {
+        // Nothing usable anywhere: the best priority as it is.
+        return pick(&members(levels[0]), &not_ejected);
+    }
+    let mut roll = fastrand::f64() * total;
+    let mut level = levels[levels.len() - 1];
+    for (p, load) in levels.iter().zip(&loads) {
+        if roll < *load {
+            level = *p;
+            break;
+        }
+        roll -= load;
+    }
+    pick(&members(level), &usable)
+}
+
 /// Attempts until an answer that is not retried, the attempts are spent, or the budget is.
 async fn attempts(
     route: &Route,
@@ -933,20 +1044,10 @@ async fn attempts(
     let retries = &route.traffic.retries;
     let mut retry_guard = None;
     let mut n = 0;
+    let mut tried: Vec<usize> = Vec::new();
     loop {
-        let now = Instant::now();
-        let i = candidates[route.traffic.load_balancer.pick(
-            candidates.len(),
-            route.next.fetch_add(1, Ordering::Relaxed),
-            fastrand::usize(..),
-            |k| {
-                route
-                    .outliers
-                    .as_ref()
-                    .is_none_or(|o| o.available(candidates[k], now))
-            },
-            |k| route.load[candidates[k]].load(Ordering::Relaxed),
-        )];
+        let i = choose(route, candidates, &tried, Instant::now());
+        tried.push(i);
         let outcome = attempt(route, stats, i, &head, &mut payload).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
@@ -1217,10 +1318,13 @@ async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Respo
             s
         }
         Err(e) => {
-            return text(
+            let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("AppUnavailable: {e}\n"),
             );
+            r.headers_mut()
+                .insert(NOT_DELIVERED, HeaderValue::from_static("app-unavailable"));
+            return r;
         }
     };
     match pool::send(&mut s, req).await {

@@ -67,6 +67,8 @@ async fn wrong_identities_are_refused_on_either_side() {
             identity: "spiffe://alpha.local/ns/shop/sa/other".parse().unwrap(),
             labels: Default::default(),
             sni: None,
+            priority: 0,
+            healthy: true,
         }],
     )
     .await;
@@ -103,12 +105,16 @@ async fn requests_spread_round_robin() {
             identity: ECHO.parse().unwrap(),
             labels: Default::default(),
             sni: None,
+            priority: 0,
+            healthy: true,
         },
         Endpoint {
             addr: s2.inbound.unwrap(),
             identity: ECHO.parse().unwrap(),
             labels: Default::default(),
             sni: None,
+            priority: 0,
+            healthy: true,
         },
     ];
     let cli = client(&ca, UI, eps).await;

@@ -114,6 +114,8 @@ async fn connection_failures_are_retried_by_default() {
         identity: ECHO.parse().unwrap(),
         labels: Default::default(),
         sni: None,
+        priority: 0,
+        healthy: true,
     };
     let c = client(&ca, UI, vec![dead.clone(), good]).await;
     let seen = statuses(&c, 6).await;

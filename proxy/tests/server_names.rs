@@ -42,6 +42,8 @@ async fn a_client_hello_for_another_service_is_refused() {
         .unwrap();
     let with_sni = |sni: Option<&str>| Endpoint {
         sni: sni.map(|s| s.parse::<Hostname>().unwrap()),
+        priority: 0,
+        healthy: true,
         ..endpoint_of(&srv)
     };
     // The service's own name (sent by default) and its exported name are served.

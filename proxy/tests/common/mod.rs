@@ -123,6 +123,8 @@ pub fn endpoint_of(srv: &Running) -> Endpoint {
         identity: ECHO.parse().unwrap(),
         labels: Default::default(),
         sni: None,
+        priority: 0,
+        healthy: true,
     }
 }
 
