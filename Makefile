@@ -24,30 +24,36 @@ bench-peers:
 bench-crossmesh:
 	$(CARGO) bench --locked -p meshfed-cli --bench crossmesh
 
+## Failover figures: the failover scenario, repeated (BENCH_REPS, default 3), medians recorded.
+bench-failover:
+	$(CARGO) bench --locked -p meshfed-cli --bench failover
+
 ## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
 bench-tools:
 	command -v haproxy >/dev/null && command -v nginx >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk; }
 	command -v oha >/dev/null || $(CARGO) install oha --locked
 
-.PHONY: bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-tools demo ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 
-## Main job: validate the example meshes, explain both sides of their federation, then give
-## each mesh its own CA and exchange trust with a peering token (no root copied by hand).
+## Main job: the two-mesh failover scenario in the embedded lab (scenarios/failover.yaml):
+## alpha's orders fail, its clients' calls move to beta through the gateways and come back.
+## Prints progress; writes target/lab/failover.json and target/lab/failover.html.
 demo:
-	$(MESHFED) validate $(EXAMPLES)
+	$(MESHFED) validate scenarios/failover.yaml $(EXAMPLES)
+	$(MESHFED) scenario run scenarios/failover.yaml --out target/lab
+
+## The peering-token exchange between the example meshes, over the wire (not part of ci).
+demo-peering:
 	$(MESHFED) explain --all $(addprefix --mesh ,$(EXAMPLES))
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(MESHFED) trust init --dir $(DEMO)/alpha --trust-domain alpha-mesh.local
 	$(MESHFED) trust init --dir $(DEMO)/beta --trust-domain beta-mesh.local
-	$(MESHFED) trust issue --dir $(DEMO)/alpha --id spiffe://alpha-mesh.local/ns/shop-prod/sa/orders --out $(DEMO)/orders
-	$(MESHFED) trust show $(DEMO)/orders.pem
 	$(MESHFED) peering token create --dir $(DEMO)/alpha --peer-name alpha-mesh --address 127.0.1.1 \
 	  --server-id spiffe://alpha-mesh.local/ns/alpha-system/sa/meshfed-peering \
 	  --client-id alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account > $(DEMO)/token
-	@# alpha's peering service redeems the token: beta gets alpha's bundle and alpha gets beta's.
 	$(CARGO) build --quiet --locked -p meshfed-cli
 	@target/debug/meshfed peering run --mesh scenarios/examples/alpha.yaml --dir $(DEMO)/alpha \
 	  --listen 127.0.1.1:8188 --admin 127.0.1.1:15020 --store $(DEMO)/alpha-store \

@@ -6,6 +6,7 @@ mod explain;
 mod gateway;
 mod node;
 mod proxy;
+mod scenario;
 mod table;
 mod trust;
 
@@ -92,6 +93,16 @@ enum Command {
     /// Run the echo test workload: answers every request with JSON naming its mesh, service,
     /// instance and the caller's verified identity (as its sidecar passes it on).
     Echo(EchoArgs),
+    /// Run a lab scenario: meshes on loopback, load, faults, assertions and reports.
+    Scenario {
+        #[command(subcommand)]
+        command: scenario::ScenarioCommand,
+    },
+    /// Keep a scenario's meshes running on loopback for manual poking.
+    Lab {
+        #[command(subcommand)]
+        command: scenario::LabCommand,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -192,6 +203,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Control(args) => control::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Scenario { command } => scenario::run(command),
+        Command::Lab { command } => scenario::lab(command),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod mesh;
 pub mod model;
 pub mod peer;
+pub mod scenario;
 pub mod schema;
 pub mod validate;
 pub mod yaml;

@@ -19,6 +19,7 @@ pub fn federation_crds() -> Vec<CustomResourceDefinition> {
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     let mut v = federation_crds();
     v.push(Mesh::crd());
+    v.push(crate::scenario::Scenario::crd());
     v
 }
 

@@ -38,7 +38,7 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// Findings collected while converting one object.
 pub type Findings = Vec<Finding>;
 
-fn name_finding(path: FieldPath, e: &NameError) -> Finding {
+pub(crate) fn name_finding(path: FieldPath, e: &NameError) -> Finding {
     Finding::error("InvalidName", path, e.to_string())
 }
 
@@ -635,7 +635,7 @@ fn domain_suffix(
     Some(parsed)
 }
 
-fn locality(
+pub(crate) fn locality(
     l: Option<&crate::common::Locality>,
     path: &FieldPath,
     out: &mut Findings,

@@ -29,6 +29,7 @@ pub enum Kind {
     ExportedServiceSet,
     ImportedServiceSet,
     Mesh,
+    Scenario,
 }
 
 impl Kind {
@@ -38,6 +39,7 @@ impl Kind {
             Self::ExportedServiceSet => "ExportedServiceSet",
             Self::ImportedServiceSet => "ImportedServiceSet",
             Self::Mesh => "Mesh",
+            Self::Scenario => "Scenario",
         }
     }
 
@@ -47,6 +49,7 @@ impl Kind {
             Self::ExportedServiceSet,
             Self::ImportedServiceSet,
             Self::Mesh,
+            Self::Scenario,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)
@@ -54,7 +57,7 @@ impl Kind {
 
     fn api_version(self) -> &'static str {
         match self {
-            Self::Mesh => MESHFED_API_VERSION,
+            Self::Mesh | Self::Scenario => MESHFED_API_VERSION,
             _ => FEDERATION_API_VERSION,
         }
     }
@@ -68,12 +71,13 @@ pub struct Input<'a> {
 }
 
 /// What one document converted to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Converted {
     Peer(Peer),
     Exports(Vec<ExportRule>),
     Imports(ImportSet),
     Mesh(MeshInfo),
+    Scenario(Box<crate::scenario::ScenarioPlan>),
 }
 
 /// One recognized object.
@@ -468,7 +472,20 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
             Kind::Mesh => decode::<MeshSpec>(&object.raw, out)
                 .and_then(|s| model::convert_mesh(&name, object.namespace.as_deref(), &s, out))
                 .map(Converted::Mesh),
+            Kind::Scenario => decode::<crate::scenario::ScenarioSpec>(&object.raw, out)
+                .and_then(|s| crate::scenario::convert_scenario(&name, &s, out))
+                .map(|p| Converted::Scenario(Box::new(p))),
         };
+    }
+    // A scenario's federation resources are checked like the same objects in a mesh file,
+    // each with its own label, at its own place in the file.
+    if kind == Kind::Scenario {
+        let meshes = root.get("spec").and_then(|s| s.get("meshes"));
+        for m in meshes.map(Node::items).unwrap_or_default() {
+            for r in m.get("resources").map(Node::items).unwrap_or_default() {
+                check_document(file, index, r, report);
+            }
+        }
     }
     let label = object.label();
     for f in findings {

@@ -90,6 +90,14 @@ impl Node {
         }
     }
 
+    /// The items of a list (none for anything else).
+    pub fn items(&self) -> &[Node] {
+        match &self.value {
+            Value::Seq(items) => items,
+            _ => &[],
+        }
+    }
+
     /// The string at `key`, if present and a string.
     pub fn str_at(&self, key: &str) -> Option<&str> {
         match &self.get(key)?.value {

@@ -71,6 +71,7 @@ fn examples_round_trip_without_losing_fields() {
                 Kind::ExportedServiceSet => round_trip::<ExportedServiceSet>(&o.raw),
                 Kind::ImportedServiceSet => round_trip::<ImportedServiceSet>(&o.raw),
                 Kind::Mesh => round_trip::<Mesh>(&o.raw),
+                Kind::Scenario => round_trip::<meshfed_crds::scenario::Scenario>(&o.raw),
             };
             assert_eq!(
                 again,

@@ -118,6 +118,17 @@ impl Outliers {
         true
     }
 
+    /// Ends endpoint `i`'s ejection now (an active check found it healthy); its ejection
+    /// count stays, so a flapping endpoint still earns longer ejections.
+    pub fn readmit(&self, i: usize, now: Instant) {
+        if let Some(h) = self.hosts().get_mut(i) {
+            h.ejected_until = None;
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            h.since = Some(now);
+        }
+    }
+
     /// Endpoints ejected at `now`.
     pub fn ejected(&self, now: Instant) -> usize {
         self.hosts().iter().filter(|h| h.ejected_at(now)).count()

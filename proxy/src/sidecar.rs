@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -379,6 +379,12 @@ fn build_routes(
                 })
                 .collect(),
         }));
+    }
+    for r in &routes {
+        // A new route with failover groups gets its prober (a kept route keeps its own).
+        if r.prioritized && r.outliers.is_some() && !old.iter().any(|o| Arc::ptr_eq(o, r)) {
+            tokio::spawn(probe_ejected(Arc::downgrade(r)));
+        }
     }
     Ok(routes)
 }
@@ -1033,6 +1039,50 @@ fn choose(route: &Route, candidates: &[usize], tried: &[usize], now: Instant) ->
     pick(&members(level), &usable)
 }
 
+/// How often a calling sidecar probes its ejected failover endpoints.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Probes the ejected endpoints of a service with failover groups every second and readmits
+/// those whose sidecar says their app is ready again, so traffic fails back as soon as the
+/// local endpoints recover rather than when a (growing) ejection ends. Ends with the route.
+async fn probe_ejected(route: std::sync::Weak<Route>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(r) = route.upgrade() else { return };
+        let Some(outliers) = &r.outliers else { return };
+        let now = Instant::now();
+        let ejected: Vec<usize> = (0..r.endpoints.len())
+            .filter(|&i| !outliers.available(i, now))
+            .collect();
+        for i in ejected {
+            if probe(&r, i).await {
+                outliers.readmit(i, Instant::now());
+                tracing::info!(service = %r.host, endpoint = %r.endpoints[i].addr, "readmitted: ready again");
+            }
+        }
+    }
+}
+
+/// True when endpoint `i`'s sidecar answers [`READY_PATH`] with 200.
+async fn probe(route: &Route, i: usize) -> bool {
+    let run = async {
+        let tls = connect(route.tls.clone(), &route.endpoints[i], &route.host)
+            .await
+            .ok()?;
+        let mut conn = pool::handshake(tls, route.protocol).await.ok()?;
+        let mut req = Request::new(Empty::new().map_err(|n| match n {}).boxed());
+        let uri: hyper::Uri = READY_PATH.parse().ok()?;
+        set_target(&mut req, route.protocol, route.host.as_str(), &uri);
+        let resp = pool::send(&mut conn, req).await.ok()?;
+        Some(resp.status() == StatusCode::OK)
+    };
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Attempts until an answer that is not retried, the attempts are spent, or the budget is.
 async fn attempts(
     route: &Route,
@@ -1229,8 +1279,22 @@ async fn inbound(
     Ok(resp)
 }
 
+/// The path a calling sidecar probes an ejected endpoint on: answered by the receiving
+/// sidecar itself (200 when its app accepts connections, 503 otherwise), never by the app.
+pub const READY_PATH: &str = "/.well-known/meshfed/ready";
+
 /// An inbound request from a verified caller: path check, authorization, then the app.
 async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == READY_PATH && req.method() == hyper::Method::GET {
+        let ready = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(inb.app))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        return if ready {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "AppUnavailable\n")
+        };
+    }
     // The path is normalized once; the same string is checked and forwarded.
     let path = match authz::normalize_path(req.uri().path()) {
         Ok(p) => p,

@@ -1,0 +1,169 @@
+//! `meshfed scenario run FILE` and `meshfed lab up FILE`: the embedded lab (`lab/`) from the
+//! command line. A scenario file is validated like any other (line and field for every
+//! problem) before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use meshfed_crds::scenario::ScenarioPlan;
+use meshfed_crds::validate::{self, Converted, Input};
+
+use crate::note;
+
+#[derive(Subcommand, Debug)]
+pub enum ScenarioCommand {
+    /// Build the scenario's meshes on loopback, send the load, play the timeline, print
+    /// progress, and write a JSON and an HTML report. Exit code 0 when every expectation
+    /// holds, 1 when one does not, 2 when the run could not happen.
+    Run(RunArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build the scenario's meshes on loopback and keep them running (no load, no timeline)
+    /// until Ctrl-C; prints every address.
+    Up(UpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The scenario file.
+    file: PathBuf,
+    /// Where the reports go.
+    #[arg(long, default_value = "target/lab")]
+    out: PathBuf,
+    /// Working folder for mesh files, CAs and component logs (default: OUT/NAME-work).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The scenario file (its load, steps and expectations are not used).
+    file: PathBuf,
+    #[arg(long, default_value = "target/lab")]
+    out: PathBuf,
+}
+
+/// Reads and validates a scenario file; every problem is printed, none is skipped.
+fn load(file: &Path) -> Result<ScenarioPlan> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.display().to_string();
+    let report = validate::validate(&[Input {
+        file: &name,
+        text: &text,
+    }]);
+    if report.has_errors() {
+        for d in &report.diagnostics {
+            note(&d.to_string());
+        }
+        bail!("{name}: {} error(s); nothing was started", report.errors());
+    }
+    let plans: Vec<&ScenarioPlan> = report
+        .objects
+        .iter()
+        .filter_map(|o| match &o.converted {
+            Some(Converted::Scenario(p)) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect();
+    match plans.as_slice() {
+        [p] => Ok((*p).clone()),
+        [] => bail!("{name}: no Scenario document"),
+        _ => bail!("{name}: {} Scenario documents; one per file", plans.len()),
+    }
+}
+
+fn options(out: &Path, work: PathBuf) -> Result<meshfed_lab::Options> {
+    Ok(meshfed_lab::Options {
+        exe: std::env::current_exe().context("finding the meshfed binary")?,
+        work,
+        out: out.to_owned(),
+        say: Arc::new(|line: &str| println!("{line}")),
+    })
+}
+
+pub fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
+    let ScenarioCommand::Run(args) = cmd;
+    let plan = load(&args.file)?;
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| args.out.join(format!("{}-work", plan.name)));
+    let opts = options(&args.out, work)?;
+    println!(
+        "scenario {}: {}",
+        plan.name,
+        if plan.description.is_empty() {
+            "-"
+        } else {
+            &plan.description
+        }
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(meshfed_lab::run(&plan, &opts))?;
+    let f = &outcome.report.figures;
+    println!(
+        "{} requests, {} succeeded ({:.4}); failover {}; fail-back {}",
+        f.requests,
+        f.ok,
+        f.success_ratio,
+        f.failover_ms.map_or("-".into(), |x| format!(
+            "{x:.0} ms ({} failed)",
+            f.failed_during_failover.unwrap_or(0)
+        )),
+        f.failback_ms.map_or("-".into(), |x| format!(
+            "{x:.0} ms ({} failed)",
+            f.failed_during_failback.unwrap_or(0)
+        )),
+    );
+    for c in &outcome.report.checks {
+        println!(
+            "  {} {}: {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.expectation,
+            c.detail
+        );
+    }
+    println!(
+        "{}; reports: {} and {}",
+        if outcome.report.passed {
+            "PASSED"
+        } else {
+            "FAILED"
+        },
+        outcome.json.display(),
+        outcome.html.display()
+    );
+    Ok(if outcome.report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
+    let LabCommand::Up(args) = cmd;
+    let plan = load(&args.file)?;
+    let opts = options(&args.out, args.out.join(format!("{}-lab", plan.name)))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let lab = meshfed_lab::Lab::up(&plan, &opts).await?;
+        print!("{}", lab.describe());
+        println!("running; Ctrl-C stops everything");
+        tokio::signal::ctrl_c().await?;
+        drop(lab);
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,99 @@
+//! Every shipped scenario (`scenarios/*.yaml` of kind Scenario) runs in the embedded lab and
+//! passes its own expectations; its JSON and HTML reports are written and show the run. A
+//! broken scenario file is refused before anything starts, with line and field.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{bin, tempdir};
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains("kind: Scenario")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_shipped_scenario_passes_and_writes_its_reports() {
+    let all = scenarios();
+    assert!(!all.is_empty(), "no scenarios found");
+    for file in all {
+        let out = tempdir(&format!(
+            "scenario-{}",
+            file.file_stem().unwrap().to_string_lossy()
+        ));
+        let o = Command::new(bin())
+            .args(["scenario", "run"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{}: {}\n{stdout}\n{}",
+            file.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // Progress was printed while it ran.
+        assert!(stdout.contains("req/s"), "{stdout}");
+        let name = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .expect("a JSON report");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&name).unwrap()).unwrap();
+        assert_eq!(report["passed"], true, "{}", report["checks"]);
+        assert!(report["samples"].as_array().is_some_and(|s| !s.is_empty()));
+        let html = std::fs::read_to_string(name.with_extension("html")).unwrap();
+        assert!(html.contains("<svg") && html.contains("PASSED"), "{html}");
+        assert!(html.contains("Requests per second by serving mesh"));
+    }
+}
+
+#[test]
+fn a_broken_scenario_is_refused_with_line_and_field_before_anything_starts() {
+    let dir = tempdir("scenario-broken");
+    let good = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/failover.yaml"),
+    )
+    .unwrap();
+    let bad = good
+        .replace("rps: 100", "rps: 0")
+        .replace("action: kill", "action: explode");
+    std::fs::write(dir.join("bad.yaml"), bad).unwrap();
+    let o = Command::new(bin())
+        .args(["scenario", "run", "bad.yaml", "--out", "out"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:")
+            && err.contains("error[InvalidRate]")
+            && err.contains("spec.load.rps"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error[UnknownAction]") && err.contains("spec.steps[0].action"),
+        "{err}"
+    );
+    assert!(!dir.join("out").exists(), "something was started");
+}

@@ -1,0 +1,591 @@
+//! `Scenario` (`meshfed.io/v1alpha1`): a run of the embedded lab — the meshes to build (their
+//! services and federation resources), the load, the timeline of faults, and what must hold.
+//! `meshfed validate` checks it like any other kind; `meshfed scenario run` runs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::CustomResource;
+use meshfed_core::locality::Locality;
+use meshfed_core::name;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{FieldPath, Finding};
+use crate::model::{Findings, locality, name_finding};
+
+/// A lab scenario.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "meshfed.io",
+    version = "v1alpha1",
+    kind = "Scenario",
+    plural = "scenarios",
+    doc = "Scenario describes a run of the meshfed embedded lab."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioSpec {
+    /// What the scenario shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The meshes, each on its own loopback range with its own CA and trust domain
+    /// `<name>.local` and control-plane namespace `<name>-system`.
+    pub meshes: Vec<ScenarioMesh>,
+    /// The load, sent through a client workload's sidecar for the whole run.
+    pub load: ScenarioLoad,
+    /// How long the load runs, e.g. `20s` (at most 5 minutes).
+    pub duration: String,
+    /// Faults and repairs, in time order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<ScenarioStep>>,
+    /// What must hold at the end; the run fails otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<ScenarioExpectation>>,
+}
+
+/// One mesh of the lab.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioMesh {
+    /// The mesh's name (DNS-1123 label).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::common::Locality>,
+    /// Its services, each with `replicas` echo workloads behind sidecars.
+    pub services: Vec<ScenarioService>,
+    /// Its federation resources (`ServiceMeshPeer`, `ExportedServiceSet`,
+    /// `ImportedServiceSet`), as in a mesh file. A `ServiceMeshPeer`'s `spec.remote.addresses`
+    /// names the peer mesh (`[beta]`); the lab puts the fault-injectable link to that mesh's
+    /// ingress gateway there. Their namespace is the mesh's control-plane namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "objects")]
+    pub resources: Option<Vec<serde_json::Value>>,
+}
+
+fn objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// A service of a lab mesh.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioService {
+    pub name: String,
+    pub namespace: String,
+    /// Workloads (echo apps behind sidecars), 1 by default, at most 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// The load.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioLoad {
+    /// The calling workload's service, `mesh/namespace/name`; its first workload's sidecar
+    /// carries the load.
+    pub from: String,
+    /// The hostname called, e.g. `orders.shop.svc.cluster.local`.
+    pub host: String,
+    /// Requests per second (1–2,000).
+    pub rps: u32,
+    /// The request path (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One timeline step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioStep {
+    /// When, from the start of the load, e.g. `4s`.
+    pub at: String,
+    /// `kill` a service's apps (`mesh/namespace/name`), `start` them again, `cut` the link
+    /// from one mesh to another (`alpha->beta`: refused), `blackhole` it (accepted, never
+    /// answered), or `heal` it.
+    pub action: String,
+    pub target: String,
+}
+
+/// One expectation; exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioExpectation {
+    /// Share of requests that must succeed over the whole run, e.g. `0.999`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_ratio: Option<f64>,
+    /// After the first `kill`, ≥ 99 % of requests are served by another mesh within this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_within: Option<String>,
+    /// After the first `start`, ≥ 99 % of requests are served by the caller's mesh again
+    /// within this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_within: Option<String>,
+    /// A share of the requests in a window is served by a mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<ServedBy>,
+}
+
+/// `servedBy`: in `[from, to)`, at least `atLeast` of the successful requests came from `mesh`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedBy {
+    pub mesh: String,
+    pub from: String,
+    pub to: String,
+    pub at_least: f64,
+}
+
+/// Limits of a scenario.
+pub const MAX_MESHES: usize = 8;
+pub const MAX_REPLICAS: u32 = 10;
+pub const MAX_WORKLOADS_PER_MESH: usize = 40;
+pub const MAX_DURATION: Duration = Duration::from_secs(300);
+pub const MAX_RPS: u32 = 2_000;
+
+/// A checked scenario, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioPlan {
+    pub name: String,
+    pub description: String,
+    pub meshes: Vec<PlanMesh>,
+    pub load: PlanLoad,
+    pub duration: Duration,
+    pub steps: Vec<PlanStep>,
+    pub expect: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanMesh {
+    pub name: String,
+    pub locality: Option<Locality>,
+    /// (namespace, name, replicas).
+    pub services: Vec<(String, String, u32)>,
+    /// The federation resources, as given.
+    pub resources: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanLoad {
+    pub mesh: String,
+    pub namespace: String,
+    pub service: String,
+    pub host: String,
+    pub rps: u32,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Kill {
+        mesh: String,
+        namespace: String,
+        service: String,
+    },
+    Start {
+        mesh: String,
+        namespace: String,
+        service: String,
+    },
+    Cut {
+        from: String,
+        to: String,
+    },
+    Blackhole {
+        from: String,
+        to: String,
+    },
+    Heal {
+        from: String,
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanStep {
+    pub at: Duration,
+    pub action: Action,
+    /// As written, for the report.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    SuccessRatio(f64),
+    FailoverWithin(Duration),
+    FailbackWithin(Duration),
+    ServedBy {
+        mesh: String,
+        from: Duration,
+        to: Duration,
+        at_least: f64,
+    },
+}
+
+/// A time in the run (`0s` allowed) or a length.
+fn duration(v: &str, path: FieldPath, out: &mut Findings) -> Option<Duration> {
+    if matches!(v.trim(), "0" | "0s" | "0ms") {
+        return Some(Duration::ZERO);
+    }
+    meshfed_core::traffic::parse_duration(v)
+        .map_err(|e| {
+            out.push(
+                Finding::error("InvalidDuration", path, e.to_string()).hint("e.g. 4s or 1500ms"),
+            );
+        })
+        .ok()
+}
+
+fn share(v: f64, path: FieldPath, out: &mut Findings) -> Option<f64> {
+    if v > 0.0 && v <= 1.0 {
+        Some(v)
+    } else {
+        out.push(Finding::error(
+            "InvalidShare",
+            path,
+            format!("{v} is not a share in (0, 1]"),
+        ));
+        None
+    }
+}
+
+/// Checks a scenario's spec; every problem is reported with its field path.
+pub fn convert_scenario(
+    name: &str,
+    spec: &ScenarioSpec,
+    out: &mut Findings,
+) -> Option<ScenarioPlan> {
+    let base = FieldPath::parse("spec");
+    let errors_before = out.len();
+    if spec.meshes.is_empty() || spec.meshes.len() > MAX_MESHES {
+        out.push(Finding::error(
+            "MeshCount",
+            base.key("meshes"),
+            format!(
+                "{} meshes; a scenario has 1 to {MAX_MESHES}",
+                spec.meshes.len()
+            ),
+        ));
+    }
+    let mut meshes = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut services_of: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (i, m) in spec.meshes.iter().enumerate() {
+        let p = base.key("meshes").index(i);
+        if let Err(e) = name::dns1123_label("mesh name", &m.name) {
+            out.push(name_finding(p.key("name"), &e));
+        } else if !names.insert(m.name.clone()) {
+            out.push(Finding::error(
+                "DuplicateMesh",
+                p.key("name"),
+                format!("mesh {:?} is defined twice", m.name),
+            ));
+        }
+        let loc = locality(m.locality.as_ref(), &p.key("locality"), out);
+        let mut services = Vec::new();
+        let total: u32 = m.services.iter().map(|s| s.replicas.unwrap_or(1)).sum();
+        if usize::try_from(total).unwrap_or(usize::MAX) > MAX_WORKLOADS_PER_MESH {
+            out.push(Finding::error(
+                "TooManyWorkloads",
+                p.key("services"),
+                format!("{total} workloads; a lab mesh has at most {MAX_WORKLOADS_PER_MESH}"),
+            ));
+        }
+        for (j, s) in m.services.iter().enumerate() {
+            let sp = p.key("services").index(j);
+            if let Err(e) = name::dns1035_label("service name", &s.name) {
+                out.push(name_finding(sp.key("name"), &e));
+            }
+            if let Err(e) = name::dns1123_label("namespace", &s.namespace) {
+                out.push(name_finding(sp.key("namespace"), &e));
+            }
+            let replicas = s.replicas.unwrap_or(1);
+            if replicas == 0 || replicas > MAX_REPLICAS {
+                out.push(Finding::error(
+                    "InvalidReplicas",
+                    sp.key("replicas"),
+                    format!("{replicas} replicas; 1 to {MAX_REPLICAS}"),
+                ));
+            }
+            if !services_of
+                .entry(m.name.clone())
+                .or_default()
+                .insert((s.namespace.clone(), s.name.clone()))
+            {
+                out.push(Finding::error(
+                    "DuplicateService",
+                    sp.key("name"),
+                    format!("{}/{} is listed twice", s.namespace, s.name),
+                ));
+            }
+            services.push((s.namespace.clone(), s.name.clone(), replicas));
+        }
+        let resources = m.resources.clone().unwrap_or_default();
+        for (j, r) in resources.iter().enumerate() {
+            let rp = p.key("resources").index(j);
+            let kind = r.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            if !matches!(
+                kind,
+                "ServiceMeshPeer" | "ExportedServiceSet" | "ImportedServiceSet"
+            ) {
+                out.push(
+                    Finding::error(
+                        "UnsupportedResource",
+                        rp.key("kind"),
+                        format!("{kind:?} is not a federation resource"),
+                    )
+                    .hint("ServiceMeshPeer, ExportedServiceSet or ImportedServiceSet"),
+                );
+            }
+            let want = format!("{}-system", m.name);
+            if let Some(ns) = r.pointer("/metadata/namespace").and_then(|n| n.as_str())
+                && ns != want
+            {
+                out.push(
+                    Finding::error(
+                        "WrongNamespace",
+                        rp.key("metadata").key("namespace"),
+                        format!("{ns:?}: mesh {}'s resources live in {want:?}", m.name),
+                    )
+                    .hint("leave it out; the lab puts them in the control-plane namespace"),
+                );
+            }
+        }
+        meshes.push(PlanMesh {
+            name: m.name.clone(),
+            locality: loc,
+            services,
+            resources,
+        });
+    }
+    let run = duration(&spec.duration, base.key("duration"), out);
+    if let Some(d) = run
+        && (d.is_zero() || d > MAX_DURATION)
+    {
+        out.push(Finding::error(
+            "InvalidDuration",
+            base.key("duration"),
+            format!("{d:?}; a run lasts up to {MAX_DURATION:?}"),
+        ));
+    }
+    let service_at = |target: &str, path: FieldPath, out: &mut Findings| {
+        let parts: Vec<&str> = target.split('/').collect();
+        match parts.as_slice() {
+            [m, ns, s]
+                if services_of
+                    .get(*m)
+                    .is_some_and(|set| set.contains(&((*ns).to_owned(), (*s).to_owned()))) =>
+            {
+                Some(((*m).to_owned(), (*ns).to_owned(), (*s).to_owned()))
+            }
+            _ => {
+                out.push(
+                    Finding::error(
+                        "UnknownService",
+                        path,
+                        format!("{target:?} names no service of the scenario's meshes"),
+                    )
+                    .hint("mesh/namespace/name, e.g. alpha/shop/orders"),
+                );
+                None
+            }
+        }
+    };
+    let lp = base.key("load");
+    let from = service_at(&spec.load.from, lp.key("from"), out);
+    if spec.load.host.parse::<meshfed_core::Hostname>().is_err() {
+        out.push(Finding::error(
+            "InvalidHost",
+            lp.key("host"),
+            format!("{:?} is not a hostname", spec.load.host),
+        ));
+    }
+    if spec.load.rps == 0 || spec.load.rps > MAX_RPS {
+        out.push(Finding::error(
+            "InvalidRate",
+            lp.key("rps"),
+            format!("{} requests per second; 1 to {MAX_RPS}", spec.load.rps),
+        ));
+    }
+    let path = spec.load.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.len() > 1024 || path.chars().any(char::is_whitespace) {
+        out.push(Finding::error(
+            "InvalidPath",
+            lp.key("path"),
+            format!("{path:?} is not an absolute request path"),
+        ));
+    }
+    let link = |target: &str, path: FieldPath, out: &mut Findings| match target.split_once("->") {
+        Some((a, b))
+            if names.contains(a.trim()) && names.contains(b.trim()) && a.trim() != b.trim() =>
+        {
+            Some((a.trim().to_owned(), b.trim().to_owned()))
+        }
+        _ => {
+            out.push(
+                Finding::error(
+                    "UnknownLink",
+                    path,
+                    format!("{target:?} names no link between two of the scenario's meshes"),
+                )
+                .hint("from->to, e.g. alpha->beta"),
+            );
+            None
+        }
+    };
+    let mut steps = Vec::new();
+    let mut last = Duration::ZERO;
+    for (i, s) in spec.steps.iter().flatten().enumerate() {
+        let sp = base.key("steps").index(i);
+        let at = duration(&s.at, sp.key("at"), out);
+        if let (Some(at), Some(run)) = (at, run) {
+            if at >= run {
+                out.push(Finding::error(
+                    "StepAfterEnd",
+                    sp.key("at"),
+                    format!("{at:?} is not before the end of the run ({run:?})"),
+                ));
+            }
+            if at < last {
+                out.push(Finding::error(
+                    "StepsOutOfOrder",
+                    sp.key("at"),
+                    format!("{at:?} comes before the previous step's {last:?}"),
+                ));
+            }
+            last = at;
+        }
+        let tp = sp.key("target");
+        let action = match s.action.as_str() {
+            "kill" => {
+                service_at(&s.target, tp, out).map(|(mesh, namespace, service)| Action::Kill {
+                    mesh,
+                    namespace,
+                    service,
+                })
+            }
+            "start" => {
+                service_at(&s.target, tp, out).map(|(mesh, namespace, service)| Action::Start {
+                    mesh,
+                    namespace,
+                    service,
+                })
+            }
+            "cut" => link(&s.target, tp, out).map(|(from, to)| Action::Cut { from, to }),
+            "blackhole" => {
+                link(&s.target, tp, out).map(|(from, to)| Action::Blackhole { from, to })
+            }
+            "heal" => link(&s.target, tp, out).map(|(from, to)| Action::Heal { from, to }),
+            other => {
+                out.push(
+                    Finding::error(
+                        "UnknownAction",
+                        sp.key("action"),
+                        format!("{other:?} is not a step action"),
+                    )
+                    .hint("kill, start, cut, blackhole or heal"),
+                );
+                None
+            }
+        };
+        if let (Some(at), Some(action)) = (at, action) {
+            steps.push(PlanStep {
+                at,
+                action,
+                label: format!("{} {}", s.action, s.target),
+            });
+        }
+    }
+    let mut expect = Vec::new();
+    for (i, e) in spec.expect.iter().flatten().enumerate() {
+        let ep = base.key("expect").index(i);
+        let set = [
+            e.success_ratio.is_some(),
+            e.failover_within.is_some(),
+            e.failback_within.is_some(),
+            e.served_by.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if set != 1 {
+            out.push(
+                Finding::error(
+                    "OneExpectationEach",
+                    ep.clone(),
+                    format!("{set} expectations in one entry; give exactly one"),
+                )
+                .hint("successRatio, failoverWithin, failbackWithin or servedBy"),
+            );
+            continue;
+        }
+        if let Some(r) = e.success_ratio {
+            expect.extend(share(r, ep.key("successRatio"), out).map(Expectation::SuccessRatio));
+        }
+        if let Some(d) = &e.failover_within {
+            expect.extend(
+                duration(d, ep.key("failoverWithin"), out).map(Expectation::FailoverWithin),
+            );
+        }
+        if let Some(d) = &e.failback_within {
+            expect.extend(
+                duration(d, ep.key("failbackWithin"), out).map(Expectation::FailbackWithin),
+            );
+        }
+        if let Some(s) = &e.served_by {
+            let sp = ep.key("servedBy");
+            if !names.contains(&s.mesh) {
+                out.push(Finding::error(
+                    "UnknownMesh",
+                    sp.key("mesh"),
+                    format!("no mesh {:?} in the scenario", s.mesh),
+                ));
+            }
+            let from = duration(&s.from, sp.key("from"), out);
+            let to = duration(&s.to, sp.key("to"), out);
+            let at_least = share(s.at_least, sp.key("atLeast"), out);
+            if let (Some(from), Some(to)) = (from, to)
+                && from >= to
+            {
+                out.push(Finding::error(
+                    "EmptyWindow",
+                    sp.key("to"),
+                    format!("{to:?} is not after {from:?}"),
+                ));
+            }
+            if let (Some(from), Some(to), Some(at_least)) = (from, to, at_least) {
+                expect.push(Expectation::ServedBy {
+                    mesh: s.mesh.clone(),
+                    from,
+                    to,
+                    at_least,
+                });
+            }
+        }
+    }
+    if out[errors_before..]
+        .iter()
+        .any(|f| f.severity == crate::diag::Severity::Error)
+    {
+        return None;
+    }
+    let (mesh, namespace, service) = from?;
+    Some(ScenarioPlan {
+        name: name.to_owned(),
+        description: spec.description.clone().unwrap_or_default(),
+        meshes,
+        load: PlanLoad {
+            mesh,
+            namespace,
+            service,
+            host: spec.load.host.clone(),
+            rps: spec.load.rps,
+            path,
+        },
+        duration: run?,
+        steps,
+        expect,
+    })
+}

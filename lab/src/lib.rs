@@ -1,0 +1,662 @@
+//! meshfed's embedded lab: a scenario's meshes on loopback as real `meshfed` processes — per
+//! mesh a control plane with peering, federation gateways per peer, and echo workloads behind
+//! sidecars, all joined to their control plane — wired by the scenario's federation resources,
+//! with a fault-injectable link between each egress and its peer's ingress. The runner waits
+//! until every proxy runs the served configuration and every peering is active, sends the
+//! load through the calling workload's sidecar, plays the timeline, prints progress, and
+//! writes a JSON and an HTML report; the scenario's expectations decide the outcome.
+//!
+//! - [`topology`]: addresses, mesh files, who peers with whom.
+//! - [`link`]: the fault-injectable relays.
+//! - [`load`]: the fixed-rate load generator.
+//! - [`report`]: figures, expectations, JSON and HTML.
+
+pub mod link;
+pub mod load;
+pub mod report;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meshfed_crds::scenario::{Action, ScenarioPlan};
+
+use crate::link::{Link, Mode};
+use crate::load::Samples;
+use crate::topology::Layout;
+
+/// How long the lab waits for its meshes to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the lab runs and what it says.
+pub struct Options {
+    /// The `meshfed` binary to start the components with.
+    pub exe: PathBuf,
+    /// Working folder: mesh files, CAs, logs.
+    pub work: PathBuf,
+    /// Where the reports go.
+    pub out: PathBuf,
+    /// Progress lines.
+    pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("exe", &self.exe)
+            .field("work", &self.work)
+            .field("out", &self.out)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: report::Report,
+    pub json: PathBuf,
+    pub html: PathBuf,
+}
+
+/// The processes of a lab, killed when dropped.
+#[derive(Default)]
+struct Procs {
+    running: BTreeMap<String, tokio::process::Child>,
+    args: BTreeMap<String, Vec<String>>,
+}
+
+impl Procs {
+    fn spawn(&mut self, exe: &Path, work: &Path, name: &str, args: Vec<String>) -> Result<()> {
+        let log = std::fs::File::create(work.join("logs").join(format!("{name}.log")))
+            .with_context(|| format!("log of {name}"))?;
+        let child = tokio::process::Command::new(exe)
+            .args(&args)
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.running.insert(name.to_owned(), child);
+        self.args.insert(name.to_owned(), args);
+        Ok(())
+    }
+
+    async fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.running.remove(name) {
+            let _ = c.kill().await;
+        }
+    }
+
+    fn restart(&mut self, exe: &Path, work: &Path, name: &str) -> Result<()> {
+        let args = self.args.get(name).cloned().context("unknown process")?;
+        self.spawn(exe, work, name, args)
+    }
+}
+
+/// A running lab.
+pub struct Lab {
+    pub layout: Layout,
+    procs: Procs,
+    links: Vec<Link>,
+    exe: PathBuf,
+    work: PathBuf,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("base", &self.layout.base)
+            .field("processes", &self.procs.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn s(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+/// Runs `meshfed args` in `work` to completion; it must succeed.
+async fn meshfed(exe: &Path, work: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = tokio::process::Command::new(exe)
+        .args(args)
+        .current_dir(work)
+        .output()
+        .await
+        .with_context(|| format!("running meshfed {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "meshfed {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// A second octet whose ranges are free (parallel runs pick different ones).
+fn pick_base(meshes: usize) -> Result<u8> {
+    for _ in 0..50 {
+        let base = fastrand::u8(100..=250);
+        let free = (1..=meshes).all(|m| {
+            let m = u8::try_from(m).unwrap_or(1);
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, base, m, 50), 15012)).is_ok()
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("no free loopback range for the lab")
+}
+
+impl Lab {
+    /// Builds and starts every mesh of `plan`, and waits until all are ready.
+    pub async fn up(plan: &ScenarioPlan, opts: &Options) -> Result<Self> {
+        let work = opts.work.clone();
+        std::fs::create_dir_all(work.join("logs"))
+            .with_context(|| format!("creating {}", work.display()))?;
+        let layout = topology::layout(plan, pick_base(plan.meshes.len())?)?;
+        let exe = opts.exe.clone();
+        (opts.say)(&format!(
+            "lab on 127.{}.0.0/16: {} mesh(es), {} link(s)",
+            layout.base,
+            layout.meshes.len(),
+            layout.links.len()
+        ));
+        // Trust: a CA per mesh; peers hold each other's bundles.
+        for m in &layout.meshes {
+            std::fs::write(work.join(format!("{}.yaml", m.name)), &m.file)?;
+            // Nothing of an earlier run may be picked up: its CA, its bootstrap file.
+            let _ = std::fs::remove_dir_all(work.join(format!("{}-ca", m.name)));
+            let _ = std::fs::remove_file(work.join(format!("{}-bootstrap.json", m.name)));
+            meshfed(
+                &exe,
+                &work,
+                &[
+                    "trust",
+                    "init",
+                    "--dir",
+                    &format!("{}-ca", m.name),
+                    "--trust-domain",
+                    &format!("{}.local", m.name),
+                ],
+            )
+            .await?;
+        }
+        for l in &layout.links {
+            let bundle = meshfed(
+                &exe,
+                &work,
+                &[
+                    "trust",
+                    "bundle",
+                    "export",
+                    "--dir",
+                    &format!("{}-ca", l.to),
+                ],
+            )
+            .await?;
+            let file = format!("{}-bundle.json", l.to);
+            std::fs::write(work.join(&file), bundle)?;
+            meshfed(
+                &exe,
+                &work,
+                &[
+                    "trust",
+                    "bundle",
+                    "import",
+                    "--dir",
+                    &format!("{}-ca", l.from),
+                    "--trust-domain",
+                    &format!("{}.local", l.to),
+                    &file,
+                ],
+            )
+            .await?;
+        }
+        let mut links = Vec::new();
+        for l in &layout.links {
+            let pairs = [
+                (
+                    SocketAddr::new(l.listen, topology::INGRESS_PORT),
+                    l.target.map(|t| t.0),
+                ),
+                (
+                    SocketAddr::new(l.listen, topology::DISCOVERY_PORT),
+                    l.target.map(|t| t.1),
+                ),
+            ];
+            links.push(Link::start(&l.from, &l.to, &pairs).await?);
+        }
+        let mut procs = Procs::default();
+        for m in &layout.meshes {
+            let n = &m.name;
+            procs.spawn(
+                &exe,
+                &work,
+                &format!("{n}-control"),
+                [
+                    "control",
+                    "--mesh",
+                    &format!("{n}.yaml"),
+                    "--dir",
+                    &format!("{n}-ca"),
+                    "--listen",
+                    &s(m.control),
+                    "--admin",
+                    &s(m.admin),
+                    "--peering",
+                    &s(m.peering),
+                    "--heartbeat",
+                    "1s",
+                    "--liveness",
+                    "3s",
+                    "--bootstrap-out",
+                    &format!("{n}-bootstrap.json"),
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            )?;
+        }
+        for m in &layout.meshes {
+            let boot = work.join(format!("{}-bootstrap.json", m.name));
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !boot.exists() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the control plane of {} did not start; see {}",
+                        m.name,
+                        work.join("logs").display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for m in &layout.meshes {
+            let n = &m.name;
+            let boot = format!("{n}-bootstrap.json");
+            for p in &m.peers {
+                procs.spawn(
+                    &exe,
+                    &work,
+                    &format!("{n}-gateway-{}", p.name),
+                    [
+                        "gateway",
+                        "--bootstrap",
+                        &boot,
+                        "--peer",
+                        &p.name,
+                        "--dir",
+                        &format!("{n}-ca"),
+                        "--ingress",
+                        "--egress",
+                        "--discovery",
+                        "--discovery-upstream",
+                        &s(m.peering),
+                        "--admin",
+                        &s(p.gateway_admin),
+                        "--probe-interval",
+                        "1s",
+                        "--workers",
+                        "1",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                )?;
+            }
+            for w in &m.workloads {
+                procs.spawn(
+                    &exe,
+                    &work,
+                    &format!("{n}-{}-{}-app", w.namespace, w.name),
+                    [
+                        "echo",
+                        "--listen",
+                        &s(w.app),
+                        "--mesh",
+                        n,
+                        "--instance",
+                        &format!("{n}/{}", w.name),
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                )?;
+                let mut args: Vec<String> = [
+                    "proxy",
+                    "--bootstrap",
+                    &boot,
+                    "--namespace",
+                    &w.namespace,
+                    "--workload",
+                    &w.name,
+                    "--admin",
+                    &s(w.admin),
+                    "--workers",
+                    "1",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                if let Some(o) = w.outbound {
+                    args.extend(["--outbound".to_owned(), s(o)]);
+                }
+                procs.spawn(
+                    &exe,
+                    &work,
+                    &format!("{n}-{}-{}", w.namespace, w.name),
+                    args,
+                )?;
+            }
+        }
+        let lab = Self {
+            layout,
+            procs,
+            links,
+            exe,
+            work,
+        };
+        lab.wait_ready(opts).await?;
+        Ok(lab)
+    }
+
+    /// Every mesh's proxies and gateways run the served version, and every peering is
+    /// active.
+    async fn wait_ready(&self, opts: &Options) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut waiting = Vec::new();
+            for m in &self.layout.meshes {
+                let want = m.workloads.len() + m.peers.len();
+                match admin_status(m.admin).await {
+                    None => waiting.push(format!("{}: control plane", m.name)),
+                    Some(st) => {
+                        let v = &st["version"];
+                        let acked = st["proxies"].as_object().map_or(0, |p| {
+                            p.values()
+                                .filter(|p| p["connected"] == true && &p["acked"] == v)
+                                .count()
+                        });
+                        if acked < want {
+                            waiting.push(format!(
+                                "{}: {acked}/{want} proxies on the served version",
+                                m.name
+                            ));
+                        }
+                        let imports = st["peering"]["imports"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        let active = imports.iter().filter(|i| i["state"] == "Active").count();
+                        if active < m.peers.len() {
+                            waiting.push(format!(
+                                "{}: {active}/{} peerings active",
+                                m.name,
+                                m.peers.len()
+                            ));
+                        }
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the lab was not ready after {READY_TIMEOUT:?}: {}; logs in {}",
+                    waiting.join(", "),
+                    self.work.join("logs").display()
+                );
+            }
+            (opts.say)(&format!("waiting: {}", waiting.join(", ")));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Plays one step.
+    async fn apply(&mut self, a: &Action) -> Result<()> {
+        let link = |links: &[Link], from: &str, to: &str| {
+            links
+                .iter()
+                .find(|l| l.from == from && l.to == to)
+                .map(|l| l as *const Link)
+        };
+        match a {
+            Action::Kill {
+                mesh,
+                namespace,
+                service,
+            }
+            | Action::Start {
+                mesh,
+                namespace,
+                service,
+            } => {
+                let names: Vec<String> = self
+                    .layout
+                    .mesh(mesh)
+                    .map(|m| {
+                        m.workloads
+                            .iter()
+                            .filter(|w| &w.namespace == namespace && &w.service == service)
+                            .map(|w| format!("{mesh}-{}-{}-app", w.namespace, w.name))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for n in names {
+                    if matches!(a, Action::Kill { .. }) {
+                        self.procs.kill(&n).await;
+                    } else {
+                        self.procs.restart(&self.exe, &self.work, &n)?;
+                    }
+                }
+            }
+            Action::Cut { from, to }
+            | Action::Blackhole { from, to }
+            | Action::Heal { from, to } => {
+                let mode = match a {
+                    Action::Cut { .. } => Mode::Cut,
+                    Action::Blackhole { .. } => Mode::Blackhole,
+                    _ => Mode::Open,
+                };
+                if link(&self.links, from, to).is_none() {
+                    bail!("no link {from}->{to}: {from} does not peer with {to}");
+                }
+                for l in self.links.iter().filter(|l| &l.from == from && &l.to == to) {
+                    l.set(mode);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses worth knowing, for `meshfed lab up`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for m in &self.layout.meshes {
+            out.push_str(&format!(
+                "mesh {}: control {} (admin http://{}/status), peering {}\n",
+                m.name, m.control, m.admin, m.peering
+            ));
+            for p in &m.peers {
+                out.push_str(&format!(
+                    "  gateways for {}: ingress {}, discovery {}, egress {} (admin http://{}/status)\n",
+                    p.name, p.ingress, p.discovery, p.egress, p.gateway_admin
+                ));
+            }
+            for w in &m.workloads {
+                out.push_str(&format!(
+                    "  {}/{} ({}): inbound {}, app {}, admin http://{}/metrics{}\n",
+                    w.namespace,
+                    w.name,
+                    w.service,
+                    w.inbound,
+                    w.app,
+                    w.admin,
+                    w.outbound.map_or(String::new(), |o| format!(
+                        ", outbound http://{o} (send Host: <service hostname>)"
+                    ))
+                ));
+            }
+        }
+        for l in &self.layout.links {
+            out.push_str(&format!("link {}->{} at {}\n", l.from, l.to, l.listen));
+        }
+        out
+    }
+}
+
+async fn admin_status(addr: SocketAddr) -> Option<serde_json::Value> {
+    let t = load::Target {
+        addr,
+        host: "admin".into(),
+        path: "/status".into(),
+    };
+    // The admin endpoint answers JSON; reuse the load's client and parse the body ourselves.
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(t.path.as_str())
+            .header(hyper::header::HOST, t.host.as_str())
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        serde_json::from_slice(&body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One progress line: the last second's rate, success and serving meshes.
+fn progress(samples: &Samples, now_ms: f64, step: &str) -> String {
+    let all = load::lock(samples);
+    let recent: Vec<&load::Sample> = all
+        .iter()
+        .filter(|s| s.t_ms >= now_ms - 1000.0 && s.t_ms < now_ms)
+        .collect();
+    let ok = recent.iter().filter(|s| s.ok()).count();
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in recent.iter().filter(|s| s.ok()) {
+        *by.entry(s.mesh.as_deref().unwrap_or("?")).or_default() += 1;
+    }
+    let served: Vec<String> = by
+        .iter()
+        .map(|(m, n)| format!("{m} {:.0}%", 100.0 * *n as f64 / ok.max(1) as f64))
+        .collect();
+    format!(
+        "{:>6.1}s  {:<28} {:>4} req/s  ok {:>5.1}%  served by: {}",
+        now_ms / 1000.0,
+        step,
+        recent.len(),
+        if recent.is_empty() {
+            100.0
+        } else {
+            100.0 * ok as f64 / recent.len() as f64
+        },
+        if served.is_empty() {
+            "-".into()
+        } else {
+            served.join(", ")
+        }
+    )
+}
+
+/// Runs `plan` and writes its reports.
+pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let t_setup = Instant::now();
+    let mut lab = Lab::up(plan, opts).await?;
+    (opts.say)(&format!(
+        "ready in {:.1}s; {} rps from {}/{}/{} to {} for {:?}",
+        t_setup.elapsed().as_secs_f64(),
+        plan.load.rps,
+        plan.load.mesh,
+        plan.load.namespace,
+        plan.load.service,
+        plan.load.host,
+        plan.duration
+    ));
+    let entry = lab
+        .layout
+        .mesh(&plan.load.mesh)
+        .and_then(|m| m.workloads.iter().find_map(|w| w.outbound))
+        .context("the calling workload has no outbound listener")?;
+    let samples: Samples = Arc::default();
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let load = tokio::spawn(load::run(
+        load::Target {
+            addr: entry,
+            host: plan.load.host.clone(),
+            path: plan.load.path.clone(),
+        },
+        plan.load.rps,
+        t0,
+        plan.duration,
+        samples.clone(),
+    ));
+    // The timeline, with a progress line every second.
+    let mut next = 0;
+    let mut phase = "start".to_owned();
+    let mut tick = 1u32;
+    loop {
+        let step_at = plan.steps.get(next).map(|s| t0 + s.at);
+        let tick_at = t0 + Duration::from_secs(u64::from(tick));
+        let end = t0 + plan.duration;
+        let wake = [step_at, Some(tick_at), Some(end)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
+        tokio::time::sleep_until(wake.into()).await;
+        if let Some(at) = step_at
+            && Instant::now() >= at
+        {
+            let step = &plan.steps[next];
+            (opts.say)(&format!(
+                "{:>6.1}s  step: {}",
+                step.at.as_secs_f64(),
+                step.label
+            ));
+            lab.apply(&step.action).await?;
+            phase.clone_from(&step.label);
+            next += 1;
+            continue;
+        }
+        if Instant::now() >= end {
+            break;
+        }
+        if Instant::now() >= tick_at {
+            (opts.say)(&progress(&samples, f64::from(tick) * 1000.0, &phase));
+            tick += 1;
+        }
+    }
+    load.await.context("the load generator")?;
+    let samples = load::lock(&samples).clone();
+    let report = report::analyse(plan, &samples, started_at);
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let json = opts.out.join(format!("{}.json", plan.name));
+    let html = opts.out.join(format!("{}.html", plan.name));
+    let mut j = serde_json::to_value(&report)?;
+    j["samples"] = serde_json::to_value(&samples)?;
+    std::fs::write(&json, serde_json::to_string_pretty(&j)?)?;
+    std::fs::write(&html, report::html(&report))?;
+    drop(lab);
+    Ok(Outcome { report, json, html })
+}

@@ -1,0 +1,513 @@
+//! What a run shows: the requests bucketed over time (by serving mesh, errors, latency), the
+//! figures (success ratio, failover and fail-back times, requests failed during each switch),
+//! the scenario's expectations checked against them, and the JSON and self-contained HTML
+//! reports (inline SVG charts with the timeline's steps marked).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use meshfed_crds::scenario::{Action, Expectation, ScenarioPlan};
+use serde::Serialize;
+
+use crate::load::Sample;
+
+/// Width of a bucket.
+pub const BUCKET_MS: f64 = 250.0;
+/// The window a switch must hold for, and the share that counts as switched.
+const SWITCH_WINDOW_MS: f64 = 1000.0;
+const SWITCHED: f64 = 0.99;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    pub t_ms: f64,
+    pub requests: u32,
+    pub ok: u32,
+    pub by_mesh: BTreeMap<String, u32>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    pub requests: usize,
+    pub ok: usize,
+    pub success_ratio: f64,
+    /// From the first `kill` to ≥ 99 % of requests served by another mesh (for 1 s).
+    pub failover_ms: Option<f64>,
+    pub failed_during_failover: Option<usize>,
+    /// From the first `start` to ≥ 99 % served by the caller's mesh again.
+    pub failback_ms: Option<f64>,
+    pub failed_during_failback: Option<usize>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub expectation: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub scenario: String,
+    pub description: String,
+    pub started_at: String,
+    pub caller_mesh: String,
+    pub rps: u32,
+    pub duration_ms: f64,
+    pub steps: Vec<(f64, String)>,
+    pub figures: Figures,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+    pub buckets: Vec<Bucket>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Requests bucketed by when they were due.
+pub fn buckets(samples: &[Sample], duration_ms: f64) -> Vec<Bucket> {
+    let n = (duration_ms / BUCKET_MS).ceil().max(1.0) as usize;
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut out: Vec<Bucket> = (0..n)
+        .map(|i| Bucket {
+            t_ms: i as f64 * BUCKET_MS,
+            requests: 0,
+            ok: 0,
+            by_mesh: BTreeMap::new(),
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+        })
+        .collect();
+    for s in samples {
+        let i = ((s.t_ms / BUCKET_MS) as usize).min(n - 1);
+        let b = &mut out[i];
+        b.requests += 1;
+        if s.ok() {
+            b.ok += 1;
+            *b.by_mesh
+                .entry(s.mesh.clone().unwrap_or_else(|| "?".into()))
+                .or_default() += 1;
+        }
+        lat[i].push(s.latency_ms);
+    }
+    for (b, mut l) in out.iter_mut().zip(lat) {
+        l.sort_by(f64::total_cmp);
+        b.p50_ms = percentile(&l, 0.5);
+        b.p99_ms = percentile(&l, 0.99);
+    }
+    out
+}
+
+/// Time from `from_ms` until a 1 s window in which ≥ 99 % of all requests succeeded and were
+/// served by a mesh `served` accepts; `None` if that never happens.
+fn switch_ms(sorted: &[Sample], from_ms: f64, served: impl Fn(&str) -> bool) -> Option<f64> {
+    let start = sorted.partition_point(|s| s.t_ms < from_ms);
+    let end_of_run = sorted.last()?.t_ms;
+    for i in start..sorted.len() {
+        let t = sorted[i].t_ms;
+        if t + SWITCH_WINDOW_MS > end_of_run {
+            return None;
+        }
+        let window: Vec<&Sample> = sorted[i..]
+            .iter()
+            .take_while(|s| s.t_ms < t + SWITCH_WINDOW_MS)
+            .collect();
+        let good = window
+            .iter()
+            .filter(|s| s.ok() && s.mesh.as_deref().is_some_and(&served))
+            .count();
+        if !window.is_empty() && good as f64 >= SWITCHED * window.len() as f64 {
+            return Some(t - from_ms);
+        }
+    }
+    None
+}
+
+fn failed_between(sorted: &[Sample], from: f64, to: f64) -> usize {
+    sorted
+        .iter()
+        .filter(|s| s.t_ms >= from && s.t_ms < to && !s.ok())
+        .count()
+}
+
+/// Analyses a run of `plan`.
+pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> Report {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
+    let home = plan.load.mesh.clone();
+    let duration_ms = plan.duration.as_secs_f64() * 1e3;
+    let ok = sorted.iter().filter(|s| s.ok()).count();
+    let mut lat: Vec<f64> = sorted.iter().map(|s| s.latency_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let mut f = Figures {
+        requests: sorted.len(),
+        ok,
+        success_ratio: if sorted.is_empty() {
+            0.0
+        } else {
+            ok as f64 / sorted.len() as f64
+        },
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        ..Figures::default()
+    };
+    let at_ms = |pred: fn(&Action) -> bool| {
+        plan.steps
+            .iter()
+            .find(|s| pred(&s.action))
+            .map(|s| s.at.as_secs_f64() * 1e3)
+    };
+    let kill = at_ms(|a| {
+        matches!(
+            a,
+            Action::Kill { .. } | Action::Cut { .. } | Action::Blackhole { .. }
+        )
+    });
+    let start = at_ms(|a| matches!(a, Action::Start { .. } | Action::Heal { .. }));
+    if let Some(k) = kill {
+        f.failover_ms = switch_ms(&sorted, k, |m| m != home);
+        f.failed_during_failover = Some(failed_between(
+            &sorted,
+            k,
+            k + f.failover_ms.unwrap_or(duration_ms) + SWITCH_WINDOW_MS,
+        ));
+    }
+    if let Some(s) = start {
+        f.failback_ms = switch_ms(&sorted, s, |m| m == home);
+        f.failed_during_failback = Some(failed_between(
+            &sorted,
+            s,
+            s + f.failback_ms.unwrap_or(duration_ms) + SWITCH_WINDOW_MS,
+        ));
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let checks: Vec<Check> = plan
+        .expect
+        .iter()
+        .map(|e| match e {
+            Expectation::SuccessRatio(min) => Check {
+                expectation: format!("successRatio ≥ {min}"),
+                passed: f.success_ratio >= *min,
+                detail: format!(
+                    "{} of {} succeeded ({:.4})",
+                    f.ok, f.requests, f.success_ratio
+                ),
+            },
+            Expectation::FailoverWithin(d) => Check {
+                expectation: format!("failover within {d:?}"),
+                passed: f.failover_ms.is_some_and(|x| x <= ms(*d)),
+                detail: f.failover_ms.map_or("no failover seen".into(), |x| {
+                    format!(
+                        "{x:.0} ms, {} request(s) failed during the switch",
+                        f.failed_during_failover.unwrap_or(0)
+                    )
+                }),
+            },
+            Expectation::FailbackWithin(d) => Check {
+                expectation: format!("fail-back within {d:?}"),
+                passed: f.failback_ms.is_some_and(|x| x <= ms(*d)),
+                detail: f.failback_ms.map_or("no fail-back seen".into(), |x| {
+                    format!(
+                        "{x:.0} ms, {} request(s) failed during the switch",
+                        f.failed_during_failback.unwrap_or(0)
+                    )
+                }),
+            },
+            Expectation::ServedBy {
+                mesh,
+                from,
+                to,
+                at_least,
+            } => {
+                let window: Vec<&Sample> = sorted
+                    .iter()
+                    .filter(|s| s.t_ms >= ms(*from) && s.t_ms < ms(*to))
+                    .collect();
+                let by = window
+                    .iter()
+                    .filter(|s| s.ok() && s.mesh.as_deref() == Some(mesh.as_str()))
+                    .count();
+                let share = if window.is_empty() {
+                    0.0
+                } else {
+                    by as f64 / window.len() as f64
+                };
+                Check {
+                    expectation: format!("served by {mesh} from {from:?} to {to:?}: ≥ {at_least}"),
+                    passed: share >= *at_least,
+                    detail: format!("{by} of {} ({share:.4})", window.len()),
+                }
+            }
+        })
+        .collect();
+    let passed = checks.iter().all(|c| c.passed);
+    Report {
+        scenario: plan.name.clone(),
+        description: plan.description.clone(),
+        started_at,
+        caller_mesh: home,
+        rps: plan.load.rps,
+        duration_ms,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| (s.at.as_secs_f64() * 1e3, s.label.clone()))
+            .collect(),
+        figures: f,
+        checks,
+        passed,
+        buckets: buckets(&sorted, duration_ms),
+    }
+}
+
+/// One chart line: label, color, points (ms, value).
+type Series = (String, String, Vec<(f64, f64)>);
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line chart as inline SVG: `series` of (label, color, points in (ms, value)).
+fn chart(
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    steps: &[(f64, String)],
+    x_max_ms: f64,
+) -> String {
+    let (w, h, l, r, t, b) = (900.0, 240.0, 60.0, 20.0, 30.0, 40.0);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let x = |ms: f64| l + (w - l - r) * ms / x_max_ms.max(1.0);
+    let y = |v: f64| h - b - (h - t - b) * v / y_max;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">",
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        "<text x=\"{l}\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{}</text>",
+        esc(title)
+    );
+    // Axes and grid.
+    let _ = write!(
+        s,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"#333\"/>",
+        h - b,
+        w - r,
+        h - b,
+        h - b
+    );
+    for k in 0..=4 {
+        let v = y_max / 1.1 * f64::from(k) / 4.0;
+        let _ = write!(
+            s,
+            "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#eee\"/><text x=\"{2}\" y=\"{3:.1}\" font-size=\"11\" text-anchor=\"end\">{4}</text>",
+            y(v),
+            w - r,
+            l - 6.0,
+            y(v) + 4.0,
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        );
+    }
+    let secs = (x_max_ms / 1000.0).ceil() as u32;
+    let step = (secs / 10).max(1);
+    for sec in (0..=secs).step_by(step as usize) {
+        let px = x(f64::from(sec) * 1000.0);
+        let _ = write!(
+            s,
+            "<text x=\"{px:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{sec}s</text>",
+            h - b + 16.0
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"14\" y=\"{}\" font-size=\"11\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>",
+        (h - b + t) / 2.0,
+        (h - b + t) / 2.0,
+        esc(unit)
+    );
+    // Fault markers.
+    for (at, label) in steps {
+        let px = x(*at);
+        let _ = write!(
+            s,
+            "<line x1=\"{px:.1}\" y1=\"{t}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"#d62728\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"11\" fill=\"#d62728\">{}</text>",
+            h - b,
+            px + 3.0,
+            t + 12.0,
+            esc(label)
+        );
+    }
+    for (i, (label, color, pts)) in series.iter().enumerate() {
+        let d: Vec<String> = pts
+            .iter()
+            .map(|(ms, v)| format!("{:.1},{:.1}", x(*ms), y(*v)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            d.join(" ")
+        );
+        let lx = w - r - 150.0;
+        let ly = t + 14.0 * (i as f64 + 1.0);
+        let _ = write!(
+            s,
+            "<rect x=\"{lx}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{ly:.1}\" font-size=\"11\">{}</text>",
+            ly - 9.0,
+            lx + 14.0,
+            esc(label)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The self-contained HTML report.
+pub fn html(r: &Report) -> String {
+    let per_sec = 1000.0 / BUCKET_MS;
+    let mid = |b: &Bucket| b.t_ms + BUCKET_MS / 2.0;
+    let meshes: Vec<String> = {
+        let mut m: Vec<String> = r
+            .buckets
+            .iter()
+            .flat_map(|b| b.by_mesh.keys().cloned())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let mut served: Vec<Series> = meshes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            (
+                format!("served by {m}"),
+                COLORS[i % COLORS.len()].to_owned(),
+                r.buckets
+                    .iter()
+                    .map(|b| (mid(b), f64::from(*b.by_mesh.get(m).unwrap_or(&0)) * per_sec))
+                    .collect(),
+            )
+        })
+        .collect();
+    served.push((
+        "failed".into(),
+        "#d62728".into(),
+        r.buckets
+            .iter()
+            .map(|b| (mid(b), f64::from(b.requests - b.ok) * per_sec))
+            .collect(),
+    ));
+    let errors = vec![(
+        "failed %".to_owned(),
+        "#d62728".to_owned(),
+        r.buckets
+            .iter()
+            .map(|b| {
+                let pct = if b.requests == 0 {
+                    0.0
+                } else {
+                    100.0 * f64::from(b.requests - b.ok) / f64::from(b.requests)
+                };
+                (mid(b), pct)
+            })
+            .collect(),
+    )];
+    let latency = vec![
+        (
+            "p50".to_owned(),
+            COLORS[0].to_owned(),
+            r.buckets.iter().map(|b| (mid(b), b.p50_ms)).collect(),
+        ),
+        (
+            "p99".to_owned(),
+            COLORS[1].to_owned(),
+            r.buckets.iter().map(|b| (mid(b), b.p99_ms)).collect(),
+        ),
+    ];
+    let f = &r.figures;
+    let opt = |v: Option<f64>| v.map_or("—".into(), |x| format!("{x:.0} ms"));
+    let optn = |v: Option<usize>| v.map_or("—".into(), |x| x.to_string());
+    let mut checks = String::new();
+    for c in &r.checks {
+        let _ = write!(
+            checks,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if c.passed { "pass" } else { "fail" },
+            if c.passed { "✔ passed" } else { "✘ failed" },
+            esc(&c.expectation),
+            esc(&c.detail)
+        );
+    }
+    format!(
+        "<!DOCTYPE html>
+<html lang=\"en\"><head><meta charset=\"utf-8\"><title>meshfed scenario {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
+tr.pass td:first-child {{ color: #2ca02c; font-weight: bold; }}
+tr.fail td:first-child {{ color: #d62728; font-weight: bold; }}
+.verdict {{ font-size: 1.3em; font-weight: bold; color: {vcolor}; }}
+</style></head><body>
+<h1>Scenario {name}</h1>
+<p>{desc}</p>
+<p class=\"verdict\" id=\"verdict\">{verdict}</p>
+<p>Started {started}; {rps} requests per second from mesh {home} for {dur:.0} s.</p>
+<table><tr><th>Requests</th><th>Succeeded</th><th>Failover</th><th>Failed during failover</th><th>Fail-back</th><th>Failed during fail-back</th><th>p50</th><th>p99</th></tr>
+<tr><td>{req}</td><td>{ok} ({ratio:.4})</td><td>{fo}</td><td>{fof}</td><td>{fb}</td><td>{fbf}</td><td>{p50:.1} ms</td><td>{p99:.1} ms</td></tr></table>
+<table><tr><th></th><th>Expectation</th><th>Measured</th></tr>{checks}</table>
+{c1}
+{c2}
+{c3}
+</body></html>
+",
+        name = esc(&r.scenario),
+        desc = esc(&r.description),
+        vcolor = if r.passed { "#2ca02c" } else { "#d62728" },
+        verdict = if r.passed { "PASSED" } else { "FAILED" },
+        started = esc(&r.started_at),
+        rps = r.rps,
+        home = esc(&r.caller_mesh),
+        dur = r.duration_ms / 1000.0,
+        req = f.requests,
+        ok = f.ok,
+        ratio = f.success_ratio,
+        fo = opt(f.failover_ms),
+        fof = optn(f.failed_during_failover),
+        fb = opt(f.failback_ms),
+        fbf = optn(f.failed_during_failback),
+        p50 = f.p50_ms,
+        p99 = f.p99_ms,
+        c1 = chart("Requests per second by serving mesh", "req/s", &served, &r.steps, r.duration_ms),
+        c2 = chart("Failed requests", "%", &errors, &r.steps, r.duration_ms),
+        c3 = chart("Latency", "ms", &latency, &r.steps, r.duration_ms),
+    )
+}
