@@ -437,9 +437,11 @@ fn gateway_config(s: &Snapshot) -> pb::GatewayConfig {
         let Some(host) = p.addresses.first() else {
             continue;
         };
+        // Two peers may export the same name (both call us by the same peer name); each
+        // peer's egress carries its own.
         if egress
             .iter()
-            .any(|e| e.exported_name == r.exported_name.as_str())
+            .any(|e| e.exported_name == r.exported_name.as_str() && e.peer == r.peer.as_str())
         {
             continue;
         }

@@ -102,9 +102,10 @@ pub struct ScenarioLoad {
 pub struct ScenarioStep {
     /// When, from the start of the load, e.g. `4s`.
     pub at: String,
-    /// `kill` a service's apps (`mesh/namespace/name`), `start` them again, `cut` the link
-    /// from one mesh to another (`alpha->beta`: refused), `blackhole` it (accepted, never
-    /// answered), or `heal` it.
+    /// `kill`, `start` or `restart` a service's apps (`mesh/namespace/name`), a mesh's
+    /// control plane (`mesh:control`) or its gateways for a peer (`mesh:gateway/PEER`, the
+    /// `ServiceMeshPeer`'s name); `cut` the link from one mesh to another (`alpha->beta`:
+    /// refused), `blackhole` it (accepted, never answered), or `heal` it.
     pub action: String,
     pub target: String,
 }
@@ -116,6 +117,9 @@ pub struct ScenarioExpectation {
     /// Share of requests that must succeed over the whole run, e.g. `0.999`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_ratio: Option<f64>,
+    /// Share of requests that may succeed at most (`0`: every request must be refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_ratio_at_most: Option<f64>,
     /// After the first `kill`, ≥ 99 % of requests are served by another mesh within this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_within: Option<String>,
@@ -177,30 +181,33 @@ pub struct PlanLoad {
     pub path: String,
 }
 
+/// What a step acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Component {
+    /// A service's apps (the echo processes behind its sidecars).
+    Apps {
+        mesh: String,
+        namespace: String,
+        service: String,
+    },
+    Control {
+        mesh: String,
+    },
+    /// The gateways of `mesh` for its `ServiceMeshPeer` `peer`.
+    Gateway {
+        mesh: String,
+        peer: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Kill {
-        mesh: String,
-        namespace: String,
-        service: String,
-    },
-    Start {
-        mesh: String,
-        namespace: String,
-        service: String,
-    },
-    Cut {
-        from: String,
-        to: String,
-    },
-    Blackhole {
-        from: String,
-        to: String,
-    },
-    Heal {
-        from: String,
-        to: String,
-    },
+    Kill(Component),
+    Start(Component),
+    Restart(Component),
+    Cut { from: String, to: String },
+    Blackhole { from: String, to: String },
+    Heal { from: String, to: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +221,7 @@ pub struct PlanStep {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expectation {
     SuccessRatio(f64),
+    SuccessRatioAtMost(f64),
     FailoverWithin(Duration),
     FailbackWithin(Duration),
     ServedBy {
@@ -360,6 +368,22 @@ pub fn convert_scenario(
             resources,
         });
     }
+    // Each mesh's ServiceMeshPeer names (what `mesh:gateway/PEER` may name).
+    let peers_of: BTreeMap<String, BTreeSet<String>> = spec
+        .meshes
+        .iter()
+        .map(|m| {
+            let peers = m
+                .resources
+                .iter()
+                .flatten()
+                .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some("ServiceMeshPeer"))
+                .filter_map(|r| r.pointer("/metadata/name").and_then(|n| n.as_str()))
+                .map(str::to_owned)
+                .collect();
+            (m.name.clone(), peers)
+        })
+        .collect();
     let run = duration(&spec.duration, base.key("duration"), out);
     if let Some(d) = run
         && (d.is_zero() || d > MAX_DURATION)
@@ -458,21 +482,45 @@ pub fn convert_scenario(
             last = at;
         }
         let tp = sp.key("target");
+        let component = |target: &str, path: FieldPath, out: &mut Findings| {
+            if let Some((mesh, what)) = target.split_once(':') {
+                let ok_mesh = names.contains(mesh);
+                let c = match what.split_once('/') {
+                    None if what == "control" && ok_mesh => Some(Component::Control {
+                        mesh: mesh.to_owned(),
+                    }),
+                    Some(("gateway", peer))
+                        if ok_mesh && peers_of.get(mesh).is_some_and(|p| p.contains(peer)) =>
+                    {
+                        Some(Component::Gateway {
+                            mesh: mesh.to_owned(),
+                            peer: peer.to_owned(),
+                        })
+                    }
+                    _ => None,
+                };
+                if c.is_none() {
+                    out.push(
+                        Finding::error(
+                            "UnknownComponent",
+                            path,
+                            format!("{target:?} names no component of the scenario's meshes"),
+                        )
+                        .hint("mesh:control, or mesh:gateway/PEER with PEER a ServiceMeshPeer of that mesh"),
+                    );
+                }
+                return c;
+            }
+            service_at(target, path, out).map(|(mesh, namespace, service)| Component::Apps {
+                mesh,
+                namespace,
+                service,
+            })
+        };
         let action = match s.action.as_str() {
-            "kill" => {
-                service_at(&s.target, tp, out).map(|(mesh, namespace, service)| Action::Kill {
-                    mesh,
-                    namespace,
-                    service,
-                })
-            }
-            "start" => {
-                service_at(&s.target, tp, out).map(|(mesh, namespace, service)| Action::Start {
-                    mesh,
-                    namespace,
-                    service,
-                })
-            }
+            "kill" => component(&s.target, tp, out).map(Action::Kill),
+            "start" => component(&s.target, tp, out).map(Action::Start),
+            "restart" => component(&s.target, tp, out).map(Action::Restart),
             "cut" => link(&s.target, tp, out).map(|(from, to)| Action::Cut { from, to }),
             "blackhole" => {
                 link(&s.target, tp, out).map(|(from, to)| Action::Blackhole { from, to })
@@ -485,7 +533,7 @@ pub fn convert_scenario(
                         sp.key("action"),
                         format!("{other:?} is not a step action"),
                     )
-                    .hint("kill, start, cut, blackhole or heal"),
+                    .hint("kill, start, restart, cut, blackhole or heal"),
                 );
                 None
             }
@@ -503,6 +551,7 @@ pub fn convert_scenario(
         let ep = base.key("expect").index(i);
         let set = [
             e.success_ratio.is_some(),
+            e.success_ratio_at_most.is_some(),
             e.failover_within.is_some(),
             e.failback_within.is_some(),
             e.served_by.is_some(),
@@ -517,12 +566,25 @@ pub fn convert_scenario(
                     ep.clone(),
                     format!("{set} expectations in one entry; give exactly one"),
                 )
-                .hint("successRatio, failoverWithin, failbackWithin or servedBy"),
+                .hint(
+                    "successRatio, successRatioAtMost, failoverWithin, failbackWithin or servedBy",
+                ),
             );
             continue;
         }
         if let Some(r) = e.success_ratio {
             expect.extend(share(r, ep.key("successRatio"), out).map(Expectation::SuccessRatio));
+        }
+        if let Some(r) = e.success_ratio_at_most {
+            if (0.0..=1.0).contains(&r) {
+                expect.push(Expectation::SuccessRatioAtMost(r));
+            } else {
+                out.push(Finding::error(
+                    "InvalidShare",
+                    ep.key("successRatioAtMost"),
+                    format!("{r} is not a share in [0, 1]"),
+                ));
+            }
         }
         if let Some(d) = &e.failover_within {
             expect.extend(

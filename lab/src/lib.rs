@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use meshfed_crds::scenario::{Action, ScenarioPlan};
+use meshfed_crds::scenario::{Action, Component, ScenarioPlan};
 
 use crate::link::{Link, Mode};
 use crate::load::Samples;
@@ -419,38 +419,32 @@ impl Lab {
 
     /// Plays one step.
     async fn apply(&mut self, a: &Action) -> Result<()> {
-        let link = |links: &[Link], from: &str, to: &str| {
-            links
-                .iter()
-                .find(|l| l.from == from && l.to == to)
-                .map(|l| l as *const Link)
-        };
         match a {
-            Action::Kill {
-                mesh,
-                namespace,
-                service,
-            }
-            | Action::Start {
-                mesh,
-                namespace,
-                service,
-            } => {
-                let names: Vec<String> = self
-                    .layout
-                    .mesh(mesh)
-                    .map(|m| {
-                        m.workloads
-                            .iter()
-                            .filter(|w| &w.namespace == namespace && &w.service == service)
-                            .map(|w| format!("{mesh}-{}-{}-app", w.namespace, w.name))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+            Action::Kill(c) | Action::Start(c) | Action::Restart(c) => {
+                let names: Vec<String> = match c {
+                    Component::Apps {
+                        mesh,
+                        namespace,
+                        service,
+                    } => self
+                        .layout
+                        .mesh(mesh)
+                        .map(|m| {
+                            m.workloads
+                                .iter()
+                                .filter(|w| &w.namespace == namespace && &w.service == service)
+                                .map(|w| format!("{mesh}-{}-{}-app", w.namespace, w.name))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    Component::Control { mesh } => vec![format!("{mesh}-control")],
+                    Component::Gateway { mesh, peer } => vec![format!("{mesh}-gateway-{peer}")],
+                };
                 for n in names {
-                    if matches!(a, Action::Kill { .. }) {
+                    if !matches!(a, Action::Start(_)) {
                         self.procs.kill(&n).await;
-                    } else {
+                    }
+                    if !matches!(a, Action::Kill(_)) {
                         self.procs.restart(&self.exe, &self.work, &n)?;
                     }
                 }
@@ -463,7 +457,7 @@ impl Lab {
                     Action::Blackhole { .. } => Mode::Blackhole,
                     _ => Mode::Open,
                 };
-                if link(&self.links, from, to).is_none() {
+                if !self.links.iter().any(|l| &l.from == from && &l.to == to) {
                     bail!("no link {from}->{to}: {from} does not peer with {to}");
                 }
                 for l in self.links.iter().filter(|l| &l.from == from && &l.to == to) {

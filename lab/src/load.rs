@@ -75,10 +75,20 @@ pub async fn call(t: &Target) -> (u16, Option<String>, Option<String>) {
         let mesh = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("mesh").and_then(|m| m.as_str()).map(str::to_owned));
-        Ok::<_, String>((status, mesh))
+        // A failed answer's first line says why (the sidecars' reason tokens).
+        let why = (!(200..300).contains(&status)).then(|| {
+            String::from_utf8_lossy(&body)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        });
+        Ok::<_, String>((status, mesh, why))
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
-        Ok(Ok((status, mesh))) => (status, mesh, None),
+        Ok(Ok((status, mesh, why))) => (status, mesh, why),
         Ok(Err(e)) => (0, None, Some(e)),
         Err(_) => (0, None, Some("Timeout".into())),
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use meshfed_crds::scenario::{Action, Expectation, ScenarioPlan};
+use meshfed_crds::scenario::{Action, Component, Expectation, ScenarioPlan};
 use serde::Serialize;
 
 use crate::load::Sample;
@@ -168,13 +168,35 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
             .find(|s| pred(&s.action))
             .map(|s| s.at.as_secs_f64() * 1e3)
     };
+    // A switch is measured from the first step that takes the service away (its apps killed,
+    // a link cut) and from the first that brings it back.
     let kill = at_ms(|a| {
         matches!(
             a,
-            Action::Kill { .. } | Action::Cut { .. } | Action::Blackhole { .. }
+            Action::Kill(Component::Apps { .. }) | Action::Cut { .. } | Action::Blackhole { .. }
         )
     });
-    let start = at_ms(|a| matches!(a, Action::Start { .. } | Action::Heal { .. }));
+    let start = at_ms(|a| {
+        matches!(
+            a,
+            Action::Start(Component::Apps { .. }) | Action::Heal { .. }
+        )
+    });
+    // Failover and fail-back are about the caller's own mesh: measured only when, before the
+    // first fault, its own mesh served the calls.
+    let first_fault = kill.unwrap_or(duration_ms);
+    let before: Vec<&Sample> = sorted.iter().filter(|s| s.t_ms < first_fault).collect();
+    let home_first = !before.is_empty()
+        && before
+            .iter()
+            .filter(|s| s.ok() && s.mesh.as_deref() == Some(home.as_str()))
+            .count() as f64
+            >= SWITCHED * before.len() as f64;
+    let (kill, start) = if home_first {
+        (kill, start)
+    } else {
+        (None, None)
+    };
     if let Some(k) = kill {
         f.failover_ms = switch_ms(&sorted, k, |m| m != home);
         f.failed_during_failover = Some(failed_between(
@@ -199,6 +221,14 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
             Expectation::SuccessRatio(min) => Check {
                 expectation: format!("successRatio ≥ {min}"),
                 passed: f.success_ratio >= *min,
+                detail: format!(
+                    "{} of {} succeeded ({:.4})",
+                    f.ok, f.requests, f.success_ratio
+                ),
+            },
+            Expectation::SuccessRatioAtMost(max) => Check {
+                expectation: format!("successRatio ≤ {max}"),
+                passed: f.success_ratio <= *max,
                 detail: format!(
                     "{} of {} succeeded ({:.4})",
                     f.ok, f.requests, f.success_ratio

@@ -1111,7 +1111,15 @@ async fn attempts(
         if n >= retries.attempts || !outcome.retryable(&retries.retry_on, &payload) {
             return outcome.into_response();
         }
-        if retry_guard.is_none() {
+        // A request that reached no app (refused, or not delivered by the endpoint's sidecar)
+        // adds no load to any app when sent elsewhere: it is outside the retry budget, and goes
+        // at once to an endpoint it has not tried, if there is one. That is what keeps
+        // failover free of errors when every request finds the local endpoints down at once.
+        let undelivered = matches!(
+            outcome,
+            Outcome::ConnectFailed(_) | Outcome::NotDelivered(_)
+        );
+        if retry_guard.is_none() && !undelivered {
             if !traffic::retry_allowed(
                 route.active.load(Ordering::Relaxed),
                 route.retrying.load(Ordering::Relaxed),
@@ -1124,7 +1132,15 @@ async fn attempts(
         drop(outcome);
         n += 1;
         stats.retries.inc();
-        tokio::time::sleep(traffic::backoff(n, fastrand::f64())).await;
+        let now = Instant::now();
+        let elsewhere = candidates.iter().any(|&k| {
+            !tried.contains(&k)
+                && route.endpoints[k].healthy
+                && route.outliers.as_ref().is_none_or(|o| o.available(k, now))
+        });
+        if !(undelivered && elsewhere) {
+            tokio::time::sleep(traffic::backoff(n, fastrand::f64())).await;
+        }
     }
 }
 

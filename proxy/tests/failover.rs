@@ -81,6 +81,14 @@ async fn traffic_fails_over_to_the_peer_without_errors_and_comes_back() {
         metric(&metrics, "meshfed_outlier_ejections_total ") >= 2,
         "both local endpoints ejected:\n{metrics}"
     );
+    // Their ejection ends while the apps are still down: the next requests find them down
+    // again and are still served by the peer.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    for _ in 0..20 {
+        let (status, body) = get(out, HOST, "").await;
+        assert_eq!(status, 200, "after the ejection ended: {body}");
+        assert_eq!(mesh_of(&body), "beta", "{body}");
+    }
     // The local apps come back: once their ejection ends, the local priority takes over.
     let (_e1, _t1) = echo::start(a1, echo_config("alpha-1")).await.unwrap();
     let (_e2, _t2) = echo::start(a2, echo_config("alpha-2")).await.unwrap();
