@@ -42,7 +42,7 @@ DEMO = target/demo
 ## alpha's orders fail, its clients' calls move to beta through the gateways and come back.
 ## Prints progress; writes target/lab/failover.json and target/lab/failover.html.
 demo:
-	$(MESHFED) validate scenarios/failover.yaml $(EXAMPLES)
+	$(MESHFED) validate scenarios/*.yaml $(EXAMPLES)
 	$(MESHFED) scenario run scenarios/failover.yaml --out target/lab
 
 ## The peering-token exchange between the example meshes, over the wire (not part of ci).

@@ -878,6 +878,22 @@ pub fn convert_mesh(
     .filter(|_| cluster_domain.is_some())
 }
 
+/// An `ip:port` field.
+fn socket_addr(path: &FieldPath, v: &str, out: &mut Findings) -> Option<std::net::SocketAddr> {
+    v.parse::<std::net::SocketAddr>()
+        .map_err(|_| {
+            out.push(
+                Finding::error(
+                    "InvalidAddress",
+                    path.clone(),
+                    format!("{v:?} is not an ip:port address"),
+                )
+                .hint("e.g. 127.0.1.11:15006"),
+            );
+        })
+        .ok()
+}
+
 /// Most gateways one mesh may declare.
 const MAX_GATEWAYS: usize = 1_000;
 
@@ -900,23 +916,9 @@ fn convert_gateways(
         let name_ok = name::dns1123_label("gateway name", &g.name)
             .map_err(|e| out.push(name_finding(p.key("name"), &e)))
             .is_ok();
-        let addr = |field: &str, v: &str, out: &mut Findings| {
-            v.parse::<std::net::SocketAddr>()
-                .map_err(|_| {
-                    out.push(
-                        Finding::error(
-                            "InvalidAddress",
-                            p.key(field),
-                            format!("{v:?} is not an ip:port address"),
-                        )
-                        .hint("e.g. 127.0.1.2:15443"),
-                    );
-                })
-                .ok()
-        };
-        let address = addr("address", &g.address, out);
+        let address = socket_addr(&p.key("address"), &g.address, out);
         let discovery = match &g.discovery_address {
-            Some(d) => addr("discoveryAddress", d, out).map(Some),
+            Some(d) => socket_addr(&p.key("discoveryAddress"), d, out).map(Some),
             None => Some(None),
         };
         let (Some(address), Some(discovery), true) = (address, discovery, name_ok) else {
@@ -1580,22 +1582,8 @@ fn convert_workload(
     let account_ok = name::dns1123_subdomain("service account", &account)
         .map_err(|e| out.push(name_finding(p.key("serviceAccount"), &e)))
         .is_ok();
-    let addr = |field: &str, v: &str, out: &mut Findings| {
-        v.parse::<std::net::SocketAddr>()
-            .map_err(|_| {
-                out.push(
-                    Finding::error(
-                        "InvalidAddress",
-                        p.key(field),
-                        format!("{v:?} is not an ip:port address"),
-                    )
-                    .hint("e.g. 127.0.1.11:15006"),
-                )
-            })
-            .ok()
-    };
-    let inbound = addr("inbound", &w.inbound, out);
-    let app = addr("app", &w.app, out);
+    let inbound = socket_addr(&p.key("inbound"), &w.inbound, out);
+    let app = socket_addr(&p.key("app"), &w.app, out);
     let labels = w.labels.clone().unwrap_or_default();
     let labels_ok = labels_ok(&labels, &p.key("labels"), out);
     let locality = match &w.locality {

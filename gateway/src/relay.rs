@@ -266,6 +266,39 @@ where
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
 }
 
+/// Relays between the peer's side and ours, counted against the peer for as long as it runs.
+/// `from_peer` was already read from the peer's side (it goes to ours first); `sent_to_peer`
+/// bytes of ours were already sent to the peer.
+async fn relay_counted<P, L>(
+    counters: Arc<PeerCounters>,
+    peer_side: P,
+    ours: L,
+    from_peer: &[u8],
+    sent_to_peer: usize,
+) where
+    P: AsyncRead + AsyncWrite + Unpin,
+    L: AsyncRead + AsyncWrite + Unpin,
+{
+    let _stream = PeerStream::new(counters.clone());
+    counters
+        .bytes_from_peer
+        .fetch_add(from_peer.len() as u64, Ordering::Relaxed);
+    counters
+        .bytes_to_peer
+        .fetch_add(sent_to_peer as u64, Ordering::Relaxed);
+    let peer_side = Counted {
+        inner: peer_side,
+        read: counters.clone(),
+        to_peer: false,
+    };
+    let ours = Counted {
+        inner: ours,
+        read: counters,
+        to_peer: true,
+    };
+    splice(ours, peer_side, &[], from_peer).await;
+}
+
 async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind(addr).await?;
     let bound = l.local_addr()?;
@@ -360,22 +393,7 @@ impl IngressCtx {
         up: TcpStream,
         first: Vec<u8>,
     ) {
-        let counters = self.stats.peer(&peer.name);
-        let _stream = PeerStream::new(counters.clone());
-        counters
-            .bytes_from_peer
-            .fetch_add(first.len() as u64, Ordering::Relaxed);
-        let tunnel = Counted {
-            inner: tunnel,
-            read: counters.clone(),
-            to_peer: false,
-        };
-        let up = Counted {
-            inner: up,
-            read: counters,
-            to_peer: true,
-        };
-        splice(tunnel, up, &first, &[]).await;
+        relay_counted(self.stats.peer(&peer.name), tunnel, up, &first, 0).await;
     }
 }
 
@@ -608,25 +626,14 @@ async fn egress_conn(
         }
     };
     stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
-    let counters = stats.peer(&route.peer);
-    let _stream = PeerStream::new(counters.clone());
-    counters
-        .bytes_to_peer
-        .fetch_add(first.len() as u64, Ordering::Relaxed);
-    counters
-        .bytes_from_peer
-        .fetch_add(answered.len() as u64, Ordering::Relaxed);
-    let down = Counted {
-        inner: down,
-        read: counters.clone(),
-        to_peer: true,
-    };
-    let tunnel = Counted {
-        inner: tunnel,
-        read: counters,
-        to_peer: false,
-    };
-    splice(down, tunnel, &[], &answered).await;
+    relay_counted(
+        stats.peer(&route.peer),
+        tunnel,
+        down,
+        &answered,
+        first.len(),
+    )
+    .await;
 }
 
 /// Probes every peer ingress the routes name, all at once, every `every`.

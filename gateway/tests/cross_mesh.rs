@@ -125,63 +125,66 @@ impl World {
         }
     }
 
-    /// Starts the ingress again at its old address (retrying while the old sockets close).
+    /// Starts the ingress again at its old address.
     async fn restart_ingress(&mut self) {
         self.ingress.stop();
-        let addr = self.ingress.addr;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match relay::start_ingress(
+        let (addr, peers, svid, both, opts) = (
+            self.ingress.addr,
+            self.ingress_peers.clone(),
+            svid(&self.beta, BETA_INGRESS),
+            self.both.clone(),
+            self.ingress_opts(),
+        );
+        self.ingress = rebind(self.transport, || {
+            relay::start_ingress(
                 addr,
-                self.ingress_peers.clone(),
-                svid(&self.beta, BETA_INGRESS),
-                self.both.clone(),
-                self.ingress_opts(),
+                peers.clone(),
+                svid.clone(),
+                both.clone(),
+                opts.clone(),
             )
-            .await
-            {
-                Ok(g) => {
-                    self.ingress = g;
-                    return;
-                }
-                Err(e) => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{}: rebinding: {e}",
-                        self.transport
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        })
+        .await;
     }
 
     async fn restart_egress(&mut self) {
         self.egress.stop();
-        let addr = self.egress.addr;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match relay::start_egress(
+        let (addr, routes, svid, both, transport) = (
+            self.egress.addr,
+            self.routes.clone(),
+            svid(&self.alpha, ALPHA_EGRESS),
+            self.both.clone(),
+            self.transport,
+        );
+        self.egress = rebind(transport, || {
+            relay::start_egress(
                 addr,
-                self.routes.clone(),
-                svid(&self.alpha, ALPHA_EGRESS),
-                self.both.clone(),
-                egress_opts(self.transport),
+                routes.clone(),
+                svid.clone(),
+                both.clone(),
+                egress_opts(transport),
             )
-            .await
-            {
-                Ok(g) => {
-                    self.egress = g;
-                    return;
-                }
-                Err(e) => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{}: rebinding: {e}",
-                        self.transport
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        })
+        .await;
+    }
+}
+
+/// Starts a gateway again at its old address, retrying while the old sockets close.
+async fn rebind<F, Fut>(transport: Transport, start: F) -> Gateway
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Gateway, relay::GatewayError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match start().await {
+            Ok(g) => return g,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{transport}: rebinding: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
