@@ -136,17 +136,13 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     };
     let feeds: Vec<PeerFeed> = node.iter().flat_map(|n| n.feeds.clone()).collect();
     let (src_tx, src_rx) = watch::channel(Arc::new(first.clone()));
-    // A changed mesh file changes what peering exports too.
+    // A changed mesh file, or a workload's readiness, changes what peering exports too.
     let node = node.map(Arc::new);
-    if let Some(n) = &node {
-        let (n, mut rx) = (n.clone(), src_rx.clone());
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let mesh = rx.borrow_and_update().mesh.clone();
-                n.set_exports(&mesh);
-            }
-        });
-    }
+    let on_mesh: Option<meshfed_control::imports::OnMesh> = node.clone().map(|n| {
+        let f: meshfed_control::imports::OnMesh =
+            Arc::new(move |mesh, health| n.set_exports(mesh, health));
+        f
+    });
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(source::watch_file(
         args.mesh.clone(),
@@ -157,15 +153,18 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         Duration::from_millis(500),
         log.clone(),
     ));
+
+    let cp = ControlPlane::new(rx, ca.clone(), &token, status.clone(), log.clone())
+        .with_svid_ttl(args.svid_ttl);
     tokio::spawn(serve_with_imports(
         src_rx,
         feeds,
+        cp.readiness(),
+        on_mesh,
         tx,
         status.clone(),
         log.clone(),
     ));
-    let cp = ControlPlane::new(rx, ca.clone(), &token, status.clone(), log.clone())
-        .with_svid_ttl(args.svid_ttl);
     let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
     let incoming = tls::incoming(listener, server_tls, fail_tx);
     tokio::spawn(async move {

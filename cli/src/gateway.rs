@@ -503,7 +503,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
     };
     let bundles = client.bundles();
     // The egress's probe results go to the control plane on the config stream.
-    let (reports_tx, reports_rx) = watch::channel(Vec::new());
+    let (reports_tx, reports_rx) = watch::channel(meshfed_api::config::Report::default());
     let client = client.with_reports(reports_rx);
     let (updates, mut rx) = mpsc::channel::<Update>(1);
     let (state, _) = watch::channel(ClientState::default());
@@ -655,7 +655,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
 /// with them, refreshed at least every 30 s), for the control plane.
 async fn report_reachability(
     stats: Arc<relay::GatewayStats>,
-    tx: watch::Sender<Vec<meshfed_api::config::PeerReachability>>,
+    tx: watch::Sender<meshfed_api::config::Report>,
 ) {
     let mut last_sent = std::time::Instant::now();
     loop {
@@ -676,7 +676,8 @@ async fn report_reachability(
             })
             .collect();
         let stale = last_sent.elapsed() > std::time::Duration::from_secs(30);
-        let changed = tx.send_if_modified(|cur| {
+        let changed = tx.send_if_modified(|report| {
+            let cur = &mut report.peers;
             let same = cur.len() == now.len()
                 && cur.iter().zip(&now).all(|(a, b)| {
                     a.peer == b.peer && a.reachable == b.reachable && a.error == b.error

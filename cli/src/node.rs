@@ -214,10 +214,23 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Serves what a changed `mesh` exports (peers themselves are fixed at start: a new
-    /// `ServiceMeshPeer` needs a restart).
-    pub fn set_exports(&self, mesh: &MeshFederation) {
-        let peers = export_peers(mesh);
+    /// Serves what a changed `mesh` exports, with each exported service's healthy and total
+    /// workloads (peers themselves are fixed at start: a new `ServiceMeshPeer` needs a
+    /// restart).
+    pub fn set_exports(
+        &self,
+        mesh: &MeshFederation,
+        health: &meshfed_control::imports::ServiceHealth,
+    ) {
+        let mut peers = export_peers(mesh);
+        for (p, e) in mesh.peers.values().zip(peers.iter_mut()) {
+            e.health = mesh
+                .export_view(p)
+                .services
+                .into_values()
+                .filter_map(|s| Some((s.exported_name, *health.get(&s.local)?)))
+                .collect();
+        }
         self.exports.send_if_modified(|c| {
             if c.peers == peers {
                 return false;
@@ -426,6 +439,7 @@ pub(crate) async fn start_node(
             peer: p.name.clone(),
             imports: importer.imports.clone(),
             health: importer.health.clone(),
+            status: importer.status.clone(),
         });
         if let Some(set) = &p.imports {
             watch_mapping(

@@ -161,6 +161,8 @@ struct Federated {
     /// Names peers reach the workload's service by (from the control plane; in file mode the
     /// mesh file's own exports give them).
     exported: Vec<meshfed_core::Hostname>,
+    /// Workloads (namespace, name) that are not ready: chosen only when nothing else is.
+    unready: BTreeSet<(String, String)>,
 }
 
 /// The sidecar configuration of the chosen workload in `mesh` (with what federation adds),
@@ -223,7 +225,9 @@ fn configure(
                     labels: e.labels.clone(),
                     sni: None,
                     priority: local_priority(e.locality.as_ref()),
-                    healthy: true,
+                    healthy: !fed
+                        .unready
+                        .contains(&(e.namespace.to_string(), e.name.clone())),
                 })
             })
             .collect::<Result<Vec<_>, meshfed_core::id::SpiffeIdError>>()?;
@@ -393,7 +397,7 @@ async fn reload(
             .and_then(|mesh| {
                 let fed = Federated {
                     imports: file_imports(&mesh, args)?,
-                    exported: Vec::new(),
+                    ..Federated::default()
                 };
                 configure(&mesh, &fed, args, allow)
             })
@@ -425,7 +429,7 @@ async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
     let allow: BTreeSet<TrustDomain> = held.domains().cloned().collect();
     let fed = Federated {
         imports: file_imports(&mesh, args)?,
-        exported: Vec::new(),
+        ..Federated::default()
     };
     let (cfg, id) = configure(&mesh, &fed, args, &allow)?;
     let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
@@ -475,7 +479,9 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     };
     let log: Log = Arc::new(|line: &str| note(line));
     let cp = boot.control_plane;
-    let client = Client::new(boot, namespace, &args.workload, log)?;
+    // The app's readiness goes to the control plane on the config stream.
+    let (ready_tx, ready_rx) = watch::channel(meshfed_api::config::Report::default());
+    let client = Client::new(boot, namespace, &args.workload, log)?.with_reports(ready_rx);
     let svid = certify_first(&client, cp).await?;
     let id = svid.id.clone();
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
@@ -491,6 +497,7 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
         async move { client.subscribe(resolver, updates, state).await }
     });
     let mut running: Option<sidecar::Running> = None;
+    let mut readiness: Option<tokio::task::JoinHandle<()>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let update = tokio::select! {
@@ -501,10 +508,17 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
                 None => break,
             },
         };
+        let app = received_app(&update.received, args);
         let r = apply(args, &client, &resolver, &id, &mut running, update.received).await;
         match &r {
             Ok(version) => note(&format!("applied config version {version}")),
             Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+        }
+        if r.is_ok()
+            && readiness.is_none()
+            && let Some(app) = app
+        {
+            readiness = Some(tokio::spawn(report_readiness(app, ready_tx.clone())));
         }
         let _ = update
             .done
@@ -512,8 +526,47 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     }
     renew.abort();
     subscription.abort();
+    if let Some(r) = readiness {
+        r.abort();
+    }
     drop(running);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The app address of this sidecar's workload in a received snapshot.
+fn received_app(
+    received: &meshfed_control::client::Received,
+    args: &ProxyArgs,
+) -> Option<SocketAddr> {
+    received
+        .mesh
+        .mesh
+        .catalog
+        .workloads()
+        .find(|w| {
+            w.name == args.workload && args.namespace.as_deref() == Some(w.namespace.as_str())
+        })
+        .map(|w| w.app)
+}
+
+/// Checks every second whether the app accepts connections and reports each change (and
+/// the current state when the stream reopens) to the control plane.
+async fn report_readiness(app: SocketAddr, tx: watch::Sender<meshfed_api::config::Report>) {
+    loop {
+        let ready =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        tx.send_if_modified(|r| {
+            let now = Some(meshfed_api::config::WorkloadReadiness { ready });
+            if r.workload == now {
+                return false;
+            }
+            r.workload = now;
+            true
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The first certificate from the control plane at `cp`, retried with backoff while it is
@@ -546,6 +599,7 @@ async fn apply(
     let fed = Federated {
         imports: received.imports,
         exported: received.exported_names,
+        unready: received.unready,
     };
     let (cfg, want) = configure(&received.mesh.mesh, &fed, args, &allow)?;
     if &want != id {

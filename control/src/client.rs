@@ -73,6 +73,8 @@ pub struct Received {
     pub gateway: Option<crate::GatewayPlan>,
     /// Names peers reach this workload's service by.
     pub exported_names: Vec<meshfed_core::Hostname>,
+    /// Workloads (namespace, name) that are not ready.
+    pub unready: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Most imported services one snapshot may carry, and identities per import.
@@ -209,8 +211,8 @@ pub struct ClientState {
     pub last_error: Option<String>,
 }
 
-/// What a gateway reports of its peers (see `config.proto`'s `Report`).
-pub type Reports = watch::Receiver<Vec<pb::PeerReachability>>;
+/// What a proxy reports (see `config.proto`'s `Report`).
+pub type Reports = watch::Receiver<pb::Report>;
 
 /// A proxy's connection to its control plane.
 #[derive(Clone)]
@@ -257,8 +259,8 @@ impl Client {
         })
     }
 
-    /// Sends each new value of `reports` on the config stream (a gateway's peer
-    /// reachability), and the current one whenever the stream (re)opens.
+    /// Sends each new value of `reports` on the config stream (a gateway's peer reachability,
+    /// a sidecar's readiness), and the current one whenever the stream (re)opens.
     #[must_use]
     pub fn with_reports(mut self, reports: Reports) -> Self {
         self.reports = Some(reports);
@@ -482,8 +484,8 @@ impl Client {
             let out = out.clone();
             AbortOnDrop(tokio::spawn(async move {
                 loop {
-                    let peers = rx.borrow_and_update().clone();
-                    let msg = send(In::Report(pb::Report { peers }));
+                    let report = rx.borrow_and_update().clone();
+                    let msg = send(In::Report(report));
                     if out.send(msg).await.is_err() || rx.changed().await.is_err() {
                         return;
                     }
@@ -620,6 +622,25 @@ impl Client {
                     .map_err(|e| format!("{file}: exportedNames[{i}]: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if snap.unready_workloads.len() > MAX_IMPORTS {
+            return Err(format!(
+                "{file}: unreadyWorkloads: {} entries; the limit is {MAX_IMPORTS}",
+                snap.unready_workloads.len()
+            ));
+        }
+        let unready = snap
+            .unready_workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                w.split_once('/')
+                    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && w.len() <= 253)
+                    .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+                    .ok_or_else(|| {
+                        format!("{file}: unreadyWorkloads[{i}]: {w:?} is not namespace/name")
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Received {
             version: snap.version,
             mesh,
@@ -627,6 +648,7 @@ impl Client {
             imports,
             gateway,
             exported_names,
+            unready,
         })
     }
 }

@@ -21,6 +21,31 @@ pub struct PeerFeed {
     pub peer: PeerName,
     pub imports: watch::Receiver<Arc<ImportState>>,
     pub health: watch::Receiver<Arc<Health>>,
+    /// Its status: a stale peer (silent past its liveness timeout) serves no traffic of ours.
+    pub status: watch::Receiver<meshfed_peering::status::PeerStatus>,
+}
+
+/// Healthy and total workloads per local service (for what we export).
+pub type ServiceHealth = std::collections::BTreeMap<meshfed_core::ServiceKey, (u32, u32)>;
+
+/// Called with the mesh and its services' health whenever either may have changed (the
+/// peering exporter's view follows it).
+pub type OnMesh = Arc<dyn Fn(&MeshFederation, &ServiceHealth) + Send + Sync>;
+
+/// Each local service's healthy and total workloads, given the unready ones.
+pub fn service_health(
+    mesh: &MeshFederation,
+    unready: &std::collections::BTreeSet<(String, String)>,
+) -> ServiceHealth {
+    let mut out = ServiceHealth::new();
+    for w in mesh.catalog.workloads() {
+        let e = out.entry(w.service.clone()).or_insert((0, 0));
+        e.1 += 1;
+        if !unready.contains(&(w.namespace.to_string(), w.name.clone())) {
+            e.0 += 1;
+        }
+    }
+    out
 }
 
 /// The routes `mesh` imports from its peers right now. Imports of a peer for which the mesh
@@ -39,10 +64,13 @@ pub fn resolve(
         .collect();
     let plan = combine(&mappings, &mesh.catalog);
     let health = |peer: &PeerName, name: &Hostname| {
-        feeds
-            .iter()
-            .find(|f| &f.peer == peer)
-            .and_then(|f| f.health.borrow().get(name).copied())
+        let f = feeds.iter().find(|f| &f.peer == peer)?;
+        let reported = f.health.borrow().get(name).copied();
+        if f.status.borrow().stale {
+            // Not chosen while the peer is silent; its imports are kept for when it is back.
+            return Some((0, reported.map_or(1, |(_, total)| total.max(1))));
+        }
+        reported
     };
     routes_from_plan(
         &plan,
@@ -53,9 +81,12 @@ pub fn resolve(
 
 /// Serves `source` (the mesh file's snapshots) joined with the peers' imports on `tx`, until
 /// `tx` has no receivers. Versions are the served ones: each new content gets the next.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_with_imports(
     source: watch::Receiver<Arc<Snapshot>>,
     feeds: Vec<PeerFeed>,
+    readiness: watch::Receiver<crate::server::Readiness>,
+    on_mesh: Option<OnMesh>,
     tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<Mutex<ControlStatus>>,
     log: crate::Log,
@@ -70,13 +101,34 @@ pub async fn serve_with_imports(
             }
         }));
     }
-    for f in &feeds {
-        let (mut imports, mut health, wake) = (f.imports.clone(), f.health.clone(), wake.clone());
+    {
+        let (mut rx, wake) = (readiness.clone(), wake.clone());
         forwarders.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        }));
+    }
+    for f in &feeds {
+        let (mut imports, mut health, mut st, wake) = (
+            f.imports.clone(),
+            f.health.clone(),
+            f.status.clone(),
+            wake.clone(),
+        );
+        forwarders.push(tokio::spawn(async move {
+            let mut stale = st.borrow().stale;
             loop {
                 tokio::select! {
                     r = imports.changed() => if r.is_err() { return },
                     r = health.changed() => if r.is_err() { return },
+                    r = st.changed() => {
+                        if r.is_err() { return }
+                        // Only a change of staleness matters here, not every heartbeat.
+                        let now = st.borrow().stale;
+                        if now == stale { continue }
+                        stale = now;
+                    }
                 }
                 wake.notify_one();
             }
@@ -85,6 +137,15 @@ pub async fn serve_with_imports(
     let mut missing_said = Vec::new();
     loop {
         let base = source.borrow().clone();
+        let unready: std::collections::BTreeSet<(String, String)> = readiness
+            .borrow()
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Some(f) = &on_mesh {
+            f(&base.mesh, &service_health(&base.mesh, &unready));
+        }
         let (routes, missing) = resolve(&base.mesh, &feeds);
         if missing != missing_said {
             for (host, peer) in &missing {
@@ -101,6 +162,7 @@ pub async fn serve_with_imports(
             mesh_json: base.mesh_json.clone(),
             bundles: base.bundles.clone(),
             imports: Arc::new(routes),
+            unready: Arc::new(unready),
         };
         if !prev.same_content(&next) {
             log(&format!(

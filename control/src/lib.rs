@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub bundles: Vec<(TrustDomain, String)>,
     /// Services imported from peers, resolved (empty without peering).
     pub imports: Arc<Vec<meshfed_core::import::ImportedRoute>>,
+    /// Workloads (namespace, name) that are not ready.
+    pub unready: Arc<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl Snapshot {
@@ -65,6 +67,7 @@ impl Snapshot {
         self.mesh_json == other.mesh_json
             && self.bundles == other.bundles
             && self.imports == other.imports
+            && self.unready == other.unready
             && self.mesh.peers == other.mesh.peers
     }
 }

@@ -74,6 +74,9 @@ pub struct ProxyStatus {
     /// A gateway's report: per peer, whether its ingress answered the last probe.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reachability: BTreeMap<String, Reachability>,
+    /// A sidecar's report: whether its app accepts connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 /// One peer as a gateway last reported it.
@@ -105,7 +108,12 @@ pub struct ControlPlane {
     svid_ttl: Duration,
     status: Arc<Mutex<ControlStatus>>,
     log: Log,
+    readiness: Arc<watch::Sender<Readiness>>,
 }
+
+/// Workloads' readiness as their sidecars report it, by (namespace, name); a workload whose
+/// sidecar left is not ready, one never heard of counts as ready.
+pub type Readiness = BTreeMap<(String, String), bool>;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +145,17 @@ impl ControlPlane {
             svid_ttl: meshfed_trust::ca::DEFAULT_SVID_TTL,
             status,
             log,
+            readiness: Arc::new(watch::channel(Readiness::new()).0),
         }
+    }
+
+    /// The workloads' readiness, as it changes.
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    fn set_ready(&self, namespace: &str, workload: &str, ready: bool) {
+        set_ready(&self.readiness, namespace, workload, ready);
     }
 
     /// Lifetime of the workload SVIDs it signs.
@@ -224,7 +242,10 @@ impl ControlPlane {
             None => Subscriber::Gateway,
         };
         let key = format!("{}/{}", sub.namespace, sub.workload);
-        let _connected = Connected::new(self, &key, &caller);
+        let mut _connected = Connected::new(self, &key, &caller);
+        if matches!(who, Subscriber::Workload(_)) {
+            _connected.workload = Some((sub.namespace.clone(), sub.workload.clone()));
+        }
         let mut rx = self.snapshot.clone();
         let mut sent = sub.running_version;
         loop {
@@ -276,6 +297,10 @@ impl ControlPlane {
                             })
                             .collect();
                         self.with_proxy(&key, |p| p.reachability = reach);
+                        if let Some(w) = r.workload {
+                            self.with_proxy(&key, |p| p.ready = Some(w.ready));
+                            self.set_ready(&sub.namespace, &sub.workload, w.ready);
+                        }
                     }
                     Ok(Some(_)) => {
                         return close(tx, "ProtocolError", "Subscribe may be sent only once").await;
@@ -297,6 +322,20 @@ impl ControlPlane {
 struct Connected {
     status: Arc<Mutex<ControlStatus>>,
     key: String,
+    /// A workload whose sidecar this is: not ready once it leaves.
+    workload: Option<(String, String)>,
+    readiness: Arc<watch::Sender<Readiness>>,
+}
+
+fn set_ready(r: &watch::Sender<Readiness>, namespace: &str, workload: &str, ready: bool) {
+    r.send_if_modified(|m| {
+        let k = (namespace.to_owned(), workload.to_owned());
+        if m.get(&k) == Some(&ready) {
+            return false;
+        }
+        m.insert(k, ready);
+        true
+    });
 }
 
 impl Connected {
@@ -308,6 +347,8 @@ impl Connected {
         Self {
             status: cp.status.clone(),
             key: key.to_owned(),
+            workload: None,
+            readiness: cp.readiness.clone(),
         }
     }
 }
@@ -322,6 +363,9 @@ impl Drop for Connected {
             .get_mut(&self.key)
         {
             p.connected = false;
+        }
+        if let Some((ns, name)) = &self.workload {
+            set_ready(&self.readiness, ns, name, false);
         }
     }
 }
@@ -375,6 +419,11 @@ fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
         imports: s.imports.iter().map(import_to_wire).collect(),
         gateway: gateway.then(|| gateway_config(s)),
         exported_names,
+        unready_workloads: s
+            .unready
+            .iter()
+            .map(|(ns, name)| format!("{ns}/{name}"))
+            .collect(),
     }
 }
 

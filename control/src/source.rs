@@ -44,6 +44,7 @@ pub fn next_snapshot(
         mesh_json: loaded.mesh_json.into(),
         bundles,
         imports: prev.map(|p| p.imports.clone()).unwrap_or_default(),
+        unready: prev.map(|p| p.unready.clone()).unwrap_or_default(),
     };
     Ok(match prev {
         Some(p) if p.same_content(&next) => None,

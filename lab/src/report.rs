@@ -141,6 +141,11 @@ fn failed_between(sorted: &[Sample], from: f64, to: f64) -> usize {
         .count()
 }
 
+/// `4s`, `7.5s`.
+fn secs(d: std::time::Duration) -> String {
+    format!("{}s", (d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
 /// Analyses a run of `plan`.
 pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> Report {
     let mut sorted = samples.to_vec();
@@ -235,7 +240,7 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
                 ),
             },
             Expectation::FailoverWithin(d) => Check {
-                expectation: format!("failover within {d:?}"),
+                expectation: format!("failover within {}", secs(*d)),
                 passed: f.failover_ms.is_some_and(|x| x <= ms(*d)),
                 detail: f.failover_ms.map_or("no failover seen".into(), |x| {
                     format!(
@@ -245,7 +250,7 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
                 }),
             },
             Expectation::FailbackWithin(d) => Check {
-                expectation: format!("fail-back within {d:?}"),
+                expectation: format!("fail-back within {}", secs(*d)),
                 passed: f.failback_ms.is_some_and(|x| x <= ms(*d)),
                 detail: f.failback_ms.map_or("no fail-back seen".into(), |x| {
                     format!(
@@ -274,7 +279,11 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
                     by as f64 / window.len() as f64
                 };
                 Check {
-                    expectation: format!("served by {mesh} from {from:?} to {to:?}: ≥ {at_least}"),
+                    expectation: format!(
+                        "served by {mesh} from {} to {}: ≥ {at_least}",
+                        secs(*from),
+                        secs(*to)
+                    ),
                     passed: share >= *at_least,
                     detail: format!("{by} of {} ({share:.4})", window.len()),
                 }
