@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Procs, bin, free, run, tempdir, trust_init};
+use common::{Procs, bin, free, tempdir, trust_init};
 
 /// Mesh CAs for alpha (`a/`) and beta (`b/`).
 fn two_cas(dir: &Path) {
@@ -121,30 +121,7 @@ fn wait(
 fn two_meshes_peer_fail_restart_from_store_and_recover() {
     let dir = tempdir("peering-cli-lifecycle");
     two_cas(&dir);
-    for (from, to, td) in [
-        ("a", "b", "alpha-mesh.local"),
-        ("b", "a", "beta-mesh.local"),
-    ] {
-        let o = Command::new(bin())
-            .args(["trust", "bundle", "export", "--dir", from])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        std::fs::write(dir.join(format!("{from}.json")), o.stdout).unwrap();
-        run(
-            &dir,
-            &[
-                "trust",
-                "bundle",
-                "import",
-                "--dir",
-                to,
-                "--trust-domain",
-                td,
-                &format!("{from}.json"),
-            ],
-        );
-    }
+    common::exchange_bundles(&dir, ("a", "alpha-mesh.local"), ("b", "beta-mesh.local"));
     let (a_listen, b_listen) = (free("127.0.3.1"), free("127.0.4.1"));
     let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
     let alpha = mesh_file(&dir, "alpha.yaml", b_listen);

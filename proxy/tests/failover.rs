@@ -11,26 +11,13 @@ use std::time::Duration;
 
 use common::*;
 use meshfed_proxy::echo;
-use meshfed_proxy::sidecar::{self, HttpVersion, Running, SidecarConfig};
+use meshfed_proxy::sidecar::{self, Running};
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 
 /// A server sidecar whose app is expected at `app` (nothing needs to listen there yet).
 async fn sidecar_for(ca: &CertificateAuthority, app: std::net::SocketAddr) -> Running {
-    let cfg = SidecarConfig {
-        outbound: None,
-        inbound: Some(any()),
-        app: Some(app),
-        app_protocol: HttpVersion::Http1,
-        allow: Expect::AnyKnownDomain,
-        services: vec![],
-        policies: vec![],
-        service: "shop/echo".into(),
-        admin: None,
-        tcp: vec![],
-        tcp_ports: vec![],
-        names: vec![],
-    };
+    let cfg = server_config(app);
     sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
         .await
         .unwrap()

@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_proxy::sidecar::{self, HttpVersion, Running, SidecarConfig};
 use meshfed_trust::CertificateAuthority;
-use meshfed_trust::verify::Expect;
 
 fn ca() -> CertificateAuthority {
     CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap()
@@ -28,18 +27,8 @@ fn ca() -> CertificateAuthority {
 /// A server sidecar for an app at `app` speaking `version`.
 async fn server_for(ca: &CertificateAuthority, app: SocketAddr, version: HttpVersion) -> Running {
     let cfg = SidecarConfig {
-        outbound: None,
-        inbound: Some(any()),
-        app: Some(app),
         app_protocol: version,
-        allow: Expect::AnyKnownDomain,
-        services: vec![],
-        policies: vec![],
-        service: "shop/echo".into(),
-        admin: None,
-        tcp: vec![],
-        tcp_ports: vec![],
-        names: vec![],
+        ..server_config(app)
     };
     sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
         .await

@@ -11,9 +11,8 @@ use std::time::SystemTime;
 use common::*;
 use meshfed_core::Hostname;
 use meshfed_core::traffic::TrafficPolicy;
-use meshfed_proxy::sidecar::{self, Endpoint, HttpVersion, SidecarConfig};
+use meshfed_proxy::sidecar::{self, Endpoint, SidecarConfig};
 use meshfed_trust::CertificateAuthority;
-use meshfed_trust::verify::Expect;
 
 const EXPORTED: &str = "echo.shop.svc.beta-exports.local";
 
@@ -24,18 +23,8 @@ async fn a_client_hello_for_another_service_is_refused() {
         .await
         .unwrap();
     let mut cfg = SidecarConfig {
-        outbound: None,
-        inbound: Some(any()),
-        app: Some(app),
-        app_protocol: HttpVersion::Http1,
-        allow: Expect::AnyKnownDomain,
-        services: vec![],
-        policies: vec![],
-        service: "shop/echo".into(),
-        admin: None,
-        tcp: vec![],
-        tcp_ports: vec![],
         names: vec![HOST.parse().unwrap(), EXPORTED.parse().unwrap()],
+        ..server_config(app)
     };
     let srv = sidecar::start(cfg.clone(), resolver(&ca, ECHO), bundles(&ca))
         .await

@@ -71,6 +71,24 @@ pub fn echo_config(instance: &str) -> EchoConfig {
     }
 }
 
+/// A server sidecar's configuration: inbound only, in front of `app` (shop/echo).
+pub fn server_config(app: SocketAddr) -> SidecarConfig {
+    SidecarConfig {
+        outbound: None,
+        inbound: Some(any()),
+        app: Some(app),
+        app_protocol: HttpVersion::Http1,
+        allow: Expect::AnyKnownDomain,
+        services: vec![],
+        policies: vec![],
+        service: "shop/echo".into(),
+        admin: None,
+        tcp: vec![],
+        tcp_ports: vec![],
+        names: vec![],
+    }
+}
+
 /// An echo app configured by `echo` behind a server sidecar running as [`ECHO`].
 pub async fn echo_server(
     ca: &CertificateAuthority,
@@ -80,18 +98,10 @@ pub async fn echo_server(
 ) -> (Running, tokio::task::JoinHandle<()>) {
     let (app, task) = echo::start(any(), echo).await.unwrap();
     let cfg = SidecarConfig {
-        outbound: None,
-        inbound: Some(any()),
-        app: Some(app),
-        app_protocol: HttpVersion::Http1,
         allow,
-        services: vec![],
         policies,
-        service: "shop/echo".into(),
         admin: Some(any()),
-        tcp: vec![],
-        tcp_ports: vec![],
-        names: vec![],
+        ..server_config(app)
     };
     (
         sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
