@@ -105,9 +105,13 @@ pub struct ScenarioStep {
     /// `kill`, `start` or `restart` a service's apps (`mesh/namespace/name`), a mesh's
     /// control plane (`mesh:control`) or its gateways for a peer (`mesh:gateway/PEER`, the
     /// `ServiceMeshPeer`'s name); `cut` the link from one mesh to another (`alpha->beta`:
-    /// refused), `blackhole` it (accepted, never answered), or `heal` it.
+    /// refused), `blackhole` it (accepted, never answered), `delay` it by `latency`, or
+    /// `heal` it.
     pub action: String,
     pub target: String,
+    /// For `delay`: how long each direction of the link holds every chunk, e.g. `100ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
 }
 
 /// One expectation; exactly one field is set.
@@ -205,9 +209,23 @@ pub enum Action {
     Kill(Component),
     Start(Component),
     Restart(Component),
-    Cut { from: String, to: String },
-    Blackhole { from: String, to: String },
-    Heal { from: String, to: String },
+    Cut {
+        from: String,
+        to: String,
+    },
+    Blackhole {
+        from: String,
+        to: String,
+    },
+    Delay {
+        from: String,
+        to: String,
+        by: Duration,
+    },
+    Heal {
+        from: String,
+        to: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -526,6 +544,37 @@ pub fn convert_scenario(
                 link(&s.target, tp, out).map(|(from, to)| Action::Blackhole { from, to })
             }
             "heal" => link(&s.target, tp, out).map(|(from, to)| Action::Heal { from, to }),
+            "delay" => {
+                let by = match &s.latency {
+                    Some(l) => duration(l, sp.key("latency"), out),
+                    None => {
+                        out.push(
+                            Finding::error(
+                                "MissingField",
+                                sp.key("latency"),
+                                "a delay step needs latency",
+                            )
+                            .hint("e.g. latency: 100ms"),
+                        );
+                        None
+                    }
+                };
+                let l = link(&s.target, tp, out);
+                match (l, by) {
+                    (Some((from, to)), Some(by)) if by <= Duration::from_secs(10) => {
+                        Some(Action::Delay { from, to, by })
+                    }
+                    (Some(_), Some(by)) => {
+                        out.push(Finding::error(
+                            "InvalidDuration",
+                            sp.key("latency"),
+                            format!("{by:?}; a link delays by at most 10s"),
+                        ));
+                        None
+                    }
+                    _ => None,
+                }
+            }
             other => {
                 out.push(
                     Finding::error(
@@ -533,7 +582,7 @@ pub fn convert_scenario(
                         sp.key("action"),
                         format!("{other:?} is not a step action"),
                     )
-                    .hint("kill, start, restart, cut, blackhole or heal"),
+                    .hint("kill, start, restart, cut, blackhole, delay or heal"),
                 );
                 None
             }

@@ -451,10 +451,12 @@ impl Lab {
             }
             Action::Cut { from, to }
             | Action::Blackhole { from, to }
+            | Action::Delay { from, to, .. }
             | Action::Heal { from, to } => {
                 let mode = match a {
                     Action::Cut { .. } => Mode::Cut,
                     Action::Blackhole { .. } => Mode::Blackhole,
+                    Action::Delay { by, .. } => Mode::Delay(*by),
                     _ => Mode::Open,
                 };
                 if !self.links.iter().any(|l| &l.from == from && &l.to == to) {

@@ -2,14 +2,18 @@
 //! discovery ports): a relay in the lab's process, since kernel traffic shaping is not
 //! available everywhere. `cut` closes every connection and refuses new ones; `blackhole`
 //! accepts and keeps connections but carries nothing (what a dead network looks like);
-//! `heal` restores it.
+//! `delay` holds every chunk for a while in each direction (a long link); `heal` restores it.
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// What a link does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub enum Mode {
     Open,
     Cut,
     Blackhole,
+    /// Each chunk is carried this long after it was read, in each direction.
+    Delay(Duration),
 }
 
 /// A running link; stops when dropped.
@@ -75,7 +81,7 @@ async fn serve(l: TcpListener, target: Option<SocketAddr>, mode: watch::Receiver
             match (now, target) {
                 (Mode::Cut, _) | (_, None) => {}
                 (Mode::Blackhole, Some(_)) => swallow(down, &mut mode).await,
-                (Mode::Open, Some(t)) => relay(down, t, &mut mode).await,
+                (Mode::Open | Mode::Delay(_), Some(t)) => relay(down, t, &mut mode).await,
             }
         });
     }
@@ -92,32 +98,62 @@ async fn swallow(mut down: TcpStream, mode: &mut watch::Receiver<Mode>) {
     }
 }
 
-async fn relay(mut down: TcpStream, target: SocketAddr, mode: &mut watch::Receiver<Mode>) {
-    let Ok(mut up) = TcpStream::connect(target).await else {
+async fn relay(down: TcpStream, target: SocketAddr, mode: &mut watch::Receiver<Mode>) {
+    let Ok(up) = TcpStream::connect(target).await else {
         return;
     };
     let _ = (down.set_nodelay(true), up.set_nodelay(true));
-    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    tokio::pin!(copy);
-    loop {
-        tokio::select! {
-            _ = &mut copy => return,
-            c = mode.changed() => {
-                if c.is_err() {
-                    return;
-                }
-                match *mode.borrow() {
-                    Mode::Open => continue,
-                    Mode::Cut => return,
-                    Mode::Blackhole => break,
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up.into_split();
+    let (m1, m2) = (mode.clone(), mode.clone());
+    let both = async move {
+        tokio::join!(pipe(dr, uw, m1), pipe(ur, dw, m2));
+    };
+    tokio::select! {
+        () = both => {}
+        _ = mode.wait_for(|m| *m == Mode::Cut) => {}
+    }
+}
+
+/// Carries one direction: every chunk read is written when the link's delay has passed since
+/// it was read, held while the link is blackholed; the reader never waits for the writer.
+async fn pipe(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(256);
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
-    }
-    // Blackholed: both sides stay open, nothing moves, until the link heals or is cut.
-    loop {
-        if mode.changed().await.is_err() || *mode.borrow() != Mode::Blackhole {
-            return;
+    };
+    let writer = async move {
+        while let Some((read_at, chunk)) = rx.recv().await {
+            loop {
+                let now = *mode.borrow_and_update();
+                match now {
+                    Mode::Cut => return,
+                    Mode::Blackhole => {
+                        if mode.changed().await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Mode::Delay(d) => tokio::time::sleep_until(read_at + d).await,
+                    Mode::Open => {}
+                }
+                break;
+            }
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-    }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }

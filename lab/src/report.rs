@@ -337,7 +337,7 @@ fn chart(
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
         .fold(0.0_f64, f64::max)
-        .max(1e-9)
+        .max(1.0)
         * 1.1;
     let x = |ms: f64| l + (w - l - r) * ms / x_max_ms.max(1.0);
     let y = |v: f64| h - b - (h - t - b) * v / y_max;
@@ -430,7 +430,15 @@ fn chart(
 
 /// The self-contained HTML report.
 pub fn html(r: &Report) -> String {
-    let per_sec = 1000.0 / BUCKET_MS;
+    // Rates per half second (two buckets, not overlapping): a single bucket holds too few
+    // requests at low rates to draw a steady line, a sliding window would smear the switch.
+    let pairs: Vec<usize> = (0..r.buckets.len()).step_by(2).collect();
+    let rate = |i: usize, f: &dyn Fn(&Bucket) -> u32| {
+        let group = &r.buckets[i..(i + 2).min(r.buckets.len())];
+        let n: u32 = group.iter().map(f).sum();
+        f64::from(n) * 1000.0 / (group.len() as f64 * BUCKET_MS)
+    };
+    let end = |i: usize| r.buckets[i].t_ms + BUCKET_MS.min(r.duration_ms - r.buckets[i].t_ms);
     let mid = |b: &Bucket| b.t_ms + BUCKET_MS / 2.0;
     let meshes: Vec<String> = {
         let mut m: Vec<String> = r
@@ -449,9 +457,9 @@ pub fn html(r: &Report) -> String {
             (
                 format!("served by {m}"),
                 COLORS[i % COLORS.len()].to_owned(),
-                r.buckets
+                pairs
                     .iter()
-                    .map(|b| (mid(b), f64::from(*b.by_mesh.get(m).unwrap_or(&0)) * per_sec))
+                    .map(|&i| (end(i), rate(i, &|b| *b.by_mesh.get(m).unwrap_or(&0))))
                     .collect(),
             )
         })
@@ -459,9 +467,9 @@ pub fn html(r: &Report) -> String {
     served.push((
         "failed".into(),
         "#d62728".into(),
-        r.buckets
+        pairs
             .iter()
-            .map(|b| (mid(b), f64::from(b.requests - b.ok) * per_sec))
+            .map(|&i| (end(i), rate(i, &|b| b.requests - b.ok)))
             .collect(),
     ));
     let errors = vec![(
