@@ -558,3 +558,116 @@ tr.fail td:first-child {{ color: #d62728; font-weight: bold; }}
         c3 = chart("Latency", "ms", &latency, &r.steps, r.duration_ms),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use meshfed_crds::scenario::{PlanLoad, PlanStep, ScenarioPlan};
+
+    use super::*;
+
+    fn plan(steps: Vec<PlanStep>, expect: Vec<Expectation>) -> ScenarioPlan {
+        ScenarioPlan {
+            name: "t".into(),
+            description: String::new(),
+            meshes: vec![],
+            load: PlanLoad {
+                mesh: "alpha".into(),
+                namespace: "web".into(),
+                service: "ui".into(),
+                host: "orders.shop.svc.cluster.local".into(),
+                rps: 100,
+                path: "/".into(),
+            },
+            duration: Duration::from_secs(10),
+            steps,
+            expect,
+        }
+    }
+
+    fn apps(action: fn(Component) -> Action, at: u64) -> PlanStep {
+        PlanStep {
+            at: Duration::from_secs(at),
+            action: action(Component::Apps {
+                mesh: "alpha".into(),
+                namespace: "shop".into(),
+                service: "orders".into(),
+            }),
+            label: "x".into(),
+        }
+    }
+
+    /// 100 rps for 10 s: alpha until 3.2 s, two failures, beta until 7.5 s, alpha after.
+    fn samples() -> Vec<Sample> {
+        (0..1000)
+            .map(|k| {
+                let t_ms = f64::from(k) * 10.0;
+                let (status, mesh) = match t_ms {
+                    t if t < 3000.0 => (200, Some("alpha")),
+                    t if t < 3020.0 => (503, None),
+                    t if t < 3200.0 => (200, Some("alpha")),
+                    t if t < 7500.0 => (200, Some("beta")),
+                    _ => (200, Some("alpha")),
+                };
+                Sample {
+                    t_ms,
+                    latency_ms: 1.0,
+                    status,
+                    mesh: mesh.map(str::to_owned),
+                    error: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn switches_are_timed_from_the_steps_and_checked() {
+        let p = plan(
+            vec![apps(Action::Kill, 3), apps(Action::Start, 7)],
+            vec![
+                Expectation::SuccessRatio(0.999),
+                Expectation::FailoverWithin(Duration::from_millis(500)),
+                Expectation::FailbackWithin(Duration::from_millis(400)),
+                Expectation::ServedBy {
+                    mesh: "beta".into(),
+                    from: Duration::from_secs(4),
+                    to: Duration::from_secs(7),
+                    at_least: 0.99,
+                },
+            ],
+        );
+        let r = analyse(&p, &samples(), String::new());
+        assert_eq!(r.figures.requests, 1000);
+        assert_eq!(r.figures.ok, 998);
+        // The first 1 s window with ≥ 99 % served by beta starts one request early.
+        assert_eq!(r.figures.failover_ms, Some(190.0));
+        assert_eq!(r.figures.failed_during_failover, Some(2));
+        assert_eq!(r.figures.failback_ms, Some(490.0));
+        let passed: Vec<bool> = r.checks.iter().map(|c| c.passed).collect();
+        // 998/1000 < 0.999; failover 190 ms ≤ 500; fail-back 490 ms > 400; beta served.
+        assert_eq!(passed, vec![false, true, false, true]);
+        assert!(!r.passed);
+        assert_eq!(r.buckets.len(), 40);
+        assert_eq!(r.buckets[12].requests, 25);
+        assert_eq!(r.buckets[12].ok, 23);
+        let html = html(&r);
+        assert!(html.contains("FAILED") && html.matches("<svg").count() == 3);
+    }
+
+    #[test]
+    fn no_switch_is_claimed_when_the_callers_mesh_never_served() {
+        let mut s = samples();
+        for x in &mut s {
+            x.mesh = Some("beta".into());
+        }
+        let p = plan(
+            vec![apps(Action::Kill, 3)],
+            vec![Expectation::FailoverWithin(Duration::from_secs(3))],
+        );
+        let r = analyse(&p, &s, String::new());
+        assert_eq!(r.figures.failover_ms, None);
+        assert!(!r.checks[0].passed);
+    }
+}
