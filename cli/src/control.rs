@@ -138,10 +138,8 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     let (src_tx, src_rx) = watch::channel(Arc::new(first.clone()));
     // A changed mesh file, or a workload's readiness, changes what peering exports too.
     let node = node.map(Arc::new);
-    let on_mesh: Option<meshfed_control::imports::OnMesh> = node.clone().map(|n| {
-        let f: meshfed_control::imports::OnMesh =
-            Arc::new(move |mesh, health| n.set_exports(mesh, health));
-        f
+    let on_mesh = node.clone().map(|n| -> meshfed_control::imports::OnMesh {
+        Arc::new(move |mesh, health| n.set_exports(mesh, health))
     });
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(source::watch_file(

@@ -473,6 +473,53 @@ async fn plan_egress(plan: &GatewayPlan, peer: &str) -> Result<BTreeMap<Hostname
     Ok(routes)
 }
 
+/// What the joined gateways serve for one peer, replaced by each snapshot.
+struct Served {
+    peer: String,
+    ingress_peers: Arc<RwLock<Arc<Vec<IngressPeer>>>>,
+    egress_routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>>,
+    bundles: verify::SharedBundles,
+}
+
+impl Served {
+    /// Takes a snapshot's gateway plan and bundles; nothing changes when it does not apply.
+    async fn apply(&self, received: &meshfed_control::client::Received) -> Result<()> {
+        let plan = received.gateway.as_ref().context(
+            "the control plane sent no gateway configuration: is this gateway declared under spec.gateways?",
+        )?;
+        let routes = plan_egress(plan, &self.peer).await?;
+        self.bundles.store(Arc::new(received.bundles.clone()));
+        *self
+            .ingress_peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(plan_ingress(plan, &self.peer));
+        *self
+            .egress_routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
+        Ok(())
+    }
+}
+
+/// Says whether a snapshot was applied and answers the stream (ACK or NACK); the result when
+/// it was.
+fn answer<T>(update: Update, r: Result<T>) -> Option<T> {
+    let version = update.received.version;
+    match r {
+        Ok(x) => {
+            note(&format!("applied config version {version}"));
+            let _ = update.done.send(Ok(()));
+            Some(x)
+        }
+        Err(e) => {
+            note(&format!("refused config version {version}: {e:#}"));
+            let _ = update.done.send(Err(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 /// Joined to the control plane: the ingress and egress certify as their gateways'
 /// identities, then follow the configuration stream.
 async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCode> {
@@ -513,6 +560,12 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
     });
     let ingress_peers: Arc<RwLock<Arc<Vec<IngressPeer>>>> = Arc::default();
     let egress_routes: Arc<RwLock<Arc<BTreeMap<Hostname, EgressRoute>>>> = Arc::default();
+    let served = Served {
+        peer: peer.clone(),
+        ingress_peers: ingress_peers.clone(),
+        egress_routes: egress_routes.clone(),
+        bundles: bundles.clone(),
+    };
     // The first good snapshot starts the listeners.
     let (running, roles) = loop {
         let Some(update) = rx.recv().await else {
@@ -520,10 +573,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
         };
         let r = async {
             let received = &update.received;
-            let plan = received
-                .gateway
-                .clone()
-                .context("the control plane sent no gateway configuration: is this gateway declared under spec.gateways?")?;
+            served.apply(received).await?;
             let gateways = &received.mesh.mesh.gateways;
             let addr = |flag: &Option<Option<SocketAddr>>, name: &str, discovery: bool| -> Result<Option<SocketAddr>> {
                 Ok(match flag {
@@ -540,11 +590,6 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
             let ingress_addr = addr(&args.ingress, &ingress_name, false)?;
             let egress_addr = addr(&args.egress, &egress_name, false)?;
             let discovery_addr = addr(&args.discovery, &ingress_name, true)?;
-            bundles.store(Arc::new(received.bundles.clone()));
-            *ingress_peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Arc::new(plan_ingress(&plan, &peer));
-            *egress_routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Arc::new(plan_egress(&plan, &peer).await?);
             let mut running = Vec::new();
             let mut roles = Vec::new();
             if let (Some(a), Some((_, svid))) = (ingress_addr, &ingress_id) {
@@ -588,61 +633,15 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
             anyhow::Ok((running, roles))
         }
         .await;
-        match r {
-            Ok(x) => {
-                note(&format!(
-                    "applied config version {}",
-                    update.received.version
-                ));
-                let _ = update.done.send(Ok(()));
-                break x;
-            }
-            Err(e) => {
-                note(&format!(
-                    "refused config version {}: {e:#}",
-                    update.received.version
-                ));
-                let _ = update.done.send(Err(format!("{e:#}")));
-            }
+        if let Some(x) = answer(update, r) {
+            break x;
         }
     };
     // Later snapshots update what the gateways serve, live.
-    let follow = tokio::spawn({
-        let (ingress_peers, egress_routes, bundles, peer) = (
-            ingress_peers.clone(),
-            egress_routes.clone(),
-            bundles.clone(),
-            peer.clone(),
-        );
-        async move {
-            while let Some(update) = rx.recv().await {
-                let received = &update.received;
-                let r = async {
-                    let plan = received
-                        .gateway
-                        .clone()
-                        .context("the control plane sent no gateway configuration")?;
-                    let routes = plan_egress(&plan, &peer).await?;
-                    bundles.store(Arc::new(received.bundles.clone()));
-                    *ingress_peers
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Arc::new(plan_ingress(&plan, &peer));
-                    *egress_routes
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
-                    anyhow::Ok(())
-                }
-                .await;
-                match &r {
-                    Ok(()) => note(&format!("applied config version {}", received.version)),
-                    Err(e) => note(&format!(
-                        "refused config version {}: {e:#}",
-                        received.version
-                    )),
-                }
-                let _ = update.done.send(r.map_err(|e| format!("{e:#}")));
-            }
+    let follow = tokio::spawn(async move {
+        while let Some(update) = rx.recv().await {
+            let r = served.apply(&update.received).await;
+            answer(update, r);
         }
     });
     let code = serve_and_drain(args, running, roles).await;

@@ -222,15 +222,7 @@ impl Node {
         mesh: &MeshFederation,
         health: &meshfed_control::imports::ServiceHealth,
     ) {
-        let mut peers = export_peers(mesh);
-        for (p, e) in mesh.peers.values().zip(peers.iter_mut()) {
-            e.health = mesh
-                .export_view(p)
-                .services
-                .into_values()
-                .filter_map(|s| Some((s.exported_name, *health.get(&s.local)?)))
-                .collect();
-        }
+        let peers = export_peers(mesh, health);
         self.exports.send_if_modified(|c| {
             if c.peers == peers {
                 return false;
@@ -289,7 +281,8 @@ pub(crate) async fn start_node(
         ),
         provider.clone(),
     )?);
-    let exports = export_peers(mesh);
+    // Health arrives with the sidecars' readiness; nothing is claimed until then.
+    let exports = export_peers(mesh, &meshfed_control::imports::ServiceHealth::new());
     let export_counts: BTreeMap<String, usize> = exports
         .iter()
         .map(|e| (e.name.to_string(), e.view.len()))
@@ -508,8 +501,12 @@ pub(crate) async fn start_node(
     })
 }
 
-/// What `mesh` exports to each of its peers.
-fn export_peers(mesh: &MeshFederation) -> Vec<ExportPeer> {
+/// What `mesh` exports to each of its peers, with each exported service's healthy and total
+/// workloads where `health` knows them.
+fn export_peers(
+    mesh: &MeshFederation,
+    health: &meshfed_control::imports::ServiceHealth,
+) -> Vec<ExportPeer> {
     mesh.peers
         .values()
         .map(|p| ExportPeer {
@@ -520,8 +517,12 @@ fn export_peers(mesh: &MeshFederation) -> Vec<ExportPeer> {
                 .into_iter()
                 .map(|s| (s.exported_name.clone(), s))
                 .collect::<BTreeMap<Hostname, _>>(),
-            // Endpoint health arrives with the data path; nothing is claimed until then.
-            health: BTreeMap::new(),
+            health: mesh
+                .export_view(p)
+                .services
+                .into_values()
+                .filter_map(|s| Some((s.exported_name, *health.get(&s.local)?)))
+                .collect(),
         })
         .collect()
 }

@@ -508,17 +508,15 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
                 None => break,
             },
         };
-        let app = received_app(&update.received, args);
         let r = apply(args, &client, &resolver, &id, &mut running, update.received).await;
         match &r {
-            Ok(version) => note(&format!("applied config version {version}")),
+            Ok((version, _)) => note(&format!("applied config version {version}")),
             Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
         }
-        if r.is_ok()
+        if let Ok((_, Some(app))) = &r
             && readiness.is_none()
-            && let Some(app) = app
         {
-            readiness = Some(tokio::spawn(report_readiness(app, ready_tx.clone())));
+            readiness = Some(tokio::spawn(report_readiness(*app, ready_tx.clone())));
         }
         let _ = update
             .done
@@ -531,22 +529,6 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     }
     drop(running);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The app address of this sidecar's workload in a received snapshot.
-fn received_app(
-    received: &meshfed_control::client::Received,
-    args: &ProxyArgs,
-) -> Option<SocketAddr> {
-    received
-        .mesh
-        .mesh
-        .catalog
-        .workloads()
-        .find(|w| {
-            w.name == args.workload && args.namespace.as_deref() == Some(w.namespace.as_str())
-        })
-        .map(|w| w.app)
 }
 
 /// Checks every second whether the app accepts connections and reports each change (and
@@ -586,7 +568,8 @@ pub(crate) async fn certify_first(client: &Client, cp: SocketAddr) -> Result<mes
     }
 }
 
-/// Applies one validated snapshot: starts the sidecar on the first, updates it after.
+/// Applies one validated snapshot: starts the sidecar on the first, updates it after. The
+/// version applied, and the app's address.
 async fn apply(
     args: &ProxyArgs,
     client: &Client,
@@ -594,7 +577,7 @@ async fn apply(
     id: &SpiffeId,
     running: &mut Option<sidecar::Running>,
     received: meshfed_control::client::Received,
-) -> Result<u64> {
+) -> Result<(u64, Option<SocketAddr>)> {
     let allow: BTreeSet<TrustDomain> = received.bundles.domains().cloned().collect();
     let fed = Federated {
         imports: received.imports,
@@ -602,6 +585,7 @@ async fn apply(
         unready: received.unready,
     };
     let (cfg, want) = configure(&received.mesh.mesh, &fed, args, &allow)?;
+    let app = cfg.app;
     if &want != id {
         bail!("the workload's identity changed to {want}; restart the sidecar");
     }
@@ -638,5 +622,5 @@ async fn apply(
             }
         }
     }
-    Ok(received.version)
+    Ok((received.version, app))
 }

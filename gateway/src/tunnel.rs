@@ -171,6 +171,16 @@ pub struct Target {
     pub id: PeerIdentity,
 }
 
+/// What a tunnel TLS client config is for (each kind made once per peer identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Use {
+    /// A TCP tunnel carrying a stream.
+    Tcp,
+    /// A TCP health probe (its own ALPN).
+    Probe,
+    Quic,
+}
+
 /// A cached QUIC connection to one ingress; the async lock makes concurrent first streams share
 /// one handshake instead of each dialing.
 #[derive(Debug, Default)]
@@ -183,7 +193,7 @@ pub struct Dialer {
     svid: Arc<SvidResolver>,
     bundles: SharedBundles,
     /// TLS client configs per ingress identity (TCP and QUIC), made on first use.
-    tls: Mutex<BTreeMap<(PeerIdentity, bool), Arc<rustls::ClientConfig>>>,
+    tls: Mutex<BTreeMap<(PeerIdentity, Use), Arc<rustls::ClientConfig>>>,
     quic: Mutex<BTreeMap<Target, Arc<QuicSlot>>>,
     endpoint: Option<quinn::Endpoint>,
 }
@@ -218,35 +228,33 @@ impl Dialer {
         self.transport
     }
 
-    fn tls(&self, id: &PeerIdentity, quic: bool) -> Result<Arc<rustls::ClientConfig>, TunnelError> {
+    fn tls(&self, id: &PeerIdentity, used: Use) -> Result<Arc<rustls::ClientConfig>, TunnelError> {
         let mut all = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = all.get(&(id.clone(), quic)) {
+        if let Some(c) = all.get(&(id.clone(), used)) {
             return Ok(c.clone());
         }
         let provider = verify::provider();
         let verifier =
             SpiffeServerVerifier::new(self.bundles.clone(), id.expect(), provider.clone());
         let mut c = verify::client_config(self.svid.clone(), Arc::new(verifier), provider)?;
-        c.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
-        if quic {
+        c.alpn_protocols = vec![match used {
+            Use::Probe => ALPN_PROBE.to_vec(),
+            Use::Tcp | Use::Quic => ALPN_TUNNEL.to_vec(),
+        }];
+        if used == Use::Quic {
             c.enable_early_data = false;
         }
         let c = Arc::new(c);
-        all.insert((id.clone(), quic), c.clone());
+        all.insert((id.clone(), used), c.clone());
         Ok(c)
     }
 
     async fn tcp_tls(
         &self,
         target: &Target,
-        alpn: &[u8],
+        used: Use,
     ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Duration), &'static str> {
-        let mut cfg = self.tls(&target.id, false).map_err(|_| "TunnelConfig")?;
-        if alpn != ALPN_TUNNEL {
-            let mut c = (*cfg).clone();
-            c.alpn_protocols = vec![alpn.to_vec()];
-            cfg = Arc::new(c);
-        }
+        let cfg = self.tls(&target.id, used).map_err(|_| "TunnelConfig")?;
         let t0 = Instant::now();
         let tcp = tokio::time::timeout(crate::relay::STEP_TIMEOUT, TcpStream::connect(target.addr))
             .await
@@ -288,7 +296,9 @@ impl Dialer {
         }
         *held = None;
         let endpoint = self.endpoint.as_ref().ok_or("TunnelConfig")?;
-        let tls = self.tls(&target.id, true).map_err(|_| "TunnelConfig")?;
+        let tls = self
+            .tls(&target.id, Use::Quic)
+            .map_err(|_| "TunnelConfig")?;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|_| "TunnelConfig")?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -313,7 +323,7 @@ impl Dialer {
     pub async fn open(&self, target: &Target, first: &[u8]) -> Result<Opened, &'static str> {
         match self.transport {
             Transport::Tcp => {
-                let (mut s, _) = self.tcp_tls(target, ALPN_TUNNEL).await?;
+                let (mut s, _) = self.tcp_tls(target, Use::Tcp).await?;
                 s.write_all(first).await.map_err(|_| "PeerUnreachable")?;
                 Ok((Box::new(s), Vec::new()))
             }
@@ -358,7 +368,7 @@ impl Dialer {
         let at = SystemTime::now();
         let result: Result<Duration, &'static str> = match self.transport {
             Transport::Quic => self.quic_conn(target, None).await.map(|c| c.rtt()),
-            Transport::Tcp => self.tcp_tls(target, ALPN_PROBE).await.map(|(mut s, rtt)| {
+            Transport::Tcp => self.tcp_tls(target, Use::Probe).await.map(|(mut s, rtt)| {
                 tokio::spawn(async move {
                     let _ = s.shutdown().await;
                 });

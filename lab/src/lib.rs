@@ -507,34 +507,12 @@ impl Lab {
 }
 
 async fn admin_status(addr: SocketAddr) -> Option<serde_json::Value> {
-    let t = load::Target {
-        addr,
-        host: "admin".into(),
-        path: "/status".into(),
-    };
-    // The admin endpoint answers JSON; reuse the load's client and parse the body ourselves.
-    let run = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(t.path.as_str())
-            .header(hyper::header::HOST, t.host.as_str())
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        let body = http_body_util::BodyExt::collect(resp.into_body())
+    let (_, body) =
+        tokio::time::timeout(Duration::from_secs(2), load::get(addr, "admin", "/status"))
             .await
             .ok()?
-            .to_bytes();
-        serde_json::from_slice(&body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), run)
-        .await
-        .ok()
-        .flatten()
+            .ok()?;
+    serde_json::from_slice(&body).ok()
 }
 
 /// One progress line: the last second's rate, success and serving meshes.

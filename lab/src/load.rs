@@ -47,31 +47,38 @@ pub struct Target {
     pub path: String,
 }
 
+/// `GET path` with `Host: host` on a new connection to `addr`: status and body (at most
+/// 64 KiB), or why there was none. No timeout of its own.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("Connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("Handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("Request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("Send: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| format!("Body: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// Sends one request; the sample's time fields are filled by the caller.
 pub async fn call(t: &Target) -> (u16, Option<String>, Option<String>) {
     let run = async {
-        let stream = TcpStream::connect(t.addr)
-            .await
-            .map_err(|e| format!("Connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("Handshake: {e}"))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(t.path.as_str())
-            .header(hyper::header::HOST, t.host.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("Request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("Send: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map_err(|e| format!("Body: {e}"))?
-            .to_bytes();
+        let (status, body) = get(t.addr, &t.host, &t.path).await?;
         let mesh = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("mesh").and_then(|m| m.as_str()).map(str::to_owned));
