@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshfed_control::imports::{PeerFeed, serve_with_imports};
+use meshfed_control::rotation::{self, MeshCa};
 use meshfed_control::server::{self, ControlPlane, ControlStatus};
-use meshfed_control::source::{self, BundlesFn};
+use meshfed_control::source::{self, Trust, TrustFn};
 use meshfed_control::{Log, control_plane_id};
 use meshfed_peering::{admin, tls};
 use meshfed_trust::bootstrap::{self, Bootstrap};
@@ -58,6 +59,10 @@ pub struct ControlArgs {
     /// With --peering: silence after which a peer is Failing.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     liveness: Duration,
+    /// After `meshfed trust rotate` adds a root, how long the control plane serves it (to its
+    /// proxies and, with --peering, to its peers) before signing with it; proxies then renew.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    rotation_grace: Duration,
 }
 
 pub fn run(args: ControlArgs) -> Result<ExitCode> {
@@ -70,26 +75,36 @@ pub fn run(args: ControlArgs) -> Result<ExitCode> {
 
 async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     let dir = args.dir.dir.clone();
-    let ca = Arc::new(
+    let mesh_ca = MeshCa::new(
         CertificateAuthority::load(&dir)
             .with_context(|| format!("loading the CA in {}", dir.display()))?,
-    );
-    let td = ca.trust_domain().clone();
-    let bundles: BundlesFn = {
-        let (dir, ca) = (dir.clone(), ca.clone());
+    )?;
+    let td = mesh_ca.trusted().trust_domain().clone();
+    let trust: TrustFn = {
+        let (dir, mesh_ca) = (dir.clone(), mesh_ca.clone());
         Arc::new(move || {
-            let set = meshfed_trust::dir::load_bundles(&dir, &ca).map_err(|e| e.to_string())?;
-            Ok(set
-                .domains()
-                .filter_map(|d| set.get(d).map(|b| (d.clone(), b.to_json().to_string())))
-                .collect())
+            let set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())
+                .map_err(|e| e.to_string())?;
+            Ok(Trust {
+                bundles: set
+                    .domains()
+                    .filter_map(|d| set.get(d).map(|b| (d.clone(), b.to_json().to_string())))
+                    .collect(),
+                signing_root: mesh_ca.signing_root(),
+            })
         })
     };
-    let first = source::initial(&args.mesh, &td, &bundles).map_err(anyhow::Error::msg)?;
+    let first = source::initial(&args.mesh, &td, &trust).map_err(anyhow::Error::msg)?;
     let cp_id = control_plane_id(&first.mesh)?;
-    let svid = ca.issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now())?;
+    let svid = mesh_ca
+        .signing()
+        .issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now())?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
-    let server_tls = Arc::new(server::tls_config(&ca, resolver.clone())?);
+    let server_tls = Arc::new(server::tls_config(
+        &td,
+        mesh_ca.own_bundles(),
+        resolver.clone(),
+    )?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -99,7 +114,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         control_plane: listen,
         control_plane_id: cp_id.clone(),
         trust_domain: td.clone(),
-        bundle: ca.current_bundle()?.to_json(),
+        bundle: mesh_ca.trusted().current_bundle()?.to_json(),
         token: token.clone(),
     };
     let boot_path = args
@@ -119,7 +134,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             crate::node::warn_missing_bundles(&first.mesh, &held);
             let node = crate::node::start_node(
                 &first.mesh,
-                &ca,
+                &mesh_ca.signing(),
                 verify::shared(held),
                 crate::node::NodeOptions {
                     listen,
@@ -145,14 +160,14 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     tokio::spawn(source::watch_file(
         args.mesh.clone(),
         td.clone(),
-        bundles,
+        trust,
         src_tx,
         status.clone(),
         Duration::from_millis(500),
         log.clone(),
     ));
 
-    let cp = ControlPlane::new(rx, ca.clone(), &token, status.clone(), log.clone())
+    let cp = ControlPlane::new(rx, mesh_ca.clone(), &token, status.clone(), log.clone())
         .with_svid_ttl(args.svid_ttl);
     tokio::spawn(serve_with_imports(
         src_rx,
@@ -174,18 +189,65 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         }
     });
     let server = tokio::spawn(cp.serve(incoming, std::future::pending()));
-    // Renew our own SVID at half life.
+    // Renew our own SVID at half life, and at once when the signing root changes; follow
+    // the CA folder (`meshfed trust rotate`).
+    let renew_own = {
+        let (mesh_ca, resolver, cp_id) = (mesh_ca.clone(), resolver.clone(), cp_id.clone());
+        move || {
+            if let Ok(s) = mesh_ca
+                .signing()
+                .issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now())
+            {
+                let _ = resolver.set(&s);
+            }
+        }
+    };
     {
-        let (ca, resolver) = (ca.clone(), resolver.clone());
+        let renew_own = renew_own.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
-                if let Ok(s) = ca.issue(&cp_id, DEFAULT_SVID_TTL, SystemTime::now()) {
-                    let _ = resolver.set(&s);
-                }
+                renew_own();
             }
         });
     }
+    tokio::spawn(rotation::watch_dir(
+        mesh_ca.clone(),
+        dir.clone(),
+        args.rotation_grace,
+        Duration::from_millis(500),
+        log.clone(),
+        {
+            let (mesh_ca, node) = (mesh_ca.clone(), node.clone());
+            let (mut boot, boot_path) = (boot.clone(), boot_path.clone());
+            move |event| {
+                match event {
+                    rotation::Event::Trusted => {
+                        let Ok(bundle) = mesh_ca.trusted().current_bundle() else {
+                            return true;
+                        };
+                        // Proxies that start from now on must trust the new root too.
+                        boot.bundle = bundle.to_json();
+                        if let Err(e) = boot.write(&boot_path) {
+                            note(&format!("rewriting {} failed: {e}", boot_path.display()));
+                        }
+                        if let Some(n) = &node {
+                            n.set_bundle(bundle);
+                        }
+                    }
+                    rotation::Event::Signing => {
+                        renew_own();
+                        if let Some(n) = &node
+                            && let Err(e) = n.reissue(&mesh_ca.signing())
+                        {
+                            note(&format!("reissuing the peering certificates failed: {e:#}"));
+                        }
+                    }
+                }
+                true
+            }
+        },
+    ));
     let _admin = match args.admin {
         Some(addr) => {
             let st = status.clone();

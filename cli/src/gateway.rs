@@ -418,14 +418,19 @@ fn control_namespace(id: &meshfed_core::SpiffeId) -> Result<String> {
 }
 
 /// Joins the control plane as `name` in `namespace`: a first certificate (retried while the
-/// control plane starts), renewed at half life.
+/// control plane starts), renewed at half life and after root rotations — following
+/// `sibling_of`'s subscription if given (one subscription serves the whole gateway).
 async fn join(
     boot: &Bootstrap,
     namespace: &str,
     name: &str,
     log: &Log,
+    sibling_of: Option<&Client>,
 ) -> Result<(Client, Arc<SvidResolver>)> {
-    let client = Client::new(boot.clone(), namespace, name, log.clone())?;
+    let client = match sibling_of {
+        Some(c) => c.sibling(name),
+        None => Client::new(boot.clone(), namespace, name, log.clone())?,
+    };
     let svid = crate::proxy::certify_first(&client, boot.control_plane).await?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     note(&format!(
@@ -537,11 +542,20 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
     let log: Log = Arc::new(|line: &str| note(line));
     let serve_ingress = args.ingress.is_some() || args.discovery.is_some();
     let ingress_id = match serve_ingress {
-        true => Some(join(&boot, &namespace, &ingress_name, &log).await?),
+        true => Some(join(&boot, &namespace, &ingress_name, &log, None).await?),
         false => None,
     };
     let egress_id = match args.egress.is_some() {
-        true => Some(join(&boot, &namespace, &egress_name, &log).await?),
+        true => Some(
+            join(
+                &boot,
+                &namespace,
+                &egress_name,
+                &log,
+                ingress_id.as_ref().map(|(c, _)| c),
+            )
+            .await?,
+        ),
         false => None,
     };
     // One subscription carries the whole gateway configuration.

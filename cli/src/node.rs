@@ -211,6 +211,20 @@ pub(crate) struct Node {
     pub feeds: Vec<meshfed_control::imports::PeerFeed>,
     importers: Mutex<Vec<client::Importer>>,
     exports: watch::Sender<Arc<ExporterConfig>>,
+    /// The node's own identities (its exporter's, its egress identity per peer).
+    identities: Identities,
+}
+
+/// Identities a node presents, each with the resolver its TLS takes it from.
+type Identities = Arc<Vec<(SpiffeId, Arc<SvidResolver>)>>;
+
+/// Issues each identity a new certificate from `ca`.
+fn reissue(identities: &Identities, ca: &CertificateAuthority) -> Result<()> {
+    for (id, r) in identities.iter() {
+        let svid = ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())?;
+        r.set(&svid)?;
+    }
+    Ok(())
 }
 
 impl Node {
@@ -232,6 +246,27 @@ impl Node {
             *c = Arc::new(next);
             true
         });
+    }
+
+    /// Sends peers our bundle as it is now (after a root rotation or retirement).
+    pub fn set_bundle(&self, bundle: meshfed_trust::TrustBundle) {
+        self.exports.send_if_modified(|c| {
+            if c.bundle
+                .as_ref()
+                .is_some_and(|b| b.sequence == bundle.sequence && b.roots() == bundle.roots())
+            {
+                return false;
+            }
+            let mut next = (**c).clone();
+            next.bundle = Some(bundle);
+            *c = Arc::new(next);
+            true
+        });
+    }
+
+    /// Reissues the node's certificates from `ca` (after its signing root changed).
+    pub fn reissue(&self, ca: &CertificateAuthority) -> Result<()> {
+        reissue(&self.identities, ca)
     }
 
     pub async fn stop(&self) {
@@ -445,18 +480,14 @@ pub(crate) async fn start_node(
         importers.push(importer);
     }
     // Renew SVIDs at half life (the CA is local here).
+    let identities: Identities = Arc::new(renew);
     {
-        let ca_dir = args.dir.clone();
+        let (ca_dir, identities) = (args.dir.clone(), identities.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
-                let Ok(ca) = CertificateAuthority::load(&ca_dir) else {
-                    continue;
-                };
-                for (id, r) in &renew {
-                    if let Ok(svid) = ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now()) {
-                        let _ = r.set(&svid);
-                    }
+                if let Ok(ca) = CertificateAuthority::load(&ca_dir) {
+                    let _ = reissue(&identities, &ca);
                 }
             }
         });
@@ -498,6 +529,7 @@ pub(crate) async fn start_node(
         feeds,
         importers: Mutex::new(importers),
         exports: exports_tx,
+        identities,
     })
 }
 

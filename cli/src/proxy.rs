@@ -70,6 +70,11 @@ pub struct ProxyArgs {
     /// to imported services go there, with the peer's exported name as the TLS server name.
     #[arg(long, requires = "peer_mesh")]
     egress: Option<SocketAddr>,
+    /// Joined to a control plane: on SIGTERM, report the workload not ready at once and keep
+    /// serving this long before exiting (so callers move away first, like Istio's
+    /// terminationDrainDuration); a second signal exits at once. `0s`: exit at once.
+    #[arg(long, default_value = "5s", value_parser = crate::trust::parse_duration)]
+    drain: Duration,
     /// Worker threads (Istio's sidecar default concurrency is 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -499,28 +504,56 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     let mut running: Option<sidecar::Running> = None;
     let mut readiness: Option<tokio::task::JoinHandle<()>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Set once a signal asks us to stop: serve until then.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
-        let update = tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+        let drained = async {
+            match drain_until {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let signalled = tokio::select! {
+            _ = tokio::signal::ctrl_c() => true,
+            _ = term.recv() => true,
+            () = drained => break,
             u = rx.recv() => match u {
-                Some(u) => u,
+                Some(u) => {
+                    let r = apply(args, &client, &resolver, &id, &mut running, u.received).await;
+                    match &r {
+                        Ok((version, _)) => note(&format!("applied config version {version}")),
+                        Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+                    }
+                    if let Ok((_, Some(app))) = &r
+                        && readiness.is_none()
+                        && drain_until.is_none()
+                    {
+                        readiness = Some(tokio::spawn(report_readiness(*app, ready_tx.clone())));
+                    }
+                    let _ = u.done.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+                    false
+                }
                 None => break,
             },
         };
-        let r = apply(args, &client, &resolver, &id, &mut running, update.received).await;
-        match &r {
-            Ok((version, _)) => note(&format!("applied config version {version}")),
-            Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+        if !signalled {
+            continue;
         }
-        if let Ok((_, Some(app))) = &r
-            && readiness.is_none()
-        {
-            readiness = Some(tokio::spawn(report_readiness(*app, ready_tx.clone())));
+        if drain_until.is_some() || args.drain.is_zero() {
+            break;
         }
-        let _ = update
-            .done
-            .send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+        // Draining: not ready from now on, serving what still comes for the drain time.
+        if let Some(r) = readiness.take() {
+            r.abort();
+        }
+        ready_tx.send_modify(|r| {
+            r.workload = Some(meshfed_api::config::WorkloadReadiness { ready: false });
+        });
+        note(&format!(
+            "draining: reported not ready; serving for {:?} more",
+            args.drain
+        ));
+        drain_until = Some(tokio::time::Instant::now() + args.drain);
     }
     renew.abort();
     subscription.abort();

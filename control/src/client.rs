@@ -223,6 +223,30 @@ pub struct Client {
     bundles: SharedBundles,
     log: Log,
     reports: Option<Reports>,
+    roots: Roots,
+}
+
+/// Which root the proxy's certificate came from, and which one the control plane names
+/// (shared with sibling clients).
+#[derive(Debug, Clone)]
+struct Roots {
+    held: Arc<std::sync::Mutex<String>>,
+    wanted: Arc<watch::Sender<String>>,
+}
+
+impl Roots {
+    fn held(&self) -> String {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The control plane names a root our certificate does not come from.
+    fn stale(&self) -> bool {
+        let wanted = self.wanted.borrow().clone();
+        !wanted.is_empty() && wanted != self.held()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -256,7 +280,27 @@ impl Client {
             bundles: verify::shared(set),
             log,
             reports: None,
+            roots: Roots {
+                held: Arc::default(),
+                wanted: Arc::new(watch::channel(String::new()).0),
+            },
         })
+    }
+
+    /// A client for another identity of the same proxy (a gateway's egress beside its
+    /// ingress) that follows this one's subscription — the bundles it verifies with and the
+    /// signing root it is told about — instead of subscribing itself.
+    #[must_use]
+    pub fn sibling(&self, workload: &str) -> Self {
+        Self {
+            workload: workload.to_owned(),
+            reports: None,
+            roots: Roots {
+                held: Arc::default(),
+                wanted: self.roots.wanted.clone(),
+            },
+            ..self.clone()
+        }
     }
 
     /// Sends each new value of `reports` on the config stream (a gateway's peer reachability,
@@ -270,6 +314,11 @@ impl Client {
     /// The trust bundles the proxy verifies with; each applied snapshot replaces them.
     pub fn bundles(&self) -> SharedBundles {
         self.bundles.clone()
+    }
+
+    /// Fingerprint of the root the current certificate came from (empty before the first).
+    pub fn certificate_root(&self) -> String {
+        self.roots.held()
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -377,6 +426,11 @@ impl Client {
                 format!("the certificate names {got}, not {id}"),
             ));
         }
+        *self
+            .roots
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = signed.signing_root;
         let at = |s: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0));
         Ok(Svid::new(
             id,
@@ -387,23 +441,43 @@ impl Client {
         ))
     }
 
-    /// Renews `svid` at half its life, for as long as the proxy runs; a failed renewal is
-    /// retried every few seconds while the current certificate stays in use.
+    /// Renews `svid` at half its life, and at once when the control plane names a signing
+    /// root it does not come from (after a root rotation; spread over half a second so a
+    /// mesh's proxies do not all ask in the same instant), for as long as the proxy runs; a
+    /// failed renewal is retried every few seconds while the current certificate stays in use.
     pub async fn renew_forever(&self, resolver: Arc<SvidResolver>, mut svid: Svid) {
+        let mut wanted = self.roots.wanted.subscribe();
+        // A root we renewed for already (a control plane that still signs with another one
+        // is not asked again until it names a different root).
+        let mut renewed_for = String::new();
         loop {
-            let half = svid
-                .not_after
-                .duration_since(svid.not_before)
-                .unwrap_or_default()
-                / 2;
-            let due = svid.not_before + half;
-            let wait = due
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            tokio::time::sleep(wait).await;
+            if self.roots.stale() && *wanted.borrow() != renewed_for {
+                (self.log)("the mesh signs with a new root; renewing the certificate");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
+            } else {
+                let half = svid
+                    .not_after
+                    .duration_since(svid.not_before)
+                    .unwrap_or_default()
+                    / 2;
+                let due = svid.not_before + half;
+                let wait = due
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = wanted.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             match self.certify(Some(&resolver)).await {
                 Ok(next) => match resolver.set(&next) {
                     Ok(()) => {
+                        renewed_for = wanted.borrow().clone();
                         (self.log)(&format!("renewed the SVID of {}", next.id));
                         svid = next;
                     }
@@ -546,6 +620,12 @@ impl Client {
                 Ok(()) => {
                     if let Some(r) = running.as_mut() {
                         r.0 = version;
+                        // Applied first: the new root is trusted before we present it.
+                        self.roots.wanted.send_if_modified(|w| {
+                            let changed = *w != r.1.signing_root;
+                            w.clone_from(&r.1.signing_root);
+                            changed
+                        });
                     }
                     state.send_modify(|s| s.running = Some(version));
                     In::Ack(pb::Ack { version })

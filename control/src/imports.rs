@@ -161,6 +161,7 @@ pub async fn serve_with_imports(
             mesh: base.mesh.clone(),
             mesh_json: base.mesh_json.clone(),
             bundles: base.bundles.clone(),
+            signing_root: base.signing_root.clone(),
             imports: Arc::new(routes),
             unready: Arc::new(unready),
         };

@@ -2,6 +2,8 @@
 //!
 //! - [`source`]: the embedded-mode config source — the mesh file, re-read on change, validated
 //!   whole; a file with any error keeps the previous snapshot.
+//! - [`rotation`]: the mesh CA across root rotations — a new root is trusted everywhere
+//!   before it signs.
 //! - [`server`]: the `MeshConfig` service (`config.proto`): signs workload CSRs with the mesh CA
 //!   and streams versioned snapshots to proxies, recording each proxy's ACK or NACK.
 //! - [`imports`]: the served snapshot — the file's, joined with what peers export to us
@@ -18,6 +20,7 @@ use meshfed_core::{SpiffeId, TrustDomain};
 
 pub mod client;
 pub mod imports;
+pub mod rotation;
 pub mod server;
 pub mod source;
 
@@ -48,6 +51,8 @@ pub struct Snapshot {
     pub mesh_json: Arc<str>,
     /// SPIFFE bundle JSON per trust domain: the mesh's own and its peers'.
     pub bundles: Vec<(TrustDomain, String)>,
+    /// Fingerprint of the root the mesh's certificates should come from (empty: any).
+    pub signing_root: Arc<str>,
     /// Services imported from peers, resolved (empty without peering).
     pub imports: Arc<Vec<meshfed_core::import::ImportedRoute>>,
     /// Workloads (namespace, name) that are not ready.
@@ -66,6 +71,7 @@ impl Snapshot {
     pub fn same_content(&self, other: &Self) -> bool {
         self.mesh_json == other.mesh_json
             && self.bundles == other.bundles
+            && self.signing_root == other.signing_root
             && self.imports == other.imports
             && self.unready == other.unready
             && self.mesh.peers == other.mesh.peers

@@ -15,20 +15,19 @@ use meshfed_api::config::control_message::Msg as Out;
 use meshfed_api::config::mesh_config_server::{MeshConfig, MeshConfigServer};
 use meshfed_api::config::proxy_message::Msg as In;
 use meshfed_api::config::{self as pb, ControlMessage, ProxyMessage};
-use meshfed_core::SpiffeId;
 use meshfed_core::federation::MeshFederation;
+use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_peering::tls::{PeerConn, PeerInfo};
-use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bootstrap::token_matches;
-use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::svid::{Role, inspect};
-use meshfed_trust::verify::{self, Expect, SpiffeClientVerifier, SvidResolver};
+use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeClientVerifier, SvidResolver};
 use rustls_pki_types::CertificateSigningRequestDer;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::rotation::MeshCa;
 use crate::{Log, MAX_MESSAGE_BYTES, Snapshot};
 
 /// Largest CSR accepted.
@@ -103,7 +102,7 @@ pub struct Nacked {
 #[derive(Clone)]
 pub struct ControlPlane {
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    ca: Arc<CertificateAuthority>,
+    ca: Arc<MeshCa>,
     token: Arc<str>,
     svid_ttl: Duration,
     status: Arc<Mutex<ControlStatus>>,
@@ -125,11 +124,11 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Serves `snapshot`, signs with `ca`, accepts first-certificate requests carrying
+    /// Serves `snapshot`, signs with `ca`'s signing CA, accepts first-certificate requests carrying
     /// `token`, records into `status`.
     pub fn new(
         snapshot: watch::Receiver<Arc<Snapshot>>,
-        ca: Arc<CertificateAuthority>,
+        ca: Arc<MeshCa>,
         token: &str,
         status: Arc<Mutex<ControlStatus>>,
         log: Log,
@@ -424,6 +423,7 @@ fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
             .iter()
             .map(|(ns, name)| format!("{ns}/{name}"))
             .collect(),
+        signing_root: s.signing_root.to_string(),
     }
 }
 
@@ -509,21 +509,17 @@ fn gateway_config(s: &Snapshot) -> pb::GatewayConfig {
 }
 
 /// The control plane's TLS: it presents `svid`; clients with a certificate must be workloads
-/// of its own trust domain (verified against its own bundle only); clients without one may
+/// of its own trust domain (verified against `own`, its own bundle only, kept current); clients without one may
 /// only ask for a first certificate, with the join secret.
 pub fn tls_config(
-    ca: &CertificateAuthority,
+    trust_domain: &TrustDomain,
+    own: SharedBundles,
     svid: Arc<SvidResolver>,
 ) -> Result<rustls::ServerConfig, TlsSetupError> {
     let provider = verify::provider();
-    let mut own = TrustBundleSet::new();
-    own.insert(ca.current_bundle()?)?;
-    let verifier = SpiffeClientVerifier::new(
-        verify::shared(own),
-        Expect::domain(ca.trust_domain().clone()),
-        provider.clone(),
-    )
-    .allow_anonymous();
+    let verifier =
+        SpiffeClientVerifier::new(own, Expect::domain(trust_domain.clone()), provider.clone())
+            .allow_anonymous();
     Ok(verify::server_config(svid, Arc::new(verifier), provider)?)
 }
 
@@ -605,8 +601,8 @@ impl MeshConfig for ControlPlane {
             }));
         }
         let now = SystemTime::now();
-        let chain = self
-            .ca
+        let signer = self.ca.signing();
+        let chain = signer
             .sign_csr(
                 &CertificateSigningRequestDer::from(r.csr_der),
                 &id,
@@ -625,6 +621,7 @@ impl MeshConfig for ControlPlane {
             not_before,
             not_after,
             spiffe_id: id.to_string(),
+            signing_root: signer.signing_root_fingerprint(),
         }))
     }
 

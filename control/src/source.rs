@@ -13,8 +13,17 @@ use tokio::sync::watch;
 use crate::Snapshot;
 use crate::server::ControlStatus;
 
-/// Reads the trust bundles to serve (own and peers'), as SPIFFE JSON per trust domain.
-pub type BundlesFn = Arc<dyn Fn() -> Result<Vec<(TrustDomain, String)>, String> + Send + Sync>;
+/// What the mesh's trust puts into a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// SPIFFE bundle JSON per trust domain: the mesh's own and its peers'.
+    pub bundles: Vec<(TrustDomain, String)>,
+    /// Fingerprint of the root certificates come from now (see [`crate::rotation`]).
+    pub signing_root: String,
+}
+
+/// Reads the trust to serve, as it is now.
+pub type TrustFn = Arc<dyn Fn() -> Result<Trust, String> + Send + Sync>;
 
 /// Loads `text` (from `file`) as the next configuration after `prev` (if any): `Ok(None)`
 /// when nothing changed.
@@ -23,7 +32,7 @@ pub fn next_snapshot(
     file: &str,
     text: &str,
     trust_domain: &TrustDomain,
-    bundles: Vec<(TrustDomain, String)>,
+    trust: Trust,
 ) -> Result<Option<Snapshot>, String> {
     let loaded = validate::load_mesh(file, text).map_err(|e| e.to_string())?;
     if &loaded.mesh.trust_domain != trust_domain {
@@ -33,7 +42,7 @@ pub fn next_snapshot(
             loaded.mesh.trust_domain
         ));
     }
-    if !bundles.iter().any(|(td, _)| td == trust_domain) {
+    if !trust.bundles.iter().any(|(td, _)| td == trust_domain) {
         return Err(format!(
             "no trust bundle for the mesh's own domain {trust_domain}"
         ));
@@ -42,7 +51,8 @@ pub fn next_snapshot(
         version: prev.map_or_else(Snapshot::first_version, |p| p.version + 1),
         mesh: Arc::new(loaded.mesh),
         mesh_json: loaded.mesh_json.into(),
-        bundles,
+        bundles: trust.bundles,
+        signing_root: trust.signing_root.into(),
         imports: prev.map(|p| p.imports.clone()).unwrap_or_default(),
         unready: prev.map(|p| p.unready.clone()).unwrap_or_default(),
     };
@@ -56,7 +66,7 @@ pub fn next_snapshot(
 pub fn initial(
     path: &Path,
     trust_domain: &TrustDomain,
-    bundles: &BundlesFn,
+    trust: &TrustFn,
 ) -> Result<Snapshot, String> {
     let text = read_text(path)?;
     next_snapshot(
@@ -64,7 +74,7 @@ pub fn initial(
         &path.display().to_string(),
         &text,
         trust_domain,
-        bundles()?,
+        trust()?,
     )?
     .ok_or_else(|| "no snapshot".to_owned())
 }
@@ -81,25 +91,25 @@ pub fn read_text(path: &Path) -> Result<String, String> {
     })
 }
 
-/// Re-reads `path` and the bundles every `every`; publishes each new valid configuration and
+/// Re-reads `path` and the trust every `every`; publishes each new valid configuration and
 /// records refusals in `status` (the served version is [`crate::imports`]'s to record). Runs
 /// until the receivers are gone.
 pub async fn watch_file(
     path: PathBuf,
     trust_domain: TrustDomain,
-    bundles: BundlesFn,
+    trust: TrustFn,
     tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<Mutex<ControlStatus>>,
     every: Duration,
     log: crate::Log,
 ) {
-    let mut last_seen: Option<(String, Vec<(TrustDomain, String)>)> = None;
+    let mut last_seen: Option<(String, Trust)> = None;
     loop {
         tokio::time::sleep(every).await;
         if tx.is_closed() {
             return;
         }
-        let input = read_text(&path).and_then(|t| Ok((t, bundles()?)));
+        let input = read_text(&path).and_then(|t| Ok((t, trust()?)));
         let result = match input {
             Err(e) => Err(e),
             Ok(input) if last_seen.as_ref() == Some(&input) => continue,

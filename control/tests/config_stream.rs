@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use meshfed_api::config::{self as pb, ProxyMessage};
 use meshfed_control::client::{Client, ClientError, ClientState, Update};
+use meshfed_control::rotation::MeshCa;
 use meshfed_control::server::{self, ControlPlane, ControlStatus};
-use meshfed_control::source::next_snapshot;
+use meshfed_control::source::{Trust, next_snapshot};
 use meshfed_control::{Log, Snapshot, control_plane_id};
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_peering::tls;
@@ -45,7 +46,7 @@ fn quiet() -> Log {
 
 struct Cp {
     addr: SocketAddr,
-    ca: Arc<CertificateAuthority>,
+    ca: Arc<MeshCa>,
     tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<Mutex<ControlStatus>>,
     task: tokio::task::JoinHandle<()>,
@@ -56,15 +57,19 @@ impl Cp {
         "alpha-mesh.local".parse().unwrap()
     }
 
-    fn bundles(ca: &CertificateAuthority) -> Vec<(TrustDomain, String)> {
-        vec![(
-            Self::td(),
-            ca.current_bundle().unwrap().to_json().to_string(),
-        )]
+    fn bundles(ca: &MeshCa) -> Trust {
+        Trust {
+            bundles: vec![(
+                Self::td(),
+                ca.trusted().current_bundle().unwrap().to_json().to_string(),
+            )],
+            signing_root: ca.signing_root(),
+        }
     }
 
     /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any).
     async fn start(ca: Arc<CertificateAuthority>, addr: SocketAddr) -> Self {
+        let ca = MeshCa::new(ca).unwrap();
         let snap = next_snapshot(
             None,
             "mesh.yaml",
@@ -75,9 +80,12 @@ impl Cp {
         .unwrap()
         .unwrap();
         let id = control_plane_id(&snap.mesh).unwrap();
-        let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now()).unwrap();
+        let svid = ca
+            .signing()
+            .issue(&id, DEFAULT_SVID_TTL, SystemTime::now())
+            .unwrap();
         let resolver = Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap());
-        let config = Arc::new(server::tls_config(&ca, resolver).unwrap());
+        let config = Arc::new(server::tls_config(&Self::td(), ca.own_bundles(), resolver).unwrap());
         // A stopped control plane releases its port a moment after it stops.
         let mut tries = 0;
         let listener = loop {
@@ -115,7 +123,7 @@ impl Cp {
                 .parse()
                 .unwrap(),
             trust_domain: Self::td(),
-            bundle: self.ca.current_bundle().unwrap().to_json(),
+            bundle: self.ca.trusted().current_bundle().unwrap().to_json(),
             token: token.into(),
         }
     }
@@ -452,4 +460,94 @@ async fn a_client_outlives_its_control_plane_and_rejoins_a_restarted_one() {
     assert_eq!(*applied.lock().unwrap(), vec![v1, v3]);
     task.abort();
     cp.task.abort();
+}
+
+/// A root rotation: the new root reaches the proxy in a snapshot (both roots trusted) while
+/// certificates still come from the old one; once the control plane signs with the new root
+/// and says so, the proxy renews by itself and keeps its subscription.
+#[tokio::test]
+async fn after_a_root_rotation_the_proxy_trusts_the_new_root_then_renews_from_it() {
+    let dir = std::env::temp_dir().join(format!("meshfed-rotation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    CertificateAuthority::new(Cp::td(), SystemTime::now())
+        .unwrap()
+        .save(&dir)
+        .unwrap();
+    let cp = Cp::start(
+        Arc::new(CertificateAuthority::load(&dir).unwrap()),
+        "127.0.9.14:0".parse().unwrap(),
+    )
+    .await;
+    let old_root = cp.ca.signing_root();
+    let echo = cp.client("shop", "echo-1");
+    let svid = echo.certify(None).await.unwrap();
+    assert_eq!(echo.certificate_root(), old_root);
+    let resolver = Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap());
+    let (state, mut watch_state) = watch::channel(ClientState::default());
+    let (updates, mut applied) = mpsc::channel::<Update>(4);
+    tokio::spawn({
+        let (echo, r) = (echo.clone(), resolver.clone());
+        async move { echo.subscribe(r, updates, state).await }
+    });
+    tokio::spawn({
+        let (echo, r) = (echo.clone(), resolver.clone());
+        async move { echo.renew_forever(r, svid).await }
+    });
+    // Every update is applied; the test keeps the trust it brought.
+    let (roots_tx, mut roots) = watch::channel(0usize);
+    tokio::spawn(async move {
+        while let Some(u) = applied.recv().await {
+            let n = u
+                .received
+                .bundles
+                .get(&Cp::td())
+                .map_or(0, |b| b.roots().len());
+            roots_tx.send_replace(n);
+            let _ = u.done.send(Ok(()));
+        }
+    });
+    until(&mut watch_state, |s| s.running.is_some()).await;
+
+    let mut rotated = CertificateAuthority::load(&dir).unwrap();
+    rotated.rotate(SystemTime::now()).unwrap();
+    rotated.save(&dir).unwrap();
+    assert_eq!(
+        cp.ca
+            .take(CertificateAuthority::load(&dir).unwrap())
+            .unwrap(),
+        meshfed_control::rotation::Change::NewRoot
+    );
+    let v = cp.publish("");
+    until(&mut watch_state, |s| s.running == Some(v)).await;
+    assert_eq!(*roots.borrow_and_update(), 2, "both roots trusted");
+    assert_eq!(
+        echo.certificate_root(),
+        old_root,
+        "nothing renews while the new root is only trusted"
+    );
+
+    assert!(cp.ca.promote());
+    let new_root = cp.ca.signing_root();
+    let v = cp.publish("");
+    until(&mut watch_state, |s| s.running == Some(v)).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while echo.certificate_root() != new_root {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the proxy renews from the new root");
+    assert!(cp.status().certificates_issued >= 2);
+    // The renewed certificate works on a new connection: the control plane trusts the new
+    // root too.
+    let (state, mut second) = watch::channel(ClientState::default());
+    let (updates, mut applied) = mpsc::channel::<Update>(4);
+    tokio::spawn(async move { echo.subscribe(resolver, updates, state).await });
+    tokio::spawn(async move {
+        while let Some(u) = applied.recv().await {
+            let _ = u.done.send(Ok(()));
+        }
+    });
+    until(&mut second, |s| s.running.is_some()).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

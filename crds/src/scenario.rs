@@ -104,14 +104,30 @@ pub struct ScenarioStep {
     pub at: String,
     /// `kill`, `start` or `restart` a service's apps (`mesh/namespace/name`), a mesh's
     /// control plane (`mesh:control`) or its gateways for a peer (`mesh:gateway/PEER`, the
-    /// `ServiceMeshPeer`'s name); `cut` the link from one mesh to another (`alpha->beta`:
-    /// refused), `blackhole` it (accepted, never answered), `delay` it by `latency`, or
-    /// `heal` it.
+    /// `ServiceMeshPeer`'s name); `scale` a service (`mesh/namespace/name`) to `replicas`
+    /// (workloads beyond it drain gracefully and stop, as in a Kubernetes scale-down;
+    /// `start` brings back everything of a service); `cut` the link from one mesh to another
+    /// (`alpha->beta`: refused), `blackhole` it (accepted, never answered), `delay` it by
+    /// `latency`, or `heal` it; `rotate` a mesh's root (`alpha`: a new root is added and signs
+    /// once trusted everywhere) or `retire` its old roots; `apply` a `resource` to a mesh
+    /// (`alpha`) or `delete` one (`alpha/ExportedServiceSet/NAME`).
     pub action: String,
     pub target: String,
     /// For `delay`: how long each direction of the link holds every chunk, e.g. `100ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
+    /// For `scale`: how many of the service's workloads run (0 to its `replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// For `apply`: an `ExportedServiceSet` or `ImportedServiceSet`, as in `resources`
+    /// (one of the same kind and name is replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "object")]
+    pub resource: Option<serde_json::Value>,
+}
+
+fn object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 /// One expectation; exactly one field is set.
@@ -134,6 +150,52 @@ pub struct ScenarioExpectation {
     /// A share of the requests in a window is served by a mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<ServedBy>,
+    /// The share of requests that succeed in a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_between: Option<SuccessBetween>,
+    /// A peer's status, as a mesh's control plane reports it, is reached during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_status: Option<PeerStatusExpectation>,
+}
+
+/// `successBetween`: in `[from, to)`, the share of requests that succeed is at least
+/// `atLeast` and at most `atMost` (give one or both).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessBetween {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<f64>,
+}
+
+/// `peerStatus`: at some moment up to `by` (default: the end of the run), `mesh`'s status of
+/// its `ServiceMeshPeer` `peer` shows everything given — its `state`, a condition of `type`
+/// with `status` (and `reason`), or the peer's trust bundle at `bundleSequence` or later.
+/// The lab reads every control plane's status twice a second.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatusExpectation {
+    pub mesh: String,
+    pub peer: String,
+    /// `Pending`, `Establishing`, `Active`, `Failing` or `Terminated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// A condition type, e.g. `Connected`, `Stale`, `TrustBundleRejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// With `condition`: `"True"` (default) or `"False"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// With `condition`: its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_sequence: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// `servedBy`: in `[from, to)`, at least `atLeast` of the successful requests came from `mesh`.
@@ -226,6 +288,33 @@ pub enum Action {
         from: String,
         to: String,
     },
+    /// Runs `replicas` of the service's workloads: the rest drain and stop, stopped ones
+    /// start.
+    Scale {
+        mesh: String,
+        namespace: String,
+        service: String,
+        replicas: u32,
+    },
+    /// Adds a root to the mesh's CA.
+    Rotate {
+        mesh: String,
+    },
+    /// Drops the mesh CA's old roots.
+    Retire {
+        mesh: String,
+    },
+    /// Adds or replaces a federation resource of a mesh.
+    Apply {
+        mesh: String,
+        resource: serde_json::Value,
+    },
+    /// Removes a federation resource of a mesh.
+    Delete {
+        mesh: String,
+        kind: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +337,88 @@ pub enum Expectation {
         to: Duration,
         at_least: f64,
     },
+    SuccessBetween {
+        from: Duration,
+        to: Duration,
+        at_least: Option<f64>,
+        at_most: Option<f64>,
+    },
+    PeerStatus(PeerStatusCheck),
+}
+
+/// A checked `peerStatus` expectation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatusCheck {
+    pub mesh: String,
+    pub peer: String,
+    pub state: Option<String>,
+    /// (type, status, reason).
+    pub condition: Option<(String, bool, Option<String>)>,
+    pub bundle_sequence: Option<u64>,
+    /// None: the end of the run.
+    pub by: Option<Duration>,
+}
+
+impl PeerStatusCheck {
+    /// What it asks for, for the report.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.state {
+            parts.push(format!("state {s}"));
+        }
+        if let Some((t, st, r)) = &self.condition {
+            parts.push(format!(
+                "{t}={}{}",
+                if *st { "True" } else { "False" },
+                r.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+            ));
+        }
+        if let Some(n) = self.bundle_sequence {
+            parts.push(format!("bundle sequence >= {n}"));
+        }
+        format!(
+            "{}'s peer {}: {}{}",
+            self.mesh,
+            self.peer,
+            parts.join(", "),
+            self.by
+                .map_or(String::new(), |b| format!(" by {:.1}s", b.as_secs_f64()))
+        )
+    }
+
+    /// True when `status` — one entry of a control plane's `peering.imports` — shows it.
+    pub fn holds(&self, status: &serde_json::Value) -> bool {
+        if status["peer"].as_str() != Some(self.peer.as_str()) {
+            return false;
+        }
+        if let Some(s) = &self.state
+            && status["state"].as_str() != Some(s.as_str())
+        {
+            return false;
+        }
+        if let Some((t, st, r)) = &self.condition {
+            let found = status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"].as_str() == Some(t.as_str())));
+            let Some(c) = found else { return false };
+            if c["status"].as_bool() != Some(*st) {
+                return false;
+            }
+            if let Some(r) = r
+                && c["reason"].as_str() != Some(r.as_str())
+            {
+                return false;
+            }
+        }
+        if let Some(n) = self.bundle_sequence
+            && status["peerBundleSequence"]
+                .as_u64()
+                .is_none_or(|got| got < n)
+        {
+            return false;
+        }
+        true
+    }
 }
 
 /// A time in the run (`0s` allowed) or a length.
@@ -275,6 +446,85 @@ fn share(v: f64, path: FieldPath, out: &mut Findings) -> Option<f64> {
         ));
         None
     }
+}
+
+/// Checks a `peerStatus` expectation.
+fn peer_status(
+    ps: &PeerStatusExpectation,
+    p: &FieldPath,
+    peers_of: &BTreeMap<String, BTreeSet<String>>,
+    out: &mut Findings,
+) -> Option<PeerStatusCheck> {
+    let before = out.len();
+    match peers_of.get(&ps.mesh) {
+        None => out.push(Finding::error(
+            "UnknownMesh",
+            p.key("mesh"),
+            format!("no mesh {:?} in the scenario", ps.mesh),
+        )),
+        Some(peers) if !peers.contains(&ps.peer) => out.push(
+            Finding::error(
+                "UnknownPeer",
+                p.key("peer"),
+                format!("mesh {} has no ServiceMeshPeer {:?}", ps.mesh, ps.peer),
+            )
+            .hint("the name of one of the mesh's ServiceMeshPeer resources"),
+        ),
+        Some(_) => {}
+    }
+    if let Some(s) = &ps.state
+        && !matches!(
+            s.as_str(),
+            "Pending" | "Establishing" | "Active" | "Failing" | "Terminated"
+        )
+    {
+        out.push(
+            Finding::error(
+                "InvalidState",
+                p.key("state"),
+                format!("{s:?} is no peer state"),
+            )
+            .hint("Pending, Establishing, Active, Failing or Terminated"),
+        );
+    }
+    let status = match ps.status.as_deref() {
+        None | Some("True") => true,
+        Some("False") => false,
+        Some(other) => {
+            out.push(Finding::error(
+                "InvalidStatus",
+                p.key("status"),
+                format!("{other:?}: a condition's status is \"True\" or \"False\""),
+            ));
+            true
+        }
+    };
+    if ps.condition.is_none() && (ps.status.is_some() || ps.reason.is_some()) {
+        out.push(Finding::error(
+            "MissingField",
+            p.key("condition"),
+            "status and reason belong to a condition",
+        ));
+    }
+    if ps.state.is_none() && ps.condition.is_none() && ps.bundle_sequence.is_none() {
+        out.push(Finding::error(
+            "MissingField",
+            p.clone(),
+            "give a state, a condition or a bundleSequence to reach",
+        ));
+    }
+    let by = ps.by.as_deref().map(|b| duration(b, p.key("by"), out));
+    if out.len() > before {
+        return None;
+    }
+    Some(PeerStatusCheck {
+        mesh: ps.mesh.clone(),
+        peer: ps.peer.clone(),
+        state: ps.state.clone(),
+        condition: ps.condition.clone().map(|t| (t, status, ps.reason.clone())),
+        bundle_sequence: ps.bundle_sequence,
+        by: by.flatten(),
+    })
 }
 
 /// Checks a scenario's spec; every problem is reported with its field path.
@@ -477,6 +727,40 @@ pub fn convert_scenario(
             None
         }
     };
+    // The federation resources each mesh holds as the steps apply and delete them.
+    let mut held: BTreeMap<String, BTreeSet<(String, String)>> = spec
+        .meshes
+        .iter()
+        .map(|m| {
+            let set = m
+                .resources
+                .iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some((
+                        r.get("kind")?.as_str()?.to_owned(),
+                        r.pointer("/metadata/name")?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            (m.name.clone(), set)
+        })
+        .collect();
+    let mesh_named = |target: &str, path: FieldPath, out: &mut Findings| {
+        if names.contains(target) {
+            Some(target.to_owned())
+        } else {
+            out.push(
+                Finding::error(
+                    "UnknownMesh",
+                    path,
+                    format!("no mesh {target:?} in the scenario"),
+                )
+                .hint("a mesh's name, e.g. alpha"),
+            );
+            None
+        }
+    };
     let mut steps = Vec::new();
     let mut last = Duration::ZERO;
     for (i, s) in spec.steps.iter().flatten().enumerate() {
@@ -544,6 +828,163 @@ pub fn convert_scenario(
                 link(&s.target, tp, out).map(|(from, to)| Action::Blackhole { from, to })
             }
             "heal" => link(&s.target, tp, out).map(|(from, to)| Action::Heal { from, to }),
+            "scale" => {
+                let svc = service_at(&s.target, tp, out);
+                match (svc, s.replicas) {
+                    (_, None) => {
+                        out.push(
+                            Finding::error(
+                                "MissingField",
+                                sp.key("replicas"),
+                                "a scale step needs replicas",
+                            )
+                            .hint("e.g. replicas: 0"),
+                        );
+                        None
+                    }
+                    (Some((mesh, namespace, service)), Some(n)) => {
+                        let prepared = meshes
+                            .iter()
+                            .find(|m| m.name == mesh)
+                            .and_then(|m| {
+                                m.services
+                                    .iter()
+                                    .find(|(ns, name, _)| *ns == namespace && *name == service)
+                            })
+                            .map_or(0, |(_, _, r)| *r);
+                        if n > prepared {
+                            out.push(
+                                Finding::error(
+                                    "InvalidReplicas",
+                                    sp.key("replicas"),
+                                    format!(
+                                        "{n}: the lab prepares {prepared} workload(s) of {}; scale between 0 and that",
+                                        s.target
+                                    ),
+                                )
+                                .hint("raise the service's replicas"),
+                            );
+                            None
+                        } else {
+                            Some(Action::Scale {
+                                mesh,
+                                namespace,
+                                service,
+                                replicas: n,
+                            })
+                        }
+                    }
+                    (None, Some(_)) => None,
+                }
+            }
+            "rotate" => mesh_named(&s.target, tp, out).map(|mesh| Action::Rotate { mesh }),
+            "retire" => mesh_named(&s.target, tp, out).map(|mesh| Action::Retire { mesh }),
+            "apply" => {
+                let mesh = mesh_named(&s.target, tp, out);
+                let rp = sp.key("resource");
+                match (&s.resource, mesh) {
+                    (None, _) => {
+                        out.push(Finding::error(
+                            "MissingField",
+                            rp,
+                            "an apply step needs the resource",
+                        ));
+                        None
+                    }
+                    (Some(r), Some(mesh)) => {
+                        let kind = r.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+                        let name = r.pointer("/metadata/name").and_then(|n| n.as_str());
+                        match (kind, name) {
+                            ("ServiceMeshPeer", _) => {
+                                out.push(
+                                    Finding::error(
+                                        "PeerChangeUnsupported",
+                                        rp.key("kind"),
+                                        "a control plane's peers are fixed when it starts",
+                                    )
+                                    .hint("declare the ServiceMeshPeer under the mesh's resources"),
+                                );
+                                None
+                            }
+                            ("ExportedServiceSet" | "ImportedServiceSet", Some(name)) => {
+                                held.entry(mesh.clone())
+                                    .or_default()
+                                    .insert((kind.to_owned(), name.to_owned()));
+                                Some(Action::Apply {
+                                    mesh,
+                                    resource: r.clone(),
+                                })
+                            }
+                            ("ExportedServiceSet" | "ImportedServiceSet", None) => {
+                                out.push(Finding::error(
+                                    "MissingField",
+                                    rp.key("metadata").key("name"),
+                                    "the resource needs a name",
+                                ));
+                                None
+                            }
+                            _ => {
+                                out.push(
+                                    Finding::error(
+                                        "UnsupportedResource",
+                                        rp.key("kind"),
+                                        format!("{kind:?} cannot be applied by a step"),
+                                    )
+                                    .hint("ExportedServiceSet or ImportedServiceSet"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    (Some(_), None) => None,
+                }
+            }
+            "delete" => {
+                let parts: Vec<&str> = s.target.split('/').collect();
+                match parts.as_slice() {
+                    [mesh, kind, name]
+                        if names.contains(*mesh)
+                            && held.get(*mesh).is_some_and(|h| {
+                                h.contains(&((*kind).to_owned(), (*name).to_owned()))
+                            }) =>
+                    {
+                        if *kind == "ServiceMeshPeer" {
+                            out.push(
+                                Finding::error(
+                                    "PeerChangeUnsupported",
+                                    tp,
+                                    "a control plane's peers are fixed when it starts",
+                                )
+                                .hint("cut the link to the peer instead"),
+                            );
+                            None
+                        } else {
+                            if let Some(h) = held.get_mut(*mesh) {
+                                h.remove(&((*kind).to_owned(), (*name).to_owned()));
+                            }
+                            Some(Action::Delete {
+                                mesh: (*mesh).to_owned(),
+                                kind: (*kind).to_owned(),
+                                name: (*name).to_owned(),
+                            })
+                        }
+                    }
+                    _ => {
+                        out.push(
+                            Finding::error(
+                                "NoSuchResource",
+                                tp,
+                                format!(
+                                    "{:?} names no resource the mesh holds at this step",
+                                    s.target
+                                ),
+                            )
+                            .hint("mesh/Kind/name, e.g. beta/ExportedServiceSet/alpha"),
+                        );
+                        None
+                    }
+                }
+            }
             "delay" => {
                 let by = match &s.latency {
                     Some(l) => duration(l, sp.key("latency"), out),
@@ -582,17 +1023,18 @@ pub fn convert_scenario(
                         sp.key("action"),
                         format!("{other:?} is not a step action"),
                     )
-                    .hint("kill, start, restart, cut, blackhole, delay or heal"),
+                    .hint("kill, start, restart, scale, cut, blackhole, delay, heal, rotate, retire, apply or delete"),
                 );
                 None
             }
         };
         if let (Some(at), Some(action)) = (at, action) {
-            steps.push(PlanStep {
-                at,
-                action,
-                label: format!("{} {}", s.action, s.target),
-            });
+            let label = match &action {
+                Action::Scale { replicas, .. } => format!("scale {} to {replicas}", s.target),
+                Action::Delay { by, .. } => format!("delay {} by {by:?}", s.target),
+                _ => format!("{} {}", s.action, s.target),
+            };
+            steps.push(PlanStep { at, action, label });
         }
     }
     let mut expect = Vec::new();
@@ -604,6 +1046,8 @@ pub fn convert_scenario(
             e.failover_within.is_some(),
             e.failback_within.is_some(),
             e.served_by.is_some(),
+            e.success_between.is_some(),
+            e.peer_status.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -616,7 +1060,7 @@ pub fn convert_scenario(
                     format!("{set} expectations in one entry; give exactly one"),
                 )
                 .hint(
-                    "successRatio, successRatioAtMost, failoverWithin, failbackWithin or servedBy",
+                    "successRatio, successRatioAtMost, failoverWithin, failbackWithin, servedBy, successBetween or peerStatus",
                 ),
             );
             continue;
@@ -674,6 +1118,51 @@ pub fn convert_scenario(
                     at_least,
                 });
             }
+        }
+        if let Some(w) = &e.success_between {
+            let wp = ep.key("successBetween");
+            let from = duration(&w.from, wp.key("from"), out);
+            let to = duration(&w.to, wp.key("to"), out);
+            if let (Some(from), Some(to)) = (from, to)
+                && from >= to
+            {
+                out.push(Finding::error(
+                    "EmptyWindow",
+                    wp.key("to"),
+                    format!("{to:?} is not after {from:?}"),
+                ));
+            }
+            let bound = |v: Option<f64>, key: &str, out: &mut Findings| match v {
+                Some(v) if !(0.0..=1.0).contains(&v) => {
+                    out.push(Finding::error(
+                        "InvalidShare",
+                        wp.key(key),
+                        format!("{v} is not a share in [0, 1]"),
+                    ));
+                    false
+                }
+                _ => true,
+            };
+            let ok = bound(w.at_least, "atLeast", out) & bound(w.at_most, "atMost", out);
+            if w.at_least.is_none() && w.at_most.is_none() {
+                out.push(Finding::error(
+                    "MissingField",
+                    wp.key("atLeast"),
+                    "give atLeast, atMost or both",
+                ));
+            } else if let (Some(from), Some(to), true) = (from, to, ok) {
+                expect.push(Expectation::SuccessBetween {
+                    from,
+                    to,
+                    at_least: w.at_least,
+                    at_most: w.at_most,
+                });
+            }
+        }
+        if let Some(ps) = &e.peer_status
+            && let Some(c) = peer_status(ps, &ep.key("peerStatus"), &peers_of, out)
+        {
+            expect.push(Expectation::PeerStatus(c));
         }
     }
     if out[errors_before..]

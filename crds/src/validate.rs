@@ -477,12 +477,18 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
                 .map(|p| Converted::Scenario(Box::new(p))),
         };
     }
-    // A scenario's federation resources are checked like the same objects in a mesh file,
-    // each with its own label, at its own place in the file.
+    // A scenario's federation resources (and those its steps apply) are checked like the same
+    // objects in a mesh file, each with its own label, at its own place in the file.
     if kind == Kind::Scenario {
         let meshes = root.get("spec").and_then(|s| s.get("meshes"));
         for m in meshes.map(Node::items).unwrap_or_default() {
             for r in m.get("resources").map(Node::items).unwrap_or_default() {
+                check_document(file, index, r, report);
+            }
+        }
+        let steps = root.get("spec").and_then(|s| s.get("steps"));
+        for step in steps.map(Node::items).unwrap_or_default() {
+            if let Some(r) = step.get("resource") {
                 check_document(file, index, r, report);
             }
         }

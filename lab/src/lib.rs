@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use meshfed_crds::scenario::{Action, Component, ScenarioPlan};
+use meshfed_crds::scenario::{Action, Component, Expectation, ScenarioPlan};
 
 use crate::link::{Link, Mode};
 use crate::load::Samples;
@@ -98,6 +98,41 @@ impl Procs {
         let args = self.args.get(name).cloned().context("unknown process")?;
         self.spawn(exe, work, name, args)
     }
+
+    /// Starts `name` again unless it runs.
+    fn ensure(&mut self, exe: &Path, work: &Path, name: &str) -> Result<()> {
+        match self
+            .running
+            .get_mut(name)
+            .map(tokio::process::Child::try_wait)
+        {
+            Some(Ok(None)) => Ok(()),
+            _ => self.restart(exe, work, name),
+        }
+    }
+}
+
+/// How long a lab sidecar drains before it exits.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Stops a workload gracefully, as Kubernetes stops a pod: its sidecar gets SIGTERM (reports
+/// not ready, serves for its drain time, exits), then its app stops.
+async fn drain(mut sidecar: tokio::process::Child, mut app: Option<tokio::process::Child>) {
+    if let Some(pid) = sidecar.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(DRAIN * 3, sidecar.wait())
+        .await
+        .is_err()
+    {
+        let _ = sidecar.kill().await;
+    }
+    if let Some(a) = app.as_mut() {
+        let _ = a.kill().await;
+    }
 }
 
 /// A running lab.
@@ -107,6 +142,11 @@ pub struct Lab {
     links: Vec<Link>,
     exe: PathBuf,
     work: PathBuf,
+    plan: ScenarioPlan,
+    /// Each mesh's federation resources as the steps left them.
+    resources: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Workloads draining after a scale-down.
+    draining: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -257,6 +297,8 @@ impl Lab {
                     "1s",
                     "--liveness",
                     "3s",
+                    "--rotation-grace",
+                    "2s",
                     "--bootstrap-out",
                     &format!("{n}-bootstrap.json"),
                 ]
@@ -339,6 +381,8 @@ impl Lab {
                     &s(w.admin),
                     "--workers",
                     "1",
+                    "--drain",
+                    "2s",
                 ]
                 .map(str::to_owned)
                 .to_vec();
@@ -359,6 +403,13 @@ impl Lab {
             links,
             exe,
             work,
+            plan: plan.clone(),
+            resources: plan
+                .meshes
+                .iter()
+                .map(|m| (m.name.clone(), m.resources.clone()))
+                .collect(),
+            draining: Vec::new(),
         };
         lab.wait_ready(opts).await?;
         Ok(lab)
@@ -441,13 +492,76 @@ impl Lab {
                     Component::Gateway { mesh, peer } => vec![format!("{mesh}-gateway-{peer}")],
                 };
                 for n in names {
-                    if !matches!(a, Action::Start(_)) {
-                        self.procs.kill(&n).await;
-                    }
-                    if !matches!(a, Action::Kill(_)) {
-                        self.procs.restart(&self.exe, &self.work, &n)?;
+                    match a {
+                        Action::Kill(_) => self.procs.kill(&n).await,
+                        Action::Start(_) => self.procs.ensure(&self.exe, &self.work, &n)?,
+                        _ => {
+                            self.procs.kill(&n).await;
+                            self.procs.restart(&self.exe, &self.work, &n)?;
+                        }
                     }
                 }
+                // Starting a service brings back its sidecars too (after a scale-down).
+                if let Action::Start(Component::Apps {
+                    mesh,
+                    namespace,
+                    service,
+                }) = a
+                {
+                    for w in self.workloads_of(mesh, namespace, service) {
+                        self.procs.ensure(&self.exe, &self.work, &w)?;
+                    }
+                }
+            }
+            Action::Scale {
+                mesh,
+                namespace,
+                service,
+                replicas,
+            } => {
+                let all = self.workloads_of(mesh, namespace, service);
+                let keep = usize::try_from(*replicas).unwrap_or(usize::MAX);
+                for (i, w) in all.iter().enumerate() {
+                    let app = format!("{w}-app");
+                    if i < keep {
+                        self.procs.ensure(&self.exe, &self.work, &app)?;
+                        self.procs.ensure(&self.exe, &self.work, w)?;
+                    } else if let Some(sidecar) = self.procs.running.remove(w) {
+                        let app = self.procs.running.remove(&app);
+                        self.draining.push(tokio::spawn(drain(sidecar, app)));
+                    }
+                }
+            }
+            Action::Rotate { mesh } | Action::Retire { mesh } => {
+                let dir = format!("{mesh}-ca");
+                let mut args = vec!["trust", "rotate", "--dir", dir.as_str()];
+                if matches!(a, Action::Retire { .. }) {
+                    args.push("--retire");
+                }
+                meshfed(&self.exe, &self.work, &args).await?;
+            }
+            Action::Apply { mesh, resource } => {
+                let key = |r: &serde_json::Value| {
+                    (
+                        r.get("kind").and_then(|k| k.as_str()).map(str::to_owned),
+                        r.pointer("/metadata/name")
+                            .and_then(|k| k.as_str())
+                            .map(str::to_owned),
+                    )
+                };
+                let held = self.resources.entry(mesh.clone()).or_default();
+                held.retain(|r| key(r) != key(resource));
+                held.push(resource.clone());
+                self.write_mesh_file(mesh)?;
+            }
+            Action::Delete { mesh, kind, name } => {
+                let held = self.resources.entry(mesh.clone()).or_default();
+                held.retain(|r| {
+                    r.get("kind").and_then(|k| k.as_str()) != Some(kind.as_str())
+                        || r.pointer("/metadata/name").and_then(|k| k.as_str())
+                            != Some(name.as_str())
+                });
+                self.write_mesh_file(mesh)?;
             }
             Action::Cut { from, to }
             | Action::Blackhole { from, to }
@@ -467,6 +581,32 @@ impl Lab {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The process names of a service's sidecars (`<name>-app` are their apps), in order.
+    fn workloads_of(&self, mesh: &str, namespace: &str, service: &str) -> Vec<String> {
+        self.layout
+            .mesh(mesh)
+            .map(|m| {
+                m.workloads
+                    .iter()
+                    .filter(|w| w.namespace == namespace && w.service == service)
+                    .map(|w| format!("{mesh}-{}-{}", w.namespace, w.name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes `mesh`'s file with its resources as they are now; its control plane reloads it.
+    fn write_mesh_file(&self, mesh: &str) -> Result<()> {
+        let m = self.layout.mesh(mesh).context("no such mesh")?;
+        let resources = self.resources.get(mesh).cloned().unwrap_or_default();
+        let text = topology::mesh_file(&self.plan, &self.layout, m, &resources)?;
+        let path = self.work.join(format!("{mesh}.yaml"));
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
@@ -513,6 +653,52 @@ async fn admin_status(addr: SocketAddr) -> Option<serde_json::Value> {
             .ok()?
             .ok()?;
     serde_json::from_slice(&body).ok()
+}
+
+/// Reads the control planes' status twice a second and notes in `reached` when each
+/// `peerStatus` expectation (by index) first holds, in ms from `t0`.
+async fn watch_peer_status(
+    layout: Layout,
+    expect: Vec<Expectation>,
+    t0: Instant,
+    reached: Arc<std::sync::Mutex<report::Reached>>,
+) {
+    let checks: Vec<(usize, meshfed_crds::scenario::PeerStatusCheck)> = expect
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Expectation::PeerStatus(c) => Some((i, c)),
+            _ => None,
+        })
+        .collect();
+    if checks.is_empty() {
+        return;
+    }
+    loop {
+        for m in &layout.meshes {
+            let mine: Vec<_> = checks.iter().filter(|(_, c)| c.mesh == m.name).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let Some(st) = admin_status(m.admin).await else {
+                continue;
+            };
+            let t = Instant::now().saturating_duration_since(t0).as_secs_f64() * 1e3;
+            let imports = st["peering"]["imports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut r = reached
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (i, c) in mine {
+                if imports.iter().any(|p| c.holds(p)) {
+                    r.entry(*i).or_insert(t);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// One progress line: the last second's rate, success and serving meshes.
@@ -584,6 +770,13 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
         plan.duration,
         samples.clone(),
     ));
+    let reached = Arc::new(std::sync::Mutex::new(report::Reached::new()));
+    let watcher = tokio::spawn(watch_peer_status(
+        lab.layout.clone(),
+        plan.expect.clone(),
+        t0,
+        reached.clone(),
+    ));
     // The timeline, with a progress line every second.
     let mut next = 0;
     let mut phase = "start".to_owned();
@@ -621,8 +814,13 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
         }
     }
     load.await.context("the load generator")?;
+    watcher.abort();
+    let reached = reached
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let samples = load::lock(&samples).clone();
-    let report = report::analyse(plan, &samples, started_at);
+    let report = report::analyse(plan, &samples, &reached, started_at);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     let json = opts.out.join(format!("{}.json", plan.name));

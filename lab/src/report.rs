@@ -147,7 +147,16 @@ fn secs(d: std::time::Duration) -> String {
 }
 
 /// Analyses a run of `plan`.
-pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> Report {
+/// When each `peerStatus` expectation (by its index in the plan's) was first seen to hold,
+/// in ms from the start of the load.
+pub type Reached = BTreeMap<usize, f64>;
+
+pub fn analyse(
+    plan: &ScenarioPlan,
+    samples: &[Sample],
+    reached: &Reached,
+    started_at: String,
+) -> Report {
     let mut sorted = samples.to_vec();
     sorted.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
     let home = plan.load.mesh.clone();
@@ -178,14 +187,17 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
     let kill = at_ms(|a| {
         matches!(
             a,
-            Action::Kill(Component::Apps { .. }) | Action::Cut { .. } | Action::Blackhole { .. }
+            Action::Kill(Component::Apps { .. })
+                | Action::Scale { replicas: 0, .. }
+                | Action::Cut { .. }
+                | Action::Blackhole { .. }
         )
     });
     let start = at_ms(|a| {
         matches!(
             a,
             Action::Start(Component::Apps { .. }) | Action::Heal { .. }
-        )
+        ) || matches!(a, Action::Scale { replicas, .. } if *replicas > 0)
     });
     // Failover and fail-back are about the caller's own mesh: measured only when, before the
     // first fault, its own mesh served the calls.
@@ -222,7 +234,8 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
     let checks: Vec<Check> = plan
         .expect
         .iter()
-        .map(|e| match e {
+        .enumerate()
+        .map(|(i, e)| match e {
             Expectation::SuccessRatio(min) => Check {
                 expectation: format!("successRatio ≥ {min}"),
                 passed: f.success_ratio >= *min,
@@ -286,6 +299,54 @@ pub fn analyse(plan: &ScenarioPlan, samples: &[Sample], started_at: String) -> R
                     ),
                     passed: share >= *at_least,
                     detail: format!("{by} of {} ({share:.4})", window.len()),
+                }
+            }
+            Expectation::SuccessBetween {
+                from,
+                to,
+                at_least,
+                at_most,
+            } => {
+                let window: Vec<&Sample> = sorted
+                    .iter()
+                    .filter(|s| s.t_ms >= ms(*from) && s.t_ms < ms(*to))
+                    .collect();
+                let ok = window.iter().filter(|s| s.ok()).count();
+                let share = if window.is_empty() {
+                    0.0
+                } else {
+                    ok as f64 / window.len() as f64
+                };
+                let bounds: Vec<String> = [
+                    at_least.map(|v| format!("≥ {v}")),
+                    at_most.map(|v| format!("≤ {v}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Check {
+                    expectation: format!(
+                        "success from {} to {}: {}",
+                        secs(*from),
+                        secs(*to),
+                        bounds.join(" and ")
+                    ),
+                    passed: !window.is_empty()
+                        && at_least.is_none_or(|v| share >= v)
+                        && at_most.is_none_or(|v| share <= v),
+                    detail: format!("{ok} of {} succeeded ({share:.4})", window.len()),
+                }
+            }
+            Expectation::PeerStatus(c) => {
+                let at = reached.get(&i).copied();
+                let limit = c.by.map_or(duration_ms, ms);
+                Check {
+                    expectation: c.describe(),
+                    passed: at.is_some_and(|t| t <= limit),
+                    detail: at.map_or_else(
+                        || "never seen".to_owned(),
+                        |t| format!("first seen at {:.1}s", t / 1e3),
+                    ),
                 }
             }
         })
@@ -638,7 +699,7 @@ mod tests {
                 },
             ],
         );
-        let r = analyse(&p, &samples(), String::new());
+        let r = analyse(&p, &samples(), &Reached::new(), String::new());
         assert_eq!(r.figures.requests, 1000);
         assert_eq!(r.figures.ok, 998);
         // The first 1 s window with ≥ 99 % served by beta starts one request early.
@@ -666,7 +727,7 @@ mod tests {
             vec![apps(Action::Kill, 3)],
             vec![Expectation::FailoverWithin(Duration::from_secs(3))],
         );
-        let r = analyse(&p, &s, String::new());
+        let r = analyse(&p, &s, &Reached::new(), String::new());
         assert_eq!(r.figures.failover_ms, None);
         assert!(!r.checks[0].passed);
     }

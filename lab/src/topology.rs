@@ -222,14 +222,26 @@ pub fn layout(plan: &ScenarioPlan, base: u8) -> Result<Layout> {
         links,
     };
     for i in 0..layout.meshes.len() {
-        let file = mesh_file(plan, &layout, &layout.meshes[i])?;
+        let resources = plan
+            .meshes
+            .iter()
+            .find(|x| x.name == layout.meshes[i].name)
+            .map(|x| x.resources.clone())
+            .unwrap_or_default();
+        let file = mesh_file(plan, &layout, &layout.meshes[i], &resources)?;
         layout.meshes[i].file = file;
     }
     Ok(layout)
 }
 
-/// The mesh file of `m`: a Mesh document and the scenario's federation resources.
-fn mesh_file(plan: &ScenarioPlan, layout: &Layout, m: &MeshLayout) -> Result<String> {
+/// The mesh file of `m`: a Mesh document and `resources` (its federation resources as they
+/// are now).
+pub fn mesh_file(
+    plan: &ScenarioPlan,
+    layout: &Layout,
+    m: &MeshLayout,
+    resources: &[serde_json::Value],
+) -> Result<String> {
     let spec = plan
         .meshes
         .iter()
@@ -288,7 +300,7 @@ fn mesh_file(plan: &ScenarioPlan, layout: &Layout, m: &MeshLayout) -> Result<Str
         "spec": mesh_spec,
     });
     let mut docs = vec![mesh_doc];
-    for r in &spec.resources {
+    for r in resources {
         let mut r = r.clone();
         r["metadata"]["namespace"] = ns.clone().into();
         if r.get("kind").and_then(|k| k.as_str()) == Some("ServiceMeshPeer")

@@ -319,6 +319,14 @@ impl CertificateAuthority {
         self.roots.first().map(|r| &r.cert)
     }
 
+    /// SHA-256 (lowercase hex) of the root that signs new SVIDs: what a proxy compares to
+    /// learn whether its certificate comes from the current root.
+    pub fn signing_root_fingerprint(&self) -> String {
+        self.signing_root()
+            .map(|c| crate::token::sha256_hex(c.as_ref()))
+            .unwrap_or_default()
+    }
+
     /// This CA's bundle at `sequence`.
     pub fn bundle(&self, sequence: u64) -> Result<TrustBundle, crate::bundle::BundleError> {
         TrustBundle::new(self.trust_domain.clone(), self.roots(), sequence)
