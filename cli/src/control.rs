@@ -27,8 +27,24 @@ use crate::trust::{DirArg, parse_duration};
 pub struct ControlArgs {
     /// The mesh file: services, workloads, traffic and authorization policies. Re-read when
     /// it changes; a file with errors is refused whole and the previous version stays served.
+    #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
+    mesh: Option<PathBuf>,
+    /// Kubernetes mode: the cluster is the config source — Services, EndpointSlices, injected
+    /// Pods and Nodes cluster-wide, the federation CRDs in --namespace — and CRD status is
+    /// written by server-side apply. The client comes from KUBECONFIG or the pod's service
+    /// account.
     #[arg(long)]
-    mesh: PathBuf,
+    kube: bool,
+    /// With --kube: the control-plane namespace (default: $POD_NAMESPACE, else
+    /// meshfed-system).
+    #[arg(long, requires = "kube")]
+    namespace: Option<String>,
+    /// With --kube: the mesh's name (default: the namespace without `-system`).
+    #[arg(long, requires = "kube")]
+    mesh_name: Option<String>,
+    /// With --kube: the cluster's DNS domain.
+    #[arg(long, requires = "kube")]
+    cluster_domain: Option<String>,
     #[command(flatten)]
     dir: DirArg,
     /// The config and certificate endpoint (mTLS).
@@ -65,6 +81,20 @@ pub struct ControlArgs {
     rotation_grace: Duration,
 }
 
+impl ControlArgs {
+    pub(crate) fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    pub(crate) fn mesh_name(&self) -> Option<&str> {
+        self.mesh_name.as_deref()
+    }
+
+    pub(crate) fn cluster_domain(&self) -> Option<&str> {
+        self.cluster_domain.as_deref()
+    }
+}
+
 pub fn run(args: ControlArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -94,7 +124,17 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             })
         })
     };
-    let first = source::initial(&args.mesh, &td, &trust).map_err(anyhow::Error::msg)?;
+    let (first, kube) = match &args.mesh {
+        Some(path) => (
+            source::initial(path, &td, &trust).map_err(anyhow::Error::msg)?,
+            None,
+        ),
+        None => {
+            let (source, client) = crate::kubernetes::start(&args, &td).await?;
+            let first = source.initial(&td, &trust).map_err(anyhow::Error::msg)?;
+            (first, Some((source, client)))
+        }
+    };
     let cp_id = control_plane_id(&first.mesh)?;
     let svid = mesh_ca
         .signing()
@@ -157,15 +197,47 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         Arc::new(move |mesh, health| n.set_exports(mesh, health))
     });
     let (tx, rx) = watch::channel(Arc::new(first));
-    tokio::spawn(source::watch_file(
-        args.mesh.clone(),
-        td.clone(),
-        trust,
-        src_tx,
-        status.clone(),
-        Duration::from_millis(500),
-        log.clone(),
-    ));
+    let source_name = match (&args.mesh, kube) {
+        (Some(path), _) => {
+            tokio::spawn(source::watch_file(
+                path.clone(),
+                td.clone(),
+                trust,
+                src_tx,
+                status.clone(),
+                Duration::from_millis(500),
+                log.clone(),
+            ));
+            path.display().to_string()
+        }
+        (None, Some((source, client))) => {
+            let peering = node
+                .as_ref()
+                .map(|n| -> meshfed_k8s::status::PeeringStatus {
+                    let status = n.status.clone();
+                    Arc::new(move || serde_json::from_str(&status()).unwrap_or_default())
+                });
+            tokio::spawn(meshfed_k8s::status::run(
+                client,
+                source.settings.namespace.clone(),
+                source.rendered.subscribe(),
+                peering,
+                Duration::from_secs(2),
+                log.clone(),
+            ));
+            let name = format!("the cluster (namespace {})", source.settings.namespace);
+            tokio::spawn(source.run(
+                td.clone(),
+                trust,
+                src_tx,
+                status.clone(),
+                Duration::from_millis(500),
+                log.clone(),
+            ));
+            name
+        }
+        (None, None) => bail!("--mesh or --kube is required"),
+    };
 
     let cp = ControlPlane::new(rx, mesh_ca.clone(), &token, status.clone(), log.clone())
         .with_svid_ttl(args.svid_ttl);
@@ -270,8 +342,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         None => None,
     };
     note(&format!(
-        "control plane for {} ({td}) on {listen}, serving version {version}; proxies join with {}",
-        args.mesh.display(),
+        "control plane for {source_name} ({td}) on {listen}, serving version {version}; proxies join with {}",
         boot_path.display()
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

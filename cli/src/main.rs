@@ -4,6 +4,7 @@
 mod control;
 mod explain;
 mod gateway;
+mod kubernetes;
 mod node;
 mod proxy;
 mod scenario;

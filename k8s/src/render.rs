@@ -1,0 +1,403 @@
+//! The cluster as a mesh file: what the reflectors hold, rendered into the `Mesh` document
+//! and federation resources that embedded mode reads from disk, so Kubernetes mode serves
+//! proxies through exactly the same validation and snapshot path.
+//!
+//! - **Services** (not `ExternalName`, not headless-without-selector) become mesh services:
+//!   ports named as in the Service (`port-N` when unnamed), the protocol from `appProtocol` or
+//!   Istio's port-name prefix (`http-`, `http2-`, `grpc-`, `tcp-`, `tls-`), HTTP otherwise.
+//! - **Workloads** are the injected pods (a `meshfed-proxy` container) behind each Service's
+//!   EndpointSlices: the pod's name and service account, its IP with the sidecar's inbound
+//!   port (15006) and the slice's first port as the app, its labels, and its locality from its
+//!   node's `topology.kubernetes.io/region`/`zone` and `topology.istio.io/subzone` labels. A
+//!   pod behind several Services backs the first by name (a workload backs one service).
+//! - **Federation resources** (`ServiceMeshPeer`, `ExportedServiceSet`, `ImportedServiceSet`
+//!   in the control-plane namespace) are checked one by one with the same validator as a mesh
+//!   file: an invalid one is left out and reported ([`Refusal`]) — the others are unaffected.
+//! - **Gateways** are the Services in the control-plane namespace labelled
+//!   `federation.meshfed.io/gateway: <gateway name>`: their cluster IP with the port named
+//!   `tls` (15443 otherwise) and, if present, the port named `discovery`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meshfed_crds::diag::Severity;
+use meshfed_crds::validate::{Input, validate};
+use serde_json::{Value, json};
+
+/// The sidecar's container name (what `meshfed inject` adds).
+pub const SIDECAR_CONTAINER: &str = "meshfed-proxy";
+/// The sidecar's inbound mTLS port.
+pub const INBOUND_PORT: u16 = 15006;
+/// The label that makes a control-plane Service a federation gateway.
+pub const GATEWAY_LABEL: &str = "federation.meshfed.io/gateway";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the reflectors hold.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    /// The federation resources of the control-plane namespace, as the API server has them.
+    pub federation: Vec<Value>,
+}
+
+/// What the cluster does not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The mesh's name.
+    pub mesh: String,
+    /// The control-plane namespace (the federation resources live there).
+    pub namespace: String,
+    pub trust_domain: String,
+    pub cluster_domain: Option<String>,
+}
+
+/// A federation resource left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// The first error's stable reason.
+    pub reason: String,
+    /// Every error, one per line, with its field.
+    pub message: String,
+}
+
+/// The rendered mesh file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    /// Federation resources that did not validate (not in `text`).
+    pub refused: Vec<Refusal>,
+    /// Federation resources in `text`: (kind, name, generation).
+    pub accepted: Vec<(String, String, Option<i64>)>,
+}
+
+fn protocol(name: &str, app_protocol: Option<&str>) -> &'static str {
+    let p = app_protocol.unwrap_or(name).to_ascii_lowercase();
+    let prefix = p.split('-').next().unwrap_or("");
+    match prefix {
+        "http2" | "h2c" | "kubernetes.io/h2c" => "HTTP2",
+        "grpc" => "GRPC",
+        "tcp" | "mongo" | "mysql" | "redis" => "TCP",
+        "tls" | "https" => "TLS",
+        _ => "HTTP",
+    }
+}
+
+fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Value> {
+    meta.labels
+        .as_ref()
+        .filter(|l| !l.is_empty())
+        .map(|l| json!(l))
+}
+
+fn injected(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR_CONTAINER))
+}
+
+/// A node's locality, from the well-known topology labels.
+fn locality(node: &Node) -> Option<Value> {
+    let l = node.metadata.labels.as_ref()?;
+    let region = l.get("topology.kubernetes.io/region")?;
+    let mut v = json!({"region": region});
+    if let Some(z) = l.get("topology.kubernetes.io/zone") {
+        v["zone"] = json!(z);
+        if let Some(s) = l.get("topology.istio.io/subzone") {
+            v["subzone"] = json!(s);
+        }
+    }
+    Some(v)
+}
+
+/// Renders `cluster` as a mesh file for `settings`.
+pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
+    let pods: BTreeMap<(String, String), &Pod> = cluster
+        .pods
+        .iter()
+        .filter_map(|p| Some(((p.metadata.namespace.clone()?, p.metadata.name.clone()?), p)))
+        .collect();
+    let nodes: BTreeMap<&str, &Node> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
+    let mut services = Vec::new();
+    let mut gateways = Vec::new();
+    let mut known: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut sorted: Vec<&Service> = cluster.services.iter().collect();
+    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    for s in sorted {
+        let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) else {
+            continue;
+        };
+        let Some(spec) = &s.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        if ns == &settings.namespace
+            && let Some(gw) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(GATEWAY_LABEL))
+        {
+            if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| *ip != "None") {
+                let port_named = |n: &str| {
+                    spec.ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(n))
+                        .map(|p| p.port)
+                };
+                let mut g = json!({
+                    "name": gw,
+                    "address": format!("{ip}:{}", port_named("tls").unwrap_or(15443)),
+                });
+                if let Some(d) = port_named("discovery") {
+                    g["discoveryAddress"] = json!(format!("{ip}:{d}"));
+                }
+                gateways.push(g);
+            }
+            continue;
+        }
+        let ports: Vec<Value> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let pname = p.name.clone().unwrap_or_else(|| format!("port-{}", p.port));
+                json!({
+                    "name": pname,
+                    "port": p.port,
+                    "protocol": protocol(&pname, p.app_protocol.as_deref()),
+                })
+            })
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        let mut v = json!({"name": name, "namespace": ns, "ports": ports});
+        if let Some(l) = labels(&s.metadata) {
+            v["labels"] = l;
+        }
+        known.insert((ns.clone(), name.clone()));
+        services.push(v);
+    }
+    // Workloads: injected pods behind the services' slices; a pod backs its first service.
+    let mut workloads: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut accounts: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut slices: Vec<&EndpointSlice> = cluster.slices.iter().collect();
+    slices.sort_by_key(|s| {
+        (
+            s.metadata.namespace.clone(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL).cloned()),
+            s.metadata.name.clone(),
+        )
+    });
+    for slice in slices {
+        let Some(ns) = &slice.metadata.namespace else {
+            continue;
+        };
+        let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        if !known.contains(&(ns.clone(), svc.clone())) || slice.address_type != "IPv4" {
+            continue;
+        }
+        let Some(app_port) = slice.ports.iter().flatten().find_map(|p| p.port) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let Some(target) = &ep.target_ref else {
+                continue;
+            };
+            if target.kind.as_deref() != Some("Pod") {
+                continue;
+            }
+            let Some(pod_name) = &target.name else {
+                continue;
+            };
+            let Some(pod) = pods.get(&(ns.clone(), pod_name.clone())) else {
+                continue;
+            };
+            if !injected(pod) {
+                continue;
+            }
+            let Some(ip) = ep.addresses.first() else {
+                continue;
+            };
+            let key = (ns.clone(), pod_name.clone());
+            if workloads.contains_key(&key) {
+                continue;
+            }
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".to_owned());
+            accounts
+                .entry((ns.clone(), svc.clone()))
+                .or_default()
+                .insert(sa.clone());
+            let mut w = json!({
+                "name": pod_name,
+                "namespace": ns,
+                "service": svc,
+                "serviceAccount": sa,
+                "inbound": format!("{ip}:{INBOUND_PORT}"),
+                "app": format!("{ip}:{app_port}"),
+            });
+            if let Some(l) = labels(&pod.metadata) {
+                w["labels"] = l;
+            }
+            let node = ep
+                .node_name
+                .as_deref()
+                .or_else(|| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()));
+            if let Some(loc) = node.and_then(|n| nodes.get(n)).and_then(|n| locality(n)) {
+                w["locality"] = loc;
+            }
+            workloads.insert(key, w);
+        }
+    }
+    for s in &mut services {
+        let key = (
+            s["namespace"].as_str().unwrap_or_default().to_owned(),
+            s["name"].as_str().unwrap_or_default().to_owned(),
+        );
+        if let Some(sas) = accounts.get(&key) {
+            s["serviceAccounts"] = json!(sas);
+        }
+    }
+    let mut spec = json!({
+        "trustDomain": settings.trust_domain,
+        "services": services,
+        "workloads": workloads.into_values().collect::<Vec<_>>(),
+    });
+    if let Some(d) = &settings.cluster_domain {
+        spec["clusterDomain"] = json!(d);
+    }
+    if !gateways.is_empty() {
+        spec["gateways"] = json!(gateways);
+    }
+    let mesh = json!({
+        "apiVersion": "meshfed.io/v1alpha1",
+        "kind": "Mesh",
+        "metadata": {"name": settings.mesh, "namespace": settings.namespace},
+        "spec": spec,
+    });
+    let mut docs = vec![mesh];
+    let mut refused = Vec::new();
+    let mut accepted = Vec::new();
+    let mut fed: Vec<&Value> = cluster.federation.iter().collect();
+    fed.sort_by_key(|o| {
+        (
+            o["kind"].as_str().unwrap_or_default().to_owned(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    });
+    for o in fed {
+        let kind = o["kind"].as_str().unwrap_or_default().to_owned();
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let generation = o["metadata"]["generation"].as_i64();
+        let doc = federation_doc(o, &settings.namespace);
+        let text = serde_json::to_string(&doc).unwrap_or_default();
+        let file = format!("{kind}/{name}");
+        let report = validate(&[Input {
+            file: &file,
+            text: &text,
+        }]);
+        let errors: Vec<_> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
+        match errors.first() {
+            None => {
+                accepted.push((kind, name, generation));
+                docs.push(doc);
+            }
+            Some(first) => refused.push(Refusal {
+                kind,
+                name,
+                generation,
+                reason: first.reason.to_owned(),
+                message: errors
+                    .iter()
+                    .map(|d| format!("{}: {}", d.path, d.message))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }),
+        }
+    }
+    let mut text = String::new();
+    for d in docs {
+        text.push_str("---\n");
+        text.push_str(&serde_json::to_string_pretty(&d).unwrap_or_default());
+        text.push('\n');
+    }
+    Rendered {
+        text,
+        refused,
+        accepted,
+    }
+}
+
+/// A federation object as a mesh file holds it: its kind, name, namespace, labels and spec
+/// (server-set metadata and status left out).
+fn federation_doc(o: &Value, namespace: &str) -> Value {
+    let mut meta = json!({
+        "name": o["metadata"]["name"],
+        "namespace": namespace,
+    });
+    if let Some(l) = o["metadata"].get("labels").filter(|l| l.is_object()) {
+        meta["labels"] = l.clone();
+    }
+    let mut d = json!({
+        "apiVersion": o["apiVersion"],
+        "kind": o["kind"],
+        "metadata": meta,
+    });
+    if let Some(spec) = o.get("spec") {
+        d["spec"] = spec.clone();
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol;
+
+    #[test]
+    fn protocols_follow_app_protocol_then_the_port_name() {
+        assert_eq!(protocol("http", None), "HTTP");
+        assert_eq!(protocol("grpc-api", None), "GRPC");
+        assert_eq!(protocol("http2", None), "HTTP2");
+        assert_eq!(protocol("tcp-db", None), "TCP");
+        assert_eq!(protocol("https", None), "TLS");
+        assert_eq!(protocol("web", Some("kubernetes.io/h2c")), "HTTP2");
+        assert_eq!(protocol("web", Some("grpc")), "GRPC");
+        assert_eq!(protocol("port-8080", None), "HTTP");
+    }
+}

@@ -1,0 +1,286 @@
+//! The Kubernetes config source: reflectors on Services, EndpointSlices, Pods and Nodes
+//! (cluster-wide) and on the three federation CRDs (in the control-plane namespace). Any
+//! change re-renders the mesh file ([`crate::render`]) and, when it differs, publishes the next
+//! snapshot — the path embedded mode's file watcher takes. A watch that fails is restarted
+//! with backoff by kube-runtime and re-lists; the stores replace their contents on a re-list,
+//! so nothing is duplicated and nothing deleted meanwhile survives.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource};
+use meshfed_control::Snapshot;
+use meshfed_control::server::ControlStatus;
+use meshfed_control::source::{TrustFn, next_snapshot};
+use meshfed_core::TrustDomain;
+use tokio::sync::{Notify, watch};
+
+use crate::render::{Cluster, Rendered, Settings, render};
+
+/// The stores the source reads.
+#[derive(Clone)]
+pub struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    federation: Vec<Store<DynamicObject>>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+/// The `ApiResource` of each federation kind.
+pub fn federation_resources() -> [ApiResource; 3] {
+    [
+        ApiResource::erase::<meshfed_crds::ServiceMeshPeer>(&()),
+        ApiResource::erase::<meshfed_crds::ExportedServiceSet>(&()),
+        ApiResource::erase::<meshfed_crds::ImportedServiceSet>(&()),
+    ]
+}
+
+/// Starts a reflector on `api`; `changed` is notified on every event. Watch errors are
+/// logged (once per distinct message) and retried with kube-runtime's default backoff.
+fn reflect<K>(api: Api<K>, changed: Arc<Notify>, log: meshfed_control::Log) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .boxed();
+    tokio::spawn(run_stream(stream, changed, log));
+    reader
+}
+
+/// Same as [`reflect`] for dynamically typed objects.
+fn reflect_dynamic(
+    api: Api<DynamicObject>,
+    ar: ApiResource,
+    changed: Arc<Notify>,
+    log: meshfed_control::Log,
+) -> Store<DynamicObject> {
+    let writer = Writer::new(ar);
+    let reader = writer.as_reader();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .boxed();
+    tokio::spawn(run_stream(stream, changed, log));
+    reader
+}
+
+async fn run_stream<T>(
+    mut stream: futures::stream::BoxStream<'static, Result<watcher::Event<T>, watcher::Error>>,
+    changed: Arc<Notify>,
+    log: meshfed_control::Log,
+) {
+    let mut said = String::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => {
+                said.clear();
+                changed.notify_one();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != said {
+                    log(&format!("watch failed (retrying): {msg}"));
+                    said = msg;
+                }
+            }
+        }
+    }
+}
+
+impl Stores {
+    /// Starts every reflector; `changed` is notified on each event.
+    pub fn start(
+        client: &Client,
+        namespace: &str,
+        changed: &Arc<Notify>,
+        log: &meshfed_control::Log,
+    ) -> Self {
+        let federation = federation_resources()
+            .into_iter()
+            .map(|ar| {
+                let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar);
+                reflect_dynamic(api, ar, changed.clone(), log.clone())
+            })
+            .collect();
+        Self {
+            services: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
+            slices: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
+            pods: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
+            nodes: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
+            federation,
+        }
+    }
+
+    /// Waits until every store has its first full list.
+    pub async fn ready(&self) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        for f in &self.federation {
+            f.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// What the stores hold now.
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            services: self
+                .services
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+            slices: self.slices.state().iter().map(|o| (**o).clone()).collect(),
+            pods: self.pods.state().iter().map(|o| (**o).clone()).collect(),
+            nodes: self.nodes.state().iter().map(|o| (**o).clone()).collect(),
+            federation: self
+                .federation
+                .iter()
+                .flat_map(|s| s.state())
+                .filter_map(|o| serde_json::to_value(&*o).ok())
+                .collect(),
+        }
+    }
+}
+
+/// The Kubernetes source of one control plane.
+pub struct KubeSource {
+    pub stores: Stores,
+    pub settings: Settings,
+    changed: Arc<Notify>,
+    /// The refusals of the last render (for the status writer).
+    pub rendered: watch::Sender<Arc<Rendered>>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Starts the reflectors and waits for their first lists (up to `timeout`).
+    pub async fn start(
+        client: &Client,
+        settings: Settings,
+        timeout: Duration,
+        log: &meshfed_control::Log,
+    ) -> Result<Self, String> {
+        let changed = Arc::new(Notify::new());
+        let stores = Stores::start(client, &settings.namespace, &changed, log);
+        tokio::time::timeout(timeout, stores.ready())
+            .await
+            .map_err(|_| {
+                format!("the Kubernetes API did not list every watched resource within {timeout:?}")
+            })?
+            .map_err(|e| e.to_string())?;
+        let rendered = render(&stores.cluster(), &settings);
+        Ok(Self {
+            stores,
+            settings,
+            changed,
+            rendered: watch::channel(Arc::new(rendered)).0,
+        })
+    }
+
+    /// The first snapshot.
+    pub fn initial(&self, trust_domain: &TrustDomain, trust: &TrustFn) -> Result<Snapshot, String> {
+        let r = self.rendered.borrow().clone();
+        next_snapshot(None, "kubernetes", &r.text, trust_domain, trust()?)?
+            .ok_or_else(|| "no snapshot".to_owned())
+    }
+
+    /// Re-renders on every change (and re-reads the trust every `every`); publishes each new
+    /// configuration into `tx` and records refusals in `status`. Runs until the receivers are
+    /// gone.
+    pub async fn run(
+        self,
+        trust_domain: TrustDomain,
+        trust: TrustFn,
+        tx: watch::Sender<Arc<Snapshot>>,
+        status: Arc<Mutex<ControlStatus>>,
+        every: Duration,
+        log: meshfed_control::Log,
+    ) {
+        let mut last_trust = trust().ok();
+        status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config_error = left_out(&self.rendered.borrow());
+        loop {
+            tokio::select! {
+                () = self.changed.notified() => {
+                    // Let a burst of events settle into one render.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                () = tokio::time::sleep(every) => {
+                    let now = trust().ok();
+                    if now == last_trust {
+                        continue;
+                    }
+                    last_trust = now;
+                }
+                () = tx.closed() => return,
+            }
+            let rendered = render(&self.stores.cluster(), &self.settings);
+            let text = rendered.text.clone();
+            let refusals = left_out(&rendered);
+            self.rendered.send_if_modified(|cur| {
+                if **cur == rendered {
+                    return false;
+                }
+                *cur = Arc::new(rendered);
+                true
+            });
+            let result = trust().and_then(|t| {
+                let prev = tx.borrow().clone();
+                next_snapshot(Some(&prev), "kubernetes", &text, &trust_domain, t)
+            });
+            let mut st = status.lock().unwrap_or_else(PoisonError::into_inner);
+            match result {
+                Ok(Some(snap)) => {
+                    st.config_error = refusals;
+                    drop(st);
+                    log("the cluster changed; serving its new configuration");
+                    tx.send_replace(Arc::new(snap));
+                }
+                Ok(None) => st.config_error = refusals,
+                Err(e) => {
+                    if st.config_error.as_deref() != Some(e.as_str()) {
+                        log(&format!("keeping version {}: {e}", st.version));
+                    }
+                    st.config_error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+/// The federation resources a render left out, for the control plane's `/status`.
+fn left_out(r: &Rendered) -> Option<String> {
+    let v: Vec<String> = r
+        .refused
+        .iter()
+        .map(|f| format!("{} {}: {}", f.kind, f.name, f.reason))
+        .collect();
+    (!v.is_empty()).then(|| format!("left out: {}", v.join("; ")))
+}

@@ -1,0 +1,155 @@
+//! CRD status, written with server-side apply under one field manager (`meshfed`): every
+//! federation resource gets an `Accepted` condition (`False` with the validator's reason and
+//! every error when it was left out, so the other resources are unaffected) carrying the
+//! `metadata.generation` it was computed from; a `ServiceMeshPeer` also gets the peering
+//! conditions (`Connected`, `Stale`, `TrustBundleRejected`, `ImportRejected`…) from the
+//! peering node's status. A status is applied only when it changed, so an idle control plane
+//! writes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::render::Rendered;
+use crate::source::federation_resources;
+
+/// The field manager of every status meshfed writes.
+pub const FIELD_MANAGER: &str = "meshfed";
+
+/// The peering node's status as JSON (`peering.imports[]`: `peer`, `state`, `conditions`).
+pub type PeeringStatus = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// The status of every federation resource `r` names, by (kind, name).
+pub fn statuses(
+    r: &Rendered,
+    peering: Option<&Value>,
+    now: &str,
+) -> BTreeMap<(String, String), Value> {
+    let mut out = BTreeMap::new();
+    let condition =
+        |type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>| {
+            let mut c = json!({
+                "type": type_,
+                "status": if ok { "True" } else { "False" },
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+            });
+            if let Some(g) = generation {
+                c["observedGeneration"] = json!(g);
+            }
+            c
+        };
+    for (kind, name, generation) in &r.accepted {
+        let mut conditions = vec![condition(
+            "Accepted",
+            true,
+            "Valid",
+            "the resource is valid and in force",
+            *generation,
+        )];
+        if kind == "ServiceMeshPeer"
+            && let Some(p) = peering.and_then(|p| {
+                p["imports"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["peer"].as_str() == Some(name.as_str()))
+            })
+        {
+            for c in p["conditions"].as_array().into_iter().flatten() {
+                conditions.push(condition(
+                    c["type"].as_str().unwrap_or("Unknown"),
+                    c["status"].as_bool().unwrap_or(false),
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or(""),
+                    *generation,
+                ));
+            }
+        }
+        out.insert(
+            (kind.clone(), name.clone()),
+            json!({"conditions": conditions}),
+        );
+    }
+    for f in &r.refused {
+        out.insert(
+            (f.kind.clone(), f.name.clone()),
+            json!({"conditions": [condition("Accepted", false, &f.reason, &f.message, f.generation)]}),
+        );
+    }
+    out
+}
+
+/// Conditions without their transition times (what decides whether a status changed).
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(cs) = v["conditions"].as_array_mut() {
+        for c in cs {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    v
+}
+
+/// Applies statuses as they change, until `rendered`'s sender is gone.
+pub async fn run(
+    client: Client,
+    namespace: String,
+    mut rendered: watch::Receiver<Arc<Rendered>>,
+    peering: Option<PeeringStatus>,
+    every: Duration,
+    log: meshfed_control::Log,
+) {
+    let apis: BTreeMap<String, (Api<DynamicObject>, String)> = federation_resources()
+        .into_iter()
+        .map(|ar| {
+            let api = Api::namespaced_with(client.clone(), &namespace, &ar);
+            (ar.kind.clone(), (api, ar.api_version.clone()))
+        })
+        .collect();
+    let mut applied: BTreeMap<(String, String), Value> = BTreeMap::new();
+    loop {
+        let r = rendered.borrow_and_update().clone();
+        let peer_status = peering.as_ref().map(|f| f());
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let want = statuses(&r, peer_status.as_ref(), &now);
+        for ((kind, name), status) in &want {
+            let key = (kind.clone(), name.clone());
+            if applied.get(&key).map(comparable) == Some(comparable(status)) {
+                continue;
+            }
+            let Some((api, api_version)) = apis.get(kind) else {
+                continue;
+            };
+            let patch = json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "status": status,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+                Ok(_) => {
+                    applied.insert(key, status.clone());
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    applied.remove(&key);
+                }
+                Err(e) => log(&format!("writing the status of {kind} {name} failed: {e}")),
+            }
+        }
+        applied.retain(|k, _| want.contains_key(k));
+        tokio::select! {
+            changed = rendered.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}

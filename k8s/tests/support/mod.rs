@@ -1,0 +1,345 @@
+//! A small in-memory Kubernetes API server for the tests: list and watch (with
+//! `resourceVersion`, a replayable event log, and forced `410 Gone` answers), server-side-apply
+//! status patches (recorded), over plain HTTP on loopback. The real kube client talks to it.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// Where a kind lives: (list path, kind, apiVersion).
+fn kind_of(collection: &str) -> (&'static str, &'static str) {
+    match collection {
+        "services" => ("Service", "v1"),
+        "pods" => ("Pod", "v1"),
+        "nodes" => ("Node", "v1"),
+        "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
+        "servicemeshpeers" => ("ServiceMeshPeer", "federation.maistra.io/v1"),
+        "exportedservicesets" => ("ExportedServiceSet", "federation.maistra.io/v1"),
+        "importedservicesets" => ("ImportedServiceSet", "federation.maistra.io/v1"),
+        _ => ("Unknown", "v1"),
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// collection → "ns/name" → object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Every change: (rv, collection, event).
+    log: Vec<(u64, String, Value)>,
+    /// Collections whose next watch answers 410 Gone.
+    expire_next_watch: BTreeMap<String, usize>,
+    /// Status patches: (kind, name, body).
+    patches: Vec<(String, String, Value)>,
+    lists: BTreeMap<String, usize>,
+}
+
+/// The server; dropped, it stops.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(u64, String, Value)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn key(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o["metadata"]["namespace"].as_str().unwrap_or(""),
+        o["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+impl ApiServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let (events, _) = broadcast::channel(1024);
+        let (st, ev) = (state.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, ev) = (st.clone(), ev.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (st, ev) = (st.clone(), ev.clone());
+                        async move { Ok::<_, Infallible>(handle(req, st, ev).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            events,
+            task,
+        }
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Creates or replaces `object` in `collection` (ADDED or MODIFIED).
+    pub fn put(&self, collection: &str, mut object: Value) {
+        let (kind, api_version) = kind_of(collection);
+        object["kind"] = json!(kind);
+        object["apiVersion"] = json!(api_version);
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if object["metadata"]["generation"].is_null() {
+            object["metadata"]["generation"] = json!(1);
+        }
+        let k = key(&object);
+        let map = st.objects.entry(collection.to_owned()).or_default();
+        let type_ = if map.contains_key(&k) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        map.insert(k, object.clone());
+        let event = json!({"type": type_, "object": object});
+        st.log.push((rv, collection.to_owned(), event.clone()));
+        let _ = self.events.send((rv, collection.to_owned(), event));
+    }
+
+    /// Deletes `namespace/name` from `collection` (DELETED).
+    pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        let Some(mut object) = st
+            .objects
+            .get_mut(collection)
+            .and_then(|m| m.remove(&format!("{namespace}/{name}")))
+        else {
+            return;
+        };
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let event = json!({"type": "DELETED", "object": object});
+        st.log.push((rv, collection.to_owned(), event.clone()));
+        let _ = self.events.send((rv, collection.to_owned(), event));
+    }
+
+    /// Ends the open watches of `collection`; the next watch is answered `410 Gone`, so its
+    /// client must re-list.
+    pub fn expire_next_watch(&self, collection: &str) {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .expire_next_watch
+            .entry(collection.to_owned())
+            .or_default() += 1;
+        let _ = self.events.send((0, collection.to_owned(), Value::Null));
+    }
+
+    /// How many times `collection` was listed.
+    pub fn lists(&self, collection: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .lists
+            .get(collection)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Status patches received so far: (kind, name, body).
+    pub fn patches(&self) -> Vec<(String, String, Value)> {
+        self.state.lock().unwrap().patches.clone()
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(status: u16, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            http_body_util::Full::new(Bytes::from(v.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+fn not_found(what: &str) -> Response<Body> {
+    full(
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+/// (collection, namespace filter, name, subresource) of a request path.
+type Route = (String, Option<String>, Option<String>, Option<String>);
+
+fn route(path: &str) -> Option<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest: &[&str] = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => rest,
+        ["apis", _, _, rest @ ..] => rest,
+        _ => return None,
+    };
+    let own = |s: &&str| (*s).to_owned();
+    match rest {
+        [c] => Some(((*c).to_owned(), None, None, None)),
+        ["namespaces", ns, c] => Some(((*c).to_owned(), Some(own(ns)), None, None)),
+        ["namespaces", ns, c, name] => {
+            Some(((*c).to_owned(), Some(own(ns)), Some(own(name)), None))
+        }
+        ["namespaces", ns, c, name, sub] => Some((
+            (*c).to_owned(),
+            Some(own(ns)),
+            Some(own(name)),
+            Some(own(sub)),
+        )),
+        _ => None,
+    }
+}
+
+fn query(req: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(u64, String, Value)>,
+) -> Response<Body> {
+    let Some((collection, ns, name, sub)) = route(req.uri().path()) else {
+        return not_found(req.uri().path());
+    };
+    let q = query(&req);
+    let in_ns = |o: &Value| {
+        ns.as_deref()
+            .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
+    };
+    if req.method() == hyper::Method::PATCH {
+        let (Some(name), Some("status")) = (name.clone(), sub.as_deref()) else {
+            return not_found("patch target");
+        };
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut st = state.lock().unwrap();
+        let k = format!("{}/{name}", ns.clone().unwrap_or_default());
+        let Some(obj) = st.objects.get(&collection).and_then(|m| m.get(&k)).cloned() else {
+            return not_found(&k);
+        };
+        let (kind, _) = kind_of(&collection);
+        st.patches.push((kind.to_owned(), name, patch.clone()));
+        let mut out = obj;
+        out["status"] = patch["status"].clone();
+        return full(200, &out);
+    }
+    let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        let mut st = state.lock().unwrap();
+        *st.lists.entry(collection.clone()).or_default() += 1;
+        let items: Vec<Value> = st
+            .objects
+            .get(&collection)
+            .map(|m| m.values().filter(|o| in_ns(o)).cloned().collect())
+            .unwrap_or_default();
+        let (kind, api_version) = kind_of(&collection);
+        return full(
+            200,
+            &json!({
+                "kind": format!("{kind}List"),
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": st.rv.to_string()},
+                "items": items,
+            }),
+        );
+    }
+    let since: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (backlog, mut rx, expire) = {
+        let mut st = state.lock().unwrap();
+        let expire = st.expire_next_watch.get_mut(&collection).is_some_and(|n| {
+            if *n > 0 {
+                *n -= 1;
+                true
+            } else {
+                false
+            }
+        });
+        let backlog: Vec<Value> = st
+            .log
+            .iter()
+            .filter(|(rv, c, e)| *rv > since && *c == collection && in_ns(&e["object"]))
+            .map(|(_, _, e)| e.clone())
+            .collect();
+        (backlog, events.subscribe(), expire)
+    };
+    let (tx, out_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    let line = |v: &Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+    tokio::spawn(async move {
+        if expire {
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "metadata": {}, "status": "Failure", "message": "too old resource version",
+                "reason": "Expired", "code": 410}});
+            let _ = tx.send(line(&gone)).await;
+            return;
+        }
+        for e in backlog {
+            if tx.send(line(&e)).await.is_err() {
+                return;
+            }
+        }
+        while let Ok((rv, c, e)) = rx.recv().await {
+            if e.is_null() && c == collection {
+                return;
+            }
+            if rv > since
+                && c == collection
+                && ns
+                    .as_deref()
+                    .is_none_or(|n| e["object"]["metadata"]["namespace"].as_str() == Some(n))
+                && tx.send(line(&e)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(out_rx)).boxed())
+        .unwrap()
+}
