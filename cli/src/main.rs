@@ -104,6 +104,13 @@ enum Command {
         #[command(subcommand)]
         command: scenario::LabCommand,
     },
+    /// Add the meshfed sidecar to Kubernetes workloads (Deployments, StatefulSets, Pods…) in
+    /// YAML files, like `istioctl kube-inject`; prints the result. Idempotent.
+    Inject(kubernetes::InjectArgs),
+    /// Install the traffic redirection of an injected pod (what its `meshfed-init` container
+    /// runs; needs NET_ADMIN): iptables `nat` rules sending inbound and outbound TCP through
+    /// the sidecar.
+    Redirect(kubernetes::RedirectArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -206,6 +213,8 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Scenario { command } => scenario::run(command),
         Command::Lab { command } => scenario::lab(command),
+        Command::Inject(args) => kubernetes::inject(&args),
+        Command::Redirect(args) => kubernetes::redirect(&args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,11 @@
 //! - [`source`]: kube-runtime reflectors that re-render on every change and publish snapshots
 //!   through the same path as embedded mode's file watcher.
 //! - [`status`]: CRD status by server-side apply under one field manager.
+//! - [`inject`]: `meshfed inject`, the sidecar added to pod templates (idempotent).
+//! - [`redirect`]: the iptables rules the injected init container installs.
 
+pub mod inject;
+pub mod redirect;
 pub mod render;
 pub mod source;
 pub mod status;
