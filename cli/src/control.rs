@@ -50,6 +50,11 @@ pub struct ControlArgs {
     /// The config and certificate endpoint (mTLS).
     #[arg(long, default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
+    /// The address proxies reach the config endpoint at, `HOST:PORT` (written into the
+    /// bootstrap file); default the --listen address. In Kubernetes, the control plane's
+    /// Service, e.g. `meshfed-control.meshfed-system.svc:15012`.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Loopback admin endpoint: GET /status (JSON), GET /healthz.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -110,11 +115,21 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             .with_context(|| format!("loading the CA in {}", dir.display()))?,
     )?;
     let td = mesh_ca.trusted().trust_domain().clone();
+    let kube = match &args.mesh {
+        Some(_) => None,
+        None => Some(crate::kubernetes::start(&args, &td).await?),
+    };
+    // In Kubernetes mode, peers' roots also come from the ConfigMaps their ServiceMeshPeers
+    // name (Maistra's certificateChain).
+    let rendered = kube.as_ref().map(|(s, _)| s.rendered.subscribe());
     let trust: TrustFn = {
-        let (dir, mesh_ca) = (dir.clone(), mesh_ca.clone());
+        let (dir, mesh_ca, rendered) = (dir.clone(), mesh_ca.clone(), rendered.clone());
         Arc::new(move || {
-            let set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())
+            let mut set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())
                 .map_err(|e| e.to_string())?;
+            if let Some(r) = &rendered {
+                meshfed_k8s::render::add_peer_roots(&mut set, &r.borrow());
+            }
             Ok(Trust {
                 bundles: set
                     .domains()
@@ -124,17 +139,12 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             })
         })
     };
-    let (first, kube) = match &args.mesh {
-        Some(path) => (
-            source::initial(path, &td, &trust).map_err(anyhow::Error::msg)?,
-            None,
-        ),
-        None => {
-            let (source, client) = crate::kubernetes::start(&args, &td).await?;
-            let first = source.initial(&td, &trust).map_err(anyhow::Error::msg)?;
-            (first, Some((source, client)))
-        }
-    };
+    let first = match (&args.mesh, &kube) {
+        (Some(path), _) => source::initial(path, &td, &trust),
+        (None, Some((source, _))) => source.initial(&td, &trust),
+        (None, None) => Err("--mesh or --kube is required".to_owned()),
+    }
+    .map_err(anyhow::Error::msg)?;
     let cp_id = control_plane_id(&first.mesh)?;
     let svid = mesh_ca
         .signing()
@@ -150,8 +160,12 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         .with_context(|| format!("binding {}", args.listen))?;
     let listen = listener.local_addr()?;
     let token = bootstrap::new_token()?;
+    let advertised = match &args.advertise {
+        Some(a) => crate::node::resolve_host_port(a).await?,
+        None => listen,
+    };
     let boot = Bootstrap {
-        control_plane: listen,
+        control_plane: advertised,
         control_plane_id: cp_id.clone(),
         trust_domain: td.clone(),
         bundle: mesh_ca.trusted().current_bundle()?.to_json(),
@@ -170,12 +184,30 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
     let node = match args.peering {
         None => None,
         Some(listen) => {
-            let (_, held) = crate::node::load_ca_for(&dir, &first.mesh)?;
+            let (_, mut held) = crate::node::load_ca_for(&dir, &first.mesh)?;
+            if let Some(r) = &rendered {
+                meshfed_k8s::render::add_peer_roots(&mut held, &r.borrow());
+            }
             crate::node::warn_missing_bundles(&first.mesh, &held);
+            let held = verify::shared(held);
+            // ConfigMap roots that appear later are trusted by the peering streams too.
+            if let Some(mut r) = rendered.clone() {
+                let held = held.clone();
+                tokio::spawn(async move {
+                    while r.changed().await.is_ok() {
+                        let rendered = r.borrow_and_update().clone();
+                        held.rcu(|cur| {
+                            let mut next = (**cur).clone();
+                            meshfed_k8s::render::add_peer_roots(&mut next, &rendered);
+                            next
+                        });
+                    }
+                });
+            }
             let node = crate::node::start_node(
                 &first.mesh,
                 &mesh_ca.signing(),
-                verify::shared(held),
+                held,
                 crate::node::NodeOptions {
                     listen,
                     store: args.store.clone(),

@@ -81,9 +81,10 @@ pub struct GatewayArgs {
     /// Without ADDR, at the ingress gateway's `discoveryAddress` in `spec.gateways`.
     #[arg(long, num_args = 0..=1, value_name = "ADDR", requires = "discovery_upstream")]
     discovery: Option<Option<SocketAddr>>,
-    /// The local peering service (`meshfed peering run --listen`).
-    #[arg(long, requires = "discovery")]
-    discovery_upstream: Option<SocketAddr>,
+    /// The local peering service (`meshfed peering run --listen`, or the control plane's
+    /// `--peering`), `HOST:PORT`; a name is resolved when the forwarder starts.
+    #[arg(long, requires = "discovery", value_name = "HOST:PORT")]
+    discovery_upstream: Option<String>,
     /// Loopback admin endpoint: `GET /status` (JSON counts per gateway: accepted, active and
     /// upstream connections, refusals by peer and reason, per-peer streams, bytes, reachability
     /// and RTT), `GET /metrics` (Prometheus) and `GET /healthz`.
@@ -294,14 +295,15 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
         running.push(g);
         roles.push("egress");
     }
-    if let (Some(addr), Some(upstream)) = (discovery_addr, args.discovery_upstream) {
+    if let (Some(addr), Some(upstream)) = (discovery_addr, &args.discovery_upstream) {
         running.push(start_discovery(addr, upstream).await?);
         roles.push("discovery");
     }
     serve_and_drain(args, running, roles).await
 }
 
-async fn start_discovery(addr: SocketAddr, upstream: SocketAddr) -> Result<relay::Gateway> {
+async fn start_discovery(addr: SocketAddr, upstream: &str) -> Result<relay::Gateway> {
+    let upstream = crate::node::resolve_host_port(upstream).await?;
     let g = relay::start_discovery(addr, upstream).await?;
     note(&format!(
         "discovery port on {}: forwards to the peering service at {upstream}",
@@ -640,7 +642,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
                 running.push(g);
                 roles.push("egress");
             }
-            if let (Some(a), Some(upstream)) = (discovery_addr, args.discovery_upstream) {
+            if let (Some(a), Some(upstream)) = (discovery_addr, &args.discovery_upstream) {
                 running.push(start_discovery(a, upstream).await?);
                 roles.push("discovery");
             }

@@ -130,6 +130,15 @@ pub(crate) fn load_ca_for(
     Ok((ca, held))
 }
 
+/// `HOST:PORT` (a name or an address) as a socket address.
+pub(crate) async fn resolve_host_port(s: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(s)
+        .await
+        .with_context(|| format!("resolving {s} (HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{s} has no address"))
+}
+
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     tokio::net::lookup_host((host, port))
         .await

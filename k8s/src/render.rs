@@ -13,13 +13,15 @@
 //! - **Federation resources** (`ServiceMeshPeer`, `ExportedServiceSet`, `ImportedServiceSet`
 //!   in the control-plane namespace) are checked one by one with the same validator as a mesh
 //!   file: an invalid one is left out and reported ([`Refusal`]) — the others are unaffected.
+//! - **Peer roots** come from the ConfigMap each accepted `ServiceMeshPeer` names in
+//!   `spec.security.certificateChain` (`root-cert.pem`), as in Maistra ([`PeerRoots`]).
 //! - **Gateways** are the Services in the control-plane namespace labelled
 //!   `federation.meshfed.io/gateway: <gateway name>`: their cluster IP with the port named
 //!   `tls` (15443 otherwise) and, if present, the port named `discovery`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshfed_crds::diag::Severity;
 use meshfed_crds::validate::{Input, validate};
@@ -42,6 +44,58 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The federation resources of the control-plane namespace, as the API server has them.
     pub federation: Vec<Value>,
+    /// The ConfigMaps of the control-plane namespace (peer roots, as Maistra keeps them).
+    pub configmaps: Vec<ConfigMap>,
+}
+
+/// A peer's roots from the ConfigMap its `ServiceMeshPeer` names in
+/// `spec.security.certificateChain` (key `root-cert.pem`, as in Maistra).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoots {
+    pub peer: String,
+    pub trust_domain: String,
+    pub pem: String,
+    /// The ConfigMap's resourceVersion (rises with every change): the bundle's sequence.
+    pub version: u64,
+}
+
+impl PeerRoots {
+    /// The roots as the peer's trust bundle.
+    pub fn bundle(&self) -> Result<meshfed_trust::TrustBundle, String> {
+        let td = self
+            .trust_domain
+            .parse()
+            .map_err(|e| format!("trustDomain: {e}"))?;
+        let certs = meshfed_trust::pem::certificates(&self.pem)?;
+        if certs.is_empty() {
+            return Err("no certificate".into());
+        }
+        meshfed_trust::TrustBundle::new(td, certs, self.version).map_err(|e| e.to_string())
+    }
+}
+
+/// Adds to `set` the ConfigMap roots of every peer whose domain it has no bundle for (a
+/// bundle already held — imported, or received over the peering stream after a rotation — is
+/// newer than the ConfigMap's). True if something was added.
+pub fn add_peer_roots(set: &mut meshfed_trust::bundle::TrustBundleSet, r: &Rendered) -> bool {
+    let mut added = false;
+    for p in &r.peer_roots {
+        if let Ok(b) = p.bundle()
+            && set.get(b.trust_domain()).is_none()
+            && set.insert(b).is_ok()
+        {
+            added = true;
+        }
+    }
+    added
+}
+
+/// A `certificateChain` that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootProblem {
+    pub peer: String,
+    pub reason: String,
+    pub message: String,
 }
 
 /// What the cluster does not say.
@@ -75,6 +129,80 @@ pub struct Rendered {
     pub refused: Vec<Refusal>,
     /// Federation resources in `text`: (kind, name, generation).
     pub accepted: Vec<(String, String, Option<i64>)>,
+    /// Peer roots from ConfigMaps, for accepted peers that name one.
+    pub peer_roots: Vec<PeerRoots>,
+    /// Accepted peers whose `certificateChain` could not be read.
+    pub root_problems: Vec<RootProblem>,
+}
+
+/// The roots each accepted `ServiceMeshPeer` names in `spec.security.certificateChain`.
+fn peer_roots(peers: &[&Value], configmaps: &[ConfigMap]) -> (Vec<PeerRoots>, Vec<RootProblem>) {
+    let mut roots = Vec::new();
+    let mut problems = Vec::new();
+    for p in peers {
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let chain = &p["spec"]["security"]["certificateChain"];
+        let Some(cm_name) = chain["name"].as_str() else {
+            continue;
+        };
+        let problem = |reason: &str, message: String| RootProblem {
+            peer: name.clone(),
+            reason: reason.to_owned(),
+            message,
+        };
+        if chain["kind"].as_str().is_some_and(|k| k != "ConfigMap") {
+            problems.push(problem(
+                "UnsupportedCertificateChain",
+                format!(
+                    "spec.security.certificateChain.kind: {} (only ConfigMap)",
+                    chain["kind"]
+                ),
+            ));
+            continue;
+        }
+        let Some(cm) = configmaps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(cm_name))
+        else {
+            problems.push(problem(
+                "CertificateChainNotFound",
+                format!("no ConfigMap {cm_name:?} in the control-plane namespace"),
+            ));
+            continue;
+        };
+        let Some(pem) = cm.data.as_ref().and_then(|d| d.get("root-cert.pem")) else {
+            problems.push(problem(
+                "CertificateChainNotFound",
+                format!("ConfigMap {cm_name:?} has no data.root-cert.pem"),
+            ));
+            continue;
+        };
+        let r = PeerRoots {
+            peer: name.clone(),
+            trust_domain: p["spec"]["security"]["trustDomain"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            pem: pem.clone(),
+            version: cm
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+        };
+        match r.bundle() {
+            Ok(_) => roots.push(r),
+            Err(e) => problems.push(problem(
+                "CertificateChainInvalid",
+                format!("ConfigMap {cm_name:?}: data.root-cert.pem: {e}"),
+            )),
+        }
+    }
+    (roots, problems)
 }
 
 fn protocol(name: &str, app_protocol: Option<&str>) -> &'static str {
@@ -351,6 +479,17 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             }),
         }
     }
+    let accepted_peers: Vec<&Value> = cluster
+        .federation
+        .iter()
+        .filter(|o| {
+            o["kind"] == "ServiceMeshPeer"
+                && accepted.iter().any(|(k, n, _)| {
+                    k == "ServiceMeshPeer" && Some(n.as_str()) == o["metadata"]["name"].as_str()
+                })
+        })
+        .collect();
+    let (peer_roots, root_problems) = peer_roots(&accepted_peers, &cluster.configmaps);
     let mut text = String::new();
     for d in docs {
         text.push_str("---\n");
@@ -361,6 +500,8 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         text,
         refused,
         accepted,
+        peer_roots,
+        root_problems,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Kubernetes config source: reflectors on Services, EndpointSlices, Pods and Nodes
-//! (cluster-wide) and on the three federation CRDs (in the control-plane namespace). Any
+//! (cluster-wide) and on the three federation CRDs and ConfigMaps (in the control-plane
+//! namespace). Any
 //! change re-renders the mesh file ([`crate::render`]) and, when it differs, publishes the next
 //! snapshot — the path embedded mode's file watcher takes. A watch that fails is restarted
 //! with backoff by kube-runtime and re-lists; the stores replace their contents on a re-list,
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{Store, store::Writer};
@@ -30,6 +31,7 @@ pub struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    configmaps: Store<ConfigMap>,
     federation: Vec<Store<DynamicObject>>,
 }
 
@@ -122,6 +124,11 @@ impl Stores {
             slices: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
             pods: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
             nodes: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
+            configmaps: reflect(
+                Api::namespaced(client.clone(), namespace),
+                changed.clone(),
+                log.clone(),
+            ),
             federation,
         }
     }
@@ -132,6 +139,7 @@ impl Stores {
         self.slices.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
+        self.configmaps.wait_until_ready().await?;
         for f in &self.federation {
             f.wait_until_ready().await?;
         }
@@ -150,6 +158,12 @@ impl Stores {
             slices: self.slices.state().iter().map(|o| (**o).clone()).collect(),
             pods: self.pods.state().iter().map(|o| (**o).clone()).collect(),
             nodes: self.nodes.state().iter().map(|o| (**o).clone()).collect(),
+            configmaps: self
+                .configmaps
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
             federation: self
                 .federation
                 .iter()

@@ -53,6 +53,25 @@ pub fn statuses(
             "the resource is valid and in force",
             *generation,
         )];
+        if kind == "ServiceMeshPeer" {
+            if let Some(p) = r.root_problems.iter().find(|p| &p.peer == name) {
+                conditions.push(condition(
+                    "CertificateChainLoaded",
+                    false,
+                    &p.reason,
+                    &p.message,
+                    *generation,
+                ));
+            } else if r.peer_roots.iter().any(|p| &p.peer == name) {
+                conditions.push(condition(
+                    "CertificateChainLoaded",
+                    true,
+                    "Loaded",
+                    "the peer's roots from the named ConfigMap are trusted",
+                    *generation,
+                ));
+            }
+        }
         if kind == "ServiceMeshPeer"
             && let Some(p) = peering.and_then(|p| {
                 p["imports"]

@@ -89,6 +89,20 @@ fn peer(name: &str, client_id: &str) -> serde_json::Value {
     })
 }
 
+/// A root of beta's, as PEM (one per test run).
+fn beta_root_pem() -> String {
+    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PEM.get_or_init(|| {
+        let ca = meshfed_trust::CertificateAuthority::new(
+            "beta.local".parse().unwrap(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        meshfed_trust::ca::pem_encode("CERTIFICATE", ca.signing_root().unwrap())
+    })
+    .clone()
+}
+
 /// A cluster with one injected orders pod, one not injected, a node with its topology, a
 /// valid peer, an invalid one, and an export to the valid one.
 async fn cluster() -> ApiServer {
@@ -118,13 +132,27 @@ async fn cluster() -> ApiServer {
         "endpointslices",
         slice(&[("orders-1", "10.0.0.5"), ("legacy-1", "10.0.0.9")]),
     );
-    api.put(
-        "servicemeshpeers",
-        peer(
-            "beta",
-            "beta.local/ns/beta-system/sa/egress-alpha-service-account",
-        ),
+    // beta's root where its certificateChain points (Maistra's ConfigMap); delta names a
+    // ConfigMap that does not exist.
+    let mut beta = peer(
+        "beta",
+        "beta.local/ns/beta-system/sa/egress-alpha-service-account",
     );
+    beta["spec"]["security"]["certificateChain"] =
+        json!({"kind": "ConfigMap", "name": "beta-ca-root-cert"});
+    api.put("servicemeshpeers", beta);
+    api.put(
+        "configmaps",
+        json!({"metadata": {"name": "beta-ca-root-cert", "namespace": NS},
+               "data": {"root-cert.pem": beta_root_pem()}}),
+    );
+    let mut delta = peer(
+        "delta",
+        "delta.local/ns/delta-system/sa/egress-alpha-service-account",
+    );
+    delta["spec"]["security"]["certificateChain"] =
+        json!({"kind": "ConfigMap", "name": "missing-root-cert"});
+    api.put("servicemeshpeers", delta);
     // An egress identity that is no SPIFFE ID: refused, and only this peer.
     api.put("servicemeshpeers", peer("gamma", "not an id"));
     api.put(
@@ -176,8 +204,23 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     assert_eq!(loc.zone(), Some("us-east-1a"));
     // The valid peer is served, the invalid one left out.
     let peers: Vec<String> = first.mesh.peers.keys().map(ToString::to_string).collect();
-    assert_eq!(peers, vec!["beta"]);
+    assert_eq!(peers, vec!["beta", "delta"]);
     let rendered = source.rendered.borrow().clone();
+    // beta's roots come from its ConfigMap; delta's are missing.
+    assert_eq!(rendered.peer_roots.len(), 1);
+    let b = rendered.peer_roots[0].bundle().unwrap();
+    assert_eq!(b.trust_domain().to_string(), "beta.local");
+    let want = meshfed_trust::pem::certificates(&beta_root_pem()).unwrap();
+    assert_eq!(b.roots(), want.as_slice());
+    let mut set = meshfed_trust::bundle::TrustBundleSet::new();
+    assert!(meshfed_k8s::render::add_peer_roots(&mut set, &rendered));
+    assert!(
+        !meshfed_k8s::render::add_peer_roots(&mut set, &rendered),
+        "added twice"
+    );
+    assert_eq!(rendered.root_problems.len(), 1);
+    assert_eq!(rendered.root_problems[0].peer, "delta");
+    assert_eq!(rendered.root_problems[0].reason, "CertificateChainNotFound");
     assert_eq!(rendered.refused.len(), 1);
     assert_eq!(rendered.refused[0].name, "gamma");
     assert!(
@@ -203,16 +246,29 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
         Duration::from_millis(200),
         quiet(),
     ));
-    eventually("statuses applied", || api.patches().len() >= 3).await;
+    eventually("statuses applied", || api.patches().len() >= 4).await;
     let patches = api.patches();
-    let of = |name: &str| {
+    let conditions = |name: &str| {
         patches
             .iter()
             .rev()
             .find(|(_, n, _)| n == name)
-            .map(|(_, _, b)| b["status"]["conditions"][0].clone())
+            .map(|(_, _, b)| b["status"]["conditions"].clone())
             .unwrap()
     };
+    let of = |name: &str| conditions(name)[0].clone();
+    let chain = |name: &str| {
+        conditions(name)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "CertificateChainLoaded")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(chain("beta")["status"], "True");
+    assert_eq!(chain("delta")["status"], "False");
+    assert_eq!(chain("delta")["reason"], "CertificateChainNotFound");
     assert_eq!(of("gamma")["status"], "False");
     assert_eq!(of("gamma")["observedGeneration"], 1);
     assert_eq!(of("beta")["status"], "True");

@@ -28,7 +28,7 @@ done
 
 for mesh in "${MESHES[@]}"; do
   peer="$(peer_of "$mesh")"
-  say "meshfed in $mesh (peer: $peer)"
+  say "meshfed in $mesh (peer: $peer): CRDs, RBAC, CA, the peer's root, gateways"
   kc "$mesh" apply -f "$ROOT/deploy/crds/"
   kc "$mesh" apply -f "$ROOT/deploy/namespace.yaml"
   kc "$mesh" apply -f "$ROOT/deploy/rbac.yaml"
@@ -36,10 +36,39 @@ for mesh in "${MESHES[@]}"; do
   # The peer's root, where its ServiceMeshPeer's certificateChain points.
   kc "$mesh" -n meshfed-system create configmap "$peer-ca-root-cert" \
     --from-file=root-cert.pem="$WORK/$peer-root-cert.pem"
-  kc "$mesh" apply -f "$ROOT/deploy/control-plane.yaml"
   sed "s/example-peer/$peer/g; s/type: LoadBalancer/type: NodePort/" "$ROOT/deploy/gateways.yaml" \
     >"$WORK/$mesh-gateways.yaml"
   kc "$mesh" apply -f "$WORK/$mesh-gateways.yaml"
+done
+
+# The federation resources go in before the control planes start: a control plane takes its
+# peers when it starts.
+say "federation"
+for mesh in "${MESHES[@]}"; do
+  peer="$(peer_of "$mesh")"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    address="172.18.0.2"
+    service_port=31443
+    discovery_port=31188
+  else
+    address="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
+      "meshfed-$peer-control-plane")"
+    node_port() {
+      kubectl --context "kind-meshfed-$peer" -n meshfed-system get svc "ingress-$mesh" \
+        -o "jsonpath={.spec.ports[?(@.name==\"$1\")].nodePort}"
+    }
+    service_port="$(node_port tls)"
+    discovery_port="$(node_port discovery)"
+  fi
+  sed "s/MESH/$mesh/g; s/PEER/$peer/g; s/ADDRESS/$address/g; s/SERVICE_PORT/$service_port/g; s/DISCOVERY_PORT/$discovery_port/g" \
+    "$KIND_DIR/federation-$mesh.yaml" >"$WORK/$mesh-federation.yaml"
+  "$MESHFED" validate "$WORK/$mesh-federation.yaml" >/dev/null
+  kc "$mesh" apply -f "$WORK/$mesh-federation.yaml"
+done
+
+for mesh in "${MESHES[@]}"; do
+  say "control plane in $mesh"
+  kc "$mesh" apply -f "$ROOT/deploy/control-plane.yaml"
   kc "$mesh" -n meshfed-system rollout status deploy/meshfed-control --timeout=120s
   # The bootstrap file the sidecars and gateways join with, as a Secret where they run.
   if [[ "$DRY_RUN" == 1 ]]; then
@@ -57,31 +86,5 @@ for mesh in "${MESHES[@]}"; do
   sed "s/MESH/$mesh/g" "$KIND_DIR/apps.yaml" >"$WORK/$mesh-apps.yaml"
   "$MESHFED" inject --image "$IMAGE" "$WORK/$mesh-apps.yaml" >"$WORK/$mesh-apps-injected.yaml"
   kc "$mesh" apply -f "$WORK/$mesh-apps-injected.yaml"
-done
-
-say "federation"
-for mesh in "${MESHES[@]}"; do
-  peer="$(peer_of "$mesh")"
-  if [[ "$DRY_RUN" == 1 ]]; then
-    address="172.18.0.2"
-  else
-    address="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
-      "meshfed-$peer-control-plane")"
-  fi
-  node_port() {
-    kubectl --context "kind-meshfed-$peer" -n meshfed-system get svc "ingress-$mesh" \
-      -o "jsonpath={.spec.ports[?(@.name==\"$1\")].nodePort}"
-  }
-  if [[ "$DRY_RUN" == 1 ]]; then
-    service_port=31443
-    discovery_port=31188
-  else
-    service_port="$(node_port tls)"
-    discovery_port="$(node_port discovery)"
-  fi
-  sed "s/MESH/$mesh/g; s/PEER/$peer/g; s/ADDRESS/$address/g; s/SERVICE_PORT/$service_port/g; s/DISCOVERY_PORT/$discovery_port/g" \
-    "$KIND_DIR/federation-$mesh.yaml" >"$WORK/$mesh-federation.yaml"
-  "$MESHFED" validate "$WORK/$mesh-federation.yaml" >/dev/null
-  kc "$mesh" apply -f "$WORK/$mesh-federation.yaml"
 done
 say "up: run scenarios/kind/failover.sh"

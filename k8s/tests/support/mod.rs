@@ -21,6 +21,7 @@ fn kind_of(collection: &str) -> (&'static str, &'static str) {
         "services" => ("Service", "v1"),
         "pods" => ("Pod", "v1"),
         "nodes" => ("Node", "v1"),
+        "configmaps" => ("ConfigMap", "v1"),
         "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
         "servicemeshpeers" => ("ServiceMeshPeer", "federation.maistra.io/v1"),
         "exportedservicesets" => ("ExportedServiceSet", "federation.maistra.io/v1"),
