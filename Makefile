@@ -78,9 +78,11 @@ clippy:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## The whole suite; the last line sums every test binary's results.
+## Every test binary runs even when one fails (--no-fail-fast); the exit status is cargo's,
+## not tee's (pipefail).
 test:
-	@mkdir -p target; status=0; \
-	  $(CARGO) test --locked --workspace 2>&1 | tee target/test.log || status=$$?; \
+	@mkdir -p target; set -o pipefail; status=0; \
+	  $(CARGO) test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
 	  awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	  exit $$status
 

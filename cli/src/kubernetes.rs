@@ -16,8 +16,8 @@ const FIRST_LIST: Duration = Duration::from_secs(60);
 pub(crate) async fn start(
     args: &ControlArgs,
     td: &TrustDomain,
-) -> Result<(KubeSource, kube::Client)> {
-    let client = kube::Client::try_default()
+) -> Result<(KubeSource, meshfed_k8s::Client)> {
+    let client = meshfed_k8s::connect()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or the pod's service account)")?;
     let namespace = args
@@ -71,14 +71,7 @@ pub(crate) fn inject(args: &InjectArgs) -> Result<std::process::ExitCode> {
     };
     let mut out = String::new();
     for f in &args.files {
-        let (name, text) = if f.as_os_str() == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .context("reading standard input")?;
-            ("<stdin>".to_owned(), s)
-        } else {
-            crate::read_text(f)?
-        };
+        let (name, text) = crate::read_input(f)?;
         let stream = meshfed_crds::yaml::load(&text);
         if let Some(e) = &stream.fatal {
             anyhow::bail!("{name}: {e}");

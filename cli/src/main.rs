@@ -274,18 +274,22 @@ pub(crate) fn read_text(f: &std::path::Path) -> Result<(String, String)> {
     Ok((f.display().to_string(), text))
 }
 
+/// A file's name and text; `-` is standard input.
+pub(crate) fn read_input(f: &std::path::Path) -> Result<(String, String)> {
+    if f.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
+        Ok(("<stdin>".to_owned(), s))
+    } else {
+        read_text(f)
+    }
+}
+
 pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String>)> {
     let mut texts = Vec::new();
     for f in files {
-        let (name, text) = if f.as_os_str() == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .context("reading standard input")?;
-            ("<stdin>".to_owned(), s)
-        } else {
-            read_text(f)?
-        };
-        texts.push((name, text));
+        texts.push(read_input(f)?);
     }
     let inputs: Vec<Input<'_>> = texts
         .iter()

@@ -125,23 +125,39 @@ pub async fn watch_file(
                 )
             }
         };
-        let mut st = status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match result {
-            Ok(Some(snap)) => {
-                log(&format!("loaded the changed {}", path.display()));
-                st.config_error = None;
-                drop(st);
-                tx.send_replace(Arc::new(snap));
+        let changed = format!("loaded the changed {}", path.display());
+        publish(result, &tx, &status, &log, &changed, None);
+    }
+}
+
+/// Publishes the outcome of reading a source: a new snapshot goes to `tx` (with `changed`
+/// logged); a refusal is kept in `status` as the config error (logged once) while the served
+/// version stays; `left_out` is what a valid configuration still left out (Kubernetes mode's
+/// refused resources), shown as the config error otherwise.
+pub fn publish(
+    result: Result<Option<Snapshot>, String>,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    status: &Mutex<ControlStatus>,
+    log: &crate::Log,
+    changed: &str,
+    left_out: Option<String>,
+) {
+    let mut st = status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match result {
+        Ok(Some(snap)) => {
+            log(changed);
+            st.config_error = left_out;
+            drop(st);
+            tx.send_replace(Arc::new(snap));
+        }
+        Ok(None) => st.config_error = left_out,
+        Err(e) => {
+            if st.config_error.as_deref() != Some(e.as_str()) {
+                log(&format!("keeping version {}: {e}", st.version));
             }
-            Ok(None) => st.config_error = None,
-            Err(e) => {
-                if st.config_error.as_deref() != Some(e.as_str()) {
-                    log(&format!("keeping version {}: {e}", st.version));
-                }
-                st.config_error = Some(e);
-            }
+            st.config_error = Some(e);
         }
     }
 }

@@ -15,3 +15,17 @@ pub mod redirect;
 pub mod render;
 pub mod source;
 pub mod status;
+
+/// The Kubernetes client type (so that callers need not depend on kube themselves).
+pub use kube::Client;
+
+/// A client from KUBECONFIG, or the pod's service account in a cluster.
+pub async fn connect() -> Result<Client, kube::Error> {
+    Client::try_default().await
+}
+
+/// A client for the API server at `url` with no credentials (tests' in-memory servers).
+pub fn client_at(url: &str) -> Result<Client, String> {
+    let url = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    Client::try_from(kube::Config::new(url)).map_err(|e| e.to_string())
+}

@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use meshfed_control::Snapshot;
 use meshfed_control::server::ControlStatus;
-use meshfed_control::source::{TrustFn, next_snapshot};
+use meshfed_control::source::{TrustFn, next_snapshot, publish};
 use meshfed_core::TrustDomain;
 use tokio::sync::{Notify, watch};
 
@@ -269,22 +269,14 @@ impl KubeSource {
                 let prev = tx.borrow().clone();
                 next_snapshot(Some(&prev), "kubernetes", &text, &trust_domain, t)
             });
-            let mut st = status.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(Some(snap)) => {
-                    st.config_error = refusals;
-                    drop(st);
-                    log("the cluster changed; serving its new configuration");
-                    tx.send_replace(Arc::new(snap));
-                }
-                Ok(None) => st.config_error = refusals,
-                Err(e) => {
-                    if st.config_error.as_deref() != Some(e.as_str()) {
-                        log(&format!("keeping version {}: {e}", st.version));
-                    }
-                    st.config_error = Some(e);
-                }
-            }
+            publish(
+                result,
+                &tx,
+                &status,
+                &log,
+                "the cluster changed; serving its new configuration",
+                refusals,
+            );
         }
     }
 }

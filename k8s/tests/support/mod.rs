@@ -99,9 +99,8 @@ impl ApiServer {
     }
 
     /// A kube client for this server.
-    pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-        kube::Client::try_from(config).unwrap()
+    pub fn client(&self) -> meshfed_k8s::Client {
+        meshfed_k8s::client_at(&format!("http://{}", self.addr)).unwrap()
     }
 
     /// Creates or replaces `object` in `collection` (ADDED or MODIFIED).
