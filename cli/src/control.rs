@@ -159,7 +159,18 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let listen = listener.local_addr()?;
-    let token = bootstrap::new_token()?;
+    // In Kubernetes mode every replica shares one join secret, kept in a Secret, so a restart
+    // leaves the bootstrap files valid.
+    let token = match &kube {
+        None => bootstrap::new_token()?,
+        Some((source, client)) => {
+            meshfed_k8s::secrets::join_token(client, &source.settings.namespace, || {
+                bootstrap::new_token().unwrap_or_default()
+            })
+            .await
+            .map_err(anyhow::Error::msg)?
+        }
+    };
     let advertised = match &args.advertise {
         Some(a) => crate::node::resolve_host_port(a).await?,
         None => listen,
@@ -176,6 +187,8 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| dir.join("bootstrap.json"));
     boot.write(&boot_path)?;
+    // The bootstrap file as JSON, for the Secrets Kubernetes mode writes.
+    let boot_json = Arc::new(watch::channel(serde_json::to_string(&boot)?).0);
 
     let log: Log = Arc::new(|line: &str| note(line));
     let status = Arc::new(Mutex::new(ControlStatus::default()));
@@ -243,6 +256,22 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             path.display().to_string()
         }
         (None, Some((source, client))) => {
+            // Every replica serves proxies; the Lease holder writes status, Events and the
+            // bootstrap Secrets.
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("meshfed-control-{}", std::process::id()));
+            let leader = meshfed_k8s::lease::start(
+                &client,
+                &source.settings.namespace,
+                meshfed_k8s::lease::Election::new(&identity),
+                log.clone(),
+            );
+            tokio::spawn(source.bootstrap_writer(
+                client.clone(),
+                boot_json.subscribe(),
+                leader.clone(),
+                log.clone(),
+            ));
             let peering = node
                 .as_ref()
                 .map(|n| -> meshfed_k8s::status::PeeringStatus {
@@ -254,6 +283,8 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                 source.settings.namespace.clone(),
                 source.rendered.subscribe(),
                 peering,
+                leader,
+                identity,
                 Duration::from_secs(2),
                 log.clone(),
             ));
@@ -324,6 +355,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         {
             let (mesh_ca, node) = (mesh_ca.clone(), node.clone());
             let (mut boot, boot_path) = (boot.clone(), boot_path.clone());
+            let boot_json = boot_json.clone();
             move |event| {
                 match event {
                     rotation::Event::Trusted => {
@@ -335,6 +367,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                         if let Err(e) = boot.write(&boot_path) {
                             note(&format!("rewriting {} failed: {e}", boot_path.display()));
                         }
+                        boot_json.send_replace(serde_json::to_string(&boot).unwrap_or_default());
                         if let Some(n) = &node {
                             n.set_bundle(bundle);
                         }

@@ -1,7 +1,8 @@
 //! `meshfed control --kube` as a process against an in-memory Kubernetes API server (a real
 //! kubeconfig, the real kube client): it serves the cluster's mesh, leaves out an invalid
-//! `ServiceMeshPeer` (named in `/status`), and writes the federation resources' status by
-//! server-side apply.
+//! `ServiceMeshPeer` (named in `/status`), takes the Lease, writes the federation resources'
+//! status by server-side apply, keeps its join secret in a Secret and writes the bootstrap
+//! Secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -116,9 +117,25 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
                 .find(|(_, n, _)| n == name)
                 .map(|(_, _, b)| b["status"]["conditions"][0]["status"].clone())
         };
-        if status_of("gamma").is_some() && status_of("beta").is_some() {
+        let boot = api.get("secrets", NS, "meshfed-bootstrap");
+        if status_of("gamma").is_some() && status_of("beta").is_some() && boot.is_some() {
             assert_eq!(status_of("gamma").unwrap(), "False");
             assert_eq!(status_of("beta").unwrap(), "True");
+            // It leads (the Lease names it), keeps its join secret in a Secret, and wrote the
+            // bootstrap Secret the gateways mount, with that secret and the advertised address.
+            let lease = api.get("leases", NS, "meshfed-control").unwrap();
+            assert!(lease["spec"]["holderIdentity"].is_string());
+            assert!(api.get("secrets", NS, "meshfed-join-token").is_some());
+            let file: serde_json::Value = serde_json::from_str(
+                boot.unwrap()["stringData"]["bootstrap.json"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+            let on_disk: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("boot.json")).unwrap())
+                    .unwrap();
+            assert_eq!(file, on_disk);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

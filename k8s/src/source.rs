@@ -281,6 +281,53 @@ impl KubeSource {
     }
 }
 
+impl KubeSource {
+    /// Keeps the bootstrap Secret (`bootstrap_json`, rewritten when it changes, e.g. after a
+    /// root rotation) in the control-plane namespace and in every namespace with injected
+    /// pods, while `leader` says this replica leads.
+    pub fn bootstrap_writer(
+        &self,
+        client: Client,
+        mut bootstrap_json: watch::Receiver<String>,
+        mut leader: watch::Receiver<bool>,
+        log: meshfed_control::Log,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stores = self.stores.clone();
+        let namespace = self.settings.namespace.clone();
+        async move {
+            let mut done: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+            let mut written = String::new();
+            loop {
+                let json = bootstrap_json.borrow_and_update().clone();
+                if json != written {
+                    done.clear();
+                    written.clone_from(&json);
+                }
+                if *leader.borrow_and_update() {
+                    let want = crate::secrets::bootstrap_namespaces(&stores.cluster(), &namespace);
+                    for ns in want.difference(&done).cloned().collect::<Vec<_>>() {
+                        match crate::secrets::apply_bootstrap(&client, &ns, &json).await {
+                            Ok(()) => {
+                                done.insert(ns);
+                            }
+                            Err(e) => log(&format!(
+                                "writing the bootstrap Secret in {ns} failed (retrying): {e}"
+                            )),
+                        }
+                    }
+                } else {
+                    done.clear();
+                }
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { return },
+                    _ = bootstrap_json.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The federation resources a render left out, for the control plane's `/status`.
 fn left_out(r: &Rendered) -> Option<String> {
     let v: Vec<String> = r

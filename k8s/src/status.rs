@@ -4,14 +4,18 @@
 //! `metadata.generation` it was computed from; a `ServiceMeshPeer` also gets the peering
 //! conditions (`Connected`, `Stale`, `TrustBundleRejected`, `ImportRejected`…) from the
 //! peering node's status. A status is applied only when it changed, so an idle control plane
-//! writes nothing.
+//! writes nothing; only the replica holding the Lease ([`crate::lease`]) writes. Transitions
+//! are recorded as Events (`events.k8s.io/v1`): a resource refused (Warning, the validator's
+//! reason) or accepted again, a peer connected or disconnected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -117,12 +121,73 @@ fn comparable(v: &Value) -> Value {
     v
 }
 
-/// Applies statuses as they change, until `rendered`'s sender is gone.
+/// The condition `type_` of a status, as (status, reason).
+fn condition_of(status: &Value, type_: &str) -> Option<(String, String)> {
+    status["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"].as_str() == Some(type_)).then(|| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+    })
+}
+
+/// The Events a status change is worth: a resource accepted or refused, a peer connected or
+/// disconnected. (type, reason, note).
+pub fn transitions(before: Option<&Value>, after: &Value) -> Vec<(EventType, String, String)> {
+    let mut out = Vec::new();
+    let was = |t: &str| before.and_then(|b| condition_of(b, t));
+    if let Some((st, reason)) = condition_of(after, "Accepted")
+        && was("Accepted").map(|w| w.0) != Some(st.clone())
+    {
+        if st == "True" {
+            if before.is_some() {
+                out.push((
+                    EventType::Normal,
+                    "Accepted".into(),
+                    "the resource is valid and in force".into(),
+                ));
+            }
+        } else {
+            out.push((
+                EventType::Warning,
+                reason,
+                "the resource is invalid and left out; see status.conditions".into(),
+            ));
+        }
+    }
+    if let Some((st, reason)) = condition_of(after, "Connected")
+        && was("Connected").map(|w| w.0) != Some(st.clone())
+    {
+        if st == "True" {
+            out.push((
+                EventType::Normal,
+                "PeerConnected".into(),
+                "the peering stream is up".into(),
+            ));
+        } else if was("Connected").is_some() {
+            out.push((
+                EventType::Warning,
+                reason,
+                "the peering stream is down".into(),
+            ));
+        }
+    }
+    out
+}
+
+/// Applies statuses as they change while `leader` says this replica leads (a new leader
+/// applies everything once), and records Events for transitions; until `rendered`'s sender is
+/// gone.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     namespace: String,
     mut rendered: watch::Receiver<Arc<Rendered>>,
     peering: Option<PeeringStatus>,
+    mut leader: watch::Receiver<bool>,
+    identity: String,
     every: Duration,
     log: meshfed_control::Log,
 ) {
@@ -133,22 +198,39 @@ pub async fn run(
             (ar.kind.clone(), (api, ar.api_version.clone()))
         })
         .collect();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "meshfed-control".into(),
+            instance: Some(identity),
+        },
+    );
     let mut applied: BTreeMap<(String, String), Value> = BTreeMap::new();
     loop {
         let r = rendered.borrow_and_update().clone();
+        let leads = *leader.borrow_and_update();
+        if !leads {
+            applied.clear();
+        }
         let peer_status = peering.as_ref().map(|f| f());
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let want = statuses(&r, peer_status.as_ref(), &now);
+        let want = if leads {
+            statuses(&r, peer_status.as_ref(), &now)
+        } else {
+            BTreeMap::new()
+        };
         for ((kind, name), status) in &want {
             let key = (kind.clone(), name.clone());
-            if applied.get(&key).map(comparable) == Some(comparable(status)) {
+            let before = applied.get(&key);
+            if before.map(comparable) == Some(comparable(status)) {
                 continue;
             }
             let Some((api, api_version)) = apis.get(kind) else {
                 continue;
             };
+            let events = transitions(before, status);
             let patch = json!({
                 "apiVersion": api_version,
                 "kind": kind,
@@ -161,13 +243,37 @@ pub async fn run(
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     applied.remove(&key);
+                    continue;
                 }
-                Err(e) => log(&format!("writing the status of {kind} {name} failed: {e}")),
+                Err(e) => {
+                    log(&format!("writing the status of {kind} {name} failed: {e}"));
+                    continue;
+                }
+            }
+            let reference = ObjectReference {
+                api_version: Some(api_version.clone()),
+                kind: Some(kind.clone()),
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..ObjectReference::default()
+            };
+            for (type_, reason, note) in events {
+                let ev = Event {
+                    type_,
+                    reason,
+                    note: Some(note),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    log(&format!("recording an event on {kind} {name} failed: {e}"));
+                }
             }
         }
         applied.retain(|k, _| want.contains_key(k));
         tokio::select! {
             changed = rendered.changed() => if changed.is_err() { return },
+            _ = leader.changed() => {}
             () = tokio::time::sleep(every) => {}
         }
     }

@@ -238,11 +238,14 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     );
 
     // Status: Accepted=False with the reason on gamma, Accepted=True on the others.
+    let (_leads, leader) = watch::channel(true);
     tokio::spawn(meshfed_k8s::status::run(
         client.clone(),
         NS.into(),
         source.rendered.subscribe(),
         None,
+        leader,
+        "meshfed-control-test".into(),
         Duration::from_millis(200),
         quiet(),
     ));
@@ -273,6 +276,15 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     assert_eq!(of("gamma")["observedGeneration"], 1);
     assert_eq!(of("beta")["status"], "True");
     assert_eq!(of("beta")["reason"], "Valid");
+    // The refusal is an Event on gamma, with the validator's reason.
+    eventually("an event for gamma", || {
+        api.all("events").iter().any(|e| {
+            e["regarding"]["name"] == "gamma"
+                && e["type"] == "Warning"
+                && e["reason"] == of("gamma")["reason"]
+        })
+    })
+    .await;
     let applied_before = patches.len();
 
     // Changes arrive from the watch.

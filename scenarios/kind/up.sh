@@ -70,18 +70,8 @@ for mesh in "${MESHES[@]}"; do
   say "control plane in $mesh"
   kc "$mesh" apply -f "$ROOT/deploy/control-plane.yaml"
   kc "$mesh" -n meshfed-system rollout status deploy/meshfed-control --timeout=120s
-  # The bootstrap file the sidecars and gateways join with, as a Secret where they run.
-  if [[ "$DRY_RUN" == 1 ]]; then
-    echo '{}' >"$WORK/$mesh-bootstrap.json"
-  else
-    kubectl --context "kind-meshfed-$mesh" -n meshfed-system exec deploy/meshfed-control -- \
-      cat /var/run/meshfed/bootstrap.json >"$WORK/$mesh-bootstrap.json"
-  fi
-  for ns in meshfed-system shop web; do
-    kc "$mesh" create namespace "$ns" --dry-run=client -o yaml | kc_stdin "$mesh" apply -f -
-    kc "$mesh" -n "$ns" create secret generic meshfed-bootstrap \
-      --from-file=bootstrap.json="$WORK/$mesh-bootstrap.json"
-  done
+  # The control plane writes the bootstrap Secret (meshfed-bootstrap) itself, in its own
+  # namespace and wherever injected pods run; the pods start once it is there.
   say "apps in $mesh (sidecars injected)"
   sed "s/MESH/$mesh/g" "$KIND_DIR/apps.yaml" >"$WORK/$mesh-apps.yaml"
   "$MESHFED" inject --image "$IMAGE" "$WORK/$mesh-apps.yaml" >"$WORK/$mesh-apps-injected.yaml"

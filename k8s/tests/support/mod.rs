@@ -22,6 +22,9 @@ fn kind_of(collection: &str) -> (&'static str, &'static str) {
         "pods" => ("Pod", "v1"),
         "nodes" => ("Node", "v1"),
         "configmaps" => ("ConfigMap", "v1"),
+        "secrets" => ("Secret", "v1"),
+        "leases" => ("Lease", "coordination.k8s.io/v1"),
+        "events" => ("Event", "events.k8s.io/v1"),
         "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
         "servicemeshpeers" => ("ServiceMeshPeer", "federation.maistra.io/v1"),
         "exportedservicesets" => ("ExportedServiceSet", "federation.maistra.io/v1"),
@@ -104,28 +107,30 @@ impl ApiServer {
     }
 
     /// Creates or replaces `object` in `collection` (ADDED or MODIFIED).
-    pub fn put(&self, collection: &str, mut object: Value) {
-        let (kind, api_version) = kind_of(collection);
-        object["kind"] = json!(kind);
-        object["apiVersion"] = json!(api_version);
-        let mut st = self.state.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"]["generation"].is_null() {
-            object["metadata"]["generation"] = json!(1);
-        }
-        let k = key(&object);
-        let map = st.objects.entry(collection.to_owned()).or_default();
-        let type_ = if map.contains_key(&k) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        map.insert(k, object.clone());
-        let event = json!({"type": type_, "object": object});
-        st.log.push((rv, collection.to_owned(), event.clone()));
-        let _ = self.events.send((rv, collection.to_owned(), event));
+    pub fn put(&self, collection: &str, object: Value) {
+        store(&self.state, &self.events, collection, object);
+    }
+
+    /// An object as the server holds it.
+    pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(collection)
+            .and_then(|m| m.get(&format!("{namespace}/{name}")))
+            .cloned()
+    }
+
+    /// Every object of `collection`.
+    pub fn all(&self, collection: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(collection)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Deletes `namespace/name` from `collection` (DELETED).
@@ -174,6 +179,45 @@ impl ApiServer {
     pub fn patches(&self) -> Vec<(String, String, Value)> {
         self.state.lock().unwrap().patches.clone()
     }
+}
+
+/// Stores `object` with a new resourceVersion; returns it.
+fn store(
+    state: &Mutex<State>,
+    events: &broadcast::Sender<(u64, String, Value)>,
+    collection: &str,
+    mut object: Value,
+) -> Value {
+    let (kind, api_version) = kind_of(collection);
+    object["kind"] = json!(kind);
+    object["apiVersion"] = json!(api_version);
+    let mut st = state.lock().unwrap();
+    st.rv += 1;
+    let rv = st.rv;
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if object["metadata"]["generation"].is_null() {
+        object["metadata"]["generation"] = json!(1);
+    }
+    let k = key(&object);
+    let map = st.objects.entry(collection.to_owned()).or_default();
+    let type_ = if map.contains_key(&k) {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    map.insert(k, object.clone());
+    let event = json!({"type": type_, "object": object});
+    st.log.push((rv, collection.to_owned(), event.clone()));
+    let _ = events.send((rv, collection.to_owned(), event));
+    object
+}
+
+fn conflict(what: &str) -> Response<Body> {
+    full(
+        409,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("{what}: conflict"), "reason": "Conflict", "code": 409}),
+    )
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -248,7 +292,73 @@ async fn handle(
         ns.as_deref()
             .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
     };
-    if req.method() == hyper::Method::PATCH {
+    let ns_name = |n: &str| format!("{}/{n}", ns.clone().unwrap_or_default());
+    let current = |n: &str| {
+        state
+            .lock()
+            .unwrap()
+            .objects
+            .get(&collection)
+            .and_then(|m| m.get(&ns_name(n)))
+            .cloned()
+    };
+    let method = req.method().clone();
+    if method == hyper::Method::GET
+        && let Some(n) = &name
+    {
+        return current(n).map_or_else(|| not_found(n), |o| full(200, &o));
+    }
+    if method == hyper::Method::POST
+        || method == hyper::Method::PUT
+        || (method == hyper::Method::PATCH && sub.is_none())
+    {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if obj["metadata"]["namespace"].is_null()
+            && let Some(n) = &ns
+        {
+            obj["metadata"]["namespace"] = json!(n);
+        }
+        let n = name
+            .clone()
+            .or_else(|| obj["metadata"]["name"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let existing = current(&n);
+        if method == hyper::Method::POST {
+            if existing.is_some() {
+                return conflict(&n);
+            }
+            return full(201, &store(&state, &events, &collection, obj));
+        }
+        if method == hyper::Method::PUT {
+            let Some(cur) = existing else {
+                return not_found(&n);
+            };
+            if obj["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
+                return conflict(&n);
+            }
+            return full(200, &store(&state, &events, &collection, obj));
+        }
+        // Apply (or merge) patch: recorded, then its fields laid over the object.
+        let (kind, _) = kind_of(&collection);
+        state
+            .lock()
+            .unwrap()
+            .patches
+            .push((kind.to_owned(), n.clone(), obj.clone()));
+        let mut merged = existing.unwrap_or_else(|| json!({"metadata": {"name": n}}));
+        if let (Some(m), Some(o)) = (merged.as_object_mut(), obj.as_object()) {
+            for (k, v) in o {
+                if k != "metadata" {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        merged["metadata"]["name"] = json!(n);
+        merged["metadata"]["namespace"] = obj["metadata"]["namespace"].clone();
+        return full(200, &store(&state, &events, &collection, merged));
+    }
+    if method == hyper::Method::PATCH {
         let (Some(name), Some("status")) = (name.clone(), sub.as_deref()) else {
             return not_found("patch target");
         };

@@ -1,0 +1,140 @@
+//! Two control-plane replicas against one in-memory API server: one Lease holder at a time,
+//! a take-over when the holder stops renewing; the join secret both share; the bootstrap
+//! Secrets written only by the leader, where injected pods run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfed_k8s::lease::{self, Election};
+use meshfed_k8s::render::Settings;
+use meshfed_k8s::source::KubeSource;
+use serde_json::json;
+use support::ApiServer;
+use tokio::sync::watch;
+
+const NS: &str = "alpha-system";
+
+fn quiet() -> meshfed_control::Log {
+    Arc::new(|_: &str| {})
+}
+
+fn fast(identity: &str) -> Election {
+    Election {
+        lease: "meshfed-control".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(2),
+        retry: Duration::from_millis(100),
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not reached in 10 s");
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    let api = ApiServer::start().await;
+    let client = api.client();
+    let (a_tx, a) = watch::channel(false);
+    let (b_tx, b) = watch::channel(false);
+    let leases = kube_api(&client);
+    let task_a = tokio::spawn(lease::run(leases.clone(), fast("a"), a_tx, quiet()));
+    // b starts once a leads, so the first holder is known.
+    until("a leads", || *a.borrow()).await;
+    tokio::spawn(lease::run(leases, fast("b"), b_tx, quiet()));
+    // b never leads while a renews.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(*a.borrow() && !*b.borrow());
+    let held = api.get("leases", NS, "meshfed-control").unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], "a");
+    // a stops renewing (its process is gone): b takes over once the Lease expires.
+    task_a.abort();
+    until("b leads", || *b.borrow()).await;
+    let held = api.get("leases", NS, "meshfed-control").unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], "b");
+    assert_eq!(held["spec"]["leaseTransitions"], 1);
+}
+
+fn kube_api(client: &meshfed_k8s::Client) -> kube_api::Leases {
+    kube_api::leases(client, NS)
+}
+
+/// The Lease API of the test's namespace (typed through the k8s crate's own kube).
+mod kube_api {
+    pub type Leases = kube::Api<k8s_openapi::api::coordination::v1::Lease>;
+    pub fn leases(client: &meshfed_k8s::Client, ns: &str) -> Leases {
+        kube::Api::namespaced(client.clone(), ns)
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_one_join_secret() {
+    let api = ApiServer::start().await;
+    let client = api.client();
+    let first = meshfed_k8s::secrets::join_token(&client, NS, || "secret-one".into())
+        .await
+        .unwrap();
+    let second = meshfed_k8s::secrets::join_token(&client, NS, || "secret-two".into())
+        .await
+        .unwrap();
+    assert_eq!(first, "secret-one");
+    assert_eq!(second, "secret-one", "the second replica reads the first's");
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_bootstrap_secrets_where_injected_pods_run() {
+    let api = ApiServer::start().await;
+    for (ns, name, injected) in [("shop", "orders-1", true), ("legacy", "old-1", false)] {
+        let mut containers = vec![json!({"name": "app", "image": "a"})];
+        if injected {
+            containers.push(json!({"name": "meshfed-proxy", "image": "m"}));
+        }
+        api.put(
+            "pods",
+            json!({"metadata": {"name": name, "namespace": ns},
+                   "spec": {"containers": containers}}),
+        );
+    }
+    let client = api.client();
+    let settings = Settings {
+        mesh: "alpha".into(),
+        namespace: NS.into(),
+        trust_domain: "alpha.local".into(),
+        cluster_domain: None,
+    };
+    let source = KubeSource::start(&client, settings, Duration::from_secs(20), &quiet())
+        .await
+        .unwrap();
+    let (leads, leader) = watch::channel(false);
+    let (json_tx, json) = watch::channel("{\"v\":1}".to_owned());
+    tokio::spawn(source.bootstrap_writer(client.clone(), json, leader, quiet()));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(api.all("secrets").is_empty(), "a follower wrote");
+    leads.send_replace(true);
+    until("bootstrap Secrets", || api.all("secrets").len() == 2).await;
+    let mut where_: Vec<String> = api
+        .all("secrets")
+        .iter()
+        .map(|s| s["metadata"]["namespace"].as_str().unwrap().to_owned())
+        .collect();
+    where_.sort();
+    assert_eq!(where_, vec![NS.to_owned(), "shop".to_owned()]);
+    let s = api.get("secrets", "shop", "meshfed-bootstrap").unwrap();
+    assert_eq!(s["stringData"]["bootstrap.json"], "{\"v\":1}");
+    // A new bootstrap (a rotated root) is written again.
+    json_tx.send_replace("{\"v\":2}".to_owned());
+    until("rewritten", || {
+        api.get("secrets", "shop", "meshfed-bootstrap").unwrap()["stringData"]["bootstrap.json"]
+            == "{\"v\":2}"
+    })
+    .await;
+}
