@@ -117,8 +117,10 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
                 .find(|(_, n, _)| n == name)
                 .map(|(_, _, b)| b["status"]["conditions"][0]["status"].clone())
         };
-        let boot = api.get("secrets", NS, "meshfed-bootstrap");
-        if status_of("gamma").is_some() && status_of("beta").is_some() && boot.is_some() {
+        if status_of("gamma").is_some()
+            && status_of("beta").is_some()
+            && let Some(boot) = api.get("secrets", NS, "meshfed-bootstrap")
+        {
             assert_eq!(status_of("gamma").unwrap(), "False");
             assert_eq!(status_of("beta").unwrap(), "True");
             // It leads (the Lease names it), keeps its join secret in a Secret, and wrote the
@@ -126,12 +128,9 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
             let lease = api.get("leases", NS, "meshfed-control").unwrap();
             assert!(lease["spec"]["holderIdentity"].is_string());
             assert!(api.get("secrets", NS, "meshfed-join-token").is_some());
-            let file: serde_json::Value = serde_json::from_str(
-                boot.unwrap()["stringData"]["bootstrap.json"]
-                    .as_str()
-                    .unwrap(),
-            )
-            .unwrap();
+            let file: serde_json::Value =
+                serde_json::from_str(boot["stringData"]["bootstrap.json"].as_str().unwrap())
+                    .unwrap();
             let on_disk: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("boot.json")).unwrap())
                     .unwrap();
