@@ -266,6 +266,26 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                 meshfed_k8s::lease::Election::new(&identity),
                 log.clone(),
             );
+            let cleanup: meshfed_k8s::finalizer::Cleanup = {
+                let node = node.clone();
+                Arc::new(move |peer: String| {
+                    let node = node.clone();
+                    Box::pin(async move {
+                        match &node {
+                            Some(n) => n.forget_peer(&peer).await.map_err(|e| format!("{e:#}")),
+                            None => Ok(()),
+                        }
+                    })
+                })
+            };
+            tokio::spawn(meshfed_k8s::finalizer::run(
+                client.clone(),
+                source.settings.namespace.clone(),
+                source.rendered.subscribe(),
+                leader.clone(),
+                cleanup,
+                log.clone(),
+            ));
             tokio::spawn(source.bootstrap_writer(
                 client.clone(),
                 boot_json.subscribe(),

@@ -222,6 +222,10 @@ pub(crate) struct Node {
     exports: watch::Sender<Arc<ExporterConfig>>,
     /// The node's own identities (its exporter's, its egress identity per peer).
     identities: Identities,
+    /// Where imports and peer bundles are persisted, and each peer's trust domain.
+    store: Option<Arc<meshfed_store::Store>>,
+    dir: PathBuf,
+    peer_domains: BTreeMap<String, TrustDomain>,
 }
 
 /// Identities a node presents, each with the resolver its TLS takes it from.
@@ -276,6 +280,38 @@ impl Node {
     /// Reissues the node's certificates from `ca` (after its signing root changed).
     pub fn reissue(&self, ca: &CertificateAuthority) -> Result<()> {
         reissue(&self.identities, ca)
+    }
+
+    /// Forgets a deleted peer: stops importing from it, removes its persisted imports and
+    /// its persisted bundle (a read-only CA folder, as in Kubernetes, keeps none).
+    pub async fn forget_peer(&self, peer: &str) -> Result<()> {
+        let importer = {
+            let mut all = self
+                .importers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let i = all.iter().position(|i| i.status.borrow().peer == peer);
+            i.map(|i| all.remove(i))
+        };
+        if let Some(i) = importer {
+            i.stop().await;
+        }
+        if let Some(store) = &self.store {
+            store.remove_peer(&peer.parse()?)?;
+        }
+        if let Some(td) = self.peer_domains.get(peer) {
+            let file = self.dir.join("bundles").join(format!("{td}.json"));
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
+            }
+        }
+        Ok(())
     }
 
     pub async fn stop(&self) {
@@ -539,6 +575,13 @@ pub(crate) async fn start_node(
         importers: Mutex::new(importers),
         exports: exports_tx,
         identities,
+        store,
+        dir: args.dir.clone(),
+        peer_domains: mesh
+            .peers
+            .values()
+            .map(|p| (p.name.to_string(), p.trust_domain.clone()))
+            .collect(),
     })
 }
 

@@ -114,7 +114,7 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
         let status_of = |name: &str| {
             p.iter()
                 .rev()
-                .find(|(_, n, _)| n == name)
+                .find(|(_, n, b)| n == name && b.get("status").is_some())
                 .map(|(_, _, b)| b["status"]["conditions"][0]["status"].clone())
         };
         if status_of("gamma").is_some()
@@ -126,6 +126,21 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
             // It leads (the Lease names it), keeps its join secret in a Secret, and wrote the
             // bootstrap Secret the gateways mount, with that secret and the advertised address.
             let lease = api.get("leases", NS, "meshfed-control").unwrap();
+            // The accepted peer carries the finalizer, the refused one does not.
+            let fin = |n: &str| {
+                api.get("servicemeshpeers", NS, n).unwrap()["metadata"]["finalizers"].clone()
+            };
+            for _ in 0..100 {
+                if fin("beta").is_array() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                fin("beta"),
+                serde_json::json!(["federation.meshfed.io/peer-cleanup"])
+            );
+            assert!(fin("gamma").is_null());
             assert!(lease["spec"]["holderIdentity"].is_string());
             assert!(api.get("secrets", NS, "meshfed-join-token").is_some());
             let file: serde_json::Value =

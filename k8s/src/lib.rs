@@ -7,11 +7,13 @@
 //! - [`source`]: kube-runtime reflectors that re-render on every change and publish snapshots
 //!   through the same path as embedded mode's file watcher.
 //! - [`status`]: CRD status by server-side apply under one field manager.
+//! - [`finalizer`]: ServiceMeshPeers keep a finalizer until a deleted peer's state is gone.
 //! - [`lease`]: leader election with a Lease; only the leader writes to the API.
 //! - [`secrets`]: the shared join secret and the bootstrap Secrets.
 //! - [`inject`]: `meshfed inject`, the sidecar added to pod templates (idempotent).
 //! - [`redirect`]: the iptables rules the injected init container installs.
 
+pub mod finalizer;
 pub mod inject;
 pub mod lease;
 pub mod redirect;

@@ -133,6 +133,19 @@ pub struct Rendered {
     pub peer_roots: Vec<PeerRoots>,
     /// Accepted peers whose `certificateChain` could not be read.
     pub root_problems: Vec<RootProblem>,
+    /// Every `ServiceMeshPeer` with its finalizers, and whether it is being deleted (those
+    /// are out of the model already).
+    pub peers: Vec<PeerMeta>,
+}
+
+/// A `ServiceMeshPeer`'s lifecycle, for the finalizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMeta {
+    pub name: String,
+    pub finalizers: Vec<String>,
+    pub deleting: bool,
+    /// Accepted (valid and in force).
+    pub accepted: bool,
 }
 
 /// The roots each accepted `ServiceMeshPeer` names in `spec.security.certificateChain`.
@@ -432,7 +445,9 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
     let mut docs = vec![mesh];
     let mut refused = Vec::new();
     let mut accepted = Vec::new();
-    let mut fed: Vec<&Value> = cluster.federation.iter().collect();
+    let deleting = |o: &Value| !o["metadata"]["deletionTimestamp"].is_null();
+    // Resources being deleted are gone from the model at once.
+    let mut fed: Vec<&Value> = cluster.federation.iter().filter(|o| !deleting(o)).collect();
     fed.sort_by_key(|o| {
         (
             o["kind"].as_str().unwrap_or_default().to_owned(),
@@ -490,6 +505,31 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         })
         .collect();
     let (peer_roots, root_problems) = peer_roots(&accepted_peers, &cluster.configmaps);
+    let mut peers: Vec<PeerMeta> = cluster
+        .federation
+        .iter()
+        .filter(|o| o["kind"] == "ServiceMeshPeer")
+        .map(|o| {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            PeerMeta {
+                accepted: accepted
+                    .iter()
+                    .any(|(k, n, _)| k == "ServiceMeshPeer" && *n == name),
+                finalizers: o["metadata"]["finalizers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect(),
+                deleting: deleting(o),
+                name,
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut text = String::new();
     for d in docs {
         text.push_str("---\n");
@@ -502,6 +542,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         accepted,
         peer_roots,
         root_problems,
+        peers,
     }
 }
 

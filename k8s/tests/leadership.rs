@@ -138,3 +138,96 @@ async fn only_the_leader_writes_bootstrap_secrets_where_injected_pods_run() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deleted_peer_leaves_the_model_and_is_released_after_its_cleanup() {
+    let api = ApiServer::start().await;
+    api.put(
+        "servicemeshpeers",
+        json!({"metadata": {"name": "beta", "namespace": NS},
+               "spec": {"remote": {"addresses": ["beta.example.test"]},
+                        "security": {"trustDomain": "beta.local",
+                                     "clientID": "beta.local/ns/beta-system/sa/egress-alpha-service-account"}}}),
+    );
+    let client = api.client();
+    let settings = Settings {
+        mesh: "alpha".into(),
+        namespace: NS.into(),
+        trust_domain: "alpha.local".into(),
+        cluster_domain: None,
+    };
+    let source = KubeSource::start(&client, settings, Duration::from_secs(20), &quiet())
+        .await
+        .unwrap();
+    let (_leads, leader) = watch::channel(true);
+    let cleaned: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let cleanup: meshfed_k8s::finalizer::Cleanup = {
+        let cleaned = cleaned.clone();
+        Arc::new(move |peer: String| {
+            let cleaned = cleaned.clone();
+            Box::pin(async move {
+                cleaned.lock().unwrap().push(peer);
+                Ok(())
+            })
+        })
+    };
+    let mut rendered = source.rendered.subscribe();
+    tokio::spawn(meshfed_k8s::finalizer::run(
+        client.clone(),
+        NS.into(),
+        source.rendered.subscribe(),
+        leader,
+        cleanup,
+        quiet(),
+    ));
+    let (tx, _rx) = watch::channel(Arc::new(
+        source
+            .initial(&"alpha.local".parse().unwrap(), &trust())
+            .unwrap(),
+    ));
+    let status = Arc::new(std::sync::Mutex::new(
+        meshfed_control::server::ControlStatus::default(),
+    ));
+    tokio::spawn(source.run(
+        "alpha.local".parse().unwrap(),
+        trust(),
+        tx,
+        status,
+        Duration::from_secs(60),
+        quiet(),
+    ));
+    until("the finalizer added", || {
+        api.get("servicemeshpeers", NS, "beta").unwrap()["metadata"]["finalizers"]
+            == json!([meshfed_k8s::finalizer::FINALIZER])
+    })
+    .await;
+    assert!(cleaned.lock().unwrap().is_empty());
+    api.request_delete("servicemeshpeers", NS, "beta");
+    until("released and gone", || {
+        api.get("servicemeshpeers", NS, "beta").is_none()
+    })
+    .await;
+    assert_eq!(*cleaned.lock().unwrap(), vec!["beta".to_owned()]);
+    // It left the model as soon as it was being deleted.
+    let r = rendered.borrow_and_update().clone();
+    assert!(
+        r.accepted.iter().all(|(_, n, _)| n != "beta"),
+        "{:?}",
+        r.accepted
+    );
+}
+
+fn trust() -> meshfed_control::source::TrustFn {
+    let ca = meshfed_trust::CertificateAuthority::new(
+        "alpha.local".parse().unwrap(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let json = ca.current_bundle().unwrap().to_json().to_string();
+    Arc::new(move || {
+        Ok(meshfed_control::source::Trust {
+            bundles: vec![("alpha.local".parse().unwrap(), json.clone())],
+            signing_root: String::new(),
+        })
+    })
+}

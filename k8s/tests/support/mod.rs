@@ -133,6 +133,23 @@ impl ApiServer {
             .unwrap_or_default()
     }
 
+    /// What `kubectl delete` does: with finalizers, the object gets a deletionTimestamp and
+    /// stays until they are gone; without, it is deleted.
+    pub fn request_delete(&self, collection: &str, namespace: &str, name: &str) {
+        let Some(mut obj) = self.get(collection, namespace, name) else {
+            return;
+        };
+        if obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            obj["metadata"]["deletionTimestamp"] = json!("2026-11-26T00:00:00Z");
+            self.put(collection, obj);
+        } else {
+            self.delete(collection, namespace, name);
+        }
+    }
+
     /// Deletes `namespace/name` from `collection` (DELETED).
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
         let mut st = self.state.lock().unwrap();
@@ -356,6 +373,26 @@ async fn handle(
         }
         merged["metadata"]["name"] = json!(n);
         merged["metadata"]["namespace"] = obj["metadata"]["namespace"].clone();
+        if let Some(f) = obj["metadata"].get("finalizers") {
+            merged["metadata"]["finalizers"] = f.clone();
+            // The last finalizer released from an object being deleted: it goes.
+            if f.as_array().is_some_and(Vec::is_empty)
+                && !merged["metadata"]["deletionTimestamp"].is_null()
+            {
+                let namespace = ns.clone().unwrap_or_default();
+                let mut st = state.lock().unwrap();
+                st.rv += 1;
+                let rv = st.rv;
+                if let Some(m) = st.objects.get_mut(&collection) {
+                    m.remove(&format!("{namespace}/{n}"));
+                }
+                merged["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let event = json!({"type": "DELETED", "object": merged});
+                st.log.push((rv, collection.clone(), event.clone()));
+                let _ = events.send((rv, collection.clone(), event));
+                return full(200, &merged);
+            }
+        }
         return full(200, &store(&state, &events, &collection, merged));
     }
     if method == hyper::Method::PATCH {
