@@ -21,6 +21,19 @@ fn quiet() -> meshfed_control::Log {
     Arc::new(|_: &str| {})
 }
 
+/// alpha's Kubernetes source on `client`, its first lists done.
+async fn source(client: &meshfed_k8s::Client) -> KubeSource {
+    let settings = Settings {
+        mesh: "alpha".into(),
+        namespace: NS.into(),
+        trust_domain: "alpha.local".into(),
+        cluster_domain: None,
+    };
+    KubeSource::start(client, settings, Duration::from_secs(20), &quiet())
+        .await
+        .unwrap()
+}
+
 fn fast(identity: &str) -> Election {
     Election {
         lease: "meshfed-control".into(),
@@ -105,15 +118,7 @@ async fn only_the_leader_writes_bootstrap_secrets_where_injected_pods_run() {
         );
     }
     let client = api.client();
-    let settings = Settings {
-        mesh: "alpha".into(),
-        namespace: NS.into(),
-        trust_domain: "alpha.local".into(),
-        cluster_domain: None,
-    };
-    let source = KubeSource::start(&client, settings, Duration::from_secs(20), &quiet())
-        .await
-        .unwrap();
+    let source = source(&client).await;
     let (leads, leader) = watch::channel(false);
     let (json_tx, json) = watch::channel("{\"v\":1}".to_owned());
     tokio::spawn(source.bootstrap_writer(client.clone(), json, leader, quiet()));
@@ -150,15 +155,7 @@ async fn a_deleted_peer_leaves_the_model_and_is_released_after_its_cleanup() {
                                      "clientID": "beta.local/ns/beta-system/sa/egress-alpha-service-account"}}}),
     );
     let client = api.client();
-    let settings = Settings {
-        mesh: "alpha".into(),
-        namespace: NS.into(),
-        trust_domain: "alpha.local".into(),
-        cluster_domain: None,
-    };
-    let source = KubeSource::start(&client, settings, Duration::from_secs(20), &quiet())
-        .await
-        .unwrap();
+    let source = source(&client).await;
     let (_leads, leader) = watch::channel(true);
     let cleaned: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let cleanup: meshfed_k8s::finalizer::Cleanup = {
