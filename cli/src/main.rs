@@ -80,7 +80,7 @@ enum Command {
         #[command(subcommand)]
         command: trust::PeeringCommand,
     },
-    /// Show peer status from a running `meshfed peering run`.
+    /// Show peer status from a running `meshfed peering run` or `meshfed control --peering`.
     Status(node::StatusArgs),
     /// Run this mesh's federation gateways for one peer: the ingress (what we export to the
     /// peer) and/or the egress (our sidecars to what the peer exports to us).

@@ -705,12 +705,17 @@ fn redeemer(dir: PathBuf, live: verify::SharedBundles) -> meshfed_peering::serve
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let body = admin::get(args.admin, "/status", Duration::from_secs(5)).with_context(|| {
         format!(
-            "reading status from {} (is `meshfed peering run` running?)",
+            "reading status from {} (is `meshfed peering run` or `meshfed control --peering` running?)",
             args.admin
         )
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&body).context("the admin endpoint sent invalid JSON")?;
+    // A control plane's status holds its peering node's under `peering`.
+    let v = match v.get("peering") {
+        Some(p) if p.is_object() => p.clone(),
+        _ => v,
+    };
     match args.output {
         crate::OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&v)?))?,
         crate::OutputFormat::Yaml => emit(&serde_saphyr::to_string(&v)?)?,

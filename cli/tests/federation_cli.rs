@@ -267,6 +267,16 @@ spec:
             .then_some(())
             .ok_or(st.to_string())
     });
+    // `meshfed status` reads the control plane's peering status too.
+    let o = std::process::Command::new(common::bin())
+        .args(["status", "--admin", &a.admin.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && table.contains("beta") && table.contains("Active"),
+        "{table}"
+    );
     // Beta stops exporting echo: alpha's sidecar no longer knows the name.
     std::fs::write(dir.join("beta.yaml"), beta.replace(exported, "")).unwrap();
     eventually("the unexported service disappears from alpha", || {
