@@ -217,9 +217,14 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                     }
                 });
             }
+            let issuer = mesh_ca.clone();
             let node = crate::node::start_node(
                 &first.mesh,
-                &mesh_ca.signing(),
+                Arc::new(move |id: &meshfed_core::SpiffeId| {
+                    Ok(issuer
+                        .signing()
+                        .issue(id, DEFAULT_SVID_TTL, SystemTime::now())?)
+                }),
                 held,
                 crate::node::NodeOptions {
                     listen,
@@ -234,13 +239,31 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             Some(node)
         }
     };
-    let feeds: Vec<PeerFeed> = node.iter().flat_map(|n| n.feeds.clone()).collect();
+    let feeds = node
+        .as_ref()
+        .map_or_else(|| watch::channel(Vec::<PeerFeed>::new()).1, |n| n.feeds());
     let (src_tx, src_rx) = watch::channel(Arc::new(first.clone()));
     // A changed mesh file, or a workload's readiness, changes what peering exports too.
     let node = node.map(Arc::new);
     let on_mesh = node.clone().map(|n| -> meshfed_control::imports::OnMesh {
         Arc::new(move |mesh, health| n.set_exports(mesh, health))
     });
+    // The peers follow the mesh: a ServiceMeshPeer added or removed (in the file or the
+    // cluster) starts or stops its importer without a restart.
+    if let Some(n) = node.clone() {
+        let mut rx = src_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let mesh = rx.borrow_and_update().mesh.clone();
+                if let Err(e) = n.sync_peers(&mesh).await {
+                    note(&format!("following the mesh's peers: {e:#}"));
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (tx, rx) = watch::channel(Arc::new(first));
     let source_name = match (&args.mesh, kube) {
         (Some(path), _) => {

@@ -2,7 +2,7 @@
 //! exporter serving each peer its export view, an importer per peer, the store, and a loopback
 //! admin endpoint with status. `meshfed status` reads that endpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,9 +159,10 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let mesh = load_mesh(&args.mesh)?;
     let (ca, held) = load_ca_for(&args.dir.dir, &mesh)?;
     warn_missing_bundles(&mesh, &held);
+    let ca = Arc::new(ca);
     let node = start_node(
         &mesh,
-        &ca,
+        Arc::new(move |id: &SpiffeId| Ok(ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())?)),
         verify::shared(held),
         NodeOptions {
             listen: args.listen,
@@ -212,38 +213,139 @@ pub(crate) struct NodeOptions {
     pub dir: PathBuf,
 }
 
-/// A running peering node: the exporter and an importer per peer.
+/// A running peering node: the exporter and an importer per peer. The peers follow the mesh
+/// ([`Node::sync_peers`]): a new ServiceMeshPeer starts importing, a removed one stops.
 pub(crate) struct Node {
     pub listen: SocketAddr,
     /// Status as JSON (the admin endpoint's `/status`).
     pub status: Arc<dyn Fn() -> String + Send + Sync>,
-    pub feeds: Vec<meshfed_control::imports::PeerFeed>,
-    importers: Mutex<Vec<client::Importer>>,
+    feeds: watch::Sender<Vec<meshfed_control::imports::PeerFeed>>,
+    peers: Arc<Mutex<BTreeMap<String, PeerRun>>>,
+    statuses: Statuses,
     exports: watch::Sender<Arc<ExporterConfig>>,
-    /// The node's own identities (its exporter's, its egress identity per peer).
-    identities: Identities,
-    /// Where imports and peer bundles are persisted, and each peer's trust domain.
-    store: Option<Arc<meshfed_store::Store>>,
-    dir: PathBuf,
-    peer_domains: BTreeMap<String, TrustDomain>,
+    /// The exporter's own identity.
+    server: (SpiffeId, Arc<SvidResolver>),
+    spawner: Spawner,
+    /// One peer sync at a time.
+    syncing: tokio::sync::Mutex<()>,
 }
 
-/// Identities a node presents, each with the resolver its TLS takes it from.
-type Identities = Arc<Vec<(SpiffeId, Arc<SvidResolver>)>>;
+/// Each importing peer's status, for `/status`.
+type Statuses = Arc<Mutex<BTreeMap<String, watch::Receiver<meshfed_peering::status::PeerStatus>>>>;
 
-/// Issues each identity a new certificate from `ca`.
-fn reissue(identities: &Identities, ca: &CertificateAuthority) -> Result<()> {
-    for (id, r) in identities.iter() {
-        let svid = ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())?;
-        r.set(&svid)?;
+/// Issues an SVID for one of the node's identities, from the mesh CA as it signs now.
+pub(crate) type Issuer = Arc<dyn Fn(&SpiffeId) -> Result<meshfed_trust::Svid> + Send + Sync>;
+
+/// What starting an importer takes.
+struct Spawner {
+    mesh: String,
+    trust_domain: TrustDomain,
+    bundles: verify::SharedBundles,
+    heartbeat: Duration,
+    liveness: Duration,
+    dir: PathBuf,
+    store: Option<Arc<meshfed_store::Store>>,
+    issue: Issuer,
+    mapping: Mapping,
+}
+
+/// A peer the node imports from.
+struct PeerRun {
+    importer: client::Importer,
+    feed: meshfed_control::imports::PeerFeed,
+    identity: (SpiffeId, Arc<SvidResolver>),
+    /// What it was started from; a change restarts it.
+    started_from: String,
+}
+
+/// What an importer is started from (its exports and the rest of the peer do not matter).
+fn started_from(mesh: &MeshFederation, p: &meshfed_core::federation::Peer) -> String {
+    format!(
+        "{:?}|{}|{}|{:?}|{:?}",
+        p.addresses,
+        p.discovery_port,
+        p.trust_domain,
+        mesh.egress_identity(p).ok(),
+        p.imports
+    )
+}
+
+impl Spawner {
+    /// Starts importing from `p`; `None` (said) when its address does not resolve.
+    async fn spawn(
+        &self,
+        mesh: &MeshFederation,
+        p: &meshfed_core::federation::Peer,
+    ) -> Result<Option<PeerRun>> {
+        let Some(host) = p.addresses.first() else {
+            return Ok(None);
+        };
+        let address = match resolve(host, p.discovery_port).await {
+            Ok(a) => a,
+            Err(e) => {
+                note(&format!("peer {}: {e:#}", p.name));
+                return Ok(None);
+            }
+        };
+        let provider = verify::provider();
+        let id = mesh.egress_identity(p)?;
+        let svid = (self.issue)(&id)?;
+        let resolver = Arc::new(SvidResolver::new(&svid, provider.clone())?);
+        let tls = Arc::new(verify::client_config(
+            resolver.clone(),
+            Arc::new(SpiffeServerVerifier::new(
+                self.bundles.clone(),
+                Expect::domain(p.trust_domain.clone()),
+                provider.clone(),
+            )),
+            provider,
+        )?);
+        let importer = client::spawn(
+            ImporterConfig {
+                mesh: self.mesh.clone(),
+                trust_domain: self.trust_domain.clone(),
+                peer: p.name.clone(),
+                peer_trust_domain: p.trust_domain.clone(),
+                address,
+                session: SessionConfig {
+                    heartbeat_interval: self.heartbeat,
+                    liveness_timeout: self.liveness,
+                    ..SessionConfig::default()
+                },
+                limits: Limits::default(),
+                connect_timeout: Duration::from_secs(5),
+                bundles: Some(self.bundles.clone()),
+                trust_dir: Some(self.dir.clone()),
+            },
+            tls,
+            self.store.clone(),
+        );
+        let feed = meshfed_control::imports::PeerFeed {
+            peer: p.name.clone(),
+            imports: importer.imports.clone(),
+            health: importer.health.clone(),
+            status: importer.status.clone(),
+        };
+        if let Some(set) = &p.imports {
+            watch_mapping(
+                set.clone(),
+                mesh.catalog.clone(),
+                importer.imports.clone(),
+                self.mapping.clone(),
+            );
+        }
+        Ok(Some(PeerRun {
+            importer,
+            feed,
+            identity: (id, resolver),
+            started_from: started_from(mesh, p),
+        }))
     }
-    Ok(())
 }
 
 impl Node {
     /// Serves what a changed `mesh` exports, with each exported service's healthy and total
-    /// workloads (peers themselves are fixed at start: a new `ServiceMeshPeer` needs a
-    /// restart).
+    /// workloads (the peers themselves follow through [`Node::sync_peers`]).
     pub fn set_exports(
         &self,
         mesh: &MeshFederation,
@@ -279,50 +381,123 @@ impl Node {
 
     /// Reissues the node's certificates from `ca` (after its signing root changed).
     pub fn reissue(&self, ca: &CertificateAuthority) -> Result<()> {
-        reissue(&self.identities, ca)
+        reissue_all(&self.server, &self.peers, &|id| {
+            Ok(ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())?)
+        })
     }
 
-    /// Forgets a deleted peer: stops importing from it, removes its persisted imports and
-    /// its persisted bundle (a read-only CA folder, as in Kubernetes, keeps none).
-    pub async fn forget_peer(&self, peer: &str) -> Result<()> {
-        let importer = {
-            let mut all = self
-                .importers
+    /// The peers' import feeds, as the peers change.
+    pub fn feeds(&self) -> watch::Receiver<Vec<meshfed_control::imports::PeerFeed>> {
+        self.feeds.subscribe()
+    }
+
+    /// Publishes the running peers' feeds and statuses.
+    fn publish(&self) {
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self
+            .statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = peers
+            .iter()
+            .map(|(n, r)| (n.clone(), r.importer.status.clone()))
+            .collect();
+        let feeds: Vec<_> = peers.values().map(|r| r.feed.clone()).collect();
+        drop(peers);
+        self.feeds.send_replace(feeds);
+    }
+
+    /// Makes the importers follow `mesh`'s ServiceMeshPeers: a new peer starts importing, a
+    /// removed one stops and its persisted state goes, a changed one restarts.
+    pub async fn sync_peers(&self, mesh: &MeshFederation) -> Result<()> {
+        let _one = self.syncing.lock().await;
+        let wanted: BTreeMap<String, String> = mesh
+            .peers
+            .values()
+            .map(|p| (p.name.to_string(), started_from(mesh, p)))
+            .collect();
+        let stale: Vec<(String, PeerRun)> = {
+            let mut peers = self
+                .peers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let i = all.iter().position(|i| i.status.borrow().peer == peer);
-            i.map(|i| all.remove(i))
+            let names: Vec<String> = peers
+                .iter()
+                .filter(|(n, r)| wanted.get(*n) != Some(&r.started_from))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| peers.remove(&n).map(|r| (n, r)))
+                .collect()
         };
-        if let Some(i) = importer {
-            i.stop().await;
+        let mut changed = !stale.is_empty();
+        for (name, run) in stale {
+            run.importer.stop().await;
+            if !wanted.contains_key(&name) {
+                note(&format!("peer {name} removed: no longer importing from it"));
+                self.clean(&name)?;
+            }
         }
-        if let Some(store) = &self.store {
+        for p in mesh.peers.values() {
+            let running = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(p.name.as_str());
+            if running {
+                continue;
+            }
+            if let Some(run) = self.spawner.spawn(mesh, p).await? {
+                note(&format!("importing from peer {}", p.name));
+                self.peers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(p.name.to_string(), run);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Removes a peer's persisted imports. Its trust bundle stays: it may have been imported
+    /// by hand, and trust is the operator's to withdraw (`meshfed trust`).
+    fn clean(&self, peer: &str) -> Result<()> {
+        if let Some(store) = &self.spawner.store {
             store.remove_peer(&peer.parse()?)?;
         }
-        if let Some(td) = self.peer_domains.get(peer) {
-            let file = self.dir.join("bundles").join(format!("{td}.json"));
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
-                    ) => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
-            }
+        Ok(())
+    }
+
+    /// Forgets a deleted peer: stops importing from it and removes its persisted imports.
+    pub async fn forget_peer(&self, peer: &str) -> Result<()> {
+        let run = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(peer);
+        if let Some(run) = run {
+            run.importer.stop().await;
+            self.clean(peer)?;
+            self.publish();
         }
         Ok(())
     }
 
     pub async fn stop(&self) {
-        let importers = std::mem::take(
+        let peers = std::mem::take(
             &mut *self
-                .importers
+                .peers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        for i in importers {
-            i.stop().await;
+        for (_, run) in peers {
+            run.importer.stop().await;
         }
     }
 }
@@ -331,33 +506,26 @@ impl Node {
 /// from every peer.
 pub(crate) async fn start_node(
     mesh: &MeshFederation,
-    ca: &CertificateAuthority,
+    issue: Issuer,
     bundles: verify::SharedBundles,
     opts: NodeOptions,
 ) -> Result<Node> {
     let args = &opts;
     let provider = verify::provider();
     let now = SystemTime::now();
-    // The exporter: serves each peer its view; accepts only peers' trust domains.
+    // The exporter: serves each peer its view. Any domain we hold a bundle for may complete
+    // the handshake (peers come and go); the stream then admits only a configured peer's
+    // exact clientID.
     let server_id =
         SpiffeId::for_service_account(&mesh.trust_domain, &mesh.namespace, "meshfed-peering")?;
-    let server_svid = ca.issue(&server_id, DEFAULT_SVID_TTL, now)?;
+    let server_svid = issue(&server_id)?;
     let server_resolver = Arc::new(SvidResolver::new(&server_svid, provider.clone())?);
-    let peer_domains: BTreeSet<TrustDomain> = mesh
-        .peers
-        .values()
-        .map(|p| p.trust_domain.clone())
-        .collect();
     let server_tls = Arc::new(verify::server_config(
         server_resolver.clone(),
         // Anonymous clients may connect only to redeem a peering token; the stream needs mTLS.
         Arc::new(
-            SpiffeClientVerifier::new(
-                bundles.clone(),
-                Expect::TrustDomains(peer_domains),
-                provider.clone(),
-            )
-            .allow_anonymous(),
+            SpiffeClientVerifier::new(bundles.clone(), Expect::AnyKnownDomain, provider.clone())
+                .allow_anonymous(),
         ),
         provider.clone(),
     )?);
@@ -371,7 +539,7 @@ pub(crate) async fn start_node(
         mesh: mesh.mesh.to_string(),
         trust_domain: mesh.trust_domain.clone(),
         peers: exports,
-        bundle: Some(ca.current_bundle()?),
+        bundle: bundles.load().get(&mesh.trust_domain).cloned(),
     }));
     let options = ExporterOptions {
         heartbeat: args.heartbeat,
@@ -458,131 +626,101 @@ pub(crate) async fn start_node(
             Some(Arc::new(store))
         }
     };
-    let mut statuses = Vec::new();
-    let mut feeds = Vec::new();
-    let mut importers = Vec::new();
     let mapping: Mapping = Arc::default();
-    let mut renew = vec![(server_id.clone(), server_resolver.clone())];
-    for p in mesh.peers.values() {
-        let Some(host) = p.addresses.first() else {
-            continue;
-        };
-        let address = match resolve(host, p.discovery_port).await {
-            Ok(a) => a,
-            Err(e) => {
-                note(&format!("peer {}: {e:#}", p.name));
-                continue;
-            }
-        };
-        let id = mesh.egress_identity(p)?;
-        let svid = ca.issue(&id, DEFAULT_SVID_TTL, now)?;
-        let resolver = Arc::new(SvidResolver::new(&svid, provider.clone())?);
-        renew.push((id.clone(), resolver.clone()));
-        let tls = Arc::new(verify::client_config(
-            resolver,
-            Arc::new(SpiffeServerVerifier::new(
-                bundles.clone(),
-                Expect::domain(p.trust_domain.clone()),
-                provider.clone(),
-            )),
-            provider.clone(),
-        )?);
-        let importer = client::spawn(
-            ImporterConfig {
-                mesh: mesh.mesh.to_string(),
-                trust_domain: mesh.trust_domain.clone(),
-                peer: p.name.clone(),
-                peer_trust_domain: p.trust_domain.clone(),
-                address,
-                session: SessionConfig {
-                    heartbeat_interval: args.heartbeat,
-                    liveness_timeout: args.liveness,
-                    ..SessionConfig::default()
-                },
-                limits: Limits::default(),
-                connect_timeout: Duration::from_secs(5),
-                bundles: Some(bundles.clone()),
-                trust_dir: Some(args.dir.clone()),
-            },
-            tls,
-            store.clone(),
-        );
-        statuses.push(importer.status.clone());
-        feeds.push(meshfed_control::imports::PeerFeed {
-            peer: p.name.clone(),
-            imports: importer.imports.clone(),
-            health: importer.health.clone(),
-            status: importer.status.clone(),
-        });
-        if let Some(set) = &p.imports {
-            watch_mapping(
-                set.clone(),
-                mesh.catalog.clone(),
-                importer.imports.clone(),
-                mapping.clone(),
-            );
-        }
-        importers.push(importer);
-    }
-    // Renew SVIDs at half life (the CA is local here).
-    let identities: Identities = Arc::new(renew);
-    {
-        let (ca_dir, identities) = (args.dir.clone(), identities.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
-                if let Ok(ca) = CertificateAuthority::load(&ca_dir) {
-                    let _ = reissue(&identities, &ca);
-                }
-            }
-        });
-    }
+    let statuses: Statuses = Arc::default();
     let (mesh_name, td, listen) = (
         mesh.mesh.to_string(),
         mesh.trust_domain.to_string(),
         bound.to_string(),
     );
-    let status_fn: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-        let (exports, refused) = export_side
-            .lock()
-            .map(|s| (s.peers.clone(), s.refused.clone()))
-            .unwrap_or_default();
-        let st = NodeStatus {
-            mesh: mesh_name.clone(),
-            trust_domain: td.clone(),
-            listen: listen.clone(),
-            imports: statuses
-                .iter()
-                .map(|s| {
-                    let mut st = s.borrow().clone();
-                    if let Ok(m) = mapping.lock()
-                        && let Some(extra) = m.get(&st.peer)
-                    {
-                        st.conditions.extend(extra.iter().cloned());
-                    }
-                    st
-                })
-                .collect(),
-            exports,
-            refused,
-        };
-        serde_json::to_string_pretty(&st).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    });
-    Ok(Node {
+    let status_fn: Arc<dyn Fn() -> String + Send + Sync> = {
+        let (statuses, mapping) = (statuses.clone(), mapping.clone());
+        Arc::new(move || {
+            let (exports, refused) = export_side
+                .lock()
+                .map(|s| (s.peers.clone(), s.refused.clone()))
+                .unwrap_or_default();
+            let st = NodeStatus {
+                mesh: mesh_name.clone(),
+                trust_domain: td.clone(),
+                listen: listen.clone(),
+                imports: statuses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .values()
+                    .map(|s| {
+                        let mut st = s.borrow().clone();
+                        if let Ok(m) = mapping.lock()
+                            && let Some(extra) = m.get(&st.peer)
+                        {
+                            st.conditions.extend(extra.iter().cloned());
+                        }
+                        st
+                    })
+                    .collect(),
+                exports,
+                refused,
+            };
+            serde_json::to_string_pretty(&st).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        })
+    };
+    let node = Node {
         listen: bound,
         status: status_fn,
-        feeds,
-        importers: Mutex::new(importers),
+        feeds: watch::channel(Vec::new()).0,
+        peers: Arc::default(),
+        statuses,
         exports: exports_tx,
-        identities,
-        store,
-        dir: args.dir.clone(),
-        peer_domains: mesh
-            .peers
+        server: (server_id, server_resolver),
+        spawner: Spawner {
+            mesh: mesh.mesh.to_string(),
+            trust_domain: mesh.trust_domain.clone(),
+            bundles,
+            heartbeat: args.heartbeat,
+            liveness: args.liveness,
+            dir: args.dir.clone(),
+            store,
+            issue,
+            mapping,
+        },
+        syncing: tokio::sync::Mutex::default(),
+    };
+    node.sync_peers(mesh).await?;
+    // Renew the node's SVIDs at half life.
+    {
+        let (peers, server, issue) = (
+            node.peers.clone(),
+            node.server.clone(),
+            node.spawner.issue.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DEFAULT_SVID_TTL / 2).await;
+                let _ = reissue_all(&server, &peers, &|id| issue(id));
+            }
+        });
+    }
+    Ok(node)
+}
+
+/// Issues the exporter's identity and every importing peer's a new SVID.
+fn reissue_all(
+    server: &(SpiffeId, Arc<SvidResolver>),
+    peers: &Mutex<BTreeMap<String, PeerRun>>,
+    issue: &dyn Fn(&SpiffeId) -> Result<meshfed_trust::Svid>,
+) -> Result<()> {
+    let mut all = vec![server.clone()];
+    all.extend(
+        peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .map(|p| (p.name.to_string(), p.trust_domain.clone()))
-            .collect(),
-    })
+            .map(|r| r.identity.clone()),
+    );
+    for (id, r) in all {
+        r.set(&issue(&id)?)?;
+    }
+    Ok(())
 }
 
 /// What `mesh` exports to each of its peers, with each exported service's healthy and total

@@ -172,7 +172,7 @@ spec:
   - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}"
     );
     let beta = mesh_file("beta", "alpha", &b, &a, &beta_services, exported);
-    std::fs::write(dir.join("alpha.yaml"), alpha).unwrap();
+    std::fs::write(dir.join("alpha.yaml"), &alpha).unwrap();
     std::fs::write(dir.join("beta.yaml"), &beta).unwrap();
 
     let mut procs = Procs::default();
@@ -285,5 +285,35 @@ spec:
             .then_some(())
             .ok_or(format!("{r}\n{}", logs()))
     });
-    let _ = status(a.admin);
+    // Beta exports it again; then alpha's ServiceMeshPeer for beta is removed and put back,
+    // with no restart: alpha stops importing from beta, then imports again.
+    std::fs::write(dir.join("beta.yaml"), &beta).unwrap();
+    let served = || {
+        get(ui_out, IMPORTED, "/who")
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200")
+    };
+    eventually("the service is back", || {
+        served().then_some(()).ok_or_else(logs)
+    });
+    let cut = alpha
+        .find("---\napiVersion: federation.maistra.io/v1\nkind: ServiceMeshPeer")
+        .unwrap();
+    std::fs::write(dir.join("alpha.yaml"), &alpha[..cut]).unwrap();
+    eventually("alpha stops importing from the removed peer", || {
+        let st = status(a.admin);
+        (st["peering"]["imports"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && !served())
+        .then_some(())
+        .ok_or(st.to_string())
+    });
+    std::fs::write(dir.join("alpha.yaml"), &alpha).unwrap();
+    eventually("alpha imports from the peer put back", || {
+        let st = status(a.admin);
+        (st["peering"]["imports"][0]["state"] == "Active" && served())
+            .then_some(())
+            .ok_or(format!("{st}\n{}", logs()))
+    });
 }

@@ -79,12 +79,44 @@ pub fn resolve(
     )
 }
 
+/// Wakes `wake` on every change of a feed that matters to the served snapshot: its imports,
+/// its health, or its staleness (not every heartbeat).
+fn feed_forwarders(feeds: &[PeerFeed], wake: &Arc<Notify>) -> Vec<tokio::task::JoinHandle<()>> {
+    feeds
+        .iter()
+        .map(|f| {
+            let (mut imports, mut health, mut st, wake) = (
+                f.imports.clone(),
+                f.health.clone(),
+                f.status.clone(),
+                wake.clone(),
+            );
+            tokio::spawn(async move {
+                let mut stale = st.borrow().stale;
+                loop {
+                    tokio::select! {
+                        r = imports.changed() => if r.is_err() { return },
+                        r = health.changed() => if r.is_err() { return },
+                        r = st.changed() => {
+                            if r.is_err() { return }
+                            let now = st.borrow().stale;
+                            if now == stale { continue }
+                            stale = now;
+                        }
+                    }
+                    wake.notify_one();
+                }
+            })
+        })
+        .collect()
+}
+
 /// Serves `source` (the mesh file's snapshots) joined with the peers' imports on `tx`, until
 /// `tx` has no receivers. Versions are the served ones: each new content gets the next.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_with_imports(
     source: watch::Receiver<Arc<Snapshot>>,
-    feeds: Vec<PeerFeed>,
+    feeds: watch::Receiver<Vec<PeerFeed>>,
     readiness: watch::Receiver<crate::server::Readiness>,
     on_mesh: Option<OnMesh>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -109,28 +141,20 @@ pub async fn serve_with_imports(
             }
         }));
     }
-    for f in &feeds {
-        let (mut imports, mut health, mut st, wake) = (
-            f.imports.clone(),
-            f.health.clone(),
-            f.status.clone(),
-            wake.clone(),
-        );
+    // One forwarder per peer's feed, rebuilt when the peers change.
+    {
+        let (mut rx, wake) = (feeds.clone(), wake.clone());
         forwarders.push(tokio::spawn(async move {
-            let mut stale = st.borrow().stale;
-            loop {
-                tokio::select! {
-                    r = imports.changed() => if r.is_err() { return },
-                    r = health.changed() => if r.is_err() { return },
-                    r = st.changed() => {
-                        if r.is_err() { return }
-                        // Only a change of staleness matters here, not every heartbeat.
-                        let now = st.borrow().stale;
-                        if now == stale { continue }
-                        stale = now;
-                    }
+            let mut per = feed_forwarders(&rx.borrow_and_update(), &wake);
+            while rx.changed().await.is_ok() {
+                for h in per.drain(..) {
+                    h.abort();
                 }
+                per = feed_forwarders(&rx.borrow_and_update(), &wake);
                 wake.notify_one();
+            }
+            for h in per {
+                h.abort();
             }
         }));
     }
@@ -146,7 +170,8 @@ pub async fn serve_with_imports(
         if let Some(f) = &on_mesh {
             f(&base.mesh, &service_health(&base.mesh, &unready));
         }
-        let (routes, missing) = resolve(&base.mesh, &feeds);
+        let current_feeds = feeds.borrow().clone();
+        let (routes, missing) = resolve(&base.mesh, &current_feeds);
         if missing != missing_said {
             for (host, peer) in &missing {
                 log(&format!(

@@ -900,7 +900,7 @@ pub fn convert_scenario(
                                     Finding::error(
                                         "PeerChangeUnsupported",
                                         rp.key("kind"),
-                                        "a control plane's peers are fixed when it starts",
+                                        "the lab builds a peer's gateways and link when it starts the meshes",
                                     )
                                     .hint("declare the ServiceMeshPeer under the mesh's resources"),
                                 );
@@ -953,7 +953,7 @@ pub fn convert_scenario(
                                 Finding::error(
                                     "PeerChangeUnsupported",
                                     tp,
-                                    "a control plane's peers are fixed when it starts",
+                                    "the lab builds a peer's gateways and link when it starts the meshes",
                                 )
                                 .hint("cut the link to the peer instead"),
                             );
