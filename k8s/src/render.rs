@@ -237,7 +237,8 @@ fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
         .map(|l| json!(l))
 }
 
-fn injected(pod: &Pod) -> bool {
+/// A pod with the meshfed sidecar.
+pub(crate) fn injected(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
         .is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR_CONTAINER))

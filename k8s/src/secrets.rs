@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::render::{Cluster, SIDECAR_CONTAINER};
+use crate::render::injected;
 
 /// The Secret holding the join secret, in the control-plane namespace.
 pub const JOIN_SECRET: &str = "meshfed-join-token";
@@ -69,15 +69,13 @@ pub async fn join_token(
 
 /// Where the bootstrap Secret must be: the control-plane namespace (gateways) and every
 /// namespace with an injected pod.
-pub fn bootstrap_namespaces(cluster: &Cluster, control_namespace: &str) -> BTreeSet<String> {
-    let mut out: BTreeSet<String> = cluster
-        .pods
-        .iter()
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR_CONTAINER))
-        })
+pub fn bootstrap_namespaces<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    control_namespace: &str,
+) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = pods
+        .into_iter()
+        .filter(|p| injected(p))
         .filter_map(|p| p.metadata.namespace.clone())
         .collect();
     out.insert(control_namespace.to_owned());

@@ -304,7 +304,10 @@ impl KubeSource {
                     written.clone_from(&json);
                 }
                 if *leader.borrow_and_update() {
-                    let want = crate::secrets::bootstrap_namespaces(&stores.cluster(), &namespace);
+                    // Only the pods are needed, not a copy of the whole cluster.
+                    let pods = stores.pods.state();
+                    let want =
+                        crate::secrets::bootstrap_namespaces(pods.iter().map(|p| &**p), &namespace);
                     for ns in want.difference(&done).cloned().collect::<Vec<_>>() {
                         match crate::secrets::apply_bootstrap(&client, &ns, &json).await {
                             Ok(()) => {
