@@ -1,8 +1,8 @@
 //! The finalizer on `ServiceMeshPeer`s: the leader adds `federation.meshfed.io/peer-cleanup`
 //! to every accepted peer (by server-side apply, so other controllers' finalizers are kept).
 //! When a peer is deleted it leaves the model at once; the finalizer stays until the peer's
-//! state is cleaned up (its importer stopped, its persisted imports and bundle removed), then
-//! it is released and Kubernetes removes the object.
+//! state is cleaned up (its importer stopped, its persisted imports removed; its trust bundle
+//! stays, the operator's to withdraw), then it is released and Kubernetes removes the object.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
