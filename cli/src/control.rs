@@ -128,7 +128,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
             let mut set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())
                 .map_err(|e| e.to_string())?;
             if let Some(r) = &rendered {
-                meshfed_k8s::render::add_peer_roots(&mut set, &r.borrow());
+                meshfed_k8s::render::add_peer_trust(&mut set, &r.borrow());
             }
             Ok(Trust {
                 bundles: set
@@ -199,7 +199,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         Some(listen) => {
             let (_, mut held) = crate::node::load_ca_for(&dir, &first.mesh)?;
             if let Some(r) = &rendered {
-                meshfed_k8s::render::add_peer_roots(&mut held, &r.borrow());
+                meshfed_k8s::render::add_peer_trust(&mut held, &r.borrow());
             }
             crate::node::warn_missing_bundles(&first.mesh, &held);
             let held = verify::shared(held);
@@ -211,7 +211,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                         let rendered = r.borrow_and_update().clone();
                         held.rcu(|cur| {
                             let mut next = (**cur).clone();
-                            meshfed_k8s::render::add_peer_roots(&mut next, &rendered);
+                            meshfed_k8s::render::add_peer_trust(&mut next, &rendered);
                             next
                         });
                     }
@@ -231,7 +231,16 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
                     store: args.store.clone(),
                     heartbeat: args.heartbeat,
                     liveness: args.liveness,
-                    dir: dir.clone(),
+                    trust_store: match &kube {
+                        Some((source, client)) => {
+                            Arc::new(meshfed_k8s::trust_store::KubeTrustStore::new(
+                                client.clone(),
+                                &source.settings.namespace,
+                                td.clone(),
+                            ))
+                        }
+                        None => Arc::new(meshfed_trust::store::DirStore::new(&dir, td.clone())),
+                    },
                 },
             )
             .await?;

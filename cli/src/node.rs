@@ -24,6 +24,7 @@ use meshfed_peering::server::{
 use meshfed_peering::status::{PeerStatus, unix_ms};
 use meshfed_peering::{admin, tls};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::store::{DirStore, TrustStore};
 use meshfed_trust::verify::{
     self, Expect, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver,
 };
@@ -169,7 +170,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             store: args.store.clone(),
             heartbeat: args.heartbeat,
             liveness: args.liveness,
-            dir: args.dir.dir.clone(),
+            trust_store: Arc::new(DirStore::new(&args.dir.dir, mesh.trust_domain.clone())),
         },
     )
     .await?;
@@ -209,8 +210,8 @@ pub(crate) struct NodeOptions {
     pub store: Option<PathBuf>,
     pub heartbeat: Duration,
     pub liveness: Duration,
-    /// The CA folder (peer bundles are persisted there).
-    pub dir: PathBuf,
+    /// Where peer bundles and token records are kept (the CA folder, or the cluster).
+    pub trust_store: Arc<dyn TrustStore>,
 }
 
 /// A running peering node: the exporter and an importer per peer. The peers follow the mesh
@@ -243,7 +244,7 @@ struct Spawner {
     bundles: verify::SharedBundles,
     heartbeat: Duration,
     liveness: Duration,
-    dir: PathBuf,
+    trust_store: Arc<dyn TrustStore>,
     store: Option<Arc<meshfed_store::Store>>,
     issue: Issuer,
     mapping: Mapping,
@@ -315,7 +316,7 @@ impl Spawner {
                 limits: Limits::default(),
                 connect_timeout: Duration::from_secs(5),
                 bundles: Some(self.bundles.clone()),
-                trust_dir: Some(self.dir.clone()),
+                trust_store: Some(self.trust_store.clone()),
             },
             tls,
             self.store.clone(),
@@ -549,7 +550,7 @@ pub(crate) async fn start_node(
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let epoch = unix_ms(now) ^ u64::from(std::process::id()).rotate_left(40);
     let exporter = Exporter::new(config_rx, options, epoch, events_tx)
-        .with_redeemer(redeemer(args.dir.clone(), bundles.clone()));
+        .with_redeemer(redeemer(args.trust_store.clone(), bundles.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -678,7 +679,7 @@ pub(crate) async fn start_node(
             bundles,
             heartbeat: args.heartbeat,
             liveness: args.liveness,
-            dir: args.dir.clone(),
+            trust_store: args.trust_store.clone(),
             store,
             issue,
             mapping,
@@ -812,31 +813,41 @@ fn watch_mapping(
     });
 }
 
-/// Redeems a token secret once and takes the caller's bundle: checked against everything held
-/// first, so a refused bundle does not burn the secret.
-fn redeemer(dir: PathBuf, live: verify::SharedBundles) -> meshfed_peering::server::Redeemer {
+/// Redeems a token secret once and takes the caller's bundle: checked against every bundle
+/// held first, so a refused bundle does not burn the secret; then the secret is spent (once,
+/// even across replicas sharing the store), the bundle stored and put in force.
+fn redeemer(
+    trust_store: Arc<dyn TrustStore>,
+    live: verify::SharedBundles,
+) -> meshfed_peering::server::Redeemer {
     Arc::new(move |r: meshfed_peering::server::Redemption| {
-        let fail = |reason: &str, e: &dyn std::fmt::Display| format!("{reason}: {e}");
-        let ca = CertificateAuthority::load(&dir).map_err(|e| fail(e.reason(), &e))?;
-        let mut held =
-            meshfed_trust::dir::load_bundles(&dir, &ca).map_err(|e| fail(e.reason(), &e))?;
-        held.insert(r.bundle.clone())
-            .map_err(|e| fail(e.reason(), &e))?;
-        let token = meshfed_trust::token::redeem(&dir, &r.secret, SystemTime::now())
-            .map_err(|e| fail(e.reason(), &e))?;
-        meshfed_trust::dir::import_bundle(&dir, &ca, r.bundle.clone())
-            .map_err(|e| fail(e.reason(), &e))?;
-        let mut next = (**live.load()).clone();
-        if next.insert(r.bundle.clone()).is_ok() {
-            live.store(Arc::new(next));
-        }
-        note(&format!(
-            "peering token {token} redeemed by mesh {:?} ({}); its bundle is stored. Its egress identity (clientID): {}",
-            r.mesh,
-            r.trust_domain,
-            r.client_id.to_client_id()
-        ));
-        Ok(())
+        let (trust_store, live) = (trust_store.clone(), live.clone());
+        Box::pin(async move {
+            let fail = |reason: &str, e: &dyn std::fmt::Display| format!("{reason}: {e}");
+            let mut held = (**live.load()).clone();
+            held.insert(r.bundle.clone())
+                .map_err(|e| fail(e.reason(), &e))?;
+            let token = meshfed_trust::store::redeem(&*trust_store, &r.secret, SystemTime::now())
+                .await
+                .map_err(|e| fail(e.reason(), &e))?;
+            trust_store
+                .save_peer_bundle(&r.bundle)
+                .await
+                .map_err(|e| fail(e.reason(), &e))?;
+            live.rcu(|cur| {
+                let mut next = (**cur).clone();
+                let _ = next.insert(r.bundle.clone());
+                next
+            });
+            note(&format!(
+                "peering token {token} redeemed by mesh {:?} ({}); its bundle is stored in {}. Its egress identity (clientID): {}",
+                r.mesh,
+                r.trust_domain,
+                trust_store.location(),
+                r.client_id.to_client_id()
+            ));
+            Ok(())
+        })
     })
 }
 

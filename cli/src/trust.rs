@@ -13,7 +13,9 @@ use meshfed_core::{PeerName, SpiffeId, TrustDomain};
 use meshfed_crds::peer::{ServiceMeshPeerRemote, ServiceMeshPeerSecurity};
 use meshfed_crds::{ObjectMeta, ServiceMeshPeer, ServiceMeshPeerSpec};
 use meshfed_trust::bundle::TrustBundle;
+use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::ca::{self, CertificateAuthority};
+use meshfed_trust::store::{self, DirStore, TrustStore};
 use meshfed_trust::svid::{self, Role};
 use meshfed_trust::{dir, pem, token};
 
@@ -134,6 +136,8 @@ pub enum TokenCommand {
         client_id: String,
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        #[command(flatten)]
+        kube: KubeStoreArgs,
     },
     /// On mesh B: accept a token — redeem it at A (A receives B's bundle), store A's bundle,
     /// and print A's ServiceMeshPeer. Nothing is stored unless every step succeeds.
@@ -150,9 +154,56 @@ pub enum TokenCommand {
         /// Do not contact A: store its bundle only (A must then import ours by hand).
         #[arg(long)]
         no_redeem: bool,
+        /// Keep the token record and A's bundle in the cluster (the Secret
+        /// `meshfed-peering-tokens` and the ConfigMap `meshfed-peer-bundles` in --namespace,
+        /// where `meshfed control --kube` reads them) instead of the CA directory.
+        #[arg(long)]
+        kube: bool,
         /// The token, or `-` to read it from standard input.
         token: String,
     },
+}
+
+/// Where `peering token create` records a token: the CA directory, or the cluster.
+#[derive(Args, Debug)]
+pub struct KubeStoreArgs {
+    /// Record the token in the cluster (the Secret `meshfed-peering-tokens` in
+    /// --namespace, where `meshfed control --kube` redeems it) instead of the CA directory.
+    /// The client comes from KUBECONFIG or the pod's service account, so this also runs in
+    /// the control plane's pod (`kubectl exec … -- meshfed peering token create --kube --dir
+    /// /etc/meshfed/ca …`): the CA key never leaves it.
+    #[arg(long)]
+    kube: bool,
+    /// With --kube: the control-plane namespace (default: $POD_NAMESPACE, else
+    /// meshfed-system).
+    #[arg(long, requires = "kube")]
+    namespace: Option<String>,
+}
+
+/// The control-plane namespace of the `--kube` token commands.
+fn kube_namespace(namespace: Option<&str>) -> String {
+    namespace.map_or_else(
+        || std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "meshfed-system".to_owned()),
+        str::to_owned,
+    )
+}
+
+/// The store the token commands use: the CA directory, or the cluster's.
+async fn token_store(
+    kube: bool,
+    namespace: &str,
+    dir: &Path,
+    own: &TrustDomain,
+) -> Result<std::sync::Arc<dyn TrustStore>> {
+    if !kube {
+        return Ok(std::sync::Arc::new(DirStore::new(dir, own.clone())));
+    }
+    let client = meshfed_k8s::connect()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or the pod's service account)")?;
+    Ok(std::sync::Arc::new(
+        meshfed_k8s::trust_store::KubeTrustStore::new(client, namespace, own.clone()),
+    ))
 }
 
 /// Parses `250ms`, `1.5s`, `90s`, `30m`, `24h`, `7d` (for clap).
@@ -444,11 +495,18 @@ fn describe(out: &mut String, label: &str, der: &[u8], role: Role, now: SystemTi
 }
 
 pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
-    let now = SystemTime::now();
     let command = match cmd {
         PeeringCommand::Token { command } => command,
         PeeringCommand::Run(args) => return crate::node::run(args),
     };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_token(command))
+}
+
+async fn run_token(command: TokenCommand) -> Result<ExitCode> {
+    let now = SystemTime::now();
     match command {
         TokenCommand::Create {
             dir,
@@ -459,6 +517,7 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
             server_id,
             client_id,
             ttl,
+            kube,
         } => {
             let ca = load_ca(&dir.dir)?;
             let req = token::TokenRequest {
@@ -476,10 +535,15 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
                 bundle_sequence: ca.sequence(),
             };
             let (tok, pending) = token::create(&ca, &req, now)?;
-            token::record_pending(&dir.dir, pending)?;
+            let namespace = kube_namespace(kube.namespace.as_deref());
+            let store = token_store(kube.kube, &namespace, &dir.dir, ca.trust_domain()).await?;
+            store::record_pending(&*store, pending)
+                .await
+                .with_context(|| format!("recording the token in {}", store.location()))?;
             note(&format!(
-                "token valid for {}; give it to the peer over a trusted channel; it can be accepted once",
-                humanize(ttl)
+                "token valid for {}, recorded in {}; give it to the peer over a trusted channel; it can be accepted once",
+                humanize(ttl),
+                store.location()
             ));
             emit(&format!("{tok}\n"))?;
         }
@@ -488,6 +552,7 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
             namespace,
             mesh_name,
             no_redeem,
+            kube,
             token: tok,
         } => {
             let ca = load_ca(&dir.dir)?;
@@ -499,21 +564,35 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
             } else {
                 tok
             };
-            let v = token::verify(&text, now)?;
-            // Check the bundle against what we hold before anything is stored.
-            if &v.trust_domain == ca.trust_domain() {
-                bail!(
-                    "token comes from this mesh's own trust domain {}",
-                    ca.trust_domain()
-                );
+            let namespace = if kube {
+                Some(kube_namespace(namespace.as_deref()))
+            } else {
+                namespace
+            };
+            let store = token_store(
+                kube,
+                namespace.as_deref().unwrap_or_default(),
+                &dir.dir,
+                ca.trust_domain(),
+            )
+            .await?;
+            // Every check runs before anything is sent or stored.
+            let mut held = TrustBundleSet::new();
+            held.insert(ca.current_bundle()?)?;
+            for b in store
+                .peer_bundles()
+                .await
+                .with_context(|| format!("reading the peer bundles in {}", store.location()))?
+            {
+                held.insert(b)?;
             }
-            let mut held = dir::load_bundles(&dir.dir, &ca)?;
-            held.insert(v.bundle.clone())
-                .context("the token's bundle conflicts with a bundle held here")?;
+            let v = store::check_token(&*store, &held, ca.trust_domain(), &text, now).await?;
             if !no_redeem {
-                redeem_at_issuer(&ca, &v, namespace.as_deref(), mesh_name)?;
+                redeem_at_issuer(&ca, &v, namespace.as_deref(), mesh_name).await?;
             }
-            let v = token::accept_and_store(&dir.dir, ca.trust_domain(), &text, now)?;
+            store::accept(&*store, &v)
+                .await
+                .with_context(|| format!("storing the token's bundle in {}", store.location()))?;
             let peer = ServiceMeshPeer {
                 metadata: kube_meta(v.peer_name.as_str(), namespace, &v.id),
                 spec: ServiceMeshPeerSpec {
@@ -523,7 +602,9 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
                         service_port: Some(i32::from(v.service_port)),
                     }),
                     gateways: Some(meshfed_crds::peer::ServiceMeshPeerGateways {
-                        ingress: None,
+                        ingress: Some(meshfed_crds::peer::LocalObjectReference {
+                            name: Some(format!("ingress-{}", v.peer_name)),
+                        }),
                         egress: Some(meshfed_crds::peer::LocalObjectReference {
                             name: Some(format!("egress-{}", v.peer_name)),
                         }),
@@ -539,7 +620,7 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
             note(&format!(
                 "stored the bundle of {} in {}",
                 v.trust_domain,
-                dir.dir.join("bundles").display()
+                store.location()
             ));
             emit(&serde_saphyr::to_string(&peer)?)?;
         }
@@ -557,7 +638,7 @@ fn kube_meta(name: &str, namespace: Option<String>, token_id: &str) -> ObjectMet
 }
 
 /// Redeems the token at its issuer, sending our bundle and our egress identity.
-fn redeem_at_issuer(
+async fn redeem_at_issuer(
     ca: &CertificateAuthority,
     v: &token::Verified,
     namespace: Option<&str>,
@@ -584,21 +665,16 @@ fn redeem_at_issuer(
     let host = v.addresses.first().cloned().unwrap_or_default();
     let port = v.discovery_port;
     let (server_id, bundle) = (v.server_id.clone(), v.bundle.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} has no address"))?;
-        meshfed_peering::redeem::redeem(addr, server_id, bundle, request, Duration::from_secs(10))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("redeeming the token at {addr} failed: {e}; nothing was stored")
-            })
-    })?;
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    meshfed_peering::redeem::redeem(addr, server_id, bundle, request, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("redeeming the token at {addr} failed: {e}; nothing was stored")
+        })?;
     note(&format!(
         "token redeemed at {}: it now holds our bundle",
         v.trust_domain

@@ -54,16 +54,7 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
     api.put("servicemeshpeers", peer("gamma", "not an id"));
     let dir = tempdir("kube-control");
     trust_init(&dir, "ca", "alpha.local");
-    std::fs::write(
-        dir.join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: \"http://{}\"}}\n\
-             users:\n- name: tester\n  user: {{}}\ncontexts:\n- name: mock\n  context: {{cluster: mock, user: tester}}\n\
-             current-context: mock\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    common::kubeconfig(&dir, "kubeconfig", api.addr);
     let admin = free("127.0.0.1");
     let listen = free("127.0.0.1");
     let _cp = Killed(

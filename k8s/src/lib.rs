@@ -10,6 +10,7 @@
 //! - [`finalizer`]: ServiceMeshPeers keep a finalizer until a deleted peer's state is gone.
 //! - [`lease`]: leader election with a Lease; only the leader writes to the API.
 //! - [`secrets`]: the shared join secret and the bootstrap Secrets.
+//! - [`trust_store`]: peer bundles and peering-token records in a ConfigMap and a Secret.
 //! - [`inject`]: `meshfed inject`, the sidecar added to pod templates (idempotent).
 //! - [`redirect`]: the iptables rules the injected init container installs.
 
@@ -21,6 +22,7 @@ pub mod render;
 pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod trust_store;
 
 /// The Kubernetes client type (so that callers need not depend on kube themselves).
 pub use kube::Client;

@@ -14,7 +14,9 @@
 //!   in the control-plane namespace) are checked one by one with the same validator as a mesh
 //!   file: an invalid one is left out and reported ([`Refusal`]) — the others are unaffected.
 //! - **Peer roots** come from the ConfigMap each accepted `ServiceMeshPeer` names in
-//!   `spec.security.certificateChain` (`root-cert.pem`), as in Maistra ([`PeerRoots`]).
+//!   `spec.security.certificateChain` (`root-cert.pem`), as in Maistra ([`PeerRoots`]), and
+//!   from the peer bundles meshfed stores itself in `meshfed-peer-bundles` (peering tokens,
+//!   redemptions, bundles received over the peering stream; [`crate::trust_store`]).
 //! - **Gateways** are the Services in the control-plane namespace labelled
 //!   `federation.meshfed.io/gateway: <gateway name>`: their cluster IP with the port named
 //!   `tls` (15443 otherwise) and, if present, the port named `discovery`.
@@ -74,11 +76,18 @@ impl PeerRoots {
     }
 }
 
-/// Adds to `set` the ConfigMap roots of every peer whose domain it has no bundle for (a
-/// bundle already held — imported, or received over the peering stream after a rotation — is
-/// newer than the ConfigMap's). True if something was added.
-pub fn add_peer_roots(set: &mut meshfed_trust::bundle::TrustBundleSet, r: &Rendered) -> bool {
+/// Adds to `set` the peer bundles meshfed stored (where newer than what `set` holds), then
+/// the ConfigMap roots of every peer whose domain it still has no bundle for (a bundle
+/// already held — stored, imported, or received over the peering stream after a rotation —
+/// is newer than the ConfigMap's). True if something was added or updated.
+pub fn add_peer_trust(set: &mut meshfed_trust::bundle::TrustBundleSet, r: &Rendered) -> bool {
+    use meshfed_trust::bundle::Applied;
     let mut added = false;
+    for b in crate::trust_store::parse_bundles(&r.stored_bundles).0 {
+        if matches!(set.insert(b), Ok(Applied::Added | Applied::Updated)) {
+            added = true;
+        }
+    }
     for p in &r.peer_roots {
         if let Ok(b) = p.bundle()
             && set.get(b.trust_domain()).is_none()
@@ -133,6 +142,10 @@ pub struct Rendered {
     pub peer_roots: Vec<PeerRoots>,
     /// Accepted peers whose `certificateChain` could not be read.
     pub root_problems: Vec<RootProblem>,
+    /// The stored peer bundles (`meshfed-peer-bundles`: key `<td>.json` → SPIFFE bundle).
+    pub stored_bundles: BTreeMap<String, String>,
+    /// Stored bundles that do not parse (left out), each naming its key.
+    pub bundle_problems: Vec<String>,
     /// Every `ServiceMeshPeer` with its finalizers, and whether it is being deleted (those
     /// are out of the model already).
     pub peers: Vec<PeerMeta>,
@@ -506,6 +519,13 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         })
         .collect();
     let (peer_roots, root_problems) = peer_roots(&accepted_peers, &cluster.configmaps);
+    let stored_bundles = cluster
+        .configmaps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(crate::trust_store::BUNDLES_CONFIGMAP))
+        .and_then(|c| c.data.clone())
+        .unwrap_or_default();
+    let bundle_problems = crate::trust_store::parse_bundles(&stored_bundles).1;
     let mut peers: Vec<PeerMeta> = cluster
         .federation
         .iter()
@@ -543,6 +563,8 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         accepted,
         peer_roots,
         root_problems,
+        stored_bundles,
+        bundle_problems,
         peers,
     }
 }

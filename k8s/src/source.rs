@@ -337,6 +337,7 @@ fn left_out(r: &Rendered) -> Option<String> {
         .refused
         .iter()
         .map(|f| format!("{} {}: {}", f.kind, f.name, f.reason))
+        .chain(r.bundle_problems.iter().cloned())
         .collect();
     (!v.is_empty()).then(|| format!("left out: {}", v.join("; ")))
 }

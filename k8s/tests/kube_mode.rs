@@ -213,9 +213,9 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     let want = meshfed_trust::pem::certificates(&beta_root_pem()).unwrap();
     assert_eq!(b.roots(), want.as_slice());
     let mut set = meshfed_trust::bundle::TrustBundleSet::new();
-    assert!(meshfed_k8s::render::add_peer_roots(&mut set, &rendered));
+    assert!(meshfed_k8s::render::add_peer_trust(&mut set, &rendered));
     assert!(
-        !meshfed_k8s::render::add_peer_roots(&mut set, &rendered),
+        !meshfed_k8s::render::add_peer_trust(&mut set, &rendered),
         "added twice"
     );
     assert_eq!(rendered.root_problems.len(), 1);

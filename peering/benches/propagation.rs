@@ -146,7 +146,7 @@ async fn propagation(base: usize) -> Vec<Duration> {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(5),
             bundles: None,
-            trust_dir: None,
+            trust_store: None,
         },
         client_tls,
         None,

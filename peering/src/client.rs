@@ -43,9 +43,12 @@ pub struct ImporterConfig {
     /// The verifiers' live bundle set: a bundle the peer sends for its own domain is applied
     /// here, so its root rotations take effect at the next handshake.
     pub bundles: Option<meshfed_trust::verify::SharedBundles>,
-    /// Where accepted peer bundles are persisted (`<dir>/bundles/<td>.json`).
-    pub trust_dir: Option<std::path::PathBuf>,
+    /// Where accepted peer bundles are persisted (the CA folder, or the cluster).
+    pub trust_store: Option<Arc<dyn meshfed_trust::store::TrustStore>>,
 }
+
+/// How long persisting a peer's bundle may hold up the stream.
+const PERSIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running importer.
 #[derive(Debug)]
@@ -298,7 +301,7 @@ impl Driver {
                 let now = unix_ms(SystemTime::now());
                 self.update_status(|s| s.last_heartbeat_ms = Some(now));
             }
-            Some(In::Bundle(b)) => self.on_bundle(b),
+            Some(In::Bundle(b)) => self.on_bundle(b).await,
             Some(In::Health(h)) => self.on_health(h),
             Some(In::Close(c)) => {
                 let reason: &'static str = match c.reason.as_str() {
@@ -386,7 +389,7 @@ impl Driver {
 
     /// A peer's bundle: only for its own trust domain, with a rising sequence, roots not shared
     /// with any other domain. Refusals leave the current bundle in force.
-    fn on_bundle(&self, b: pb::TrustBundle) {
+    async fn on_bundle(&self, b: pb::TrustBundle) {
         let now = unix_ms(SystemTime::now());
         let refuse = |reason: &str, detail: String| {
             tracing::warn!(peer = %self.config.peer, reason, "trust bundle refused: {detail}");
@@ -424,10 +427,23 @@ impl Driver {
             Ok(meshfed_trust::bundle::Applied::Unchanged) => {}
             Ok(_) => {
                 shared.store(Arc::new(next));
-                if let Some(dir) = &self.config.trust_dir
-                    && let Err(e) = meshfed_trust::dir::write_peer_bundle(dir, &bundle)
-                {
-                    tracing::warn!(peer = %self.config.peer, "persisting the peer bundle failed: {e}");
+                if let Some(store) = &self.config.trust_store {
+                    let saved =
+                        tokio::time::timeout(PERSIST_TIMEOUT, store.save_peer_bundle(&bundle))
+                            .await;
+                    match saved {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(
+                            peer = %self.config.peer,
+                            "persisting the peer bundle in {} failed: {e}",
+                            store.location()
+                        ),
+                        Err(_) => tracing::warn!(
+                            peer = %self.config.peer,
+                            "persisting the peer bundle in {} took over {PERSIST_TIMEOUT:?}; it is in force but not stored",
+                            store.location()
+                        ),
+                    }
                 }
                 self.update_status(|s| {
                     s.peer_bundle_sequence = Some(bundle.sequence);

@@ -183,7 +183,11 @@ pub struct Redemption {
 
 /// Carries out a redemption: checks the secret once and stores the caller's bundle. The error
 /// is a `Reason: detail` message for the caller.
-pub type Redeemer = Arc<dyn Fn(Redemption) -> Result<(), String> + Send + Sync>;
+pub type Redeemer = Arc<
+    dyn Fn(Redemption) -> meshfed_trust::store::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 
 /// Removes a peer from the active set when its stream task ends.
 struct ActiveGuard {
@@ -264,6 +268,7 @@ impl Peering for Exporter {
             bundle,
             client_id,
         })
+        .await
         .map_err(Status::permission_denied)?;
         Ok(Response::new(pb::RedeemResponse {
             mesh: self.config.borrow().mesh.clone(),

@@ -259,7 +259,7 @@ fn importer(
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(2),
             bundles: None,
-            trust_dir: None,
+            trust_store: None,
         },
         tls,
         store,
@@ -989,7 +989,10 @@ async fn a_root_rotation_reaches_the_peer_over_the_stream() {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(2),
             bundles: Some(b_holds.clone()),
-            trust_dir: Some(dir.clone()),
+            trust_store: Some(Arc::new(meshfed_trust::store::DirStore::new(
+                dir.clone(),
+                td("beta.local"),
+            ))),
         },
         b_tls.clone(),
         None,
@@ -1092,11 +1095,13 @@ async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
     let log = redeemed.clone();
     let exporter = Exporter::new(rx, fast_exporter(), 1, ev_tx).with_redeemer(Arc::new(
         move |r: Redemption| {
-            if r.secret != "good-secret" {
-                return Err("TokenUnknownSecret: no pending token has this secret".into());
-            }
-            log.lock().unwrap().push(r);
-            Ok(())
+            let out = if r.secret == "good-secret" {
+                log.lock().unwrap().push(r);
+                Ok(())
+            } else {
+                Err("TokenUnknownSecret: no pending token has this secret".into())
+            };
+            Box::pin(std::future::ready(out))
         },
     ));
     tokio::spawn(async move { exporter.serve(incoming, std::future::pending()).await });

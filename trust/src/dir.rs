@@ -51,10 +51,20 @@ pub fn load_bundles(dir: &Path, ca: &CertificateAuthority) -> Result<TrustBundle
         path: dir.to_owned(),
         source,
     })?;
+    for bundle in read_peer_bundles(dir)? {
+        let path = bundles_dir(dir).join(format!("{}.json", bundle.trust_domain()));
+        set.insert(bundle)
+            .map_err(|source| DirError::Bundle { path, source })?;
+    }
+    Ok(set)
+}
+
+/// Every stored peer bundle, in file-name order.
+pub fn read_peer_bundles(dir: &Path) -> Result<Vec<TrustBundle>, DirError> {
     let bdir = bundles_dir(dir);
     let entries = match std::fs::read_dir(&bdir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(set),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(DirError::Io { path: bdir, source }),
     };
     let mut paths: Vec<PathBuf> = entries
@@ -63,6 +73,7 @@ pub fn load_bundles(dir: &Path, ca: &CertificateAuthority) -> Result<TrustBundle
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     paths.sort();
+    let mut out = Vec::new();
     for path in paths {
         let td: TrustDomain = match path.file_stem().and_then(|s| s.to_str()).map(str::parse) {
             Some(Ok(td)) => td,
@@ -76,12 +87,9 @@ pub fn load_bundles(dir: &Path, ca: &CertificateAuthority) -> Result<TrustBundle
             path: path.clone(),
             source,
         })?;
-        set.insert(bundle).map_err(|source| DirError::Bundle {
-            path: path.clone(),
-            source,
-        })?;
+        out.push(bundle);
     }
-    Ok(set)
+    Ok(out)
 }
 
 /// Stores a peer's bundle after checking it against everything already held.

@@ -9,6 +9,7 @@
 //!   check the expected identity; SVID resolvers that swap credentials without restarts;
 //!   TLS 1.3 configs without session resumption.
 //! - [`token`]: signed, expiring, one-time peering tokens.
+//! - [`store`]: where peer bundles and token records are kept (a folder, or the cluster).
 //!
 //! Only this crate touches rcgen and x509-parser. Nothing here reads the clock: callers pass
 //! `now`.
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod ca;
 pub mod dir;
 pub mod pem;
+pub mod store;
 pub mod svid;
 pub mod token;
 pub mod verify;

@@ -345,13 +345,104 @@ fn signature_ok(root: &rustls_pki_types::CertificateDer<'_>, msg: &[u8], sig: &[
         .is_ok()
 }
 
-fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T, TokenError> {
+/// The token records a mesh keeps: as issuer, a hash of every pending secret; as acceptor, the
+/// ids of the tokens it accepted. Kept in the CA folder (embedded mode) or a Secret
+/// (Kubernetes mode); the rules are here, so both keep them alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub pending: Vec<Pending>,
+    pub accepted: Vec<String>,
+}
+
+/// How long an expired pending record is kept (so a late redemption is told it expired),
+/// before the ledger drops it.
+const KEEP_EXPIRED_SECS: i64 = 30 * 24 * 3600;
+
+impl Ledger {
+    /// Records a token the issuer created; records expired long ago are dropped.
+    pub fn record(&mut self, pending: Pending, now: SystemTime) {
+        let now = svid::unix_seconds(now);
+        self.pending
+            .retain(|p| now.saturating_sub(p.expires_at) < KEEP_EXPIRED_SECS);
+        self.pending.push(pending);
+    }
+
+    /// Spends a secret once (the peering service, when the acceptor redeems). Returns the
+    /// token id.
+    pub fn redeem(&mut self, secret: &str, now: SystemTime) -> Result<String, TokenError> {
+        let hash = sha256_hex(secret.as_bytes());
+        let p = self
+            .pending
+            .iter_mut()
+            .find(|p| p.secret_sha256 == hash)
+            .ok_or(TokenError::UnknownSecret)?;
+        if p.redeemed {
+            return Err(TokenError::Reused);
+        }
+        if svid::unix_seconds(now) >= p.expires_at {
+            return Err(TokenError::Expired(svid::Timestamp(p.expires_at)));
+        }
+        p.redeemed = true;
+        Ok(p.id.clone())
+    }
+
+    /// Refuses a token accepted before.
+    pub fn check_new(&self, id: &str) -> Result<(), TokenError> {
+        if self.accepted.iter().any(|a| a == id) {
+            return Err(TokenError::AlreadyAccepted(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Records an accepted token (refusing one accepted before).
+    pub fn accept(&mut self, id: &str) -> Result<(), TokenError> {
+        self.check_new(id)?;
+        self.accepted.push(id.to_owned());
+        Ok(())
+    }
+
+    /// Reads the two JSON documents a ledger is kept as (absent = empty).
+    pub fn from_json(
+        pending: Option<&[u8]>,
+        accepted: Option<&[u8]>,
+        at: &str,
+    ) -> Result<Self, TokenError> {
+        fn parse<T: for<'de> Deserialize<'de> + Default>(
+            bytes: Option<&[u8]>,
+            at: String,
+        ) -> Result<T, TokenError> {
+            bytes.map_or_else(
+                || Ok(T::default()),
+                |b| {
+                    serde_json::from_slice(b).map_err(|e| TokenError::Store {
+                        path: at,
+                        detail: e.to_string(),
+                    })
+                },
+            )
+        }
+        Ok(Self {
+            pending: parse(pending, format!("{at}{PENDING}"))?,
+            accepted: parse(accepted, format!("{at}{ACCEPTED}"))?,
+        })
+    }
+
+    /// The two JSON documents: (`pending-tokens.json`, `accepted-tokens.json`).
+    pub fn to_json(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            serde_json::to_vec_pretty(&self.pending).unwrap_or_default(),
+            serde_json::to_vec_pretty(&self.accepted).unwrap_or_default(),
+        )
+    }
+}
+
+/// The file names of a ledger's two documents.
+pub const LEDGER_FILES: (&str, &str) = (PENDING, ACCEPTED);
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, TokenError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Store {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(TokenError::Store {
             path: path.display().to_string(),
             detail: e.to_string(),
@@ -359,40 +450,51 @@ fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T, T
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TokenError> {
-    let body =
-        serde_json::to_vec_pretty(value).map_err(|e| TokenError::Malformed(e.to_string()))?;
-    Ok(write_file(path, &body, 0o600)?)
+/// The ledger kept in a CA folder.
+pub fn read_ledger(dir: &Path) -> Result<Ledger, TokenError> {
+    Ledger::from_json(
+        read_opt(&dir.join(PENDING))?.as_deref(),
+        read_opt(&dir.join(ACCEPTED))?.as_deref(),
+        &format!("{}/", dir.display()),
+    )
+}
+
+/// Writes what changed of a ledger to a CA folder.
+pub fn write_ledger(dir: &Path, before: &Ledger, after: &Ledger) -> Result<(), TokenError> {
+    let (pending, accepted) = after.to_json();
+    if before.pending != after.pending {
+        write_file(&dir.join(PENDING), &pending, 0o600)?;
+    }
+    if before.accepted != after.accepted {
+        write_file(&dir.join(ACCEPTED), &accepted, 0o600)?;
+    }
+    Ok(())
+}
+
+/// Reads a CA folder's ledger, changes it, and writes it back if `change` succeeded.
+fn with_ledger<T>(
+    dir: &Path,
+    change: impl FnOnce(&mut Ledger) -> Result<T, TokenError>,
+) -> Result<T, TokenError> {
+    let before = read_ledger(dir)?;
+    let mut after = before.clone();
+    let out = change(&mut after)?;
+    write_ledger(dir, &before, &after)?;
+    Ok(out)
 }
 
 /// Records a pending token in the issuer's CA directory.
 pub fn record_pending(dir: &Path, pending: Pending) -> Result<(), TokenError> {
-    let path = dir.join(PENDING);
-    let mut all: Vec<Pending> = read_json(&path)?;
-    all.push(pending);
-    write_json(&path, &all)
+    with_ledger(dir, |l| {
+        l.record(pending, SystemTime::now());
+        Ok(())
+    })
 }
 
 /// Redeems a secret once (the peering service calls this when the acceptor first connects).
 /// Returns the token id.
 pub fn redeem(dir: &Path, secret: &str, now: SystemTime) -> Result<String, TokenError> {
-    let path = dir.join(PENDING);
-    let mut all: Vec<Pending> = read_json(&path)?;
-    let hash = sha256_hex(secret.as_bytes());
-    let p = all
-        .iter_mut()
-        .find(|p| p.secret_sha256 == hash)
-        .ok_or(TokenError::UnknownSecret)?;
-    if p.redeemed {
-        return Err(TokenError::Reused);
-    }
-    if svid::unix_seconds(now) >= p.expires_at {
-        return Err(TokenError::Expired(svid::Timestamp(p.expires_at)));
-    }
-    p.redeemed = true;
-    let id = p.id.clone();
-    write_json(&path, &all)?;
-    Ok(id)
+    with_ledger(dir, |l| l.redeem(secret, now))
 }
 
 /// Verifies a token on the accepting side and stores the issuer's bundle in
@@ -408,24 +510,13 @@ pub fn accept_and_store(
     if &v.trust_domain == own {
         return Err(TokenError::OwnTrustDomain(own.to_string()));
     }
-    let path = dir.join(ACCEPTED);
-    let mut accepted: Vec<String> = read_json(&path)?;
-    if accepted.contains(&v.id) {
-        return Err(TokenError::AlreadyAccepted(v.id));
-    }
-    let bundles = dir.join("bundles");
-    std::fs::create_dir_all(&bundles).map_err(|e| TokenError::Store {
-        path: bundles.display().to_string(),
-        detail: e.to_string(),
-    })?;
-    let body = serde_json::to_vec_pretty(&v.bundle.to_json())
-        .map_err(|e| TokenError::Malformed(e.to_string()))?;
-    write_file(
-        &bundles.join(format!("{}.json", v.trust_domain)),
-        &body,
-        0o644,
-    )?;
-    accepted.push(v.id.clone());
-    write_json(&path, &accepted)?;
+    read_ledger(dir)?.check_new(&v.id)?;
+    crate::store::DirStore::new(dir, own.clone())
+        .save(&v.bundle)
+        .map_err(|e| TokenError::Store {
+            path: dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    with_ledger(dir, |l| l.accept(&v.id))?;
     Ok(v)
 }

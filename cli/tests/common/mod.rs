@@ -65,9 +65,15 @@ pub struct Procs(Vec<(String, Child)>);
 
 impl Procs {
     pub fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) {
+        self.spawn_env(dir, name, args, &[]);
+    }
+
+    /// [`Procs::spawn`] with environment variables set.
+    pub fn spawn_env(&mut self, dir: &Path, name: &str, args: &[&str], env: &[(&str, &Path)]) {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -177,4 +183,20 @@ pub fn exchange_bundles(dir: &Path, a: (&str, &str), b: (&str, &str)) {
             ],
         );
     }
+}
+
+/// Writes `<dir>/<name>` : a kubeconfig for the (plain HTTP, no credentials) API server at
+/// `addr`, and returns its path.
+pub fn kubeconfig(dir: &Path, name: &str, addr: SocketAddr) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: \"http://{addr}\"}}\n\
+             users:\n- name: tester\n  user: {{}}\ncontexts:\n- name: mock\n  context: {{cluster: mock, user: tester}}\n\
+             current-context: mock\n"
+        ),
+    )
+    .unwrap();
+    path
 }
