@@ -141,6 +141,13 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
                 serde_json::from_str(&std::fs::read_to_string(dir.join("boot.json")).unwrap())
                     .unwrap();
             assert_eq!(file, on_disk);
+            // Everything it asked of the API server is granted by deploy/rbac.yaml.
+            assert!(api.requests() > 10);
+            let denied = api.unauthorized(&common::rbac(), NS);
+            assert!(
+                denied.is_empty(),
+                "not granted by deploy/rbac.yaml: {denied:#?}"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

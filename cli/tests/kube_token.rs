@@ -201,19 +201,19 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
     );
 
     // beta accepts in its cluster: redeemed at alpha's control plane.
-    let accept = |ns: &'static str| {
-        let (dir, beta_kc, token) = (dir.clone(), beta_kc.clone(), token.clone());
+    let accept = |kc: &Path| {
+        let (dir, kc, token) = (dir.clone(), kc.to_owned(), token.clone());
         async move {
             meshfed(
                 &dir,
-                &beta_kc,
+                &kc,
                 &[
                     "peering",
                     "token",
                     "accept",
                     "--kube",
                     "--namespace",
-                    ns,
+                    "beta-system",
                     "--dir",
                     "beta-ca",
                     "--mesh-name",
@@ -224,7 +224,7 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
             .await
         }
     };
-    let o = accept("beta-system").await;
+    let o = accept(&beta_kc).await;
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         bundle_keys(&alpha_api, "alpha-system"),
@@ -269,15 +269,18 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
     })
     .await;
 
-    // The token is spent: refused by beta's own records, and by alpha from another cluster.
-    let o = accept("beta-system").await;
+    // The token is spent: refused by beta's own records, and by alpha when it comes from
+    // another cluster.
+    let o = accept(&beta_kc).await;
     assert!(!o.status.success());
     assert!(
         text(&o.stderr).contains("already accepted"),
         "{}",
         text(&o.stderr)
     );
-    let o = accept("gamma-system").await;
+    let other_api = support::ApiServer::start().await;
+    let other_kc = kubeconfig(&dir, "other.kubeconfig", other_api.addr);
+    let o = accept(&other_kc).await;
     assert!(!o.status.success());
     assert!(
         text(&o.stderr).contains("already redeemed"),
@@ -285,10 +288,23 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
         text(&o.stderr)
     );
     assert!(
-        beta_api
-            .get("configmaps", "gamma-system", "meshfed-peer-bundles")
+        other_api
+            .get("configmaps", "beta-system", "meshfed-peer-bundles")
             .is_none()
+            && other_api
+                .get("secrets", "beta-system", "meshfed-peering-tokens")
+                .is_none(),
+        "a refused token stores nothing"
     );
+    // The control planes and the token commands (run in a control plane's pod, as its
+    // service account) asked for nothing deploy/rbac.yaml does not grant.
+    for (api, ns) in [(&alpha_api, "alpha-system"), (&beta_api, "beta-system")] {
+        let denied = api.unauthorized(&common::rbac(), ns);
+        assert!(
+            denied.is_empty(),
+            "not granted by deploy/rbac.yaml: {denied:#?}"
+        );
+    }
     // Nothing was written into the CA folders.
     assert_eq!(ls("alpha-ca"), alpha_files);
     assert_eq!(ls("beta-ca"), beta_files);

@@ -200,3 +200,14 @@ pub fn kubeconfig(dir: &Path, name: &str, addr: SocketAddr) -> PathBuf {
     .unwrap();
     path
 }
+
+/// The documents of `deploy/rbac.yaml`, as JSON (for `ApiServer::unauthorized`).
+pub fn rbac() -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    meshfed_crds::yaml::load(&text)
+        .documents
+        .iter()
+        .filter_map(|d| d.root.as_ref().map(|r| r.to_json()))
+        .collect()
+}

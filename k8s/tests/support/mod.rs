@@ -45,6 +45,56 @@ struct State {
     /// Status patches: (kind, name, body).
     patches: Vec<(String, String, Value)>,
     lists: BTreeMap<String, usize>,
+    /// Every request, as RBAC sees it.
+    requests: Vec<Access>,
+}
+
+/// A request as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Access {
+    pub verb: String,
+    pub group: String,
+    /// `servicemeshpeers`, or `servicemeshpeers/status`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(
+            f,
+            "{} {group}/{} in {} named {}",
+            self.verb,
+            self.resource,
+            self.namespace.as_deref().unwrap_or("(cluster)"),
+            self.name.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// Whether one RBAC rule (`apiGroups`, `resources`, `verbs`, `resourceNames`) allows `a`.
+fn rule_allows(rule: &Value, a: &Access) -> bool {
+    let has = |field: &str, v: &str| {
+        rule[field]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == v || x == "*"))
+    };
+    let names_ok = match rule["resourceNames"].as_array() {
+        None => true,
+        Some(n) if n.is_empty() => true,
+        // A rule limited by name never covers list, watch or create (no name in the request).
+        Some(n) => a
+            .name
+            .as_ref()
+            .is_some_and(|name| n.iter().any(|x| x == name)),
+    };
+    has("apiGroups", &a.group) && has("resources", &a.resource) && has("verbs", &a.verb) && names_ok
 }
 
 /// The server; dropped, it stops.
@@ -192,6 +242,40 @@ impl ApiServer {
             .unwrap_or(0)
     }
 
+    /// The requests that the ClusterRoles and Roles in `rbac` (a manifest's documents) do not
+    /// allow. Roles are taken as bound in `namespace` (the control-plane namespace).
+    pub fn unauthorized(&self, rbac: &[Value], namespace: &str) -> Vec<String> {
+        let rules = |kind: &str| -> Vec<Value> {
+            rbac.iter()
+                .filter(|d| d["kind"] == kind)
+                .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+                .collect()
+        };
+        let (cluster, local) = (rules("ClusterRole"), rules("Role"));
+        let mut out: Vec<String> = self
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|a| {
+                let by_cluster_role = cluster.iter().any(|r| rule_allows(r, a));
+                let by_role = a.namespace.as_deref() == Some(namespace)
+                    && local.iter().any(|r| rule_allows(r, a));
+                !(by_cluster_role || by_role)
+            })
+            .map(ToString::to_string)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// How many requests were made.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
     /// Status patches received so far: (kind, name, body).
     pub fn patches(&self) -> Vec<(String, String, Value)> {
         self.state.lock().unwrap().patches.clone()
@@ -305,6 +389,32 @@ async fn handle(
         return not_found(req.uri().path());
     };
     let q = query(&req);
+    {
+        let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+        let verb = match (req.method().as_str(), &name) {
+            ("GET", Some(_)) => "get",
+            ("GET", None) if watching => "watch",
+            ("GET", None) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            (m, _) => m,
+        };
+        let group = kind_of(&collection)
+            .1
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g);
+        state.lock().unwrap().requests.push(Access {
+            verb: verb.to_owned(),
+            group: group.to_owned(),
+            resource: sub
+                .as_ref()
+                .map_or_else(|| collection.clone(), |s| format!("{collection}/{s}")),
+            namespace: ns.clone(),
+            name: name.clone(),
+        });
+    }
     let in_ns = |o: &Value| {
         ns.as_deref()
             .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
