@@ -77,6 +77,47 @@ struct ExportSide {
     last_close_reason: Option<String>,
     last_nack_reason: Option<String>,
     exported_services: usize,
+    /// What is exported to the peer (`ExportedServiceSet.status.exportedServices`).
+    services: Vec<ListedService>,
+}
+
+/// A service as the service sets' status lists it: the exported name and the local service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedService {
+    exported_name: String,
+    /// Empty for an export of the peer that no import rule matched (as Maistra lists it).
+    local_service: LocalService,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+struct LocalService {
+    name: String,
+    namespace: String,
+    hostname: String,
+}
+
+impl ListedService {
+    fn new(exported: &Hostname, local: Option<(&meshfed_core::ServiceKey, &Hostname)>) -> Self {
+        Self {
+            exported_name: exported.to_string(),
+            local_service: local.map_or_else(LocalService::default, |(key, host)| LocalService {
+                name: key.name.to_string(),
+                namespace: key.namespace.to_string(),
+                hostname: host.to_string(),
+            }),
+        }
+    }
+}
+
+/// The importer side as status shows it: the importer's status and what its exports became
+/// here (`ImportedServiceSet.status.importedServices`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ImportSide {
+    #[serde(flatten)]
+    status: PeerStatus,
+    services: Vec<ListedService>,
 }
 
 /// Exporter-side status for every peer, and recent refusals (identity or address, reason).
@@ -92,7 +133,7 @@ struct NodeStatus {
     mesh: String,
     trust_domain: String,
     listen: String,
-    imports: Vec<PeerStatus>,
+    imports: Vec<ImportSide>,
     exports: BTreeMap<String, ExportSide>,
     /// Recent refused connections (identity, reason).
     refused: Vec<(String, String)>,
@@ -224,6 +265,8 @@ pub(crate) struct Node {
     peers: Arc<Mutex<BTreeMap<String, PeerRun>>>,
     statuses: Statuses,
     exports: watch::Sender<Arc<ExporterConfig>>,
+    /// What each peer is exported, for status.
+    export_lists: ExportLists,
     /// The exporter's own identity.
     server: (SpiffeId, Arc<SvidResolver>),
     spawner: Spawner,
@@ -353,6 +396,12 @@ impl Node {
         health: &meshfed_control::imports::ServiceHealth,
     ) {
         let peers = export_peers(mesh, health);
+        self.export_lists.send_if_modified(|l| {
+            let next = export_lists(mesh);
+            let changed = *l != next;
+            *l = next;
+            changed
+        });
         self.exports.send_if_modified(|c| {
             if c.peers == peers {
                 return false;
@@ -532,10 +581,7 @@ pub(crate) async fn start_node(
     )?);
     // Health arrives with the sidecars' readiness; nothing is claimed until then.
     let exports = export_peers(mesh, &meshfed_control::imports::ServiceHealth::new());
-    let export_counts: BTreeMap<String, usize> = exports
-        .iter()
-        .map(|e| (e.name.to_string(), e.view.len()))
-        .collect();
+    let export_lists: ExportLists = Arc::new(watch::channel(export_lists(mesh)).0);
     let (exports_tx, config_rx) = watch::channel(Arc::new(ExporterConfig {
         mesh: mesh.mesh.to_string(),
         trust_domain: mesh.trust_domain.clone(),
@@ -564,17 +610,10 @@ pub(crate) async fn start_node(
     });
     // Exporter-side status from its events.
     let export_side = Arc::new(Mutex::new(ExportSides {
-        peers: export_counts
-            .iter()
-            .map(|(k, n)| {
-                (
-                    k.clone(),
-                    ExportSide {
-                        exported_services: *n,
-                        ..ExportSide::default()
-                    },
-                )
-            })
+        peers: export_lists
+            .borrow()
+            .keys()
+            .map(|k| (k.clone(), ExportSide::default()))
             .collect(),
         refused: Vec::new(),
     }));
@@ -635,12 +674,17 @@ pub(crate) async fn start_node(
         bound.to_string(),
     );
     let status_fn: Arc<dyn Fn() -> String + Send + Sync> = {
-        let (statuses, mapping) = (statuses.clone(), mapping.clone());
+        let (statuses, mapping, lists) = (statuses.clone(), mapping.clone(), export_lists.clone());
         Arc::new(move || {
-            let (exports, refused) = export_side
+            let (mut exports, refused) = export_side
                 .lock()
                 .map(|s| (s.peers.clone(), s.refused.clone()))
                 .unwrap_or_default();
+            for (peer, listed) in lists.borrow().iter() {
+                let side = exports.entry(peer.clone()).or_default();
+                side.exported_services = listed.len();
+                side.services.clone_from(listed);
+            }
             let st = NodeStatus {
                 mesh: mesh_name.clone(),
                 trust_domain: td.clone(),
@@ -650,13 +694,15 @@ pub(crate) async fn start_node(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .values()
                     .map(|s| {
-                        let mut st = s.borrow().clone();
+                        let mut status = s.borrow().clone();
+                        let mut services = Vec::new();
                         if let Ok(m) = mapping.lock()
-                            && let Some(extra) = m.get(&st.peer)
+                            && let Some((extra, listed)) = m.get(&status.peer)
                         {
-                            st.conditions.extend(extra.iter().cloned());
+                            status.conditions.extend(extra.iter().cloned());
+                            services.clone_from(listed);
                         }
-                        st
+                        ImportSide { status, services }
                     })
                     .collect(),
                 exports,
@@ -672,6 +718,7 @@ pub(crate) async fn start_node(
         peers: Arc::default(),
         statuses,
         exports: exports_tx,
+        export_lists,
         server: (server_id, server_resolver),
         spawner: Spawner {
             mesh: mesh.mesh.to_string(),
@@ -750,8 +797,30 @@ fn export_peers(
         .collect()
 }
 
-/// Per peer, the conditions that come from applying our import rules to its exports.
-type Mapping = Arc<Mutex<BTreeMap<String, Vec<meshfed_peering::status::Condition>>>>;
+/// Per peer, the conditions that come from applying our import rules to its exports, and
+/// every export of the peer with the local service it became (none where no rule matched).
+type Mapping =
+    Arc<Mutex<BTreeMap<String, (Vec<meshfed_peering::status::Condition>, Vec<ListedService>)>>>;
+
+/// Per peer, what it is exported (watched by the status).
+type ExportLists = Arc<watch::Sender<BTreeMap<String, Vec<ListedService>>>>;
+
+/// Per peer, each exported service with its local service, by exported name.
+fn export_lists(mesh: &MeshFederation) -> BTreeMap<String, Vec<ListedService>> {
+    mesh.peers
+        .values()
+        .map(|p| {
+            let mut listed: Vec<ListedService> = mesh
+                .export_view(p)
+                .services
+                .into_values()
+                .map(|s| ListedService::new(&s.exported_name, Some((&s.local, &s.local_hostname))))
+                .collect();
+            listed.sort_by(|a, b| a.exported_name.cmp(&b.exported_name));
+            (p.name.to_string(), listed)
+        })
+        .collect()
+}
 
 /// Recomputes the import mapping of one peer on every imports update: `ImportConflict` when
 /// two exports claim one local name (or would shadow a local service), `ExportNotImported`
@@ -803,8 +872,15 @@ fn watch_mapping(
                     last_transition_ms: now,
                 },
             ];
+            let mut listed: Vec<ListedService> = m
+                .imports
+                .iter()
+                .map(|i| ListedService::new(&i.exported_name, Some((&i.local_key, &i.hostname))))
+                .chain(m.unmatched.iter().map(|h| ListedService::new(h, None)))
+                .collect();
+            listed.sort_by(|a, b| a.exported_name.cmp(&b.exported_name));
             if let Ok(mut o) = out.lock() {
-                o.insert(set.peer.to_string(), conditions);
+                o.insert(set.peer.to_string(), (conditions, listed));
             }
             if imports.changed().await.is_err() {
                 return;

@@ -4,8 +4,9 @@
 //! `accept --kube` redeems it at alpha's running control plane, which stores beta's bundle in
 //! its cluster and trusts it at once; beta stores alpha's bundle in its cluster and prints
 //! alpha's `ServiceMeshPeer`. Applied, both control planes peer over mTLS with bundles no one
-//! copied; alpha restarted still trusts beta (the bundle lives in the cluster); the token
-//! cannot be used again, from the same cluster or another.
+//! copied, and the service sets' status lists what was exported and imported; alpha restarted
+//! still trusts beta (the bundle lives in the cluster); the token cannot be used again, from
+//! the same cluster or another; every request was one deploy/rbac.yaml grants.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -153,6 +154,26 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
             },
         }),
     );
+    // beta exports shop/orders and shop/payments to alpha; alpha imports only orders.
+    for (name, ip) in [("orders", "10.96.0.10"), ("payments", "10.96.0.11")] {
+        beta_api.put(
+            "services",
+            json!({"metadata": {"name": name, "namespace": "shop"},
+                   "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 8080}]}}),
+        );
+    }
+    beta_api.put(
+        "exportedservicesets",
+        json!({"metadata": {"name": "alpha", "namespace": "beta-system"},
+               "spec": {"exportRules": [{"type": "NameSelector",
+                                         "nameSelector": {"namespace": "shop", "name": "*"}}]}}),
+    );
+    alpha_api.put(
+        "importedservicesets",
+        json!({"metadata": {"name": "beta", "namespace": "alpha-system"},
+               "spec": {"importRules": [{"type": "NameSelector",
+                                         "nameSelector": {"namespace": "shop", "name": "orders"}}]}}),
+    );
     let mut procs = Procs::default();
     let alpha_admin = control(&mut procs, &dir, "alpha", &alpha_kc, alpha_peering);
     wait("alpha's control plane up", &dir, || {
@@ -261,6 +282,50 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
             .unwrap()
             .contains("redeemed by mesh \"beta\""),
     );
+    // Status in Maistra's shape: what beta exports, what alpha imported it as, and alpha's
+    // watch of beta.
+    // An export no import rule matched is listed with an empty localService, as in Maistra.
+    let exported = json!([
+        {"exportedName": "orders.shop.svc.alpha-exports.local",
+         "localService": {"name": "orders", "namespace": "shop",
+                          "hostname": "orders.shop.svc.cluster.local"}},
+        {"exportedName": "payments.shop.svc.alpha-exports.local",
+         "localService": {"name": "payments", "namespace": "shop",
+                          "hostname": "payments.shop.svc.cluster.local"}}]);
+    let imported = json!([
+        {"exportedName": "orders.shop.svc.alpha-exports.local",
+         "localService": {"name": "orders", "namespace": "shop",
+                          "hostname": "orders.shop.svc.beta-imports.local"}},
+        {"exportedName": "payments.shop.svc.alpha-exports.local",
+         "localService": {"name": "", "namespace": "", "hostname": ""}}]);
+    let last_status = |api: &support::ApiServer, kind: &str, name: &str| {
+        api.patches()
+            .into_iter()
+            .rev()
+            .find(|(k, n, b)| k == kind && n == name && b.get("status").is_some())
+            .map(|(_, _, b)| b["status"].clone())
+            .unwrap_or_default()
+    };
+    wait("the service sets' status lists the services", &dir, || {
+        last_status(&beta_api, "ExportedServiceSet", "alpha")["exportedServices"] == exported
+            && last_status(&alpha_api, "ImportedServiceSet", "beta")["importedServices"]
+                == imported
+            && last_status(&alpha_api, "ServiceMeshPeer", "beta")["discoveryStatus"]["active"][0]
+                ["watch"]["connected"]
+                == true
+    })
+    .await;
+    let peer = last_status(&alpha_api, "ServiceMeshPeer", "beta");
+    let active = &peer["discoveryStatus"]["active"][0];
+    assert!(active["pod"].is_string(), "{peer}");
+    assert!(
+        active["watch"]["lastFullSync"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{peer}"
+    );
+    assert_eq!(peer["discoveryStatus"]["inactive"], json!([]), "{peer}");
+
     // alpha restarted: beta's bundle comes from the cluster, not from memory.
     procs.kill("alpha");
     let alpha_admin = control(&mut procs, &dir, "alpha", &alpha_kc, alpha_peering);

@@ -2,8 +2,10 @@
 //! federation resource gets an `Accepted` condition (`False` with the validator's reason and
 //! every error when it was left out, so the other resources are unaffected) carrying the
 //! `metadata.generation` it was computed from; a `ServiceMeshPeer` also gets the peering
-//! conditions (`Connected`, `Stale`, `TrustBundleRejected`, `ImportRejected`…) from the
-//! peering node's status. A status is applied only when it changed, so an idle control plane
+//! conditions (`Connected`, `Stale`, `TrustBundleRejected`, `ImportRejected`…) and Maistra's
+//! `discoveryStatus` from the peering node's status; an `ExportedServiceSet` its
+//! `exportedServices` and an `ImportedServiceSet` its `importedServices` (every export of the
+//! peer, with an empty `localService` where no import rule matched, as Maistra lists them). A status is applied only when it changed, so an idle control plane
 //! writes nothing; only the replica holding the Lease ([`crate::lease`]) writes. Transitions
 //! are recorded as Events (`events.k8s.io/v1`): a resource refused (Warning, the validator's
 //! reason) or accepted again, a peer connected or disconnected.
@@ -28,10 +30,91 @@ pub const FIELD_MANAGER: &str = "meshfed";
 /// The peering node's status as JSON (`peering.imports[]`: `peer`, `state`, `conditions`).
 pub type PeeringStatus = Arc<dyn Fn() -> Value + Send + Sync>;
 
-/// The status of every federation resource `r` names, by (kind, name).
+/// A time in ms since the epoch as RFC 3339 (null when absent).
+fn rfc3339(ms: &Value) -> Value {
+    ms.as_u64()
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map_or(Value::Null, Value::String)
+}
+
+/// A `ServiceMeshPeer`'s `discoveryStatus` as Maistra shapes it, for this control-plane pod:
+/// `watch` is our import from the peer, `remotes` the peer's import from us (its `source` is
+/// the peer's name: its connections arrive through the gateways, so an address would name a
+/// gateway pod). The pod is `active` while its watch is connected.
+fn discovery_status(peering: Option<&Value>, peer: &str, pod: &str) -> Value {
+    let import = peering
+        .and_then(|p| p["imports"].as_array())
+        .and_then(|l| l.iter().find(|i| i["peer"] == peer));
+    let Some(import) = import else {
+        return Value::Null;
+    };
+    let export = peering.map(|p| &p["exports"][peer]);
+    let connected = import["connected"].as_bool().unwrap_or(false);
+    let watch = json!({
+        "connected": connected,
+        "lastConnected": rfc3339(&import["lastConnectedMs"]),
+        "lastEvent": rfc3339(&import["lastEventMs"]),
+        "lastFullSync": rfc3339(&import["lastFullSyncMs"]),
+        "lastDisconnect": rfc3339(&import["lastDisconnectMs"]),
+        "lastDisconnectStatus": import["lastDisconnectReason"],
+    });
+    let remotes: Vec<Value> = export
+        .filter(|e| e.is_object())
+        .map(|e| {
+            json!({
+                "source": peer,
+                "connected": e["connected"].as_bool().unwrap_or(false),
+                "lastDisconnectStatus": e["lastCloseReason"],
+            })
+        })
+        .into_iter()
+        .collect();
+    let entry = json!({"pod": pod, "watch": watch, "remotes": remotes});
+    if connected {
+        json!({"active": [entry], "inactive": []})
+    } else {
+        json!({"active": [], "inactive": [entry]})
+    }
+}
+
+/// The services a service set's status lists (`status.exportedServices` of the
+/// `ExportedServiceSet` for `peer`, `status.importedServices` of the `ImportedServiceSet` for
+/// it), from the peering node's status; always a list (the field is required).
+fn listed(peering: Option<&Value>, kind: &str, peer: &str) -> Value {
+    let services = match kind {
+        "ExportedServiceSet" => peering.map(|p| &p["exports"][peer]["services"]),
+        _ => peering
+            .and_then(|p| p["imports"].as_array())
+            .and_then(|l| l.iter().find(|i| i["peer"] == peer))
+            .map(|i| &i["services"]),
+    };
+    services
+        .filter(|v| v.is_array())
+        .cloned()
+        .unwrap_or_else(|| json!([]))
+}
+
+/// The field a service set's status lists its services in.
+fn list_field(kind: &str) -> Option<&'static str> {
+    match kind {
+        "ExportedServiceSet" => Some("exportedServices"),
+        "ImportedServiceSet" => Some("importedServices"),
+        _ => None,
+    }
+}
+
+/// The status of every federation resource `r` names, by (kind, name), as this control-plane
+/// pod (`pod`) sees it.
 pub fn statuses(
     r: &Rendered,
     peering: Option<&Value>,
+    pod: &str,
     now: &str,
 ) -> BTreeMap<(String, String), Value> {
     let mut out = BTreeMap::new();
@@ -94,16 +177,21 @@ pub fn statuses(
                 ));
             }
         }
-        out.insert(
-            (kind.clone(), name.clone()),
-            json!({"conditions": conditions}),
-        );
+        let mut status = json!({"conditions": conditions});
+        if let Some(field) = list_field(kind) {
+            status[field] = listed(peering, kind, name);
+        }
+        if kind == "ServiceMeshPeer" {
+            status["discoveryStatus"] = discovery_status(peering, name, pod);
+        }
+        out.insert((kind.clone(), name.clone()), status);
     }
     for f in &r.refused {
-        out.insert(
-            (f.kind.clone(), f.name.clone()),
-            json!({"conditions": [condition("Accepted", false, &f.reason, &f.message, f.generation)]}),
-        );
+        let mut status = json!({"conditions": [condition("Accepted", false, &f.reason, &f.message, f.generation)]});
+        if let Some(field) = list_field(&f.kind) {
+            status[field] = json!([]);
+        }
+        out.insert((f.kind.clone(), f.name.clone()), status);
     }
     out
 }
@@ -202,7 +290,7 @@ pub async fn run(
         client.clone(),
         Reporter {
             controller: "meshfed-control".into(),
-            instance: Some(identity),
+            instance: Some(identity.clone()),
         },
     );
     let mut applied: BTreeMap<(String, String), Value> = BTreeMap::new();
@@ -217,7 +305,7 @@ pub async fn run(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let want = if leads {
-            statuses(&r, peer_status.as_ref(), &now)
+            statuses(&r, peer_status.as_ref(), &identity, &now)
         } else {
             BTreeMap::new()
         };

@@ -368,3 +368,59 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
         status.lock().unwrap().config_error
     );
 }
+
+#[test]
+fn service_sets_always_list_their_services_and_peers_their_discovery_status() {
+    let object = |kind: &str, name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "federation.maistra.io/v1", "kind": kind,
+               "metadata": {"name": name, "namespace": NS, "generation": 3}, "spec": spec})
+    };
+    let cluster = meshfed_k8s::render::Cluster {
+        federation: vec![
+            object(
+                "ServiceMeshPeer",
+                "beta",
+                json!({"remote": {"addresses": ["beta.example.test"]},
+                       "security": {"trustDomain": "beta.local",
+                                    "clientID": "beta.local/ns/beta-system/sa/egress-alpha-service-account"}}),
+            ),
+            object(
+                "ExportedServiceSet",
+                "beta",
+                json!({"exportRules": [{"type": "NameSelector",
+                                        "nameSelector": {"namespace": "shop", "name": "*"}}]}),
+            ),
+            object("ImportedServiceSet", "beta", json!({"bogus": true})),
+        ],
+        ..Default::default()
+    };
+    let r = meshfed_k8s::render::render(&cluster, &settings());
+    let listed = json!([{"exportedName": "orders.shop.svc.beta-exports.local",
+        "localService": {"name": "orders", "namespace": "shop",
+                         "hostname": "orders.shop.svc.cluster.local"}}]);
+    let peering = json!({
+        "imports": [{"peer": "beta", "connected": false, "lastDisconnectMs": 1_795_000_000_000_u64,
+                     "lastDisconnectReason": "StreamStale", "conditions": []}],
+        "exports": {"beta": {"connected": true, "services": listed}},
+    });
+    let st = meshfed_k8s::status::statuses(&r, Some(&peering), "control-0", "2026-11-26T00:00:00Z");
+    let get = |kind: &str| st[&(kind.to_owned(), "beta".to_owned())].clone();
+    assert_eq!(get("ExportedServiceSet")["exportedServices"], listed);
+    // The refused set still carries its (required) list, empty, beside the reason.
+    let refused = get("ImportedServiceSet");
+    assert_eq!(refused["importedServices"], json!([]), "{refused}");
+    assert_eq!(refused["conditions"][0]["status"], "False", "{refused}");
+    // Our watch of beta is down: this pod is inactive; beta's watch of us is connected.
+    let d = &get("ServiceMeshPeer")["discoveryStatus"];
+    assert_eq!(d["active"], json!([]), "{d}");
+    let pod = &d["inactive"][0];
+    assert_eq!(pod["pod"], "control-0");
+    assert_eq!(pod["watch"]["connected"], false);
+    assert_eq!(pod["watch"]["lastDisconnect"], "2026-11-18T11:06:40Z");
+    assert_eq!(pod["watch"]["lastDisconnectStatus"], "StreamStale");
+    assert_eq!(
+        pod["remotes"],
+        json!([{"source": "beta", "connected": true,
+                                       "lastDisconnectStatus": null}])
+    );
+}
