@@ -315,6 +315,25 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
                 == true
     })
     .await;
+    // The unmatched export is counted in a condition on the ImportedServiceSet.
+    let set = last_status(&alpha_api, "ImportedServiceSet", "beta");
+    let not_imported = set["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ExportNotImported")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(not_imported["status"], "True", "{set}");
+    assert_eq!(not_imported["reason"], "NoMatchingImportRule", "{set}");
+    assert!(
+        set["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "Connected"),
+        "peering conditions stay on the ServiceMeshPeer: {set}"
+    );
     let peer = last_status(&alpha_api, "ServiceMeshPeer", "beta");
     let active = &peer["discoveryStatus"]["active"][0];
     assert!(active["pod"].is_string(), "{peer}");

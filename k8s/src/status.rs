@@ -24,6 +24,9 @@ use tokio::sync::watch;
 use crate::render::Rendered;
 use crate::source::federation_resources;
 
+/// The conditions of applying an `ImportedServiceSet`'s rules to the peer's exports.
+const IMPORT_RULE_CONDITIONS: [&str; 2] = ["ImportConflict", "ExportNotImported"];
+
 /// The field manager of every status meshfed writes.
 pub const FIELD_MANAGER: &str = "meshfed";
 
@@ -159,7 +162,9 @@ pub fn statuses(
                 ));
             }
         }
-        if kind == "ServiceMeshPeer"
+        // The peering conditions go on the ServiceMeshPeer; those of applying the import
+        // rules (`ImportConflict`, `ExportNotImported`) on the ImportedServiceSet too.
+        if (kind == "ServiceMeshPeer" || kind == "ImportedServiceSet")
             && let Some(p) = peering.and_then(|p| {
                 p["imports"]
                     .as_array()?
@@ -167,7 +172,16 @@ pub fn statuses(
                     .find(|i| i["peer"].as_str() == Some(name.as_str()))
             })
         {
-            for c in p["conditions"].as_array().into_iter().flatten() {
+            let of_the_set = |c: &&Value| {
+                kind == "ServiceMeshPeer"
+                    || IMPORT_RULE_CONDITIONS.contains(&c["type"].as_str().unwrap_or(""))
+            };
+            for c in p["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(of_the_set)
+            {
                 conditions.push(condition(
                     c["type"].as_str().unwrap_or("Unknown"),
                     c["status"].as_bool().unwrap_or(false),
