@@ -30,11 +30,17 @@ bench-failover:
 
 ## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
 bench-tools:
-	command -v haproxy >/dev/null && command -v nginx >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk; }
+	command -v haproxy >/dev/null && command -v nginx >/dev/null && command -v ld.lld >/dev/null && command -v valgrind >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk lld valgrind; }
 	command -v oha >/dev/null || $(CARGO) install oha --locked
 
-.PHONY: check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
+## Re-records the functions a sidecar runs (cli/sidecar.order), which release builds lay out
+## together (cli/build.rs, with lld); needs bench-tools. Run after large proxy changes.
+sidecar-order:
+	$(CARGO) build --release --locked -p meshfed-cli
+	scripts/sidecar-order.sh
+
+.PHONY: sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 
@@ -103,7 +109,7 @@ check-generated:
 check-kind:
 	$(CARGO) build --locked -p meshfed-cli
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run 'make tools'"; exit 1; }
-	shellcheck -x scenarios/kind/*.sh
+	shellcheck -x scenarios/kind/*.sh scripts/sidecar-order.sh
 	@rm -rf target/kind-dry-run
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/up.sh >target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/failover.sh >>target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }
@@ -117,5 +123,5 @@ validate-manifests:
 ## Tools the checks need beyond the Rust toolchain.
 tools:
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
-	@command -v iptables-restore >/dev/null && command -v shellcheck >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables shellcheck >/dev/null; }
+	@command -v iptables-restore >/dev/null && command -v shellcheck >/dev/null && command -v ld.lld >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables shellcheck lld >/dev/null; }

@@ -74,7 +74,7 @@ pub struct GatewayArgs {
     tunnel: Transport,
     /// How often the egress probes the peer's ingress (reachability and tunnel RTT in
     /// `/status` and `/metrics`); `0s` turns probing off.
-    #[arg(long, value_parser = crate::trust::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = crate::trust::parse_duration_or_zero, default_value = "5s")]
     probe_interval: std::time::Duration,
     /// Serve the discovery port (the peer's `spec.remote.discoveryPort`): connections are
     /// forwarded, still encrypted, to the local peering service at --discovery-upstream.

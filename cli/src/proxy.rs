@@ -73,7 +73,7 @@ pub struct ProxyArgs {
     /// Joined to a control plane: on SIGTERM, report the workload not ready at once and keep
     /// serving this long before exiting (so callers move away first, like Istio's
     /// terminationDrainDuration); a second signal exits at once. `0s`: exit at once.
-    #[arg(long, default_value = "5s", value_parser = crate::trust::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::trust::parse_duration_or_zero)]
     drain: Duration,
     /// Worker threads (Istio's sidecar default concurrency is 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
