@@ -107,11 +107,51 @@ impl KubeTrustStore {
         }
     }
 
-    async fn bundles_map(&self) -> Result<Option<ConfigMap>, StoreError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        api.get_opt(BUNDLES_CONFIGMAP)
+    async fn get<K>(&self, name: &str) -> Result<Option<K>, StoreError>
+    where
+        K: Stored,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.get_opt(name)
             .await
-            .map_err(|e| self.io("ConfigMap", BUNDLES_CONFIGMAP, e))
+            .map_err(|e| self.io(&K::kind(&()), name, e))
+    }
+
+    /// Reads `name`, lets `edit` decide what to write, and writes it with the resourceVersion
+    /// read (creates it when absent); when another writer got there first, reads again and
+    /// re-runs `edit`, up to [`TRIES`] times.
+    async fn compare_and_swap<K, T>(
+        &self,
+        name: &str,
+        mut edit: impl FnMut(Option<K>) -> Result<Step<K, T>, StoreError>,
+    ) -> Result<T, StoreError>
+    where
+        K: Stored,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let kind = K::kind(&()).into_owned();
+        for _ in 0..TRIES {
+            let current = self.get::<K>(name).await?;
+            let existed = current.is_some();
+            let (object, out) = match edit(current)? {
+                Step::Keep(out) => return Ok(out),
+                Step::Write(object, out) => (object, out),
+            };
+            let result = if existed {
+                api.replace(name, &PostParams::default(), &object).await
+            } else {
+                api.create(&PostParams::default(), &object).await
+            };
+            match result {
+                Ok(_) => return Ok(out),
+                Err(e) if is_conflict(&e) => {}
+                Err(e) => return Err(self.io(&kind, name, e)),
+            }
+        }
+        Err(StoreError::Contended {
+            at: self.at(&kind, name),
+            tries: TRIES,
+        })
     }
 
     fn bundles_of(&self, cm: Option<&ConfigMap>) -> Result<Vec<TrustBundle>, StoreError> {
@@ -131,11 +171,9 @@ impl KubeTrustStore {
         if bundle.trust_domain() == &self.own {
             return Err(StoreError::OwnDomain(self.own.to_string()));
         }
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let key = bundle_key(bundle.trust_domain().as_str());
         let body = bundle.to_json().to_string();
-        for _ in 0..TRIES {
-            let current = self.bundles_map().await?;
+        self.compare_and_swap(BUNDLES_CONFIGMAP, |current: Option<ConfigMap>| {
             // An entry that does not parse is replaced by a good one; the others must parse.
             let mut others = current
                 .as_ref()
@@ -154,94 +192,75 @@ impl KubeTrustStore {
                     source,
                 })?;
             if applied == Applied::Unchanged && stored.iter().any(|b| b == bundle) {
-                return Ok(applied);
+                return Ok(Step::Keep(applied));
             }
-            let result = match current {
-                Some(mut cm) => {
-                    cm.data
-                        .get_or_insert_default()
-                        .insert(key.clone(), body.clone());
-                    api.replace(BUNDLES_CONFIGMAP, &PostParams::default(), &cm)
-                        .await
-                }
-                None => {
-                    let cm = ConfigMap {
-                        metadata: meta(BUNDLES_CONFIGMAP),
-                        data: Some(BTreeMap::from([(key.clone(), body.clone())])),
-                        ..ConfigMap::default()
-                    };
-                    api.create(&PostParams::default(), &cm).await
-                }
-            };
-            match result {
-                Ok(_) => return Ok(applied),
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(self.io("ConfigMap", BUNDLES_CONFIGMAP, e)),
-            }
-        }
-        Err(StoreError::Contended {
-            at: self.at("ConfigMap", BUNDLES_CONFIGMAP),
-            tries: TRIES,
+            let mut cm = current.unwrap_or_else(|| ConfigMap {
+                metadata: meta(BUNDLES_CONFIGMAP),
+                ..ConfigMap::default()
+            });
+            cm.data
+                .get_or_insert_default()
+                .insert(key.clone(), body.clone());
+            Ok(Step::Write(cm, applied))
         })
+        .await
     }
 
-    async fn ledger_secret(&self) -> Result<(Option<Secret>, Ledger), StoreError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = api
-            .get_opt(LEDGER_SECRET)
-            .await
-            .map_err(|e| self.io("Secret", LEDGER_SECRET, e))?;
-        let data = secret.as_ref().and_then(|s| s.data.as_ref());
+    /// The ledger a Secret holds (none: empty).
+    fn ledger_of(&self, secret: Option<&Secret>) -> Result<Ledger, StoreError> {
+        let data = secret.and_then(|s| s.data.as_ref());
         let field = |k: &str| data.and_then(|d| d.get(k)).map(|b| b.0.as_slice());
-        let ledger = Ledger::from_json(
+        Ok(Ledger::from_json(
             field(LEDGER_FILES.0),
             field(LEDGER_FILES.1),
             &format!("{}: data.", self.at("Secret", LEDGER_SECRET)),
-        )?;
-        Ok((secret, ledger))
+        )?)
     }
 
     async fn change(&self, change: LedgerChange<'_>) -> Result<(), StoreError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        for _ in 0..TRIES {
-            let (current, before) = self.ledger_secret().await?;
+        self.compare_and_swap(LEDGER_SECRET, |current: Option<Secret>| {
+            let before = self.ledger_of(current.as_ref())?;
             let mut after = before.clone();
             change(&mut after)?;
             if after == before {
-                return Ok(());
+                return Ok(Step::Keep(()));
             }
             let (pending, accepted) = after.to_json();
-            let data = BTreeMap::from([
+            let mut secret = current.unwrap_or_else(|| Secret {
+                metadata: meta(LEDGER_SECRET),
+                ..Secret::default()
+            });
+            secret.string_data = None;
+            secret.data = Some(BTreeMap::from([
                 (LEDGER_FILES.0.to_owned(), ByteString(pending)),
                 (LEDGER_FILES.1.to_owned(), ByteString(accepted)),
-            ]);
-            let result = match current {
-                Some(mut s) => {
-                    s.data = Some(data);
-                    s.string_data = None;
-                    api.replace(LEDGER_SECRET, &PostParams::default(), &s).await
-                }
-                None => {
-                    let s = Secret {
-                        metadata: meta(LEDGER_SECRET),
-                        data: Some(data),
-                        ..Secret::default()
-                    };
-                    api.create(&PostParams::default(), &s).await
-                }
-            };
-            match result {
-                Ok(_) => return Ok(()),
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(self.io("Secret", LEDGER_SECRET, e)),
-            }
-        }
-        Err(StoreError::Contended {
-            at: self.at("Secret", LEDGER_SECRET),
-            tries: TRIES,
+            ]));
+            Ok(Step::Write(secret, ()))
         })
+        .await
     }
 }
+
+/// What a compare-and-swap edit decided.
+enum Step<K, T> {
+    /// Nothing to write; the result is `T`.
+    Keep(T),
+    /// Write `K`; the result is `T` once written.
+    Write(K, T),
+}
+
+/// The objects the store keeps (a ConfigMap and a Secret).
+trait Stored:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+{
+}
+
+impl Stored for ConfigMap {}
+impl Stored for Secret {}
 
 impl TrustStore for KubeTrustStore {
     fn location(&self) -> String {
@@ -254,7 +273,7 @@ impl TrustStore for KubeTrustStore {
 
     fn peer_bundles(&self) -> BoxFuture<'_, Result<Vec<TrustBundle>, StoreError>> {
         Box::pin(async move {
-            let cm = self.bundles_map().await?;
+            let cm = self.get::<ConfigMap>(BUNDLES_CONFIGMAP).await?;
             self.bundles_of(cm.as_ref())
         })
     }
@@ -267,7 +286,10 @@ impl TrustStore for KubeTrustStore {
     }
 
     fn ledger(&self) -> BoxFuture<'_, Result<Ledger, StoreError>> {
-        Box::pin(async move { Ok(self.ledger_secret().await?.1) })
+        Box::pin(async move {
+            let secret = self.get::<Secret>(LEDGER_SECRET).await?;
+            self.ledger_of(secret.as_ref())
+        })
     }
 
     fn update_ledger<'a>(

@@ -191,11 +191,7 @@ impl DirStore {
         };
         let applied = check_peer_bundle(&stored, bundle)
             .map_err(|source| StoreError::Bundle { at: at(), source })?;
-        if applied == Applied::Unchanged
-            && stored
-                .iter()
-                .any(|b| b.trust_domain() == bundle.trust_domain() && b == bundle)
-        {
+        if applied == Applied::Unchanged && stored.iter().any(|b| b == bundle) {
             return Ok(applied);
         }
         crate::dir::write_peer_bundle(&self.dir, bundle).map_err(|e| StoreError::Io {
