@@ -6,6 +6,8 @@
 //! (checked = forwarded), so `//admin`, `/a/../admin`, `/%2e%2e/admin`, `/admin;x=1` and
 //! friends cannot slip past a rule on `/admin` (Istio CVE-2021-31920, Envoy CVE-2021-29492).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::id::{SpiffeId, TrustDomain};
@@ -277,7 +279,36 @@ fn hex(b: u8) -> Option<u8> {
 /// characters, refuses encoded `/`, `\` and NUL, backslashes and controls, drops `;` matrix
 /// parameters from each segment, merges repeated slashes, and resolves `.` and `..` (refusing
 /// to climb above the root). Idempotent: normalizing twice gives the same path.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if is_normal(raw) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    normalize_owned(raw).map(Cow::Owned)
+}
+
+/// True when [`normalize_path`] would return `raw` unchanged and there is nothing to decode: an
+/// absolute path of printable ASCII without `%`, backslash, `;` or `#`, whose segments are neither
+/// empty (but the last) nor `.` or `..` — what almost every request carries, checked without
+/// allocating.
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    let plain = |b: &u8| (0x21..0x7f).contains(b) && !matches!(b, b'%' | b'\\' | b';' | b'#');
+    if !rest.as_bytes().iter().all(plain) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+fn normalize_owned(raw: &str) -> Result<String, PathError> {
     if raw.contains('#') {
         return Err(PathError::Fragment);
     }
@@ -372,6 +403,30 @@ mod tests {
                 want.map(str::to_owned).as_deref().map_err(|e| *e),
                 "{raw}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The allocation-free check never takes a path the full normalization would change.
+        #[test]
+        fn paths_taken_as_normal_are_normal(raw in "(/|//|/\\.|/\\.\\.|\\.|/%41|;x=1|/api|/v1\\.2|-_~| |\\\\|#|\\?)*") {
+            if is_normal(&raw) {
+                let full = normalize_owned(&raw);
+                proptest::prop_assert_eq!(full.as_deref(), Ok(raw.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn common_paths_take_the_fast_path() {
+        for raw in ["/", "/api", "/api/", "/api/v1.2/orders", "/a/b/c/"] {
+            assert!(is_normal(raw), "{raw}");
+            assert!(matches!(normalize_path(raw), Ok(Cow::Borrowed(p)) if p == raw));
+        }
+        for raw in [
+            "", "api", "//", "/a//b", "/.", "/a/./b", "/a/..", "/a;x", "/%41", "/a b",
+        ] {
+            assert!(!is_normal(raw), "{raw}");
         }
     }
 

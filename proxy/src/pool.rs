@@ -1,12 +1,16 @@
 //! Upstream connections kept for reuse, one pool per endpoint (and one for the local app): a
 //! reused connection saves the TCP and mTLS handshakes. HTTP/1.1 connections carry one exchange
-//! at a time and wait idle in a list; an HTTP/2 connection multiplexes, so one is shared by
+//! at a time and wait idle in a list (joining it when a response body has been read to its
+//! end); an HTTP/2 connection multiplexes, so one is shared by
 //! every request to the endpoint until it closes.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -58,8 +62,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Pool {
     /// The shared HTTP/2 connection, or the most recently used idle HTTP/1.1 one, if any is
-    /// still open.
-    pub fn take(&self) -> Option<Conn> {
+    /// still open at `now` (the request's start will do). An idle one may not be ready for a request yet (its connection task has
+    /// not seen the end of the last exchange): [`send`] waits for that.
+    pub fn take(&self, now: Instant) -> Option<Conn> {
         {
             let mut shared = lock(&self.shared);
             match shared.as_ref() {
@@ -68,10 +73,9 @@ impl Pool {
                 None => {}
             }
         }
-        let now = Instant::now();
         let mut idle = lock(&self.idle);
         while let Some((since, s)) = idle.pop() {
-            if now.duration_since(since) < IDLE_TIMEOUT && s.is_ready() && !s.is_closed() {
+            if now.duration_since(since) < IDLE_TIMEOUT && !s.is_closed() {
                 return Some(Conn::H1(s));
             }
         }
@@ -99,27 +103,84 @@ impl Pool {
         }
     }
 
-    /// Keeps a connection: an HTTP/1.1 one once its current exchange is complete (the
-    /// response body read to its end), an HTTP/2 one at once, as the shared connection.
-    pub fn put_when_ready(self: &Arc<Self>, c: Conn) {
+    /// Keeps the connection `resp` came on and hands back the response: an HTTP/2 connection
+    /// at once, as the shared one; an HTTP/1.1 one when its exchange is complete — the
+    /// response body read to its end, which is when the next request may go on it. A body
+    /// dropped early or broken closes its connection with it.
+    pub fn keep(self: &Arc<Self>, c: Conn, resp: Response<Incoming>) -> Response<Body> {
         match c {
             Conn::H2(s) => {
                 let mut shared = lock(&self.shared);
                 if shared.as_ref().is_none_or(http2::SendRequest::is_closed) {
                     *shared = Some(s);
                 }
+                drop(shared);
+                resp.map(BodyExt::boxed)
             }
-            Conn::H1(mut s) => {
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, s.ready()).await {
-                        let mut idle = lock(&pool.idle);
-                        if idle.len() < MAX_IDLE {
-                            idle.push((Instant::now(), s));
-                        }
-                    }
-                });
+            Conn::H1(s) if resp.body().is_end_stream() => {
+                self.idle(s);
+                resp.map(BodyExt::boxed)
             }
+            Conn::H1(s) => resp.map(|body| {
+                Returning {
+                    body,
+                    back: Some((self.clone(), s)),
+                }
+                .boxed()
+            }),
+        }
+    }
+
+    /// An HTTP/1.1 connection whose exchange is complete joins the idle list.
+    fn idle(&self, s: http1::SendRequest<Body>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE && !s.is_closed() {
+            idle.push((Instant::now(), s));
+        }
+    }
+}
+
+/// A response body from an HTTP/1.1 connection that goes back to its pool once the body has
+/// been read to its end. Returning it there, rather than in a task waiting for the connection
+/// to be ready, saves a task and a timer per request.
+struct Returning {
+    body: Incoming,
+    back: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
+}
+
+impl hyper::body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            // A broken exchange leaves the connection in no state to reuse.
+            Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Returning {
+    fn release(&mut self) {
+        if let Some((pool, s)) = self.back.take() {
+            pool.idle(s);
         }
     }
 }
@@ -150,14 +211,16 @@ where
 
 /// Sends `req` on `c`, telling a request that never left from one that may have.
 pub async fn send(c: &mut Conn, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    let ready = match c {
+        Conn::H1(s) => s.ready().await,
+        Conn::H2(s) => s.ready().await,
+    };
+    if let Err(e) = ready {
+        return Err(SendError::NotSent(Box::new(req), e));
+    }
     let sent = match c {
         Conn::H1(s) => s.try_send_request(req).await,
-        Conn::H2(s) => {
-            if let Err(e) = s.ready().await {
-                return Err(SendError::NotSent(Box::new(req), e));
-            }
-            s.try_send_request(req).await
-        }
+        Conn::H2(s) => s.try_send_request(req).await,
     };
     sent.map_err(|mut e| match e.take_message() {
         Some(req) => SendError::NotSent(Box::new(req), e.into_error()),

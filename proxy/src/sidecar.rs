@@ -10,6 +10,7 @@
 //! that, the path is normalized and the workload's authorization policies decide; the app gets
 //! exactly the path that was checked.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -660,18 +661,18 @@ async fn admin(
     })
 }
 
-/// The service a request names: its authority (HTTP/2, or an absolute-form target), else its
-/// `Host` header.
-fn host_of(req: &Request<Incoming>) -> Option<Hostname> {
+/// The service name a request gives: its authority (HTTP/2, or an absolute-form target), else
+/// its `Host` header, without the port and a final dot — not yet checked or lower-cased.
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(hyper::header::HOST)?.to_str().ok()?,
     };
     let name = match raw.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        Some((h, p)) if p.bytes().all(|c| c.is_ascii_digit()) => h,
         _ => raw,
     };
-    Hostname::canonicalize(name).ok()
+    Some(name.strip_suffix('.').unwrap_or(name))
 }
 
 /// ALPN protocol names: HTTP/2 and HTTP/1.1 between sidecars.
@@ -686,7 +687,11 @@ fn set_target(req: &mut Request<Body>, version: HttpVersion, authority: &str, ur
     match version {
         HttpVersion::Http1 => {
             *req.version_mut() = hyper::Version::HTTP_11;
-            *req.uri_mut() = pq.parse().unwrap_or_default();
+            *req.uri_mut() = if uri.scheme().is_none() && uri.authority().is_none() {
+                uri.clone()
+            } else {
+                pq.parse().unwrap_or_default()
+            };
             if !req.headers().contains_key(hyper::header::HOST)
                 && let Ok(v) = HeaderValue::from_str(authority)
             {
@@ -705,26 +710,25 @@ fn set_target(req: &mut Request<Body>, version: HttpVersion, authority: &str, ur
 }
 
 /// An upstream's response, ready to pass on.
-fn response(resp: Response<Incoming>) -> Response<Body> {
-    let mut resp = resp.map(boxed);
+fn response(mut resp: Response<Body>) -> Response<Body> {
     strip_hop_by_hop(resp.headers_mut());
     // Only a sidecar may say a request was not delivered; an app's copy is dropped.
-    resp.headers_mut().remove(NOT_DELIVERED);
+    resp.headers_mut().remove(&NOT_DELIVERED);
     resp
 }
 
 /// Set by a receiving sidecar on an answer to a request it never handed to its app (the app
 /// refused the connection): the calling sidecar may send it elsewhere like a connection
 /// failure, and removes the header.
-const NOT_DELIVERED: &str = "x-meshfed-not-delivered";
+const NOT_DELIVERED: HeaderName = HeaderName::from_static("x-meshfed-not-delivered");
 
 /// Envoy's overprovisioning factor: a priority keeps all its traffic while at least 1/1.4 of
 /// its endpoints are healthy, and hands the rest to the next priority as it degrades.
 const OVERPROVISIONING: f64 = 1.4;
 
 /// An upstream answer: [`Outcome::NotDelivered`] when the receiving sidecar says so.
-fn answered(resp: Response<Incoming>) -> Outcome {
-    let not_delivered = resp.headers().contains_key(NOT_DELIVERED);
+fn answered(resp: Response<Body>) -> Outcome {
+    let not_delivered = resp.headers().contains_key(&NOT_DELIVERED);
     let resp = response(resp);
     if not_delivered {
         Outcome::NotDelivered(resp)
@@ -895,6 +899,7 @@ async fn attempt(
     index: usize,
     head: &hyper::http::request::Parts,
     payload: &mut Payload,
+    now: Instant,
 ) -> Outcome {
     let _load = InFlight::new(&route.load[index]);
     stats.upstream_active.inc();
@@ -929,13 +934,10 @@ async fn attempt(
         // An idle (or the shared HTTP/2) connection first; a request it could not take goes on
         // a new one.
         let mut gate = pool.gate(route.protocol).await;
-        if let Some(mut s) = pool.take() {
+        if let Some(mut s) = pool.take(now) {
             drop(gate.take());
             match pool::send(&mut s, req).await {
-                Ok(resp) => {
-                    pool.put_when_ready(s);
-                    return answered(resp);
-                }
+                Ok(resp) => return answered(pool.keep(s, resp)),
                 Err(SendError::NotSent(back, _)) => req = *back,
                 Err(SendError::Broken(e)) => return Outcome::broken(&e),
             }
@@ -963,10 +965,7 @@ async fn attempt(
             }
         };
         match pool::send(&mut s, req).await {
-            Ok(resp) => {
-                pool.put_when_ready(s);
-                answered(resp)
-            }
+            Ok(resp) => answered(pool.keep(s, resp)),
             Err(SendError::NotSent(back, e)) => {
                 payload.restore(back.into_body());
                 Outcome::ConnectFailed(format!("UpstreamConnect: {e}"))
@@ -1090,15 +1089,18 @@ async fn attempts(
     stats: &Stats,
     head: hyper::http::request::Parts,
     mut payload: Payload,
+    t0: Instant,
 ) -> Response<Body> {
     let retries = &route.traffic.retries;
     let mut retry_guard = None;
     let mut n = 0;
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let i = choose(route, candidates, &tried, Instant::now());
+        // The request's start stands for now on the first attempt (one clock read less).
+        let now = if n == 0 { t0 } else { Instant::now() };
+        let i = choose(route, candidates, &tried, now);
         tried.push(i);
-        let outcome = attempt(route, stats, i, &head, &mut payload).await;
+        let outcome = attempt(route, stats, i, &head, &mut payload, now).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
         {
@@ -1151,27 +1153,40 @@ async fn outbound(
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
     let routes = current(&routes);
-    let Some(host) = host_of(&req) else {
-        return Ok(text(
-            StatusCode::BAD_REQUEST,
-            "NoHost: the request names no valid Host\n",
-        ));
-    };
-    let Some(route) = routes.iter().find(|r| r.host == host) else {
+    let name = host_of(&req);
+    // Service names are ASCII and compared without case: no canonical copy is made unless the
+    // name matches no route.
+    let found = name.and_then(|n| {
+        routes
+            .iter()
+            .find(|r| r.host.as_str().eq_ignore_ascii_case(n))
+    });
+    let Some(route) = found else {
+        let Some(host) = name.and_then(|n| n.to_ascii_lowercase().parse::<Hostname>().ok()) else {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "NoHost: the request names no valid Host\n",
+            ));
+        };
         // Not counted per service: the name came from the client, so it is unbounded.
         return Ok(text(
             StatusCode::NOT_FOUND,
             format!("NoRoute: no service {host}\n"),
         ));
     };
-    let resp = routed(route, &stats, req).await;
+    let resp = routed(route, &stats, req, t0).await;
     route.metrics.record(resp.status().as_u16(), t0.elapsed());
     Ok(resp)
 }
 
 /// An outbound request for a known service: its HTTP route and subset, faults, then attempts
-/// within the route timeout.
-async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Response<Body> {
+/// within the route timeout. `t0` is when it came (moved on past any wait here).
+async fn routed(
+    route: &Route,
+    stats: &Stats,
+    req: Request<Incoming>,
+    mut t0: Instant,
+) -> Response<Body> {
     let host = &route.host;
     let target = route.traffic.routing.decide(
         req.method().as_str(),
@@ -1198,6 +1213,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
     {
         stats.fault_delays.inc();
         tokio::time::sleep(d.fixed_delay).await;
+        t0 = Instant::now();
     }
     if let Some(a) = &fault.abort
         && a.share.hit(fastrand::u32(..Share::MILLION))
@@ -1231,7 +1247,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
     };
     let (mut head, body) = req.into_parts();
     // The app cannot speak for anyone: identity is added on the receiving side only.
-    head.headers.remove(CLIENT_ID_HEADER);
+    head.headers.remove(&CLIENT_ID_HEADER);
     let run = async {
         let replay = route.traffic.retries.attempts > 0
             && body
@@ -1242,7 +1258,10 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
             Payload::Kept(Bytes::new())
         } else if replay {
             match body.collect().await {
-                Ok(b) => Payload::Kept(b.to_bytes()),
+                Ok(b) => {
+                    t0 = Instant::now();
+                    Payload::Kept(b.to_bytes())
+                }
                 Err(e) => {
                     return text(StatusCode::BAD_REQUEST, format!("BadRequestBody: {e}\n"));
                 }
@@ -1250,7 +1269,7 @@ async fn routed(route: &Route, stats: &Stats, req: Request<Incoming>) -> Respons
         } else {
             Payload::Stream(Some(boxed(body)))
         };
-        attempts(route, candidates, stats, head, payload).await
+        attempts(route, candidates, stats, head, payload, t0).await
     };
     match route.traffic.timeout {
         None => run.await,
@@ -1290,7 +1309,7 @@ async fn inbound(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
-    let resp = to_app(&ctx.0, &ctx.1, req).await;
+    let resp = to_app(&ctx.0, &ctx.1, req, t0).await;
     ctx.0.metrics.record(resp.status().as_u16(), t0.elapsed());
     Ok(resp)
 }
@@ -1300,7 +1319,13 @@ async fn inbound(
 pub const READY_PATH: &str = "/.well-known/meshfed/ready";
 
 /// An inbound request from a verified caller: path check, authorization, then the app.
-async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
+/// `t0` is when the request came.
+async fn to_app(
+    inb: &Inbound,
+    caller: &Caller,
+    req: Request<Incoming>,
+    t0: Instant,
+) -> Response<Body> {
     if req.uri().path() == READY_PATH && req.method() == hyper::Method::GET {
         let ready = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(inb.app))
             .await
@@ -1337,47 +1362,61 @@ async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Respo
     }
     inb.stats.allowed.inc();
     let app = inb.app;
-    let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| app.to_string());
-    let target = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+    // The path the policies saw, when normalizing changed it.
+    let rewritten = match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
     };
-    match target.parse() {
-        Ok(u) => parts.uri = u,
-        Err(_) => {
-            return text(StatusCode::BAD_REQUEST, "InvalidPath: unparseable target\n");
+    let (mut parts, body) = req.into_parts();
+    // Needed for HTTP/2 to the app (`:authority`) or an HTTP/1.1 request without `Host`.
+    let authority = (inb.app_protocol == HttpVersion::Http2
+        || !parts.headers.contains_key(hyper::header::HOST))
+    .then(|| {
+        parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .map_or_else(|| app.to_string(), str::to_owned)
+    });
+    if rewritten.is_some() || parts.uri.scheme().is_some() {
+        let path = rewritten.as_deref().unwrap_or(parts.uri.path());
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        match hyper::Uri::try_from(target) {
+            Ok(u) => parts.uri = u,
+            Err(_) => {
+                return text(StatusCode::BAD_REQUEST, "InvalidPath: unparseable target\n");
+            }
         }
     }
     // Remove every client-sent copy, also one named in Connection (H12), then add ours.
     strip_hop_by_hop(&mut parts.headers);
-    while parts.headers.remove(CLIENT_ID_HEADER).is_some() {}
+    while parts.headers.remove(&CLIENT_ID_HEADER).is_some() {}
     if let Some(v) = &caller.header {
         parts.headers.insert(CLIENT_ID_HEADER, v.clone());
     }
     // Hop-by-hop headers are already gone (above).
     let target = parts.uri.clone();
     let mut req = Request::from_parts(parts, boxed(body));
-    set_target(&mut req, inb.app_protocol, &authority, &target);
+    set_target(
+        &mut req,
+        inb.app_protocol,
+        authority.as_deref().unwrap_or_default(),
+        &target,
+    );
     let mut gate = inb.app_pool.gate(inb.app_protocol).await;
-    if let Some(mut s) = inb.app_pool.take() {
+    if let Some(mut s) = inb.app_pool.take(t0) {
         drop(gate.take());
         match pool::send(&mut s, req).await {
-            Ok(resp) => {
-                inb.app_pool.put_when_ready(s);
-                return response(resp);
-            }
+            Ok(resp) => return response(inb.app_pool.keep(s, resp)),
             Err(SendError::NotSent(back, _)) => req = *back,
             Err(SendError::Broken(e)) => {
                 return text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
@@ -1408,10 +1447,7 @@ async fn to_app(inb: &Inbound, caller: &Caller, req: Request<Incoming>) -> Respo
         }
     };
     match pool::send(&mut s, req).await {
-        Ok(resp) => {
-            inb.app_pool.put_when_ready(s);
-            response(resp)
-        }
+        Ok(resp) => response(inb.app_pool.keep(s, resp)),
         Err(SendError::NotSent(_, e) | SendError::Broken(e)) => {
             text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))
         }
