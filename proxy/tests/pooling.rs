@@ -21,7 +21,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use meshfed_proxy::sidecar;
 use meshfed_trust::CertificateAuthority;
-use meshfed_trust::verify::Expect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A body of `left` bytes in 64 KiB frames, made as it is read; `Content-Length` is given
