@@ -5,9 +5,10 @@
 //! Format: `mfpt1.<base64url JSON claims>.<base64url ECDSA signature>`, signed by A's signing
 //! root, which must be in the bundle the token carries. The signature catches corruption and
 //! edits; like any bearer token, it must travel over a channel the operators trust.
-//! A records only a hash of the secret and accepts each secret once ([`redeem`]); B refuses a
-//! token it has accepted before ([`accept_and_store`]). Every check runs before anything is
-//! written, so a refused token stores nothing.
+//! A records only a hash of the secret and accepts each secret once ([`Ledger::redeem`]); B
+//! refuses a token it has accepted before ([`Ledger::check_new`]). Where the ledger and peer
+//! bundles are kept, and the checks run before anything is written (so a refused token stores
+//! nothing), is [`crate::store`].
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -469,54 +470,4 @@ pub fn write_ledger(dir: &Path, before: &Ledger, after: &Ledger) -> Result<(), T
         write_file(&dir.join(ACCEPTED), &accepted, 0o600)?;
     }
     Ok(())
-}
-
-/// Reads a CA folder's ledger, changes it, and writes it back if `change` succeeded.
-fn with_ledger<T>(
-    dir: &Path,
-    change: impl FnOnce(&mut Ledger) -> Result<T, TokenError>,
-) -> Result<T, TokenError> {
-    let before = read_ledger(dir)?;
-    let mut after = before.clone();
-    let out = change(&mut after)?;
-    write_ledger(dir, &before, &after)?;
-    Ok(out)
-}
-
-/// Records a pending token in the issuer's CA directory.
-pub fn record_pending(dir: &Path, pending: Pending) -> Result<(), TokenError> {
-    with_ledger(dir, |l| {
-        l.record(pending, SystemTime::now());
-        Ok(())
-    })
-}
-
-/// Redeems a secret once (the peering service calls this when the acceptor first connects).
-/// Returns the token id.
-pub fn redeem(dir: &Path, secret: &str, now: SystemTime) -> Result<String, TokenError> {
-    with_ledger(dir, |l| l.redeem(secret, now))
-}
-
-/// Verifies a token on the accepting side and stores the issuer's bundle in
-/// `<dir>/bundles/<trust-domain>.json`. Refuses tokens of our own trust domain and tokens
-/// already accepted; on any error nothing is written.
-pub fn accept_and_store(
-    dir: &Path,
-    own: &TrustDomain,
-    token: &str,
-    now: SystemTime,
-) -> Result<Verified, TokenError> {
-    let v = verify(token, now)?;
-    if &v.trust_domain == own {
-        return Err(TokenError::OwnTrustDomain(own.to_string()));
-    }
-    read_ledger(dir)?.check_new(&v.id)?;
-    crate::store::DirStore::new(dir, own.clone())
-        .save(&v.bundle)
-        .map_err(|e| TokenError::Store {
-            path: dir.display().to_string(),
-            detail: e.to_string(),
-        })?;
-    with_ledger(dir, |l| l.accept(&v.id))?;
-    Ok(v)
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use meshfed_trust::CertificateAuthority;
-use meshfed_trust::token::{self, TokenRequest};
+use meshfed_trust::bundle::TrustBundleSet;
+use meshfed_trust::store::{self, DirStore, StoreError};
+use meshfed_trust::token::{self, Pending, TokenRequest, Verified};
 use support::*;
 
 fn tempdir() -> PathBuf {
@@ -39,6 +41,29 @@ fn request() -> TokenRequest {
     }
 }
 
+/// What the acceptor does (`meshfed peering token accept`): check the token, then store its
+/// bundle and record it as accepted, in the CA folder `dir` of the mesh with trust domain
+/// `own`.
+async fn accept(dir: &Path, own: &str, tok: &str, now: SystemTime) -> Result<Verified, StoreError> {
+    let store = DirStore::new(dir, td(own));
+    let v = store::check_token(&store, &TrustBundleSet::new(), &td(own), tok, now).await?;
+    store::accept(&store, &v).await?;
+    Ok(v)
+}
+
+/// The issuer's folder store (alpha.local).
+fn issuer(dir: &Path) -> DirStore {
+    DirStore::new(dir, td("alpha.local"))
+}
+
+async fn record(dir: &Path, pending: Pending) {
+    store::record_pending(&issuer(dir), pending).await.unwrap();
+}
+
+async fn redeem(dir: &Path, secret: &str, now: SystemTime) -> Result<String, StoreError> {
+    store::redeem(&issuer(dir), secret, now).await
+}
+
 /// Every file under `dir` with its contents, to prove nothing was written.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -57,14 +82,14 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn a_token_is_accepted_once_and_stores_the_bundle() {
+#[tokio::test]
+async fn a_token_is_accepted_once_and_stores_the_bundle() {
     let now = SystemTime::now();
     let ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     let (tok, pending) = token::create(&ca, &request(), now).unwrap();
     assert!(tok.starts_with("mfpt1."));
     let b_dir = tempdir();
-    let v = token::accept_and_store(&b_dir, &td("beta.local"), &tok, now).unwrap();
+    let v = accept(&b_dir, "beta.local", &tok, now).await.unwrap();
     assert_eq!(v.peer_name.as_str(), "alpha-mesh");
     assert_eq!(v.trust_domain.as_str(), "alpha.local");
     assert_eq!(
@@ -75,32 +100,33 @@ fn a_token_is_accepted_once_and_stores_the_bundle() {
     assert!(b_dir.join("bundles/alpha.local.json").exists());
     // Accepting it again is refused and changes nothing.
     let before = snapshot(&b_dir);
-    let err = token::accept_and_store(&b_dir, &td("beta.local"), &tok, now).unwrap_err();
+    let err = accept(&b_dir, "beta.local", &tok, now).await.unwrap_err();
     assert_eq!(err.reason(), "TokenAlreadyAccepted");
     assert_eq!(snapshot(&b_dir), before);
     // The issuer redeems the secret once.
     let a_dir = tempdir();
-    token::record_pending(&a_dir, pending.clone()).unwrap();
+    record(&a_dir, pending.clone()).await;
     let raw = std::fs::read_to_string(a_dir.join("pending-tokens.json")).unwrap();
     assert!(
         !raw.contains(&v.secret),
         "the issuer stores only a hash of the secret"
     );
-    assert_eq!(token::redeem(&a_dir, &v.secret, now).unwrap(), pending.id);
+    assert_eq!(redeem(&a_dir, &v.secret, now).await.unwrap(), pending.id);
     assert_eq!(
-        token::redeem(&a_dir, &v.secret, now).unwrap_err().reason(),
+        redeem(&a_dir, &v.secret, now).await.unwrap_err().reason(),
         "TokenReused"
     );
     assert_eq!(
-        token::redeem(&a_dir, "not-a-secret", now)
+        redeem(&a_dir, "not-a-secret", now)
+            .await
             .unwrap_err()
             .reason(),
         "TokenUnknownSecret"
     );
 }
 
-#[test]
-fn bad_tokens_are_refused_and_store_nothing() {
+#[tokio::test]
+async fn bad_tokens_are_refused_and_store_nothing() {
     let now = SystemTime::now();
     let ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     let other = CertificateAuthority::new(td("alpha.local"), now).unwrap();
@@ -193,7 +219,7 @@ fn bad_tokens_are_refused_and_store_nothing() {
     for (name, t, when, expected) in cases {
         let dir = tempdir();
         let before = snapshot(&dir);
-        let err = token::accept_and_store(&dir, &td("beta.local"), &t, when).unwrap_err();
+        let err = accept(&dir, "beta.local", &t, when).await.unwrap_err();
         if expected != "*" {
             assert_eq!(err.reason(), expected, "{name}: {err}");
         }
@@ -202,13 +228,13 @@ fn bad_tokens_are_refused_and_store_nothing() {
     }
     // A token of our own trust domain.
     let dir = tempdir();
-    let err = token::accept_and_store(&dir, &td("alpha.local"), &tok, now).unwrap_err();
+    let err = accept(&dir, "alpha.local", &tok, now).await.unwrap_err();
     assert_eq!(err.reason(), "TokenOwnTrustDomain");
     assert!(snapshot(&dir).is_empty());
 }
 
-#[test]
-fn issuer_checks_its_own_request() {
+#[tokio::test]
+async fn issuer_checks_its_own_request() {
     let now = SystemTime::now();
     let ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     let mut r = request();
@@ -233,13 +259,14 @@ fn issuer_checks_its_own_request() {
     let (tok, pending) = token::create(&ca, &request(), now).unwrap();
     let secret = token::verify(&tok, now).unwrap().secret;
     let dir = tempdir();
-    token::record_pending(&dir, pending).unwrap();
+    record(&dir, pending).await;
     assert_eq!(
-        token::redeem(&dir, &secret, now + Duration::from_secs(7200))
+        redeem(&dir, &secret, now + Duration::from_secs(7200))
+            .await
             .unwrap_err()
             .reason(),
         "TokenExpired"
     );
     // Still redeemable in time: the failed attempt consumed nothing.
-    assert!(token::redeem(&dir, &secret, now).is_ok());
+    assert!(redeem(&dir, &secret, now).await.is_ok());
 }
