@@ -494,7 +494,11 @@ fn main() {
     {
         hwm.insert(p.name.clone(), p.mem_kib("VmHWM"));
     }
-    let report = report(&figs, &idle, &hwm, reps);
+    let report = format!(
+        "{}\n{}\n",
+        report(&figs, &idle, &hwm, reps),
+        harness::layout_line(meshfed)
+    );
     eprintln!("{report}");
     let raw_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-raw");
     let _ = std::fs::create_dir_all(&raw_dir);

@@ -309,7 +309,11 @@ spec:
             }
         }
     }
-    let report = report(&figs, &idle, &hwm, reps);
+    let report = format!(
+        "{}\n{}\n",
+        report(&figs, &idle, &hwm, reps),
+        harness::layout_line(meshfed)
+    );
     eprintln!("{report}");
     let raw_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-raw");
     let _ = std::fs::create_dir_all(&raw_dir);

@@ -342,3 +342,35 @@ impl Figures {
         Some((v[v.len() / 2], v[0], v[v.len() - 1]))
     }
 }
+
+/// How much of `cli/sidecar.order` the binary at `meshfed` still has: the sidecar's code is laid
+/// out together only for the names found (a name changes when its code, or code it is built
+/// from, changes), so idle RSS grows as the list goes stale.
+pub fn layout_line(meshfed: &str) -> String {
+    let order = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sidecar.order");
+    let Ok(listed) = std::fs::read_to_string(&order) else {
+        return "Code layout: no cli/sidecar.order.".into();
+    };
+    let Ok(out) = Command::new("nm")
+        .args(["--defined-only", meshfed])
+        .output()
+    else {
+        return "Code layout: not checked (no `nm`).".into();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let present: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let names: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+    let found = names.iter().filter(|n| present.contains(*n)).count();
+    format!(
+        "Code layout: {found} of {} functions listed in cli/sidecar.order are in this binary{}.",
+        names.len(),
+        if found * 100 < names.len() * 97 {
+            " — stale: run `make sidecar-order`"
+        } else {
+            ""
+        }
+    )
+}
