@@ -34,21 +34,19 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     r
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ]
-    .contains(name)
-}
+/// Hop-by-hop headers always removed; `TE` is removed unless it says only `trailers`.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == TE || HOP_BY_HOP.contains(name)
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded, plus any header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -73,14 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .get_all(TE)
         .iter()
         .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
     if !trailers {

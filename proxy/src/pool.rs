@@ -1,8 +1,8 @@
 //! Upstream connections kept for reuse, one pool per endpoint (and one for the local app): a
 //! reused connection saves the TCP and mTLS handshakes. HTTP/1.1 connections carry one exchange
 //! at a time and wait idle in a list (joining it when a response body has been read to its
-//! end); an HTTP/2 connection multiplexes, so one is shared by
-//! every request to the endpoint until it closes.
+//! end); an HTTP/2 connection multiplexes, so one is shared by every request to the endpoint
+//! until it closes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -62,8 +62,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Pool {
     /// The shared HTTP/2 connection, or the most recently used idle HTTP/1.1 one, if any is
-    /// still open at `now` (the request's start will do). An idle one may not be ready for a request yet (its connection task has
-    /// not seen the end of the last exchange): [`send`] waits for that.
+    /// still open at `now` (the request's start will do). An idle one may not be ready for a
+    /// request yet (its connection task has not seen the end of the last exchange): [`send`]
+    /// waits for that.
     pub fn take(&self, now: Instant) -> Option<Conn> {
         {
             let mut shared = lock(&self.shared);
