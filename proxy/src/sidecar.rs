@@ -750,6 +750,8 @@ enum Payload {
 impl Payload {
     fn take(&mut self) -> Option<Body> {
         match self {
+            // An empty body boxes without allocating.
+            Self::Kept(b) if b.is_empty() => Some(Empty::new().map_err(|n| match n {}).boxed()),
             Self::Kept(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
             Self::Stream(s) => s.take(),
         }
@@ -1094,12 +1096,13 @@ async fn attempts(
     let retries = &route.traffic.retries;
     let mut retry_guard = None;
     let mut n = 0;
+    // Endpoints tried before this attempt (filled only when there is a retry: no allocation
+    // for the usual request).
     let mut tried: Vec<usize> = Vec::new();
     loop {
         // The request's start stands for now on the first attempt (one clock read less).
         let now = if n == 0 { t0 } else { Instant::now() };
         let i = choose(route, candidates, &tried, now);
-        tried.push(i);
         let outcome = attempt(route, stats, i, &head, &mut payload, now).await;
         if let (Some(o), Some(v)) = (&route.outliers, outcome.verdict())
             && o.record(i, v, Instant::now())
@@ -1132,6 +1135,7 @@ async fn attempts(
             retry_guard = Some(InFlight::new(&route.retrying));
         }
         drop(outcome);
+        tried.push(i);
         n += 1;
         stats.retries.inc();
         let now = Instant::now();
@@ -1399,10 +1403,11 @@ async fn to_app(
     }
     // Remove every client-sent copy, also one named in Connection (H12), then add ours.
     strip_hop_by_hop(&mut parts.headers);
-    while parts.headers.remove(&CLIENT_ID_HEADER).is_some() {}
-    if let Some(v) = &caller.header {
-        parts.headers.insert(CLIENT_ID_HEADER, v.clone());
-    }
+    // (`insert` and `remove` both drop every value the name had.)
+    match &caller.header {
+        Some(v) => parts.headers.insert(CLIENT_ID_HEADER, v.clone()),
+        None => parts.headers.remove(&CLIENT_ID_HEADER),
+    };
     // Hop-by-hop headers are already gone (above).
     let target = parts.uri.clone();
     let mut req = Request::from_parts(parts, boxed(body));

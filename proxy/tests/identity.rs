@@ -348,3 +348,50 @@ async fn updates_apply_without_dropping_requests_in_flight() {
     let (_, body) = get(addr, HOST, "").await;
     assert_eq!(body_json(&body)["instance"], "two", "{body}");
 }
+
+/// A workload that skips its sidecar and speaks to a server sidecar's inbound listener itself,
+/// with its own SVID, still cannot claim another identity: every copy of the identity header
+/// it sends is replaced by its verified one, also when it names the header in `Connection`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_headers_sent_straight_to_the_inbound_are_replaced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let (srv, _e) = server(
+        &ca,
+        "echo-1",
+        Expect::domain("alpha.local".parse().unwrap()),
+    )
+    .await;
+    let verifier = meshfed_trust::SpiffeServerVerifier::new(
+        bundles(&ca),
+        Expect::Ids([ECHO.parse().unwrap()].into()),
+        verify::provider(),
+    );
+    let mut tls =
+        verify::client_config(resolver(&ca, UI), verifier.into(), verify::provider()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    for connection in ["close", "x-meshfed-client-id, close"] {
+        let tcp = tokio::net::TcpStream::connect(srv.inbound.unwrap())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+        let mut s = tls.connect(name, tcp).await.unwrap();
+        let req = format!(
+            "GET /whoami HTTP/1.1\r\nHost: {HOST}\r\n\
+             x-meshfed-client-id: spiffe://alpha.local/ns/kube-system/sa/admin\r\n\
+             Connection: {connection}\r\nX-Meshfed-Client-Id: evil\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp).await;
+        let resp = String::from_utf8_lossy(&resp);
+        let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(
+            body_json(body)["caller"],
+            UI,
+            "Connection: {connection}: {resp}"
+        );
+    }
+}

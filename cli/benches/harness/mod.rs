@@ -211,6 +211,8 @@ pub struct Run {
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
+    /// The slowest request, µs.
+    pub max: f64,
     /// Share of requests that did not get a 2xx.
     pub failed: f64,
 }
@@ -298,6 +300,7 @@ impl Gen {
             p50: us("p50"),
             p99: us("p99"),
             p999: us("p99.9"),
+            max: v["summary"]["slowest"].as_f64().unwrap_or(f64::NAN) * 1e6,
             failed: if total + errors > 0.0 {
                 1.0 - ok / (total + errors)
             } else {
@@ -340,6 +343,63 @@ impl Figures {
         }
         v.sort_by(f64::total_cmp);
         Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+    }
+
+    /// Linkerd's method (performance.md §2): for each system, path and fixed rate, drops the
+    /// repetition whose slowest request (metric `max µs @RATE`) was the slowest of all, from
+    /// every figure measured at that rate. Returns how many repetitions were dropped.
+    pub fn drop_slowest_repetition(&mut self) -> usize {
+        let mut drops = Vec::new();
+        for ((sys, path, metric), v) in &self.values {
+            let Some(rate) = metric.strip_prefix("max µs ") else {
+                continue;
+            };
+            let worst = v
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_finite())
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
+            if let Some(i) = worst {
+                drops.push((sys.clone(), path.clone(), rate.to_owned(), i));
+            }
+        }
+        for (sys, path, rate, i) in &drops {
+            for ((s, p, m), v) in &mut self.values {
+                if s == sys && p == path && m.ends_with(rate.as_str()) && *i < v.len() {
+                    v.remove(*i);
+                }
+            }
+        }
+        drops.len()
+    }
+}
+
+/// A figure against its goal, as performance.md §6 judges it: on the median ratio, except
+/// that where meshfed's min–max spread overlaps the best peer's spread scaled by the goal,
+/// the result is "within noise" rather than pass or fail. `ours` and `best` are (median, min,
+/// max); `goal` is the ratio to reach, at least (`higher`) or at most.
+pub fn judge(
+    ours: (f64, f64, f64),
+    best: (f64, f64, f64),
+    goal: f64,
+    higher: bool,
+) -> &'static str {
+    let (m, lo, hi) = ours;
+    let (bm, blo, bhi) = (best.0 * goal, best.1 * goal, best.2 * goal);
+    if !(m.is_finite() && bm.is_finite()) {
+        return "—";
+    }
+    let met = if higher { m >= bm } else { m <= bm };
+    let single = lo == hi && blo == bhi;
+    if (if higher { lo > bhi } else { hi < blo }) || (single && met) {
+        "pass"
+    } else if (if higher { hi < blo } else { lo > bhi }) || single {
+        "fail"
+    } else if met {
+        "within noise, median met"
+    } else {
+        "within noise, median missed"
     }
 }
 
