@@ -174,6 +174,11 @@ spec:
         ),
     )
     .unwrap();
+    // Every process stays in the foreground (HAProxy `-db`, nginx `daemon off`): a daemon
+    // calls setsid, and with the kernel's autogroup scheduling (on by default) a new session
+    // is a scheduling group of its own, which gets as much CPU as the whole group of the
+    // generator, the origin and the other proxies — measured on loopback, a daemonized HAProxy
+    // was preempted 3× less and showed ~10 % more peak rps than the same HAProxy in the group.
     let h_server = Proc::spawn(
         &dir,
         "haproxy-server",
