@@ -718,8 +718,10 @@ fn response(mut resp: Response<Body>) -> Response<Body> {
 }
 
 /// Set by a receiving sidecar on an answer to a request it never handed to its app (the app
-/// refused the connection): the calling sidecar may send it elsewhere like a connection
-/// failure, and removes the header.
+/// refused the connection), or to a request safe to repeat (an idempotent method, no body)
+/// whose reused connection to the app broke — as it does when the app dies with idle
+/// connections open: the calling sidecar may send it elsewhere like a connection failure, and
+/// removes the header.
 const NOT_DELIVERED: HeaderName = HeaderName::from_static("x-meshfed-not-delivered");
 
 /// Envoy's overprovisioning factor: a priority keeps all its traffic while at least 1/1.4 of
@@ -1417,6 +1419,11 @@ async fn to_app(
         authority.as_deref().unwrap_or_default(),
         &target,
     );
+    // Repeating it elsewhere does no harm if the app saw it after all.
+    let repeatable = matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    ) && req.body().is_end_stream();
     let mut gate = inb.app_pool.gate(inb.app_protocol).await;
     if let Some(mut s) = inb.app_pool.take(t0) {
         drop(gate.take());
@@ -1424,7 +1431,14 @@ async fn to_app(
             Ok(resp) => return response(inb.app_pool.keep(s, resp)),
             Err(SendError::NotSent(back, _)) => req = *back,
             Err(SendError::Broken(e)) => {
-                return text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
+                let mut r = text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
+                if repeatable {
+                    r.headers_mut().insert(
+                        NOT_DELIVERED,
+                        HeaderValue::from_static("app-connection-lost"),
+                    );
+                }
+                return r;
             }
         }
     }

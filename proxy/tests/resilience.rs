@@ -405,3 +405,62 @@ async fn request_bodies_arrive_whole_when_replayed_or_streamed() {
     assert_eq!(status, 503);
     assert_eq!(only_bad.stats.retries.get(), 0);
 }
+
+/// An app that answers the first request on each connection, then reads the next one and
+/// closes the connection without answering: what a receiving sidecar sees when its app dies
+/// while it holds idle connections to it.
+async fn dies_on_reuse() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                for answered in [true, false] {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    if answered {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if c.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A GET the receiving sidecar wrote on a reused app connection that then broke is marked
+/// not-delivered (it is safe to repeat), so the calling sidecar sends it to another endpoint:
+/// no request fails while an app dies with idle connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
+    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let dying = meshfed_proxy::sidecar::start(
+        server_config(dies_on_reuse().await),
+        resolver(&ca, ECHO),
+        bundles(&ca),
+    )
+    .await
+    .unwrap();
+    let (healthy, _e) = server(
+        &ca,
+        "echo-1",
+        Expect::domain("alpha.local".parse().unwrap()),
+    )
+    .await;
+    let cli = client(&ca, UI, vec![endpoint_of(&dying), endpoint_of(&healthy)]).await;
+    for i in 0..12 {
+        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+}
