@@ -724,6 +724,13 @@ fn response(mut resp: Response<Body>) -> Response<Body> {
 /// removes the header.
 const NOT_DELIVERED: HeaderName = HeaderName::from_static("x-meshfed-not-delivered");
 
+/// Marks a receiving sidecar's answer as [`NOT_DELIVERED`], saying why.
+fn not_delivered(mut r: Response<Body>, why: &'static str) -> Response<Body> {
+    r.headers_mut()
+        .insert(NOT_DELIVERED, HeaderValue::from_static(why));
+    r
+}
+
 /// Envoy's overprovisioning factor: a priority keeps all its traffic while at least 1/1.4 of
 /// its endpoints are healthy, and hands the rest to the next priority as it degrades.
 const OVERPROVISIONING: f64 = 1.4;
@@ -1419,26 +1426,27 @@ async fn to_app(
         authority.as_deref().unwrap_or_default(),
         &target,
     );
-    // Repeating it elsewhere does no harm if the app saw it after all.
-    let repeatable = matches!(
-        *req.method(),
-        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
-    ) && req.body().is_end_stream();
     let mut gate = inb.app_pool.gate(inb.app_protocol).await;
     if let Some(mut s) = inb.app_pool.take(t0) {
         drop(gate.take());
+        // Repeating it elsewhere does no harm if the app saw it after all.
+        let repeatable = matches!(
+            *req.method(),
+            hyper::Method::GET
+                | hyper::Method::HEAD
+                | hyper::Method::OPTIONS
+                | hyper::Method::TRACE
+        ) && req.body().is_end_stream();
         match pool::send(&mut s, req).await {
             Ok(resp) => return response(inb.app_pool.keep(s, resp)),
             Err(SendError::NotSent(back, _)) => req = *back,
             Err(SendError::Broken(e)) => {
-                let mut r = text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
-                if repeatable {
-                    r.headers_mut().insert(
-                        NOT_DELIVERED,
-                        HeaderValue::from_static("app-connection-lost"),
-                    );
-                }
-                return r;
+                let r = text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
+                return if repeatable {
+                    not_delivered(r, "app-connection-lost")
+                } else {
+                    r
+                };
             }
         }
     }
@@ -1456,13 +1464,11 @@ async fn to_app(
             s
         }
         Err(e) => {
-            let mut r = text(
+            let r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("AppUnavailable: {e}\n"),
             );
-            r.headers_mut()
-                .insert(NOT_DELIVERED, HeaderValue::from_static("app-unavailable"));
-            return r;
+            return not_delivered(r, "app-unavailable");
         }
     };
     match pool::send(&mut s, req).await {

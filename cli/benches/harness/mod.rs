@@ -385,16 +385,21 @@ pub fn judge(
     goal: f64,
     higher: bool,
 ) -> &'static str {
-    let (m, lo, hi) = ours;
-    let (bm, blo, bhi) = (best.0 * goal, best.1 * goal, best.2 * goal);
+    // Lower-is-better figures are negated, so one comparison serves both.
+    let s = if higher { 1.0 } else { -1.0 };
+    let span = |(m, a, b): (f64, f64, f64), k: f64| {
+        let (a, b) = (s * a * k, s * b * k);
+        (s * m * k, a.min(b), a.max(b))
+    };
+    let ((m, lo, hi), (bm, blo, bhi)) = (span(ours, 1.0), span(best, goal));
     if !(m.is_finite() && bm.is_finite()) {
         return "—";
     }
-    let met = if higher { m >= bm } else { m <= bm };
+    let met = m >= bm;
     let single = lo == hi && blo == bhi;
-    if (if higher { lo > bhi } else { hi < blo }) || (single && met) {
+    if lo > bhi || (single && met) {
         "pass"
-    } else if (if higher { hi < blo } else { lo > bhi }) || single {
+    } else if hi < blo || single {
         "fail"
     } else if met {
         "within noise, median met"
