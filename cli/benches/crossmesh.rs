@@ -249,7 +249,7 @@ fn haproxy_chain(haproxy: &Path, dir: &Path, origin: SocketAddr) -> Chain {
         .collect();
     let tls_in = |a: SocketAddr| {
         format!(
-            "bind {a} ssl crt {d}/server.pem ca-file {d}/root.pem verify required ssl-min-ver TLSv1.3 curves X25519"
+            "bind {a} ssl crt {d}/server.pem ca-file {d}/root.pem verify required ssl-min-ver TLSv1.3 curves X25519 no-tls-tickets"
         )
     };
     let tls_out = |a: SocketAddr| {
@@ -418,10 +418,7 @@ fn main() {
         raw: Vec::new(),
     };
     let mut figs = Figures::default();
-    let tck: f64 = run(Command::new("getconf").arg("CLK_TCK"))
-        .trim()
-        .parse()
-        .unwrap_or(100.0);
+    let tck = harness::clock_ticks();
     let started = Instant::now();
     for rep in 0..reps {
         chains.rotate_left(1);
@@ -445,6 +442,7 @@ fn main() {
                 body: None,
                 conns: None,
                 tls: false,
+                fresh: false,
             };
             let path = if c.name == "direct" { "P0" } else { "P4" };
             eprintln!("  {}: warm-up, peak", c.name);

@@ -5,13 +5,16 @@
 //! - P0: generator → origin.
 //! - P1: generator —mTLS→ proxy → origin (the server-side hop: client certificate verified).
 //! - P2: generator → client proxy —mTLS→ server proxy → origin (the sidecar pair).
+//! - P5: P1 with a new connection, so a full mTLS handshake, for every request.
 //!
 //! Every proxy runs one worker thread; TLS 1.3 with X25519 and ECDSA P-256 certificates from
 //! the same mesh CA; no session resumption; access logs off; keep-alive to the origin and
 //! between the proxies. Load comes from `oha` over 16 keep-alive HTTP/1.1 connections:
 //! closed-loop for peak rps, fixed-rate with latency correction for percentiles (timed from
-//! when each request was due). CPU is utime+stime of the proxy processes over the 1,000 rps
-//! window; RSS is read idle (after start, before any request) and as the high-water mark at the
+//! when each request was due). CPU is utime+stime of the proxy processes over each fixed-rate
+//! window; at peak it is also given per request, for each proxy and for the whole machine
+//! (`/proc/stat`), since with everything on two vCPUs the peak follows the machine's CPU per
+//! request, of which the proxy is a part. RSS is read idle (after start, before any request) and as the high-water mark at the
 //! end. Each repetition rotates the order of the systems; the median of the repetitions is
 //! reported with its min–max; with 4 or more repetitions, the one with the slowest request is
 //! left out of each fixed-rate point first (Linkerd's method). Each goal row is judged as
@@ -161,7 +164,7 @@ spec:
     std::fs::write(
         dir.join("haproxy-server.cfg"),
         haproxy_cfg(
-            &format!("bind {h_in} ssl crt {d}/server.pem ca-file {d}/root.pem verify required ssl-min-ver TLSv1.3 curves X25519"),
+            &format!("bind {h_in} ssl crt {d}/server.pem ca-file {d}/root.pem verify required ssl-min-ver TLSv1.3 curves X25519 no-tls-tickets"),
             &format!("server o {origin}"),
         ),
     )
@@ -246,6 +249,7 @@ spec:
         body: None,
         conns: None,
         tls: true,
+        fresh: false,
     };
     let plain = |addr: SocketAddr| Target {
         url: format!("http://{addr}/"),
@@ -253,6 +257,7 @@ spec:
         body: None,
         conns: None,
         tls: false,
+        fresh: false,
     };
     let mut systems = vec![
         System {
@@ -357,7 +362,11 @@ spec:
              \"within noise\" where meshfed's min–max overlaps the best peer's scaled by the goal \
              (performance.md §6); a fixed rate above a quarter of a system's peak is marked \
              near saturation (it measures queueing). Added latency = path minus P0 in the same run. CPU = \
-             utime+stime of the path's proxies over the fixed-rate window. {versions}. Raw \
+             utime+stime of the path's proxies over the fixed-rate window; at peak, also per \
+             request, for each proxy and (from /proc/stat) for the whole machine. P5 = P1 with \
+             `--disable-keepalive`: a new connection and a full mTLS handshake per request \
+             (HAProxy `no-tls-tickets` and no session cache, nginx tickets and cache off, \
+             meshfed never resumes), closed loop {secs} s. {versions}. Raw \
              generator JSON: target/bench-raw/ (not committed).",
             secs = knob("BENCH_SECS", 10),
             warm = knob("BENCH_WARMUP", 3),
@@ -375,18 +384,32 @@ spec:
 fn measure(load: &mut Gen, figs: &mut Figures, sys: &str, path: &str, t: &Target, procs: &[&Proc]) {
     let secs = knob("BENCH_SECS", 10);
     let warm = knob("BENCH_WARMUP", 3);
-    let tck: f64 = run(Command::new("getconf").arg("CLK_TCK"))
-        .trim()
-        .parse()
-        .unwrap_or(100.0);
+    let tck = harness::clock_ticks();
+    let ticks = || procs.iter().map(|p| p.cpu_ticks()).sum::<u64>();
+    // CPU µs per request over a run: each proxy's (when there are proxies) and the machine's.
+    let per_request = |cpu: u64, r: &harness::Run, elapsed: f64, n: usize| {
+        cpu as f64 / tck * 1e6 / (r.rps * elapsed) / n as f64
+    };
     eprintln!("  {sys} {path}: warm-up, peak");
     load.oha(&format!("{sys} {path} warm-up"), t, None, warm);
+    let (before, machine, t0) = (ticks(), harness::machine_busy_ticks(), Instant::now());
     let peak = load.oha(&format!("{sys} {path} peak"), t, None, secs);
+    let elapsed = t0.elapsed().as_secs_f64();
     figs.push(sys, path, "peak rps", peak.rps);
     figs.push(sys, path, "peak failed %", peak.failed * 100.0);
+    let machine = harness::machine_busy_ticks() - machine;
+    figs.push(
+        sys,
+        path,
+        "peak machine µs",
+        per_request(machine, &peak, elapsed, 1),
+    );
+    if !procs.is_empty() {
+        let us = per_request(ticks() - before, &peak, elapsed, procs.len());
+        figs.push(sys, path, "peak proxy µs", us);
+    }
     for rate in RATES {
         eprintln!("  {sys} {path}: {rate} rps");
-        let ticks = || procs.iter().map(|p| p.cpu_ticks()).sum::<u64>();
         let before = ticks();
         let t0 = Instant::now();
         let r = load.oha(&format!("{sys} {path} {rate} rps"), t, Some(rate), secs);
@@ -410,6 +433,26 @@ fn measure(load: &mut Gen, figs: &mut Figures, sys: &str, path: &str, t: &Target
                 per_proxy,
             );
         }
+    }
+    // P5 at the mTLS listener (performance.md §5): a new connection, so a full handshake (no
+    // system resumes sessions), for every request; closed loop.
+    if t.tls && !procs.is_empty() {
+        eprintln!("  {sys} {path}: a new connection per request");
+        let fresh = Target {
+            fresh: true,
+            ..t.clone()
+        };
+        let (before, t0) = (ticks(), Instant::now());
+        let h = load.oha(&format!("{sys} {path} new connections"), &fresh, None, secs);
+        let us = per_request(
+            ticks() - before,
+            &h,
+            t0.elapsed().as_secs_f64(),
+            procs.len(),
+        );
+        figs.push(sys, path, "new conns/s", h.rps);
+        figs.push(sys, path, "new conns failed %", h.failed * 100.0);
+        figs.push(sys, path, "new conn proxy µs", us);
     }
 }
 
@@ -463,6 +506,21 @@ fn report(
             "| {path} | {metric} | {direct} | {hap} | {ngx} | {mf} | {ratio} | {sign} {goal:.2} | {result}{note} |"
         );
     };
+    // A figure shown with its ratio to the best peer (lower is better) but no goal of its own.
+    let info = |out: &mut String, path: &str, label: &str, direct: String, m: &str, digits| {
+        let ours = figs.get("meshfed", path, m);
+        let ratio = match (ours, best_of(peers.map(|p| figs.get(p, path, m)), false)) {
+            (Some(o), Some(b)) => format!("{:.2}", o.0 / b.0),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {path} | {label} | {direct} | {} | {} | {} | {ratio} | | |",
+            fmt(figs.get("HAProxy", path, m), digits),
+            fmt(figs.get("nginx", path, m), digits),
+            fmt(ours, digits),
+        );
+    };
     for path in ["P1", "P2"] {
         // Peak rps: higher is better.
         let m = "peak rps";
@@ -495,6 +553,33 @@ fn report(
             fmt(figs.get("nginx", path, m), 2),
             fmt(figs.get("meshfed", path, m), 2),
         );
+        // Where the peak's CPU went: with generator, origin and proxies sharing the machine,
+        // peak rps follows the machine's CPU per request, of which a proxy is a part.
+        for (m, label, direct) in [
+            (
+                "peak proxy µs",
+                "CPU µs per request per proxy at peak",
+                false,
+            ),
+            (
+                "peak machine µs",
+                "machine CPU µs per request at peak",
+                true,
+            ),
+        ] {
+            info(
+                &mut out,
+                path,
+                label,
+                if direct {
+                    fmt(figs.get("direct", "P0", m), 1)
+                } else {
+                    "—".into()
+                },
+                m,
+                1,
+            );
+        }
         for rate in RATES {
             // Above a quarter of a system's peak, a fixed rate measures queueing (§1).
             let load = |p: f64| 100.0 * f64::from(rate) / p;
@@ -564,6 +649,43 @@ fn report(
                 fmt(figs.get("HAProxy", path, &m), 2),
                 fmt(figs.get("nginx", path, &m), 2),
                 fmt(figs.get("meshfed", path, &m), 2),
+            );
+        }
+        // P5: a new connection and full mTLS handshake per request (the mTLS listener only).
+        let m = "new conns/s";
+        if figs.get("meshfed", path, m).is_some() {
+            row(
+                &mut out,
+                path,
+                "new mTLS connections/s (P5, closed loop)",
+                [
+                    "—".into(),
+                    fmt(figs.get("HAProxy", path, m), 0),
+                    fmt(figs.get("nginx", path, m), 0),
+                    fmt(figs.get("meshfed", path, m), 0),
+                ],
+                figs.get("meshfed", path, m),
+                best_of(peers.map(|p| figs.get(p, path, m)), true),
+                1.30,
+                true,
+                "",
+            );
+            let m = "new conns failed %";
+            let _ = writeln!(
+                out,
+                "| {path} | failed % in the new-connection run | — | {} | {} | {} | | 0 | |",
+                fmt(figs.get("HAProxy", path, m), 2),
+                fmt(figs.get("nginx", path, m), 2),
+                fmt(figs.get("meshfed", path, m), 2),
+            );
+            let m = "new conn proxy µs";
+            info(
+                &mut out,
+                path,
+                "CPU µs per new connection per proxy",
+                "—".into(),
+                m,
+                0,
             );
         }
     }

@@ -41,6 +41,27 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// CPU time the whole machine spent busy (user, nice, system, irq, softirq), in clock ticks.
+pub fn machine_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s.lines().next()?.split_whitespace().skip(1);
+            let f: Vec<u64> = cpu.filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq
+            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum())
+        })
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+pub fn clock_ticks() -> f64 {
+    run(Command::new("getconf").arg("CLK_TCK"))
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -147,11 +168,14 @@ pub fn peer_cert(dir: &Path, name: &str, uri: &str, dns: &str) {
     .unwrap();
 }
 
+/// HAProxy with one thread; no TLS session cache (bind lines add `no-tls-tickets`), so every
+/// handshake is a full one, as with nginx and meshfed.
 pub fn haproxy_cfg(front: &str, back: &str) -> String {
     format!(
         "global
   nbthread 1
   maxconn 4096
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 5s
@@ -218,6 +242,7 @@ pub struct Run {
 }
 
 /// What the generator is pointed at.
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     /// The `Host` header (the service's name, for meshfed's routing).
@@ -228,6 +253,8 @@ pub struct Target {
     pub conns: Option<u32>,
     /// Client certificate and key (mTLS to the first hop).
     pub tls: bool,
+    /// A new connection — with `tls`, a full mTLS handshake — for every request.
+    pub fresh: bool,
 }
 
 pub struct Gen {
@@ -257,6 +284,9 @@ impl Gen {
         }
         if let Some(r) = rate {
             cmd.args(["-q", &r.to_string(), "--latency-correction"]);
+        }
+        if t.fresh {
+            cmd.arg("--disable-keepalive");
         }
         if t.tls {
             let d = &self.dir;
@@ -309,6 +339,7 @@ impl Gen {
         };
         self.raw.push(serde_json::json!({
             "label": label, "rate": rate, "secs": secs, "url": t.url, "mtls": t.tls,
+            "new_connection_per_request": t.fresh,
             "summary": v["summary"], "latencyPercentiles": v["latencyPercentiles"],
             "statusCodeDistribution": v["statusCodeDistribution"],
             "errorDistribution": v["errorDistribution"],
