@@ -506,6 +506,24 @@ fn report(
             "| {path} | {metric} | {direct} | {hap} | {ngx} | {mf} | {ratio} | {sign} {goal:.2} | {result}{note} |"
         );
     };
+    // A rate (higher is better) against the best peer's, with its goal.
+    let rate_row = |out: &mut String, path: &str, label: &str, direct: String, m: &str, goal| {
+        let cells = ["HAProxy", "nginx", "meshfed"].map(|s| fmt(figs.get(s, path, m), 0));
+        let [hap, ngx, mf] = cells;
+        let best = best_of(peers.map(|p| figs.get(p, path, m)), true);
+        let ours = figs.get("meshfed", path, m);
+        row(
+            out,
+            path,
+            label,
+            [direct, hap, ngx, mf],
+            ours,
+            best,
+            goal,
+            true,
+            "",
+        );
+    };
     // A figure shown with its ratio to the best peer (lower is better) but no goal of its own.
     let info = |out: &mut String, path: &str, label: &str, direct: String, m: &str, digits| {
         let ours = figs.get("meshfed", path, m);
@@ -528,22 +546,8 @@ fn report(
             .iter()
             .filter_map(|s| figs.get(s, path, m).map(|x| x.0))
             .collect();
-        row(
-            &mut out,
-            path,
-            "peak rps",
-            [
-                fmt(figs.get("direct", "P0", m), 0),
-                fmt(figs.get("HAProxy", path, m), 0),
-                fmt(figs.get("nginx", path, m), 0),
-                fmt(figs.get("meshfed", path, m), 0),
-            ],
-            figs.get("meshfed", path, m),
-            best_of(peers.map(|p| figs.get(p, path, m)), true),
-            1.10,
-            true,
-            "",
-        );
+        let direct = fmt(figs.get("direct", "P0", m), 0);
+        rate_row(&mut out, path, "peak rps", direct, m, 1.10);
         let m = "peak failed %";
         let _ = writeln!(
             out,
@@ -654,22 +658,8 @@ fn report(
         // P5: a new connection and full mTLS handshake per request (the mTLS listener only).
         let m = "new conns/s";
         if figs.get("meshfed", path, m).is_some() {
-            row(
-                &mut out,
-                path,
-                "new mTLS connections/s (P5, closed loop)",
-                [
-                    "—".into(),
-                    fmt(figs.get("HAProxy", path, m), 0),
-                    fmt(figs.get("nginx", path, m), 0),
-                    fmt(figs.get("meshfed", path, m), 0),
-                ],
-                figs.get("meshfed", path, m),
-                best_of(peers.map(|p| figs.get(p, path, m)), true),
-                1.30,
-                true,
-                "",
-            );
+            let label = "new mTLS connections/s (P5, closed loop)";
+            rate_row(&mut out, path, label, "—".into(), m, 1.30);
             let m = "new conns failed %";
             let _ = writeln!(
                 out,
