@@ -32,9 +32,7 @@ fn free_addr() -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_fails_over_to_the_peer_without_errors_and_comes_back() {
-    let ca =
-        CertificateAuthority::new("alpha.local".parse().unwrap(), std::time::SystemTime::now())
-            .unwrap();
+    let ca = alpha_ca();
     // Two local endpoints whose apps are down, and the peer's.
     let (a1, a2) = (free_addr(), free_addr());
     let (l1, l2) = (sidecar_for(&ca, a1).await, sidecar_for(&ca, a2).await);

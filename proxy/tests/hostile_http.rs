@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
-use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,7 +24,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_and_oversized_headers_are_refused() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (srv, _e) = echo_server(&ca, echo_config("echo-1"), Expect::AnyKnownDomain, vec![]).await;
     let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let out = cli.outbound.unwrap();

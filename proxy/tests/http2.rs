@@ -8,7 +8,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::SystemTime;
 
 use common::*;
 use http_body_util::{BodyExt, Empty, Full};
@@ -19,10 +18,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_proxy::sidecar::{self, HttpVersion, Running, SidecarConfig};
 use meshfed_trust::CertificateAuthority;
-
-fn ca() -> CertificateAuthority {
-    CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap()
-}
 
 /// A server sidecar for an app at `app` speaking `version`.
 async fn server_for(ca: &CertificateAuthority, app: SocketAddr, version: HttpVersion) -> Running {
@@ -99,7 +94,7 @@ fn get(path: &str) -> Request<Empty<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_reach_h2c_apps_over_h2_between_the_sidecars() {
-    let ca = ca();
+    let ca = alpha_ca();
     let (app, _task) = meshfed_proxy::echo::start(any(), echo_config("echo-h2"))
         .await
         .unwrap();
@@ -129,7 +124,7 @@ async fn h2c_clients_reach_h2c_apps_over_h2_between_the_sidecars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_and_te_trailers_cross_both_hops() {
-    let ca = ca();
+    let ca = alpha_ca();
     let app = grpc_like_app().await;
     let srv = server_for(&ca, app, HttpVersion::Http2).await;
     let cli = client_for(&ca, &srv, HttpVersion::Http2).await;
@@ -147,7 +142,7 @@ async fn trailers_and_te_trailers_cross_both_hops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_mix_on_either_side() {
-    let ca = ca();
+    let ca = alpha_ca();
     // An HTTP/1.1 client, an HTTP/2 service.
     let (app, _t1) = meshfed_proxy::echo::start(any(), echo_config("h2-app"))
         .await

@@ -18,13 +18,8 @@ use meshfed_trust::verify::{self, Expect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_sees_the_callers_verified_identity() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
-    let (srv, _e) = server(
-        &ca,
-        "echo-1",
-        Expect::domain("alpha.local".parse().unwrap()),
-    )
-    .await;
+    let ca = alpha_ca();
+    let (srv, _e) = domain_server(&ca, "echo-1").await;
     let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let out = cli.outbound.unwrap();
     let (status, body) = get(out, HOST, "").await;
@@ -45,7 +40,7 @@ async fn the_app_sees_the_callers_verified_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_identities_are_refused_on_either_side() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     // The server allows only one other caller.
     let (srv, _e) = server(
         &ca,
@@ -96,7 +91,7 @@ async fn wrong_identities_are_refused_on_either_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_spread_round_robin() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (s1, _e1) = server(&ca, "echo-1", Expect::AnyKnownDomain).await;
     let (s2, _e2) = server(&ca, "echo-2", Expect::AnyKnownDomain).await;
     let eps = vec![
@@ -145,7 +140,7 @@ fn policy(name: &str, action: Action, rule: Rule) -> Policy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_checks_the_normalized_path_it_forwards() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let policies = vec![
         policy(
             "deny-admin",
@@ -226,7 +221,7 @@ async fn authorization_checks_the_normalized_path_it_forwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_reports_health_and_metrics() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let deny = Policy {
         name: "no-admin".into(),
         action: Action::Deny,
@@ -291,7 +286,7 @@ async fn the_admin_port_reports_health_and_metrics() {
 /// The count in the metric line starting with `prefix`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (srv, _e) = server(&ca, "echo-1", Expect::AnyKnownDomain).await;
     let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let n = 20;
@@ -311,7 +306,7 @@ async fn connections_are_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_apply_without_dropping_requests_in_flight() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let slow = EchoConfig {
         latency: Duration::from_secs(1),
         ..echo_config("one")
@@ -355,13 +350,8 @@ async fn updates_apply_without_dropping_requests_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_headers_sent_straight_to_the_inbound_are_replaced() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
-    let (srv, _e) = server(
-        &ca,
-        "echo-1",
-        Expect::domain("alpha.local".parse().unwrap()),
-    )
-    .await;
+    let ca = alpha_ca();
+    let (srv, _e) = domain_server(&ca, "echo-1").await;
     let verifier = meshfed_trust::SpiffeServerVerifier::new(
         bundles(&ca),
         Expect::Ids([ECHO.parse().unwrap()].into()),

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use hyper::body::{Bytes, Frame, SizeHint};
@@ -128,7 +128,7 @@ async fn check(addr: SocketAddr, path: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_return_once_their_response_is_read_to_the_end() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (cli, _srv, accepted) = sidecars(&ca).await;
     let addr = cli.outbound.unwrap();
     // By length and by chunks, one after another: one connection on each hop carries all.
@@ -145,7 +145,7 @@ async fn connections_return_once_their_response_is_read_to_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_response_takes_its_connections_with_it() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (cli, _srv, accepted) = sidecars(&ca).await;
     let addr = cli.outbound.unwrap();
     check(addr, "/sized/", 10).await;

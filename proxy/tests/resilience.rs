@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use meshfed_core::traffic::{
@@ -18,7 +18,7 @@ use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 
 fn ca() -> CertificateAuthority {
-    CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap()
+    alpha_ca()
 }
 
 async fn echo(ca: &CertificateAuthority, cfg: EchoConfig) -> (Endpoint, Running) {
@@ -444,7 +444,7 @@ async fn dies_on_reuse() -> std::net::SocketAddr {
 /// no request fails while an app dies with idle connections open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let dying = meshfed_proxy::sidecar::start(
         server_config(dies_on_reuse().await),
         resolver(&ca, ECHO),
@@ -452,12 +452,7 @@ async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
     )
     .await
     .unwrap();
-    let (healthy, _e) = server(
-        &ca,
-        "echo-1",
-        Expect::domain("alpha.local".parse().unwrap()),
-    )
-    .await;
+    let (healthy, _e) = domain_server(&ca, "echo-1").await;
     let cli = client(&ca, UI, vec![endpoint_of(&dying), endpoint_of(&healthy)]).await;
     for i in 0..12 {
         let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;

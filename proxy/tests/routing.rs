@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use common::*;
 use meshfed_core::routing::{
@@ -15,7 +14,6 @@ use meshfed_core::routing::{
 };
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_proxy::sidecar::{Endpoint, Running};
-use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 
 fn labeled(srv: &Running, version: &str) -> Endpoint {
@@ -106,7 +104,7 @@ async fn served(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_by_header_path_and_method_and_split_by_weight() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (v1, t1) = echo_server(&ca, echo_config("echo-v1"), Expect::AnyKnownDomain, vec![]).await;
     let (v2, t2) = echo_server(&ca, echo_config("echo-v2"), Expect::AnyKnownDomain, vec![]).await;
     let endpoints = vec![labeled(&v1, "v1"), labeled(&v2, "v2")];

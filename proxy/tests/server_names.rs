@@ -6,19 +6,16 @@
 
 mod common;
 
-use std::time::SystemTime;
-
 use common::*;
 use meshfed_core::Hostname;
 use meshfed_core::traffic::TrafficPolicy;
 use meshfed_proxy::sidecar::{self, Endpoint, SidecarConfig};
-use meshfed_trust::CertificateAuthority;
 
 const EXPORTED: &str = "echo.shop.svc.beta-exports.local";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hello_for_another_service_is_refused() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (app, _t) = meshfed_proxy::echo::start(any(), echo_config("echo-1"))
         .await
         .unwrap();

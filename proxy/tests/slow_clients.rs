@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use meshfed_proxy::sidecar::HEADER_READ_TIMEOUT;
-use meshfed_trust::CertificateAuthority;
 use meshfed_trust::verify::Expect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,7 +27,7 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(s: &mut S, t0: Instant) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dribbled_headers_and_idle_connections_are_closed() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let (srv, _e) = echo_server(&ca, echo_config("echo-1"), Expect::AnyKnownDomain, vec![]).await;
     let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
     let out = cli.outbound.unwrap();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use meshfed_core::authz::{Action, Operation, Policy, Rule};
@@ -105,7 +105,7 @@ async fn until_count(r: &Running, direction: &str, result: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_reach_the_tcp_app_and_only_served_ports() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let app = tcp_echo().await;
     let srv = server(&ca, app.port(), vec![]).await;
     // A refusing endpoint first: skipped for the next.
@@ -135,7 +135,7 @@ async fn streams_reach_the_tcp_app_and_only_served_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_authorized_by_identity_and_http_only_denies_fail_closed() {
-    let ca = CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap();
+    let ca = alpha_ca();
     let app = tcp_echo().await;
     // DENY GET requests: a stream has no method, so the rule denies every stream.
     let deny_gets = Policy {

@@ -21,6 +21,11 @@ pub const UI: &str = "spiffe://alpha.local/ns/web/sa/ui";
 pub const ECHO: &str = "spiffe://alpha.local/ns/shop/sa/echo";
 pub const HOST: &str = "echo.shop.svc.cluster.local";
 
+/// A new CA for `alpha.local`, the trust domain of every identity above.
+pub fn alpha_ca() -> CertificateAuthority {
+    CertificateAuthority::new("alpha.local".parse().unwrap(), SystemTime::now()).unwrap()
+}
+
 pub fn bundles(ca: &CertificateAuthority) -> SharedBundles {
     let mut s = TrustBundleSet::new();
     s.insert(ca.bundle(1).unwrap()).unwrap();
@@ -52,6 +57,14 @@ pub async fn server(
 }
 
 /// [`server`] with authorization policies.
+/// A server sidecar that lets in any caller from the CA's own trust domain.
+pub async fn domain_server(
+    ca: &CertificateAuthority,
+    instance: &str,
+) -> (Running, tokio::task::JoinHandle<()>) {
+    server(ca, instance, Expect::domain(ca.trust_domain().clone())).await
+}
+
 pub async fn guarded(
     ca: &CertificateAuthority,
     instance: &str,
