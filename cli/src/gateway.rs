@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshfed_control::GatewayPlan;
-use meshfed_control::Log;
 use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
@@ -24,7 +23,6 @@ use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, SvidResolver};
 use tokio::sync::{mpsc, watch};
 
-use crate::note;
 use crate::trust::DirArg;
 
 #[derive(Args, Debug)]
@@ -100,7 +98,8 @@ pub struct GatewayArgs {
 }
 
 pub fn run(args: GatewayArgs) -> Result<ExitCode> {
-    crate::runtime(args.workers)?.block_on(run_async(args))
+    let span = tracing::info_span!("component", component = %"gateway", peer = %args.peer);
+    crate::runtime(args.workers)?.block_on(tracing::Instrument::instrument(run_async(args), span))
 }
 
 /// What `peer` may reach through our ingress: exported name → the local service's endpoints.
@@ -249,7 +248,7 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
             },
         )
         .await?;
-        note(&format!(
+        tracing::info!(
             "ingress for {} on {}: accepts {} and serves {}",
             peer.name,
             g.addr,
@@ -259,7 +258,7 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
             } else {
                 names.join(", ")
             }
-        ));
+        );
         running.push(g);
         roles.push("ingress");
     }
@@ -281,7 +280,7 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
             },
         )
         .await?;
-        note(&format!(
+        tracing::info!(
             "egress to {} on {} ({} tunnel): carries {}",
             peer.name,
             g.addr,
@@ -291,7 +290,7 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
             } else {
                 names.join(", ")
             }
-        ));
+        );
         running.push(g);
         roles.push("egress");
     }
@@ -305,10 +304,10 @@ async fn run_file(args: &GatewayArgs, mesh_path: &std::path::Path) -> Result<Exi
 async fn start_discovery(addr: SocketAddr, upstream: &str) -> Result<relay::Gateway> {
     let upstream = crate::node::resolve_host_port(upstream).await?;
     let g = relay::start_discovery(addr, upstream).await?;
-    note(&format!(
+    tracing::info!(
         "discovery port on {}: forwards to the peering service at {upstream}",
         g.addr
-    ));
+    );
     Ok(g)
 }
 
@@ -345,7 +344,7 @@ async fn serve_and_drain(
             });
             let (bound, task) =
                 meshfed_peering::admin::serve_with(addr, status, Some(pages)).await?;
-            note(&format!("admin on http://{bound}/status"));
+            tracing::info!("admin on http://{bound}/status");
             Some(task)
         }
         None => None,
@@ -355,14 +354,12 @@ async fn serve_and_drain(
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    note(&format!(
+    tracing::info!(
         "draining: no new connections; waiting up to {:?} for those in flight",
         args.drain_timeout
-    ));
+    );
     let left: u64 = drain_all(running, args.drain_timeout).await;
-    note(&format!(
-        "drained; {left} connection(s) cut at the deadline"
-    ));
+    tracing::info!("drained; {left} connection(s) cut at the deadline");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -426,19 +423,15 @@ async fn join(
     boot: &Bootstrap,
     namespace: &str,
     name: &str,
-    log: &Log,
     sibling_of: Option<&Client>,
 ) -> Result<(Client, Arc<SvidResolver>)> {
     let client = match sibling_of {
         Some(c) => c.sibling(name),
-        None => Client::new(boot.clone(), namespace, name, log.clone())?,
+        None => Client::new(boot.clone(), namespace, name)?,
     };
     let svid = crate::proxy::certify_first(&client, boot.control_plane).await?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
-    note(&format!(
-        "certified as {} by {}",
-        svid.id, boot.control_plane
-    ));
+    tracing::info!("certified as {} by {}", svid.id, boot.control_plane);
     {
         let (client, resolver) = (client.clone(), resolver.clone());
         tokio::spawn(async move { client.renew_forever(resolver, svid).await });
@@ -515,12 +508,12 @@ fn answer<T>(update: Update, r: Result<T>) -> Option<T> {
     let version = update.received.version;
     match r {
         Ok(x) => {
-            note(&format!("applied config version {version}"));
+            tracing::info!("applied config version {version}");
             let _ = update.done.send(Ok(()));
             Some(x)
         }
         Err(e) => {
-            note(&format!("refused config version {version}: {e:#}"));
+            tracing::warn!("refused config version {version}: {e:#}");
             let _ = update.done.send(Err(format!("{e:#}")));
             None
         }
@@ -541,10 +534,9 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
         .egress_name
         .clone()
         .unwrap_or_else(|| format!("egress-{peer}"));
-    let log: Log = Arc::new(|line: &str| note(line));
     let serve_ingress = args.ingress.is_some() || args.discovery.is_some();
     let ingress_id = match serve_ingress {
-        true => Some(join(&boot, &namespace, &ingress_name, &log, None).await?),
+        true => Some(join(&boot, &namespace, &ingress_name, None).await?),
         false => None,
     };
     let egress_id = match args.egress.is_some() {
@@ -553,7 +545,6 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
                 &boot,
                 &namespace,
                 &egress_name,
-                &log,
                 ingress_id.as_ref().map(|(c, _)| c),
             )
             .await?,
@@ -620,7 +611,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
                     },
                 )
                 .await?;
-                note(&format!("ingress for {peer} on {}", g.addr));
+                tracing::info!("ingress for {peer} on {}", g.addr);
                 running.push(g);
                 roles.push("ingress");
             }
@@ -637,7 +628,7 @@ async fn run_joined(args: &GatewayArgs, path: &std::path::Path) -> Result<ExitCo
                     },
                 )
                 .await?;
-                note(&format!("egress to {peer} on {} ({} tunnel)", g.addr, args.tunnel));
+                tracing::info!("egress to {peer} on {} ({} tunnel)", g.addr, args.tunnel);
                 tokio::spawn(report_reachability(g.stats.clone(), reports_tx.clone()));
                 running.push(g);
                 roles.push("egress");

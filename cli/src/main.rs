@@ -29,6 +29,17 @@ use meshfed_crds::validate::{self, Input, Report};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to standard error: text, or one JSON object per line. Which
+    /// lines: MESHFED_LOG (EnvFilter syntax, e.g. `debug` or `meshfed_peering=debug,info`;
+    /// default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MESHFED_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,7 +175,7 @@ fn echo(args: EchoArgs) -> Result<ExitCode> {
         let (addr, task) = meshfed_proxy::echo::start(args.listen, cfg)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        note(&format!("echo listening on http://{addr}"));
+        tracing::info!(listen = %addr, "echo listening on http://{addr}");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = task => {}
@@ -188,6 +199,10 @@ enum OutputFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    meshfed_app::logging::init(match cli.log_format {
+        LogFormat::Text => meshfed_app::logging::LogFormat::Text,
+        LogFormat::Json => meshfed_app::logging::LogFormat::Json,
+    });
     let result = match cli.command {
         Command::Crds {
             out_dir,

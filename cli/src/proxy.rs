@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use meshfed_control::Log;
 use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::catalog::Protocol;
 use meshfed_core::federation::MeshFederation;
@@ -28,7 +27,6 @@ use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::verify::{self, Expect, SvidResolver};
 use tokio::sync::{mpsc, watch};
 
-use crate::note;
 use crate::trust::DirArg;
 
 #[derive(Args, Debug)]
@@ -81,7 +79,13 @@ pub struct ProxyArgs {
 }
 
 pub fn run(args: ProxyArgs) -> Result<ExitCode> {
-    crate::runtime(args.workers)?.block_on(run_async(args))
+    let span = tracing::info_span!(
+        "component",
+        component = %"sidecar",
+        workload = %args.workload,
+        namespace = %args.namespace.as_deref().unwrap_or_default(),
+    );
+    crate::runtime(args.workers)?.block_on(tracing::Instrument::instrument(run_async(args), span))
 }
 
 /// One `--tcp SERVICE:PORT=LISTEN`: the service's TCP port, its endpoints, the listener.
@@ -414,8 +418,8 @@ async fn reload(
                 Ok(())
             });
         match applied {
-            Ok(()) => note(&format!("applied the new {}", path.display())),
-            Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+            Ok(()) => tracing::info!("applied the new {}", path.display()),
+            Err(e) => tracing::warn!("keeping the previous configuration: {e:#}"),
         }
     }
 }
@@ -441,7 +445,7 @@ async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     let app = cfg.app.map_or("-".into(), |a| a.to_string());
     let running = sidecar::start(cfg, resolver.clone(), verify::shared(held)).await?;
-    note(&format!(
+    tracing::info!(
         "sidecar for {} as {id}: inbound mTLS on {}, app {app}{}{}",
         args.workload,
         running.inbound.map_or("-".into(), |a| a.to_string()),
@@ -451,7 +455,7 @@ async fn run_file(args: &ProxyArgs, path: &PathBuf) -> Result<ExitCode> {
         running
             .admin
             .map_or(String::new(), |a| format!(", admin on http://{a}")),
-    ));
+    );
     // Renew the SVID at half life.
     let ca_dir = args.dir.dir.clone();
     let renew_id = id.clone();
@@ -482,15 +486,14 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
     let Some(namespace) = args.namespace.as_deref() else {
         bail!("--namespace is required with --bootstrap");
     };
-    let log: Log = Arc::new(|line: &str| note(line));
     let cp = boot.control_plane;
     // The app's readiness goes to the control plane on the config stream.
     let (ready_tx, ready_rx) = watch::channel(meshfed_api::config::Report::default());
-    let client = Client::new(boot, namespace, &args.workload, log)?.with_reports(ready_rx);
+    let client = Client::new(boot, namespace, &args.workload)?.with_reports(ready_rx);
     let svid = certify_first(&client, cp).await?;
     let id = svid.id.clone();
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
-    note(&format!("certified as {id} by {cp}"));
+    tracing::info!("certified as {id} by {cp}");
     let renew = tokio::spawn({
         let (client, resolver) = (client.clone(), resolver.clone());
         async move { client.renew_forever(resolver, svid).await }
@@ -521,8 +524,8 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
                 Some(u) => {
                     let r = apply(args, &client, &resolver, &id, &mut running, u.received).await;
                     match &r {
-                        Ok((version, _)) => note(&format!("applied config version {version}")),
-                        Err(e) => note(&format!("keeping the previous configuration: {e:#}")),
+                        Ok((version, _)) => tracing::info!("applied config version {version}"),
+                        Err(e) => tracing::warn!("keeping the previous configuration: {e:#}"),
                     }
                     if let Ok((_, Some(app))) = &r
                         && readiness.is_none()
@@ -549,10 +552,10 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
         ready_tx.send_modify(|r| {
             r.workload = Some(meshfed_api::config::WorkloadReadiness { ready: false });
         });
-        note(&format!(
+        tracing::info!(
             "draining: reported not ready; serving for {:?} more",
             args.drain
-        ));
+        );
         drain_until = Some(tokio::time::Instant::now() + args.drain);
     }
     renew.abort();
@@ -592,7 +595,7 @@ pub(crate) async fn certify_first(client: &Client, cp: SocketAddr) -> Result<mes
         match client.certify(None).await {
             Ok(s) => return Ok(s),
             Err(e) if e.reason == "ControlPlaneUnreachable" => {
-                note(&format!("waiting for the control plane at {cp}: {e}"));
+                tracing::info!("waiting for the control plane at {cp}: {e}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
@@ -637,7 +640,7 @@ async fn apply(
             let previous = bundles.swap(Arc::new(received.bundles));
             match sidecar::start(cfg, resolver.clone(), bundles.clone()).await {
                 Ok(r) => {
-                    note(&format!(
+                    tracing::info!(
                         "sidecar for {} as {id}: inbound mTLS on {}{}{}",
                         args.workload,
                         r.inbound.map_or("-".into(), |a| a.to_string()),
@@ -645,7 +648,7 @@ async fn apply(
                             .map_or(String::new(), |a| format!(", outbound on {a}")),
                         r.admin
                             .map_or(String::new(), |a| format!(", admin on http://{a}")),
-                    ));
+                    );
                     *running = Some(r);
                 }
                 Err(e) => {

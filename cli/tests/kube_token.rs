@@ -277,10 +277,12 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
         import_state(alpha_admin, "beta").as_deref() == Some("Active")
     })
     .await;
+    let alpha_log = std::fs::read_to_string(dir.join("alpha.log")).unwrap();
     assert!(
-        std::fs::read_to_string(dir.join("alpha.log"))
-            .unwrap()
-            .contains("redeemed by mesh \"beta\""),
+        alpha_log
+            .lines()
+            .any(|l| l.contains("peering token redeemed") && l.contains("peer_mesh=beta")),
+        "{alpha_log}"
     );
     // Status in Maistra's shape: what beta exports, what alpha imported it as, and alpha's
     // watch of beta.

@@ -40,6 +40,9 @@ fn every_shipped_scenario_passes_and_writes_its_reports() {
             .arg(&file)
             .arg("--out")
             .arg(&out)
+            // Every meshfed line at debug (the libraries beneath at info), to be searched for
+            // secrets below.
+            .env("MESHFED_LOG", DEBUG_LOG)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&o.stdout);
@@ -64,7 +67,78 @@ fn every_shipped_scenario_passes_and_writes_its_reports() {
         let html = std::fs::read_to_string(name.with_extension("html")).unwrap();
         assert!(html.contains("<svg") && html.contains("PASSED"), "{html}");
         assert!(html.contains("Requests per second by serving mesh"));
+        no_secret_in_logs(&out);
     }
+}
+
+/// meshfed's own crates at debug; the HTTP/2, TLS and QUIC libraries at info.
+const DEBUG_LOG: &str = "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,rustls=info,quinn=info,quinn_proto=info,kube=info";
+
+/// Files under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// No log line of a lab run carries a key, a join secret or a token secret; and the lines
+/// carry the span fields.
+fn no_secret_in_logs(out: &std::path::Path) {
+    let all = files(out);
+    let logs: Vec<(PathBuf, String)> = all
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| (p.clone(), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    assert!(logs.len() > 3, "the lab's component logs: {all:?}");
+    let mut secrets = Vec::new();
+    for p in &all {
+        let name = p.file_name().unwrap().to_string_lossy();
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        if name.ends_with("bootstrap.json") {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            secrets.push(v["token"].as_str().unwrap().to_owned());
+        }
+        // Each private key's body, line by line.
+        if text.contains("PRIVATE KEY-----") {
+            secrets.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(
+        secrets.iter().any(|s| s.len() >= 16) && secrets.len() > 2,
+        "found the run's secrets to look for: {secrets:?}"
+    );
+    let mut components = 0;
+    for (path, text) in &logs {
+        assert!(!text.contains("PRIVATE KEY"), "{}: a key", path.display());
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{} carries a secret ({}…)",
+                path.display(),
+                &s[..6]
+            );
+        }
+        if text.contains("component{component=") {
+            components += 1;
+        }
+    }
+    assert!(
+        components >= 2,
+        "control planes log inside their component span: {:?}",
+        logs.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{Log, MAX_MESSAGE_BYTES};
+use crate::MAX_MESSAGE_BYTES;
 
 /// Longest wait for a connection or an answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,7 +221,6 @@ pub struct Client {
     namespace: String,
     workload: String,
     bundles: SharedBundles,
-    log: Log,
     reports: Option<Reports>,
     roots: Roots,
 }
@@ -261,12 +260,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for workload `namespace/workload`, trusting the bootstrap bundle until the
     /// first snapshot brings the full set.
-    pub fn new(
-        boot: Bootstrap,
-        namespace: &str,
-        workload: &str,
-        log: Log,
-    ) -> Result<Self, ClientError> {
+    pub fn new(boot: Bootstrap, namespace: &str, workload: &str) -> Result<Self, ClientError> {
         let own = boot
             .trust_bundle()
             .map_err(|e| ClientError::new("BadBootstrap", e))?;
@@ -278,7 +272,6 @@ impl Client {
             namespace: namespace.to_owned(),
             workload: workload.to_owned(),
             bundles: verify::shared(set),
-            log,
             reports: None,
             roots: Roots {
                 held: Arc::default(),
@@ -452,7 +445,7 @@ impl Client {
         let mut renewed_for = String::new();
         loop {
             if self.roots.stale() && *wanted.borrow() != renewed_for {
-                (self.log)("the mesh signs with a new root; renewing the certificate");
+                tracing::info!("the mesh signs with a new root; renewing the certificate");
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
             } else {
                 let half = svid
@@ -478,13 +471,13 @@ impl Client {
                 Ok(next) => match resolver.set(&next) {
                     Ok(()) => {
                         renewed_for = wanted.borrow().clone();
-                        (self.log)(&format!("renewed the SVID of {}", next.id));
+                        tracing::info!("renewed the SVID of {}", next.id);
                         svid = next;
                     }
-                    Err(e) => (self.log)(&format!("renewed SVID unusable: {e}")),
+                    Err(e) => tracing::warn!("renewed SVID unusable: {e}"),
                 },
                 Err(e) => {
-                    (self.log)(&format!("renewing the SVID failed (retrying): {e}"));
+                    tracing::warn!("renewing the SVID failed (retrying): {e}");
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
             }
@@ -516,10 +509,10 @@ impl Client {
                 Err(e) => e.to_string(),
             };
             if error != last_error {
-                (self.log)(&format!(
+                tracing::warn!(
                     "config stream: {error}; keeping version {} and retrying",
                     running.as_ref().map_or(0, |r| r.0)
-                ));
+                );
                 last_error.clone_from(&error);
             }
             state.send_modify(|s| s.last_error = Some(error));
@@ -631,7 +624,7 @@ impl Client {
                     In::Ack(pb::Ack { version })
                 }
                 Err(reason) => {
-                    (self.log)(&format!("refused config version {version}: {reason}"));
+                    tracing::warn!("refused config version {version}: {reason}");
                     state.send_modify(|s| s.nacked = Some((version, reason.clone())));
                     In::Nack(pb::Nack { version, reason })
                 }

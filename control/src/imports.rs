@@ -121,7 +121,6 @@ pub async fn serve_with_imports(
     on_mesh: Option<OnMesh>,
     tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<Mutex<ControlStatus>>,
-    log: crate::Log,
 ) {
     let wake = Arc::new(Notify::new());
     let mut forwarders = Vec::new();
@@ -174,9 +173,9 @@ pub async fn serve_with_imports(
         let (routes, missing) = resolve(&base.mesh, &current_feeds);
         if missing != missing_said {
             for (host, peer) in &missing {
-                log(&format!(
+                tracing::info!(
                     "{host} is imported from {peer}, but the mesh declares no egress gateway for that peer (spec.gateways); it is not served"
-                ));
+                );
             }
             missing_said = missing;
         }
@@ -191,11 +190,11 @@ pub async fn serve_with_imports(
             unready: Arc::new(unready),
         };
         if !prev.same_content(&next) {
-            log(&format!(
+            tracing::info!(
                 "serving version {} ({} imported service route(s))",
                 next.version,
                 next.imports.len()
-            ));
+            );
             status
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -27,9 +27,6 @@ pub mod source;
 /// Service account the control plane runs as, in the mesh's control-plane namespace.
 pub const CONTROL_SERVICE_ACCOUNT: &str = "meshfed-control";
 
-/// Where the control plane and the client report what they do (a line each).
-pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// Largest config message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 

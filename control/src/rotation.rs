@@ -25,8 +25,6 @@ use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
 use meshfed_trust::verify::{self, SharedBundles};
 
-use crate::Log;
-
 /// The default time between serving a new root and signing with it.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(10);
 
@@ -148,7 +146,6 @@ pub async fn watch_dir(
     dir: PathBuf,
     grace: Duration,
     every: Duration,
-    log: Log,
     mut on: impl FnMut(Event) -> bool + Send + 'static,
 ) {
     let mut seen = manifest(&dir);
@@ -165,10 +162,10 @@ pub async fn watch_dir(
         {
             promote_at = None;
             if ca.promote() {
-                log(&format!(
+                tracing::info!(
                     "signing with the new root {} from now on; proxies renew their certificates",
                     short(&ca.signing_root())
-                ));
+                );
                 if !on(Event::Signing) {
                     return;
                 }
@@ -184,10 +181,10 @@ pub async fn watch_dir(
         match result {
             Err(e) => {
                 if e != said {
-                    log(&format!(
+                    tracing::info!(
                         "keeping the current CA: {}: {e}",
                         dir.join("ca.json").display()
-                    ));
+                    );
                     said = e;
                 }
                 // Retried on the next change of the manifest.
@@ -199,16 +196,16 @@ pub async fn watch_dir(
                 match change {
                     Change::None => {}
                     Change::Bundle => {
-                        log("the CA's roots changed; serving the new bundle");
+                        tracing::info!("the CA's roots changed; serving the new bundle");
                         if !on(Event::Trusted) {
                             return;
                         }
                     }
                     Change::NewRoot => {
-                        log(&format!(
+                        tracing::info!(
                             "a new root {} is trusted; it signs in {grace:?}, once proxies and peers hold it",
                             short(&ca.trusted().signing_root_fingerprint())
-                        ));
+                        );
                         promote_at = Some(tokio::time::Instant::now() + grace);
                         if !on(Event::Trusted) {
                             return;
@@ -280,7 +277,6 @@ mod tests {
             dir.path().to_owned(),
             Duration::from_millis(300),
             Duration::from_millis(50),
-            Arc::new(|_: &str| {}),
             move |e| tx.send(e).is_ok(),
         ));
         let mut c = CertificateAuthority::load(dir.path()).unwrap();

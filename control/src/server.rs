@@ -22,13 +22,13 @@ use meshfed_trust::bootstrap::token_matches;
 use meshfed_trust::svid::{Role, inspect};
 use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeClientVerifier, SvidResolver};
 use rustls_pki_types::CertificateSigningRequestDer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::rotation::MeshCa;
-use crate::{Log, MAX_MESSAGE_BYTES, Snapshot};
+use crate::{MAX_MESSAGE_BYTES, Snapshot};
 
 /// Largest CSR accepted.
 const MAX_CSR_BYTES: usize = 16 << 10;
@@ -41,7 +41,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REASON: usize = 2048;
 
 /// What the control plane serves and how its proxies stand (`GET /status`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlStatus {
     /// The version being served.
@@ -57,8 +57,20 @@ pub struct ControlStatus {
     pub proxies: BTreeMap<String, ProxyStatus>,
 }
 
+/// What the control plane's admin endpoint serves at `/status`: its own status and, with
+/// `--peering`, its peering node's under `peering`. The lab, the scenario checks and
+/// `meshfed status` read it back as this type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminStatus {
+    #[serde(flatten)]
+    pub control: ControlStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering: Option<meshfed_peering::status::NodeStatus>,
+}
+
 /// One proxy's standing.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
     pub identity: String,
@@ -71,7 +83,7 @@ pub struct ProxyStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nacked: Option<Nacked>,
     /// A gateway's report: per peer, whether its ingress answered the last probe.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reachability: BTreeMap<String, Reachability>,
     /// A sidecar's report: whether its app accepts connections.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,7 +91,7 @@ pub struct ProxyStatus {
 }
 
 /// One peer as a gateway last reported it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Reachability {
     pub reachable: bool,
@@ -92,7 +104,7 @@ pub struct Reachability {
 /// Most peers one report may name.
 const MAX_REPORTED_PEERS: usize = 1_000;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Nacked {
     pub version: u64,
     pub reason: String,
@@ -106,7 +118,6 @@ pub struct ControlPlane {
     token: Arc<str>,
     svid_ttl: Duration,
     status: Arc<Mutex<ControlStatus>>,
-    log: Log,
     readiness: Arc<watch::Sender<Readiness>>,
 }
 
@@ -131,7 +142,6 @@ impl ControlPlane {
         ca: Arc<MeshCa>,
         token: &str,
         status: Arc<Mutex<ControlStatus>>,
-        log: Log,
     ) -> Self {
         status
             .lock()
@@ -143,7 +153,6 @@ impl ControlPlane {
             token: token.into(),
             svid_ttl: meshfed_trust::ca::DEFAULT_SVID_TTL,
             status,
-            log,
             readiness: Arc::new(watch::channel(Readiness::new()).0),
         }
     }
@@ -193,7 +202,7 @@ impl ControlPlane {
         st.certificates_refused += 1;
         st.last_refusal = Some(status.message().to_owned());
         drop(st);
-        (self.log)(&format!("refused a certificate: {}", status.message()));
+        tracing::warn!("refused a certificate: {}", status.message());
         status
     }
 
@@ -273,7 +282,7 @@ impl ControlPlane {
                     }
                     Ok(Some(ProxyMessage { msg: Some(In::Nack(n)) })) => {
                         let reason: String = n.reason.chars().take(MAX_REASON).collect();
-                        (self.log)(&format!("{key} refused version {}: {reason}", n.version));
+                        tracing::warn!("{key} refused version {}: {reason}", n.version);
                         self.with_proxy(&key, |p| {
                             p.nacked = Some(Nacked { version: n.version, reason });
                         });
@@ -641,7 +650,7 @@ impl MeshConfig for ControlPlane {
         let this = self.clone();
         tokio::spawn(async move {
             let why = this.run(caller.clone(), &mut inbound, &tx).await;
-            (this.log)(&format!("config stream of {caller} ended: {why}"));
+            tracing::info!("config stream of {caller} ended: {why}");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

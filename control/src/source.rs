@@ -101,7 +101,6 @@ pub async fn watch_file(
     tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<Mutex<ControlStatus>>,
     every: Duration,
-    log: crate::Log,
 ) {
     let mut last_seen: Option<(String, Trust)> = None;
     loop {
@@ -126,7 +125,7 @@ pub async fn watch_file(
             }
         };
         let changed = format!("loaded the changed {}", path.display());
-        publish(result, &tx, &status, &log, &changed, None);
+        publish(result, &tx, &status, &changed, None);
     }
 }
 
@@ -138,7 +137,6 @@ pub fn publish(
     result: Result<Option<Snapshot>, String>,
     tx: &watch::Sender<Arc<Snapshot>>,
     status: &Mutex<ControlStatus>,
-    log: &crate::Log,
     changed: &str,
     left_out: Option<String>,
 ) {
@@ -147,7 +145,7 @@ pub fn publish(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match result {
         Ok(Some(snap)) => {
-            log(changed);
+            tracing::info!("{changed}");
             st.config_error = left_out;
             drop(st);
             tx.send_replace(Arc::new(snap));
@@ -155,7 +153,7 @@ pub fn publish(
         Ok(None) => st.config_error = left_out,
         Err(e) => {
             if st.config_error.as_deref() != Some(e.as_str()) {
-                log(&format!("keeping version {}: {e}", st.version));
+                tracing::warn!("keeping version {}: {e}", st.version);
             }
             st.config_error = Some(e);
         }

@@ -12,7 +12,7 @@ use meshfed_control::client::{Client, ClientError, ClientState, Update};
 use meshfed_control::rotation::MeshCa;
 use meshfed_control::server::{self, ControlPlane, ControlStatus};
 use meshfed_control::source::{Trust, next_snapshot};
-use meshfed_control::{Log, Snapshot, control_plane_id};
+use meshfed_control::{Snapshot, control_plane_id};
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_peering::tls;
 use meshfed_trust::CertificateAuthority;
@@ -38,10 +38,6 @@ spec:
   - {{name: ui-1, namespace: web, service: ui, inbound: \"127.0.9.2:15006\", app: \"127.0.9.2:8080\"}}
 {extra}"
     )
-}
-
-fn quiet() -> Log {
-    Arc::new(|_: &str| {})
 }
 
 struct Cp {
@@ -103,7 +99,7 @@ impl Cp {
         let incoming = tls::incoming(listener, config, fail_tx);
         let (tx, rx) = watch::channel(Arc::new(snap));
         let status = Arc::new(Mutex::new(ControlStatus::default()));
-        let cp = ControlPlane::new(rx, ca.clone(), TOKEN, status.clone(), quiet());
+        let cp = ControlPlane::new(rx, ca.clone(), TOKEN, status.clone());
         let task = tokio::spawn(async move {
             let _ = cp.serve(incoming, std::future::pending()).await;
         });
@@ -129,7 +125,7 @@ impl Cp {
     }
 
     fn client(&self, ns: &str, workload: &str) -> Client {
-        Client::new(self.boot(TOKEN), ns, workload, quiet()).unwrap()
+        Client::new(self.boot(TOKEN), ns, workload).unwrap()
     }
 
     fn status(&self) -> ControlStatus {
@@ -177,7 +173,6 @@ async fn first_certificates_need_the_token_and_name_the_workloads_service_accoun
         cp.boot("ffffffffffffffffffffffffffffffff"),
         "shop",
         "echo-1",
-        quiet(),
     )
     .unwrap();
     let e = wrong.certify(None).await.unwrap_err();

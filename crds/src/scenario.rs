@@ -385,40 +385,6 @@ impl PeerStatusCheck {
                 .map_or(String::new(), |b| format!(" by {:.1}s", b.as_secs_f64()))
         )
     }
-
-    /// True when `status` — one entry of a control plane's `peering.imports` — shows it.
-    pub fn holds(&self, status: &serde_json::Value) -> bool {
-        if status["peer"].as_str() != Some(self.peer.as_str()) {
-            return false;
-        }
-        if let Some(s) = &self.state
-            && status["state"].as_str() != Some(s.as_str())
-        {
-            return false;
-        }
-        if let Some((t, st, r)) = &self.condition {
-            let found = status["conditions"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"].as_str() == Some(t.as_str())));
-            let Some(c) = found else { return false };
-            if c["status"].as_bool() != Some(*st) {
-                return false;
-            }
-            if let Some(r) = r
-                && c["reason"].as_str() != Some(r.as_str())
-            {
-                return false;
-            }
-        }
-        if let Some(n) = self.bundle_sequence
-            && status["peerBundleSequence"]
-                .as_u64()
-                .is_none_or(|got| got < n)
-        {
-            return false;
-        }
-        true
-    }
 }
 
 /// A time in the run (`0s` allowed) or a length.

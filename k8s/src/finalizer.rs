@@ -37,7 +37,6 @@ pub async fn run(
     mut rendered: watch::Receiver<Arc<Rendered>>,
     mut leader: watch::Receiver<bool>,
     cleanup: Cleanup,
-    log: meshfed_control::Log,
 ) {
     let ar = kube::api::ApiResource::erase::<meshfed_crds::ServiceMeshPeer>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &ar);
@@ -59,11 +58,11 @@ pub async fn run(
                     if !cleaned.contains(&p.name) {
                         match cleanup(p.name.clone()).await {
                             Ok(()) => {
-                                log(&format!("peer {} deleted: its state is cleaned up", p.name));
+                                tracing::info!("peer {} deleted: its state is cleaned up", p.name);
                                 cleaned.insert(p.name.clone());
                             }
                             Err(e) => {
-                                log(&format!("cleaning up peer {} (retrying): {e}", p.name));
+                                tracing::warn!("cleaning up peer {} (retrying): {e}", p.name);
                                 continue;
                             }
                         }
@@ -72,10 +71,7 @@ pub async fn run(
                         .patch(&p.name, &params, &Patch::Apply(apply(&p.name, vec![])))
                         .await
                     {
-                        log(&format!(
-                            "releasing the finalizer of {} failed: {e}",
-                            p.name
-                        ));
+                        tracing::warn!("releasing the finalizer of {} failed: {e}", p.name);
                     }
                 } else if p.accepted
                     && !p.deleting
@@ -88,7 +84,7 @@ pub async fn run(
                         )
                         .await
                 {
-                    log(&format!("adding the finalizer to {} failed: {e}", p.name));
+                    tracing::warn!("adding the finalizer to {} failed: {e}", p.name);
                 }
             }
             cleaned.retain(|n| r.peers.iter().any(|p| &p.name == n));

@@ -96,12 +96,7 @@ async fn round(api: &Api<Lease>, e: &Election) -> Result<bool, kube::Error> {
 
 /// Campaigns for as long as `leader`'s receivers live; `leader` says whether we hold the
 /// Lease now.
-pub async fn run(
-    api: Api<Lease>,
-    e: Election,
-    leader: watch::Sender<bool>,
-    log: meshfed_control::Log,
-) {
+pub async fn run(api: Api<Lease>, e: Election, leader: watch::Sender<bool>) {
     let mut last_renewed: Option<tokio::time::Instant> = None;
     let mut said = String::new();
     loop {
@@ -110,7 +105,7 @@ pub async fn run(
                 said.clear();
                 last_renewed = Some(tokio::time::Instant::now());
                 if !*leader.borrow() {
-                    log(&format!("{} now leads (Lease {})", e.identity, e.lease));
+                    tracing::info!("{} now leads (Lease {})", e.identity, e.lease);
                     leader.send_replace(true);
                 }
             }
@@ -118,22 +113,19 @@ pub async fn run(
                 said.clear();
                 last_renewed = None;
                 if *leader.borrow() {
-                    log(&format!("{} lost the Lease {}", e.identity, e.lease));
+                    tracing::warn!("{} lost the Lease {}", e.identity, e.lease);
                     leader.send_replace(false);
                 }
             }
             Err(err) => {
                 let msg = err.to_string();
                 if msg != said {
-                    log(&format!("leader election: {msg}"));
+                    tracing::info!("leader election: {msg}");
                     said = msg;
                 }
                 // Unable to renew for the lease's duration: another replica may take over.
                 if *leader.borrow() && last_renewed.is_none_or(|t| t.elapsed() >= e.duration) {
-                    log(&format!(
-                        "{} steps down: the Lease could not be renewed",
-                        e.identity
-                    ));
+                    tracing::info!("{} steps down: the Lease could not be renewed", e.identity);
                     leader.send_replace(false);
                 }
             }
@@ -146,13 +138,8 @@ pub async fn run(
 }
 
 /// Starts campaigning for `e` in `namespace`; the receiver says whether this replica leads.
-pub fn start(
-    client: &kube::Client,
-    namespace: &str,
-    e: Election,
-    log: meshfed_control::Log,
-) -> watch::Receiver<bool> {
+pub fn start(client: &kube::Client, namespace: &str, e: Election) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(run(Api::namespaced(client.clone(), namespace), e, tx, log));
+    tokio::spawn(run(Api::namespaced(client.clone(), namespace), e, tx));
     rx
 }

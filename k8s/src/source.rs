@@ -52,7 +52,7 @@ pub fn federation_resources() -> [ApiResource; 3] {
 
 /// Starts a reflector on `api`; `changed` is notified on every event. Watch errors are
 /// logged (once per distinct message) and retried with kube-runtime's default backoff.
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>, log: meshfed_control::Log) -> Store<K>
+fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -61,7 +61,7 @@ where
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .boxed();
-    tokio::spawn(run_stream(stream, changed, log));
+    tokio::spawn(run_stream(stream, changed));
     reader
 }
 
@@ -70,21 +70,19 @@ fn reflect_dynamic(
     api: Api<DynamicObject>,
     ar: ApiResource,
     changed: Arc<Notify>,
-    log: meshfed_control::Log,
 ) -> Store<DynamicObject> {
     let writer = Writer::new(ar);
     let reader = writer.as_reader();
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .boxed();
-    tokio::spawn(run_stream(stream, changed, log));
+    tokio::spawn(run_stream(stream, changed));
     reader
 }
 
 async fn run_stream<T>(
     mut stream: futures::stream::BoxStream<'static, Result<watcher::Event<T>, watcher::Error>>,
     changed: Arc<Notify>,
-    log: meshfed_control::Log,
 ) {
     let mut said = String::new();
     while let Some(ev) = stream.next().await {
@@ -96,7 +94,7 @@ async fn run_stream<T>(
             Err(e) => {
                 let msg = e.to_string();
                 if msg != said {
-                    log(&format!("watch failed (retrying): {msg}"));
+                    tracing::warn!("watch failed (retrying): {msg}");
                     said = msg;
                 }
             }
@@ -106,29 +104,20 @@ async fn run_stream<T>(
 
 impl Stores {
     /// Starts every reflector; `changed` is notified on each event.
-    pub fn start(
-        client: &Client,
-        namespace: &str,
-        changed: &Arc<Notify>,
-        log: &meshfed_control::Log,
-    ) -> Self {
+    pub fn start(client: &Client, namespace: &str, changed: &Arc<Notify>) -> Self {
         let federation = federation_resources()
             .into_iter()
             .map(|ar| {
                 let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar);
-                reflect_dynamic(api, ar, changed.clone(), log.clone())
+                reflect_dynamic(api, ar, changed.clone())
             })
             .collect();
         Self {
-            services: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
-            slices: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
-            pods: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
-            nodes: reflect(Api::all(client.clone()), changed.clone(), log.clone()),
-            configmaps: reflect(
-                Api::namespaced(client.clone(), namespace),
-                changed.clone(),
-                log.clone(),
-            ),
+            services: reflect(Api::all(client.clone()), changed.clone()),
+            slices: reflect(Api::all(client.clone()), changed.clone()),
+            pods: reflect(Api::all(client.clone()), changed.clone()),
+            nodes: reflect(Api::all(client.clone()), changed.clone()),
+            configmaps: reflect(Api::namespaced(client.clone(), namespace), changed.clone()),
             federation,
         }
     }
@@ -197,10 +186,9 @@ impl KubeSource {
         client: &Client,
         settings: Settings,
         timeout: Duration,
-        log: &meshfed_control::Log,
     ) -> Result<Self, String> {
         let changed = Arc::new(Notify::new());
-        let stores = Stores::start(client, &settings.namespace, &changed, log);
+        let stores = Stores::start(client, &settings.namespace, &changed);
         tokio::time::timeout(timeout, stores.ready())
             .await
             .map_err(|_| {
@@ -233,7 +221,6 @@ impl KubeSource {
         tx: watch::Sender<Arc<Snapshot>>,
         status: Arc<Mutex<ControlStatus>>,
         every: Duration,
-        log: meshfed_control::Log,
     ) {
         let mut last_trust = trust().ok();
         status
@@ -273,7 +260,6 @@ impl KubeSource {
                 result,
                 &tx,
                 &status,
-                &log,
                 "the cluster changed; serving its new configuration",
                 refusals,
             );
@@ -290,7 +276,6 @@ impl KubeSource {
         client: Client,
         mut bootstrap_json: watch::Receiver<String>,
         mut leader: watch::Receiver<bool>,
-        log: meshfed_control::Log,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let stores = self.stores.clone();
         let namespace = self.settings.namespace.clone();
@@ -313,9 +298,9 @@ impl KubeSource {
                             Ok(()) => {
                                 done.insert(ns);
                             }
-                            Err(e) => log(&format!(
+                            Err(e) => tracing::warn!(
                                 "writing the bootstrap Secret in {ns} failed (retrying): {e}"
-                            )),
+                            ),
                         }
                     }
                 } else {

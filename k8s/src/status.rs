@@ -21,65 +21,59 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use meshfed_peering::status::NodeStatus;
+
 use crate::render::Rendered;
 use crate::source::federation_resources;
-
-/// The conditions of applying an `ImportedServiceSet`'s rules to the peer's exports.
-const IMPORT_RULE_CONDITIONS: [&str; 2] = ["ImportConflict", "ExportNotImported"];
 
 /// The field manager of every status meshfed writes.
 pub const FIELD_MANAGER: &str = "meshfed";
 
-/// The peering node's status as JSON (`peering.imports[]`: `peer`, `state`, `conditions`).
-pub type PeeringStatus = Arc<dyn Fn() -> Value + Send + Sync>;
+/// The peering node's status, as it changes.
+pub type PeeringStatus = watch::Receiver<Arc<NodeStatus>>;
 
 /// A time in ms since the epoch as RFC 3339 (null when absent).
-fn rfc3339(ms: &Value) -> Value {
-    ms.as_u64()
-        .and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        })
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .map_or(Value::Null, Value::String)
+fn rfc3339(ms: Option<u64>) -> Value {
+    ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+    .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map_or(Value::Null, Value::String)
 }
 
 /// A `ServiceMeshPeer`'s `discoveryStatus` as Maistra shapes it, for this control-plane pod:
 /// `watch` is our import from the peer, `remotes` the peer's import from us (its `source` is
 /// the peer's name: its connections arrive through the gateways, so an address would name a
 /// gateway pod). The pod is `active` while its watch is connected.
-fn discovery_status(peering: Option<&Value>, peer: &str, pod: &str) -> Value {
-    let import = peering
-        .and_then(|p| p["imports"].as_array())
-        .and_then(|l| l.iter().find(|i| i["peer"] == peer));
-    let Some(import) = import else {
+fn discovery_status(peering: Option<&NodeStatus>, peer: &str, pod: &str) -> Value {
+    let Some(import) = peering.and_then(|p| p.import(peer)) else {
         return Value::Null;
     };
-    let export = peering.map(|p| &p["exports"][peer]);
-    let connected = import["connected"].as_bool().unwrap_or(false);
+    let i = &import.status;
     let watch = json!({
-        "connected": connected,
-        "lastConnected": rfc3339(&import["lastConnectedMs"]),
-        "lastEvent": rfc3339(&import["lastEventMs"]),
-        "lastFullSync": rfc3339(&import["lastFullSyncMs"]),
-        "lastDisconnect": rfc3339(&import["lastDisconnectMs"]),
-        "lastDisconnectStatus": import["lastDisconnectReason"],
+        "connected": i.connected,
+        "lastConnected": rfc3339(i.last_connected_ms),
+        "lastEvent": rfc3339(i.last_event_ms),
+        "lastFullSync": rfc3339(i.last_full_sync_ms),
+        "lastDisconnect": rfc3339(i.last_disconnect_ms),
+        "lastDisconnectStatus": i.last_disconnect_reason,
     });
-    let remotes: Vec<Value> = export
-        .filter(|e| e.is_object())
+    let remotes: Vec<Value> = peering
+        .and_then(|p| p.exports.get(peer))
         .map(|e| {
             json!({
                 "source": peer,
-                "connected": e["connected"].as_bool().unwrap_or(false),
-                "lastDisconnectStatus": e["lastCloseReason"],
+                "connected": e.connected,
+                "lastDisconnectStatus": e.last_close_reason,
             })
         })
         .into_iter()
         .collect();
     let entry = json!({"pod": pod, "watch": watch, "remotes": remotes});
-    if connected {
+    if i.connected {
         json!({"active": [entry], "inactive": []})
     } else {
         json!({"active": [], "inactive": [entry]})
@@ -89,18 +83,14 @@ fn discovery_status(peering: Option<&Value>, peer: &str, pod: &str) -> Value {
 /// The services a service set's status lists (`status.exportedServices` of the
 /// `ExportedServiceSet` for `peer`, `status.importedServices` of the `ImportedServiceSet` for
 /// it), from the peering node's status; always a list (the field is required).
-fn listed(peering: Option<&Value>, kind: &str, peer: &str) -> Value {
+fn listed(peering: Option<&NodeStatus>, kind: &str, peer: &str) -> Value {
     let services = match kind {
-        "ExportedServiceSet" => peering.map(|p| &p["exports"][peer]["services"]),
-        _ => peering
-            .and_then(|p| p["imports"].as_array())
-            .and_then(|l| l.iter().find(|i| i["peer"] == peer))
-            .map(|i| &i["services"]),
+        "ExportedServiceSet" => peering
+            .and_then(|p| p.exports.get(peer))
+            .map(|e| &e.services),
+        _ => peering.and_then(|p| p.import(peer)).map(|i| &i.services),
     };
-    services
-        .filter(|v| v.is_array())
-        .cloned()
-        .unwrap_or_else(|| json!([]))
+    services.map_or_else(|| json!([]), |s| json!(s))
 }
 
 /// The field a service set's status lists its services in.
@@ -116,7 +106,7 @@ fn list_field(kind: &str) -> Option<&'static str> {
 /// pod (`pod`) sees it.
 pub fn statuses(
     r: &Rendered,
-    peering: Option<&Value>,
+    peering: Option<&NodeStatus>,
     pod: &str,
     now: &str,
 ) -> BTreeMap<(String, String), Value> {
@@ -165,28 +155,19 @@ pub fn statuses(
         // The peering conditions go on the ServiceMeshPeer; those of applying the import
         // rules (`ImportConflict`, `ExportNotImported`) on the ImportedServiceSet too.
         if (kind == "ServiceMeshPeer" || kind == "ImportedServiceSet")
-            && let Some(p) = peering.and_then(|p| {
-                p["imports"]
-                    .as_array()?
-                    .iter()
-                    .find(|i| i["peer"].as_str() == Some(name.as_str()))
-            })
+            && let Some(p) = peering.and_then(|p| p.import(name))
         {
-            let of_the_set = |c: &&Value| {
-                kind == "ServiceMeshPeer"
-                    || IMPORT_RULE_CONDITIONS.contains(&c["type"].as_str().unwrap_or(""))
-            };
-            for c in p["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(of_the_set)
+            for c in p
+                .status
+                .conditions
+                .iter()
+                .filter(|c| kind == "ServiceMeshPeer" || c.type_.is_import_rule())
             {
                 conditions.push(condition(
-                    c["type"].as_str().unwrap_or("Unknown"),
-                    c["status"].as_bool().unwrap_or(false),
-                    c["reason"].as_str().unwrap_or(""),
-                    c["message"].as_str().unwrap_or(""),
+                    c.type_.as_str(),
+                    c.status,
+                    &c.reason,
+                    &c.message,
                     *generation,
                 ));
             }
@@ -287,11 +268,10 @@ pub async fn run(
     client: Client,
     namespace: String,
     mut rendered: watch::Receiver<Arc<Rendered>>,
-    peering: Option<PeeringStatus>,
+    mut peering: Option<PeeringStatus>,
     mut leader: watch::Receiver<bool>,
     identity: String,
     every: Duration,
-    log: meshfed_control::Log,
 ) {
     let apis: BTreeMap<String, (Api<DynamicObject>, String)> = federation_resources()
         .into_iter()
@@ -314,12 +294,12 @@ pub async fn run(
         if !leads {
             applied.clear();
         }
-        let peer_status = peering.as_ref().map(|f| f());
+        let peer_status = peering.as_mut().map(|p| p.borrow_and_update().clone());
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let want = if leads {
-            statuses(&r, peer_status.as_ref(), &identity, &now)
+            statuses(&r, peer_status.as_deref(), &identity, &now)
         } else {
             BTreeMap::new()
         };
@@ -348,7 +328,7 @@ pub async fn run(
                     continue;
                 }
                 Err(e) => {
-                    log(&format!("writing the status of {kind} {name} failed: {e}"));
+                    tracing::warn!("writing the status of {kind} {name} failed: {e}");
                     continue;
                 }
             }
@@ -368,7 +348,7 @@ pub async fn run(
                     secondary: None,
                 };
                 if let Err(e) = recorder.publish(&ev, &reference).await {
-                    log(&format!("recording an event on {kind} {name} failed: {e}"));
+                    tracing::warn!("recording an event on {kind} {name} failed: {e}");
                 }
             }
         }
@@ -376,6 +356,15 @@ pub async fn run(
         tokio::select! {
             changed = rendered.changed() => if changed.is_err() { return },
             _ = leader.changed() => {}
+            () = async {
+                let changed = match peering.as_mut() {
+                    Some(p) => p.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    std::future::pending::<()>().await;
+                }
+            } => {}
             () = tokio::time::sleep(every) => {}
         }
     }

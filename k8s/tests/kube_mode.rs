@@ -46,10 +46,6 @@ fn settings() -> Settings {
     }
 }
 
-fn quiet() -> meshfed_control::Log {
-    Arc::new(|_: &str| {})
-}
-
 fn pod(name: &str, ip: &str, injected: bool) -> serde_json::Value {
     let mut containers = vec![json!({"name": "app", "image": "echo"})];
     if injected {
@@ -189,7 +185,7 @@ fn workloads(s: &Snapshot) -> Vec<String> {
 async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     let api = cluster().await;
     let client = api.client();
-    let source = KubeSource::start(&client, settings(), Duration::from_secs(20), &quiet())
+    let source = KubeSource::start(&client, settings(), Duration::from_secs(20))
         .await
         .unwrap();
     let first = source.initial(&td(), &trust()).unwrap();
@@ -247,7 +243,6 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
         leader,
         "meshfed-control-test".into(),
         Duration::from_millis(200),
-        quiet(),
     ));
     eventually("statuses applied", || api.patches().len() >= 4).await;
     let patches = api.patches();
@@ -290,14 +285,7 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     // Changes arrive from the watch.
     let (tx, mut rx) = watch::channel(Arc::new(first));
     let status = Arc::new(Mutex::new(ControlStatus::default()));
-    tokio::spawn(source.run(
-        td(),
-        trust(),
-        tx,
-        status.clone(),
-        Duration::from_secs(60),
-        quiet(),
-    ));
+    tokio::spawn(source.run(td(), trust(), tx, status.clone(), Duration::from_secs(60)));
     api.put("pods", pod("orders-2", "10.0.0.6", true));
     api.put(
         "endpointslices",
@@ -398,11 +386,25 @@ fn service_sets_always_list_their_services_and_peers_their_discovery_status() {
     let listed = json!([{"exportedName": "orders.shop.svc.beta-exports.local",
         "localService": {"name": "orders", "namespace": "shop",
                          "hostname": "orders.shop.svc.cluster.local"}}]);
-    let peering = json!({
-        "imports": [{"peer": "beta", "connected": false, "lastDisconnectMs": 1_795_000_000_000_u64,
-                     "lastDisconnectReason": "StreamStale", "conditions": []}],
-        "exports": {"beta": {"connected": true, "services": listed}},
-    });
+    let mut import = meshfed_peering::status::PeerStatus::new("beta");
+    import.last_disconnect_ms = Some(1_795_000_000_000);
+    import.last_disconnect_reason = Some("StreamStale".into());
+    let peering = meshfed_peering::status::NodeStatus {
+        imports: vec![meshfed_peering::status::ImportSide {
+            status: import,
+            services: Vec::new(),
+        }],
+        exports: [(
+            "beta".to_owned(),
+            meshfed_peering::status::ExportSide {
+                connected: true,
+                services: serde_json::from_value(listed.clone()).unwrap(),
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
     let st = meshfed_k8s::status::statuses(&r, Some(&peering), "control-0", "2026-11-26T00:00:00Z");
     let get = |kind: &str| st[&(kind.to_owned(), "beta".to_owned())].clone();
     assert_eq!(get("ExportedServiceSet")["exportedServices"], listed);

@@ -17,10 +17,6 @@ use tokio::sync::watch;
 
 const NS: &str = "alpha-system";
 
-fn quiet() -> meshfed_control::Log {
-    Arc::new(|_: &str| {})
-}
-
 /// alpha's Kubernetes source on `client`, its first lists done.
 async fn source(client: &meshfed_k8s::Client) -> KubeSource {
     let settings = Settings {
@@ -29,7 +25,7 @@ async fn source(client: &meshfed_k8s::Client) -> KubeSource {
         trust_domain: "alpha.local".into(),
         cluster_domain: None,
     };
-    KubeSource::start(client, settings, Duration::from_secs(20), &quiet())
+    KubeSource::start(client, settings, Duration::from_secs(20))
         .await
         .unwrap()
 }
@@ -60,10 +56,10 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     let (a_tx, a) = watch::channel(false);
     let (b_tx, b) = watch::channel(false);
     let leases = kube_api(&client);
-    let task_a = tokio::spawn(lease::run(leases.clone(), fast("a"), a_tx, quiet()));
+    let task_a = tokio::spawn(lease::run(leases.clone(), fast("a"), a_tx));
     // b starts once a leads, so the first holder is known.
     until("a leads", || *a.borrow()).await;
-    tokio::spawn(lease::run(leases, fast("b"), b_tx, quiet()));
+    tokio::spawn(lease::run(leases, fast("b"), b_tx));
     // b never leads while a renews.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(*a.borrow() && !*b.borrow());
@@ -121,7 +117,7 @@ async fn only_the_leader_writes_bootstrap_secrets_where_injected_pods_run() {
     let source = source(&client).await;
     let (leads, leader) = watch::channel(false);
     let (json_tx, json) = watch::channel("{\"v\":1}".to_owned());
-    tokio::spawn(source.bootstrap_writer(client.clone(), json, leader, quiet()));
+    tokio::spawn(source.bootstrap_writer(client.clone(), json, leader));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(api.all("secrets").is_empty(), "a follower wrote");
     leads.send_replace(true);
@@ -175,7 +171,6 @@ async fn a_deleted_peer_leaves_the_model_and_is_released_after_its_cleanup() {
         source.rendered.subscribe(),
         leader,
         cleanup,
-        quiet(),
     ));
     let (tx, _rx) = watch::channel(Arc::new(
         source
@@ -191,7 +186,6 @@ async fn a_deleted_peer_leaves_the_model_and_is_released_after_its_cleanup() {
         tx,
         status,
         Duration::from_secs(60),
-        quiet(),
     ));
     until("the finalizer added", || {
         api.get("servicemeshpeers", NS, "beta").unwrap()["metadata"]["finalizers"]

@@ -28,6 +28,10 @@ use meshfed_crds::scenario::{Action, Component, Expectation, ScenarioPlan};
 
 use crate::link::{Link, Mode};
 use crate::load::Samples;
+use meshfed_control::server::AdminStatus;
+use meshfed_core::session::PeerState;
+use meshfed_peering::status::PeerStatus;
+
 use crate::topology::Layout;
 
 /// How long the lab waits for its meshes to be ready.
@@ -426,23 +430,25 @@ impl Lab {
                 match admin_status(m.admin).await {
                     None => waiting.push(format!("{}: control plane", m.name)),
                     Some(st) => {
-                        let v = &st["version"];
-                        let acked = st["proxies"].as_object().map_or(0, |p| {
-                            p.values()
-                                .filter(|p| p["connected"] == true && &p["acked"] == v)
-                                .count()
-                        });
+                        let v = st.control.version;
+                        let acked = st
+                            .control
+                            .proxies
+                            .values()
+                            .filter(|p| p.connected && p.acked == Some(v))
+                            .count();
                         if acked < want {
                             waiting.push(format!(
                                 "{}: {acked}/{want} proxies on the served version",
                                 m.name
                             ));
                         }
-                        let imports = st["peering"]["imports"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default();
-                        let active = imports.iter().filter(|i| i["state"] == "Active").count();
+                        let active = st.peering.as_ref().map_or(0, |p| {
+                            p.imports
+                                .iter()
+                                .filter(|i| i.status.state == PeerState::Active)
+                                .count()
+                        });
                         if active < m.peers.len() {
                             waiting.push(format!(
                                 "{}: {active}/{} peerings active",
@@ -646,13 +652,36 @@ impl Lab {
     }
 }
 
-async fn admin_status(addr: SocketAddr) -> Option<serde_json::Value> {
+async fn admin_status(addr: SocketAddr) -> Option<AdminStatus> {
     let (_, body) =
         tokio::time::timeout(Duration::from_secs(2), load::get(addr, "admin", "/status"))
             .await
             .ok()?
             .ok()?;
     serde_json::from_slice(&body).ok()
+}
+
+/// Whether a peer's status is what the check asks for.
+fn holds(check: &meshfed_crds::scenario::PeerStatusCheck, status: &PeerStatus) -> bool {
+    if status.peer != check.peer {
+        return false;
+    }
+    if let Some(s) = &check.state
+        && format!("{:?}", status.state) != *s
+    {
+        return false;
+    }
+    if let Some((t, st, r)) = &check.condition {
+        let Some(c) = status.conditions.iter().find(|c| c.type_.as_str() == t) else {
+            return false;
+        };
+        if c.status != *st || r.as_ref().is_some_and(|r| *r != c.reason) {
+            return false;
+        }
+    }
+    check
+        .bundle_sequence
+        .is_none_or(|n| status.peer_bundle_sequence.is_some_and(|got| got >= n))
 }
 
 /// Reads the control planes' status twice a second and notes in `reached` when each
@@ -684,15 +713,12 @@ async fn watch_peer_status(
                 continue;
             };
             let t = Instant::now().saturating_duration_since(t0).as_secs_f64() * 1e3;
-            let imports = st["peering"]["imports"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let imports = st.peering.map(|p| p.imports).unwrap_or_default();
             let mut r = reached
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (i, c) in mine {
-                if imports.iter().any(|p| c.holds(p)) {
+                if imports.iter().any(|p| holds(c, &p.status)) {
                     r.entry(*i).or_insert(t);
                 }
             }

@@ -24,7 +24,7 @@ use tonic::Streaming;
 
 use crate::convert::{delta_from_wire, snapshot_from_wire};
 use crate::server::MAX_MESSAGE_BYTES;
-use crate::status::{PeerStatus, unix_ms};
+use crate::status::{ConditionType, PeerStatus, unix_ms};
 
 /// One peer to import from.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub fn spawn(
             status.imported_services = state.services().len();
             status.imported_version = state.version();
             status.set_condition(
-                "Stale",
+                ConditionType::Stale,
                 true,
                 "RestoredFromStore",
                 "imports restored from the store; waiting for the peer",
@@ -109,6 +109,7 @@ pub fn spawn(
     let (imports_tx, imports_rx) = watch::channel(Arc::new(state.clone()));
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::new()));
     let stop = Arc::new(Notify::new());
+    let config_peer = config.peer.clone();
     let driver = Driver {
         config,
         tls,
@@ -119,8 +120,10 @@ pub fn spawn(
         health_tx,
         stop: stop.clone(),
         start: Instant::now(),
+        logged_down: None,
     };
-    let task = tokio::spawn(driver.run());
+    let span = tracing::info_span!("importer", peer = %config_peer);
+    let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
     Importer {
         status: status_rx,
         imports: imports_rx,
@@ -146,6 +149,10 @@ struct Driver {
     health_tx: watch::Sender<Arc<Health>>,
     stop: Arc<Notify>,
     start: Instant,
+    /// The reason the stream was last logged down for: the same reason again (every
+    /// reconnect attempt) is logged at debug, so a refused peer is one warning, not one per
+    /// retry.
+    logged_down: Option<String>,
 }
 
 fn msg(m: Out) -> ImporterMessage {
@@ -198,13 +205,19 @@ impl Driver {
     }
 
     /// Records why the stream ended or could not start, whatever the state.
-    fn note_disconnect(&self, reason: &str) {
+    fn note_disconnect(&mut self, reason: &str) {
         let now = unix_ms(SystemTime::now());
         let r = condition_reason(reason).to_owned();
+        if self.logged_down.as_deref() == Some(r.as_str()) {
+            tracing::debug!(reason = %r, "peering stream still down: {reason}");
+        } else {
+            tracing::warn!(reason = %r, "peering stream down: {reason}");
+            self.logged_down = Some(r.clone());
+        }
         self.update_status(|s| {
             s.last_disconnect_ms = Some(now);
             s.last_disconnect_reason = Some(reason.to_owned());
-            s.set_condition("Connected", false, &r, reason, now);
+            s.set_condition(ConditionType::Connected, false, &r, reason, now);
         });
     }
 
@@ -221,7 +234,7 @@ impl Driver {
             saved_at: unix_ms(SystemTime::now()) / 1000,
         };
         if let Err(e) = store.save_imports(&self.config.peer, &rec) {
-            tracing::warn!(peer = %self.config.peer, reason = e.reason(), "saving imports failed: {e}");
+            tracing::warn!(reason = e.reason(), "saving imports failed: {e}");
         }
     }
 
@@ -336,15 +349,27 @@ impl Driver {
                     if snapshot {
                         s.last_full_sync_ms = Some(now);
                     }
-                    s.set_condition("Stale", false, "Synced", "imports are current", now);
-                    s.set_condition("ImportRejected", false, "Accepted", "", now);
+                    s.set_condition(
+                        ConditionType::Stale,
+                        false,
+                        "Synced",
+                        "imports are current",
+                        now,
+                    );
+                    s.set_condition(ConditionType::ImportRejected, false, "Accepted", "", now);
                 });
                 let _ = conn.tx.send(msg(Out::Ack(pb::Ack { version: v }))).await;
             }
             Err(n) => {
-                tracing::info!(peer = %self.config.peer, reason = n.reason, "NACK: {}", n.detail);
+                tracing::warn!(reason = %n.reason, version = n.version, "refused the peer's exports (NACK): {}", n.detail);
                 self.update_status(|s| {
-                    s.set_condition("ImportRejected", true, n.reason, &n.detail, now)
+                    s.set_condition(
+                        ConditionType::ImportRejected,
+                        true,
+                        n.reason,
+                        &n.detail,
+                        now,
+                    )
                 });
                 let _ = conn
                     .tx
@@ -373,7 +398,7 @@ impl Driver {
                 let now = unix_ms(SystemTime::now());
                 self.update_status(|st| {
                     st.set_condition(
-                        "HealthRejected",
+                        ConditionType::HealthRejected,
                         true,
                         "InvalidHealthSummary",
                         &format!("{name}: {}/{}", s.healthy, s.total),
@@ -392,9 +417,15 @@ impl Driver {
     async fn on_bundle(&self, b: pb::TrustBundle) {
         let now = unix_ms(SystemTime::now());
         let refuse = |reason: &str, detail: String| {
-            tracing::warn!(peer = %self.config.peer, reason, "trust bundle refused: {detail}");
+            tracing::warn!(reason, "trust bundle refused: {detail}");
             self.update_status(|s| {
-                s.set_condition("TrustBundleRejected", true, reason, &detail, now)
+                s.set_condition(
+                    ConditionType::TrustBundleRejected,
+                    true,
+                    reason,
+                    &detail,
+                    now,
+                )
             });
         };
         let Some(shared) = &self.config.bundles else {
@@ -434,12 +465,10 @@ impl Driver {
                     match saved {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::warn!(
-                            peer = %self.config.peer,
                             "persisting the peer bundle in {} failed: {e}",
                             store.location()
                         ),
                         Err(_) => tracing::warn!(
-                            peer = %self.config.peer,
                             "persisting the peer bundle in {} took over {PERSIST_TIMEOUT:?}; it is in force but not stored",
                             store.location()
                         ),
@@ -447,7 +476,13 @@ impl Driver {
                 }
                 self.update_status(|s| {
                     s.peer_bundle_sequence = Some(bundle.sequence);
-                    s.set_condition("TrustBundleRejected", false, "Accepted", "", now);
+                    s.set_condition(
+                        ConditionType::TrustBundleRejected,
+                        false,
+                        "Accepted",
+                        "",
+                        now,
+                    );
                 });
             }
             Err(e) => refuse(e.reason(), e.to_string()),
@@ -458,12 +493,24 @@ impl Driver {
         let now = unix_ms(SystemTime::now());
         match to {
             PeerState::Active => {
+                self.logged_down = None;
+                tracing::info!(state = ?to, "peering stream established");
+            }
+            PeerState::Failing | PeerState::Terminated => {
+                tracing::info!(state = ?to, reason = condition_reason(reason), "peering state");
+            }
+            PeerState::Establishing | PeerState::Pending => {
+                tracing::debug!(state = ?to, reason, "peering state");
+            }
+        }
+        match to {
+            PeerState::Active => {
                 self.update_status(|s| {
                     s.state = to;
                     s.connected = true;
                     s.last_connected_ms = Some(now);
                     s.set_condition(
-                        "Connected",
+                        ConditionType::Connected,
                         true,
                         "Connected",
                         "peering stream established",
@@ -488,11 +535,11 @@ impl Driver {
                     s.state = to;
                     s.connected = false;
                     if to == PeerState::Failing || to == PeerState::Terminated {
-                        s.set_condition("Connected", false, &r, reason, now);
+                        s.set_condition(ConditionType::Connected, false, &r, reason, now);
                     }
                     if stale {
                         s.set_condition(
-                            "Stale",
+                            ConditionType::Stale,
                             true,
                             "StreamStale",
                             "the peer is not answering; imports kept",

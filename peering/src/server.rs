@@ -111,6 +111,9 @@ pub struct Exporter {
     epoch: u64,
     events: mpsc::UnboundedSender<ExporterEvent>,
     redeemer: Option<Redeemer>,
+    /// Set when the server is told to shut down: every stream closes (`ServerShutdown`), so
+    /// the graceful shutdown completes instead of waiting for streams that never end.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -138,6 +141,7 @@ impl Exporter {
             epoch,
             events,
             redeemer: None,
+            stopping: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -157,6 +161,11 @@ impl Exporter {
     where
         S: tokio_stream::Stream<Item = std::io::Result<crate::tls::PeerConn>> + Send + 'static,
     {
+        let stopping = self.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         let svc = PeeringServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -332,9 +341,15 @@ impl Peering for Exporter {
             events: self.events.clone(),
         };
         let inbound = request.into_inner();
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let _guard = guard;
-            let reason = task.run(inbound).await;
+            let reason = tokio::select! {
+                r = task.run(inbound) => r,
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    task.close("ServerShutdown", "the peering service is stopping").await
+                }
+            };
             let _ = task.events.send(ExporterEvent::Closed {
                 peer: task.peer.clone(),
                 reason,

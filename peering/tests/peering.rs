@@ -19,7 +19,7 @@ use meshfed_peering::client::{self, Importer, ImporterConfig};
 use meshfed_peering::server::{
     ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions,
 };
-use meshfed_peering::status::PeerStatus;
+use meshfed_peering::status::{ConditionType, PeerStatus};
 use meshfed_peering::tls;
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bundle::TrustBundleSet;
@@ -338,7 +338,8 @@ async fn sync_and_every_change_propagates() {
     let st = imp.status.borrow().clone();
     assert_eq!(st.imported_services, 1);
     assert!(
-        st.condition("ImportRejected").is_none_or(|c| !c.status),
+        st.condition(ConditionType::ImportRejected)
+            .is_none_or(|c| !c.status),
         "{st:#?}"
     );
     imp.stop().await;
@@ -357,7 +358,7 @@ async fn wrong_client_id_is_refused_with_its_condition() {
     .await;
     let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
     let st = wait_status(&mut imp.status, "ClientIDRejected", |s| {
-        s.condition("Connected")
+        s.condition(ConditionType::Connected)
             .is_some_and(|c| !c.status && c.reason == "ClientIDRejected")
     })
     .await;
@@ -389,7 +390,7 @@ async fn wrong_trust_domain_is_refused_with_its_condition() {
         None,
     );
     wait_status(&mut imp.status, "TrustBundleMismatch", |s| {
-        s.condition("Connected")
+        s.condition(ConditionType::Connected)
             .is_some_and(|c| !c.status && c.reason == "TrustBundleMismatch")
     })
     .await;
@@ -471,7 +472,7 @@ async fn imports_are_served_from_the_store_while_the_peer_is_down() {
     assert!(
         st.stale
             && st
-                .condition("Stale")
+                .condition(ConditionType::Stale)
                 .is_some_and(|c| c.reason == "RestoredFromStore"),
         "{st:#?}"
     );
@@ -690,7 +691,7 @@ async fn hostile_exporters_are_refused_and_change_nothing() {
         );
         let st = imp.status.borrow().clone();
         assert!(
-            st.condition("ImportRejected")
+            st.condition(ConditionType::ImportRejected)
                 .is_some_and(|c| c.status && c.reason == reason),
             "{name}: {st:#?}"
         );
@@ -701,7 +702,7 @@ async fn hostile_exporters_are_refused_and_change_nothing() {
     let (mut imp, _seen, stop) = run_script(&cas, vec![hello(99)]).await;
     wait_status(&mut imp.status, "UnsupportedVersion", |s| {
         s.last_disconnect_reason.as_deref() == Some("UnsupportedVersion")
-            || s.condition("Connected")
+            || s.condition(ConditionType::Connected)
                 .is_some_and(|c| c.message == "UnsupportedVersion")
     })
     .await;
@@ -719,7 +720,7 @@ async fn hostile_exporters_are_refused_and_change_nothing() {
     let (mut imp, _seen, stop) = run_script(&cas, vec![hello(1), snapshot(1, huge)]).await;
     wait_status(&mut imp.status, "a refused oversized message", |s| {
         s.last_disconnect_reason.is_some()
-            || s.condition("Connected")
+            || s.condition(ConditionType::Connected)
                 .is_some_and(|c| !c.status && c.reason != "Dialing")
     })
     .await;
@@ -1041,7 +1042,7 @@ async fn a_root_rotation_reaches_the_peer_over_the_stream() {
     exp2.config
         .send_modify(|c| Arc::make_mut(c).peers[0].view = view(&[("orders", 9090)]));
     let st = wait_status(&mut imp.status, "foreign bundle refused", |s| {
-        s.condition("TrustBundleRejected")
+        s.condition(ConditionType::TrustBundleRejected)
             .is_some_and(|c| c.status && c.reason == "BundleForeignDomain")
     })
     .await;
@@ -1241,11 +1242,98 @@ async fn health_summaries_reach_the_importer() {
     let (mut imp, _seen, stop) =
         run_script(&cas, vec![hello(1), snapshot(1, vec![good]), bad]).await;
     wait_status(&mut imp.status, "HealthRejected", |s| {
-        s.condition("HealthRejected")
+        s.condition(ConditionType::HealthRejected)
             .is_some_and(|c| c.status && c.reason == "InvalidHealthSummary")
     })
     .await;
     assert!(imp.health.borrow().is_empty());
     imp.stop().await;
     let _ = stop.send(());
+}
+
+/// Log lines written while the returned guard lives (this thread's subscriber: run on a
+/// current-thread runtime so every task logs here).
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn lines_with(buf: &std::sync::Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&buf.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_peer_and_a_nack_each_log_a_warning_with_the_peer_and_the_reason() {
+    let (logs, _guard) = capture_logs();
+    let cas = cas();
+    // Refused: the exporter expects another client ID. The importer retries (fast session);
+    // the same reason is one warning, the retries are at debug.
+    let exp = start_exporter(
+        &cas,
+        "spiffe://beta.local/ns/beta-system/sa/someone-else",
+        view(&[("orders", 1)]),
+        None,
+    )
+    .await;
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_status(&mut imp.status, "ClientIDRejected", |s| {
+        s.condition(ConditionType::Connected)
+            .is_some_and(|c| !c.status && c.reason == "ClientIDRejected")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    imp.stop().await;
+    exp.kill();
+    let refused = lines_with(&logs, "reason=ClientIDRejected");
+    let warnings: Vec<_> = refused.iter().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for the refusal: {refused:#?}"
+    );
+    assert!(
+        warnings[0].contains("importer{peer=alpha-mesh}"),
+        "the line names the peer: {}",
+        warnings[0]
+    );
+    // NACK: a hostile exporter's duplicate names.
+    let good = wire(&service("orders", 8080));
+    let mut dup = vec![good.clone(), good];
+    dup[1].ports[0].port = 9;
+    let (imp, mut seen, stop) = run_script(&cas, vec![hello(1), snapshot(1, dup)]).await;
+    first_nack(&mut seen).await;
+    imp.stop().await;
+    let _ = stop.send(());
+    let nacks = lines_with(&logs, "NACK");
+    assert!(!nacks.is_empty(), "no NACK line");
+    for l in &nacks {
+        assert!(
+            l.contains("importer{peer=alpha-mesh}") && l.contains("reason=DuplicateService"),
+            "{l}"
+        );
+    }
 }

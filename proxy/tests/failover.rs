@@ -24,10 +24,7 @@ async fn sidecar_for(ca: &CertificateAuthority, app: std::net::SocketAddr) -> Ru
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    meshfed_test_support::free_addr("127.0.0.1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -26,11 +26,9 @@ pub fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// An address on `ip` that is free now, outside the ephemeral port range.
 pub fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    meshfed_test_support::free_addr(ip)
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {

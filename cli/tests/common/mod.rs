@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses some
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,12 +21,9 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// An address on `ip` that was free a moment ago.
+/// An address on `ip` that is free now, outside the ephemeral port range.
 pub fn free(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    meshfed_test_support::free_addr(ip)
 }
 
 /// Runs `meshfed args` in `dir`; it must succeed.
