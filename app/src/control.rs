@@ -94,9 +94,13 @@ pub enum ControlError {
     #[error("the mesh CA's bundle: {0}")]
     Bundle(#[from] meshfed_trust::bundle::BundleError),
     #[error("the configuration: {0}")]
-    Config(String),
-    #[error("connecting to the Kubernetes API (KUBECONFIG or the pod's service account): {0}")]
-    Kube(String),
+    Config(#[from] source::SourceError),
+    #[error("no configuration source")]
+    NoSource,
+    #[error("encoding the bootstrap file: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the cluster (KUBECONFIG or the pod's service account): {0}")]
+    Kube(#[from] meshfed_k8s::KubeError),
     #[error("the control plane's identity: {0}")]
     Identity(#[from] meshfed_core::id::SpiffeIdError),
     #[error("issuing the control plane's certificate: {0}")]
@@ -127,8 +131,10 @@ impl ControlError {
             Self::Ca { source, .. } | Self::Issue(source) => source.reason(),
             Self::Bundles { source, .. } => source.reason(),
             Self::Bundle(e) => e.reason(),
-            Self::Config(_) => "InvalidConfiguration",
-            Self::Kube(_) => "KubernetesUnreachable",
+            Self::Config(e) => e.reason(),
+            Self::NoSource => "NoSource",
+            Self::Encode(_) => "EncodeFailed",
+            Self::Kube(e) => e.reason(),
             Self::Identity(e) => e.reason(),
             Self::Tls(_) | Self::TlsSetup(_) => "TlsSetupFailed",
             Self::Bind { .. } => "BindFailed",
@@ -171,8 +177,7 @@ fn trust_fn(
     rendered: Option<watch::Receiver<Arc<meshfed_k8s::render::Rendered>>>,
 ) -> TrustFn {
     Arc::new(move || {
-        let mut set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())
-            .map_err(|e| e.to_string())?;
+        let mut set = meshfed_trust::dir::load_bundles(&dir, &mesh_ca.trusted())?;
         if let Some(r) = &rendered {
             meshfed_k8s::render::add_peer_trust(&mut set, &r.borrow());
         }
@@ -193,7 +198,7 @@ async fn start_kube(
 ) -> Result<(meshfed_k8s::source::KubeSource, meshfed_k8s::Client), ControlError> {
     let client = meshfed_k8s::connect()
         .await
-        .map_err(|e| ControlError::Kube(e.to_string()))?;
+        .map_err(meshfed_k8s::KubeError::from)?;
     let namespace = opts
         .namespace
         .clone()
@@ -211,9 +216,7 @@ async fn start_kube(
         trust_domain: td.to_string(),
         cluster_domain: opts.cluster_domain.clone(),
     };
-    let source = meshfed_k8s::source::KubeSource::start(&client, settings, FIRST_LIST)
-        .await
-        .map_err(ControlError::Kube)?;
+    let source = meshfed_k8s::source::KubeSource::start(&client, settings, FIRST_LIST).await?;
     Ok((source, client))
 }
 
@@ -239,20 +242,19 @@ impl Control {
         })?;
         let mesh_ca = MeshCa::new(ca)?;
         let td = mesh_ca.trusted().trust_domain().clone();
-        let kube = match &config.source {
-            Source::File(_) => None,
-            Source::Kube(opts) => Some(start_kube(opts, &td).await?),
+        let (file, kube) = match &config.source {
+            Source::File(path) => (Some(path.clone()), None),
+            Source::Kube(opts) => (None, Some(start_kube(opts, &td).await?)),
         };
         // In Kubernetes mode, peers' roots also come from the ConfigMaps their
         // ServiceMeshPeers name (Maistra's certificateChain).
         let rendered = kube.as_ref().map(|(s, _)| s.rendered.subscribe());
         let trust = trust_fn(dir.clone(), mesh_ca.clone(), rendered.clone());
-        let first = match (&config.source, &kube) {
-            (Source::File(path), _) => source::initial(path, &td, &trust),
-            (Source::Kube(_), Some((source, _))) => source.initial(&td, &trust),
-            (Source::Kube(_), None) => Err("the cluster source did not start".to_owned()),
-        }
-        .map_err(ControlError::Config)?;
+        let first = match (&kube, &file) {
+            (Some((source, _)), _) => source.initial(&td, &trust)?,
+            (None, Some(path)) => source::initial(path, &td, &trust)?,
+            (None, None) => return Err(ControlError::NoSource),
+        };
         span.record("mesh", tracing::field::display(&first.mesh.mesh));
         let cp_id = control_plane_id(&first.mesh)?;
         let svid = mesh_ca
@@ -307,12 +309,7 @@ impl Control {
             .unwrap_or_else(|| dir.join("bootstrap.json"));
         boot.write(&boot_path)?;
         // The bootstrap file as JSON, for the Secrets Kubernetes mode writes.
-        let boot_json = Arc::new(
-            watch::channel(
-                serde_json::to_string(&boot).map_err(|e| ControlError::Config(e.to_string()))?,
-            )
-            .0,
-        );
+        let boot_json = Arc::new(watch::channel(serde_json::to_string(&boot)?).0);
         let status = Arc::new(Mutex::new(ControlStatus::default()));
         let version = first.version;
         // The peering node, if asked for: its importers feed the served snapshots.
@@ -396,8 +393,8 @@ impl Control {
             });
         }
         let (tx, rx) = watch::channel(Arc::new(first));
-        let source_name = match (&config.source, kube) {
-            (Source::File(path), _) => {
+        let source_name = match (file, kube) {
+            (Some(path), _) => {
                 tasks.spawn_infallible(
                     "mesh-file",
                     source::watch_file(
@@ -411,7 +408,7 @@ impl Control {
                 );
                 path.display().to_string()
             }
-            (Source::Kube(_), Some((source, client))) => {
+            (None, Some((source, client))) => {
                 // Every replica serves proxies; the Lease holder writes status, Events and
                 // the bootstrap Secrets.
                 let identity = std::env::var("POD_NAME")
@@ -427,7 +424,7 @@ impl Control {
                         let node = node.clone();
                         Box::pin(async move {
                             match &node {
-                                Some(n) => n.forget_peer(&peer).await.map_err(|e| e.to_string()),
+                                Some(n) => n.forget_peer(&peer).await.map_err(Into::into),
                                 None => Ok(()),
                             }
                         })
@@ -472,11 +469,7 @@ impl Control {
                 );
                 name
             }
-            (Source::Kube(_), None) => {
-                return Err(ControlError::Config(
-                    "the cluster source did not start".into(),
-                ));
-            }
+            (None, None) => return Err(ControlError::NoSource),
         };
         let cp = ControlPlane::new(rx, mesh_ca.clone(), &token, status.clone())
             .with_svid_ttl(config.svid_ttl);

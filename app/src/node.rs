@@ -936,7 +936,12 @@ fn redeemer(
     Arc::new(move |r: meshfed_peering::server::Redemption| {
         let (trust_store, live) = (trust_store.clone(), live.clone());
         Box::pin(async move {
-            let fail = |reason: &str, e: &dyn std::fmt::Display| format!("{reason}: {e}");
+            let fail = |reason: &'static str, e: &dyn std::fmt::Display| {
+                meshfed_peering::server::Refused {
+                    reason,
+                    detail: e.to_string(),
+                }
+            };
             let mut held = (**live.load()).clone();
             held.insert(r.bundle.clone())
                 .map_err(|e| fail(e.reason(), &e))?;

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshfed_control::GatewayPlan;
+use meshfed_control::client::SnapshotRefused;
 use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
@@ -514,7 +515,9 @@ fn answer<T>(update: Update, r: Result<T>) -> Option<T> {
         }
         Err(e) => {
             tracing::warn!("refused config version {version}: {e:#}");
-            let _ = update.done.send(Err(format!("{e:#}")));
+            let _ = update
+                .done
+                .send(Err(SnapshotRefused::apply_failed(format!("{e:#}"))));
             None
         }
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshfed_control::client::SnapshotRefused;
 use meshfed_control::client::{Client, ClientState, Update};
 use meshfed_core::catalog::Protocol;
 use meshfed_core::federation::MeshFederation;
@@ -533,7 +534,7 @@ async fn run_joined(args: &ProxyArgs, path: &std::path::Path) -> Result<ExitCode
                     {
                         readiness = Some(tokio::spawn(report_readiness(*app, ready_tx.clone())));
                     }
-                    let _ = u.done.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+                    let _ = u.done.send(r.map(|_| ()).map_err(|e| SnapshotRefused::apply_failed(format!("{e:#}"))));
                     false
                 }
                 None => break,

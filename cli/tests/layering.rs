@@ -206,3 +206,45 @@ fn workspace_crates_depend_only_along_the_layering() {
         }
     }
 }
+
+/// Rust files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn library_errors_are_typed_not_strings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for (krate, _) in EDGES {
+        let folder = krate.trim_start_matches("meshfed-");
+        if matches!(folder, "cli" | "bench" | "test-support") {
+            continue;
+        }
+        for f in rust_files(&root.join(folder).join("src")) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let l = line.replace(' ', "");
+                if (l.contains("Result<") && l.contains(",String>"))
+                    || l.contains("typeErr=String")
+                {
+                    found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "library errors must be typed enums with a stable reason, not strings:\n{}",
+        found.join("\n")
+    );
+}

@@ -47,16 +47,13 @@ impl ClientError {
         }
     }
 
-    /// A status from the control plane carries `Reason: detail`; anything else (a broken
-    /// connection, an h2 error) is `StreamBroken`.
+    /// A refusal from the control plane carries its reason in metadata
+    /// (`meshfed_peering::reason`); anything else (a broken connection, an h2 error) is
+    /// `StreamBroken`.
     fn from_status(s: &tonic::Status) -> Self {
-        match s.message().split_once(": ") {
-            Some((reason, detail))
-                if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
-                Self::new(reason, detail)
-            }
-            _ => Self::new("StreamBroken", s.message()),
+        match meshfed_peering::reason::reason_of(s) {
+            Some(reason) => Self::new(reason, meshfed_peering::reason::detail_of(s)),
+            None => Self::new("StreamBroken", s.message()),
         }
     }
 }
@@ -83,13 +80,40 @@ const MAX_IDENTITIES: usize = 64;
 /// Most peers, names and endpoints a gateway configuration may carry.
 const MAX_GATEWAY_ITEMS: usize = 100_000;
 
-fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
-    let field = |name: &str, e: &dyn std::fmt::Display| format!("{name}: {e}");
+/// Why a proxy refused a snapshot: a stable reason and what was wrong (the NACK it sends
+/// carries the detail, which names the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct SnapshotRefused {
+    /// `InvalidSnapshot` (it does not validate) or `ApplyFailed` (the proxy could not use it).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl SnapshotRefused {
+    /// A snapshot that could not be used by the proxy.
+    pub fn apply_failed(detail: impl std::fmt::Display) -> Self {
+        Self {
+            reason: "ApplyFailed",
+            detail: detail.to_string(),
+        }
+    }
+}
+
+fn invalid(detail: String) -> SnapshotRefused {
+    SnapshotRefused {
+        reason: "InvalidSnapshot",
+        detail,
+    }
+}
+
+fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, SnapshotRefused> {
+    let field = |name: &str, e: &dyn std::fmt::Display| invalid(format!("{name}: {e}"));
     if w.identities.len() > MAX_IDENTITIES {
-        return Err(format!(
+        return Err(invalid(format!(
             "identities: {} entries; the limit is {MAX_IDENTITIES}",
             w.identities.len()
-        ));
+        )));
     }
     let identities = w
         .identities
@@ -101,7 +125,9 @@ fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     if identities.is_empty() {
-        return Err("identities: none; a service nobody may serve cannot be called".into());
+        return Err(invalid(
+            "identities: none; a service nobody may serve cannot be called".into(),
+        ));
     }
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let (region, zone, subzone) = (opt(&w.region), opt(&w.zone), opt(&w.subzone));
@@ -112,10 +138,10 @@ fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
     )
     .map_err(|e| field("locality", &e))?;
     if w.healthy > w.total {
-        return Err(format!(
+        return Err(invalid(format!(
             "healthy: {} of {} endpoints is more than all of them",
             w.healthy, w.total
-        ));
+        )));
     }
     Ok(ImportedRoute {
         hostname: w.hostname.parse().map_err(|e| field("hostname", &e))?,
@@ -128,7 +154,7 @@ fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
         egress: w
             .egress
             .parse()
-            .map_err(|_| format!("egress: {:?} is not an ip:port address", w.egress))?,
+            .map_err(|_| invalid(format!("egress: {:?} is not an ip:port address", w.egress)))?,
         import_as_local: w.import_as_local,
         http2: w.http2,
         locality,
@@ -136,16 +162,17 @@ fn import_from_wire(w: &pb::ImportedService) -> Result<ImportedRoute, String> {
     })
 }
 
-fn gateway_from_wire(w: &pb::GatewayConfig) -> Result<crate::GatewayPlan, String> {
+fn gateway_from_wire(w: &pb::GatewayConfig) -> Result<crate::GatewayPlan, SnapshotRefused> {
     let items = w.ingress.iter().map(|p| 1 + p.exports.len()).sum::<usize>() + w.egress.len();
     if items > MAX_GATEWAY_ITEMS {
-        return Err(format!(
+        return Err(invalid(format!(
             "gateway: {items} entries; the limit is {MAX_GATEWAY_ITEMS}"
-        ));
+        )));
     }
     let mut plan = crate::GatewayPlan::default();
     for (i, p) in w.ingress.iter().enumerate() {
-        let at = |f: &str, e: &dyn std::fmt::Display| format!("gateway.ingress[{i}].{f}: {e}");
+        let at =
+            |f: &str, e: &dyn std::fmt::Display| invalid(format!("gateway.ingress[{i}].{f}: {e}"));
         let mut exports = std::collections::BTreeMap::new();
         for (j, x) in p.exports.iter().enumerate() {
             let name: meshfed_core::Hostname = x
@@ -173,7 +200,8 @@ fn gateway_from_wire(w: &pb::GatewayConfig) -> Result<crate::GatewayPlan, String
         });
     }
     for (i, r) in w.egress.iter().enumerate() {
-        let at = |f: &str, e: &dyn std::fmt::Display| format!("gateway.egress[{i}].{f}: {e}");
+        let at =
+            |f: &str, e: &dyn std::fmt::Display| invalid(format!("gateway.egress[{i}].{f}: {e}"));
         if r.ingress.len() > 300 || !r.ingress.contains(':') {
             return Err(at(
                 "ingress",
@@ -197,7 +225,7 @@ fn gateway_from_wire(w: &pb::GatewayConfig) -> Result<crate::GatewayPlan, String
 #[derive(Debug)]
 pub struct Update {
     pub received: Received,
-    pub done: oneshot::Sender<Result<(), String>>,
+    pub done: oneshot::Sender<Result<(), SnapshotRefused>>,
 }
 
 /// Where the subscription stands.
@@ -598,9 +626,9 @@ impl Client {
                         if apply.send(Update { received, done }).await.is_err() {
                             return Ok(got_any);
                         }
-                        let r = answer
-                            .await
-                            .unwrap_or_else(|_| Err("the proxy stopped".into()));
+                        let r = answer.await.unwrap_or_else(|_| {
+                            Err(SnapshotRefused::apply_failed("the proxy stopped"))
+                        });
                         if r.is_ok() {
                             *running = Some((version, content));
                         }
@@ -623,10 +651,18 @@ impl Client {
                     state.send_modify(|s| s.running = Some(version));
                     In::Ack(pb::Ack { version })
                 }
-                Err(reason) => {
-                    tracing::warn!("refused config version {version}: {reason}");
-                    state.send_modify(|s| s.nacked = Some((version, reason.clone())));
-                    In::Nack(pb::Nack { version, reason })
+                Err(refused) => {
+                    tracing::warn!(
+                        reason = refused.reason,
+                        version,
+                        "refused config version {version} (NACK): {}",
+                        refused.detail
+                    );
+                    state.send_modify(|s| s.nacked = Some((version, refused.detail.clone())));
+                    In::Nack(pb::Nack {
+                        version,
+                        reason: refused.detail,
+                    })
                 }
             };
             if out.send(send(reply)).await.is_err() {
@@ -637,54 +673,59 @@ impl Client {
     }
 
     /// Validates a snapshot like a mesh file and its bundles like imported ones.
-    fn check(&self, snap: pb::Snapshot) -> Result<Received, String> {
+    fn check(&self, snap: pb::Snapshot) -> Result<Received, SnapshotRefused> {
         let file = format!("config version {}", snap.version);
-        let mesh = validate::load_mesh(&file, &snap.mesh_json).map_err(|e| e.to_string())?;
+        let mesh =
+            validate::load_mesh(&file, &snap.mesh_json).map_err(|e| invalid(e.to_string()))?;
         let own = &self.boot.trust_domain;
         if &mesh.mesh.trust_domain != own {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{file}: spec.trustDomain is {}, this proxy belongs to {own}",
                 mesh.mesh.trust_domain
-            ));
+            )));
         }
         let mut bundles = TrustBundleSet::new();
         for b in &snap.bundles {
             let td: TrustDomain = b
                 .trust_domain
                 .parse()
-                .map_err(|e| format!("{file}: bundles[{}]: {e}", b.trust_domain))?;
+                .map_err(|e| invalid(format!("{file}: bundles[{}]: {e}", b.trust_domain)))?;
             let (bundle, _) = TrustBundle::from_json(td.clone(), &b.json)
-                .map_err(|e| format!("{file}: bundle of {td}: {e}"))?;
+                .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
             bundles
                 .insert(bundle)
-                .map_err(|e| format!("{file}: bundle of {td}: {e}"))?;
+                .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
         }
         if bundles.get(own).is_none() {
-            return Err(format!("{file}: no bundle for the mesh's own domain {own}"));
+            return Err(invalid(format!(
+                "{file}: no bundle for the mesh's own domain {own}"
+            )));
         }
         if snap.imports.len() > MAX_IMPORTS {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{file}: imports: {} entries; the limit is {MAX_IMPORTS}",
                 snap.imports.len()
-            ));
+            )));
         }
         let imports = snap
             .imports
             .iter()
             .enumerate()
-            .map(|(i, w)| import_from_wire(w).map_err(|e| format!("{file}: imports[{i}].{e}")))
+            .map(|(i, w)| {
+                import_from_wire(w).map_err(|e| invalid(format!("{file}: imports[{i}].{e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let gateway = snap
             .gateway
             .as_ref()
             .map(gateway_from_wire)
             .transpose()
-            .map_err(|e| format!("{file}: {e}"))?;
+            .map_err(|e| invalid(format!("{file}: {e}")))?;
         if snap.exported_names.len() > MAX_IMPORTS {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{file}: exportedNames: {} entries; the limit is {MAX_IMPORTS}",
                 snap.exported_names.len()
-            ));
+            )));
         }
         let exported_names = snap
             .exported_names
@@ -692,14 +733,14 @@ impl Client {
             .enumerate()
             .map(|(i, n)| {
                 n.parse()
-                    .map_err(|e| format!("{file}: exportedNames[{i}]: {e}"))
+                    .map_err(|e| invalid(format!("{file}: exportedNames[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if snap.unready_workloads.len() > MAX_IMPORTS {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{file}: unreadyWorkloads: {} entries; the limit is {MAX_IMPORTS}",
                 snap.unready_workloads.len()
-            ));
+            )));
         }
         let unready = snap
             .unready_workloads
@@ -710,7 +751,9 @@ impl Client {
                     .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && w.len() <= 253)
                     .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
                     .ok_or_else(|| {
-                        format!("{file}: unreadyWorkloads[{i}]: {w:?} is not namespace/name")
+                        invalid(format!(
+                            "{file}: unreadyWorkloads[{i}]: {w:?} is not namespace/name"
+                        ))
                     })
             })
             .collect::<Result<_, _>>()?;

@@ -28,6 +28,33 @@ use meshfed_trust::verify::{self, SharedBundles};
 /// The default time between serving a new root and signing with it.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(10);
 
+/// Why the CA folder's new content was not taken (the running CA stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(
+        "the CA is now for {found}, not {expected}; a trust domain cannot change while running"
+    )]
+    TrustDomainChanged {
+        found: meshfed_core::TrustDomain,
+        expected: meshfed_core::TrustDomain,
+    },
+    #[error("{0}")]
+    Load(#[from] meshfed_trust::ca::CaError),
+    #[error("the CA's bundle: {0}")]
+    Bundle(#[from] meshfed_trust::bundle::BundleError),
+}
+
+impl RotationError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TrustDomainChanged { .. } => "TrustDomainChanged",
+            Self::Load(e) => e.reason(),
+            Self::Bundle(e) => e.reason(),
+        }
+    }
+}
+
 /// The CA a control plane trusts and the one it signs with.
 pub struct MeshCa {
     /// What the CA folder holds now: every root, served in the bundles.
@@ -94,21 +121,20 @@ impl MeshCa {
     }
 
     /// Takes `loaded` (the CA folder as it is now) as the trusted CA.
-    pub fn take(&self, loaded: CertificateAuthority) -> Result<Change, String> {
+    pub fn take(&self, loaded: CertificateAuthority) -> Result<Change, RotationError> {
         let cur = self.trusted.load();
         if loaded.trust_domain() != cur.trust_domain() {
-            return Err(format!(
-                "the CA is now for {}, not {}; a trust domain cannot change while running",
-                loaded.trust_domain(),
-                cur.trust_domain()
-            ));
+            return Err(RotationError::TrustDomainChanged {
+                found: loaded.trust_domain().clone(),
+                expected: cur.trust_domain().clone(),
+            });
         }
         if loaded.roots() == cur.roots() && loaded.sequence() == cur.sequence() {
             return Ok(Change::None);
         }
-        let bundle = loaded.current_bundle().map_err(|e| e.to_string())?;
+        let bundle = loaded.current_bundle()?;
         let mut own = TrustBundleSet::new();
-        own.insert(bundle).map_err(|e| e.to_string())?;
+        own.insert(bundle)?;
         let new_root = loaded.signing_root_fingerprint() != self.signing_root();
         let loaded = Arc::new(loaded);
         self.own.store(Arc::new(own));
@@ -176,16 +202,18 @@ pub async fn watch_dir(
             continue;
         }
         let result = CertificateAuthority::load(&dir)
-            .map_err(|e| e.to_string())
+            .map_err(RotationError::from)
             .and_then(|loaded| ca.take(loaded));
         match result {
             Err(e) => {
-                if e != said {
-                    tracing::info!(
+                let text = e.to_string();
+                if text != said {
+                    tracing::warn!(
+                        reason = e.reason(),
                         "keeping the current CA: {}: {e}",
                         dir.join("ca.json").display()
                     );
-                    said = e;
+                    said = text;
                 }
                 // Retried on the next change of the manifest.
                 seen = now;
@@ -299,7 +327,8 @@ mod tests {
         let other =
             CertificateAuthority::new("other.local".parse().unwrap(), SystemTime::now()).unwrap();
         let e = mc.take(other).unwrap_err();
-        assert!(e.contains("other.local"), "{e}");
+        assert!(e.to_string().contains("other.local"), "{e}");
+        assert_eq!(e.reason(), "TrustDomainChanged");
         assert_eq!(mc.trusted().trust_domain().to_string(), "rot.local");
     }
 }

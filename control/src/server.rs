@@ -17,6 +17,7 @@ use meshfed_api::config::proxy_message::Msg as In;
 use meshfed_api::config::{self as pb, ControlMessage, ProxyMessage};
 use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
+use meshfed_peering::reason::refusal;
 use meshfed_peering::tls::{PeerConn, PeerInfo};
 use meshfed_trust::bootstrap::token_matches;
 use meshfed_trust::svid::{Role, inspect};
@@ -25,7 +26,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::rotation::MeshCa;
 use crate::{MAX_MESSAGE_BYTES, Snapshot};
@@ -202,7 +203,11 @@ impl ControlPlane {
         st.certificates_refused += 1;
         st.last_refusal = Some(status.message().to_owned());
         drop(st);
-        tracing::warn!("refused a certificate: {}", status.message());
+        tracing::warn!(
+            reason = meshfed_peering::reason::reason_of(&status).unwrap_or("Refused"),
+            "refused a certificate: {}",
+            meshfed_peering::reason::detail_of(&status)
+        );
         status
     }
 
@@ -227,7 +232,7 @@ impl ControlPlane {
         let snap = self.snapshot.borrow().clone();
         let id = match workload_identity(&snap.mesh, &sub.namespace, &sub.workload) {
             Ok(id) => id,
-            Err(e) => return close(tx, "UnknownWorkload", e).await,
+            Err(e) => return close(tx, "UnknownWorkload", e.to_string()).await,
         };
         if id != caller {
             return close(
@@ -547,29 +552,36 @@ pub fn workload_identity(
     mesh: &MeshFederation,
     namespace: &str,
     name: &str,
-) -> Result<SpiffeId, String> {
+) -> Result<SpiffeId, UnknownWorkload> {
+    let unknown = || UnknownWorkload {
+        mesh: mesh.mesh.to_string(),
+        namespace: namespace.chars().take(64).collect(),
+        name: name.chars().take(64).collect(),
+    };
     if mesh.namespace.as_str() == namespace && mesh.gateways.contains_key(name) {
         return SpiffeId::for_service_account(
             &mesh.trust_domain,
             &mesh.namespace,
             &format!("{name}-service-account"),
         )
-        .map_err(|e| e.to_string());
+        .map_err(|_| unknown());
     }
     let w = mesh
         .catalog
         .workloads()
         .find(|w| w.name == name && w.namespace.as_str() == namespace)
-        .ok_or_else(|| {
-            format!(
-                "mesh {} has no workload {:?} in namespace {:?}",
-                mesh.mesh,
-                name.chars().take(64).collect::<String>(),
-                namespace.chars().take(64).collect::<String>()
-            )
-        })?;
+        .ok_or_else(unknown)?;
     SpiffeId::for_service_account(&mesh.trust_domain, &w.namespace, &w.service_account)
-        .map_err(|e| e.to_string())
+        .map_err(|_| unknown())
+}
+
+/// A workload the mesh does not have (or whose identity is not a valid SPIFFE ID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mesh {mesh} has no workload {name:?} in namespace {namespace:?}")]
+pub struct UnknownWorkload {
+    pub mesh: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 #[tonic::async_trait]
@@ -581,25 +593,33 @@ impl MeshConfig for ControlPlane {
         let caller = PeerInfo::caller_of(&request);
         let r = request.into_inner();
         if r.csr_der.len() > MAX_CSR_BYTES {
-            return Err(self.refuse(Status::invalid_argument(format!(
-                "InvalidCsr: csrDer is {} bytes; the limit is {MAX_CSR_BYTES}",
-                r.csr_der.len()
-            ))));
+            return Err(self.refuse(refusal(
+                Code::InvalidArgument,
+                "InvalidCsr",
+                format!(
+                    "csrDer is {} bytes; the limit is {MAX_CSR_BYTES}",
+                    r.csr_der.len()
+                ),
+            )));
         }
         let mesh = self.snapshot.borrow().mesh.clone();
         let id = workload_identity(&mesh, &r.namespace, &r.workload)
-            .map_err(|e| self.refuse(Status::not_found(format!("UnknownWorkload: {e}"))))?;
+            .map_err(|e| self.refuse(refusal(Code::NotFound, "UnknownWorkload", e)))?;
         match &caller {
             Some(c) if c == &id => {}
             Some(c) => {
-                return Err(self.refuse(Status::permission_denied(format!(
-                    "IdentityMismatch: {c} may renew only its own certificate, not {id}'s"
-                ))));
+                return Err(self.refuse(refusal(
+                    Code::PermissionDenied,
+                    "IdentityMismatch",
+                    format!("{c} may renew only its own certificate, not {id}'s"),
+                )));
             }
             None if token_matches(&self.token, &r.token) => {}
             None => {
-                return Err(self.refuse(Status::unauthenticated(
-                    "BadToken: a first certificate needs the mesh's bootstrap token",
+                return Err(self.refuse(refusal(
+                    Code::Unauthenticated,
+                    "BadToken",
+                    "a first certificate needs the mesh's bootstrap token",
                 )));
             }
         }
@@ -618,7 +638,7 @@ impl MeshConfig for ControlPlane {
                 self.svid_ttl,
                 now,
             )
-            .map_err(|e| self.refuse(Status::invalid_argument(format!("InvalidCsr: {e}"))))?;
+            .map_err(|e| self.refuse(refusal(Code::InvalidArgument, "InvalidCsr", e)))?;
         let (not_before, not_after) = chain
             .first()
             .and_then(|leaf| inspect(leaf, Role::Leaf, now).ok())

@@ -23,7 +23,51 @@ pub struct Trust {
 }
 
 /// Reads the trust to serve, as it is now.
-pub type TrustFn = Arc<dyn Fn() -> Result<Trust, String> + Send + Sync>;
+pub type TrustFn = Arc<dyn Fn() -> Result<Trust, SourceError> + Send + Sync>;
+
+/// Why a configuration was refused (the previous one stays served).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text (invalid byte at offset {offset})", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
+    #[error("{0}")]
+    Invalid(#[from] validate::MeshLoadError),
+    #[error(
+        "{file}: spec.trustDomain is {found}, but this control plane's CA is for {expected}; \
+         a trust domain cannot change while running"
+    )]
+    TrustDomainChanged {
+        file: String,
+        found: TrustDomain,
+        expected: TrustDomain,
+    },
+    #[error("no trust bundle for the mesh's own domain {0}")]
+    NoOwnBundle(TrustDomain),
+    #[error("the trust bundles: {0}")]
+    Trust(#[from] meshfed_trust::dir::DirError),
+    #[error("the cluster: {0}")]
+    Cluster(String),
+}
+
+impl SourceError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "ReadFailed",
+            Self::NotUtf8 { .. } => "NotUtf8",
+            Self::Invalid(_) => "InvalidMesh",
+            Self::TrustDomainChanged { .. } => "TrustDomainChanged",
+            Self::NoOwnBundle(_) => "NoOwnBundle",
+            Self::Trust(e) => e.reason(),
+            Self::Cluster(_) => "ClusterUnavailable",
+        }
+    }
+}
 
 /// Loads `text` (from `file`) as the next configuration after `prev` (if any): `Ok(None)`
 /// when nothing changed.
@@ -33,19 +77,42 @@ pub fn next_snapshot(
     text: &str,
     trust_domain: &TrustDomain,
     trust: Trust,
-) -> Result<Option<Snapshot>, String> {
-    let loaded = validate::load_mesh(file, text).map_err(|e| e.to_string())?;
+) -> Result<Option<Snapshot>, SourceError> {
+    let next = snapshot(prev, file, text, trust_domain, trust)?;
+    Ok(match prev {
+        Some(p) if p.same_content(&next) => None,
+        _ => Some(next),
+    })
+}
+
+/// `text` (from `file`) as the first snapshot.
+pub fn first_snapshot(
+    file: &str,
+    text: &str,
+    trust_domain: &TrustDomain,
+    trust: Trust,
+) -> Result<Snapshot, SourceError> {
+    snapshot(None, file, text, trust_domain, trust)
+}
+
+/// `text` as the snapshot after `prev`, changed or not.
+fn snapshot(
+    prev: Option<&Snapshot>,
+    file: &str,
+    text: &str,
+    trust_domain: &TrustDomain,
+    trust: Trust,
+) -> Result<Snapshot, SourceError> {
+    let loaded = validate::load_mesh(file, text)?;
     if &loaded.mesh.trust_domain != trust_domain {
-        return Err(format!(
-            "{file}: spec.trustDomain is {}, but this control plane's CA is for {trust_domain}; \
-             a trust domain cannot change while running",
-            loaded.mesh.trust_domain
-        ));
+        return Err(SourceError::TrustDomainChanged {
+            file: file.to_owned(),
+            found: loaded.mesh.trust_domain.clone(),
+            expected: trust_domain.clone(),
+        });
     }
     if !trust.bundles.iter().any(|(td, _)| td == trust_domain) {
-        return Err(format!(
-            "no trust bundle for the mesh's own domain {trust_domain}"
-        ));
+        return Err(SourceError::NoOwnBundle(trust_domain.clone()));
     }
     let next = Snapshot {
         version: prev.map_or_else(Snapshot::first_version, |p| p.version + 1),
@@ -56,10 +123,7 @@ pub fn next_snapshot(
         imports: prev.map(|p| p.imports.clone()).unwrap_or_default(),
         unready: prev.map(|p| p.unready.clone()).unwrap_or_default(),
     };
-    Ok(match prev {
-        Some(p) if p.same_content(&next) => None,
-        _ => Some(next),
-    })
+    Ok(next)
 }
 
 /// Loads the first snapshot from `path`.
@@ -67,27 +131,26 @@ pub fn initial(
     path: &Path,
     trust_domain: &TrustDomain,
     trust: &TrustFn,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, SourceError> {
     let text = read_text(path)?;
-    next_snapshot(
+    snapshot(
         None,
         &path.display().to_string(),
         &text,
         trust_domain,
         trust()?,
-    )?
-    .ok_or_else(|| "no snapshot".to_owned())
+    )
 }
 
 /// A file's text, which must be UTF-8; the error names the file (and the first bad byte).
-pub fn read_text(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{}: not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
+pub fn read_text(path: &Path) -> Result<String, SourceError> {
+    let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| SourceError::NotUtf8 {
+        path: path.to_owned(),
+        offset: e.utf8_error().valid_up_to(),
     })
 }
 
@@ -134,7 +197,7 @@ pub async fn watch_file(
 /// version stays; `left_out` is what a valid configuration still left out (Kubernetes mode's
 /// refused resources), shown as the config error otherwise.
 pub fn publish(
-    result: Result<Option<Snapshot>, String>,
+    result: Result<Option<Snapshot>, SourceError>,
     tx: &watch::Sender<Arc<Snapshot>>,
     status: &Mutex<ControlStatus>,
     changed: &str,
@@ -152,10 +215,11 @@ pub fn publish(
         }
         Ok(None) => st.config_error = left_out,
         Err(e) => {
-            if st.config_error.as_deref() != Some(e.as_str()) {
-                tracing::warn!("keeping version {}: {e}", st.version);
+            let text = e.to_string();
+            if st.config_error.as_deref() != Some(text.as_str()) {
+                tracing::warn!(reason = e.reason(), "keeping version {}: {e}", st.version);
             }
-            st.config_error = Some(e);
+            st.config_error = Some(text);
         }
     }
 }

@@ -313,7 +313,9 @@ fn subscribe(
                 if r.is_ok() {
                     log.lock().unwrap().push(u.received.version);
                 }
-                let _ = u.done.send(r);
+                let _ = u
+                    .done
+                    .send(r.map_err(meshfed_control::client::SnapshotRefused::apply_failed));
             }
         };
         tokio::join!(client.subscribe(svid, updates, state), consumer);

@@ -225,31 +225,33 @@ impl Drop for PeerStream {
 }
 
 /// Reads from `s` until a whole ClientHello is buffered; returns it and the bytes read.
-async fn read_hello<S: AsyncRead + Unpin>(s: &mut S) -> Result<(ClientHello, Vec<u8>), String> {
+async fn read_hello<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<(ClientHello, Vec<u8>), &'static str> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         loop {
-            if let Some(h) = sni::parse(&buf).map_err(|e: SniError| e.reason().to_owned())? {
+            if let Some(h) = sni::parse(&buf).map_err(|e: SniError| e.reason())? {
                 return Ok(h);
             }
             if buf.len() >= MAX_PEEK {
-                return Err("ClientHelloTooLarge".to_owned());
+                return Err("ClientHelloTooLarge");
             }
             let mut chunk = [0u8; 4096];
             let want = chunk.len().min(MAX_PEEK - buf.len());
             let n = s
                 .read(&mut chunk[..want])
                 .await
-                .map_err(|_| "ClientClosed".to_owned())?;
+                .map_err(|_| "ClientClosed")?;
             if n == 0 {
-                return Err("ClientClosed".to_owned());
+                return Err("ClientClosed");
             }
             buf.extend_from_slice(&chunk[..n]);
         }
     };
     let hello = tokio::time::timeout(STEP_TIMEOUT, read)
         .await
-        .map_err(|_| "ClientHelloTimeout".to_owned())??;
+        .map_err(|_| "ClientHelloTimeout")??;
     Ok((hello, buf))
 }
 
@@ -353,7 +355,7 @@ impl IngressCtx {
         &self,
         peer: &IngressPeer,
         tunnel: &mut S,
-    ) -> Result<(TcpStream, Vec<u8>), String> {
+    ) -> Result<(TcpStream, Vec<u8>), &'static str> {
         let (hello, first) = read_hello(tunnel).await?;
         let endpoints = peer
             .exports
@@ -503,7 +505,7 @@ async fn ingress_tcp(ctx: &IngressCtx, acceptor: &tokio_rustls::TlsAcceptor, tcp
     stats.accepted.fetch_add(1, Ordering::Relaxed);
     match ctx.admit(&peer, &mut tunnel).await {
         Ok((up, first)) => ctx.relay(&peer, tunnel, up, first).await,
-        Err(reason) => stats.deny(&peer.name, &reason),
+        Err(reason) => stats.deny(&peer.name, reason),
     }
 }
 
@@ -544,7 +546,7 @@ async fn ingress_quic(
                         .await;
                 }
                 Err(reason) => {
-                    ctx.stats.deny(&peer.name, &reason);
+                    ctx.stats.deny(&peer.name, reason);
                     let _ = send.reset(CODE_REFUSED.into());
                     let _ = recv.stop(CODE_REFUSED.into());
                 }
@@ -601,7 +603,7 @@ async fn egress_conn(
     let (hello, first) = match read_hello(&mut down).await {
         Ok(x) => x,
         Err(reason) => {
-            stats.deny("-", &reason);
+            stats.deny("-", reason);
             return;
         }
     };
@@ -689,7 +691,7 @@ pub async fn start_discovery(
                 let first = match read_hello(&mut down).await {
                     Ok((_, first)) => first,
                     Err(reason) => {
-                        stats.deny("-", &reason);
+                        stats.deny("-", reason);
                         return;
                     }
                 };

@@ -51,15 +51,18 @@ pub enum Transport {
     Quic,
 }
 
+/// A tunnel transport name that is neither `tcp` nor `quic`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tunnel transport {0:?}: use tcp or quic")]
+pub struct UnknownTransport(pub String);
+
 impl FromStr for Transport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownTransport;
+    fn from_str(s: &str) -> Result<Self, UnknownTransport> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Self::Tcp),
             "quic" => Ok(Self::Quic),
-            other => Err(format!(
-                "unknown tunnel transport {other:?}: use tcp or quic"
-            )),
+            other => Err(UnknownTransport(other.to_owned())),
         }
     }
 }

@@ -24,9 +24,13 @@ const MANAGER: &str = "meshfed-finalizer";
 pub type Cleanup = Arc<
     dyn Fn(
             String,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-        + Send
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<(), Box<dyn std::error::Error + Send + Sync>>,
+                    > + Send,
+            >,
+        > + Send
         + Sync,
 >;
 

@@ -33,7 +33,44 @@ pub async fn connect() -> Result<Client, kube::Error> {
 }
 
 /// A client for the API server at `url` with no credentials (tests' in-memory servers).
-pub fn client_at(url: &str) -> Result<Client, String> {
-    let url = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    Client::try_from(kube::Config::new(url)).map_err(|e| e.to_string())
+pub fn client_at(url: &str) -> Result<Client, KubeError> {
+    let parsed = url.parse::<http::Uri>().map_err(|e| KubeError::BadUrl {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    })?;
+    Ok(Client::try_from(kube::Config::new(parsed))?)
+}
+
+/// Why talking to the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("the Kubernetes API did not list every watched resource within {0:?}")]
+    ListTimeout(std::time::Duration),
+    #[error("a watch stopped before its first list: {0}")]
+    WatchStopped(#[from] kube::runtime::reflector::store::WriterDropped),
+    #[error("{url}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("Secret {namespace}/{name} has no data.token")]
+    NoToken { namespace: String, name: String },
+    #[error("could not read or create Secret {namespace}/{name}")]
+    SecretRace { namespace: String, name: String },
+    #[error("{0}")]
+    Source(#[from] meshfed_control::source::SourceError),
+}
+
+impl KubeError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Api(_) => "KubernetesApiError",
+            Self::ListTimeout(_) => "ListTimeout",
+            Self::WatchStopped(_) => "WatchStopped",
+            Self::BadUrl { .. } => "BadUrl",
+            Self::NoToken { .. } => "JoinSecretInvalid",
+            Self::SecretRace { .. } => "JoinSecretUnavailable",
+            Self::Source(e) => e.reason(),
+        }
+    }
 }

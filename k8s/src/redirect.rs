@@ -30,15 +30,16 @@ pub struct RedirectError {
     pub reason: String,
 }
 
-fn cidr(v: &str) -> Result<(), String> {
+fn cidr(field: &'static str, v: &str) -> Result<(), RedirectError> {
+    let err = |reason: String| RedirectError { field, reason };
     let (ip, len) = v
         .split_once('/')
-        .ok_or_else(|| format!("{v:?} is not a.b.c.d/n"))?;
+        .ok_or_else(|| err(format!("{v:?} is not a.b.c.d/n")))?;
     ip.parse::<std::net::Ipv4Addr>()
-        .map_err(|e| format!("{v:?}: {e}"))?;
+        .map_err(|e| err(format!("{v:?}: {e}")))?;
     match len.parse::<u8>() {
         Ok(n) if n <= 32 => Ok(()),
-        _ => Err(format!("{v:?}: the prefix length must be 0 to 32")),
+        _ => Err(err(format!("{v:?}: the prefix length must be 0 to 32"))),
     }
 }
 
@@ -50,7 +51,7 @@ impl Redirect {
             return Err(err("ports", "the sidecar's ports must not be 0".into()));
         }
         for c in &self.exclude_outbound_cidrs {
-            cidr(c).map_err(|e| err("excludeOutboundCidrs", e))?;
+            cidr("excludeOutboundCidrs", c)?;
         }
         let mut r = String::from("*nat\n");
         for chain in [

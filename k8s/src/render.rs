@@ -63,17 +63,22 @@ pub struct PeerRoots {
 
 impl PeerRoots {
     /// The roots as the peer's trust bundle.
-    pub fn bundle(&self) -> Result<meshfed_trust::TrustBundle, String> {
-        let td = self
-            .trust_domain
-            .parse()
-            .map_err(|e| format!("trustDomain: {e}"))?;
+    pub fn bundle(&self) -> Result<meshfed_trust::TrustBundle, PeerRootsError> {
+        let td = self.trust_domain.parse()?;
         let certs = meshfed_trust::pem::certificates(&self.pem)?;
-        if certs.is_empty() {
-            return Err("no certificate".into());
-        }
-        meshfed_trust::TrustBundle::new(td, certs, self.version).map_err(|e| e.to_string())
+        Ok(meshfed_trust::TrustBundle::new(td, certs, self.version)?)
     }
+}
+
+/// Why a ConfigMap's roots are not a usable bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRootsError {
+    #[error("trustDomain: {0}")]
+    TrustDomain(#[from] meshfed_core::id::SpiffeIdError),
+    #[error("{0}")]
+    Pem(#[from] meshfed_trust::pem::PemError),
+    #[error("{0}")]
+    Bundle(#[from] meshfed_trust::bundle::BundleError),
 }
 
 /// Adds to `set` the peer bundles meshfed stored (where newer than what `set` holds), then

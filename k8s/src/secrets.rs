@@ -22,7 +22,7 @@ pub async fn join_token(
     client: &kube::Client,
     namespace: &str,
     fresh: impl Fn() -> String,
-) -> Result<String, String> {
+) -> Result<String, crate::KubeError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |s: &Secret| {
         s.data
@@ -32,10 +32,12 @@ pub async fn join_token(
             .filter(|t| !t.is_empty())
     };
     for _ in 0..3 {
-        match api.get_opt(JOIN_SECRET).await.map_err(|e| e.to_string())? {
+        match api.get_opt(JOIN_SECRET).await? {
             Some(s) => {
-                return read(&s)
-                    .ok_or_else(|| format!("Secret {namespace}/{JOIN_SECRET} has no data.token"));
+                return read(&s).ok_or_else(|| crate::KubeError::NoToken {
+                    namespace: namespace.to_owned(),
+                    name: JOIN_SECRET.to_owned(),
+                });
             }
             None => {
                 let token = fresh();
@@ -57,14 +59,15 @@ pub async fn join_token(
                 match api.create(&PostParams::default(), &secret).await {
                     Ok(_) => return Ok(token),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
     }
-    Err(format!(
-        "could not read or create Secret {namespace}/{JOIN_SECRET}"
-    ))
+    Err(crate::KubeError::SecretRace {
+        namespace: namespace.to_owned(),
+        name: JOIN_SECRET.to_owned(),
+    })
 }
 
 /// Where the bootstrap Secret must be: the control-plane namespace (gateways) and every

@@ -186,15 +186,12 @@ impl KubeSource {
         client: &Client,
         settings: Settings,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::KubeError> {
         let changed = Arc::new(Notify::new());
         let stores = Stores::start(client, &settings.namespace, &changed);
         tokio::time::timeout(timeout, stores.ready())
             .await
-            .map_err(|_| {
-                format!("the Kubernetes API did not list every watched resource within {timeout:?}")
-            })?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| crate::KubeError::ListTimeout(timeout))??;
         let rendered = render(&stores.cluster(), &settings);
         Ok(Self {
             stores,
@@ -205,10 +202,13 @@ impl KubeSource {
     }
 
     /// The first snapshot.
-    pub fn initial(&self, trust_domain: &TrustDomain, trust: &TrustFn) -> Result<Snapshot, String> {
+    pub fn initial(
+        &self,
+        trust_domain: &TrustDomain,
+        trust: &TrustFn,
+    ) -> Result<Snapshot, meshfed_control::source::SourceError> {
         let r = self.rendered.borrow().clone();
-        next_snapshot(None, "kubernetes", &r.text, trust_domain, trust()?)?
-            .ok_or_else(|| "no snapshot".to_owned())
+        meshfed_control::source::first_snapshot("kubernetes", &r.text, trust_domain, trust()?)
     }
 
     /// Re-renders on every change (and re-reads the trust every `every`); publishes each new

@@ -47,30 +47,46 @@ pub struct Target {
     pub path: String,
 }
 
+/// Why a request got no answer: the step that failed and what it said.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {detail}")]
+pub struct GetError {
+    /// `Connect`, `Handshake`, `Request`, `Send` or `Body`.
+    pub step: &'static str,
+    pub detail: String,
+}
+
+fn failed(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> GetError {
+    move |e| GetError {
+        step,
+        detail: e.to_string(),
+    }
+}
+
 /// `GET path` with `Host: host` on a new connection to `addr`: status and body (at most
 /// 64 KiB), or why there was none. No timeout of its own.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes), String> {
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes), GetError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("Connect: {e}"))?;
+        .map_err(|e| failed("Connect")(&e))?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("Handshake: {e}"))?;
+        .map_err(|e| failed("Handshake")(&e))?;
     tokio::spawn(conn);
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, host)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("Request: {e}"))?;
+        .map_err(|e| failed("Request")(&e))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("Send: {e}"))?;
+        .map_err(|e| failed("Send")(&e))?;
     let status = resp.status().as_u16();
     let body = Limited::new(resp.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|e| format!("Body: {e}"))?
+        .map_err(|e| failed("Body")(&e))?
         .to_bytes();
     Ok((status, body))
 }
@@ -78,7 +94,9 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes
 /// Sends one request; the sample's time fields are filled by the caller.
 pub async fn call(t: &Target) -> (u16, Option<String>, Option<String>) {
     let run = async {
-        let (status, body) = get(t.addr, &t.host, &t.path).await?;
+        let (status, body) = get(t.addr, &t.host, &t.path)
+            .await
+            .map_err(|e| e.to_string())?;
         let mesh = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("mesh").and_then(|m| m.as_str()).map(str::to_owned));

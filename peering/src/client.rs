@@ -160,13 +160,12 @@ fn msg(m: Out) -> ImporterMessage {
 }
 
 /// The reason token at the start of a status message (`ClientIDRejected: …`).
+/// The reason of an error from the exporter: the `meshfed-reason` it carries, else (a
+/// transport failure before the service answered) one from the code.
 fn status_reason(s: &tonic::Status) -> String {
-    let m = s.message();
-    match m.split_once(':') {
-        Some((head, _)) if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric()) => {
-            head.to_owned()
-        }
-        _ => match s.code() {
+    match crate::reason::reason_of(s) {
+        Some(r) => r.to_owned(),
+        None => match s.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown => "TrustBundleMismatch".to_owned(),
             c => format!("{c:?}"),
         },
@@ -238,14 +237,15 @@ impl Driver {
         }
     }
 
-    async fn dial(&self) -> Result<Conn, String> {
+    /// Opens the stream; the error is the stable reason it could not be opened.
+    async fn dial(&self) -> Result<Conn, &'static str> {
         let channel = crate::tls::connect(
             self.config.address,
             self.tls.clone(),
             self.config.connect_timeout,
         )
         .await
-        .map_err(|e| e.reason)?;
+        .map_err(|e| static_reason(&e.reason))?;
         let mut client = PeeringClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -257,14 +257,14 @@ impl Driver {
         };
         tx.send(msg(Out::Hello(hello)))
             .await
-            .map_err(|_| "StreamClosed".to_owned())?;
+            .map_err(|_| "StreamClosed")?;
         let response = tokio::time::timeout(
             self.config.connect_timeout,
             client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
         )
         .await
-        .map_err(|_| "GatewayUnreachable".to_owned())?
-        .map_err(|s| status_reason(&s))?;
+        .map_err(|_| "GatewayUnreachable")?
+        .map_err(|s| static_reason(&status_reason(&s)))?;
         Ok(Conn {
             tx,
             inbound: response.into_inner(),
@@ -566,8 +566,7 @@ impl Driver {
                                 pending.extend(session.handle(self.now(), Event::Connected));
                             }
                             Err(reason) => {
-                                self.note_disconnect(&reason);
-                                let reason: &'static str = static_reason(&reason);
+                                self.note_disconnect(reason);
                                 pending.extend(
                                     session.handle(self.now(), Event::Disconnected { reason }),
                                 );

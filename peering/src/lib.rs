@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod client;
 pub mod convert;
+pub mod reason;
 pub mod redeem;
 pub mod server;
 pub mod status;

@@ -60,15 +60,9 @@ pub async fn redeem(
             reason: "GatewayUnreachable".into(),
             detail: "no answer in time".into(),
         })?
-        .map_err(|s| {
-            let (reason, detail) = s
-                .message()
-                .split_once(": ")
-                .unwrap_or(("Refused", s.message()));
-            RedeemError {
-                reason: reason.into(),
-                detail: detail.into(),
-            }
+        .map_err(|s| RedeemError {
+            reason: crate::reason::reason_of(&s).unwrap_or("Refused").to_owned(),
+            detail: crate::reason::detail_of(&s).to_owned(),
         })?;
     Ok(response.into_inner())
 }

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{delta_to_wire, snapshot_to_wire};
+use crate::reason::refusal;
 use crate::status::unix_ms;
 use crate::tls::PeerInfo;
 
@@ -190,10 +191,17 @@ pub struct Redemption {
     pub client_id: SpiffeId,
 }
 
-/// Carries out a redemption: checks the secret once and stores the caller's bundle. The error
-/// is a `Reason: detail` message for the caller.
+/// Why a redemption was refused: a stable reason and a detail, both sent to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Refused {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Carries out a redemption: checks the secret once and stores the caller's bundle.
 pub type Redeemer = Arc<
-    dyn Fn(Redemption) -> meshfed_trust::store::BoxFuture<'static, Result<(), String>>
+    dyn Fn(Redemption) -> meshfed_trust::store::BoxFuture<'static, Result<(), Refused>>
         + Send
         + Sync,
 >;
@@ -224,7 +232,11 @@ fn close(reason: &str, detail: impl Into<String>) -> ExporterMessage {
 }
 
 fn field_err(field: &str, e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("InvalidRedemption: {field}: {e}"))
+    refusal(
+        tonic::Code::InvalidArgument,
+        "InvalidRedemption",
+        format!("{field}: {e}"),
+    )
 }
 
 #[tonic::async_trait]
@@ -236,8 +248,10 @@ impl Peering for Exporter {
         request: Request<pb::RedeemRequest>,
     ) -> Result<Response<pb::RedeemResponse>, Status> {
         let Some(redeemer) = &self.redeemer else {
-            return Err(Status::unimplemented(
-                "RedemptionDisabled: this mesh does not redeem peering tokens",
+            return Err(refusal(
+                tonic::Code::Unimplemented,
+                "RedemptionDisabled",
+                "this mesh does not redeem peering tokens",
             ));
         };
         let r = request.into_inner();
@@ -278,7 +292,7 @@ impl Peering for Exporter {
             client_id,
         })
         .await
-        .map_err(Status::permission_denied)?;
+        .map_err(|e| refusal(tonic::Code::PermissionDenied, e.reason, e.detail))?;
         Ok(Response::new(pb::RedeemResponse {
             mesh: self.config.borrow().mesh.clone(),
         }))
@@ -289,8 +303,10 @@ impl Peering for Exporter {
         request: Request<Streaming<ImporterMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let Some(id) = PeerInfo::caller_of(&request) else {
-            return Err(Status::unauthenticated(
-                "NoPeerIdentity: the peering stream needs a client certificate",
+            return Err(refusal(
+                tonic::Code::Unauthenticated,
+                "NoPeerIdentity",
+                "the peering stream needs a client certificate",
             ));
         };
         let info = PeerInfoId { id };
@@ -305,25 +321,30 @@ impl Peering for Exporter {
                 id: info.id.to_string(),
                 reason: "ClientIDRejected",
             });
-            return Err(Status::permission_denied(format!(
-                "ClientIDRejected: {} is not the clientID of any peer of mesh {}",
-                info.id, config.mesh
-            )));
+            return Err(refusal(
+                tonic::Code::PermissionDenied,
+                "ClientIDRejected",
+                format!(
+                    "{} is not the clientID of any peer of mesh {}",
+                    info.id, config.mesh
+                ),
+            ));
         };
         {
             let mut active = self
                 .active
                 .lock()
-                .map_err(|_| Status::internal("Internal: lock poisoned"))?;
+                .map_err(|_| refusal(tonic::Code::Internal, "Internal", "lock poisoned"))?;
             if !active.insert(peer.name.clone()) {
                 let _ = self.events.send(ExporterEvent::Refused {
                     id: info.id.to_string(),
                     reason: "DuplicateStream",
                 });
-                return Err(Status::already_exists(format!(
-                    "DuplicateStream: peer {} already has a stream",
-                    peer.name
-                )));
+                return Err(refusal(
+                    tonic::Code::AlreadyExists,
+                    "DuplicateStream",
+                    format!("peer {} already has a stream", peer.name),
+                ));
             }
         }
         let guard = ActiveGuard {

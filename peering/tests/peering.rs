@@ -1100,7 +1100,10 @@ async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
                 log.lock().unwrap().push(r);
                 Ok(())
             } else {
-                Err("TokenUnknownSecret: no pending token has this secret".into())
+                Err(meshfed_peering::server::Refused {
+                    reason: "TokenUnknownSecret",
+                    detail: "no pending token has this secret".into(),
+                })
             };
             Box::pin(std::future::ready(out))
         },

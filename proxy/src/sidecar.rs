@@ -868,12 +868,30 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+/// Why an upstream connection was not made: a stable reason and what happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {detail}")]
+struct ConnectError {
+    /// `UpstreamConnect` (TCP), `UpstreamTimeout`, `UpstreamTls` or a verifier reason.
+    reason: &'static str,
+    detail: String,
+}
+
+impl ConnectError {
+    fn new(reason: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// Connects and handshakes with one endpoint, expecting the route's identities.
 async fn connect(
     tls: Arc<rustls::ClientConfig>,
     endpoint: &Endpoint,
     service: &Hostname,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
     let addr = endpoint.addr;
     // The SNI names the service: the peer's exported name through a gateway, else the
     // service's own hostname; the server sidecar refuses names it does not serve (domain
@@ -882,9 +900,9 @@ async fn connect(
     let connect = async move {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("UpstreamConnect: {e}"))?;
+            .map_err(|e| ConnectError::new("UpstreamConnect", e))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(sni).map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(sni).map_err(|e| ConnectError::new("UpstreamTls", e))?;
         tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
@@ -893,13 +911,16 @@ async fn connect(
                     .get_ref()
                     .and_then(|i| i.downcast_ref::<rustls::Error>())
                     .and_then(meshfed_trust::VerifyError::from_rustls)
-                    .map_or_else(|| "UpstreamTls".to_owned(), |v| v.reason().to_owned());
-                format!("{reason}: {e}")
+                    .map_or("UpstreamTls", |v| v.reason());
+                ConnectError::new(reason, e)
             })
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(r) => r,
-        Err(_) => Err(format!("UpstreamTimeout: connecting to {addr}")),
+        Err(_) => Err(ConnectError::new(
+            "UpstreamTimeout",
+            format!("connecting to {addr}"),
+        )),
     }
 }
 
@@ -958,7 +979,7 @@ async fn attempt(
             stats.handshake(Direction::Outbound, true);
             pool::handshake(tls, route.protocol)
                 .await
-                .map_err(|e| format!("UpstreamConnect: {e}"))
+                .map_err(|e| ConnectError::new("UpstreamConnect", e))
         };
         let mut s = match connected.await {
             Ok(s) => {
@@ -968,11 +989,11 @@ async fn attempt(
             }
             Err(e) => {
                 // Only a refused handshake is a handshake result; a refused TCP connect is not.
-                if !e.starts_with("UpstreamConnect") {
+                if e.reason != "UpstreamConnect" {
                     stats.handshake(Direction::Outbound, false);
                 }
                 payload.restore(req.into_body());
-                return Outcome::ConnectFailed(e);
+                return Outcome::ConnectFailed(e.to_string());
             }
         };
         match pool::send(&mut s, req).await {

@@ -330,39 +330,51 @@ impl TrustBundle {
     }
 }
 
-fn root_from_jwk(k: &Value) -> Result<Option<CertificateDer<'static>>, String> {
+/// Why a bundle key was skipped (a warning, not an error: the other keys still count).
+#[derive(Debug)]
+struct SkippedKey(String);
+
+impl std::fmt::Display for SkippedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn root_from_jwk(k: &Value) -> Result<Option<CertificateDer<'static>>, SkippedKey> {
     let Value::Object(k) = k else {
-        return Err("not an object".into());
+        return Err(SkippedKey("not an object".into()));
     };
     if k.get("kty").and_then(Value::as_str).is_none() {
-        return Err("no kty".into());
+        return Err(SkippedKey("no kty".into()));
     }
     match k.get("use").and_then(Value::as_str) {
         Some("x509-svid") => {}
         Some("jwt-svid") => return Ok(None),
-        Some(other) => return Err(format!("unknown use {other:?}")),
-        None => return Err("no use".into()),
+        Some(other) => return Err(SkippedKey(format!("unknown use {other:?}"))),
+        None => return Err(SkippedKey("no use".into())),
     }
     if k.contains_key("kid") {
-        return Err("an x509-svid key has no kid".into());
+        return Err(SkippedKey("an x509-svid key has no kid".into()));
     }
     let first = match k.get("x5c") {
-        Some(Value::Array(a)) if !a.is_empty() => a[0].as_str().ok_or("x5c[0] is not a string")?,
-        _ => return Err("x5c missing or empty".into()),
+        Some(Value::Array(a)) if !a.is_empty() => a[0]
+            .as_str()
+            .ok_or_else(|| SkippedKey("x5c[0] is not a string".into()))?,
+        _ => return Err(SkippedKey("x5c missing or empty".into())),
     };
     let der = STANDARD
         .decode(first)
-        .map_err(|e| format!("x5c[0] is not base64: {e}"))?;
+        .map_err(|e| SkippedKey(format!("x5c[0] is not base64: {e}")))?;
     let cert = CertificateDer::from(der);
-    let ins =
-        svid::inspect(&cert, Role::Signing, SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?;
+    let ins = svid::inspect(&cert, Role::Signing, SystemTime::UNIX_EPOCH)
+        .map_err(|e| SkippedKey(e.to_string()))?;
     if let Some(v) = ins.violations.iter().find(|v| {
         matches!(
             v,
             svid::SvidViolation::IssuerNotCa | svid::SvidViolation::IssuerCannotSign
         )
     }) {
-        return Err(format!("x5c[0] is not a CA: {v}"));
+        return Err(SkippedKey(format!("x5c[0] is not a CA: {v}")));
     }
     Ok(Some(cert))
 }

@@ -516,7 +516,7 @@ impl CertificateAuthority {
                 source,
             })?;
             let cert = crate::pem::certificates(&cert_pem)
-                .map_err(|e| corrupt(&cpath, e))?
+                .map_err(|e| corrupt(&cpath, e.to_string()))?
                 .into_iter()
                 .next()
                 .ok_or_else(|| corrupt(&cpath, "no certificate".into()))?;
