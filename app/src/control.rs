@@ -477,7 +477,8 @@ impl Control {
             "serve-snapshots",
             serve_with_imports(src_rx, feeds, cp.readiness(), on_mesh, tx, status.clone()),
         );
-        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fail_tx, mut fail_rx) =
+            tokio::sync::mpsc::channel(meshfed_peering::tls::FAILURE_QUEUE);
         let incoming = tls::incoming(listener, server_tls, fail_tx);
         tasks.spawn_finite("refusals", async move {
             while let Some(f) = fail_rx.recv().await {

@@ -418,7 +418,8 @@ impl Node {
             liveness: config.liveness * 2,
             ..ExporterOptions::default()
         };
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (events_tx, mut events_rx) =
+            tokio::sync::mpsc::channel(meshfed_peering::server::EVENT_QUEUE);
         let epoch = unix_ms(now) ^ u64::from(std::process::id()).rotate_left(40);
         let exporter = Exporter::new(config_rx, options, epoch, events_tx)
             .with_redeemer(redeemer(config.trust_store.clone(), bundles.clone()));
@@ -449,7 +450,8 @@ impl Node {
             mapping: Mutex::default(),
             changed: Notify::new(),
         });
-        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fail_tx, mut fail_rx) =
+            tokio::sync::mpsc::channel(meshfed_peering::tls::FAILURE_QUEUE);
         let incoming = tls::incoming(listener, server_tls, fail_tx);
         let drain = tasks.drain();
         tasks.spawn_graceful("exporter", async move {

@@ -234,8 +234,7 @@ fn library_errors_are_typed_not_strings() {
             let text = std::fs::read_to_string(&f).unwrap();
             for (i, line) in text.lines().enumerate() {
                 let l = line.replace(' ', "");
-                if (l.contains("Result<") && l.contains(",String>"))
-                    || l.contains("typeErr=String")
+                if (l.contains("Result<") && l.contains(",String>")) || l.contains("typeErr=String")
                 {
                     found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
                 }

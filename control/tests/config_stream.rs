@@ -95,7 +95,7 @@ impl Cp {
             }
         };
         let addr = listener.local_addr().unwrap();
-        let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+        let (fail_tx, _fail_rx) = mpsc::channel(16);
         let incoming = tls::incoming(listener, config, fail_tx);
         let (tx, rx) = watch::channel(Arc::new(snap));
         let status = Arc::new(Mutex::new(ControlStatus::default()));

@@ -118,7 +118,7 @@ async fn propagation(base: usize) -> Vec<Duration> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+    let (fail_tx, _fail_rx) = mpsc::channel(16);
     let incoming = tls::incoming(listener, server_tls, fail_tx);
     let mut current = view(base);
     let (config, rx) = watch::channel(Arc::new(ExporterConfig {
@@ -132,7 +132,7 @@ async fn propagation(base: usize) -> Vec<Duration> {
         }],
         bundle: None,
     }));
-    let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, _ev_rx) = mpsc::channel(1024);
     let exporter = Exporter::new(rx, ExporterOptions::default(), 1, ev_tx);
     tokio::spawn(async move { exporter.serve(incoming, std::future::pending()).await });
     let mut imp = client::spawn(

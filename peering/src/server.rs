@@ -103,6 +103,9 @@ pub enum ExporterEvent {
     },
 }
 
+/// How many exporter events may wait for their reader; a stream that produces more waits.
+pub const EVENT_QUEUE: usize = 1024;
+
 /// The exporter service.
 #[derive(Clone)]
 pub struct Exporter {
@@ -110,7 +113,7 @@ pub struct Exporter {
     options: ExporterOptions,
     active: Arc<Mutex<HashSet<PeerName>>>,
     epoch: u64,
-    events: mpsc::UnboundedSender<ExporterEvent>,
+    events: mpsc::Sender<ExporterEvent>,
     redeemer: Option<Redeemer>,
     /// Set when the server is told to shut down: every stream closes (`ServerShutdown`), so
     /// the graceful shutdown completes instead of waiting for streams that never end.
@@ -133,7 +136,7 @@ impl Exporter {
         config: watch::Receiver<Arc<ExporterConfig>>,
         options: ExporterOptions,
         epoch: u64,
-        events: mpsc::UnboundedSender<ExporterEvent>,
+        events: mpsc::Sender<ExporterEvent>,
     ) -> Self {
         Self {
             config,
@@ -317,10 +320,13 @@ impl Peering for Exporter {
             .find(|p| p.client_id == info.id)
             .cloned()
         else {
-            let _ = self.events.send(ExporterEvent::Refused {
-                id: info.id.to_string(),
-                reason: "ClientIDRejected",
-            });
+            let _ = self
+                .events
+                .send(ExporterEvent::Refused {
+                    id: info.id.to_string(),
+                    reason: "ClientIDRejected",
+                })
+                .await;
             return Err(refusal(
                 tonic::Code::PermissionDenied,
                 "ClientIDRejected",
@@ -330,22 +336,24 @@ impl Peering for Exporter {
                 ),
             ));
         };
-        {
-            let mut active = self
-                .active
-                .lock()
-                .map_err(|_| refusal(tonic::Code::Internal, "Internal", "lock poisoned"))?;
-            if !active.insert(peer.name.clone()) {
-                let _ = self.events.send(ExporterEvent::Refused {
+        let duplicate = !self
+            .active
+            .lock()
+            .map_err(|_| refusal(tonic::Code::Internal, "Internal", "lock poisoned"))?
+            .insert(peer.name.clone());
+        if duplicate {
+            let _ = self
+                .events
+                .send(ExporterEvent::Refused {
                     id: info.id.to_string(),
                     reason: "DuplicateStream",
-                });
-                return Err(refusal(
-                    tonic::Code::AlreadyExists,
-                    "DuplicateStream",
-                    format!("peer {} already has a stream", peer.name),
-                ));
-            }
+                })
+                .await;
+            return Err(refusal(
+                tonic::Code::AlreadyExists,
+                "DuplicateStream",
+                format!("peer {} already has a stream", peer.name),
+            ));
         }
         let guard = ActiveGuard {
             active: self.active.clone(),
@@ -371,10 +379,13 @@ impl Peering for Exporter {
                     task.close("ServerShutdown", "the peering service is stopping").await
                 }
             };
-            let _ = task.events.send(ExporterEvent::Closed {
-                peer: task.peer.clone(),
-                reason,
-            });
+            let _ = task
+                .events
+                .send(ExporterEvent::Closed {
+                    peer: task.peer.clone(),
+                    reason,
+                })
+                .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -387,7 +398,7 @@ struct StreamTask {
     options: ExporterOptions,
     epoch: u64,
     tx: mpsc::Sender<Result<ExporterMessage, Status>>,
-    events: mpsc::UnboundedSender<ExporterEvent>,
+    events: mpsc::Sender<ExporterEvent>,
 }
 
 enum Flow {
@@ -515,9 +526,12 @@ impl StreamTask {
         if let Flow::End(r) = self.send(out(Out::Hello(my_hello))).await {
             return r;
         }
-        let _ = self.events.send(ExporterEvent::Connected {
-            peer: self.peer.clone(),
-        });
+        let _ = self
+            .events
+            .send(ExporterEvent::Connected {
+                peer: self.peer.clone(),
+            })
+            .await;
         let mut sent_bundle = None;
         if let Some((seq, m)) = self.bundle() {
             if let Flow::End(r) = self.send(m).await {
@@ -580,10 +594,10 @@ impl StreamTask {
                     last_rx = tokio::time::Instant::now();
                     match m.msg {
                         Some(In::Ack(a)) => {
-                            let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), version: a.version });
+                            let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), version: a.version }).await;
                         }
                         Some(In::Nack(n)) => {
-                            let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), version: n.version, reason: n.reason.clone() });
+                            let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), version: n.version, reason: n.reason.clone() }).await;
                             let now = tokio::time::Instant::now();
                             nacks.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
                             nacks.push(now);

@@ -19,6 +19,15 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most TLS handshakes in progress at once on one listener. A connection beyond them is
+/// closed at once and reported (`TooManyHandshakes`): a flood of slow handshakes costs a
+/// bounded number of tasks, and connections already up are not affected.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// How many handshake failures may wait for their reader; more are dropped (the reader only
+/// counts and logs them).
+pub const FAILURE_QUEUE: usize = 256;
+
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -102,8 +111,9 @@ fn reason_of(e: &io::Error) -> String {
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-    failures: mpsc::UnboundedSender<HandshakeFailure>,
+    failures: mpsc::Sender<HandshakeFailure>,
 ) -> ReceiverStream<io::Result<PeerConn>> {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -128,6 +138,14 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                drop(tcp);
+                let _ = failures.try_send(HandshakeFailure {
+                    remote,
+                    reason: "TooManyHandshakes".into(),
+                });
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, failures) = (acceptor.clone(), tx.clone(), failures.clone());
             tokio::spawn(async move {
@@ -135,20 +153,22 @@ pub fn incoming(
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        let _ = failures.send(HandshakeFailure {
+                        let _ = failures.try_send(HandshakeFailure {
                             remote,
                             reason: reason_of(&e),
                         });
                         return;
                     }
                     Err(_) => {
-                        let _ = failures.send(HandshakeFailure {
+                        let _ = failures.try_send(HandshakeFailure {
                             remote,
                             reason: "HandshakeTimeout".into(),
                         });
                         return;
                     }
                 };
+                // The handshake is over: the next connection may start its own.
+                drop(permit);
                 let id = tls
                     .get_ref()
                     .1

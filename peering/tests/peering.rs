@@ -158,8 +158,8 @@ fn fast_exporter() -> ExporterOptions {
 struct Running {
     addr: SocketAddr,
     config: watch::Sender<Arc<ExporterConfig>>,
-    events: mpsc::UnboundedReceiver<ExporterEvent>,
-    handshake_failures: mpsc::UnboundedReceiver<tls::HandshakeFailure>,
+    events: mpsc::Receiver<ExporterEvent>,
+    handshake_failures: mpsc::Receiver<tls::HandshakeFailure>,
     /// Held so the exporter runs until killed (dropping it would shut the server down).
     _stop: oneshot::Sender<()>,
     /// The exporter's own runtime: shutting it down kills every task and socket at once.
@@ -197,7 +197,7 @@ async fn start_exporter(
         }
     };
     let addr = listener.local_addr().unwrap();
-    let (fail_tx, handshake_failures) = mpsc::unbounded_channel();
+    let (fail_tx, handshake_failures) = mpsc::channel(tls::FAILURE_QUEUE);
     let server_tls = server_tls(cas);
     let incoming = rt
         .spawn(async move { tls::incoming(listener, server_tls, fail_tx) })
@@ -215,7 +215,7 @@ async fn start_exporter(
         bundle: Some(cas.a.current_bundle().unwrap()),
     };
     let (config, rx) = watch::channel(Arc::new(cfg));
-    let (ev_tx, events) = mpsc::unbounded_channel();
+    let (ev_tx, events) = mpsc::channel(meshfed_peering::server::EVENT_QUEUE);
     let epoch = rand_epoch();
     let exporter = Exporter::new(rx, fast_exporter(), epoch, ev_tx);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -589,7 +589,7 @@ async fn run_script(
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (fail_tx, _fail_rx) = mpsc::unbounded_channel();
+    let (fail_tx, _fail_rx) = mpsc::channel(16);
     let incoming = tls::incoming(listener, server_tls(cas), fail_tx);
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let svc = pb::peering_server::PeeringServer::new(Scripted {
@@ -1083,7 +1083,7 @@ async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (fail_tx, _f) = mpsc::unbounded_channel();
+    let (fail_tx, _f) = mpsc::channel(16);
     let incoming = tls::incoming(listener, server_tls, fail_tx);
     let (_cfg, rx) = watch::channel(Arc::new(ExporterConfig {
         mesh: "alpha".into(),
@@ -1091,7 +1091,7 @@ async fn anonymous_clients_may_only_redeem_with_a_valid_secret() {
         peers: vec![],
         bundle: None,
     }));
-    let (ev_tx, _ev) = mpsc::unbounded_channel();
+    let (ev_tx, _ev) = mpsc::channel(16);
     let redeemed = Arc::new(std::sync::Mutex::new(Vec::<Redemption>::new()));
     let log = redeemed.clone();
     let exporter = Exporter::new(rx, fast_exporter(), 1, ev_tx).with_redeemer(Arc::new(
@@ -1339,4 +1339,42 @@ async fn a_refused_peer_and_a_nack_each_log_a_warning_with_the_peer_and_the_reas
             "{l}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_bounded_and_the_rest_refused_at_once() {
+    let cas = cas();
+    let mut exp = start_exporter(&cas, IMPORTER_ID, view(&[("orders", 1)]), None).await;
+    // Connections that never send a ClientHello hold a handshake slot each.
+    let mut slow = Vec::new();
+    for _ in 0..tls::MAX_HANDSHAKES {
+        slow.push(tokio::net::TcpStream::connect(exp.addr).await.unwrap());
+    }
+    // One more is closed at once (not after the 10 s handshake timeout), with its reason.
+    let mut extra = tokio::net::TcpStream::connect(exp.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+    )
+    .await
+    .expect("the connection over the limit is closed at once");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let f = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = exp.handshake_failures.recv().await.unwrap();
+            if f.reason == "TooManyHandshakes" {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is reported");
+    assert_eq!(f.reason, "TooManyHandshakes");
+    // The slow ones go: a real importer connects and syncs.
+    drop(slow);
+    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_status(&mut imp.status, "Active", |s| s.state == PeerState::Active).await;
+    imp.stop().await;
+    exp.kill();
 }
