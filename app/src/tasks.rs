@@ -76,31 +76,12 @@ impl Tasks {
         E: std::fmt::Display + Send + 'static,
     {
         let drain = self.drain.clone();
-        let ended = self.ended_tx.clone();
-        let task = async move {
-            let detail = tokio::select! {
-                () = drain.cancelled() => return,
-                r = fut => match r {
-                    Ok(()) => "returned while the component was running".to_owned(),
-                    Err(e) => e.to_string(),
-                },
-            };
-            if drain.is_cancelled() {
-                return;
+        self.spawn_graceful(name, async move {
+            tokio::select! {
+                () = drain.cancelled() => Ok(()),
+                r = fut => r,
             }
-            tracing::error!(task = name, reason = "TaskEnded", "{detail}");
-            let _ = ended.send(TaskFailure { task: name, detail });
-        }
-        .in_current_span();
-        let mut set = self
-            .set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Finished tasks are reaped as new ones start, so the set does not grow.
-        while let Some(r) = set.try_join_next() {
-            self.report_panic(r);
-        }
-        set.spawn(task);
+        });
     }
 
     /// Starts `fut` as task `name`, which watches [`Tasks::drain`] itself and ends when it is
@@ -129,15 +110,20 @@ impl Tasks {
     }
 
     fn push(&self, task: impl Future<Output = ()> + Send + 'static) {
+        // Finished tasks are reaped as new ones start, so the set does not grow.
+        self.reap().spawn(task);
+    }
+
+    /// The set, with every finished task taken out (a panic reported).
+    fn reap(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
         let mut set = self
             .set
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Finished tasks are reaped as new ones start, so the set does not grow.
         while let Some(r) = set.try_join_next() {
             self.report_panic(r);
         }
-        set.spawn(task);
+        set
     }
 
     /// Starts `fut` as task `name`, a task that may end by itself (work tied to something
@@ -202,15 +188,7 @@ impl Tasks {
     pub async fn failed(&self) -> TaskFailure {
         let mut rx = self.ended_rx.lock().await;
         loop {
-            {
-                let mut set = self
-                    .set
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                while let Some(r) = set.try_join_next() {
-                    self.report_panic(r);
-                }
-            }
+            drop(self.reap());
             // Panics are found by reaping; look again every second.
             match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
                 Ok(Some(f)) => return f,

@@ -109,15 +109,7 @@ async fn run_async(args: ControlArgs) -> Result<ExitCode> {
         rotation_grace: args.rotation_grace,
     };
     let control = Control::build(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        f = control.failed() => Some(f),
-    };
+    let failed = crate::until_stopped(control.failed()).await?;
     control.stop().await;
-    match failed {
-        Some(f) => bail!("{f}"),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    crate::exit(failed)
 }

@@ -354,6 +354,27 @@ fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result
     })
 }
 
+/// Waits for SIGTERM or Ctrl-C (`None`), or for `failed` — a component's task that ended on
+/// its own (`Some`).
+pub(crate) async fn until_stopped(
+    failed: impl std::future::Future<Output = meshfed_app::tasks::TaskFailure>,
+) -> Result<Option<meshfed_app::tasks::TaskFailure>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        f = failed => Some(f),
+    })
+}
+
+/// The exit of a component that was stopped: success, or the task that failed.
+pub(crate) fn exit(failed: Option<meshfed_app::tasks::TaskFailure>) -> Result<ExitCode> {
+    match failed {
+        Some(f) => Err(anyhow::anyhow!("{f}")),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
 /// A runtime with `workers` threads. One worker gets a current-thread runtime, without the
 /// cross-thread wake-ups and work stealing a one-worker multi-thread runtime still pays for.
 fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {

@@ -126,17 +126,9 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     .await?;
     let (admin_addr, _admin) = admin::serve(args.admin, status_json(node.status())).await?;
     tracing::info!(admin = %admin_addr, "admin endpoint on http://{admin_addr}/status");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        f = node.failed() => Some(f),
-    };
+    let failed = crate::until_stopped(node.failed()).await?;
     node.stop().await;
-    match failed {
-        Some(f) => bail!("{f}"),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    crate::exit(failed)
 }
 
 /// The node's status as the admin endpoint serves it.

@@ -346,11 +346,11 @@ async fn sync_and_every_change_propagates() {
     exp.kill();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_client_id_is_refused_with_its_condition() {
-    let cas = cas();
-    let mut exp = start_exporter(
-        &cas,
+/// An exporter that expects another client ID, an importer it refuses, and the importer's
+/// status once it says so.
+async fn refused_for_its_client_id(cas: &Cas) -> (Running, Importer, PeerStatus) {
+    let exp = start_exporter(
+        cas,
         "spiffe://beta.local/ns/beta-system/sa/someone-else",
         view(&[("orders", 1)]),
         None,
@@ -362,6 +362,13 @@ async fn wrong_client_id_is_refused_with_its_condition() {
             .is_some_and(|c| !c.status && c.reason == "ClientIDRejected")
     })
     .await;
+    (exp, imp, st)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_id_is_refused_with_its_condition() {
+    let cas = cas();
+    let (mut exp, imp, st) = refused_for_its_client_id(&cas).await;
     assert!(imp.imports.borrow().services().is_empty());
     assert_ne!(st.state, PeerState::Active);
     let ev = tokio::time::timeout(Duration::from_secs(5), exp.events.recv())
@@ -1295,19 +1302,7 @@ async fn a_refused_peer_and_a_nack_each_log_a_warning_with_the_peer_and_the_reas
     let cas = cas();
     // Refused: the exporter expects another client ID. The importer retries (fast session);
     // the same reason is one warning, the retries are at debug.
-    let exp = start_exporter(
-        &cas,
-        "spiffe://beta.local/ns/beta-system/sa/someone-else",
-        view(&[("orders", 1)]),
-        None,
-    )
-    .await;
-    let mut imp = importer(exp.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
-    wait_status(&mut imp.status, "ClientIDRejected", |s| {
-        s.condition(ConditionType::Connected)
-            .is_some_and(|c| !c.status && c.reason == "ClientIDRejected")
-    })
-    .await;
+    let (exp, imp, _) = refused_for_its_client_id(&cas).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     imp.stop().await;
     exp.kill();
