@@ -11,10 +11,16 @@
 //!
 //! - [`control`]: the mesh's control plane (`meshfed control`).
 //! - [`node`]: the peering node (`meshfed peering run`, `meshfed control --peering`).
+//! - [`sidecar`]: one workload's sidecar (`meshfed proxy`).
+//! - [`gateway`]: one mesh's federation gateways for one peer (`meshfed gateway`).
+//! - [`files`]: reading mesh files and the CA folder.
 //! - [`logging`]: the process's `tracing` subscriber (`MESHFED_LOG`, text or JSON).
 //! - [`tasks`]: task ownership and the drain signal.
 
 pub mod control;
+pub mod files;
+pub mod gateway;
 pub mod logging;
 pub mod node;
+pub mod sidecar;
 pub mod tasks;

@@ -15,7 +15,6 @@ use meshfed_app::node::{Node, NodeConfig};
 use meshfed_control::server::AdminStatus;
 use meshfed_core::SpiffeId;
 use meshfed_core::federation::MeshFederation;
-use meshfed_crds::validate;
 use meshfed_peering::admin;
 use meshfed_peering::status::{NodeStatus, unix_ms};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
@@ -60,17 +59,7 @@ pub struct StatusArgs {
 }
 
 pub(crate) fn load_mesh(path: &std::path::Path) -> Result<MeshFederation> {
-    Ok(load_mesh_file(path)?.mesh)
-}
-
-/// Loads the one mesh of `path`, printing its warnings; any error refuses the whole file.
-pub(crate) fn load_mesh_file(path: &std::path::Path) -> Result<validate::LoadedMesh> {
-    let (_, text) = crate::read_text(path)?;
-    let loaded = validate::load_mesh(&path.display().to_string(), &text)?;
-    for d in &loaded.warnings {
-        tracing::warn!("{d}");
-    }
-    Ok(loaded)
+    Ok(meshfed_app::files::load_mesh(path)?)
 }
 
 /// The mesh CA in `dir`, which must be `mesh`'s, and every trust bundle held there.
@@ -78,27 +67,7 @@ pub(crate) fn load_ca_for(
     dir: &std::path::Path,
     mesh: &MeshFederation,
 ) -> Result<(CertificateAuthority, meshfed_trust::TrustBundleSet)> {
-    let ca = CertificateAuthority::load(dir)
-        .with_context(|| format!("loading the CA in {}", dir.display()))?;
-    if ca.trust_domain() != &mesh.trust_domain {
-        bail!(
-            "the CA in {} is for {}, the mesh is {}",
-            dir.display(),
-            ca.trust_domain(),
-            mesh.trust_domain
-        );
-    }
-    let held = meshfed_trust::dir::load_bundles(dir, &ca)?;
-    Ok((ca, held))
-}
-
-/// `HOST:PORT` (a name or an address) as a socket address.
-pub(crate) async fn resolve_host_port(s: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(s)
-        .await
-        .with_context(|| format!("resolving {s} (HOST:PORT)"))?
-        .next()
-        .with_context(|| format!("{s} has no address"))
+    Ok(meshfed_app::files::load_ca_for(dir, mesh)?)
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {

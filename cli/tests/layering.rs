@@ -148,10 +148,14 @@ const EDGES: &[(&str, &[&str])] = &[
     (
         "meshfed-app",
         &[
+            "meshfed-api",
             "meshfed-control",
             "meshfed-core",
+            "meshfed-crds",
+            "meshfed-gateway",
             "meshfed-k8s",
             "meshfed-peering",
+            "meshfed-proxy",
             "meshfed-store",
             "meshfed-trust",
         ],

@@ -35,6 +35,7 @@ fn fast(identity: &str) -> Election {
         lease: "meshfed-control".into(),
         identity: identity.into(),
         duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
         retry: Duration::from_millis(100),
     }
 }

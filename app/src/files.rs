@@ -1,0 +1,86 @@
+//! Reading a component's files: a mesh file (validated whole, its warnings logged) and the
+//! mesh CA folder that must belong to it.
+
+use std::path::{Path, PathBuf};
+
+use meshfed_core::TrustDomain;
+use meshfed_core::federation::MeshFederation;
+use meshfed_crds::validate;
+use meshfed_trust::TrustBundleSet;
+use meshfed_trust::ca::CertificateAuthority;
+
+/// Why a file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0}")]
+    Read(#[from] meshfed_control::source::SourceError),
+    #[error("{0}")]
+    Invalid(#[from] validate::MeshLoadError),
+    #[error("loading the CA in {}: {source}", dir.display())]
+    Ca {
+        dir: PathBuf,
+        source: meshfed_trust::ca::CaError,
+    },
+    #[error("the CA in {} is for {ca}, the mesh is {mesh}", dir.display())]
+    WrongCa {
+        dir: PathBuf,
+        ca: TrustDomain,
+        mesh: TrustDomain,
+    },
+    #[error("the trust bundles in {}: {source}", dir.display())]
+    Bundles {
+        dir: PathBuf,
+        source: meshfed_trust::dir::DirError,
+    },
+}
+
+impl FileError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read(e) => e.reason(),
+            Self::Invalid(_) => "InvalidMesh",
+            Self::Ca { source, .. } => source.reason(),
+            Self::WrongCa { .. } => "WrongCa",
+            Self::Bundles { source, .. } => source.reason(),
+        }
+    }
+}
+
+/// Loads the one mesh of `path`, logging its warnings; any error refuses the whole file.
+pub fn load_mesh_file(path: &Path) -> Result<validate::LoadedMesh, FileError> {
+    let text = meshfed_control::source::read_text(path)?;
+    let loaded = validate::load_mesh(&path.display().to_string(), &text)?;
+    for d in &loaded.warnings {
+        tracing::warn!(reason = %d.reason, "{d}");
+    }
+    Ok(loaded)
+}
+
+/// The mesh of `path` (see [`load_mesh_file`]).
+pub fn load_mesh(path: &Path) -> Result<MeshFederation, FileError> {
+    Ok(load_mesh_file(path)?.mesh)
+}
+
+/// The mesh CA in `dir`, which must be `mesh`'s, and every trust bundle held there.
+pub fn load_ca_for(
+    dir: &Path,
+    mesh: &MeshFederation,
+) -> Result<(CertificateAuthority, TrustBundleSet), FileError> {
+    let ca = CertificateAuthority::load(dir).map_err(|source| FileError::Ca {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    if ca.trust_domain() != &mesh.trust_domain {
+        return Err(FileError::WrongCa {
+            dir: dir.to_owned(),
+            ca: ca.trust_domain().clone(),
+            mesh: mesh.trust_domain.clone(),
+        });
+    }
+    let held = meshfed_trust::dir::load_bundles(dir, &ca).map_err(|source| FileError::Bundles {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    Ok((ca, held))
+}
