@@ -18,7 +18,7 @@ use meshfed_control::rotation::{self, MeshCa};
 use meshfed_control::server::{self, AdminStatus, ControlPlane, ControlStatus};
 use meshfed_control::source::{self, Trust, TrustFn};
 use meshfed_core::TrustDomain;
-use meshfed_peering::{admin, tls};
+use meshfed_peering::tls;
 use meshfed_trust::bootstrap::{self, Bootstrap};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::verify::{self, SvidResolver};
@@ -68,7 +68,7 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Where proxies reach it, `HOST:PORT` (default: `listen`).
     pub advertise: Option<String>,
-    /// The loopback admin endpoint (`/status`, `/healthz`).
+    /// The admin endpoint (`/healthz/live`, `/healthz/ready`; `/status` to loopback callers).
     pub admin: Option<SocketAddr>,
     /// Where the bootstrap file goes (default: `bootstrap.json` in `dir`).
     pub bootstrap_out: Option<PathBuf>,
@@ -118,8 +118,8 @@ pub enum ControlError {
     Advertise(String),
     #[error("the bootstrap file: {0}")]
     Bootstrap(#[from] meshfed_trust::bootstrap::BootstrapError),
-    #[error("the admin endpoint: {0}")]
-    Admin(#[from] admin::AdminError),
+    #[error("{0}")]
+    Admin(#[from] meshfed_proxy::admin::AdminError),
     #[error("the peering node: {0}")]
     Node(#[from] NodeError),
 }
@@ -571,12 +571,14 @@ impl Control {
             span,
         };
         if let Some(addr) = config.admin {
-            let f: Arc<dyn Fn() -> String + Send + Sync> = {
-                let (st, peering) = (
-                    control.status.clone(),
-                    control.node.as_ref().map(|n| n.status()),
-                );
-                Arc::new(move || {
+            let (st, peering) = (
+                control.status.clone(),
+                control.node.as_ref().map(|n| n.status()),
+            );
+            let mut admin = meshfed_proxy::admin::Admin::default();
+            admin.pages.insert(
+                "/status",
+                meshfed_proxy::admin::Page::status(move || {
                     let s = AdminStatus {
                         control: st
                             .lock()
@@ -585,9 +587,9 @@ impl Control {
                         peering: peering.as_ref().map(|p| (**p.borrow()).clone()),
                     };
                     serde_json::to_string_pretty(&s).unwrap_or_default()
-                })
-            };
-            let (bound, task) = admin::serve(addr, f).await?;
+                }),
+            );
+            let (bound, task) = meshfed_proxy::admin::serve(addr, admin).await?;
             control.tasks.adopt("admin", task);
             tracing::info!(admin = %bound, "admin endpoint on http://{bound}/status");
             control.admin = Some(bound);

@@ -67,7 +67,8 @@ pub struct GatewayOptions {
     pub tunnel: Transport,
     /// How often the egress probes the peer's ingress; zero turns probing off.
     pub probe_interval: Duration,
-    /// The loopback admin endpoint (`/status`, `/metrics`, `/healthz`).
+    /// The admin endpoint (`/healthz/live`, `/healthz/ready`, `/metrics`; `/status` to loopback
+    /// callers).
     pub admin: Option<SocketAddr>,
 }
 
@@ -136,8 +137,8 @@ pub enum GatewayError {
     SubscriptionEnded,
     #[error("pass --ingress [ADDR], --egress [ADDR], --discovery [ADDR], or several")]
     NothingToServe,
-    #[error("the admin endpoint: {0}")]
-    Admin(#[from] meshfed_peering::admin::AdminError),
+    #[error("{0}")]
+    Admin(#[from] meshfed_proxy::admin::AdminError),
 }
 
 impl GatewayError {
@@ -263,7 +264,8 @@ impl Gateways {
     }
 }
 
-/// Serves `/status` (per gateway role), `/metrics` and `/healthz` on `addr`.
+/// Serves `/status` (per gateway role, loopback callers only), `/metrics` and the health
+/// paths on `addr`.
 async fn serve_admin(
     addr: SocketAddr,
     running: &[relay::Gateway],
@@ -275,24 +277,26 @@ async fn serve_admin(
         .copied()
         .zip(running.iter().map(|g| g.stats.clone()))
         .collect();
-    let status: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-        let body: serde_json::Map<String, serde_json::Value> = views
-            .iter()
-            .map(|(role, st)| ((*role).to_owned(), st.to_json()))
-            .collect();
-        serde_json::Value::Object(body).to_string()
-    });
     let all: Vec<Arc<relay::GatewayStats>> = running.iter().map(|g| g.stats.clone()).collect();
-    let pages: meshfed_peering::admin::Pages = Arc::new(move |path| {
-        (path == "/metrics").then(|| {
+    let mut admin = meshfed_proxy::admin::Admin::default();
+    admin.pages.insert(
+        "/status",
+        meshfed_proxy::admin::Page::status(move || {
+            let body: serde_json::Map<String, serde_json::Value> = views
+                .iter()
+                .map(|(role, st)| ((*role).to_owned(), st.to_json()))
+                .collect();
+            serde_json::Value::Object(body).to_string()
+        }),
+    );
+    admin.pages.insert(
+        "/metrics",
+        meshfed_proxy::admin::Page::metrics(move || {
             let refs: Vec<&relay::GatewayStats> = all.iter().map(AsRef::as_ref).collect();
-            (
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                meshfed_gateway::stats::encode_metrics(&refs),
-            )
-        })
-    });
-    let (bound, task) = meshfed_peering::admin::serve_with(addr, status, Some(pages)).await?;
+            meshfed_gateway::stats::encode_metrics(&refs)
+        }),
+    );
+    let (bound, task) = meshfed_proxy::admin::serve(addr, admin).await?;
     tasks.adopt("admin", task);
     tracing::info!("admin on http://{bound}/status");
     Ok(bound)

@@ -44,7 +44,8 @@ pub struct ControlArgs {
     /// Service, e.g. `meshfed-control.meshfed-system.svc:15012`.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
-    /// Loopback admin endpoint: GET /status (JSON), GET /healthz.
+    /// Admin endpoint: GET /healthz/live, GET /healthz/ready; GET /status (JSON) to loopback
+    /// callers on a loopback address only.
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Where to write the bootstrap file proxies join with (address, identity, bundle and the

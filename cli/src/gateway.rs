@@ -71,7 +71,7 @@ pub struct GatewayArgs {
     /// `--peering`), `HOST:PORT`; a name is resolved when the forwarder starts.
     #[arg(long, requires = "discovery", value_name = "HOST:PORT")]
     discovery_upstream: Option<String>,
-    /// Loopback admin endpoint: `GET /status` (JSON counts per gateway: accepted, active and
+    /// Admin endpoint: `GET /status` (loopback callers only; JSON counts per gateway: accepted, active and
     /// upstream connections, refusals by peer and reason, per-peer streams, bytes, reachability
     /// and RTT), `GET /metrics` (Prometheus) and `GET /healthz`.
     #[arg(long)]

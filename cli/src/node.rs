@@ -15,7 +15,6 @@ use meshfed_app::node::{Node, NodeConfig};
 use meshfed_control::server::AdminStatus;
 use meshfed_core::SpiffeId;
 use meshfed_core::federation::MeshFederation;
-use meshfed_peering::admin;
 use meshfed_peering::status::{NodeStatus, unix_ms};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::store::DirStore;
@@ -93,7 +92,12 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         mesh,
     })
     .await?;
-    let (admin_addr, _admin) = admin::serve(args.admin, status_json(node.status())).await?;
+    let mut admin = meshfed_proxy::admin::Admin::default();
+    admin.pages.insert(
+        "/status",
+        meshfed_proxy::admin::Page::status(status_json(node.status())),
+    );
+    let (admin_addr, _admin) = meshfed_proxy::admin::serve(args.admin, admin).await?;
     tracing::info!(admin = %admin_addr, "admin endpoint on http://{admin_addr}/status");
     let failed = crate::until_stopped(node.failed()).await?;
     node.stop().await;
@@ -101,17 +105,26 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// The node's status as the admin endpoint serves it.
-pub(crate) fn status_json(
+fn status_json(
     status: tokio::sync::watch::Receiver<Arc<NodeStatus>>,
-) -> Arc<dyn Fn() -> String + Send + Sync> {
-    Arc::new(move || {
+) -> impl Fn() -> String + Send + Sync + 'static {
+    move || {
         serde_json::to_string_pretty(&**status.borrow())
             .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    })
+    }
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    let body = admin::get(args.admin, "/status", Duration::from_secs(5)).with_context(|| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt
+        .block_on(meshfed_proxy::admin::get(
+            args.admin,
+            "/status",
+            Duration::from_secs(5),
+        ))
+        .with_context(|| {
         format!(
             "reading status from {} (is `meshfed peering run` or `meshfed control --peering` running?)",
             args.admin

@@ -5,12 +5,10 @@
 //! - [`client`]: the importer, a task per peer driven by the sans-IO session of
 //!   `meshfed-core`, with persistence in `meshfed-store` and status on a watch channel.
 //! - [`convert`]: wire ↔ core conversion that treats peer input as hostile.
-//! - [`admin`]: a loopback-only status endpoint.
 //! - [`redeem`]: redeeming a peering token at the issuer (bundle exchange without copying).
 //! - [`tls`]: the mTLS accept loop and connector that carry meshfed's SPIFFE verifiers into
 //!   tonic.
 
-pub mod admin;
 pub mod client;
 pub mod convert;
 pub mod reason;

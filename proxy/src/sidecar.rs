@@ -553,10 +553,9 @@ pub async fn start(
     if let Some(addr) = cfg.admin {
         let (listener, bound) = bind(addr).await?;
         admin_addr = Some(bound);
-        tasks.push(serve_plain(
+        tasks.push(crate::admin::spawn(
             listener,
-            (stats.clone(), cfg.app),
-            |(stats, app), req| admin(stats, app, req),
+            sidecar_admin(&stats, cfg.app),
         ));
     }
     Ok(Running {
@@ -621,44 +620,29 @@ where
 
 /// The admin port: liveness (the sidecar answers), readiness (the app behind the inbound
 /// listener accepts connections) and Prometheus metrics.
-async fn admin(
-    stats: Arc<Stats>,
-    app: Option<SocketAddr>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    Ok(match req.uri().path() {
-        "/healthz/live" => text(StatusCode::OK, "live\n"),
-        "/healthz/ready" => match app {
-            None => text(StatusCode::OK, "ready\n"),
-            Some(app) => {
+fn sidecar_admin(stats: &Arc<Stats>, app: Option<SocketAddr>) -> crate::admin::Admin {
+    let stats = stats.clone();
+    let mut admin = crate::admin::Admin::default();
+    admin.pages.insert(
+        "/metrics",
+        crate::admin::Page::metrics(move || stats.encode()),
+    );
+    admin.ready = app.map(|app| -> crate::admin::ReadyCheck {
+        Arc::new(move || {
+            Box::pin(async move {
+                let not_ready = |detail: String| crate::admin::NotReady {
+                    reason: "AppUnavailable",
+                    detail,
+                };
                 match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(app)).await {
-                    Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
-                    Ok(Err(e)) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("AppUnavailable: {app}: {e}\n"),
-                    ),
-                    Err(_) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("AppUnavailable: {app}: no answer within 1s\n"),
-                    ),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(not_ready(format!("{app}: {e}"))),
+                    Err(_) => Err(not_ready(format!("{app}: no answer within 1s"))),
                 }
-            }
-        },
-        "/metrics" => {
-            let mut r = text(StatusCode::OK, stats.encode());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "NotFound: try /healthz/live, /healthz/ready or /metrics\n",
-        ),
-    })
+            })
+        })
+    });
+    admin
 }
 
 /// The service name a request gives: its authority (HTTP/2, or an absolute-form target), else
