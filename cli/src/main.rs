@@ -138,7 +138,7 @@ struct EchoArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..600))]
     status: u16,
     /// Added latency, e.g. 50ms.
-    #[arg(long, default_value = "0ms", value_parser = parse_latency)]
+    #[arg(long, default_value = "0ms", value_parser = trust::parse_duration_or_zero)]
     latency: std::time::Duration,
     /// Percentage of requests answered 503 instead (0 to 100, fractions allowed).
     #[arg(long, default_value = "0", value_parser = parse_percent)]
@@ -150,13 +150,6 @@ fn parse_percent(s: &str) -> Result<meshfed_core::traffic::Share, String> {
         .ok()
         .and_then(meshfed_core::traffic::Share::from_percent)
         .ok_or_else(|| format!("{s:?} is not a percentage from 0 to 100"))
-}
-
-fn parse_latency(s: &str) -> Result<std::time::Duration, String> {
-    if s.trim_start_matches('0').trim_end_matches("ms").is_empty() {
-        return Ok(std::time::Duration::ZERO);
-    }
-    trust::parse_duration(s)
 }
 
 fn echo(args: EchoArgs) -> Result<ExitCode> {

@@ -311,6 +311,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(d)
 }
 
+/// [`parse_duration`] where zero is allowed too (`0`, `0s`, `0ms`…): for settings where zero
+/// turns something off. The one place that says so; everything else refuses zero.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, DurationError> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    match parse_duration(s) {
+        Err(DurationError::Zero(_)) => Ok(Duration::ZERO),
+        r => r,
+    }
+}
+
 /// Wait before retry `n` (1-based): exponential from 25 ms, capped at 250 ms, with full jitter
 /// from `r` uniform in `[0, 1)` (Envoy's defaults).
 pub fn backoff(n: u32, r: f64) -> Duration {
@@ -330,6 +342,21 @@ pub fn retry_allowed(active_requests: usize, active_retries: usize) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn zero_is_allowed_only_by_the_zero_allowed_parser() {
+        for z in ["0", "0s", "0ms", "0.0s", "00m"] {
+            assert_eq!(parse_duration_or_zero(z), Ok(Duration::ZERO), "{z}");
+            assert!(parse_duration(z).is_err(), "{z}");
+        }
+        assert_eq!(
+            parse_duration_or_zero("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        for bad in ["0x", "0parsecs", "-1s", "s", ""] {
+            assert!(parse_duration_or_zero(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -389,10 +389,7 @@ impl PeerStatusCheck {
 
 /// A time in the run (`0s` allowed) or a length.
 fn duration(v: &str, path: FieldPath, out: &mut Findings) -> Option<Duration> {
-    if matches!(v.trim(), "0" | "0s" | "0ms") {
-        return Some(Duration::ZERO);
-    }
-    meshfed_core::traffic::parse_duration(v)
+    meshfed_core::traffic::parse_duration_or_zero(v)
         .map_err(|e| {
             out.push(
                 Finding::error("InvalidDuration", path, e.to_string()).hint("e.g. 4s or 1500ms"),
