@@ -12,6 +12,7 @@
 pub mod authz;
 pub mod catalog;
 pub mod export;
+pub mod failover;
 pub mod federation;
 pub mod id;
 pub mod import;

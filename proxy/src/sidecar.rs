@@ -715,10 +715,6 @@ fn not_delivered(mut r: Response<Body>, why: &'static str) -> Response<Body> {
     r
 }
 
-/// Envoy's overprovisioning factor: a priority keeps all its traffic while at least 1/1.4 of
-/// its endpoints are healthy, and hands the rest to the next priority as it degrades.
-const OVERPROVISIONING: f64 = 1.4;
-
 /// An upstream answer: [`Outcome::NotDelivered`] when the receiving sidecar says so.
 fn answered(resp: Response<Body>) -> Outcome {
     let not_delivered = resp.headers().contains_key(&NOT_DELIVERED);
@@ -998,8 +994,8 @@ async fn attempt(
 }
 
 /// The endpoint for the next attempt among `candidates`: a priority by Envoy's priority load
-/// (each takes `min(1, 1.4 × healthy share)` of what the better ones left), then the load
-/// balancer within it. Healthy means configured healthy, not ejected, and — on a retry — not
+/// (`core::failover`: each takes `min(1, 1.4 × healthy share)` of what the better ones
+/// left), then the load balancer within it. Healthy means configured healthy, not ejected, and — on a retry — not
 /// tried already; when nothing is, the best priority's endpoints are used as they are.
 fn choose(route: &Route, candidates: &[usize], tried: &[usize], now: Instant) -> usize {
     let ep = &route.endpoints;
@@ -1027,30 +1023,19 @@ fn choose(route: &Route, candidates: &[usize], tried: &[usize], now: Instant) ->
             .filter(|&i| ep[i].priority == p)
             .collect()
     };
-    let mut left = 1.0_f64;
-    let mut loads = Vec::with_capacity(levels.len());
-    for &p in &levels {
-        let m = members(p);
-        let up = m.iter().filter(|&&i| usable(i)).count();
-        let health = (OVERPROVISIONING * up as f64 / m.len().max(1) as f64).min(1.0);
-        let load = health.min(left);
-        left -= load;
-        loads.push(load);
-    }
-    let total: f64 = loads.iter().sum();
-    if total <= 0.0 {
+    let groups: Vec<(usize, usize)> = levels
+        .iter()
+        .map(|&p| {
+            let m = members(p);
+            (m.iter().filter(|&&i| usable(i)).count(), m.len())
+        })
+        .collect();
+    let loads = meshfed_core::failover::priority_load(&groups);
+    let Some(g) = meshfed_core::failover::pick_group(&loads, fastrand::f64()) else {
         // Nothing usable anywhere: the best priority as it is.
         return pick(&members(levels[0]), &not_ejected);
-    }
-    let mut roll = fastrand::f64() * total;
-    let mut level = levels[levels.len() - 1];
-    for (p, load) in levels.iter().zip(&loads) {
-        if roll < *load {
-            level = *p;
-            break;
-        }
-        roll -= load;
-    }
+    };
+    let level = levels[g];
     pick(&members(level), &usable)
 }
 
