@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod catalog;
+pub mod cutoff;
 pub mod export;
 pub mod failover;
 pub mod federation;

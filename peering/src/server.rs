@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use meshfed_core::cutoff::{CutOff, StreamWatch};
+
 use crate::convert::{delta_to_wire, snapshot_to_wire};
 use crate::reason::refusal;
 use crate::status::unix_ms;
@@ -549,8 +551,12 @@ impl StreamTask {
         {
             return r;
         }
-        let mut last_rx = tokio::time::Instant::now();
-        let mut nacks: Vec<tokio::time::Instant> = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut watch = StreamWatch::new(
+            self.options.liveness,
+            self.options.max_nacks_per_minute,
+            Duration::ZERO,
+        );
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -591,18 +597,15 @@ impl StreamTask {
                         Ok(None) => return "StreamClosed".into(),
                         Err(s) => return format!("StreamError: {}", s.message()),
                     };
-                    last_rx = tokio::time::Instant::now();
+                    watch.received(started.elapsed());
                     match m.msg {
                         Some(In::Ack(a)) => {
                             let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), version: a.version }).await;
                         }
                         Some(In::Nack(n)) => {
                             let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), version: n.version, reason: n.reason.clone() }).await;
-                            let now = tokio::time::Instant::now();
-                            nacks.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-                            nacks.push(now);
-                            if nacks.len() > self.options.max_nacks_per_minute as usize {
-                                return self.close("NackStorm", format!("{} NACKs in a minute", nacks.len())).await;
+                            if let Err(CutOff::NackStorm(n)) = watch.nacked(started.elapsed()) {
+                                return self.close("NackStorm", format!("{n} NACKs in a minute")).await;
                             }
                             let Some(view) = self.view() else {
                                 return self.close("PeerDeleted", "").await;
@@ -617,8 +620,8 @@ impl StreamTask {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if last_rx.elapsed() >= self.options.liveness {
-                        return self.close("StreamStale", "no message from the importer within the liveness timeout").await;
+                    if let Err(cut) = watch.check(started.elapsed()) {
+                        return self.close(cut.reason(), "no message from the importer within the liveness timeout").await;
                     }
                     let hb = pb::Heartbeat { sent_unix_ms: unix_ms(SystemTime::now()) };
                     if let Flow::End(r) = self.send(out(Out::Heartbeat(hb))).await {
