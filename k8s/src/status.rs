@@ -15,9 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use meshfed_crds::common::{Condition, PeerServiceMapping, ServiceKey};
+use meshfed_crds::exports::ExportedServiceSetStatus;
+use meshfed_crds::imports::ImportedServiceSetStatus;
+use meshfed_crds::peer::{
+    DiscoveryConnectionStatus, DiscoveryRemoteStatus, PodPeerDiscoveryStatus,
+    ServiceMeshPeerDiscoveryStatus, ServiceMeshPeerStatus,
+};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -32,98 +41,125 @@ pub const FIELD_MANAGER: &str = "meshfed";
 /// The peering node's status, as it changes.
 pub type PeeringStatus = watch::Receiver<Arc<NodeStatus>>;
 
-/// A time in ms since the epoch as RFC 3339 (null when absent).
-fn rfc3339(ms: Option<u64>) -> Value {
-    ms.and_then(|ms| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-    })
-    .and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .map_or(Value::Null, Value::String)
+/// A time in ms since the epoch.
+fn time_of(ms: Option<u64>) -> Option<Time> {
+    let ms = i64::try_from(ms?).ok()?;
+    Timestamp::from_millisecond(ms).ok().map(Time)
 }
 
 /// A `ServiceMeshPeer`'s `discoveryStatus` as Maistra shapes it, for this control-plane pod:
 /// `watch` is our import from the peer, `remotes` the peer's import from us (its `source` is
 /// the peer's name: its connections arrive through the gateways, so an address would name a
 /// gateway pod). The pod is `active` while its watch is connected.
-fn discovery_status(peering: Option<&NodeStatus>, peer: &str, pod: &str) -> Value {
-    let Some(import) = peering.and_then(|p| p.import(peer)) else {
-        return Value::Null;
+fn discovery_status(
+    peering: Option<&NodeStatus>,
+    peer: &str,
+    pod: &str,
+) -> Option<ServiceMeshPeerDiscoveryStatus> {
+    let i = &peering?.import(peer)?.status;
+    let watch = DiscoveryConnectionStatus {
+        connected: i.connected,
+        last_connected: time_of(i.last_connected_ms),
+        last_event: time_of(i.last_event_ms),
+        last_full_sync: time_of(i.last_full_sync_ms),
+        last_disconnect: time_of(i.last_disconnect_ms),
+        last_disconnect_status: i.last_disconnect_reason.clone(),
     };
-    let i = &import.status;
-    let watch = json!({
-        "connected": i.connected,
-        "lastConnected": rfc3339(i.last_connected_ms),
-        "lastEvent": rfc3339(i.last_event_ms),
-        "lastFullSync": rfc3339(i.last_full_sync_ms),
-        "lastDisconnect": rfc3339(i.last_disconnect_ms),
-        "lastDisconnectStatus": i.last_disconnect_reason,
-    });
-    let remotes: Vec<Value> = peering
+    let remotes: Vec<DiscoveryRemoteStatus> = peering
         .and_then(|p| p.exports.get(peer))
-        .map(|e| {
-            json!({
-                "source": peer,
-                "connected": e.connected,
-                "lastDisconnectStatus": e.last_close_reason,
-            })
+        .map(|e| DiscoveryRemoteStatus {
+            source: peer.to_owned(),
+            connection: DiscoveryConnectionStatus {
+                connected: e.connected,
+                last_disconnect_status: e.last_close_reason.clone(),
+                ..DiscoveryConnectionStatus::default()
+            },
         })
         .into_iter()
         .collect();
-    let entry = json!({"pod": pod, "watch": watch, "remotes": remotes});
-    if i.connected {
-        json!({"active": [entry], "inactive": []})
+    let entry = PodPeerDiscoveryStatus {
+        pod: pod.to_owned(),
+        remotes: Some(remotes),
+        watch: Some(watch),
+    };
+    Some(if i.connected {
+        ServiceMeshPeerDiscoveryStatus {
+            active: Some(vec![entry]),
+            inactive: Some(Vec::new()),
+        }
     } else {
-        json!({"active": [], "inactive": [entry]})
-    }
+        ServiceMeshPeerDiscoveryStatus {
+            active: Some(Vec::new()),
+            inactive: Some(vec![entry]),
+        }
+    })
 }
 
 /// The services a service set's status lists (`status.exportedServices` of the
 /// `ExportedServiceSet` for `peer`, `status.importedServices` of the `ImportedServiceSet` for
 /// it), from the peering node's status; always a list (the field is required).
-fn listed(peering: Option<&NodeStatus>, kind: &str, peer: &str) -> Value {
+fn listed(peering: Option<&NodeStatus>, kind: &str, peer: &str) -> Vec<PeerServiceMapping> {
     let services = match kind {
         "ExportedServiceSet" => peering
             .and_then(|p| p.exports.get(peer))
             .map(|e| &e.services),
         _ => peering.and_then(|p| p.import(peer)).map(|i| &i.services),
     };
-    services.map_or_else(|| json!([]), |s| json!(s))
+    services
+        .into_iter()
+        .flatten()
+        .map(|s| PeerServiceMapping {
+            exported_name: s.exported_name.clone(),
+            local_service: ServiceKey {
+                name: s.local_service.name.clone(),
+                namespace: s.local_service.namespace.clone(),
+                hostname: s.local_service.hostname.clone(),
+            },
+        })
+        .collect()
 }
 
-/// The field a service set's status lists its services in.
-fn list_field(kind: &str) -> Option<&'static str> {
-    match kind {
-        "ExportedServiceSet" => Some("exportedServices"),
-        "ImportedServiceSet" => Some("importedServices"),
-        _ => None,
-    }
+/// One kind's status, typed.
+fn status_of(
+    kind: &str,
+    conditions: Vec<Condition>,
+    services: Vec<PeerServiceMapping>,
+    discovery: Option<ServiceMeshPeerDiscoveryStatus>,
+) -> Value {
+    let typed = match kind {
+        "ExportedServiceSet" => serde_json::to_value(ExportedServiceSetStatus {
+            exported_services: services,
+            conditions: Some(conditions),
+        }),
+        "ImportedServiceSet" => serde_json::to_value(ImportedServiceSetStatus {
+            imported_services: services,
+            conditions: Some(conditions),
+        }),
+        _ => serde_json::to_value(ServiceMeshPeerStatus {
+            discovery_status: discovery,
+            conditions: Some(conditions),
+        }),
+    };
+    typed.unwrap_or(Value::Null)
 }
 
 /// The status of every federation resource `r` names, by (kind, name), as this control-plane
-/// pod (`pod`) sees it.
+/// pod (`pod`) sees it at `now`.
 pub fn statuses(
     r: &Rendered,
     peering: Option<&NodeStatus>,
     pod: &str,
-    now: &str,
+    now: Timestamp,
 ) -> BTreeMap<(String, String), Value> {
     let mut out = BTreeMap::new();
     let condition =
-        |type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>| {
-            let mut c = json!({
-                "type": type_,
-                "status": if ok { "True" } else { "False" },
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
-            });
-            if let Some(g) = generation {
-                c["observedGeneration"] = json!(g);
-            }
-            c
+        |type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>| Condition {
+            type_: type_.to_owned(),
+            status: if ok { "True" } else { "False" }.to_owned(),
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            last_transition_time: Some(Time(now)),
+            observed_generation: generation,
         };
     for (kind, name, generation) in &r.accepted {
         let mut conditions = vec![condition(
@@ -172,23 +208,47 @@ pub fn statuses(
                 ));
             }
         }
-        let mut status = json!({"conditions": conditions});
-        if let Some(field) = list_field(kind) {
-            status[field] = listed(peering, kind, name);
-        }
-        if kind == "ServiceMeshPeer" {
-            status["discoveryStatus"] = discovery_status(peering, name, pod);
-        }
+        let discovery = (kind == "ServiceMeshPeer")
+            .then(|| discovery_status(peering, name, pod))
+            .flatten();
+        let status = status_of(kind, conditions, listed(peering, kind, name), discovery);
         out.insert((kind.clone(), name.clone()), status);
     }
     for f in &r.refused {
-        let mut status = json!({"conditions": [condition("Accepted", false, &f.reason, &f.message, f.generation)]});
-        if let Some(field) = list_field(&f.kind) {
-            status[field] = json!([]);
-        }
-        out.insert((f.kind.clone(), f.name.clone()), status);
+        let conditions = vec![condition(
+            "Accepted",
+            false,
+            &f.reason,
+            &f.message,
+            f.generation,
+        )];
+        out.insert(
+            (f.kind.clone(), f.name.clone()),
+            status_of(&f.kind, conditions, Vec::new(), None),
+        );
     }
     out
+}
+
+/// Keeps each condition's `lastTransitionTime` from `before` while its status and reason
+/// stay the same: the time says when it last changed, not when it was last written.
+fn keep_transition_times(before: Option<&Value>, after: &mut Value) {
+    let Some(old) = before.and_then(|b| b["conditions"].as_array()) else {
+        return;
+    };
+    let Some(new) = after["conditions"].as_array_mut() else {
+        return;
+    };
+    for c in new {
+        let same = old.iter().find(|o| {
+            o["type"] == c["type"] && o["status"] == c["status"] && o["reason"] == c["reason"]
+        });
+        if let Some(o) = same
+            && !o["lastTransitionTime"].is_null()
+        {
+            c["lastTransitionTime"] = o["lastTransitionTime"].clone();
+        }
+    }
 }
 
 /// Conditions without their transition times (what decides whether a status changed).
@@ -295,14 +355,14 @@ pub async fn run(
             applied.clear();
         }
         let peer_status = peering.as_mut().map(|p| p.borrow_and_update().clone());
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let want = if leads {
-            statuses(&r, peer_status.as_deref(), &identity, &now)
+        let mut want = if leads {
+            statuses(&r, peer_status.as_deref(), &identity, Timestamp::now())
         } else {
             BTreeMap::new()
         };
+        for (key, status) in &mut want {
+            keep_transition_times(applied.get(key), status);
+        }
         for ((kind, name), status) in &want {
             let key = (kind.clone(), name.clone());
             let before = applied.get(&key);
@@ -367,5 +427,33 @@ pub async fn run(
             } => {}
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_it_changes() {
+        let before = json!({"conditions": [
+            {"type": "Connected", "status": "False", "reason": "GatewayUnreachable",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Stale", "status": "False", "reason": "Synced",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        let mut after = json!({"conditions": [
+            {"type": "Connected", "status": "False", "reason": "GatewayUnreachable",
+             "lastTransitionTime": "2026-01-01T00:05:00Z"},
+            {"type": "Stale", "status": "True", "reason": "StreamStale",
+             "lastTransitionTime": "2026-01-01T00:05:00Z"}]});
+        keep_transition_times(Some(&before), &mut after);
+        assert_eq!(
+            after["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            after["conditions"][1]["lastTransitionTime"],
+            "2026-01-01T00:05:00Z"
+        );
     }
 }
