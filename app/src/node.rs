@@ -371,11 +371,9 @@ impl Node {
     /// Starts the peering of `config.mesh`: binds the peering endpoint, serves each peer its
     /// export view there, and imports from every peer.
     pub async fn build(config: NodeConfig) -> Result<Self, NodeError> {
-        let mesh = &config.mesh;
-        let span = tracing::info_span!("component", component = %"peering", mesh = %mesh.mesh);
-        Self::build_in(config.clone(), span.clone())
-            .instrument(span)
-            .await
+        let span =
+            tracing::info_span!("component", component = %"peering", mesh = %config.mesh.mesh);
+        Self::build_in(config, span.clone()).instrument(span).await
     }
 
     async fn build_in(config: NodeConfig, span: tracing::Span) -> Result<Self, NodeError> {

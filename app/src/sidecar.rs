@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::files::{self, FileError};
-use crate::tasks::{TaskFailure, Tasks};
+use crate::tasks::{AbortOnDrop, TaskFailure, Tasks};
 
 /// Where the sidecar's configuration comes from.
 #[derive(Debug, Clone)]
@@ -398,7 +398,8 @@ struct Agent {
 impl Agent {
     async fn run(self, mut rx: mpsc::Receiver<Update>, mut drain: watch::Receiver<bool>) {
         let mut running: Option<sidecar::Running> = None;
-        let mut readiness: Option<tokio::task::JoinHandle<()>> = None;
+        // Aborted when dropped: also when the agent itself is stopped mid-loop.
+        let mut readiness: Option<AbortOnDrop> = None;
         // Set once draining: serve until then.
         let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
@@ -416,9 +417,7 @@ impl Agent {
                     }
                     // Draining: not ready from now on, serving what still comes for the
                     // drain time.
-                    if let Some(r) = readiness.take() {
-                        r.abort();
-                    }
+                    drop(readiness.take());
                     self.ready.send_modify(|r| {
                         r.workload = Some(meshfed_api::config::WorkloadReadiness { ready: false });
                     });
@@ -442,9 +441,9 @@ impl Agent {
                         && readiness.is_none()
                         && drain_until.is_none()
                     {
-                        readiness = Some(tokio::spawn(
+                        readiness = Some(AbortOnDrop::new(&tokio::spawn(
                             report_readiness(*app, self.ready.clone()).in_current_span(),
-                        ));
+                        )));
                     }
                     let _ = u
                         .done
@@ -452,9 +451,7 @@ impl Agent {
                 }
             }
         }
-        if let Some(r) = readiness {
-            r.abort();
-        }
+        drop(readiness);
         drop(running);
     }
 

@@ -13,6 +13,23 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Aborts a task when dropped: a helper task a component's task spawned itself ends with it,
+/// instead of running on detached (dropping a `JoinHandle` does not stop its task).
+#[derive(Debug)]
+pub struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl AbortOnDrop {
+    pub fn new<T>(handle: &tokio::task::JoinHandle<T>) -> Self {
+        Self(handle.abort_handle())
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a task ended while its component was still running.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("task {task} ended: {detail}")]
@@ -148,13 +165,7 @@ impl Tasks {
     /// Takes over a task something else spawned (a library's server loop): it is aborted when
     /// the component drains, and reported if it ends before.
     pub fn adopt(&self, name: &'static str, handle: tokio::task::JoinHandle<()>) {
-        struct AbortOnDrop(tokio::task::AbortHandle);
-        impl Drop for AbortOnDrop {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        let guard = AbortOnDrop(handle.abort_handle());
+        let guard = AbortOnDrop::new(&handle);
         self.spawn(name, async move {
             let _guard = guard;
             handle.await.map_err(|e| e.to_string())
