@@ -47,6 +47,11 @@ impl FileError {
     }
 }
 
+/// A file's text (which must be UTF-8, and of a bounded size).
+pub fn read_text(path: &Path) -> Result<String, FileError> {
+    Ok(meshfed_control::source::read_text(path)?)
+}
+
 /// Loads the one mesh of `path`, logging its warnings; any error refuses the whole file.
 pub fn load_mesh_file(path: &Path) -> Result<validate::LoadedMesh, FileError> {
     let text = meshfed_control::source::read_text(path)?;

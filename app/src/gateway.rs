@@ -18,7 +18,8 @@ use meshfed_control::client::{Client, ClientState, Received, SnapshotRefused, Up
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_gateway::relay::{self, EgressOptions, EgressRoute, IngressOptions, IngressPeer};
-use meshfed_gateway::tunnel::{PeerIdentity, Transport};
+use meshfed_gateway::tunnel::PeerIdentity;
+pub use meshfed_gateway::tunnel::Transport;
 use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::DEFAULT_SVID_TTL;
 use meshfed_trust::verify::{self, SvidResolver};

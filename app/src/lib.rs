@@ -13,14 +13,22 @@
 //! - [`node`]: the peering node (`meshfed peering run`, `meshfed control --peering`).
 //! - [`sidecar`]: one workload's sidecar (`meshfed proxy`).
 //! - [`gateway`]: one mesh's federation gateways for one peer (`meshfed gateway`).
+//! - [`echo`]: the echo test workload (`meshfed echo`).
+//! - [`status`]: reading a running component's status (`meshfed status`).
+//! - [`ca`]: the mesh CA folder (`meshfed trust`).
+//! - [`token`]: peering tokens (`meshfed peering token`).
 //! - [`files`]: reading mesh files and the CA folder.
 //! - [`logging`]: the process's `tracing` subscriber (`MESHFED_LOG`, text or JSON).
 //! - [`tasks`]: task ownership and the drain signal.
 
+pub mod ca;
 pub mod control;
+pub mod echo;
 pub mod files;
 pub mod gateway;
 pub mod logging;
 pub mod node;
 pub mod sidecar;
+pub mod status;
 pub mod tasks;
+pub mod token;

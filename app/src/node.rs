@@ -64,6 +64,10 @@ pub enum NodeError {
         peer: String,
         source: meshfed_store::StoreError,
     },
+    #[error("{0}")]
+    File(#[from] crate::files::FileError),
+    #[error("{0}")]
+    Admin(#[from] meshfed_proxy::admin::AdminError),
 }
 
 impl NodeError {
@@ -75,6 +79,8 @@ impl NodeError {
             Self::Identity(e) => e.reason(),
             Self::Tls(_) => "TlsSetupFailed",
             Self::Store { source, .. } | Self::Forget { source, .. } => source.reason(),
+            Self::File(e) => e.reason(),
+            Self::Admin(e) => e.reason(),
         }
     }
 }
@@ -108,6 +114,19 @@ impl std::fmt::Debug for NodeConfig {
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
+}
+
+/// A node on its own (`meshfed peering run`): the mesh file, the mesh CA folder it signs
+/// with and keeps peer bundles in, and a loopback admin endpoint serving its status.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    pub mesh: PathBuf,
+    pub ca_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub store: Option<PathBuf>,
+    pub heartbeat: Duration,
+    pub liveness: Duration,
 }
 
 /// A running peering node: the exporter and an importer per peer. The peers follow the mesh
@@ -694,6 +713,47 @@ impl Node {
             self.publish();
         }
         Ok(())
+    }
+
+    /// Builds a node on its own from its files ([`StandaloneConfig`]) and serves its status
+    /// on the admin endpoint; returns the node and the admin endpoint's address.
+    pub async fn standalone(config: StandaloneConfig) -> Result<(Self, SocketAddr), NodeError> {
+        let mesh = crate::files::load_mesh(&config.mesh)?;
+        let (ca, held) = crate::files::load_ca_for(&config.ca_dir, &mesh)?;
+        let ca = Arc::new(ca);
+        let node = Self::build(NodeConfig {
+            issue: Arc::new(move |id: &SpiffeId| ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())),
+            bundles: verify::shared(held),
+            listen: config.listen,
+            store: config.store,
+            heartbeat: config.heartbeat,
+            liveness: config.liveness,
+            trust_store: Arc::new(meshfed_trust::store::DirStore::new(
+                &config.ca_dir,
+                mesh.trust_domain.clone(),
+            )),
+            mesh,
+        })
+        .await?;
+        let admin = node.serve_admin(config.admin).await?;
+        Ok((node, admin))
+    }
+
+    /// Serves the node's status (`/status`, loopback callers only) and health on an admin
+    /// endpoint the node owns; returns its address.
+    pub async fn serve_admin(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+        let status = self.status();
+        let mut admin = meshfed_proxy::admin::Admin::default();
+        admin.pages.insert(
+            "/status",
+            meshfed_proxy::admin::Page::status(move || {
+                serde_json::to_string_pretty(&**status.borrow()).unwrap_or_default()
+            }),
+        );
+        let (bound, task) = meshfed_proxy::admin::serve(addr, admin).await?;
+        self.tasks.adopt("admin", task);
+        tracing::info!(parent: &self.span, admin = %bound, "admin endpoint on http://{bound}/status");
+        Ok(bound)
     }
 
     /// Waits until one of the node's tasks ends on its own (the node no longer works as it

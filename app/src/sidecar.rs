@@ -19,7 +19,8 @@ use meshfed_control::client::{Client, ClientState, Received, SnapshotRefused, Up
 use meshfed_core::federation::MeshFederation;
 use meshfed_core::import::ImportedRoute;
 use meshfed_core::{SpiffeId, TrustDomain};
-use meshfed_proxy::config::{self, ConfigError, Federated, Workload};
+pub use meshfed_proxy::config::Workload;
+use meshfed_proxy::config::{self, ConfigError, Federated};
 use meshfed_proxy::sidecar;
 use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};

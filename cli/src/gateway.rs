@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use meshfed_app::gateway::Transport;
 use meshfed_app::gateway::{GatewayMode, GatewayOptions, Gateways};
-use meshfed_gateway::tunnel::Transport;
 
 use crate::trust::DirArg;
 

@@ -157,7 +157,7 @@ fn echo(args: EchoArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cfg = meshfed_proxy::echo::EchoConfig {
+        let cfg = meshfed_app::echo::EchoConfig {
             mesh: args.mesh,
             service: args.service,
             instance: args.instance,
@@ -165,15 +165,12 @@ fn echo(args: EchoArgs) -> Result<ExitCode> {
             latency: args.latency,
             failure: args.failure_percent,
         };
-        let (addr, task) = meshfed_proxy::echo::start(args.listen, cfg)
+        let echo = meshfed_app::echo::Echo::build(args.listen, cfg)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        tracing::info!(listen = %addr, "echo listening on http://{addr}");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = task => {}
-        }
-        Ok(ExitCode::SUCCESS)
+        let failed = until_stopped(echo.failed()).await?;
+        echo.stop().await;
+        exit(failed)
     })
 }
 
@@ -278,7 +275,7 @@ fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
 /// Reads the files (`-` is standard input) and validates them together.
 /// A file's name for diagnostics, and its text (which must be UTF-8).
 pub(crate) fn read_text(f: &std::path::Path) -> Result<(String, String)> {
-    let text = meshfed_control::source::read_text(f).map_err(anyhow::Error::msg)?;
+    let text = meshfed_app::files::read_text(f)?;
     Ok((f.display().to_string(), text))
 }
 

@@ -6,19 +6,12 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Args;
-use meshfed_app::node::{Node, NodeConfig};
-use meshfed_control::server::AdminStatus;
-use meshfed_core::SpiffeId;
-use meshfed_core::federation::MeshFederation;
-use meshfed_peering::status::{NodeStatus, unix_ms};
-use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
-use meshfed_trust::store::DirStore;
-use meshfed_trust::verify;
+use meshfed_app::node::{Node, StandaloneConfig};
+use meshfed_app::status::{NodeStatus, unix_ms};
 
 use crate::emit;
 use crate::trust::{DirArg, parse_duration};
@@ -57,103 +50,42 @@ pub struct StatusArgs {
     output: crate::OutputFormat,
 }
 
-pub(crate) fn load_mesh(path: &std::path::Path) -> Result<MeshFederation> {
-    Ok(meshfed_app::files::load_mesh(path)?)
-}
-
-/// The mesh CA in `dir`, which must be `mesh`'s, and every trust bundle held there.
-pub(crate) fn load_ca_for(
-    dir: &std::path::Path,
-    mesh: &MeshFederation,
-) -> Result<(CertificateAuthority, meshfed_trust::TrustBundleSet)> {
-    Ok(meshfed_app::files::load_ca_for(dir, mesh)?)
-}
-
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(args))
-}
-
-async fn run_async(args: RunArgs) -> Result<ExitCode> {
-    let mesh = load_mesh(&args.mesh)?;
-    let (ca, held) = load_ca_for(&args.dir.dir, &mesh)?;
-    let ca = Arc::new(ca);
-    let node = Node::build(NodeConfig {
-        issue: Arc::new(move |id: &SpiffeId| ca.issue(id, DEFAULT_SVID_TTL, SystemTime::now())),
-        bundles: verify::shared(held),
-        listen: args.listen,
-        store: args.store.clone(),
-        heartbeat: args.heartbeat,
-        liveness: args.liveness,
-        trust_store: Arc::new(DirStore::new(&args.dir.dir, mesh.trust_domain.clone())),
-        mesh,
+    runtime.block_on(async move {
+        let (node, _admin) = Node::standalone(StandaloneConfig {
+            mesh: args.mesh,
+            ca_dir: args.dir.dir,
+            listen: args.listen,
+            admin: args.admin,
+            store: args.store,
+            heartbeat: args.heartbeat,
+            liveness: args.liveness,
+        })
+        .await?;
+        let failed = crate::until_stopped(node.failed()).await?;
+        node.stop().await;
+        crate::exit(failed)
     })
-    .await?;
-    let mut admin = meshfed_proxy::admin::Admin::default();
-    admin.pages.insert(
-        "/status",
-        meshfed_proxy::admin::Page::status(status_json(node.status())),
-    );
-    let (admin_addr, _admin) = meshfed_proxy::admin::serve(args.admin, admin).await?;
-    tracing::info!(admin = %admin_addr, "admin endpoint on http://{admin_addr}/status");
-    let failed = crate::until_stopped(node.failed()).await?;
-    node.stop().await;
-    crate::exit(failed)
-}
-
-/// The node's status as the admin endpoint serves it.
-fn status_json(
-    status: tokio::sync::watch::Receiver<Arc<NodeStatus>>,
-) -> impl Fn() -> String + Send + Sync + 'static {
-    move || {
-        serde_json::to_string_pretty(&**status.borrow())
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    }
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let body = rt
-        .block_on(meshfed_proxy::admin::get(
-            args.admin,
-            "/status",
-            Duration::from_secs(5),
-        ))
-        .with_context(|| {
-        format!(
-            "reading status from {} (is `meshfed peering run` or `meshfed control --peering` running?)",
-            args.admin
-        )
-    })?;
-    let st = parse_status(&body)?;
+    let st = rt.block_on(meshfed_app::status::fetch(
+        args.admin,
+        Duration::from_secs(5),
+    ))?;
     match args.output {
         crate::OutputFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&st)?))?,
         crate::OutputFormat::Yaml => emit(&serde_saphyr::to_string(&st)?)?,
         crate::OutputFormat::Table => emit(&render(&st, unix_ms(SystemTime::now())))?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A peering node's status from an admin endpoint's `/status`: a control plane's carries it
-/// under `peering`, `meshfed peering run`'s is the node's own.
-fn parse_status(body: &str) -> Result<NodeStatus> {
-    if let Ok(cp) = serde_json::from_str::<AdminStatus>(body)
-        && let Some(p) = cp.peering
-    {
-        return Ok(p);
-    }
-    match serde_json::from_str::<NodeStatus>(body) {
-        Ok(st) => Ok(st),
-        Err(_) if serde_json::from_str::<AdminStatus>(body).is_ok() => {
-            bail!("this control plane runs no peering (start it with --peering)")
-        }
-        Err(e) => Err(e).context("the admin endpoint sent a status this meshfed does not read"),
-    }
 }
 
 fn ago(ms: Option<u64>, now: u64) -> String {

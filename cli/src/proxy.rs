@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use meshfed_app::sidecar::Workload;
 use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions};
-use meshfed_proxy::config::Workload;
 
 use crate::trust::DirArg;
 

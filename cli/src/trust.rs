@@ -7,17 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use meshfed_core::{PeerName, SpiffeId, TrustDomain};
-use meshfed_crds::peer::{ServiceMeshPeerRemote, ServiceMeshPeerSecurity};
-use meshfed_crds::{ObjectMeta, ServiceMeshPeer, ServiceMeshPeerSpec};
+use meshfed_app::ca;
+use meshfed_app::token::{self, StoreAt};
+use meshfed_core::{Namespace, PeerName, SpiffeId, TrustDomain};
 use meshfed_trust::bundle::TrustBundle;
-use meshfed_trust::bundle::TrustBundleSet;
-use meshfed_trust::ca::{self, CertificateAuthority};
-use meshfed_trust::store::{self, DirStore, TrustStore};
+use meshfed_trust::pem;
 use meshfed_trust::svid::{self, Role};
-use meshfed_trust::{dir, pem, token};
 
 use crate::{emit, note};
 
@@ -188,24 +185,6 @@ fn kube_namespace(namespace: Option<&str>) -> String {
     )
 }
 
-/// The store the token commands use: the CA directory, or the cluster's.
-async fn token_store(
-    kube: bool,
-    namespace: &str,
-    dir: &Path,
-    own: &TrustDomain,
-) -> Result<std::sync::Arc<dyn TrustStore>> {
-    if !kube {
-        return Ok(std::sync::Arc::new(DirStore::new(dir, own.clone())));
-    }
-    let client = meshfed_k8s::connect()
-        .await
-        .context("connecting to the Kubernetes API (KUBECONFIG or the pod's service account)")?;
-    Ok(std::sync::Arc::new(
-        meshfed_k8s::trust_store::KubeTrustStore::new(client, namespace, own.clone()),
-    ))
-}
-
 /// Parses `250ms`, `1.5s`, `90s`, `30m`, `24h`, `7d` (for clap).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     meshfed_core::traffic::parse_duration(s).map_err(|e| e.to_string())
@@ -217,34 +196,18 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     meshfed_core::traffic::parse_duration_or_zero(s).map_err(|e| e.to_string())
 }
 
-fn load_ca(dir: &Path) -> Result<CertificateAuthority> {
-    CertificateAuthority::load(dir).with_context(|| {
-        format!(
-            "loading the CA in {} (run `meshfed trust init` first?)",
-            dir.display()
-        )
-    })
+fn trust_domain(flag: &str, value: &str) -> Result<TrustDomain> {
+    value.parse().with_context(|| format!("--{flag} {value:?}"))
 }
 
 pub fn run_trust(cmd: TrustCommand) -> Result<ExitCode> {
-    let now = SystemTime::now();
     match cmd {
         TrustCommand::Init {
             dir,
-            trust_domain,
+            trust_domain: td,
             force,
         } => {
-            let td: TrustDomain = trust_domain
-                .parse()
-                .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
-            if CertificateAuthority::exists(&dir.dir) && !force {
-                bail!(
-                    "{} already holds a CA; pass --force to replace it",
-                    dir.dir.display()
-                );
-            }
-            let ca = CertificateAuthority::new(td, now)?;
-            ca.save(&dir.dir)?;
+            let ca = ca::init(&dir.dir, trust_domain("trust-domain", &td)?, force)?;
             emit(&format!(
                 "created CA for {} in {} (signing root root-1)\n",
                 ca.trust_domain(),
@@ -258,130 +221,55 @@ pub fn run_trust(cmd: TrustCommand) -> Result<ExitCode> {
             csr,
             out,
         } => {
-            let ca = load_ca(&dir.dir)?;
             let id = SpiffeId::parse_workload(&id).with_context(|| format!("--id {id:?}"))?;
-            let cert_path = out.with_extension("pem");
-            match csr {
-                Some(path) => {
-                    let bytes = std::fs::read(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let der = pem::csr_from_bytes(&bytes)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let chain = ca.sign_csr(&der.into(), &id, ttl, now)?;
-                    let pem: String = chain
-                        .iter()
-                        .map(|c| ca::pem_encode("CERTIFICATE", c))
-                        .collect();
-                    ca::write_file(&cert_path, pem.as_bytes(), 0o644)?;
-                }
-                None => {
-                    let svid = ca.issue(&id, ttl, now)?;
-                    ca::write_file(&cert_path, svid.chain_pem().as_bytes(), 0o644)?;
-                    let key_path = PathBuf::from(format!("{}-key.pem", out.display()));
-                    ca::write_file(&key_path, svid.key_pem().as_bytes(), 0o600)?;
-                    note(&format!("wrote {}", key_path.display()));
-                }
+            let issued = ca::issue(&dir.dir, &id, ttl, csr.as_deref(), &out)?;
+            if let Some(key) = &issued.key {
+                note(&format!("wrote {}", key.display()));
             }
             emit(&format!(
                 "issued {id} for {}; wrote {}\n",
                 humanize(ttl),
-                cert_path.display()
+                issued.cert.display()
             ))?;
         }
         TrustCommand::Show { file, trust_domain } => {
-            return show(&file, trust_domain.as_deref(), now);
+            return show(&file, trust_domain.as_deref(), SystemTime::now());
         }
         TrustCommand::Bundle {
             command: BundleCommand::Export { dir },
         } => {
-            let ca = load_ca(&dir.dir)?;
-            let b = ca.current_bundle()?;
-            emit(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&b.to_json())?
-            ))?;
+            let b = ca::bundle_json(&dir.dir)?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&b)?))?;
         }
         TrustCommand::Bundle {
             command:
                 BundleCommand::Import {
                     dir,
-                    trust_domain,
+                    trust_domain: td,
                     file,
                 },
         } => {
-            let ca = load_ca(&dir.dir)?;
-            let td: TrustDomain = trust_domain
-                .parse()
-                .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let bundle = if text.trim_start().starts_with('{') {
-                let (bundle, warnings) = TrustBundle::from_json(td, &text)
-                    .with_context(|| file.display().to_string())?;
-                for w in warnings {
-                    note(&format!("warning: {}: {w}", file.display()));
-                }
-                bundle
-            } else {
-                // A PEM file, or a Maistra root ConfigMap (data.root-cert.pem).
-                let pem_text = if text.contains("ConfigMap") {
-                    configmap_root(&text, &file)?
-                } else {
-                    text
-                };
-                let roots = pem::certificates(&pem_text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                let seq = dir::next_sequence(&dir.dir, &ca, &td, &roots)?;
-                TrustBundle::new(td, roots, seq).with_context(|| file.display().to_string())?
-            };
-            let roots = bundle.roots().len();
-            let applied = dir::import_bundle(&dir.dir, &ca, bundle)?;
+            let imported = ca::import_bundle(&dir.dir, trust_domain("trust-domain", &td)?, &file)?;
+            for w in &imported.warnings {
+                note(&format!("warning: {}: {w}", file.display()));
+            }
             emit(&format!(
-                "{applied:?}: bundle of {trust_domain} with {roots} root(s)\n"
+                "{:?}: bundle of {td} with {} root(s)\n",
+                imported.applied, imported.roots
             ))?;
         }
         TrustCommand::Rotate { dir, retire } => {
-            let mut ca = load_ca(&dir.dir)?;
-            let msg = if retire {
-                let n = ca.retire();
-                format!("retired {n} root(s); bundle sequence {}\n", ca.sequence())
-            } else {
-                ca.rotate(now)?;
-                format!(
-                    "added a new signing root; both roots are trusted (bundle sequence {}). Publish the bundle to every peer, reissue SVIDs, then run `meshfed trust rotate --retire`\n",
-                    ca.sequence()
-                )
-            };
-            ca.save(&dir.dir)?;
-            emit(&msg)?;
+            emit(&match ca::rotate(&dir.dir, retire)? {
+                ca::Rotation::Retired { roots, sequence } => {
+                    format!("retired {roots} root(s); bundle sequence {sequence}\n")
+                }
+                ca::Rotation::Added { sequence } => format!(
+                    "added a new signing root; both roots are trusted (bundle sequence {sequence}). Publish the bundle to every peer, reissue SVIDs, then run `meshfed trust rotate --retire`\n"
+                ),
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `data["root-cert.pem"]` of a ConfigMap document (Maistra's `certificateChain`).
-fn configmap_root(text: &str, file: &Path) -> Result<String> {
-    let stream = meshfed_crds::yaml::load(text);
-    if let Some(e) = stream.fatal {
-        bail!("{}: {e}", file.display());
-    }
-    let root = stream
-        .documents
-        .into_iter()
-        .find_map(|d| d.root)
-        .context("empty ConfigMap file")?;
-    if root.str_at("kind") != Some("ConfigMap") {
-        bail!("{}: not a ConfigMap", file.display());
-    }
-    root.get("data")
-        .and_then(|d| d.str_at("root-cert.pem"))
-        .map(str::to_owned)
-        .with_context(|| {
-            format!(
-                "{}: the ConfigMap has no data.root-cert.pem (Maistra's key for the peer root)",
-                file.display()
-            )
-        })
 }
 
 fn humanize(d: Duration) -> String {
@@ -512,7 +400,6 @@ pub fn run_peering(cmd: PeeringCommand) -> Result<ExitCode> {
 }
 
 async fn run_token(command: TokenCommand) -> Result<ExitCode> {
-    let now = SystemTime::now();
     match command {
         TokenCommand::Create {
             dir,
@@ -525,8 +412,7 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
             ttl,
             kube,
         } => {
-            let ca = load_ca(&dir.dir)?;
-            let req = token::TokenRequest {
+            let new = token::NewToken {
                 peer_name: peer_name
                     .parse::<PeerName>()
                     .with_context(|| format!("--peer-name {peer_name:?}"))?,
@@ -538,20 +424,21 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
                 discovery_port,
                 service_port,
                 ttl,
-                bundle_sequence: ca.sequence(),
             };
-            let (tok, pending) = token::create(&ca, &req, now)?;
-            let namespace = kube_namespace(kube.namespace.as_deref());
-            let store = token_store(kube.kube, &namespace, &dir.dir, ca.trust_domain()).await?;
-            store::record_pending(&*store, pending)
-                .await
-                .with_context(|| format!("recording the token in {}", store.location()))?;
+            let at = if kube.kube {
+                StoreAt::Kube {
+                    namespace: kube_namespace(kube.namespace.as_deref()),
+                }
+            } else {
+                StoreAt::Dir
+            };
+            let created = token::create(&dir.dir, new, &at).await?;
             note(&format!(
                 "token valid for {}, recorded in {}; give it to the peer over a trusted channel; it can be accepted once",
                 humanize(ttl),
-                store.location()
+                created.location
             ));
-            emit(&format!("{tok}\n"))?;
+            emit(&format!("{}\n", created.token))?;
         }
         TokenCommand::Accept {
             dir,
@@ -561,7 +448,6 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
             kube,
             token: tok,
         } => {
-            let ca = load_ca(&dir.dir)?;
             let text = if tok == "-" {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
@@ -575,115 +461,36 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
             } else {
                 namespace
             };
-            let store = token_store(
-                kube,
-                namespace.as_deref().unwrap_or_default(),
-                &dir.dir,
-                ca.trust_domain(),
-            )
-            .await?;
-            // Every check runs before anything is sent or stored.
-            let mut held = TrustBundleSet::new();
-            held.insert(ca.current_bundle()?)?;
-            for b in store
-                .peer_bundles()
-                .await
-                .with_context(|| format!("reading the peer bundles in {}", store.location()))?
-            {
-                held.insert(b)?;
-            }
-            let v = store::check_token(&*store, &held, ca.trust_domain(), &text, now).await?;
-            if !no_redeem {
-                redeem_at_issuer(&ca, &v, namespace.as_deref(), mesh_name).await?;
-            }
-            store::accept(&*store, &v)
-                .await
-                .with_context(|| format!("storing the token's bundle in {}", store.location()))?;
-            let peer = ServiceMeshPeer {
-                metadata: kube_meta(v.peer_name.as_str(), namespace, &v.id),
-                spec: ServiceMeshPeerSpec {
-                    remote: Some(ServiceMeshPeerRemote {
-                        addresses: Some(v.addresses.clone()),
-                        discovery_port: Some(i32::from(v.discovery_port)),
-                        service_port: Some(i32::from(v.service_port)),
-                    }),
-                    gateways: Some(meshfed_crds::peer::ServiceMeshPeerGateways {
-                        ingress: Some(meshfed_crds::peer::LocalObjectReference {
-                            name: Some(format!("ingress-{}", v.peer_name)),
-                        }),
-                        egress: Some(meshfed_crds::peer::LocalObjectReference {
-                            name: Some(format!("egress-{}", v.peer_name)),
-                        }),
-                    }),
-                    security: Some(ServiceMeshPeerSecurity {
-                        client_id: Some(v.client_id.to_client_id()),
-                        trust_domain: Some(v.trust_domain.to_string()),
-                        certificate_chain: None,
-                    }),
+            let ns: Option<Namespace> = namespace
+                .as_deref()
+                .map(|n| n.parse().with_context(|| format!("--namespace {n:?}")))
+                .transpose()?;
+            let accepted = token::accept(token::Accept {
+                dir: dir.dir,
+                token: text,
+                namespace: ns.clone(),
+                mesh_name,
+                redeem: !no_redeem,
+                store: match (kube, ns) {
+                    (true, Some(ns)) => StoreAt::Kube {
+                        namespace: ns.to_string(),
+                    },
+                    _ => StoreAt::Dir,
                 },
-                status: None,
-            };
+            })
+            .await?;
+            if accepted.redeemed_at.is_some() {
+                note(&format!(
+                    "token redeemed at {}: it now holds our bundle",
+                    accepted.trust_domain
+                ));
+            }
             note(&format!(
                 "stored the bundle of {} in {}",
-                v.trust_domain,
-                store.location()
+                accepted.trust_domain, accepted.location
             ));
-            emit(&serde_saphyr::to_string(&peer)?)?;
+            emit(&serde_saphyr::to_string(&accepted.peer)?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn kube_meta(name: &str, namespace: Option<String>, token_id: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace,
-        annotations: Some([("meshfed.io/peering-token".to_owned(), token_id.to_owned())].into()),
-        ..Default::default()
-    }
-}
-
-/// Redeems the token at its issuer, sending our bundle and our egress identity.
-async fn redeem_at_issuer(
-    ca: &CertificateAuthority,
-    v: &token::Verified,
-    namespace: Option<&str>,
-    mesh_name: String,
-) -> Result<()> {
-    let ns_str = namespace.context(
-        "--namespace is needed to redeem the token (our egress identity lives there), or pass --no-redeem",
-    )?;
-    let ns: meshfed_core::Namespace = ns_str
-        .parse()
-        .with_context(|| format!("--namespace {ns_str:?}"))?;
-    let client_id = SpiffeId::for_service_account(
-        ca.trust_domain(),
-        &ns,
-        &format!("egress-{}-service-account", v.peer_name),
-    )?;
-    let request = meshfed_api::peering::RedeemRequest {
-        secret: v.secret.clone(),
-        mesh: mesh_name,
-        trust_domain: ca.trust_domain().to_string(),
-        spiffe_bundle_json: ca.current_bundle()?.to_json().to_string(),
-        client_id: client_id.to_client_id(),
-    };
-    let host = v.addresses.first().cloned().unwrap_or_default();
-    let port = v.discovery_port;
-    let (server_id, bundle) = (v.server_id.clone(), v.bundle.clone());
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    meshfed_peering::redeem::redeem(addr, server_id, bundle, request, Duration::from_secs(10))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("redeeming the token at {addr} failed: {e}; nothing was stored")
-        })?;
-    note(&format!(
-        "token redeemed at {}: it now holds our bundle",
-        v.trust_domain
-    ));
-    Ok(())
 }

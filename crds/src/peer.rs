@@ -143,3 +143,82 @@ pub struct DiscoveryConnectionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_disconnect_status: Option<String>,
 }
+
+/// The key of a Maistra root ConfigMap (`spec.security.certificateChain`) that holds the
+/// peer's root certificates as PEM.
+pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+
+/// Why a ConfigMap gave no peer root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootCertError {
+    #[error("not a ConfigMap: {0}")]
+    NotConfigMap(String),
+    #[error("the ConfigMap has no data.{ROOT_CERT_KEY} (Maistra's key for the peer root)")]
+    NoRootCert,
+}
+
+impl RootCertError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConfigMap(_) => "NotConfigMap",
+            Self::NoRootCert => "CertificateChainNotFound",
+        }
+    }
+}
+
+/// The peer root certificates (PEM) a Maistra root ConfigMap holds: the one reader of its
+/// key, for the cluster's ConfigMaps and for ConfigMap files alike.
+pub fn root_cert(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Result<&str, RootCertError> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(ROOT_CERT_KEY))
+        .map(String::as_str)
+        .ok_or(RootCertError::NoRootCert)
+}
+
+/// [`root_cert`] of a ConfigMap YAML document (`kubectl get configmap -o yaml`).
+pub fn root_cert_from_yaml(text: &str) -> Result<String, RootCertError> {
+    let stream = crate::yaml::load(text);
+    if let Some(e) = stream.fatal {
+        return Err(RootCertError::NotConfigMap(e.to_string()));
+    }
+    let root = stream
+        .documents
+        .into_iter()
+        .find_map(|d| d.root)
+        .ok_or_else(|| RootCertError::NotConfigMap("empty document".into()))?;
+    if root.str_at("kind") != Some("ConfigMap") {
+        return Err(RootCertError::NotConfigMap(format!(
+            "kind is {:?}",
+            root.str_at("kind").unwrap_or_default()
+        )));
+    }
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(root.to_json())
+        .map_err(|e| RootCertError::NotConfigMap(e.to_string()))?;
+    root_cert(&cm).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod root_cert_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_root_of_a_configmap_file_and_names_what_is_missing() {
+        let ok = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: beta-ca-root-cert}\ndata:\n  root-cert.pem: |\n    -----BEGIN CERTIFICATE-----\n";
+        assert!(root_cert_from_yaml(ok).is_ok_and(|p| p.starts_with("-----BEGIN")));
+        let no_key = "kind: ConfigMap\ndata: {ca.crt: x}\n";
+        assert_eq!(
+            root_cert_from_yaml(no_key).map_err(|e| e.reason()),
+            Err("CertificateChainNotFound")
+        );
+        assert_eq!(
+            root_cert_from_yaml("kind: Secret\n").map_err(|e| e.reason()),
+            Err("NotConfigMap")
+        );
+        assert_eq!(
+            root_cert_from_yaml("kind: [").map_err(|e| e.reason()),
+            Err("NotConfigMap")
+        );
+    }
+}

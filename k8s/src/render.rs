@@ -204,12 +204,12 @@ fn peer_roots(peers: &[&Value], configmaps: &[ConfigMap]) -> (Vec<PeerRoots>, Ve
             ));
             continue;
         };
-        let Some(pem) = cm.data.as_ref().and_then(|d| d.get("root-cert.pem")) else {
-            problems.push(problem(
-                "CertificateChainNotFound",
-                format!("ConfigMap {cm_name:?} has no data.root-cert.pem"),
-            ));
-            continue;
+        let pem = match meshfed_crds::peer::root_cert(cm) {
+            Ok(pem) => pem.to_owned(),
+            Err(e) => {
+                problems.push(problem(e.reason(), format!("ConfigMap {cm_name:?}: {e}")));
+                continue;
+            }
         };
         let r = PeerRoots {
             peer: name.clone(),
@@ -217,7 +217,7 @@ fn peer_roots(peers: &[&Value], configmaps: &[ConfigMap]) -> (Vec<PeerRoots>, Ve
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            pem: pem.clone(),
+            pem,
             version: cm
                 .metadata
                 .resource_version
