@@ -156,6 +156,8 @@ pub struct Control {
     bootstrap: PathBuf,
     status: Arc<Mutex<ControlStatus>>,
     node: Option<Arc<Node>>,
+    /// Kubernetes mode: this replica's Lease campaign, released when it stops.
+    campaign: Mutex<Option<meshfed_k8s::lease::Campaign>>,
     tasks: Tasks,
     span: tracing::Span,
 }
@@ -393,6 +395,7 @@ impl Control {
             });
         }
         let (tx, rx) = watch::channel(Arc::new(first));
+        let mut campaign = None;
         let source_name = match (file, kube) {
             (Some(path), _) => {
                 tasks.spawn_infallible(
@@ -413,11 +416,13 @@ impl Control {
                 // the bootstrap Secrets.
                 let identity = std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("meshfed-control-{}", std::process::id()));
-                let leader = meshfed_k8s::lease::start(
+                let started = meshfed_k8s::lease::start(
                     &client,
                     &source.settings.namespace,
                     meshfed_k8s::lease::Election::new(&identity),
                 );
+                let leader = started.leader();
+                campaign = Some(started);
                 let cleanup: meshfed_k8s::finalizer::Cleanup = {
                     let node = node.clone();
                     Arc::new(move |peer: String| {
@@ -567,6 +572,7 @@ impl Control {
             bootstrap: boot_path.clone(),
             status,
             node,
+            campaign: Mutex::new(campaign),
             tasks,
             span,
         };
@@ -645,6 +651,16 @@ impl Control {
     /// sources and writers.
     pub async fn stop(&self) {
         async {
+            // A leader steps down and gives the Lease up first, so another replica takes
+            // over at once instead of after the lease expires.
+            let campaign = self
+                .campaign
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(c) = campaign {
+                c.release(Duration::from_secs(3)).await;
+            }
             if let Some(n) = &self.node {
                 n.stop().await;
             }

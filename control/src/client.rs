@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::task::AbortOnDropHandle;
 
 use meshfed_api::config::control_message::Msg as Out;
 use meshfed_api::config::mesh_config_client::MeshConfigClient;
@@ -577,7 +578,7 @@ impl Client {
         // Reports go out beside the ACKs for as long as this stream lives.
         let _reporter = self.reports.clone().map(|mut rx| {
             let out = out.clone();
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 loop {
                     let report = rx.borrow_and_update().clone();
                     let msg = send(In::Report(report));
@@ -766,14 +767,5 @@ impl Client {
             exported_names,
             unready,
         })
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -4,6 +4,7 @@
 //! change on either side — the file, a peer's exports, a peer's health — is a new version.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use tokio_util::task::AbortOnDropHandle;
 
 use meshfed_core::federation::MeshFederation;
 use meshfed_core::import::{ImportedRoute, combine, import_mapping, routes_from_plan};
@@ -81,7 +82,7 @@ pub fn resolve(
 
 /// Wakes `wake` on every change of a feed that matters to the served snapshot: its imports,
 /// its health, or its staleness (not every heartbeat).
-fn feed_forwarders(feeds: &[PeerFeed], wake: &Arc<Notify>) -> Vec<tokio::task::JoinHandle<()>> {
+fn feed_forwarders(feeds: &[PeerFeed], wake: &Arc<Notify>) -> Vec<AbortOnDropHandle<()>> {
     feeds
         .iter()
         .map(|f| {
@@ -91,7 +92,7 @@ fn feed_forwarders(feeds: &[PeerFeed], wake: &Arc<Notify>) -> Vec<tokio::task::J
                 f.status.clone(),
                 wake.clone(),
             );
-            tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let mut stale = st.borrow().stale;
                 loop {
                     tokio::select! {
@@ -106,7 +107,7 @@ fn feed_forwarders(feeds: &[PeerFeed], wake: &Arc<Notify>) -> Vec<tokio::task::J
                     }
                     wake.notify_one();
                 }
-            })
+            }))
         })
         .collect()
 }
@@ -123,39 +124,35 @@ pub async fn serve_with_imports(
     status: Arc<Mutex<ControlStatus>>,
 ) {
     let wake = Arc::new(Notify::new());
+    // Stopped when this function ends, or is dropped.
     let mut forwarders = Vec::new();
     {
         let (mut rx, wake) = (source.clone(), wake.clone());
-        forwarders.push(tokio::spawn(async move {
+        forwarders.push(AbortOnDropHandle::new(tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 wake.notify_one();
             }
-        }));
+        })));
     }
     {
         let (mut rx, wake) = (readiness.clone(), wake.clone());
-        forwarders.push(tokio::spawn(async move {
+        forwarders.push(AbortOnDropHandle::new(tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 wake.notify_one();
             }
-        }));
+        })));
     }
     // One forwarder per peer's feed, rebuilt when the peers change.
     {
         let (mut rx, wake) = (feeds.clone(), wake.clone());
-        forwarders.push(tokio::spawn(async move {
+        forwarders.push(AbortOnDropHandle::new(tokio::spawn(async move {
             let mut per = feed_forwarders(&rx.borrow_and_update(), &wake);
             while rx.changed().await.is_ok() {
-                for h in per.drain(..) {
-                    h.abort();
-                }
+                per.clear();
                 per = feed_forwarders(&rx.borrow_and_update(), &wake);
                 wake.notify_one();
             }
-            for h in per {
-                h.abort();
-            }
-        }));
+        })));
     }
     let mut missing_said = Vec::new();
     loop {
@@ -206,7 +203,5 @@ pub async fn serve_with_imports(
             () = tx.closed() => break,
         }
     }
-    for f in forwarders {
-        f.abort();
-    }
+    drop(forwarders);
 }

@@ -14,6 +14,10 @@
 //! shorter than `duration`: it has stopped writing before anyone may take over, so two
 //! replicas never lead at once ([`Observed`], [`Holding`], pure and tested with a paused
 //! leader and skewed clocks).
+//!
+//! A replica that stops ([`Campaign::release`], on SIGTERM) steps down and gives the Lease up
+//! (holder cleared, as client-go's `ReleaseOnCancel`), so the next replica takes over at its
+//! next try instead of waiting out the lease.
 
 use std::time::Duration;
 
@@ -23,6 +27,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How a candidate runs.
 #[derive(Debug, Clone)]
@@ -161,9 +167,42 @@ async fn round(
     }
 }
 
+/// Gives the Lease up if we hold it: the holder is cleared and the lease made 1 s, so the
+/// next candidate may take it at once. True when it was ours.
+async fn release(api: &Api<Lease>, e: &Election) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(&e.lease).await? else {
+        return Ok(false);
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(e.identity.as_str()) {
+        return Ok(false);
+    }
+    let now = MicroTime(Timestamp::now());
+    lease.spec = Some(LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(now.clone()),
+        renew_time: Some(now),
+        ..spec
+    });
+    api.replace(&e.lease, &PostParams::default(), &lease)
+        .await?;
+    Ok(true)
+}
+
 /// Campaigns for as long as `leader`'s receivers live; `leader` says whether we hold the
 /// Lease now.
 pub async fn run(api: Api<Lease>, e: Election, leader: watch::Sender<bool>) {
+    run_until(api, e, leader, CancellationToken::new()).await;
+}
+
+/// [`run`] until `stop` is cancelled; then steps down and releases the Lease.
+async fn run_until(
+    api: Api<Lease>,
+    e: Election,
+    leader: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
     let mut holding = Holding::default();
     let mut observed = Observed::default();
     let mut said = String::new();
@@ -210,15 +249,66 @@ pub async fn run(api: Api<Lease>, e: Election, leader: watch::Sender<bool>) {
         tokio::select! {
             () = tokio::time::sleep(e.retry) => {}
             () = leader.closed() => return,
+            () = stop.cancelled() => break,
+        }
+    }
+    // Stop acting as the leader before anyone else may.
+    leader.send_replace(false);
+    match release(&api, &e).await {
+        Ok(true) => tracing::info!("{} released the Lease {}", e.identity, e.lease),
+        Ok(false) => {}
+        Err(err) => tracing::warn!(
+            reason = "LeaseReleaseFailed",
+            "{} could not release the Lease {} (others take over when it expires): {err}",
+            e.identity,
+            e.lease
+        ),
+    }
+}
+
+/// A replica's campaign: it runs until released or dropped (dropping stops it without
+/// releasing the Lease).
+#[derive(Debug)]
+pub struct Campaign {
+    leader: watch::Receiver<bool>,
+    stop: CancellationToken,
+    task: AbortOnDropHandle<()>,
+}
+
+impl Campaign {
+    /// Whether this replica leads now, and its changes.
+    pub fn leader(&self) -> watch::Receiver<bool> {
+        self.leader.clone()
+    }
+
+    /// Steps down and gives the Lease up (waits at most `timeout` for the API).
+    pub async fn release(self, timeout: Duration) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            tracing::warn!(
+                reason = "LeaseReleaseFailed",
+                "the Lease was not released within {timeout:?}"
+            );
         }
     }
 }
 
-/// Starts campaigning for `e` in `namespace`; the receiver says whether this replica leads.
-pub fn start(client: &kube::Client, namespace: &str, e: Election) -> watch::Receiver<bool> {
+/// Starts campaigning for `e` in `namespace`.
+pub fn start(client: &kube::Client, namespace: &str, e: Election) -> Campaign {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(run(Api::namespaced(client.clone(), namespace), e, tx));
-    rx
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_until(
+        Api::namespaced(client.clone(), namespace),
+        e,
+        tx,
+        stop.clone(),
+    ));
+    Campaign {
+        leader: rx,
+        stop,
+        task: AbortOnDropHandle::new(task),
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use meshfed_control::server::ControlStatus;
 use meshfed_control::source::{TrustFn, next_snapshot, publish};
 use meshfed_core::TrustDomain;
 use tokio::sync::{Notify, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::render::{Cluster, Rendered, Settings, render};
 
@@ -33,6 +34,8 @@ pub struct Stores {
     nodes: Store<Node>,
     configmaps: Store<ConfigMap>,
     federation: Vec<Store<DynamicObject>>,
+    /// The watches feeding the stores: they stop when the last clone of the stores is dropped.
+    _watches: Arc<Vec<AbortOnDropHandle<()>>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -52,7 +55,11 @@ pub fn federation_resources() -> [ApiResource; 3] {
 
 /// Starts a reflector on `api`; `changed` is notified on every event. Watch errors are
 /// logged (once per distinct message) and retried with kube-runtime's default backoff.
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+fn reflect<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    watches: &mut Vec<AbortOnDropHandle<()>>,
+) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -61,7 +68,9 @@ where
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .boxed();
-    tokio::spawn(run_stream(stream, changed));
+    watches.push(AbortOnDropHandle::new(tokio::spawn(run_stream(
+        stream, changed,
+    ))));
     reader
 }
 
@@ -70,13 +79,16 @@ fn reflect_dynamic(
     api: Api<DynamicObject>,
     ar: ApiResource,
     changed: Arc<Notify>,
+    watches: &mut Vec<AbortOnDropHandle<()>>,
 ) -> Store<DynamicObject> {
     let writer = Writer::new(ar);
     let reader = writer.as_reader();
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .boxed();
-    tokio::spawn(run_stream(stream, changed));
+    watches.push(AbortOnDropHandle::new(tokio::spawn(run_stream(
+        stream, changed,
+    ))));
     reader
 }
 
@@ -105,20 +117,26 @@ async fn run_stream<T>(
 impl Stores {
     /// Starts every reflector; `changed` is notified on each event.
     pub fn start(client: &Client, namespace: &str, changed: &Arc<Notify>) -> Self {
+        let mut w = Vec::new();
         let federation = federation_resources()
             .into_iter()
             .map(|ar| {
                 let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar);
-                reflect_dynamic(api, ar, changed.clone())
+                reflect_dynamic(api, ar, changed.clone(), &mut w)
             })
             .collect();
         Self {
-            services: reflect(Api::all(client.clone()), changed.clone()),
-            slices: reflect(Api::all(client.clone()), changed.clone()),
-            pods: reflect(Api::all(client.clone()), changed.clone()),
-            nodes: reflect(Api::all(client.clone()), changed.clone()),
-            configmaps: reflect(Api::namespaced(client.clone(), namespace), changed.clone()),
+            services: reflect(Api::all(client.clone()), changed.clone(), &mut w),
+            slices: reflect(Api::all(client.clone()), changed.clone(), &mut w),
+            pods: reflect(Api::all(client.clone()), changed.clone(), &mut w),
+            nodes: reflect(Api::all(client.clone()), changed.clone(), &mut w),
+            configmaps: reflect(
+                Api::namespaced(client.clone(), namespace),
+                changed.clone(),
+                &mut w,
+            ),
             federation,
+            _watches: Arc::new(w),
         }
     }
 

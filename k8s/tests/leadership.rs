@@ -223,3 +223,25 @@ fn trust() -> meshfed_control::source::TrustFn {
         })
     })
 }
+
+#[tokio::test]
+async fn a_replica_that_stops_gives_the_lease_up_at_once() {
+    let api = ApiServer::start().await;
+    let client = api.client();
+    // A lease far longer than the test waits: only a release lets b in.
+    let slow = |id: &str| Election {
+        duration: Duration::from_secs(60),
+        renew_deadline: Duration::from_secs(40),
+        ..fast(id)
+    };
+    let a = lease::start(&client, NS, slow("a"));
+    let a_leads = a.leader();
+    until("a leads", || *a_leads.borrow()).await;
+    let b = lease::start(&client, NS, slow("b"));
+    let b_leads = b.leader();
+    a.release(Duration::from_secs(5)).await;
+    assert!(!*a_leads.borrow(), "a steps down when it stops");
+    until("b leads after a released the Lease", || *b_leads.borrow()).await;
+    let held = api.get("leases", NS, "meshfed-control").unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], "b");
+}
