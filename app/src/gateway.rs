@@ -18,6 +18,7 @@ use meshfed_control::client::{Client, ClientState, Received, SnapshotRefused, Up
 use meshfed_core::Hostname;
 use meshfed_core::federation::{MeshFederation, Peer};
 use meshfed_gateway::relay::{self, EgressOptions, EgressRoute, IngressOptions, IngressPeer};
+use meshfed_gateway::stats::GatewayMetrics;
 use meshfed_gateway::tunnel::PeerIdentity;
 pub use meshfed_gateway::tunnel::Transport;
 use meshfed_trust::bootstrap::Bootstrap;
@@ -189,10 +190,12 @@ impl Gateways {
         }
         let span = tracing::info_span!("component", component = %"gateway", peer = %opts.peer);
         let tasks = Tasks::new();
+        // One set of metric families for every gateway of this process.
+        let metrics = GatewayMetrics::new();
         let (running, roles) = async {
             match &opts.mode {
                 GatewayMode::File { mesh, peer_mesh } => {
-                    start_file(&opts, mesh, peer_mesh.as_deref()).await
+                    start_file(&opts, mesh, peer_mesh.as_deref(), &metrics).await
                 }
                 GatewayMode::Joined {
                     bootstrap,
@@ -207,7 +210,7 @@ impl Gateways {
                             .clone()
                             .unwrap_or_else(|| format!("egress-{}", opts.peer)),
                     );
-                    start_joined(&opts, bootstrap, names, &tasks).await
+                    start_joined(&opts, bootstrap, names, &tasks, &metrics).await
                 }
             }
         }
@@ -215,7 +218,7 @@ impl Gateways {
         .await?;
         let admin = match opts.admin {
             Some(addr) => Some(
-                serve_admin(addr, &running, &roles, &tasks)
+                serve_admin(addr, &running, &roles, &tasks, metrics.clone())
                     .instrument(span.clone())
                     .await?,
             ),
@@ -272,13 +275,13 @@ async fn serve_admin(
     running: &[relay::Gateway],
     roles: &[&'static str],
     tasks: &Tasks,
+    metrics: Arc<GatewayMetrics>,
 ) -> Result<SocketAddr, GatewayError> {
     let views: Vec<(&'static str, Arc<relay::GatewayStats>)> = roles
         .iter()
         .copied()
         .zip(running.iter().map(|g| g.stats.clone()))
         .collect();
-    let all: Vec<Arc<relay::GatewayStats>> = running.iter().map(|g| g.stats.clone()).collect();
     let mut admin = meshfed_proxy::admin::Admin::default();
     admin.pages.insert(
         "/status",
@@ -292,10 +295,7 @@ async fn serve_admin(
     );
     admin.pages.insert(
         "/metrics",
-        meshfed_proxy::admin::Page::metrics(move || {
-            let refs: Vec<&relay::GatewayStats> = all.iter().map(AsRef::as_ref).collect();
-            meshfed_gateway::stats::encode_metrics(&refs)
-        }),
+        meshfed_proxy::admin::Page::metrics(move || metrics.encode()),
     );
     let (bound, task) = meshfed_proxy::admin::serve(addr, admin).await?;
     tasks.adopt("admin", task);
@@ -388,6 +388,7 @@ async fn start_file(
     opts: &GatewayOptions,
     mesh_path: &Path,
     peer_mesh: Option<&Path>,
+    metrics: &Arc<GatewayMetrics>,
 ) -> Result<(Vec<relay::Gateway>, Vec<&'static str>), GatewayError> {
     let mesh = files::load_mesh(mesh_path)?;
     let Some(peer) = mesh.peers.values().find(|p| p.name.as_str() == opts.peer) else {
@@ -441,6 +442,7 @@ async fn start_file(
             IngressOptions {
                 quic: true,
                 reset_key: Some(reset_key(&opts.dir)?),
+                metrics: metrics.clone(),
             },
         )
         .await?;
@@ -463,7 +465,7 @@ async fn start_file(
             Arc::new(RwLock::new(Arc::new(routes))),
             issue(mesh.egress_identity(peer)?)?,
             bundles.clone(),
-            egress_options(opts),
+            egress_options(opts, metrics),
         )
         .await?;
         tracing::info!(
@@ -476,22 +478,27 @@ async fn start_file(
         roles.push("egress");
     }
     if let (Some(addr), Some(upstream)) = (discovery_addr, &opts.discovery_upstream) {
-        running.push(start_discovery(addr, upstream).await?);
+        running.push(start_discovery(addr, upstream, metrics).await?);
         roles.push("discovery");
     }
     Ok((running, roles))
 }
 
-fn egress_options(opts: &GatewayOptions) -> EgressOptions {
+fn egress_options(opts: &GatewayOptions, metrics: &Arc<GatewayMetrics>) -> EgressOptions {
     EgressOptions {
         transport: opts.tunnel,
         probe_interval: (!opts.probe_interval.is_zero()).then_some(opts.probe_interval),
+        metrics: metrics.clone(),
     }
 }
 
-async fn start_discovery(addr: SocketAddr, upstream: &str) -> Result<relay::Gateway, GatewayError> {
+async fn start_discovery(
+    addr: SocketAddr,
+    upstream: &str,
+    metrics: &Arc<GatewayMetrics>,
+) -> Result<relay::Gateway, GatewayError> {
     let upstream = resolve(upstream).await?;
-    let g = relay::start_discovery(addr, upstream).await?;
+    let g = relay::start_discovery(addr, upstream, metrics).await?;
     tracing::info!(
         "discovery port on {}: forwards to the peering service at {upstream}",
         g.addr
@@ -657,6 +664,7 @@ async fn start_joined(
     path: &Path,
     (ingress_name, egress_name): (String, String),
     tasks: &Tasks,
+    metrics: &Arc<GatewayMetrics>,
 ) -> Result<(Vec<relay::Gateway>, Vec<&'static str>), GatewayError> {
     let boot = Bootstrap::read(path)?;
     let namespace = control_namespace(&boot.control_plane_id)?;
@@ -754,6 +762,7 @@ async fn start_joined(
                     IngressOptions {
                         quic: true,
                         reset_key: Some(reset_key(&opts.dir)?),
+                        metrics: metrics.clone(),
                     },
                 )
                 .await?;
@@ -767,7 +776,7 @@ async fn start_joined(
                     egress_routes.clone(),
                     svid.clone(),
                     bundles.clone(),
-                    egress_options(opts),
+                    egress_options(opts, metrics),
                 )
                 .await?;
                 tracing::info!("egress to {peer} on {} ({} tunnel)", g.addr, opts.tunnel);
@@ -779,7 +788,7 @@ async fn start_joined(
                 roles.push("egress");
             }
             if let (Some(a), Some(upstream)) = (discovery_addr, &opts.discovery_upstream) {
-                running.push(start_discovery(a, upstream).await?);
+                running.push(start_discovery(a, upstream, metrics).await?);
                 roles.push("discovery");
             }
             Ok((running, roles))

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::sni::{self, ClientHello, MAX_PEEK, SniError};
 pub use crate::stats::GatewayStats;
-use crate::stats::{Counted, PeerCounters};
+use crate::stats::{Counted, GatewayMetrics, PeerCounters};
 use crate::tunnel::{
     self, ALPN_PROBE, ALPN_TUNNEL, CODE_DRAINING, CODE_REFUSED, Dialer, PeerIdentity, Target,
     Transport, TunnelError,
@@ -74,6 +74,8 @@ pub struct IngressOptions {
     pub quic: bool,
     /// The QUIC stateless-reset key; keep it across restarts (see [`crate::tunnel`]).
     pub reset_key: Option<[u8; 32]>,
+    /// The metric families the gateway counts in (shared by a process's gateways).
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl Default for IngressOptions {
@@ -81,6 +83,7 @@ impl Default for IngressOptions {
         Self {
             quic: true,
             reset_key: None,
+            metrics: GatewayMetrics::new(),
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct EgressOptions {
     pub transport: Transport,
     /// How often to probe each peer's ingress; `None` never probes.
     pub probe_interval: Option<Duration>,
+    /// The metric families the gateway counts in (shared by a process's gateways).
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl Default for EgressOptions {
@@ -98,6 +103,7 @@ impl Default for EgressOptions {
         Self {
             transport: Transport::default(),
             probe_interval: Some(Duration::from_secs(5)),
+            metrics: GatewayMetrics::new(),
         }
     }
 }
@@ -151,7 +157,7 @@ impl Gateway {
         }
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            let open = self.stats.active.load(Ordering::Relaxed);
+            let open = self.stats.active.get();
             if open == 0 || tokio::time::Instant::now() >= until {
                 return open;
             }
@@ -196,14 +202,14 @@ struct ActiveGuard(Arc<GatewayStats>);
 
 impl ActiveGuard {
     fn new(stats: &Arc<GatewayStats>) -> Self {
-        stats.active.fetch_add(1, Ordering::Relaxed);
+        stats.active.inc();
         Self(stats.clone())
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.dec();
     }
 }
 
@@ -212,15 +218,15 @@ struct PeerStream(Arc<PeerCounters>);
 
 impl PeerStream {
     fn new(c: Arc<PeerCounters>) -> Self {
-        c.streams.fetch_add(1, Ordering::Relaxed);
-        c.active.fetch_add(1, Ordering::Relaxed);
+        c.streams.inc();
+        c.active.inc();
         Self(c)
     }
 }
 
 impl Drop for PeerStream {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.dec();
     }
 }
 
@@ -282,12 +288,8 @@ async fn relay_counted<P, L>(
     L: AsyncRead + AsyncWrite + Unpin,
 {
     let _stream = PeerStream::new(counters.clone());
-    counters
-        .bytes_from_peer
-        .fetch_add(from_peer.len() as u64, Ordering::Relaxed);
-    counters
-        .bytes_to_peer
-        .fetch_add(sent_to_peer as u64, Ordering::Relaxed);
+    counters.bytes_from_peer.inc_by(from_peer.len() as u64);
+    counters.bytes_to_peer.inc_by(sent_to_peer as u64);
     let peer_side = Counted {
         inner: peer_side,
         read: counters.clone(),
@@ -381,9 +383,7 @@ impl IngressCtx {
             .flatten()
             .ok_or("EndpointUnreachable")?;
         let _ = up.set_nodelay(true);
-        self.stats
-            .upstream_connections
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.upstream_connections.inc();
         Ok((up, first))
     }
 
@@ -439,7 +439,7 @@ pub async fn start_ingress(
         )?),
         None => None,
     };
-    let stats = Arc::new(GatewayStats::new("ingress"));
+    let stats = Arc::new(GatewayStats::new("ingress", &opts.metrics));
     let (kill, kill_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(IngressCtx {
@@ -502,7 +502,7 @@ async fn ingress_tcp(ctx: &IngressCtx, acceptor: &tokio_rustls::TlsAcceptor, tcp
         let _ = tunnel.shutdown().await;
         return;
     }
-    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    stats.accepted.inc();
     match ctx.admit(&peer, &mut tunnel).await {
         Ok((up, first)) => ctx.relay(&peer, tunnel, up, first).await,
         Err(reason) => stats.deny(&peer.name, reason),
@@ -537,7 +537,7 @@ async fn ingress_quic(
             let _ = recv.stop(CODE_DRAINING.into());
             continue;
         }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.inc();
         let (ctx, peer) = (ctx.clone(), peer.clone());
         spawn_conn(&ctx.stats.clone(), &kill, async move {
             match ctx.admit(&peer, &mut recv).await {
@@ -564,7 +564,7 @@ pub async fn start_egress(
     opts: EgressOptions,
 ) -> Result<Gateway, GatewayError> {
     let (listener, addr) = bind(listen).await?;
-    let stats = Arc::new(GatewayStats::new("egress"));
+    let stats = Arc::new(GatewayStats::new("egress", &opts.metrics));
     let dialer = Arc::new(Dialer::new(opts.transport, addr.ip(), svid, bundles)?);
     let (kill, kill_rx) = watch::channel(false);
     let mut tasks = vec![{
@@ -599,7 +599,7 @@ async fn egress_conn(
     stats: &GatewayStats,
     mut down: TcpStream,
 ) {
-    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    stats.accepted.inc();
     let (hello, first) = match read_hello(&mut down).await {
         Ok(x) => x,
         Err(reason) => {
@@ -627,7 +627,7 @@ async fn egress_conn(
             return;
         }
     };
-    stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
+    stats.upstream_connections.inc();
     relay_counted(
         stats.peer(&route.peer),
         tunnel,
@@ -678,16 +678,17 @@ async fn probe_loop(
 pub async fn start_discovery(
     listen: SocketAddr,
     upstream: SocketAddr,
+    metrics: &Arc<GatewayMetrics>,
 ) -> Result<Gateway, GatewayError> {
     let (listener, addr) = bind(listen).await?;
-    let stats = Arc::new(GatewayStats::new("discovery"));
+    let stats = Arc::new(GatewayStats::new("discovery", metrics));
     let (kill, kill_rx) = watch::channel(false);
     let task = {
         let st = stats.clone();
         accept_loop(listener, stats.clone(), kill_rx, move |mut down| {
             let stats = st.clone();
             async move {
-                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                stats.accepted.inc();
                 let first = match read_hello(&mut down).await {
                     Ok((_, first)) => first,
                     Err(reason) => {
@@ -702,7 +703,7 @@ pub async fn start_discovery(
                     return;
                 };
                 let _ = up.set_nodelay(true);
-                stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
+                stats.upstream_connections.inc();
                 splice(down, up, &first, &[]).await;
             }
         })

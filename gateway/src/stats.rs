@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -28,20 +28,143 @@ pub struct Probe {
     pub error: Option<String>,
 }
 
-/// Per-peer counters, shared by every stream of that peer.
-#[derive(Debug, Default)]
+/// A counter of the families below (`u64`, monotonic).
+pub type Count = Counter<u64, AtomicU64>;
+/// A gauge of the families below.
+pub type Level = Gauge<u64, AtomicU64>;
+
+/// The gateway metric families of one process, registered once: every [`GatewayStats`]
+/// built on them (ingress, egress, discovery) holds handles to its own series, which the data
+/// path bumps directly, and a scrape only encodes ([`GatewayMetrics::encode`]).
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    accepted: Family<RoleLabels, Count>,
+    active: Family<RoleLabels, Level>,
+    upstream: Family<RoleLabels, Count>,
+    streams: Family<PeerLabels, Count>,
+    active_streams: Family<PeerLabels, Level>,
+    bytes: Family<BytesLabels, Count>,
+    denials: Family<DenialLabels, Count>,
+    probes: Family<ProbeLabels, Count>,
+    reachable: Family<ReachLabels, Level>,
+    rtt: Family<ReachLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("meshfed_gateway");
+        let m = Self {
+            registry: Registry::default(),
+            accepted: Family::default(),
+            active: Family::default(),
+            upstream: Family::default(),
+            streams: Family::default(),
+            active_streams: Family::default(),
+            bytes: Family::default(),
+            denials: Family::default(),
+            probes: Family::default(),
+            reachable: Family::default(),
+            rtt: Family::default(),
+        };
+        registry.register(
+            "accepted_connections",
+            "Connections (TCP) and QUIC streams accepted",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Connections and streams being handled",
+            m.active.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Upstream connections opened (local endpoints at an ingress, tunnels at an egress)",
+            m.upstream.clone(),
+        );
+        registry.register("streams", "Streams relayed per peer", m.streams.clone());
+        registry.register(
+            "active_streams",
+            "Streams open per peer",
+            m.active_streams.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed per peer, to and from the peer",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "denials",
+            "Refusals by peer and reason (no upstream connection was opened)",
+            m.denials.clone(),
+        );
+        registry.register(
+            "probes",
+            "Probes of each peer's ingress gateway",
+            m.probes.clone(),
+        );
+        registry.register(
+            "peer_reachable",
+            "1 when the last probe of the peer's ingress succeeded",
+            m.reachable.clone(),
+        );
+        registry.register(
+            "tunnel_rtt_seconds",
+            "Round-trip time to the peer's ingress (QUIC estimate or TCP connect time)",
+            m.rtt.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// Every series in the OpenMetrics text format (`/metrics`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Per-peer counters, shared by every stream of that peer: handles to the peer's series.
+#[derive(Debug)]
 pub struct PeerCounters {
     /// Streams relayed (accepted by the ingress / carried by the egress).
-    pub streams: AtomicU64,
-    pub active: AtomicU64,
-    pub bytes_to_peer: AtomicU64,
-    pub bytes_from_peer: AtomicU64,
-    pub probes_ok: AtomicU64,
-    pub probes_failed: AtomicU64,
+    pub streams: Count,
+    pub active: Level,
+    pub bytes_to_peer: Count,
+    pub bytes_from_peer: Count,
+    name: String,
+    metrics: Arc<GatewayMetrics>,
     probe: Mutex<Option<Probe>>,
 }
 
 impl PeerCounters {
+    fn new(role: &'static str, name: &str, metrics: &Arc<GatewayMetrics>) -> Self {
+        let peer = PeerLabels {
+            role,
+            peer: name.to_owned(),
+        };
+        let bytes = |direction| {
+            metrics
+                .bytes
+                .get_or_create(&BytesLabels {
+                    role,
+                    peer: name.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        Self {
+            streams: metrics.streams.get_or_create(&peer).clone(),
+            active: metrics.active_streams.get_or_create(&peer).clone(),
+            bytes_to_peer: bytes("to_peer"),
+            bytes_from_peer: bytes("from_peer"),
+            name: name.to_owned(),
+            metrics: metrics.clone(),
+            probe: Mutex::new(None),
+        }
+    }
+
     /// The last probe, if any ran.
     pub fn probe(&self) -> Option<Probe> {
         self.probe
@@ -51,12 +174,42 @@ impl PeerCounters {
     }
 
     pub(crate) fn record_probe(&self, p: Probe) {
-        if p.error.is_none() {
-            self.probes_ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.probes_failed.fetch_add(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        let result = if p.error.is_none() { "ok" } else { "failed" };
+        for r in ["ok", "failed"] {
+            // Both series exist once the peer was probed, so a rate over either works.
+            let c = m.probes.get_or_create(&ProbeLabels {
+                peer: self.name.clone(),
+                result: r,
+            });
+            if r == result {
+                c.inc();
+            }
+        }
+        let rl = ReachLabels {
+            peer: self.name.clone(),
+        };
+        m.reachable
+            .get_or_create(&rl)
+            .set(u64::from(p.error.is_none()));
+        if let Some(d) = p.rtt {
+            m.rtt.get_or_create(&rl).set(d.as_secs_f64());
         }
         *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(p);
+    }
+
+    /// Probes of this peer that succeeded and failed.
+    pub fn probes(&self) -> (u64, u64) {
+        let get = |result| {
+            self.metrics
+                .probes
+                .get(&ProbeLabels {
+                    peer: self.name.clone(),
+                    result,
+                })
+                .map_or(0, |c| c.get())
+        };
+        (get("ok"), get("failed"))
     }
 
     /// The last probe reached the peer.
@@ -65,35 +218,52 @@ impl PeerCounters {
     }
 }
 
-/// One gateway's counts.
+/// One gateway's counts: handles to its role's series in the shared [`GatewayMetrics`].
 #[derive(Debug)]
 pub struct GatewayStats {
     /// `ingress`, `egress` or `discovery`.
     pub role: &'static str,
     /// Connections (TCP) or QUIC streams accepted.
-    pub accepted: AtomicU64,
+    pub accepted: Count,
     /// Connections or streams being handled now.
-    pub active: AtomicU64,
+    pub active: Level,
     /// Upstream connections opened (to local endpoints at an ingress, tunnels at an egress).
-    pub upstream_connections: AtomicU64,
+    pub upstream_connections: Count,
     /// Refusals by (peer, reason); the peer is `-` when unknown.
     pub denials: Mutex<BTreeMap<(String, String), u64>>,
+    metrics: Arc<GatewayMetrics>,
     peers: Mutex<BTreeMap<String, Arc<PeerCounters>>>,
 }
 
 impl GatewayStats {
-    pub fn new(role: &'static str) -> Self {
+    /// The counts of a gateway of `role`, on `metrics` (shared by the process's gateways).
+    pub fn new(role: &'static str, metrics: &Arc<GatewayMetrics>) -> Self {
+        let labels = RoleLabels { role };
         Self {
             role,
-            accepted: AtomicU64::new(0),
-            active: AtomicU64::new(0),
-            upstream_connections: AtomicU64::new(0),
+            accepted: metrics.accepted.get_or_create(&labels).clone(),
+            active: metrics.active.get_or_create(&labels).clone(),
+            upstream_connections: metrics.upstream.get_or_create(&labels).clone(),
             denials: Mutex::new(BTreeMap::new()),
+            metrics: metrics.clone(),
             peers: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub(crate) fn deny(&self, peer: &str, reason: &str) {
+    /// The metric families these counts are part of.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn deny(&self, peer: &str, reason: &'static str) {
+        self.metrics
+            .denials
+            .get_or_create(&DenialLabels {
+                role: self.role,
+                peer: peer.to_owned(),
+                reason,
+            })
+            .inc();
         *self
             .denials
             .lock()
@@ -108,7 +278,7 @@ impl GatewayStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(peer.to_owned())
-            .or_default()
+            .or_insert_with(|| Arc::new(PeerCounters::new(self.role, peer, &self.metrics)))
             .clone()
     }
 
@@ -156,10 +326,10 @@ impl GatewayStats {
             .into_iter()
             .map(|(name, c)| {
                 let mut v = serde_json::json!({
-                    "streams": c.streams.load(Ordering::Relaxed),
-                    "activeStreams": c.active.load(Ordering::Relaxed),
-                    "bytesToPeer": c.bytes_to_peer.load(Ordering::Relaxed),
-                    "bytesFromPeer": c.bytes_from_peer.load(Ordering::Relaxed),
+                    "streams": c.streams.get(),
+                    "activeStreams": c.active.get(),
+                    "bytesToPeer": c.bytes_to_peer.get(),
+                    "bytesFromPeer": c.bytes_from_peer.get(),
                 });
                 if let Some(p) = c.probe() {
                     v["reachable"] = p.error.is_none().into();
@@ -175,9 +345,9 @@ impl GatewayStats {
             })
             .collect();
         serde_json::json!({
-            "accepted": self.accepted.load(Ordering::Relaxed),
-            "active": self.active.load(Ordering::Relaxed),
-            "upstreamConnections": self.upstream_connections.load(Ordering::Relaxed),
+            "accepted": self.accepted.get(),
+            "active": self.active.get(),
+            "upstreamConnections": self.upstream_connections.get(),
             "denials": denials,
             "peers": peers,
         })
@@ -207,7 +377,7 @@ struct BytesLabels {
 struct DenialLabels {
     role: &'static str,
     peer: String,
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,130 +390,6 @@ struct ProbeLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReachLabels {
     peer: String,
-}
-
-/// Every gateway's counts in the OpenMetrics text format (`/metrics`).
-pub fn encode_metrics(all: &[&GatewayStats]) -> String {
-    let mut reg = Registry::with_prefix("meshfed_gateway");
-    let accepted = Family::<RoleLabels, Counter>::default();
-    let active = Family::<RoleLabels, Gauge>::default();
-    let upstream = Family::<RoleLabels, Counter>::default();
-    let streams = Family::<PeerLabels, Counter>::default();
-    let active_streams = Family::<PeerLabels, Gauge>::default();
-    let bytes = Family::<BytesLabels, Counter>::default();
-    let denials = Family::<DenialLabels, Counter>::default();
-    let probes = Family::<ProbeLabels, Counter>::default();
-    let reachable = Family::<ReachLabels, Gauge>::default();
-    let rtt = Family::<ReachLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    for s in all {
-        let role = RoleLabels { role: s.role };
-        accepted
-            .get_or_create(&role)
-            .inc_by(s.accepted.load(Ordering::Relaxed));
-        active
-            .get_or_create(&role)
-            .set(i64::try_from(s.active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        upstream
-            .get_or_create(&role)
-            .inc_by(s.upstream_connections.load(Ordering::Relaxed));
-        for ((peer, reason), n) in s
-            .denials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            denials
-                .get_or_create(&DenialLabels {
-                    role: s.role,
-                    peer: peer.clone(),
-                    reason: reason.clone(),
-                })
-                .inc_by(*n);
-        }
-        for (peer, c) in s.peer_list() {
-            let pl = PeerLabels {
-                role: s.role,
-                peer: peer.clone(),
-            };
-            streams
-                .get_or_create(&pl)
-                .inc_by(c.streams.load(Ordering::Relaxed));
-            active_streams
-                .get_or_create(&pl)
-                .set(i64::try_from(c.active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-            for (direction, n) in [
-                ("to_peer", &c.bytes_to_peer),
-                ("from_peer", &c.bytes_from_peer),
-            ] {
-                bytes
-                    .get_or_create(&BytesLabels {
-                        role: s.role,
-                        peer: peer.clone(),
-                        direction,
-                    })
-                    .inc_by(n.load(Ordering::Relaxed));
-            }
-            if let Some(p) = c.probe() {
-                for (result, n) in [("ok", &c.probes_ok), ("failed", &c.probes_failed)] {
-                    probes
-                        .get_or_create(&ProbeLabels {
-                            peer: peer.clone(),
-                            result,
-                        })
-                        .inc_by(n.load(Ordering::Relaxed));
-                }
-                let rl = ReachLabels { peer: peer.clone() };
-                reachable
-                    .get_or_create(&rl)
-                    .set(i64::from(p.error.is_none()));
-                if let Some(d) = p.rtt {
-                    rtt.get_or_create(&rl).set(d.as_secs_f64());
-                }
-            }
-        }
-    }
-    reg.register(
-        "accepted_connections",
-        "Connections (TCP) and QUIC streams accepted",
-        accepted,
-    );
-    reg.register(
-        "active_connections",
-        "Connections and streams being handled",
-        active,
-    );
-    reg.register(
-        "upstream_connections",
-        "Upstream connections opened (local endpoints at an ingress, tunnels at an egress)",
-        upstream,
-    );
-    reg.register("streams", "Streams relayed per peer", streams);
-    reg.register("active_streams", "Streams open per peer", active_streams);
-    reg.register(
-        "bytes",
-        "Bytes relayed per peer, to and from the peer",
-        bytes,
-    );
-    reg.register(
-        "denials",
-        "Refusals by peer and reason (no upstream connection was opened)",
-        denials,
-    );
-    reg.register("probes", "Probes of each peer's ingress gateway", probes);
-    reg.register(
-        "peer_reachable",
-        "1 when the last probe of the peer's ingress succeeded",
-        reachable,
-    );
-    reg.register(
-        "tunnel_rtt_seconds",
-        "Round-trip time to the peer's ingress (QUIC estimate or TCP connect time)",
-        rtt,
-    );
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-    out
 }
 
 /// A stream that counts the bytes read from it.
@@ -369,7 +415,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
             } else {
                 &self.read.bytes_from_peer
             };
-            c.fetch_add(n, Ordering::Relaxed);
+            c.inc_by(n);
         }
         r
     }
@@ -412,20 +458,21 @@ mod tests {
 
     #[test]
     fn metrics_name_roles_peers_and_reasons_only() {
-        let s = GatewayStats::new("ingress");
-        s.accepted.fetch_add(3, Ordering::Relaxed);
+        let metrics = GatewayMetrics::new();
+        let s = GatewayStats::new("ingress", &metrics);
+        s.accepted.inc_by(3);
         s.deny("alpha", "NotExportedToPeer");
         s.deny("-", "UnknownPeer");
         let p = s.peer("alpha");
-        p.bytes_to_peer.fetch_add(10, Ordering::Relaxed);
-        p.streams.fetch_add(2, Ordering::Relaxed);
-        let e = GatewayStats::new("egress");
+        p.bytes_to_peer.inc_by(10);
+        p.streams.inc_by(2);
+        let e = GatewayStats::new("egress", &metrics);
         e.peer("beta").record_probe(Probe {
             at: SystemTime::now(),
             rtt: Some(Duration::from_micros(250)),
             error: None,
         });
-        let text = encode_metrics(&[&s, &e]);
+        let text = metrics.encode();
         for line in [
             "meshfed_gateway_accepted_connections_total{role=\"ingress\"} 3",
             "meshfed_gateway_denials_total{role=\"ingress\",peer=\"alpha\",reason=\"NotExportedToPeer\"} 1",

@@ -122,6 +122,7 @@ impl World {
         IngressOptions {
             quic: true,
             reset_key: Some(self.reset_key),
+            ..IngressOptions::default()
         }
     }
 
@@ -194,6 +195,7 @@ fn egress_opts(transport: Transport) -> EgressOptions {
     EgressOptions {
         transport,
         probe_interval: Some(Duration::from_millis(100)),
+        ..EgressOptions::default()
     }
 }
 
@@ -253,6 +255,7 @@ async fn world_with(
         IngressOptions {
             quic: true,
             reset_key: Some(reset_key),
+            ..IngressOptions::default()
         },
     )
     .await
@@ -381,10 +384,7 @@ async fn identity_end_to_end(transport: Transport) {
         assert!(!String::from_utf8_lossy(first).contains("GET /who"));
     }
     assert_eq!(
-        w.ingress
-            .stats
-            .upstream_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
+        w.ingress.stats.upstream_connections.get(),
         tapped.len() as u64
     );
     // Per-peer counts on both sides: streams (the client sidecar reuses its connection) and
@@ -425,11 +425,7 @@ async fn not_exported_refused(transport: Transport) {
     };
     let w = world(transport, BTreeMap::new(), Some(gamma)).await;
     let out = w.client.outbound.unwrap();
-    let before = w
-        .ingress
-        .stats
-        .upstream_connections
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = w.ingress.stats.upstream_connections.get();
     for host in ["secret.shop.svc.beta.remote", "gammas.shop.svc.beta.remote"] {
         let (status, body) = get(out, host).await;
         assert!(status >= 500, "{host}: {body}");
@@ -442,13 +438,7 @@ async fn not_exported_refused(transport: Transport) {
     let (status, _) = get(out, "unknown.shop.svc.beta.remote").await;
     assert!(status >= 500);
     assert!(w.egress.stats.denied("NoPeerExportsName") >= 1);
-    assert_eq!(
-        w.ingress
-            .stats
-            .upstream_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        before
-    );
+    assert_eq!(w.ingress.stats.upstream_connections.get(), before);
     // Legitimate traffic is unaffected.
     let (status, body) = get(out, LOCAL_NAME).await;
     assert_eq!(status, 200, "{body}");
@@ -516,11 +506,7 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        s.upstream_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(s.upstream_connections.get(), 0);
     // The client path still works.
     let (status, body) = get(w.client.outbound.unwrap(), LOCAL_NAME).await;
     assert_eq!(status, 200, "{body}");
@@ -547,7 +533,7 @@ async fn drain_in_flight(transport: Transport) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // (The stream, not a connection: the egress's probes connect too.)
     let alpha = stats.peer("alpha");
-    while alpha.active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while alpha.active.get() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{transport}: the request never reached the ingress"
@@ -707,7 +693,7 @@ async fn the_egress_probes_the_peer_ingress_and_reports_reachability_and_rtt() {
             rtt > Duration::ZERO && rtt < Duration::from_secs(1),
             "{rtt:?}"
         );
-        let metrics = meshfed_gateway::stats::encode_metrics(&[&w.egress.stats]);
+        let metrics = w.egress.stats.metrics().encode();
         assert!(
             metrics.contains("meshfed_gateway_peer_reachable{peer=\"beta\"} 1"),
             "{metrics}"
@@ -767,7 +753,13 @@ async fn the_discovery_port_forwards_tls_to_the_peering_service_and_nothing_else
             });
         }
     });
-    let g = relay::start_discovery(any(), upstream).await.unwrap();
+    let g = relay::start_discovery(
+        any(),
+        upstream,
+        &meshfed_gateway::stats::GatewayMetrics::new(),
+    )
+    .await
+    .unwrap();
     // Through the discovery port, the peering mTLS is end to end: the server sees alpha's
     // peering identity, the client verified beta's.
     let client_tls = verify::client_config(
@@ -801,12 +793,7 @@ async fn the_discovery_port_forwards_tls_to_the_peering_service_and_nothing_else
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
     assert!(sink.is_empty());
     assert_eq!(g.stats.denied("NotTls"), 1);
-    assert_eq!(
-        g.stats
-            .upstream_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(g.stats.upstream_connections.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
