@@ -15,9 +15,9 @@ use meshfed_trust::pem::{self, PemError};
 pub enum CaDirError {
     #[error("loading the CA in {} (run `meshfed trust init` first?): {source}", dir.display())]
     Load { dir: PathBuf, source: CaError },
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaError),
-    #[error("{0}")]
+    #[error(transparent)]
     Dir(#[from] DirError),
     #[error("reading {}: {source}", path.display())]
     Read {

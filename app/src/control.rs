@@ -118,7 +118,7 @@ pub enum ControlError {
     Advertise(String),
     #[error("the bootstrap file: {0}")]
     Bootstrap(#[from] meshfed_trust::bootstrap::BootstrapError),
-    #[error("{0}")]
+    #[error(transparent)]
     Admin(#[from] meshfed_proxy::admin::AdminError),
     #[error("the peering node: {0}")]
     Node(#[from] NodeError),

@@ -12,9 +12,9 @@ use meshfed_trust::ca::CertificateAuthority;
 /// Why a file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] meshfed_control::source::SourceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] validate::MeshLoadError),
     #[error("loading the CA in {}: {source}", dir.display())]
     Ca {

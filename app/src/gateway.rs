@@ -77,7 +77,7 @@ pub struct GatewayOptions {
 /// Why the gateways could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
     #[error("mesh {mesh} has no ServiceMeshPeer {peer:?}; peers: {known}")]
     NoPeer {
@@ -119,7 +119,7 @@ pub enum GatewayError {
     Issue(#[from] meshfed_trust::ca::CaError),
     #[error("TLS set-up: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Relay(#[from] relay::GatewayError),
     #[error("{}: {detail}", path.display())]
     ResetKey { path: PathBuf, detail: String },
@@ -139,7 +139,7 @@ pub enum GatewayError {
     SubscriptionEnded,
     #[error("pass --ingress [ADDR], --egress [ADDR], --discovery [ADDR], or several")]
     NothingToServe,
-    #[error("{0}")]
+    #[error(transparent)]
     Admin(#[from] meshfed_proxy::admin::AdminError),
 }
 

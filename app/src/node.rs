@@ -64,9 +64,9 @@ pub enum NodeError {
         peer: String,
         source: meshfed_store::StoreError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] crate::files::FileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Admin(#[from] meshfed_proxy::admin::AdminError),
 }
 

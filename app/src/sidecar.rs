@@ -58,9 +58,9 @@ pub struct SidecarOptions {
 /// Why a sidecar could not start, or a configuration could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("the bootstrap file: {0}")]
     Bootstrap(#[from] meshfed_trust::bootstrap::BootstrapError),

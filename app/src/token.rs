@@ -39,13 +39,13 @@ pub enum StoreAt {
 /// Why a token could not be created or accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFlowError {
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaDirError),
     #[error("connecting to the Kubernetes API (KUBECONFIG or the pod's service account): {0}")]
     Kube(#[from] meshfed_k8s::KubeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("{location}: {source}")]
     Store {

@@ -224,10 +224,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            crate::note(&format!("meshfed: {e:#}"));
+            crate::note(&format!("meshfed: {}", error_chain(&e)));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors often name their
+/// source in their own message already.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 /// Writes `text` to standard output. A closed pipe (`meshfed … | head`) ends output quietly
@@ -376,5 +390,21 @@ fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(usize::from(n))
             .enable_all()
             .build(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // A library error that names its source, then a context above it.
+        let e = anyhow::Error::new(io)
+            .context("reading x.yaml: no such file")
+            .context("loading the mesh");
+        assert_eq!(
+            super::error_chain(&e),
+            "loading the mesh: reading x.yaml: no such file"
+        );
     }
 }

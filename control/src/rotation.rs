@@ -38,7 +38,7 @@ pub enum RotationError {
         found: meshfed_core::TrustDomain,
         expected: meshfed_core::TrustDomain,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] meshfed_trust::ca::CaError),
     #[error("the CA's bundle: {0}")]
     Bundle(#[from] meshfed_trust::bundle::BundleError),

@@ -35,7 +35,7 @@ pub enum SourceError {
     },
     #[error("{}: not UTF-8 text (invalid byte at offset {offset})", path.display())]
     NotUtf8 { path: PathBuf, offset: usize },
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] validate::MeshLoadError),
     #[error(
         "{file}: spec.trustDomain is {found}, but this control plane's CA is for {expected}; \

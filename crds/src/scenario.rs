@@ -490,14 +490,136 @@ fn peer_status(
     })
 }
 
-/// Checks a scenario's spec; every problem is reported with its field path.
-pub fn convert_scenario(
-    name: &str,
+/// What the scenario's meshes define: the names steps, the load and expectations may use.
+struct Known {
+    meshes: BTreeSet<String>,
+    /// Each mesh's (namespace, service) pairs.
+    services_of: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Each mesh's ServiceMeshPeer names (what `mesh:gateway/PEER` may name).
+    peers_of: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Known {
+    /// `mesh/namespace/name`: a service of one of the meshes.
+    fn service_at(
+        &self,
+        target: &str,
+        path: FieldPath,
+        out: &mut Findings,
+    ) -> Option<(String, String, String)> {
+        let parts: Vec<&str> = target.split('/').collect();
+        match parts.as_slice() {
+            [m, ns, s]
+                if self
+                    .services_of
+                    .get(*m)
+                    .is_some_and(|set| set.contains(&((*ns).to_owned(), (*s).to_owned()))) =>
+            {
+                Some(((*m).to_owned(), (*ns).to_owned(), (*s).to_owned()))
+            }
+            _ => {
+                out.push(
+                    Finding::error(
+                        "UnknownService",
+                        path,
+                        format!("{target:?} names no service of the scenario's meshes"),
+                    )
+                    .hint("mesh/namespace/name, e.g. alpha/shop/orders"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `from->to`: the link between two of the meshes.
+    fn link(&self, target: &str, path: FieldPath, out: &mut Findings) -> Option<(String, String)> {
+        match target.split_once("->") {
+            Some((a, b))
+                if self.meshes.contains(a.trim())
+                    && self.meshes.contains(b.trim())
+                    && a.trim() != b.trim() =>
+            {
+                Some((a.trim().to_owned(), b.trim().to_owned()))
+            }
+            _ => {
+                out.push(
+                    Finding::error(
+                        "UnknownLink",
+                        path,
+                        format!("{target:?} names no link between two of the scenario's meshes"),
+                    )
+                    .hint("from->to, e.g. alpha->beta"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A mesh's name.
+    fn mesh(&self, target: &str, path: FieldPath, out: &mut Findings) -> Option<String> {
+        if self.meshes.contains(target) {
+            Some(target.to_owned())
+        } else {
+            out.push(
+                Finding::error(
+                    "UnknownMesh",
+                    path,
+                    format!("no mesh {target:?} in the scenario"),
+                )
+                .hint("a mesh's name, e.g. alpha"),
+            );
+            None
+        }
+    }
+
+    /// `mesh:control`, `mesh:gateway/PEER`, or a service's apps.
+    fn component(&self, target: &str, path: FieldPath, out: &mut Findings) -> Option<Component> {
+        let Some((mesh, what)) = target.split_once(':') else {
+            return self
+                .service_at(target, path, out)
+                .map(|(mesh, namespace, service)| Component::Apps {
+                    mesh,
+                    namespace,
+                    service,
+                });
+        };
+        let ok_mesh = self.meshes.contains(mesh);
+        let c = match what.split_once('/') {
+            None if what == "control" && ok_mesh => Some(Component::Control {
+                mesh: mesh.to_owned(),
+            }),
+            Some(("gateway", peer))
+                if ok_mesh && self.peers_of.get(mesh).is_some_and(|p| p.contains(peer)) =>
+            {
+                Some(Component::Gateway {
+                    mesh: mesh.to_owned(),
+                    peer: peer.to_owned(),
+                })
+            }
+            _ => None,
+        };
+        if c.is_none() {
+            out.push(
+                Finding::error(
+                    "UnknownComponent",
+                    path,
+                    format!("{target:?} names no component of the scenario's meshes"),
+                )
+                .hint(
+                    "mesh:control, or mesh:gateway/PEER with PEER a ServiceMeshPeer of that mesh",
+                ),
+            );
+        }
+        c
+    }
+}
+
+/// The meshes to build, and what they define.
+fn convert_meshes(
     spec: &ScenarioSpec,
+    base: &FieldPath,
     out: &mut Findings,
-) -> Option<ScenarioPlan> {
-    let base = FieldPath::parse("spec");
-    let errors_before = out.len();
+) -> (Vec<PlanMesh>, Known) {
     if spec.meshes.is_empty() || spec.meshes.len() > MAX_MESHES {
         out.push(Finding::error(
             "MeshCount",
@@ -599,7 +721,6 @@ pub fn convert_scenario(
             resources,
         });
     }
-    // Each mesh's ServiceMeshPeer names (what `mesh:gateway/PEER` may name).
     let peers_of: BTreeMap<String, BTreeSet<String>> = spec
         .meshes
         .iter()
@@ -615,6 +736,434 @@ pub fn convert_scenario(
             (m.name.clone(), peers)
         })
         .collect();
+    let known = Known {
+        meshes: names,
+        services_of,
+        peers_of,
+    };
+    (meshes, known)
+}
+
+/// The load: the calling service and the request path.
+fn convert_load(
+    spec: &ScenarioLoad,
+    known: &Known,
+    lp: &FieldPath,
+    out: &mut Findings,
+) -> (Option<(String, String, String)>, String) {
+    let from = known.service_at(&spec.from, lp.key("from"), out);
+    if spec.host.parse::<meshfed_core::Hostname>().is_err() {
+        out.push(Finding::error(
+            "InvalidHost",
+            lp.key("host"),
+            format!("{:?} is not a hostname", spec.host),
+        ));
+    }
+    if spec.rps == 0 || spec.rps > MAX_RPS {
+        out.push(Finding::error(
+            "InvalidRate",
+            lp.key("rps"),
+            format!("{} requests per second; 1 to {MAX_RPS}", spec.rps),
+        ));
+    }
+    let path = spec.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.len() > 1024 || path.chars().any(char::is_whitespace) {
+        out.push(Finding::error(
+            "InvalidPath",
+            lp.key("path"),
+            format!("{path:?} is not an absolute request path"),
+        ));
+    }
+    (from, path)
+}
+
+/// The timeline, checked step by step against what the meshes hold at that point.
+struct Timeline<'a> {
+    known: &'a Known,
+    meshes: &'a [PlanMesh],
+    /// The federation resources each mesh holds as the steps apply and delete them.
+    held: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+impl Timeline<'_> {
+    fn action(&mut self, s: &ScenarioStep, sp: &FieldPath, out: &mut Findings) -> Option<Action> {
+        let known = self.known;
+        let tp = sp.key("target");
+        match s.action.as_str() {
+            "kill" => known.component(&s.target, tp, out).map(Action::Kill),
+            "start" => known.component(&s.target, tp, out).map(Action::Start),
+            "restart" => known.component(&s.target, tp, out).map(Action::Restart),
+            "cut" => known
+                .link(&s.target, tp, out)
+                .map(|(from, to)| Action::Cut { from, to }),
+            "blackhole" => known
+                .link(&s.target, tp, out)
+                .map(|(from, to)| Action::Blackhole { from, to }),
+            "heal" => known
+                .link(&s.target, tp, out)
+                .map(|(from, to)| Action::Heal { from, to }),
+            "scale" => self.scale(s, sp, out),
+            "rotate" => known
+                .mesh(&s.target, tp, out)
+                .map(|mesh| Action::Rotate { mesh }),
+            "retire" => known
+                .mesh(&s.target, tp, out)
+                .map(|mesh| Action::Retire { mesh }),
+            "apply" => self.apply(s, sp, out),
+            "delete" => self.delete(s, sp, out),
+            "delay" => self.delay(s, sp, out),
+            other => {
+                out.push(
+                    Finding::error(
+                        "UnknownAction",
+                        sp.key("action"),
+                        format!("{other:?} is not a step action"),
+                    )
+                    .hint("kill, start, restart, scale, cut, blackhole, delay, heal, rotate, retire, apply or delete"),
+                );
+                None
+            }
+        }
+    }
+
+    fn scale(&self, s: &ScenarioStep, sp: &FieldPath, out: &mut Findings) -> Option<Action> {
+        let tp = sp.key("target");
+        let meshes = self.meshes;
+        let svc = self.known.service_at(&s.target, tp, out);
+        match (svc, s.replicas) {
+            (_, None) => {
+                out.push(
+                    Finding::error(
+                        "MissingField",
+                        sp.key("replicas"),
+                        "a scale step needs replicas",
+                    )
+                    .hint("e.g. replicas: 0"),
+                );
+                None
+            }
+            (Some((mesh, namespace, service)), Some(n)) => {
+                let prepared = meshes
+                    .iter()
+                    .find(|m| m.name == mesh)
+                    .and_then(|m| {
+                        m.services
+                            .iter()
+                            .find(|(ns, name, _)| *ns == namespace && *name == service)
+                    })
+                    .map_or(0, |(_, _, r)| *r);
+                if n > prepared {
+                    out.push(
+                            Finding::error(
+                                "InvalidReplicas",
+                                sp.key("replicas"),
+                                format!(
+                                    "{n}: the lab prepares {prepared} workload(s) of {}; scale between 0 and that",
+                                    s.target
+                                ),
+                            )
+                            .hint("raise the service's replicas"),
+                        );
+                    None
+                } else {
+                    Some(Action::Scale {
+                        mesh,
+                        namespace,
+                        service,
+                        replicas: n,
+                    })
+                }
+            }
+            (None, Some(_)) => None,
+        }
+    }
+
+    fn apply(&mut self, s: &ScenarioStep, sp: &FieldPath, out: &mut Findings) -> Option<Action> {
+        let tp = sp.key("target");
+        let held = &mut self.held;
+        let mesh = self.known.mesh(&s.target, tp, out);
+        let rp = sp.key("resource");
+        match (&s.resource, mesh) {
+            (None, _) => {
+                out.push(Finding::error(
+                    "MissingField",
+                    rp,
+                    "an apply step needs the resource",
+                ));
+                None
+            }
+            (Some(r), Some(mesh)) => {
+                let kind = r.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+                let name = r.pointer("/metadata/name").and_then(|n| n.as_str());
+                match (kind, name) {
+                    ("ServiceMeshPeer", _) => {
+                        out.push(
+                                Finding::error(
+                                    "PeerChangeUnsupported",
+                                    rp.key("kind"),
+                                    "the lab builds a peer's gateways and link when it starts the meshes",
+                                )
+                                .hint("declare the ServiceMeshPeer under the mesh's resources"),
+                            );
+                        None
+                    }
+                    ("ExportedServiceSet" | "ImportedServiceSet", Some(name)) => {
+                        held.entry(mesh.clone())
+                            .or_default()
+                            .insert((kind.to_owned(), name.to_owned()));
+                        Some(Action::Apply {
+                            mesh,
+                            resource: r.clone(),
+                        })
+                    }
+                    ("ExportedServiceSet" | "ImportedServiceSet", None) => {
+                        out.push(Finding::error(
+                            "MissingField",
+                            rp.key("metadata").key("name"),
+                            "the resource needs a name",
+                        ));
+                        None
+                    }
+                    _ => {
+                        out.push(
+                            Finding::error(
+                                "UnsupportedResource",
+                                rp.key("kind"),
+                                format!("{kind:?} cannot be applied by a step"),
+                            )
+                            .hint("ExportedServiceSet or ImportedServiceSet"),
+                        );
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    fn delete(&mut self, s: &ScenarioStep, sp: &FieldPath, out: &mut Findings) -> Option<Action> {
+        let tp = sp.key("target");
+        let (names, held) = (&self.known.meshes, &mut self.held);
+        let parts: Vec<&str> = s.target.split('/').collect();
+        match parts.as_slice() {
+            [mesh, kind, name]
+                if names.contains(*mesh)
+                    && held
+                        .get(*mesh)
+                        .is_some_and(|h| h.contains(&((*kind).to_owned(), (*name).to_owned()))) =>
+            {
+                if *kind == "ServiceMeshPeer" {
+                    out.push(
+                        Finding::error(
+                            "PeerChangeUnsupported",
+                            tp,
+                            "the lab builds a peer's gateways and link when it starts the meshes",
+                        )
+                        .hint("cut the link to the peer instead"),
+                    );
+                    None
+                } else {
+                    if let Some(h) = held.get_mut(*mesh) {
+                        h.remove(&((*kind).to_owned(), (*name).to_owned()));
+                    }
+                    Some(Action::Delete {
+                        mesh: (*mesh).to_owned(),
+                        kind: (*kind).to_owned(),
+                        name: (*name).to_owned(),
+                    })
+                }
+            }
+            _ => {
+                out.push(
+                    Finding::error(
+                        "NoSuchResource",
+                        tp,
+                        format!(
+                            "{:?} names no resource the mesh holds at this step",
+                            s.target
+                        ),
+                    )
+                    .hint("mesh/Kind/name, e.g. beta/ExportedServiceSet/alpha"),
+                );
+                None
+            }
+        }
+    }
+
+    fn delay(&self, s: &ScenarioStep, sp: &FieldPath, out: &mut Findings) -> Option<Action> {
+        let tp = sp.key("target");
+        let by = match &s.latency {
+            Some(l) => duration(l, sp.key("latency"), out),
+            None => {
+                out.push(
+                    Finding::error(
+                        "MissingField",
+                        sp.key("latency"),
+                        "a delay step needs latency",
+                    )
+                    .hint("e.g. latency: 100ms"),
+                );
+                None
+            }
+        };
+        let l = self.known.link(&s.target, tp, out);
+        match (l, by) {
+            (Some((from, to)), Some(by)) if by <= Duration::from_secs(10) => {
+                Some(Action::Delay { from, to, by })
+            }
+            (Some(_), Some(by)) => {
+                out.push(Finding::error(
+                    "InvalidDuration",
+                    sp.key("latency"),
+                    format!("{by:?}; a link delays by at most 10s"),
+                ));
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One expectation entry; exactly one kind each.
+fn convert_expectation(
+    e: &ScenarioExpectation,
+    ep: &FieldPath,
+    known: &Known,
+    expect: &mut Vec<Expectation>,
+    out: &mut Findings,
+) {
+    let names = &known.meshes;
+    let set = [
+        e.success_ratio.is_some(),
+        e.success_ratio_at_most.is_some(),
+        e.failover_within.is_some(),
+        e.failback_within.is_some(),
+        e.served_by.is_some(),
+        e.success_between.is_some(),
+        e.peer_status.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if set != 1 {
+        out.push(
+            Finding::error(
+                "OneExpectationEach",
+                ep.clone(),
+                format!("{set} expectations in one entry; give exactly one"),
+            )
+            .hint(
+                "successRatio, successRatioAtMost, failoverWithin, failbackWithin, servedBy, successBetween or peerStatus",
+            ),
+        );
+        return;
+    }
+    if let Some(r) = e.success_ratio {
+        expect.extend(share(r, ep.key("successRatio"), out).map(Expectation::SuccessRatio));
+    }
+    if let Some(r) = e.success_ratio_at_most {
+        if (0.0..=1.0).contains(&r) {
+            expect.push(Expectation::SuccessRatioAtMost(r));
+        } else {
+            out.push(Finding::error(
+                "InvalidShare",
+                ep.key("successRatioAtMost"),
+                format!("{r} is not a share in [0, 1]"),
+            ));
+        }
+    }
+    if let Some(d) = &e.failover_within {
+        expect.extend(duration(d, ep.key("failoverWithin"), out).map(Expectation::FailoverWithin));
+    }
+    if let Some(d) = &e.failback_within {
+        expect.extend(duration(d, ep.key("failbackWithin"), out).map(Expectation::FailbackWithin));
+    }
+    if let Some(s) = &e.served_by {
+        let sp = ep.key("servedBy");
+        if !names.contains(&s.mesh) {
+            out.push(Finding::error(
+                "UnknownMesh",
+                sp.key("mesh"),
+                format!("no mesh {:?} in the scenario", s.mesh),
+            ));
+        }
+        let from = duration(&s.from, sp.key("from"), out);
+        let to = duration(&s.to, sp.key("to"), out);
+        let at_least = share(s.at_least, sp.key("atLeast"), out);
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            out.push(Finding::error(
+                "EmptyWindow",
+                sp.key("to"),
+                format!("{to:?} is not after {from:?}"),
+            ));
+        }
+        if let (Some(from), Some(to), Some(at_least)) = (from, to, at_least) {
+            expect.push(Expectation::ServedBy {
+                mesh: s.mesh.clone(),
+                from,
+                to,
+                at_least,
+            });
+        }
+    }
+    if let Some(w) = &e.success_between {
+        let wp = ep.key("successBetween");
+        let from = duration(&w.from, wp.key("from"), out);
+        let to = duration(&w.to, wp.key("to"), out);
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            out.push(Finding::error(
+                "EmptyWindow",
+                wp.key("to"),
+                format!("{to:?} is not after {from:?}"),
+            ));
+        }
+        let bound = |v: Option<f64>, key: &str, out: &mut Findings| match v {
+            Some(v) if !(0.0..=1.0).contains(&v) => {
+                out.push(Finding::error(
+                    "InvalidShare",
+                    wp.key(key),
+                    format!("{v} is not a share in [0, 1]"),
+                ));
+                false
+            }
+            _ => true,
+        };
+        let ok = bound(w.at_least, "atLeast", out) & bound(w.at_most, "atMost", out);
+        if w.at_least.is_none() && w.at_most.is_none() {
+            out.push(Finding::error(
+                "MissingField",
+                wp.key("atLeast"),
+                "give atLeast, atMost or both",
+            ));
+        } else if let (Some(from), Some(to), true) = (from, to, ok) {
+            expect.push(Expectation::SuccessBetween {
+                from,
+                to,
+                at_least: w.at_least,
+                at_most: w.at_most,
+            });
+        }
+    }
+    if let Some(ps) = &e.peer_status
+        && let Some(c) = peer_status(ps, &ep.key("peerStatus"), &known.peers_of, out)
+    {
+        expect.push(Expectation::PeerStatus(c));
+    }
+}
+
+/// Checks a scenario's spec; every problem is reported with its field path.
+pub fn convert_scenario(
+    name: &str,
+    spec: &ScenarioSpec,
+    out: &mut Findings,
+) -> Option<ScenarioPlan> {
+    let base = FieldPath::parse("spec");
+    let errors_before = out.len();
+    let (meshes, known) = convert_meshes(spec, &base, out);
     let run = duration(&spec.duration, base.key("duration"), out);
     if let Some(d) = run
         && (d.is_zero() || d > MAX_DURATION)
@@ -625,73 +1174,8 @@ pub fn convert_scenario(
             format!("{d:?}; a run lasts up to {MAX_DURATION:?}"),
         ));
     }
-    let service_at = |target: &str, path: FieldPath, out: &mut Findings| {
-        let parts: Vec<&str> = target.split('/').collect();
-        match parts.as_slice() {
-            [m, ns, s]
-                if services_of
-                    .get(*m)
-                    .is_some_and(|set| set.contains(&((*ns).to_owned(), (*s).to_owned()))) =>
-            {
-                Some(((*m).to_owned(), (*ns).to_owned(), (*s).to_owned()))
-            }
-            _ => {
-                out.push(
-                    Finding::error(
-                        "UnknownService",
-                        path,
-                        format!("{target:?} names no service of the scenario's meshes"),
-                    )
-                    .hint("mesh/namespace/name, e.g. alpha/shop/orders"),
-                );
-                None
-            }
-        }
-    };
-    let lp = base.key("load");
-    let from = service_at(&spec.load.from, lp.key("from"), out);
-    if spec.load.host.parse::<meshfed_core::Hostname>().is_err() {
-        out.push(Finding::error(
-            "InvalidHost",
-            lp.key("host"),
-            format!("{:?} is not a hostname", spec.load.host),
-        ));
-    }
-    if spec.load.rps == 0 || spec.load.rps > MAX_RPS {
-        out.push(Finding::error(
-            "InvalidRate",
-            lp.key("rps"),
-            format!("{} requests per second; 1 to {MAX_RPS}", spec.load.rps),
-        ));
-    }
-    let path = spec.load.path.clone().unwrap_or_else(|| "/".into());
-    if !path.starts_with('/') || path.len() > 1024 || path.chars().any(char::is_whitespace) {
-        out.push(Finding::error(
-            "InvalidPath",
-            lp.key("path"),
-            format!("{path:?} is not an absolute request path"),
-        ));
-    }
-    let link = |target: &str, path: FieldPath, out: &mut Findings| match target.split_once("->") {
-        Some((a, b))
-            if names.contains(a.trim()) && names.contains(b.trim()) && a.trim() != b.trim() =>
-        {
-            Some((a.trim().to_owned(), b.trim().to_owned()))
-        }
-        _ => {
-            out.push(
-                Finding::error(
-                    "UnknownLink",
-                    path,
-                    format!("{target:?} names no link between two of the scenario's meshes"),
-                )
-                .hint("from->to, e.g. alpha->beta"),
-            );
-            None
-        }
-    };
-    // The federation resources each mesh holds as the steps apply and delete them.
-    let mut held: BTreeMap<String, BTreeSet<(String, String)>> = spec
+    let (from, path) = convert_load(&spec.load, &known, &base.key("load"), out);
+    let held: BTreeMap<String, BTreeSet<(String, String)>> = spec
         .meshes
         .iter()
         .map(|m| {
@@ -709,20 +1193,10 @@ pub fn convert_scenario(
             (m.name.clone(), set)
         })
         .collect();
-    let mesh_named = |target: &str, path: FieldPath, out: &mut Findings| {
-        if names.contains(target) {
-            Some(target.to_owned())
-        } else {
-            out.push(
-                Finding::error(
-                    "UnknownMesh",
-                    path,
-                    format!("no mesh {target:?} in the scenario"),
-                )
-                .hint("a mesh's name, e.g. alpha"),
-            );
-            None
-        }
+    let mut timeline = Timeline {
+        known: &known,
+        meshes: &meshes,
+        held,
     };
     let mut steps = Vec::new();
     let mut last = Duration::ZERO;
@@ -746,251 +1220,7 @@ pub fn convert_scenario(
             }
             last = at;
         }
-        let tp = sp.key("target");
-        let component = |target: &str, path: FieldPath, out: &mut Findings| {
-            if let Some((mesh, what)) = target.split_once(':') {
-                let ok_mesh = names.contains(mesh);
-                let c = match what.split_once('/') {
-                    None if what == "control" && ok_mesh => Some(Component::Control {
-                        mesh: mesh.to_owned(),
-                    }),
-                    Some(("gateway", peer))
-                        if ok_mesh && peers_of.get(mesh).is_some_and(|p| p.contains(peer)) =>
-                    {
-                        Some(Component::Gateway {
-                            mesh: mesh.to_owned(),
-                            peer: peer.to_owned(),
-                        })
-                    }
-                    _ => None,
-                };
-                if c.is_none() {
-                    out.push(
-                        Finding::error(
-                            "UnknownComponent",
-                            path,
-                            format!("{target:?} names no component of the scenario's meshes"),
-                        )
-                        .hint("mesh:control, or mesh:gateway/PEER with PEER a ServiceMeshPeer of that mesh"),
-                    );
-                }
-                return c;
-            }
-            service_at(target, path, out).map(|(mesh, namespace, service)| Component::Apps {
-                mesh,
-                namespace,
-                service,
-            })
-        };
-        let action = match s.action.as_str() {
-            "kill" => component(&s.target, tp, out).map(Action::Kill),
-            "start" => component(&s.target, tp, out).map(Action::Start),
-            "restart" => component(&s.target, tp, out).map(Action::Restart),
-            "cut" => link(&s.target, tp, out).map(|(from, to)| Action::Cut { from, to }),
-            "blackhole" => {
-                link(&s.target, tp, out).map(|(from, to)| Action::Blackhole { from, to })
-            }
-            "heal" => link(&s.target, tp, out).map(|(from, to)| Action::Heal { from, to }),
-            "scale" => {
-                let svc = service_at(&s.target, tp, out);
-                match (svc, s.replicas) {
-                    (_, None) => {
-                        out.push(
-                            Finding::error(
-                                "MissingField",
-                                sp.key("replicas"),
-                                "a scale step needs replicas",
-                            )
-                            .hint("e.g. replicas: 0"),
-                        );
-                        None
-                    }
-                    (Some((mesh, namespace, service)), Some(n)) => {
-                        let prepared = meshes
-                            .iter()
-                            .find(|m| m.name == mesh)
-                            .and_then(|m| {
-                                m.services
-                                    .iter()
-                                    .find(|(ns, name, _)| *ns == namespace && *name == service)
-                            })
-                            .map_or(0, |(_, _, r)| *r);
-                        if n > prepared {
-                            out.push(
-                                Finding::error(
-                                    "InvalidReplicas",
-                                    sp.key("replicas"),
-                                    format!(
-                                        "{n}: the lab prepares {prepared} workload(s) of {}; scale between 0 and that",
-                                        s.target
-                                    ),
-                                )
-                                .hint("raise the service's replicas"),
-                            );
-                            None
-                        } else {
-                            Some(Action::Scale {
-                                mesh,
-                                namespace,
-                                service,
-                                replicas: n,
-                            })
-                        }
-                    }
-                    (None, Some(_)) => None,
-                }
-            }
-            "rotate" => mesh_named(&s.target, tp, out).map(|mesh| Action::Rotate { mesh }),
-            "retire" => mesh_named(&s.target, tp, out).map(|mesh| Action::Retire { mesh }),
-            "apply" => {
-                let mesh = mesh_named(&s.target, tp, out);
-                let rp = sp.key("resource");
-                match (&s.resource, mesh) {
-                    (None, _) => {
-                        out.push(Finding::error(
-                            "MissingField",
-                            rp,
-                            "an apply step needs the resource",
-                        ));
-                        None
-                    }
-                    (Some(r), Some(mesh)) => {
-                        let kind = r.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-                        let name = r.pointer("/metadata/name").and_then(|n| n.as_str());
-                        match (kind, name) {
-                            ("ServiceMeshPeer", _) => {
-                                out.push(
-                                    Finding::error(
-                                        "PeerChangeUnsupported",
-                                        rp.key("kind"),
-                                        "the lab builds a peer's gateways and link when it starts the meshes",
-                                    )
-                                    .hint("declare the ServiceMeshPeer under the mesh's resources"),
-                                );
-                                None
-                            }
-                            ("ExportedServiceSet" | "ImportedServiceSet", Some(name)) => {
-                                held.entry(mesh.clone())
-                                    .or_default()
-                                    .insert((kind.to_owned(), name.to_owned()));
-                                Some(Action::Apply {
-                                    mesh,
-                                    resource: r.clone(),
-                                })
-                            }
-                            ("ExportedServiceSet" | "ImportedServiceSet", None) => {
-                                out.push(Finding::error(
-                                    "MissingField",
-                                    rp.key("metadata").key("name"),
-                                    "the resource needs a name",
-                                ));
-                                None
-                            }
-                            _ => {
-                                out.push(
-                                    Finding::error(
-                                        "UnsupportedResource",
-                                        rp.key("kind"),
-                                        format!("{kind:?} cannot be applied by a step"),
-                                    )
-                                    .hint("ExportedServiceSet or ImportedServiceSet"),
-                                );
-                                None
-                            }
-                        }
-                    }
-                    (Some(_), None) => None,
-                }
-            }
-            "delete" => {
-                let parts: Vec<&str> = s.target.split('/').collect();
-                match parts.as_slice() {
-                    [mesh, kind, name]
-                        if names.contains(*mesh)
-                            && held.get(*mesh).is_some_and(|h| {
-                                h.contains(&((*kind).to_owned(), (*name).to_owned()))
-                            }) =>
-                    {
-                        if *kind == "ServiceMeshPeer" {
-                            out.push(
-                                Finding::error(
-                                    "PeerChangeUnsupported",
-                                    tp,
-                                    "the lab builds a peer's gateways and link when it starts the meshes",
-                                )
-                                .hint("cut the link to the peer instead"),
-                            );
-                            None
-                        } else {
-                            if let Some(h) = held.get_mut(*mesh) {
-                                h.remove(&((*kind).to_owned(), (*name).to_owned()));
-                            }
-                            Some(Action::Delete {
-                                mesh: (*mesh).to_owned(),
-                                kind: (*kind).to_owned(),
-                                name: (*name).to_owned(),
-                            })
-                        }
-                    }
-                    _ => {
-                        out.push(
-                            Finding::error(
-                                "NoSuchResource",
-                                tp,
-                                format!(
-                                    "{:?} names no resource the mesh holds at this step",
-                                    s.target
-                                ),
-                            )
-                            .hint("mesh/Kind/name, e.g. beta/ExportedServiceSet/alpha"),
-                        );
-                        None
-                    }
-                }
-            }
-            "delay" => {
-                let by = match &s.latency {
-                    Some(l) => duration(l, sp.key("latency"), out),
-                    None => {
-                        out.push(
-                            Finding::error(
-                                "MissingField",
-                                sp.key("latency"),
-                                "a delay step needs latency",
-                            )
-                            .hint("e.g. latency: 100ms"),
-                        );
-                        None
-                    }
-                };
-                let l = link(&s.target, tp, out);
-                match (l, by) {
-                    (Some((from, to)), Some(by)) if by <= Duration::from_secs(10) => {
-                        Some(Action::Delay { from, to, by })
-                    }
-                    (Some(_), Some(by)) => {
-                        out.push(Finding::error(
-                            "InvalidDuration",
-                            sp.key("latency"),
-                            format!("{by:?}; a link delays by at most 10s"),
-                        ));
-                        None
-                    }
-                    _ => None,
-                }
-            }
-            other => {
-                out.push(
-                    Finding::error(
-                        "UnknownAction",
-                        sp.key("action"),
-                        format!("{other:?} is not a step action"),
-                    )
-                    .hint("kill, start, restart, scale, cut, blackhole, delay, heal, rotate, retire, apply or delete"),
-                );
-                None
-            }
-        };
+        let action = timeline.action(s, &sp, out);
         if let (Some(at), Some(action)) = (at, action) {
             let label = match &action {
                 Action::Scale { replicas, .. } => format!("scale {} to {replicas}", s.target),
@@ -1002,131 +1232,7 @@ pub fn convert_scenario(
     }
     let mut expect = Vec::new();
     for (i, e) in spec.expect.iter().flatten().enumerate() {
-        let ep = base.key("expect").index(i);
-        let set = [
-            e.success_ratio.is_some(),
-            e.success_ratio_at_most.is_some(),
-            e.failover_within.is_some(),
-            e.failback_within.is_some(),
-            e.served_by.is_some(),
-            e.success_between.is_some(),
-            e.peer_status.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if set != 1 {
-            out.push(
-                Finding::error(
-                    "OneExpectationEach",
-                    ep.clone(),
-                    format!("{set} expectations in one entry; give exactly one"),
-                )
-                .hint(
-                    "successRatio, successRatioAtMost, failoverWithin, failbackWithin, servedBy, successBetween or peerStatus",
-                ),
-            );
-            continue;
-        }
-        if let Some(r) = e.success_ratio {
-            expect.extend(share(r, ep.key("successRatio"), out).map(Expectation::SuccessRatio));
-        }
-        if let Some(r) = e.success_ratio_at_most {
-            if (0.0..=1.0).contains(&r) {
-                expect.push(Expectation::SuccessRatioAtMost(r));
-            } else {
-                out.push(Finding::error(
-                    "InvalidShare",
-                    ep.key("successRatioAtMost"),
-                    format!("{r} is not a share in [0, 1]"),
-                ));
-            }
-        }
-        if let Some(d) = &e.failover_within {
-            expect.extend(
-                duration(d, ep.key("failoverWithin"), out).map(Expectation::FailoverWithin),
-            );
-        }
-        if let Some(d) = &e.failback_within {
-            expect.extend(
-                duration(d, ep.key("failbackWithin"), out).map(Expectation::FailbackWithin),
-            );
-        }
-        if let Some(s) = &e.served_by {
-            let sp = ep.key("servedBy");
-            if !names.contains(&s.mesh) {
-                out.push(Finding::error(
-                    "UnknownMesh",
-                    sp.key("mesh"),
-                    format!("no mesh {:?} in the scenario", s.mesh),
-                ));
-            }
-            let from = duration(&s.from, sp.key("from"), out);
-            let to = duration(&s.to, sp.key("to"), out);
-            let at_least = share(s.at_least, sp.key("atLeast"), out);
-            if let (Some(from), Some(to)) = (from, to)
-                && from >= to
-            {
-                out.push(Finding::error(
-                    "EmptyWindow",
-                    sp.key("to"),
-                    format!("{to:?} is not after {from:?}"),
-                ));
-            }
-            if let (Some(from), Some(to), Some(at_least)) = (from, to, at_least) {
-                expect.push(Expectation::ServedBy {
-                    mesh: s.mesh.clone(),
-                    from,
-                    to,
-                    at_least,
-                });
-            }
-        }
-        if let Some(w) = &e.success_between {
-            let wp = ep.key("successBetween");
-            let from = duration(&w.from, wp.key("from"), out);
-            let to = duration(&w.to, wp.key("to"), out);
-            if let (Some(from), Some(to)) = (from, to)
-                && from >= to
-            {
-                out.push(Finding::error(
-                    "EmptyWindow",
-                    wp.key("to"),
-                    format!("{to:?} is not after {from:?}"),
-                ));
-            }
-            let bound = |v: Option<f64>, key: &str, out: &mut Findings| match v {
-                Some(v) if !(0.0..=1.0).contains(&v) => {
-                    out.push(Finding::error(
-                        "InvalidShare",
-                        wp.key(key),
-                        format!("{v} is not a share in [0, 1]"),
-                    ));
-                    false
-                }
-                _ => true,
-            };
-            let ok = bound(w.at_least, "atLeast", out) & bound(w.at_most, "atMost", out);
-            if w.at_least.is_none() && w.at_most.is_none() {
-                out.push(Finding::error(
-                    "MissingField",
-                    wp.key("atLeast"),
-                    "give atLeast, atMost or both",
-                ));
-            } else if let (Some(from), Some(to), true) = (from, to, ok) {
-                expect.push(Expectation::SuccessBetween {
-                    from,
-                    to,
-                    at_least: w.at_least,
-                    at_most: w.at_most,
-                });
-            }
-        }
-        if let Some(ps) = &e.peer_status
-            && let Some(c) = peer_status(ps, &ep.key("peerStatus"), &peers_of, out)
-        {
-            expect.push(Expectation::PeerStatus(c));
-        }
+        convert_expectation(e, &base.key("expect").index(i), &known, &mut expect, out);
     }
     if out[errors_before..]
         .iter()

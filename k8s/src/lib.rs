@@ -44,7 +44,7 @@ pub fn client_at(url: &str) -> Result<Client, KubeError> {
 /// Why talking to the cluster failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] kube::Error),
     #[error("the Kubernetes API did not list every watched resource within {0:?}")]
     ListTimeout(std::time::Duration),
@@ -56,7 +56,7 @@ pub enum KubeError {
     NoToken { namespace: String, name: String },
     #[error("could not read or create Secret {namespace}/{name}")]
     SecretRace { namespace: String, name: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Source(#[from] meshfed_control::source::SourceError),
 }
 

@@ -75,9 +75,9 @@ impl PeerRoots {
 pub enum PeerRootsError {
     #[error("trustDomain: {0}")]
     TrustDomain(#[from] meshfed_core::id::SpiffeIdError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pem(#[from] meshfed_trust::pem::PemError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bundle(#[from] meshfed_trust::bundle::BundleError),
 }
 
