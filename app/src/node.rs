@@ -662,7 +662,12 @@ impl Node {
         };
         let mut changed = !stale.is_empty();
         for (name, run) in stale {
-            run.importer.stop().await;
+            let why = if wanted.contains_key(&name) {
+                "PeerChanged"
+            } else {
+                "PeerDeleted"
+            };
+            run.importer.end(why).await;
             if !wanted.contains_key(&name) {
                 tracing::info!(peer = %name, "peer removed: no longer importing from it");
                 self.clean(&name)?;
@@ -708,7 +713,7 @@ impl Node {
     pub async fn forget_peer(&self, peer: &str) -> Result<(), NodeError> {
         let run = lock(&self.peers).remove(peer);
         if let Some(run) = run {
-            run.importer.stop().await;
+            run.importer.end("PeerDeleted").await;
             self.clean(peer)?;
             self.publish();
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshfed_core::{Namespace, PeerName, SpiffeId, TrustDomain};
+use meshfed_core::{Namespace, SpiffeId, TrustDomain};
 use meshfed_crds::peer::{
     LocalObjectReference, ServiceMeshPeerGateways, ServiceMeshPeerRemote, ServiceMeshPeerSecurity,
 };
@@ -20,6 +20,7 @@ use meshfed_crds::{ObjectMeta, ServiceMeshPeer, ServiceMeshPeerSpec};
 use meshfed_trust::bundle::{BundleError, TrustBundleSet};
 use meshfed_trust::ca::CertificateAuthority;
 use meshfed_trust::store::{self, DirStore, StoreError, TrustStore};
+pub use meshfed_trust::token::TokenRequest;
 use meshfed_trust::token::{self, TokenError, Verified};
 
 use crate::ca::CaDirError;
@@ -110,22 +111,6 @@ async fn open_store(
     })
 }
 
-/// A token to create: who the accepting mesh should take us for, and where it reaches us.
-#[derive(Debug, Clone)]
-pub struct NewToken {
-    /// The name the accepting mesh should give this mesh.
-    pub peer_name: PeerName,
-    /// This mesh's peering server identity.
-    pub server_id: SpiffeId,
-    /// This mesh's egress gateway identity (the peer's clientID for us).
-    pub client_id: SpiffeId,
-    /// Addresses of this mesh's ingress gateway.
-    pub addresses: Vec<String>,
-    pub discovery_port: u16,
-    pub service_port: u16,
-    pub ttl: Duration,
-}
-
 /// A created token and where it was recorded.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -134,19 +119,14 @@ pub struct Created {
 }
 
 /// Creates a token signed by the CA in `dir` and records it at `at`, where it can be
-/// redeemed once.
-pub async fn create(dir: &Path, new: NewToken, at: &StoreAt) -> Result<Created, TokenFlowError> {
+/// redeemed once. The request's `bundle_sequence` is set from the CA.
+pub async fn create(
+    dir: &Path,
+    mut req: TokenRequest,
+    at: &StoreAt,
+) -> Result<Created, TokenFlowError> {
     let ca = crate::ca::load(dir)?;
-    let req = token::TokenRequest {
-        peer_name: new.peer_name,
-        server_id: new.server_id,
-        client_id: new.client_id,
-        addresses: new.addresses,
-        discovery_port: new.discovery_port,
-        service_port: new.service_port,
-        ttl: new.ttl,
-        bundle_sequence: ca.sequence(),
-    };
+    req.bundle_sequence = ca.sequence();
     let (token, pending) = token::create(&ca, &req, SystemTime::now())?;
     let store = open_store(at, dir, ca.trust_domain()).await?;
     let location = store.location();

@@ -412,7 +412,7 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
             ttl,
             kube,
         } => {
-            let new = token::NewToken {
+            let req = token::TokenRequest {
                 peer_name: peer_name
                     .parse::<PeerName>()
                     .with_context(|| format!("--peer-name {peer_name:?}"))?,
@@ -424,6 +424,7 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
                 discovery_port,
                 service_port,
                 ttl,
+                bundle_sequence: 0,
             };
             let at = if kube.kube {
                 StoreAt::Kube {
@@ -432,7 +433,7 @@ async fn run_token(command: TokenCommand) -> Result<ExitCode> {
             } else {
                 StoreAt::Dir
             };
-            let created = token::create(&dir.dir, new, &at).await?;
+            let created = token::create(&dir.dir, req, &at).await?;
             note(&format!(
                 "token valid for {}, recorded in {}; give it to the peer over a trusted channel; it can be accepted once",
                 humanize(ttl),

@@ -41,7 +41,7 @@ fn validate_accepts_the_examples() {
 
 #[test]
 fn validate_reports_file_line_reason_path_and_hint() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("cli");
     let bad = dir.join("bad.yaml");
     let text = std::fs::read_to_string(root().join(ALPHA))
         .unwrap_or_default()
@@ -67,7 +67,7 @@ fn validate_reports_file_line_reason_path_and_hint() {
 
 #[test]
 fn validate_json_and_strict() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("cli");
     let f = dir.join("warn.yaml");
     std::fs::write(&f, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -177,7 +177,7 @@ fn explain_without_the_peer_file_says_so() {
 
 #[test]
 fn explain_reports_conflicts() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("cli");
     let f = dir.join("alpha.yaml");
     // Rename search so the label rule's alias and the name rule both claim orders.shop.
     let text = std::fs::read_to_string(root().join(ALPHA)).unwrap_or_default().replace(
@@ -230,18 +230,6 @@ fn closed_stdout_is_not_a_crash() {
     drop(child.stdout.take());
     let o = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-}
-
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "meshfed-cli-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    d
 }
 
 #[test]

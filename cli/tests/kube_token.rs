@@ -223,7 +223,7 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
 
     // beta accepts in its cluster: redeemed at alpha's control plane.
     let accept = |kc: &Path| {
-        let (dir, kc, token) = (dir.clone(), kc.to_owned(), token.clone());
+        let (dir, kc, token) = (dir.to_path_buf(), kc.to_owned(), token.clone());
         async move {
             meshfed(
                 &dir,

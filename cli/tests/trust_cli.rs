@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn meshfed_in(dir: &Path, args: &[&str]) -> Output {
@@ -38,22 +38,9 @@ fn init_ca(d: &Path, dir: &str, trust_domain: &str) {
     assert!(o.status.success(), "{}", out(&o));
 }
 
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "meshfed-trust-cli-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn init_issue_show_rotate() {
-    let d = tempdir();
+    let d = meshfed_test_support::scratch("trust-cli");
     let o = meshfed_in(
         &d,
         &[
@@ -166,7 +153,7 @@ fn init_issue_show_rotate() {
 
 #[test]
 fn issue_from_a_csr_keeps_the_key_with_the_workload() {
-    let d = tempdir();
+    let d = meshfed_test_support::scratch("trust-cli");
     init_ca(&d, "ca", "alpha.local");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
@@ -217,7 +204,7 @@ fn issue_from_a_csr_keeps_the_key_with_the_workload() {
 
 #[test]
 fn show_lists_every_broken_rule() {
-    let d = tempdir();
+    let d = meshfed_test_support::scratch("trust-cli");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
     p.subject_alt_names = vec![
@@ -262,7 +249,7 @@ fn time_ago(secs: i64) -> time::OffsetDateTime {
 
 #[test]
 fn peering_tokens_move_bundles_without_copying_roots() {
-    let d = tempdir();
+    let d = meshfed_test_support::scratch("trust-cli");
     init_ca(&d, "a", "alpha.local");
     init_ca(&d, "b", "beta.local");
     let o = meshfed_in(
@@ -392,7 +379,7 @@ fn peering_tokens_move_bundles_without_copying_roots() {
 
 #[test]
 fn maistra_root_configmaps_still_work() {
-    let d = tempdir();
+    let d = meshfed_test_support::scratch("trust-cli");
     init_ca(&d, "a", "alpha.local");
     init_ca(&d, "b", "beta.local");
     let root = std::fs::read_to_string(d.join("a/root-1.pem")).unwrap();

@@ -64,8 +64,9 @@ pub enum Event {
     Received,
     /// The stream ended or failed, with a stable reason token.
     Disconnected { reason: &'static str },
-    /// The peer was deleted.
-    Terminate,
+    /// The relationship ends, with a stable reason: `PeerDeleted` (the ServiceMeshPeer is
+    /// gone), `PeerChanged` (restarted with a new configuration), `Stopped` (the node stops).
+    Terminate { reason: &'static str },
 }
 
 /// Something the driver must do.
@@ -209,15 +210,13 @@ impl Session {
                 self.transition(to, reason, &mut out);
                 self.schedule_dial(now);
             }
-            Event::Terminate => {
+            Event::Terminate { reason } => {
                 if self.connected {
-                    out.push(Action::Close {
-                        reason: "PeerDeleted",
-                    });
+                    out.push(Action::Close { reason });
                 }
                 self.connected = false;
                 self.dial_at = None;
-                self.transition(PeerState::Terminated, "PeerDeleted", &mut out);
+                self.transition(PeerState::Terminated, reason, &mut out);
             }
         }
         out
@@ -396,7 +395,12 @@ mod tests {
         );
         let d2 = x.next_deadline().unwrap();
         assert!(d2 - d1 > Duration::from_millis(400));
-        let a = x.handle(d2, Event::Terminate);
+        let a = x.handle(
+            d2,
+            Event::Terminate {
+                reason: "PeerDeleted",
+            },
+        );
         assert_eq!(
             transitions(&a),
             vec![(PeerState::Terminated, "PeerDeleted")]

@@ -18,7 +18,7 @@ use meshfed_core::session::{Action, Event, PeerState, Session, SessionConfig};
 use meshfed_core::stream::{Applied, ImportState, Limits, Nack};
 use meshfed_core::{PeerName, TrustDomain};
 use meshfed_store::{ImportRecord, Store};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Streaming;
 
@@ -57,14 +57,21 @@ pub struct Importer {
     pub imports: watch::Receiver<Arc<ImportState>>,
     /// The peer's reported healthy/total endpoints per imported service.
     pub health: watch::Receiver<Arc<Health>>,
-    stop: Arc<Notify>,
+    stop: watch::Sender<Option<&'static str>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Importer {
-    /// Ends the relationship: closes the stream and stops the task.
+    /// Ends the relationship because the node stops (`Stopped`): closes the stream and stops
+    /// the task.
     pub async fn stop(self) {
-        self.stop.notify_one();
+        self.end("Stopped").await;
+    }
+
+    /// Ends the relationship with `reason` (`PeerDeleted`, `PeerChanged`…), the status's last
+    /// transition.
+    pub async fn end(self, reason: &'static str) {
+        self.stop.send_replace(Some(reason));
         let _ = self.task.await;
     }
 
@@ -72,6 +79,14 @@ impl Importer {
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+}
+
+/// Waits until the importer is told to end; the reason (`Stopped` if its handle is gone).
+async fn stopped(stop: &mut watch::Receiver<Option<&'static str>>) -> &'static str {
+    match stop.wait_for(Option::is_some).await {
+        Ok(r) => r.unwrap_or("Stopped"),
+        Err(_) => "Stopped",
     }
 }
 
@@ -108,7 +123,7 @@ pub fn spawn(
     let (status_tx, status_rx) = watch::channel(status);
     let (imports_tx, imports_rx) = watch::channel(Arc::new(state.clone()));
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::new()));
-    let stop = Arc::new(Notify::new());
+    let (stop, stop_rx) = watch::channel(None);
     let config_peer = config.peer.clone();
     let driver = Driver {
         config,
@@ -118,7 +133,7 @@ pub fn spawn(
         status_tx,
         imports_tx,
         health_tx,
-        stop: stop.clone(),
+        stop: stop_rx,
         start: Instant::now(),
         logged_down: None,
     };
@@ -147,7 +162,8 @@ struct Driver {
     status_tx: watch::Sender<PeerStatus>,
     imports_tx: watch::Sender<Arc<ImportState>>,
     health_tx: watch::Sender<Arc<Health>>,
-    stop: Arc<Notify>,
+    /// Set once, with the reason the relationship ends.
+    stop: watch::Receiver<Option<&'static str>>,
     start: Instant,
     /// The reason the stream was last logged down for: the same reason again (every
     /// reconnect attempt) is logged at debug, so a refused peer is one warning, not one per
@@ -552,6 +568,7 @@ impl Driver {
     }
 
     async fn run(mut self) {
+        let mut stop = self.stop.clone();
         let mut session = Session::new(self.config.session);
         let mut conn: Option<Conn> = None;
         let mut pending = session.handle(self.now(), Event::Start);
@@ -619,8 +636,8 @@ impl Driver {
                     }
                 }
                 () = sleep => pending.extend(session.poll(self.now())),
-                () = self.stop.notified() => {
-                    let actions = session.handle(self.now(), Event::Terminate);
+                reason = stopped(&mut stop) => {
+                    let actions = session.handle(self.now(), Event::Terminate { reason });
                     for a in actions {
                         if let Action::Transition { to, reason, .. } = a {
                             self.on_transition(to, reason);

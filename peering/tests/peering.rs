@@ -342,7 +342,17 @@ async fn sync_and_every_change_propagates() {
             .is_none_or(|c| !c.status),
         "{st:#?}"
     );
+    // A node that stops says so; it does not claim the peer was deleted.
+    let status = imp.status.clone();
     imp.stop().await;
+    let st = status.borrow().clone();
+    assert_eq!(st.state, PeerState::Terminated);
+    assert_eq!(
+        st.condition(ConditionType::Connected)
+            .map(|c| c.reason.as_str()),
+        Some("Stopped"),
+        "{st:#?}"
+    );
     exp.kill();
 }
 

@@ -8,19 +8,6 @@ use meshfed_core::import::RemoteService;
 use meshfed_core::{PeerName, Protocol, ServicePort};
 use meshfed_store::{ImportRecord, SCHEMA, Store};
 
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "meshfed-store-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn record(n: usize) -> ImportRecord {
     ImportRecord {
         epoch: 9,
@@ -49,7 +36,7 @@ fn peer(s: &str) -> PeerName {
 
 #[test]
 fn imports_survive_a_restart() {
-    let path = tempdir().join("db");
+    let path = meshfed_test_support::scratch("store").join("db");
     {
         let (store, rebuilt) = Store::open(&path).unwrap();
         assert!(rebuilt.is_none());
@@ -67,7 +54,7 @@ fn imports_survive_a_restart() {
 
 #[test]
 fn bad_records_are_dropped_singly() {
-    let path = tempdir().join("db");
+    let path = meshfed_test_support::scratch("store").join("db");
     let (store, _) = Store::open(&path).unwrap();
     store.save_imports(&peer("beta-mesh"), &record(2)).unwrap();
     store.put_raw(b"gamma-mesh", b"{not json").unwrap();
@@ -95,7 +82,7 @@ fn bad_records_are_dropped_singly() {
 
 #[test]
 fn a_corrupt_store_is_quarantined_and_rebuilt() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("store");
     let path = dir.join("db");
     {
         let (store, _) = Store::open(&path).unwrap();
@@ -121,7 +108,7 @@ fn a_corrupt_store_is_quarantined_and_rebuilt() {
 
 #[test]
 fn an_interrupted_open_or_newer_schema_is_quarantined() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("store");
     let path = dir.join("db");
     drop(Store::open(&path).unwrap());
     // A previous process died while opening: the marker is still there.
@@ -173,7 +160,7 @@ fn child_writer() {
 
 #[test]
 fn sigkill_during_writes_never_prevents_start() {
-    let path = tempdir().join("db");
+    let path = meshfed_test_support::scratch("store").join("db");
     let marker = std::path::PathBuf::from(format!("{}.writing", path.display()));
     let mut loaded_some = 0;
     for round in 0..10u64 {
@@ -217,7 +204,7 @@ fn sigkill_during_writes_never_prevents_start() {
 
 #[test]
 fn a_locked_store_is_waited_for_never_quarantined() {
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("store");
     let path = dir.join("db");
     let (held, _) = Store::open(&path).unwrap();
     held.save_imports(&peer("beta-mesh"), &record(2)).unwrap();

@@ -2,7 +2,8 @@
 //! runs links it (`cli/tests/layering.rs` checks).
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::ops::Range;
+use std::ops::{Deref, Range};
+use std::path::Path;
 
 /// Ports tests pick from: below the kernel's ephemeral range (Linux's default is
 /// 32768–60999), so no outgoing connection of this or another test can be given one of them
@@ -38,6 +39,52 @@ pub fn free_addr(ip: &str) -> SocketAddr {
     }
 }
 
+/// A new, empty folder of one test's own under the system temporary folder, removed when the
+/// test ends (pass or fail). With `MESHFED_KEEP_TEST_DIRS` set it is kept, and its path
+/// printed, for a look at the files and logs a test left.
+#[derive(Debug)]
+pub struct Scratch(tempfile::TempDir);
+
+/// A [`Scratch`] folder named after `name` (`meshfed-<name>-…`).
+///
+/// # Panics
+/// When the temporary folder cannot be written.
+pub fn scratch(name: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("meshfed-{name}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a temporary folder: {e}"));
+    Scratch(dir)
+}
+
+impl Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("MESHFED_KEEP_TEST_DIRS").is_some() {
+            self.0.disable_cleanup(true);
+            eprintln!("kept {}", self.0.path().display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +97,20 @@ mod tests {
             let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("{a}: {e}"));
             drop(l);
         }
+    }
+
+    #[test]
+    fn a_scratch_folder_is_new_empty_and_gone_after_the_test() {
+        let (a, b) = (scratch("x"), scratch("x"));
+        assert_ne!(a.to_path_buf(), b.to_path_buf());
+        assert!(
+            a.read_dir()
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+        );
+        std::fs::write(a.join("f"), b"1").unwrap_or_else(|e| panic!("{e}"));
+        let path = a.to_path_buf();
+        drop(a);
+        assert!(!path.exists());
     }
 }

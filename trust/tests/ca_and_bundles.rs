@@ -5,7 +5,6 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use meshfed_trust::bundle::{Applied, TrustBundle, TrustBundleSet, strict_json};
@@ -13,18 +12,6 @@ use meshfed_trust::ca::{self, CertificateAuthority};
 use meshfed_trust::svid::{self, Role};
 use rcgen::{CertificateParams, SanType};
 use support::*;
-
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "meshfed-ca-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -98,7 +85,7 @@ fn csrs_must_name_exactly_the_caller() {
 #[test]
 fn the_ca_persists_with_private_keys_for_the_owner_only() {
     let now = SystemTime::now();
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("ca");
     let mut ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     ca.rotate(now).unwrap();
     ca.save(&dir).unwrap();
@@ -138,10 +125,10 @@ fn the_ca_persists_with_private_keys_for_the_owner_only() {
 #[test]
 fn a_corrupt_ca_directory_is_reported_not_used() {
     let now = SystemTime::now();
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("ca");
     let ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     ca.save(&dir).unwrap();
-    let other = tempdir();
+    let other = meshfed_test_support::scratch("ca");
     CertificateAuthority::new(td("alpha.local"), now)
         .unwrap()
         .save(&other)
@@ -176,7 +163,9 @@ fn a_corrupt_ca_directory_is_reported_not_used() {
         "StoreIo"
     );
     assert_eq!(
-        CertificateAuthority::load(&tempdir()).unwrap_err().reason(),
+        CertificateAuthority::load(&meshfed_test_support::scratch("ca"))
+            .unwrap_err()
+            .reason(),
         "StoreIo"
     );
 }

@@ -15,19 +15,6 @@ use meshfed_trust::store::{self, DirStore, StoreError};
 use meshfed_trust::token::{self, Pending, TokenRequest, Verified};
 use support::*;
 
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "meshfed-token-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn request() -> TokenRequest {
     TokenRequest {
         peer_name: "alpha-mesh".parse().unwrap(),
@@ -88,7 +75,7 @@ async fn a_token_is_accepted_once_and_stores_the_bundle() {
     let ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     let (tok, pending) = token::create(&ca, &request(), now).unwrap();
     assert!(tok.starts_with("mfpt1."));
-    let b_dir = tempdir();
+    let b_dir = meshfed_test_support::scratch("token");
     let v = accept(&b_dir, "beta.local", &tok, now).await.unwrap();
     assert_eq!(v.peer_name.as_str(), "alpha-mesh");
     assert_eq!(v.trust_domain.as_str(), "alpha.local");
@@ -104,7 +91,7 @@ async fn a_token_is_accepted_once_and_stores_the_bundle() {
     assert_eq!(err.reason(), "TokenAlreadyAccepted");
     assert_eq!(snapshot(&b_dir), before);
     // The issuer redeems the secret once.
-    let a_dir = tempdir();
+    let a_dir = meshfed_test_support::scratch("token");
     record(&a_dir, pending.clone()).await;
     let raw = std::fs::read_to_string(a_dir.join("pending-tokens.json")).unwrap();
     assert!(
@@ -217,7 +204,7 @@ async fn bad_tokens_are_refused_and_store_nothing() {
         ),
     ];
     for (name, t, when, expected) in cases {
-        let dir = tempdir();
+        let dir = meshfed_test_support::scratch("token");
         let before = snapshot(&dir);
         let err = accept(&dir, "beta.local", &t, when).await.unwrap_err();
         if expected != "*" {
@@ -227,7 +214,7 @@ async fn bad_tokens_are_refused_and_store_nothing() {
         assert_eq!(snapshot(&dir), before, "{name}: something was stored");
     }
     // A token of our own trust domain.
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("token");
     let err = accept(&dir, "alpha.local", &tok, now).await.unwrap_err();
     assert_eq!(err.reason(), "TokenOwnTrustDomain");
     assert!(snapshot(&dir).is_empty());
@@ -258,7 +245,7 @@ async fn issuer_checks_its_own_request() {
     // An expired pending token cannot be redeemed.
     let (tok, pending) = token::create(&ca, &request(), now).unwrap();
     let secret = token::verify(&tok, now).unwrap().secret;
-    let dir = tempdir();
+    let dir = meshfed_test_support::scratch("token");
     record(&dir, pending).await;
     assert_eq!(
         redeem(&dir, &secret, now + Duration::from_secs(7200))

@@ -13,12 +13,10 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshfed")
 }
 
-/// A new, empty folder under the system temporary folder.
-pub fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshfed-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A new, empty folder of the test's own, removed when it ends (see
+/// [`meshfed_test_support::Scratch`]).
+pub fn tempdir(name: &str) -> meshfed_test_support::Scratch {
+    meshfed_test_support::scratch(name)
 }
 
 /// An address on `ip` that is free now, outside the ephemeral port range.
