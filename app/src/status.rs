@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshfed_control::server::AdminStatus;
+pub use meshfed_control::server::{AdminStatus, ControlStatus, ProxyStatus};
 pub use meshfed_peering::status::{
-    Condition, ExportSide, ImportSide, NodeStatus, PeerStatus, Refusal, unix_ms,
+    Condition, ConditionType, ExportSide, ImportSide, NodeStatus, PeerStatus, Refusal, unix_ms,
 };
 use meshfed_proxy::admin::GetError;
 

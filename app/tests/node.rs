@@ -1,7 +1,8 @@
 //! Two peering nodes — the example meshes alpha and beta — built in-process as
 //! `meshfed_app::node::Node` handles on loopback: both directions sync and the typed status
 //! says so; stopping a node stops everything it started (its port closes, the peer sees it go)
-//! and is not reported as a failure.
+//! and is not reported as a failure; a node restarted while its peer is down serves its
+//! imports from its store, and resyncs when the peer returns.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
@@ -97,7 +98,7 @@ fn importing(st: &NodeStatus, peer: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_sync_both_ways_and_stop_cleanly() {
+async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
     let now = SystemTime::now();
     let a_ca =
         Arc::new(CertificateAuthority::new("alpha-mesh.local".parse().unwrap(), now).unwrap());
@@ -172,5 +173,49 @@ async fn two_nodes_sync_both_ways_and_stop_cleanly() {
     if let Ok(f) = tokio::time::timeout(Duration::from_millis(1500), alpha.failed()).await {
         panic!("a stopped node reports no failed task: {f}");
     }
+    drop(alpha);
+    // beta restarts while alpha is down: its imports come back from its store at once, stale.
+    // (A stopped node holds nothing once dropped: not even its store's lock.)
+    beta.stop().await;
+    drop(beta);
+    let beta = Node::build(config(
+        mesh("beta.yaml", a_addr),
+        &b_ca,
+        &both,
+        b_addr,
+        b_dir.path(),
+    ))
+    .await
+    .unwrap();
+    let mut b_st = beta.status();
+    let restored = wait(&mut b_st, "beta restored from its store", |s| {
+        s.import("alpha-mesh")
+            .is_some_and(|i| i.status.imported_services == 2 && i.status.stale)
+    })
+    .await;
+    let import = restored.import("alpha-mesh").unwrap();
+    assert!(
+        import
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.reason == "RestoredFromStore"),
+        "{import:#?}"
+    );
+    // alpha comes back: beta resyncs, fresh.
+    let alpha = Node::build(config(
+        mesh("alpha.yaml", b_addr),
+        &a_ca,
+        &both,
+        a_addr,
+        a_dir.path(),
+    ))
+    .await
+    .unwrap();
+    wait(&mut b_st, "beta active again", |s| {
+        importing(s, "alpha-mesh")
+    })
+    .await;
+    alpha.stop().await;
     beta.stop().await;
 }

@@ -10,21 +10,29 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Procs, eventually, free, get, status, tempdir, trust_init};
+use common::{Procs, eventually, free, get, tempdir, trust_init};
+use meshfed_app::status::ControlStatus;
 
 fn echo(out: SocketAddr, path: &str) -> String {
     get(out, "echo.shop.svc.cluster.local", path).unwrap_or_default()
 }
 
-/// Every proxy of `st` is connected and has ACKed the served version.
-fn all_acked(st: &serde_json::Value, n: usize) -> Result<(), String> {
-    let v = &st["version"];
-    let proxies = st["proxies"].as_object().ok_or(format!("{st}"))?;
-    let ok = proxies.len() == n
-        && proxies
+/// The control plane's status (typed), once it answers.
+fn status(admin: SocketAddr) -> Result<ControlStatus, String> {
+    common::control_status(admin)
+        .map(|s| s.control)
+        .ok_or_else(|| "no status yet".into())
+}
+
+/// Every proxy is connected and has ACKed the served version.
+fn all_acked(admin: SocketAddr, n: usize) -> Result<(), String> {
+    let st = status(admin)?;
+    let ok = st.proxies.len() == n
+        && st
+            .proxies
             .values()
-            .all(|p| p["connected"] == true && &p["acked"] == v);
-    if ok { Ok(()) } else { Err(st.to_string()) }
+            .all(|p| p.connected && p.acked == Some(st.version));
+    if ok { Ok(()) } else { Err(format!("{st:#?}")) }
 }
 
 #[test]
@@ -80,10 +88,7 @@ spec:
     let mut procs = Procs::default();
     procs.spawn(&dir, "control", &control_args);
     eventually("the control plane writes its bootstrap file", || {
-        status(cp_admin)["version"]
-            .as_u64()
-            .map(|_| ())
-            .ok_or_else(|| "no status yet".into())
+        status(cp_admin).map(|_| ())
     });
     #[cfg(unix)]
     {
@@ -152,11 +157,11 @@ spec:
         "{r}"
     );
     eventually("both proxies ACK the served version", || {
-        all_acked(&status(cp_admin), 2)
+        all_acked(cp_admin, 2)
     });
-    let st = status(cp_admin);
-    assert_eq!(st["certificatesIssued"], 2, "{st}");
-    let v1 = st["version"].as_u64().unwrap();
+    let st = status(cp_admin).unwrap();
+    assert_eq!(st.certificates_issued, 2, "{st:#?}");
+    let v1 = st.version;
 
     // Bad mesh files (an unknown field; an impossible percentage) are refused whole; the
     // previous version stays served and in force.
@@ -173,14 +178,14 @@ spec:
         )
         .unwrap();
         eventually("the control plane refuses the bad file", || {
-            let st = status(cp_admin);
-            match st["configError"].as_str() {
+            let st = status(cp_admin)?;
+            match &st.config_error {
                 Some(e) if e.contains(needle) => Ok(()),
-                _ => Err(st.to_string()),
+                _ => Err(format!("{st:#?}")),
             }
         });
     }
-    assert_eq!(status(cp_admin)["version"].as_u64(), Some(v1));
+    assert_eq!(status(cp_admin).map(|s| s.version), Ok(v1));
     assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
 
     // A good change reaches the sidecars live: the DENY policy is enforced.
@@ -194,9 +199,9 @@ spec:
         }
     });
     eventually("both proxies ACK the new version", || {
-        all_acked(&status(cp_admin), 2)
+        all_acked(cp_admin, 2)
     });
-    assert!(status(cp_admin)["version"].as_u64().unwrap() > v1);
+    assert!(status(cp_admin).unwrap().version > v1);
     // ...and so are its routes: the subset finds echo-1 by its label; no route, no request.
     assert!(echo(ui_out, "/who").starts_with("HTTP/1.1 200"));
     let r = echo(ui_out, "/elsewhere");
@@ -223,11 +228,11 @@ spec:
         if !r.starts_with("HTTP/1.1 200") {
             return Err(r);
         }
-        all_acked(&status(cp_admin), 2)
+        all_acked(cp_admin, 2)
     });
-    let st = status(cp_admin);
+    let st = status(cp_admin).unwrap();
     assert_eq!(
-        st["certificatesIssued"], 0,
-        "rejoining needs no new certificate: {st}"
+        st.certificates_issued, 0,
+        "rejoining needs no new certificate: {st:#?}"
     );
 }

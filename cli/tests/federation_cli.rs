@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::{Procs, eventually, exchange_bundles, free, get, status, tempdir, trust_init};
+use meshfed_core::session::PeerState;
 
 const UI: &str = "spiffe://alpha.local/ns/web/sa/ui";
 const IMPORTED: &str = "echo.shop.svc.beta-imports.local";
@@ -262,10 +263,13 @@ spec:
     });
     // ... and reports it to alpha's control plane on the config stream.
     eventually("alpha's control plane knows beta is reachable", || {
-        let st = status(a.admin);
-        (st["proxies"]["alpha-system/ingress-beta"]["reachability"]["beta"]["reachable"] == true)
+        let st = common::control_status(a.admin);
+        st.as_ref()
+            .and_then(|s| s.control.proxies.get("alpha-system/ingress-beta"))
+            .and_then(|p| p.reachability.get("beta"))
+            .is_some_and(|r| r.reachable)
             .then_some(())
-            .ok_or(st.to_string())
+            .ok_or(format!("{st:#?}"))
     });
     // `meshfed status` reads the control plane's peering status too.
     let o = std::process::Command::new(common::bin())
@@ -301,19 +305,21 @@ spec:
         .unwrap();
     std::fs::write(dir.join("alpha.yaml"), &alpha[..cut]).unwrap();
     eventually("alpha stops importing from the removed peer", || {
-        let st = status(a.admin);
-        (st["peering"]["imports"]
-            .as_array()
-            .is_some_and(Vec::is_empty)
-            && !served())
-        .then_some(())
-        .ok_or(st.to_string())
+        let st = common::control_status(a.admin).and_then(|s| s.peering);
+        (st.as_ref().is_some_and(|p| p.imports.is_empty()) && !served())
+            .then_some(())
+            .ok_or(format!("{st:#?}"))
     });
     std::fs::write(dir.join("alpha.yaml"), &alpha).unwrap();
     eventually("alpha imports from the peer put back", || {
-        let st = status(a.admin);
-        (st["peering"]["imports"][0]["state"] == "Active" && served())
+        let st = common::control_status(a.admin).and_then(|s| s.peering);
+        let active = st.as_ref().is_some_and(|p| {
+            p.imports
+                .first()
+                .is_some_and(|i| i.status.state == PeerState::Active)
+        });
+        (active && served())
             .then_some(())
-            .ok_or(format!("{st}\n{}", logs()))
+            .ok_or(format!("{st:#?}\n{}", logs()))
     });
 }

@@ -19,6 +19,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{Procs, bin, free, kubeconfig, tempdir, trust_init};
+use meshfed_core::session::PeerState;
 use serde_json::{Value, json};
 
 /// Runs `meshfed args…` with KUBECONFIG set, off the async workers.
@@ -83,13 +84,9 @@ fn control(
 }
 
 /// The state of `mesh`'s import from `peer`, per its control plane's `/status`.
-fn import_state(admin: SocketAddr, peer: &str) -> Option<String> {
-    let st = common::status(admin);
-    st["peering"]["imports"]
-        .as_array()?
-        .iter()
-        .find(|i| i["peer"] == peer)
-        .and_then(|i| i["state"].as_str().map(str::to_owned))
+fn import_state(admin: SocketAddr, peer: &str) -> Option<PeerState> {
+    let st = common::control_status(admin)?.peering?;
+    st.import(peer).map(|i| i.status.state)
 }
 
 async fn wait(what: &str, dir: &Path, mut f: impl FnMut() -> bool) {
@@ -270,11 +267,11 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
     // come up over mTLS.
     let beta_admin = control(&mut procs, &dir, "beta", &beta_kc, beta_peering);
     wait("beta importing from alpha", &dir, || {
-        import_state(beta_admin, "alpha").as_deref() == Some("Active")
+        import_state(beta_admin, "alpha") == Some(PeerState::Active)
     })
     .await;
     wait("alpha importing from beta", &dir, || {
-        import_state(alpha_admin, "beta").as_deref() == Some("Active")
+        import_state(alpha_admin, "beta") == Some(PeerState::Active)
     })
     .await;
     let alpha_log = std::fs::read_to_string(dir.join("alpha.log")).unwrap();
@@ -351,7 +348,7 @@ async fn a_peering_token_peers_two_clusters_with_nothing_copied_by_hand() {
     procs.kill("alpha");
     let alpha_admin = control(&mut procs, &dir, "alpha", &alpha_kc, alpha_peering);
     wait("alpha importing from beta after a restart", &dir, || {
-        import_state(alpha_admin, "beta").as_deref() == Some("Active")
+        import_state(alpha_admin, "beta") == Some(PeerState::Active)
     })
     .await;
 

@@ -1,7 +1,9 @@
 //! Two `meshfed peering run` processes — the example meshes alpha and beta — peering over real
-//! mTLS on loopback: both directions sync; killing alpha turns beta's view Failing with its
-//! imports kept and stale; beta restarted while alpha is down serves its imports from the
-//! store; alpha back brings beta to Active again.
+//! mTLS on loopback, read through `meshfed status` (typed): both directions sync; SIGKILLing
+//! alpha turns beta's view Failing with its imports kept and stale; beta SIGKILLed and
+//! restarted while alpha is down serves its imports from the store it was writing; alpha back
+//! brings beta to Active again. (The same life cycle with graceful stops runs in-process in
+//! `app/tests/node.rs`; this tier adds real processes, signals and the admin endpoint.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -12,6 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Procs, bin, free, tempdir, trust_init};
+use meshfed_app::status::{ConditionType, ImportSide, NodeStatus};
+use meshfed_core::session::PeerState;
 
 /// Mesh CAs for alpha (`a/`) and beta (`b/`).
 fn two_cas(dir: &Path) {
@@ -85,7 +89,7 @@ fn start(
     );
 }
 
-fn status(dir: &Path, admin: SocketAddr) -> Option<serde_json::Value> {
+fn status(dir: &Path, admin: SocketAddr) -> Option<NodeStatus> {
     let o = Command::new(bin())
         .args(["status", "--admin", &admin.to_string(), "-o", "json"])
         .current_dir(dir)
@@ -97,17 +101,13 @@ fn status(dir: &Path, admin: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_slice(&o.stdout).ok()
 }
 
-fn wait(
-    dir: &Path,
-    admin: SocketAddr,
-    what: &str,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+/// Waits until the first import of the node at `admin` satisfies `f`.
+fn wait(dir: &Path, admin: SocketAddr, what: &str, f: impl Fn(&ImportSide) -> bool) -> NodeStatus {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = None;
     while Instant::now() < deadline {
         if let Some(s) = status(dir, admin) {
-            if f(&s["imports"][0]) {
+            if s.imports.first().is_some_and(&f) {
                 return s;
             }
             last = Some(s);
@@ -145,39 +145,39 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
         (b_listen, b_admin),
         "b-store",
     );
-    let active = |p: &serde_json::Value| {
-        p["state"] == "Active" && p["importedServices"] == 2 && p["stale"] == false
+    let active = |i: &ImportSide| {
+        i.status.state == PeerState::Active && i.status.imported_services == 2 && !i.status.stale
     };
     // Both directions sync: beta imports orders+cart from alpha, alpha imports payments+reviews.
     let b = wait(&dir, b_admin, "beta importing from alpha", active);
     // beta's import rules cover everything alpha exports, without conflicts.
-    let cond = |s: &serde_json::Value, t: &str| {
-        s["imports"][0]["conditions"]
-            .as_array()
-            .unwrap()
+    let cond = |s: &NodeStatus, t: ConditionType| {
+        s.imports[0]
+            .status
+            .conditions
             .iter()
-            .find(|c| c["type"] == t)
+            .find(|c| c.type_ == t)
             .cloned()
     };
     assert_eq!(
-        cond(&b, "ImportConflict").map(|c| c["status"].clone()),
-        Some(serde_json::Value::Bool(false)),
+        cond(&b, ConditionType::ImportConflict).map(|c| c.status),
+        Some(false),
         "{b:#?}"
     );
     assert_eq!(
-        cond(&b, "ExportNotImported").map(|c| c["reason"].clone()),
+        cond(&b, ConditionType::ExportNotImported).map(|c| c.reason),
         Some("AllImported".into()),
         "{b:#?}"
     );
     let a = wait(&dir, a_admin, "alpha importing from beta", active);
-    assert_eq!(a["exports"]["beta-mesh"]["exportedServices"], 2);
+    assert_eq!(a.exports["beta-mesh"].exported_services, 2);
     // alpha dies: beta marks it Failing, keeps the imports, flags them stale.
     procs.kill("alpha");
-    let s = wait(&dir, b_admin, "beta sees alpha failing", |p| {
-        p["state"] == "Failing"
+    let s = wait(&dir, b_admin, "beta sees alpha failing", |i| {
+        i.status.state == PeerState::Failing
     });
-    assert_eq!(s["imports"][0]["importedServices"], 2);
-    assert_eq!(s["imports"][0]["stale"], true);
+    assert_eq!(s.imports[0].status.imported_services, 2);
+    assert!(s.imports[0].status.stale);
     // beta restarts while alpha is down: the imports are served from its store at once.
     procs.kill("beta");
     start(
@@ -189,14 +189,14 @@ fn two_meshes_peer_fail_restart_from_store_and_recover() {
         (b_listen, b_admin),
         "b-store",
     );
-    let s = wait(&dir, b_admin, "beta restored from its store", |p| {
-        p["importedServices"] == 2 && p["stale"] == true
+    let s = wait(&dir, b_admin, "beta restored from its store", |i| {
+        i.status.imported_services == 2 && i.status.stale
     });
-    let restored = s["imports"][0]["conditions"]
-        .as_array()
-        .unwrap()
+    let restored = s.imports[0]
+        .status
+        .conditions
         .iter()
-        .any(|c| c["reason"] == "RestoredFromStore");
+        .any(|c| c.reason == "RestoredFromStore");
     assert!(restored, "{s:#?}");
     // alpha comes back: beta resyncs and is Active with fresh imports.
     start(
@@ -318,7 +318,8 @@ fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
         (b_listen, b_admin),
         "b-store",
     );
-    let active = |p: &serde_json::Value| p["state"] == "Active" && p["importedServices"] == 2;
+    let active =
+        |i: &ImportSide| i.status.state == PeerState::Active && i.status.imported_services == 2;
     wait(&dir, b_admin, "beta importing from alpha", active);
     wait(&dir, a_admin, "alpha importing from beta", active);
 }

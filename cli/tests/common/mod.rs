@@ -147,6 +147,14 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
 }
 
 /// `GET /status` from an admin endpoint, as JSON (`null` if it does not answer).
+/// A control plane's `/status`, typed; `None` until it answers with one.
+pub fn control_status(admin: SocketAddr) -> Option<meshfed_app::status::AdminStatus> {
+    let raw = get(admin, "admin", "/status")?;
+    let body = raw.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+/// A gateway's `/status` (JSON per role).
 pub fn status(admin: SocketAddr) -> serde_json::Value {
     let raw = get(admin, "admin", "/status").unwrap_or_default();
     let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");

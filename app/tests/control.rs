@@ -1,0 +1,243 @@
+//! The control plane and two sidecars joined to it, built in-process as `meshfed-app`
+//! handles on loopback (the process tier of the same story is `cli/tests/control_cli.rs`):
+//! identity end to end with certificates the control plane signed from CSRs; a bad mesh file
+//! refused whole while the served version stays; a good change applied live and ACKed; the
+//! sidecars keep serving when the control plane stops, and rejoin a new one with the
+//! certificates they hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use meshfed_app::control::{Control, ControlConfig, Source};
+use meshfed_app::echo::{Echo, EchoConfig};
+use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions, Workload};
+use meshfed_app::status::ControlStatus;
+use meshfed_trust::ca::CertificateAuthority;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOST: &str = "echo.shop.svc.cluster.local";
+
+fn free(ip: &str) -> SocketAddr {
+    meshfed_test_support::free_addr(ip)
+}
+
+/// `GET path` through the sidecar's outbound listener; the whole answer, or an error.
+async fn get(out: SocketAddr, path: &str) -> String {
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(out).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        std::io::Result::Ok(buf)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: no answer".into(),
+    }
+}
+
+/// Waits (up to 30 s) until `f` gives `Ok`; panics with its last `Err`.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..300 {
+        match f().await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached in 30 s; last: {last}");
+}
+
+/// Every one of `n` proxies is connected and has ACKed the served version.
+fn all_acked(st: &ControlStatus, n: usize) -> Result<(), String> {
+    let ok = st.proxies.len() == n
+        && st
+            .proxies
+            .values()
+            .all(|p| p.connected && p.acked == Some(st.version));
+    if ok { Ok(()) } else { Err(format!("{st:#?}")) }
+}
+
+fn control_config(dir: &Path, listen: SocketAddr) -> ControlConfig {
+    ControlConfig {
+        source: Source::File(dir.join("mesh.yaml")),
+        dir: dir.join("ca"),
+        listen,
+        advertise: None,
+        admin: None,
+        bootstrap_out: Some(dir.join("boot.json")),
+        svid_ttl: Duration::from_secs(3600),
+        peering: None,
+        rotation_grace: Duration::from_secs(10),
+    }
+}
+
+async fn sidecar(dir: &Path, name: &str, namespace: &str, outbound: Option<SocketAddr>) -> Sidecar {
+    Sidecar::build(SidecarOptions {
+        mode: Mode::Joined {
+            bootstrap: dir.join("boot.json"),
+        },
+        workload: Workload {
+            name: name.into(),
+            namespace: Some(namespace.into()),
+            outbound,
+            admin: None,
+            tcp: Vec::new(),
+        },
+        drain: Duration::ZERO,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_sidecars_carry_identity_apply_updates_and_outlive_the_control_plane() {
+    let dir = meshfed_test_support::scratch("app-control");
+    CertificateAuthority::new("alpha-mesh.local".parse().unwrap(), SystemTime::now())
+        .unwrap()
+        .save(&dir.join("ca"))
+        .unwrap();
+    let cp = free("127.0.9.1");
+    let (echo_in, echo_app) = (free("127.0.9.2"), free("127.0.9.2"));
+    let (ui_in, ui_app, ui_out) = (free("127.0.9.3"), free("127.0.9.3"), free("127.0.9.3"));
+    let mesh = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services:
+  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
+  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+"
+    );
+    let deny_admin = "  authorizationPolicies:
+  - name: no-admin
+    namespace: shop
+    selector: {service: echo}
+    action: DENY
+    rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+    std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
+    let control = Control::build(control_config(&dir, cp)).await.unwrap();
+    let echo = Echo::build(
+        echo_app,
+        EchoConfig {
+            mesh: "alpha".into(),
+            service: "echo".into(),
+            instance: "echo-1".into(),
+            status: 200,
+            latency: Duration::ZERO,
+            failure: meshfed_core::traffic::Share::from_percent(0.0).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let echo_sidecar = sidecar(&dir, "echo-1", "shop", None).await;
+    let ui_sidecar = sidecar(&dir, "ui-1", "web", Some(ui_out)).await;
+
+    // Identity end to end, with certificates the control plane signed from CSRs.
+    eventually("a request through both joined sidecars", || async {
+        let r = get(ui_out, "/who").await;
+        if r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    })
+    .await;
+    let r = get(ui_out, "/who").await;
+    assert!(
+        r.contains("\"caller\":\"spiffe://alpha-mesh.local/ns/web/sa/ui\""),
+        "{r}"
+    );
+    eventually("both proxies ACK the served version", || async {
+        all_acked(&control.status().control, 2)
+    })
+    .await;
+    let st = control.status().control;
+    assert_eq!(st.certificates_issued, 2, "{st:#?}");
+    let v1 = st.version;
+
+    // A bad mesh file is refused whole; the served version stays in force.
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!("{mesh}  traffic:\n  - {{service: echo, namespace: shop, bogus: 1}}\n"),
+    )
+    .unwrap();
+    eventually("the control plane refuses the bad file", || async {
+        let st = control.status().control;
+        match &st.config_error {
+            Some(e) if e.contains("bogus") => Ok(()),
+            _ => Err(format!("{st:#?}")),
+        }
+    })
+    .await;
+    assert_eq!(control.status().control.version, v1);
+    assert!(get(ui_out, "/who").await.starts_with("HTTP/1.1 200"));
+
+    // A good change reaches the sidecars live and is ACKed.
+    std::fs::write(dir.join("mesh.yaml"), format!("{mesh}{deny_admin}")).unwrap();
+    eventually("the new policy is applied", || async {
+        let r = get(ui_out, "/admin").await;
+        if r.starts_with("HTTP/1.1 403") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    })
+    .await;
+    eventually("both proxies ACK the new version", || async {
+        all_acked(&control.status().control, 2)
+    })
+    .await;
+    assert!(control.status().control.version > v1);
+
+    // The control plane stops: the sidecars keep serving with their last snapshot, and
+    // nothing of theirs is reported as failed.
+    control.stop().await;
+    for _ in 0..10 {
+        assert!(get(ui_out, "/who").await.starts_with("HTTP/1.1 200"));
+        assert!(get(ui_out, "/admin").await.starts_with("HTTP/1.1 403"));
+    }
+    // A new control plane (same CA, same address) is rejoined with the SVIDs the proxies
+    // hold: no new certificate.
+    std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
+    let control = Control::build(control_config(&dir, cp)).await.unwrap();
+    eventually("the proxies rejoin the new control plane", || async {
+        let r = get(ui_out, "/admin").await;
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(r);
+        }
+        all_acked(&control.status().control, 2)
+    })
+    .await;
+    let st = control.status().control;
+    assert_eq!(
+        st.certificates_issued, 0,
+        "rejoining needs no new certificate: {st:#?}"
+    );
+    for s in [&echo_sidecar, &ui_sidecar] {
+        if let Ok(f) = tokio::time::timeout(Duration::from_millis(200), s.failed()).await {
+            panic!("a sidecar's task failed: {f}");
+        }
+    }
+    ui_sidecar.stop().await;
+    echo_sidecar.stop().await;
+    echo.stop().await;
+    control.stop().await;
+}
