@@ -111,27 +111,8 @@ async fn joined_sidecars_carry_identity_apply_updates_and_outlive_the_control_pl
     let cp = free("127.0.9.1");
     let (echo_in, echo_app) = (free("127.0.9.2"), free("127.0.9.2"));
     let (ui_in, ui_app, ui_out) = (free("127.0.9.3"), free("127.0.9.3"), free("127.0.9.3"));
-    let mesh = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: alpha, namespace: alpha-system}}
-spec:
-  trustDomain: alpha-mesh.local
-  services:
-  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
-  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
-  workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
-  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
-"
-    );
-    let deny_admin = "  authorizationPolicies:
-  - name: no-admin
-    namespace: shop
-    selector: {service: echo}
-    action: DENY
-    rules: [{to: [{operation: {paths: [/admin]}}]}]
-";
+    let mesh = meshfed_test_support::shop_mesh((echo_in, echo_app), (ui_in, ui_app), "");
+    let deny_admin = meshfed_test_support::DENY_ADMIN;
     std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
     let control = Control::build(control_config(&dir, cp)).await.unwrap();
     let echo = Echo::build(

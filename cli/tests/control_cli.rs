@@ -42,27 +42,8 @@ fn sidecars_joined_to_the_control_plane_carry_identity_apply_updates_and_outlive
     let (cp, cp_admin) = (free("127.0.8.1"), free("127.0.8.1"));
     let (echo_in, echo_app) = (free("127.0.8.2"), free("127.0.8.2"));
     let (ui_in, ui_app, ui_out) = (free("127.0.8.3"), free("127.0.8.3"), free("127.0.8.3"));
-    let mesh = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: alpha, namespace: alpha-system}}
-spec:
-  trustDomain: alpha-mesh.local
-  services:
-  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
-  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
-  workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\", labels: {{version: v1}}}}
-  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
-"
-    );
-    let deny_admin = "  authorizationPolicies:
-  - name: no-admin
-    namespace: shop
-    selector: {service: echo}
-    action: DENY
-    rules: [{to: [{operation: {paths: [/admin]}}]}]
-  traffic:
+    let mesh = meshfed_test_support::shop_mesh((echo_in, echo_app), (ui_in, ui_app), "");
+    let routes = "  traffic:
   - service: echo
     namespace: shop
     subsets: [{name: v1, labels: {version: v1}}]
@@ -70,6 +51,7 @@ spec:
     - match: [{uri: {prefix: /who}}, {uri: {exact: /admin}}]
       route: [{destination: {host: echo, subset: v1}}]
 ";
+    let deny_admin = format!("{}{routes}", meshfed_test_support::DENY_ADMIN);
     std::fs::write(dir.join("mesh.yaml"), &mesh).unwrap();
     let (cp_s, cp_admin_s) = (cp.to_string(), cp_admin.to_string());
     let control_args = [

@@ -17,27 +17,8 @@ fn a_request_carries_the_callers_identity_through_two_sidecars() {
     trust_init(&dir, "ca", "alpha-mesh.local");
     let (echo_in, echo_app, echo_admin) = (free("127.0.7.1"), free("127.0.7.1"), free("127.0.7.1"));
     let (ui_in, ui_app, ui_out) = (free("127.0.7.2"), free("127.0.7.2"), free("127.0.7.2"));
-    let mesh = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: alpha, namespace: alpha-system}}
-spec:
-  trustDomain: alpha-mesh.local
-  services:
-  - {{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}
-  - {{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}
-  workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
-  - {{name: ui-1, namespace: web, service: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
-"
-    );
-    let policy = "  authorizationPolicies:
-  - name: no-admin
-    namespace: shop
-    selector: {service: echo}
-    action: DENY
-    rules: [{to: [{operation: {paths: [/admin]}}]}]
-";
+    let mesh = meshfed_test_support::shop_mesh((echo_in, echo_app), (ui_in, ui_app), "");
+    let policy = meshfed_test_support::DENY_ADMIN;
     std::fs::write(dir.join("mesh.yaml"), format!("{mesh}{policy}")).unwrap();
     let mut procs = Procs::default();
     procs.spawn(
