@@ -69,6 +69,20 @@ fn config(
     }
 }
 
+/// The node of the example mesh `example`, its peer at `peer`, listening on `listen`.
+async fn start(
+    example: &str,
+    peer: SocketAddr,
+    ca: &Arc<CertificateAuthority>,
+    both: &TrustBundleSet,
+    listen: SocketAddr,
+    dir: &Path,
+) -> Node {
+    Node::build(config(mesh(example, peer), ca, both, listen, dir))
+        .await
+        .unwrap()
+}
+
 async fn wait(
     rx: &mut watch::Receiver<Arc<NodeStatus>>,
     what: &str,
@@ -109,24 +123,8 @@ async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
     both.insert(b_ca.current_bundle().unwrap()).unwrap();
     let (a_addr, b_addr) = (free("127.0.5.1"), free("127.0.6.1"));
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alpha = Node::build(config(
-        mesh("alpha.yaml", b_addr),
-        &a_ca,
-        &both,
-        a_addr,
-        a_dir.path(),
-    ))
-    .await
-    .unwrap();
-    let beta = Node::build(config(
-        mesh("beta.yaml", a_addr),
-        &b_ca,
-        &both,
-        b_addr,
-        b_dir.path(),
-    ))
-    .await
-    .unwrap();
+    let alpha = start("alpha.yaml", b_addr, &a_ca, &both, a_addr, a_dir.path()).await;
+    let beta = start("beta.yaml", a_addr, &b_ca, &both, b_addr, b_dir.path()).await;
     assert_eq!(alpha.listen(), a_addr);
     let (mut a_st, mut b_st) = (alpha.status(), beta.status());
     // Both directions sync; the status is typed all the way.
@@ -178,15 +176,7 @@ async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
     // (A stopped node holds nothing once dropped: not even its store's lock.)
     beta.stop().await;
     drop(beta);
-    let beta = Node::build(config(
-        mesh("beta.yaml", a_addr),
-        &b_ca,
-        &both,
-        b_addr,
-        b_dir.path(),
-    ))
-    .await
-    .unwrap();
+    let beta = start("beta.yaml", a_addr, &b_ca, &both, b_addr, b_dir.path()).await;
     let mut b_st = beta.status();
     let restored = wait(&mut b_st, "beta restored from its store", |s| {
         s.import("alpha-mesh")
@@ -203,15 +193,7 @@ async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
         "{import:#?}"
     );
     // alpha comes back: beta resyncs, fresh.
-    let alpha = Node::build(config(
-        mesh("alpha.yaml", b_addr),
-        &a_ca,
-        &both,
-        a_addr,
-        a_dir.path(),
-    ))
-    .await
-    .unwrap();
+    let alpha = start("alpha.yaml", b_addr, &a_ca, &both, a_addr, a_dir.path()).await;
     wait(&mut b_st, "beta active again", |s| {
         importing(s, "alpha-mesh")
     })
