@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use meshfed_control::control_plane_id;
 use meshfed_control::imports::{PeerFeed, serve_with_imports};
 use meshfed_control::rotation::{self, MeshCa};
-use meshfed_control::server::{self, AdminStatus, ControlPlane, ControlStatus};
+use meshfed_control::server::{self, AdminStatus, ControlPlane, ControlStatus, StatusCell};
 use meshfed_control::source::{self, Trust, TrustFn};
 use meshfed_core::TrustDomain;
 use meshfed_peering::tls;
@@ -154,7 +154,7 @@ pub struct Control {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     bootstrap: PathBuf,
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
     node: Option<Arc<Node>>,
     /// Kubernetes mode: this replica's Lease campaign, released when it stops.
     campaign: Mutex<Option<meshfed_k8s::lease::Campaign>>,
@@ -312,7 +312,7 @@ impl Control {
         boot.write(&boot_path)?;
         // The bootstrap file as JSON, for the Secrets Kubernetes mode writes.
         let boot_json = Arc::new(watch::channel(serde_json::to_string(&boot)?).0);
-        let status = Arc::new(Mutex::new(ControlStatus::default()));
+        let status = StatusCell::default();
         let version = first.version;
         // The peering node, if asked for: its importers feed the served snapshots.
         let node = match &config.peering {
@@ -586,10 +586,7 @@ impl Control {
                 "/status",
                 meshfed_proxy::admin::Page::status(move || {
                     let s = AdminStatus {
-                        control: st
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .clone(),
+                        control: (*st.get()).clone(),
                         peering: peering.as_ref().map(|p| (**p.borrow()).clone()),
                     };
                     serde_json::to_string_pretty(&s).unwrap_or_default()
@@ -627,13 +624,21 @@ impl Control {
     /// The control plane's status now, with its peering node's.
     pub fn status(&self) -> AdminStatus {
         AdminStatus {
-            control: self
-                .status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            control: (*self.status.get()).clone(),
             peering: self.node.as_ref().map(|n| (**n.status().borrow()).clone()),
         }
+    }
+
+    /// The control plane's own status, watched: each change (a version served, a proxy's
+    /// ACK or NACK, a certificate issued or refused, a refused file) arrives as it happens.
+    /// With `--peering`, [`Control::peering`] has the node's.
+    pub fn watch(&self) -> watch::Receiver<Arc<ControlStatus>> {
+        self.status.watch()
+    }
+
+    /// The peering node's status, watched, when the control plane runs one.
+    pub fn peering(&self) -> Option<watch::Receiver<Arc<meshfed_peering::status::NodeStatus>>> {
+        self.node.as_ref().map(|n| n.status())
     }
 
     /// Waits until a task ends on its own; says which and why.

@@ -266,7 +266,8 @@ struct Spawner {
     heartbeat: Duration,
     liveness: Duration,
     trust_store: Arc<dyn TrustStore>,
-    store: Option<(PathBuf, Arc<meshfed_store::Store>)>,
+    /// Taken when the node stops, so a stopped node no longer holds the store's lock.
+    store: Mutex<Option<(PathBuf, Arc<meshfed_store::Store>)>>,
     issue: Issuer,
 }
 
@@ -357,7 +358,7 @@ impl Spawner {
                 trust_store: Some(self.trust_store.clone()),
             },
             tls,
-            self.store.as_ref().map(|(_, s)| s.clone()),
+            lock(&self.store).as_ref().map(|(_, s)| s.clone()),
         );
         let feed = PeerFeed {
             peer: p.name.clone(),
@@ -529,7 +530,7 @@ impl Node {
                 heartbeat: config.heartbeat,
                 liveness: config.liveness,
                 trust_store: config.trust_store.clone(),
-                store,
+                store: Mutex::new(store),
                 issue: config.issue.clone(),
             },
             syncing: tokio::sync::Mutex::default(),
@@ -696,7 +697,8 @@ impl Node {
     /// Removes a peer's persisted imports. Its trust bundle stays: it may have been imported
     /// by hand, and trust is the operator's to withdraw (`meshfed trust`).
     fn clean(&self, peer: &str) -> Result<(), NodeError> {
-        if let Some((_, store)) = &self.spawner.store
+        let store = lock(&self.spawner.store).as_ref().map(|(_, s)| s.clone());
+        if let Some(store) = store
             && let Ok(name) = peer.parse()
         {
             store
@@ -776,6 +778,8 @@ impl Node {
                 run.importer.stop().await;
             }
             self.tasks.shutdown(Duration::from_secs(5)).await;
+            // The importers are gone: the last handle on the store goes with this one.
+            lock(&self.spawner.store).take();
             tracing::info!("peering stopped");
         }
         .instrument(self.span.clone())

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use meshfed_control::server::{AdminStatus, ControlStatus, ProxyStatus};
+pub use meshfed_control::server::{AdminStatus, ControlStatus, ProxyStatus, StatusCell};
 pub use meshfed_peering::status::{
     Condition, ConditionType, ExportSide, ImportSide, NodeStatus, PeerStatus, Refusal, unix_ms,
 };

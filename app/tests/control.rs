@@ -59,6 +59,21 @@ where
     panic!("{what}: not reached in 30 s; last: {last}");
 }
 
+/// Waits (up to 30 s) until the watched status satisfies `f`; panics with the last seen.
+async fn status_until(
+    rx: &mut tokio::sync::watch::Receiver<std::sync::Arc<ControlStatus>>,
+    what: &str,
+    mut f: impl FnMut(&ControlStatus) -> bool,
+) -> std::sync::Arc<ControlStatus> {
+    let seen = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|st| f(st)))
+        .await
+        .map(|r| r.map(|st| st.clone()));
+    match seen {
+        Ok(Ok(st)) => st,
+        _ => panic!("{what}: not reached in 30 s; last: {:#?}", rx.borrow()),
+    }
+}
+
 /// Every one of `n` proxies is connected and has ACKed the served version.
 fn all_acked(st: &ControlStatus, n: usize) -> Result<(), String> {
     let ok = st.proxies.len() == n
@@ -146,11 +161,12 @@ async fn joined_sidecars_carry_identity_apply_updates_and_outlive_the_control_pl
         r.contains("\"caller\":\"spiffe://alpha-mesh.local/ns/web/sa/ui\""),
         "{r}"
     );
-    eventually("both proxies ACK the served version", || async {
-        all_acked(&control.status().control, 2)
+    // The status is watched: every change arrives without polling.
+    let mut watch = control.watch();
+    let st = status_until(&mut watch, "both proxies ACK the served version", |st| {
+        all_acked(st, 2).is_ok()
     })
     .await;
-    let st = control.status().control;
     assert_eq!(st.certificates_issued, 2, "{st:#?}");
     let v1 = st.version;
 
@@ -160,12 +176,10 @@ async fn joined_sidecars_carry_identity_apply_updates_and_outlive_the_control_pl
         format!("{mesh}  traffic:\n  - {{service: echo, namespace: shop, bogus: 1}}\n"),
     )
     .unwrap();
-    eventually("the control plane refuses the bad file", || async {
-        let st = control.status().control;
-        match &st.config_error {
-            Some(e) if e.contains("bogus") => Ok(()),
-            _ => Err(format!("{st:#?}")),
-        }
+    status_until(&mut watch, "the control plane refuses the bad file", |st| {
+        st.config_error
+            .as_deref()
+            .is_some_and(|e| e.contains("bogus"))
     })
     .await;
     assert_eq!(control.status().control.version, v1);
@@ -182,11 +196,10 @@ async fn joined_sidecars_carry_identity_apply_updates_and_outlive_the_control_pl
         }
     })
     .await;
-    eventually("both proxies ACK the new version", || async {
-        all_acked(&control.status().control, 2)
+    status_until(&mut watch, "both proxies ACK the new version", |st| {
+        st.version > v1 && all_acked(st, 2).is_ok()
     })
     .await;
-    assert!(control.status().control.version > v1);
 
     // The control plane stops: the sidecars keep serving with their last snapshot, and
     // nothing of theirs is reported as failed.

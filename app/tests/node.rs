@@ -173,9 +173,9 @@ async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
     }
     drop(alpha);
     // beta restarts while alpha is down: its imports come back from its store at once, stale.
-    // (A stopped node holds nothing once dropped: not even its store's lock.)
+    // (A stopped node holds nothing, not even its store's lock, though its handle is kept.)
     beta.stop().await;
-    drop(beta);
+    let stopped_beta = beta;
     let beta = start("beta.yaml", a_addr, &b_ca, &both, b_addr, b_dir.path()).await;
     let mut b_st = beta.status();
     let restored = wait(&mut b_st, "beta restored from its store", |s| {
@@ -200,4 +200,5 @@ async fn two_nodes_sync_both_ways_stop_cleanly_and_restart_from_the_store() {
     .await;
     alpha.stop().await;
     beta.stop().await;
+    drop(stopped_beta);
 }

@@ -3,7 +3,7 @@
 //! resolved to routes through our egress gateways, with the peers' health reports. Every
 //! change on either side — the file, a peer's exports, a peer's health — is a new version.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
 use meshfed_core::federation::MeshFederation;
@@ -14,7 +14,7 @@ use meshfed_peering::client::Health;
 use tokio::sync::{Notify, watch};
 
 use crate::Snapshot;
-use crate::server::ControlStatus;
+use crate::server::StatusCell;
 
 /// What one peer's importer publishes.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub async fn serve_with_imports(
     readiness: watch::Receiver<crate::server::Readiness>,
     on_mesh: Option<OnMesh>,
     tx: watch::Sender<Arc<Snapshot>>,
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
 ) {
     let wake = Arc::new(Notify::new());
     // Stopped when this function ends, or is dropped.
@@ -192,10 +192,7 @@ pub async fn serve_with_imports(
                 next.version,
                 next.imports.len()
             );
-            status
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .version = next.version;
+            status.update(|st| st.version = next.version);
             tx.send_replace(Arc::new(next));
         }
         tokio::select! {

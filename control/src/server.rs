@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshfed_api::config::control_message::Msg as Out;
@@ -56,6 +56,40 @@ pub struct ControlStatus {
     pub last_refusal: Option<String>,
     /// Per subscribed workload, `namespace/name`.
     pub proxies: BTreeMap<String, ProxyStatus>,
+}
+
+/// The control plane's status: updated in place by the tasks that own its parts (config
+/// server, sources, import joiner), watched by its readers (the admin page, the CRD status
+/// writer, the app's handle). Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct StatusCell(Arc<watch::Sender<Arc<ControlStatus>>>);
+
+impl Default for StatusCell {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(Arc::default()).0))
+    }
+}
+
+impl StatusCell {
+    /// Changes the status and tells its watchers.
+    pub fn update(&self, f: impl FnOnce(&mut ControlStatus)) {
+        self.0.send_modify(|st| f(Arc::make_mut(st)));
+    }
+
+    /// Changes the status when `f` says it changed something; only then are watchers told.
+    pub fn update_if(&self, f: impl FnOnce(&mut ControlStatus) -> bool) {
+        self.0.send_if_modified(|st| f(Arc::make_mut(st)));
+    }
+
+    /// The status now.
+    pub fn get(&self) -> Arc<ControlStatus> {
+        self.0.borrow().clone()
+    }
+
+    /// A receiver that sees every change from now on.
+    pub fn watch(&self) -> watch::Receiver<Arc<ControlStatus>> {
+        self.0.subscribe()
+    }
 }
 
 /// What the control plane's admin endpoint serves at `/status`: its own status and, with
@@ -118,7 +152,7 @@ pub struct ControlPlane {
     ca: Arc<MeshCa>,
     token: Arc<str>,
     svid_ttl: Duration,
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
     readiness: Arc<watch::Sender<Readiness>>,
 }
 
@@ -142,12 +176,10 @@ impl ControlPlane {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         ca: Arc<MeshCa>,
         token: &str,
-        status: Arc<Mutex<ControlStatus>>,
+        status: StatusCell,
     ) -> Self {
-        status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .version = snapshot.borrow().version;
+        let version = snapshot.borrow().version;
+        status.update(|st| st.version = version);
         Self {
             snapshot,
             ca,
@@ -192,17 +224,11 @@ impl ControlPlane {
             .await
     }
 
-    fn status(&self) -> std::sync::MutexGuard<'_, ControlStatus> {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn refuse(&self, status: Status) -> Status {
-        let mut st = self.status();
-        st.certificates_refused += 1;
-        st.last_refusal = Some(status.message().to_owned());
-        drop(st);
+        self.status.update(|st| {
+            st.certificates_refused += 1;
+            st.last_refusal = Some(status.message().to_owned());
+        });
         tracing::warn!(
             reason = meshfed_peering::reason::reason_of(&status).unwrap_or("Refused"),
             "refused a certificate: {}",
@@ -325,15 +351,14 @@ impl ControlPlane {
     }
 
     fn with_proxy(&self, key: &str, f: impl FnOnce(&mut ProxyStatus)) {
-        if let Some(p) = self.status().proxies.get_mut(key) {
-            f(p);
-        }
+        self.status
+            .update_if(|st| st.proxies.get_mut(key).map(f).is_some());
     }
 }
 
 /// Marks a proxy connected for as long as its stream runs.
 struct Connected {
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
     key: String,
     /// A workload whose sidecar this is: not ready once it leaves.
     workload: Option<(String, String)>,
@@ -353,10 +378,11 @@ fn set_ready(r: &watch::Sender<Readiness>, namespace: &str, workload: &str, read
 
 impl Connected {
     fn new(cp: &ControlPlane, key: &str, id: &SpiffeId) -> Self {
-        let mut st = cp.status();
-        let p = st.proxies.entry(key.to_owned()).or_default();
-        p.identity = id.to_string();
-        p.connected = true;
+        cp.status.update(|st| {
+            let p = st.proxies.entry(key.to_owned()).or_default();
+            p.identity = id.to_string();
+            p.connected = true;
+        });
         Self {
             status: cp.status.clone(),
             key: key.to_owned(),
@@ -368,15 +394,12 @@ impl Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        if let Some(p) = self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .proxies
-            .get_mut(&self.key)
-        {
-            p.connected = false;
-        }
+        self.status.update_if(|st| {
+            st.proxies
+                .get_mut(&self.key)
+                .map(|p| p.connected = false)
+                .is_some()
+        });
         if let Some((ns, name)) = &self.workload {
             set_ready(&self.readiness, ns, name, false);
         }
@@ -644,7 +667,7 @@ impl MeshConfig for ControlPlane {
             .and_then(|leaf| inspect(leaf, Role::Leaf, now).ok())
             .map(|i| (i.not_before.0, i.not_after.0))
             .unwrap_or_default();
-        self.status().certificates_issued += 1;
+        self.status.update(|st| st.certificates_issued += 1);
         Ok(Response::new(pb::CertifyResponse {
             chain_der: chain.into_iter().map(|c| c.to_vec()).collect(),
             not_before,

@@ -3,7 +3,7 @@
 //! whole with every error, and the previous snapshot stays served.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshfed_core::TrustDomain;
@@ -11,7 +11,7 @@ use meshfed_crds::validate;
 use tokio::sync::watch;
 
 use crate::Snapshot;
-use crate::server::ControlStatus;
+use crate::server::StatusCell;
 
 /// What the mesh's trust puts into a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub async fn watch_file(
     trust_domain: TrustDomain,
     trust: TrustFn,
     tx: watch::Sender<Arc<Snapshot>>,
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
     every: Duration,
 ) {
     let mut last_seen: Option<(String, Trust)> = None;
@@ -199,27 +199,36 @@ pub async fn watch_file(
 pub fn publish(
     result: Result<Option<Snapshot>, SourceError>,
     tx: &watch::Sender<Arc<Snapshot>>,
-    status: &Mutex<ControlStatus>,
+    status: &StatusCell,
     changed: &str,
     left_out: Option<String>,
 ) {
-    let mut st = status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match result {
         Ok(Some(snap)) => {
             tracing::info!("{changed}");
-            st.config_error = left_out;
-            drop(st);
+            status.update_if(|st| set(&mut st.config_error, left_out));
             tx.send_replace(Arc::new(snap));
         }
-        Ok(None) => st.config_error = left_out,
+        Ok(None) => status.update_if(|st| set(&mut st.config_error, left_out)),
         Err(e) => {
             let text = e.to_string();
-            if st.config_error.as_deref() != Some(text.as_str()) {
+            status.update_if(|st| {
+                if st.config_error.as_deref() == Some(text.as_str()) {
+                    return false;
+                }
                 tracing::warn!(reason = e.reason(), "keeping version {}: {e}", st.version);
-            }
-            st.config_error = Some(text);
+                st.config_error = Some(text);
+                true
+            });
         }
     }
+}
+
+/// Sets `slot` to `value`; true when that changed it.
+fn set<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        return false;
+    }
+    *slot = value;
+    true
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use meshfed_api::config::{self as pb, ProxyMessage};
 use meshfed_control::client::{Client, ClientError, ClientState, Update};
 use meshfed_control::rotation::MeshCa;
-use meshfed_control::server::{self, ControlPlane, ControlStatus};
+use meshfed_control::server::{self, ControlPlane, ControlStatus, StatusCell};
 use meshfed_control::source::{Trust, next_snapshot};
 use meshfed_control::{Snapshot, control_plane_id};
 use meshfed_core::{SpiffeId, TrustDomain};
@@ -44,7 +44,7 @@ struct Cp {
     addr: SocketAddr,
     ca: Arc<MeshCa>,
     tx: watch::Sender<Arc<Snapshot>>,
-    status: Arc<Mutex<ControlStatus>>,
+    status: StatusCell,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,7 +98,7 @@ impl Cp {
         let (fail_tx, _fail_rx) = mpsc::channel(16);
         let incoming = tls::incoming(listener, config, fail_tx);
         let (tx, rx) = watch::channel(Arc::new(snap));
-        let status = Arc::new(Mutex::new(ControlStatus::default()));
+        let status = StatusCell::default();
         let cp = ControlPlane::new(rx, ca.clone(), TOKEN, status.clone());
         let task = tokio::spawn(async move {
             let _ = cp.serve(incoming, std::future::pending()).await;
@@ -129,7 +129,7 @@ impl Cp {
     }
 
     fn status(&self) -> ControlStatus {
-        self.status.lock().unwrap().clone()
+        (*self.status.get()).clone()
     }
 
     /// Publishes `mesh_yaml(extra)` as the next version.

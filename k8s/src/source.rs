@@ -6,7 +6,7 @@
 //! with backoff by kube-runtime and re-lists; the stores replace their contents on a re-list,
 //! so nothing is duplicated and nothing deleted meanwhile survives.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +17,7 @@ use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use meshfed_control::Snapshot;
-use meshfed_control::server::ControlStatus;
+use meshfed_control::server::StatusCell;
 use meshfed_control::source::{TrustFn, next_snapshot, publish};
 use meshfed_core::TrustDomain;
 use tokio::sync::{Notify, watch};
@@ -237,14 +237,12 @@ impl KubeSource {
         trust_domain: TrustDomain,
         trust: TrustFn,
         tx: watch::Sender<Arc<Snapshot>>,
-        status: Arc<Mutex<ControlStatus>>,
+        status: StatusCell,
         every: Duration,
     ) {
         let mut last_trust = trust().ok();
-        status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .config_error = left_out(&self.rendered.borrow());
+        let first = left_out(&self.rendered.borrow());
+        status.update(|st| st.config_error = first);
         loop {
             tokio::select! {
                 () = self.changed.notified() => {

@@ -7,11 +7,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshfed_control::Snapshot;
-use meshfed_control::server::ControlStatus;
+use meshfed_control::server::StatusCell;
 use meshfed_control::source::{Trust, TrustFn};
 use meshfed_core::TrustDomain;
 use meshfed_k8s::render::Settings;
@@ -284,7 +284,7 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
 
     // Changes arrive from the watch.
     let (tx, mut rx) = watch::channel(Arc::new(first));
-    let status = Arc::new(Mutex::new(ControlStatus::default()));
+    let status = StatusCell::default();
     tokio::spawn(source.run(td(), trust(), tx, status.clone(), Duration::from_secs(60)));
     api.put("pods", pod("orders-2", "10.0.0.6", true));
     api.put(
@@ -351,9 +351,9 @@ async fn the_cluster_is_the_model_and_a_bad_resource_affects_only_itself() {
     })
     .await;
     assert!(
-        status.lock().unwrap().config_error.is_none(),
+        status.get().config_error.is_none(),
         "{:?}",
-        status.lock().unwrap().config_error
+        status.get().config_error
     );
 }
 

@@ -178,9 +178,7 @@ async fn a_deleted_peer_leaves_the_model_and_is_released_after_its_cleanup() {
             .initial(&"alpha.local".parse().unwrap(), &trust())
             .unwrap(),
     ));
-    let status = Arc::new(std::sync::Mutex::new(
-        meshfed_control::server::ControlStatus::default(),
-    ));
+    let status = meshfed_control::server::StatusCell::default();
     tokio::spawn(source.run(
         "alpha.local".parse().unwrap(),
         trust(),

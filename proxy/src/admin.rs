@@ -127,30 +127,24 @@ pub async fn serve(
 pub fn spawn(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<()> {
     let admin = Arc::new(admin);
     let local_loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, remote)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let admin = admin.clone();
-            let private_ok = local_loopback && remote.ip().is_loopback();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            handle(&admin, private_ok, req.method(), req.uri().path()).await,
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+    crate::accept::accept_each(listener, move |tcp, remote| {
+        let admin = admin.clone();
+        let private_ok = local_loopback && remote.ip().is_loopback();
+        async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        handle(&admin, private_ok, req.method(), req.uri().path()).await,
+                    )
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         }
     })
 }

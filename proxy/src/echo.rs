@@ -94,20 +94,14 @@ async fn answer(
 /// Serves echo on `listener` until the task is dropped.
 pub fn serve(listener: TcpListener, cfg: EchoConfig) -> tokio::task::JoinHandle<()> {
     let cfg = Arc::new(cfg);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let cfg = cfg.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| answer(cfg.clone(), req));
-                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), as gRPC servers take it.
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+    crate::accept::accept_each(listener, move |tcp, _| {
+        let cfg = cfg.clone();
+        async move {
+            let svc = service_fn(move |req| answer(cfg.clone(), req));
+            // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), as gRPC servers take it.
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         }
     })
 }

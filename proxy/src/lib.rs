@@ -6,6 +6,7 @@
 //! matching, with Prometheus metrics ([`metrics`]) — and `echo` ([`echo`]), the test workload
 //! that reports who called it.
 
+mod accept;
 pub mod admin;
 pub mod config;
 pub mod echo;

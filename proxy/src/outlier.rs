@@ -2,7 +2,7 @@
 //! readmission once the ejection ends. Time is passed in, so the rules are tested directly.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use meshfed_core::traffic::{MAX_EJECTION_TIME, OutlierDetection};
 

@@ -7,7 +7,8 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};

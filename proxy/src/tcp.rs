@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use meshfed_core::authz::{self, Policy};
 use meshfed_core::{Hostname, SpiffeId};
@@ -88,21 +87,13 @@ pub(crate) fn serve_outbound(
     routes: Routes,
     stats: Arc<Stats>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((app, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let _ = app.set_nodelay(true);
-            let Some(route) = route_for(&routes, listen) else {
-                continue;
-            };
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                let result = forward(app, &route, &stats).await;
-                stats.tcp(Direction::Outbound, result);
-            });
+    crate::accept::accept_each(listener, move |app, _| {
+        let route = route_for(&routes, listen);
+        let stats = stats.clone();
+        async move {
+            let Some(route) = route else { return };
+            let result = forward(app, &route, &stats).await;
+            stats.tcp(Direction::Outbound, result);
         }
     })
 }

@@ -20,7 +20,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
@@ -343,76 +344,68 @@ pub async fn start(
         let stats = stats.clone();
         let (listener, bound) = bind(addr).await?;
         in_addr = Some(bound);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let (server, names) = (server.clone(), names.clone());
-                let inb = Inbound {
-                    app,
-                    app_protocol,
-                    app_pool: app_pool.clone(),
-                    metrics: metrics.clone(),
-                    policies: policies.clone(),
-                    stats: stats.clone(),
-                };
-                tokio::spawn(async move {
-                    let handshake = async {
-                        let start = tokio_rustls::LazyConfigAcceptor::new(
-                            rustls::server::Acceptor::default(),
-                            tcp,
-                        )
-                        .await
-                        .ok()?;
-                        if let Some(name) = start.client_hello().server_name() {
-                            let served = current(&names);
-                            let ok = served.is_empty()
-                                || Hostname::canonicalize(name).is_ok_and(|n| served.contains(&n));
-                            if !ok {
-                                return None;
-                            }
+        tasks.push(crate::accept::accept_each(listener, move |tcp, _| {
+            let (server, names) = (server.clone(), names.clone());
+            let inb = Inbound {
+                app,
+                app_protocol,
+                app_pool: app_pool.clone(),
+                metrics: metrics.clone(),
+                policies: policies.clone(),
+                stats: stats.clone(),
+            };
+            async move {
+                let handshake = async {
+                    let start = tokio_rustls::LazyConfigAcceptor::new(
+                        rustls::server::Acceptor::default(),
+                        tcp,
+                    )
+                    .await
+                    .ok()?;
+                    if let Some(name) = start.client_hello().server_name() {
+                        let served = current(&names);
+                        let ok = served.is_empty()
+                            || Hostname::canonicalize(name).is_ok_and(|n| served.contains(&n));
+                        if !ok {
+                            return None;
                         }
-                        start.into_stream(server).await.ok()
-                    };
-                    let Ok(Some(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await
-                    else {
-                        inb.stats.handshake(Direction::Inbound, false);
-                        return;
-                    };
-                    inb.stats.handshake(Direction::Inbound, true);
-                    let caller = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
-                    let Some(caller) = caller else { return };
-                    let alpn = tls.get_ref().1.alpn_protocol();
-                    if let Some(port) = alpn.and_then(tcp::port_of) {
-                        let policies = current(&inb.policies);
-                        tcp::inbound(tls, &caller, port, inb.app.ip(), &policies, &inb.stats).await;
-                        return;
                     }
-                    let h2 = alpn == Some(ALPN_H2);
-                    let header = HeaderValue::from_str(&caller.to_string()).ok();
-                    let inb = Arc::new((inb, Caller { id: caller, header }));
-                    let svc = service_fn(move |req| inbound(inb.clone(), req));
-                    let io = TokioIo::new(tls);
-                    let _ = if h2 {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await
-                    } else {
-                        hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_READ_TIMEOUT)
-                            .serve_connection(io, svc)
-                            .await
-                    };
-                });
+                    start.into_stream(server).await.ok()
+                };
+                let Ok(Some(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await else {
+                    inb.stats.handshake(Direction::Inbound, false);
+                    return;
+                };
+                inb.stats.handshake(Direction::Inbound, true);
+                let caller = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| meshfed_trust::svid::spiffe_id_of(c).ok());
+                let Some(caller) = caller else { return };
+                let alpn = tls.get_ref().1.alpn_protocol();
+                if let Some(port) = alpn.and_then(tcp::port_of) {
+                    let policies = current(&inb.policies);
+                    tcp::inbound(tls, &caller, port, inb.app.ip(), &policies, &inb.stats).await;
+                    return;
+                }
+                let h2 = alpn == Some(ALPN_H2);
+                let header = HeaderValue::from_str(&caller.to_string()).ok();
+                let inb = Arc::new((inb, Caller { id: caller, header }));
+                let svc = service_fn(move |req| inbound(inb.clone(), req));
+                let io = TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(io, svc)
+                        .await
+                };
             }
         }));
     }
@@ -465,22 +458,15 @@ where
     F: Fn(S, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| handler(state.clone(), req));
-                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                b.http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
-            });
+    crate::accept::accept_each(listener, move |tcp, _| {
+        let state = state.clone();
+        async move {
+            let svc = service_fn(move |req| handler(state.clone(), req));
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
         }
     })
 }

@@ -362,6 +362,45 @@ mod tests {
         assert_eq!(choose(&down[0], &down[0].all, &[1], now), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_local_endpoint_takes_traffic_again_when_its_ejection_ends() {
+        let r = routes(
+            vec![service(vec![endpoint(1, 0, true), endpoint(3, 1, true)])],
+            &[],
+        );
+        let route = &r[0];
+        let outliers = route.outliers.as_ref().unwrap_or_else(|| panic!("default"));
+        // Three gateway errors in a row eject the local endpoint for the default 5 s.
+        for _ in 0..3 {
+            outliers.record(0, Verdict::GatewayError, Instant::now());
+        }
+        assert_eq!(
+            choose(route, &route.all, &[], Instant::now()),
+            1,
+            "the peer serves"
+        );
+        tokio::time::advance(Duration::from_millis(4_900)).await;
+        assert_eq!(
+            choose(route, &route.all, &[], Instant::now()),
+            1,
+            "still ejected"
+        );
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(
+            choose(route, &route.all, &[], Instant::now()),
+            0,
+            "back home"
+        );
+        // A second ejection lasts twice as long.
+        for _ in 0..3 {
+            outliers.record(0, Verdict::GatewayError, Instant::now());
+        }
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        assert_eq!(choose(route, &route.all, &[], Instant::now()), 1);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(choose(route, &route.all, &[], Instant::now()), 0);
+    }
+
     #[test]
     fn one_priority_of_healthy_endpoints_is_not_prioritized() {
         assert!(!prioritized(&[endpoint(1, 0, true), endpoint(2, 0, true)]));
