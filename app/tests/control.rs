@@ -12,66 +12,19 @@ use std::time::{Duration, SystemTime};
 
 use meshfed_app::control::{Control, ControlConfig, Source};
 use meshfed_app::echo::{Echo, EchoConfig};
-use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions, Workload};
+use meshfed_app::sidecar::Sidecar;
 use meshfed_app::status::ControlStatus;
 use meshfed_trust::ca::CertificateAuthority;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{eventually, free, get_host, status_until};
 
 const HOST: &str = "echo.shop.svc.cluster.local";
 
-fn free(ip: &str) -> SocketAddr {
-    meshfed_test_support::free_addr(ip)
-}
-
-/// `GET path` through the sidecar's outbound listener; the whole answer, or an error.
+/// `GET path` of echo through the sidecar's outbound listener.
 async fn get(out: SocketAddr, path: &str) -> String {
-    let run = async {
-        let mut s = tokio::net::TcpStream::connect(out).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        std::io::Result::Ok(buf)
-    };
-    match tokio::time::timeout(Duration::from_secs(10), run).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => format!("error: {e}"),
-        Err(_) => "error: no answer".into(),
-    }
-}
-
-/// Waits (up to 30 s) until `f` gives `Ok`; panics with its last `Err`.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut last = String::new();
-    for _ in 0..300 {
-        match f().await {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached in 30 s; last: {last}");
-}
-
-/// Waits (up to 30 s) until the watched status satisfies `f`; panics with the last seen.
-async fn status_until(
-    rx: &mut tokio::sync::watch::Receiver<std::sync::Arc<ControlStatus>>,
-    what: &str,
-    mut f: impl FnMut(&ControlStatus) -> bool,
-) -> std::sync::Arc<ControlStatus> {
-    let seen = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|st| f(st)))
-        .await
-        .map(|r| r.map(|st| st.clone()));
-    match seen {
-        Ok(Ok(st)) => st,
-        _ => panic!("{what}: not reached in 30 s; last: {:#?}", rx.borrow()),
-    }
+    get_host(out, HOST, path).await
 }
 
 /// Every one of `n` proxies is connected and has ACKed the served version.
@@ -99,21 +52,7 @@ fn control_config(dir: &Path, listen: SocketAddr) -> ControlConfig {
 }
 
 async fn sidecar(dir: &Path, name: &str, namespace: &str, outbound: Option<SocketAddr>) -> Sidecar {
-    Sidecar::build(SidecarOptions {
-        mode: Mode::Joined {
-            bootstrap: dir.join("boot.json"),
-        },
-        workload: Workload {
-            name: name.into(),
-            namespace: Some(namespace.into()),
-            outbound,
-            admin: None,
-            tcp: Vec::new(),
-        },
-        drain: Duration::ZERO,
-    })
-    .await
-    .unwrap()
+    common::sidecar(&dir.join("boot.json"), name, namespace, outbound).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,103 @@
+//! Helpers of the in-process `app` tests.
+#![allow(dead_code)] // each test file uses its own share of them
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions, Workload};
+use meshfed_app::status::ControlStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// A free port on the loopback address `ip`.
+pub fn free(ip: &str) -> SocketAddr {
+    meshfed_test_support::free_addr(ip)
+}
+
+/// `GET path` with `Host: host` through a sidecar's outbound listener: the whole answer, or
+/// a line starting `error:`.
+pub async fn get_host(out: SocketAddr, host: &str, path: &str) -> String {
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(out).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        std::io::Result::Ok(buf)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: no answer".into(),
+    }
+}
+
+/// Waits (up to 40 s) until `f` gives `Ok`; panics with its last `Err`.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..400 {
+        match f().await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached in 40 s; last: {last}");
+}
+
+/// Waits (up to 40 s) until the watched value satisfies `f`; panics with the last seen.
+pub async fn watch_until<T: std::fmt::Debug>(
+    rx: &mut watch::Receiver<Arc<T>>,
+    what: &str,
+    mut f: impl FnMut(&T) -> bool,
+) -> Arc<T> {
+    let seen = tokio::time::timeout(Duration::from_secs(40), rx.wait_for(|v| f(v)))
+        .await
+        .map(|r| r.map(|v| v.clone()));
+    match seen {
+        Ok(Ok(v)) => v,
+        _ => panic!("{what}: not reached in 40 s; last: {:#?}", rx.borrow()),
+    }
+}
+
+/// [`watch_until`] for a control plane's status.
+pub async fn status_until(
+    rx: &mut watch::Receiver<Arc<ControlStatus>>,
+    what: &str,
+    f: impl FnMut(&ControlStatus) -> bool,
+) -> Arc<ControlStatus> {
+    watch_until(rx, what, f).await
+}
+
+/// A sidecar for workload `name` in `namespace`, joined to the control plane `bootstrap`
+/// names; an outbound listener when asked for.
+pub async fn sidecar(
+    bootstrap: &Path,
+    name: &str,
+    namespace: &str,
+    outbound: Option<SocketAddr>,
+) -> Sidecar {
+    Sidecar::build(SidecarOptions {
+        mode: Mode::Joined {
+            bootstrap: bootstrap.to_owned(),
+        },
+        workload: Workload {
+            name: name.into(),
+            namespace: Some(namespace.into()),
+            outbound,
+            admin: None,
+            tcp: Vec::new(),
+        },
+        drain: Duration::ZERO,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("sidecar {namespace}/{name}: {e}"))
+}
