@@ -9,6 +9,7 @@ use meshfed_trust::bundle::{Applied, BundleError, TrustBundle};
 use meshfed_trust::ca::{self, CaError, CertificateAuthority};
 use meshfed_trust::dir::{self, DirError};
 use meshfed_trust::pem::{self, PemError};
+use meshfed_trust::svid::{self, Inspection, Role, SvidViolation};
 
 /// Why a CA folder operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum CaDirError {
     Pem { path: PathBuf, source: PemError },
     #[error("{}: {source}", path.display())]
     Bundle { path: PathBuf, source: BundleError },
+    #[error("{}: cannot tell the bundle's trust domain; pass --trust-domain", path.display())]
+    BundleDomain { path: PathBuf },
     #[error("{}: {source}", path.display())]
     RootCert {
         path: PathBuf,
@@ -44,6 +47,7 @@ impl CaDirError {
             Self::Read { .. } => "ReadFailed",
             Self::Pem { source, .. } => source.reason(),
             Self::Bundle { source, .. } => source.reason(),
+            Self::BundleDomain { .. } => "BundleDomainUnknown",
             Self::RootCert { source, .. } => source.reason(),
         }
     }
@@ -202,4 +206,102 @@ pub fn rotate(dir: &Path, retire: bool) -> Result<Rotation, CaDirError> {
     };
     ca.save(dir)?;
     Ok(rotation)
+}
+
+/// One certificate of an inspected file, as the SPIFFE rules see it in its role.
+#[derive(Debug)]
+pub struct Inspected {
+    /// `leaf`, `certificate`, `chain[1]`, `root 0`…
+    pub label: String,
+    pub role: Role,
+    /// Its fields and every rule it breaks, or why it could not be read at all.
+    pub result: Result<Inspection, SvidViolation>,
+}
+
+/// What a certificate, chain or SPIFFE bundle file holds (`meshfed trust show`).
+#[derive(Debug)]
+pub struct FileInspection {
+    /// A bundle file's trust domain, roots, sequence, refresh hint and format warnings.
+    pub bundle: Option<(TrustBundle, Vec<String>)>,
+    pub certificates: Vec<Inspected>,
+}
+
+impl FileInspection {
+    /// How many SPIFFE rules the file breaks (bundle warnings included).
+    pub fn broken(&self) -> usize {
+        let warnings = self.bundle.as_ref().map_or(0, |(_, w)| w.len());
+        warnings
+            + self
+                .certificates
+                .iter()
+                .map(|c| c.result.as_ref().map_or(1, |i| i.violations.len()))
+                .sum::<usize>()
+    }
+}
+
+/// Reads a PEM certificate or chain, or a SPIFFE bundle (JSON; its trust domain `td` or read
+/// from its roots), and checks each certificate against the SPIFFE rules of its role at `now`:
+/// a chain's first certificate is a leaf unless it is a CA, the rest signing certificates.
+pub fn inspect_file(
+    path: &Path,
+    td: Option<TrustDomain>,
+    now: SystemTime,
+) -> Result<FileInspection, CaDirError> {
+    let bytes = std::fs::read(path).map_err(|source| CaDirError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let text = String::from_utf8_lossy(&bytes);
+        let td = td
+            .or_else(|| TrustBundle::domain_hint(&text))
+            .ok_or_else(|| CaDirError::BundleDomain {
+                path: path.to_owned(),
+            })?;
+        let (bundle, warnings) =
+            TrustBundle::from_json(td, &text).map_err(|source| CaDirError::Bundle {
+                path: path.to_owned(),
+                source,
+            })?;
+        let certificates = bundle
+            .roots()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Inspected {
+                label: format!("root {i}"),
+                role: Role::Signing,
+                result: svid::inspect(r, Role::Signing, now),
+            })
+            .collect();
+        return Ok(FileInspection {
+            bundle: Some((bundle, warnings)),
+            certificates,
+        });
+    }
+    let certs = pem::certificates_from_bytes(&bytes).map_err(|source| CaDirError::Pem {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let is_ca =
+                svid::inspect(c, Role::Signing, SystemTime::UNIX_EPOCH).is_ok_and(|i| i.is_ca);
+            let (label, role) = match (i, is_ca) {
+                (0, false) => ("leaf".to_owned(), Role::Leaf),
+                (0, true) => ("certificate".to_owned(), Role::Signing),
+                _ => (format!("chain[{i}]"), Role::Signing),
+            };
+            Inspected {
+                label,
+                role,
+                result: svid::inspect(c, role, now),
+            }
+        })
+        .collect();
+    Ok(FileInspection {
+        bundle: None,
+        certificates,
+    })
 }

@@ -16,6 +16,8 @@ pub enum FileError {
     Read(#[from] meshfed_control::source::SourceError),
     #[error(transparent)]
     Invalid(#[from] validate::MeshLoadError),
+    #[error("reading standard input: {0}")]
+    Stdin(std::io::Error),
     #[error("loading the CA in {}: {source}", dir.display())]
     Ca {
         dir: PathBuf,
@@ -40,6 +42,7 @@ impl FileError {
         match self {
             Self::Read(e) => e.reason(),
             Self::Invalid(_) => "InvalidMesh",
+            Self::Stdin(_) => "ReadFailed",
             Self::Ca { source, .. } => source.reason(),
             Self::WrongCa { .. } => "WrongCa",
             Self::Bundles { source, .. } => source.reason(),
@@ -50,6 +53,32 @@ impl FileError {
 /// A file's text (which must be UTF-8, and of a bounded size).
 pub fn read_text(path: &Path) -> Result<String, FileError> {
     Ok(meshfed_control::source::read_text(path)?)
+}
+
+/// A file's name for diagnostics and its text; `-` is standard input.
+pub fn read_input(path: &Path) -> Result<(String, String), FileError> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(FileError::Stdin)?;
+        Ok(("<stdin>".to_owned(), s))
+    } else {
+        Ok((path.display().to_string(), read_text(path)?))
+    }
+}
+
+/// Reads `files` (`-` is standard input) and validates them together: the report, and the
+/// files' names in order.
+pub fn validate_files(files: &[PathBuf]) -> Result<(validate::Report, Vec<String>), FileError> {
+    let texts = files
+        .iter()
+        .map(|f| read_input(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<validate::Input<'_>> = texts
+        .iter()
+        .map(|(f, t)| validate::Input { file: f, text: t })
+        .collect();
+    let report = validate::validate(&inputs);
+    Ok((report, texts.into_iter().map(|(f, _)| f).collect()))
 }
 
 /// Loads the one mesh of `path`, logging its warnings; any error refuses the whole file.

@@ -24,6 +24,7 @@
 pub mod ca;
 pub mod control;
 pub mod echo;
+pub mod explain;
 pub mod files;
 pub mod gateway;
 pub mod logging;

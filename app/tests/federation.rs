@@ -49,7 +49,14 @@ fn addrs(net: &str) -> Addrs {
 }
 
 /// The mesh file of `name` peering with `peer` (whose addresses are `them`).
-fn mesh_file(name: &str, peer: &str, me: &Addrs, them: &Addrs, services: &str, sets: &str) -> String {
+fn mesh_file(
+    name: &str,
+    peer: &str,
+    me: &Addrs,
+    them: &Addrs,
+    services: &str,
+    sets: &str,
+) -> String {
     format!(
         "apiVersion: meshfed.io/v1alpha1
 kind: Mesh
@@ -211,7 +218,13 @@ spec:
     .await
     .unwrap();
     let echo_sidecar = sidecar(&dir.join("beta-bootstrap.json"), "echo-1", "shop", None).await;
-    let ui_sidecar = sidecar(&dir.join("alpha-bootstrap.json"), "ui-1", "web", Some(ui_out)).await;
+    let ui_sidecar = sidecar(
+        &dir.join("alpha-bootstrap.json"),
+        "ui-1",
+        "web",
+        Some(ui_out),
+    )
+    .await;
 
     // Alpha's control plane imports echo from beta over peering (through beta's discovery
     // port), and alpha's ui sidecar reaches it through both gateways with its own identity.
@@ -231,12 +244,16 @@ spec:
 
     // Alpha's egress probes beta's ingress and reports it on the config stream.
     let mut control = alpha_mesh.control.watch();
-    status_until(&mut control, "alpha's control plane knows beta is reachable", |st| {
-        st.proxies
-            .get("alpha-system/ingress-beta")
-            .and_then(|p| p.reachability.get("beta"))
-            .is_some_and(|r| r.reachable)
-    })
+    status_until(
+        &mut control,
+        "alpha's control plane knows beta is reachable",
+        |st| {
+            st.proxies
+                .get("alpha-system/ingress-beta")
+                .and_then(|p| p.reachability.get("beta"))
+                .is_some_and(|r| r.reachable)
+        },
+    )
     .await;
     // What `meshfed status` reads: the peering status on the control plane's admin endpoint.
     let served = meshfed_app::status::fetch(a.admin, Duration::from_secs(5))
@@ -273,9 +290,11 @@ spec:
         .find("---\napiVersion: federation.maistra.io/v1\nkind: ServiceMeshPeer")
         .unwrap();
     std::fs::write(dir.join("alpha.yaml"), &alpha[..cut]).unwrap();
-    watch_until(&mut peering, "alpha stops importing from the removed peer", |st| {
-        st.imports.is_empty()
-    })
+    watch_until(
+        &mut peering,
+        "alpha stops importing from the removed peer",
+        |st| st.imports.is_empty(),
+    )
     .await;
     eventually("the removed peer's name is no longer served", || async {
         if serves().await {

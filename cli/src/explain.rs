@@ -4,10 +4,10 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use meshfed_core::PeerName;
 use meshfed_core::export::ExportView;
-use meshfed_core::federation::{Explanation, ImportSide, MeshFederation, PeerExplanation, explain};
+use meshfed_core::federation::{Explanation, ImportSide, MeshFederation, PeerExplanation};
 use meshfed_core::import::{ImportConflict, ImportPlan};
 
 use crate::OutputFormat;
@@ -19,108 +19,41 @@ pub fn run(
     all: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
-    let (report, names) = crate::load_and_validate(files)?;
-    for d in &report.diagnostics {
+    let only = peer
+        .map(|p| {
+            p.parse::<PeerName>()
+                .with_context(|| format!("--peer {p:?}"))
+        })
+        .transpose()?;
+    let explained = meshfed_app::explain::explain_files(files, only.as_ref(), all)?;
+    for d in &explained.report.diagnostics {
         crate::note(&format!("{d}"));
     }
-    let meshes = report.meshes();
-    let mut by_file: Vec<(&str, &MeshFederation)> = Vec::new();
-    for name in &names {
-        let Some(m) = report
-            .objects
+    let explanations: Vec<&Explanation> = explained.meshes.iter().map(|(e, _)| e).collect();
+    let first = explanations.first().context("no mesh file given")?;
+    let text = match output {
+        OutputFormat::Json if all => format!("{}\n", serde_json::to_string_pretty(&explanations)?),
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(first)?),
+        OutputFormat::Yaml if all => serde_saphyr::to_string(&explanations)?,
+        OutputFormat::Yaml => serde_saphyr::to_string(first)?,
+        OutputFormat::Table => explained
+            .meshes
             .iter()
-            .zip(0..)
-            .filter(|(o, _)| {
-                &o.file == name
-                    && o.kind == meshfed_crds::validate::Kind::Mesh
-                    && o.converted.is_some()
-            })
-            .filter_map(|(o, _)| meshes.iter().find(|m| m.mesh.as_str() == o.name))
-            .next()
-        else {
-            bail!(
-                "{name}: no valid Mesh document (apiVersion meshfed.io/v1alpha1, kind Mesh); run `meshfed validate {name}`"
-            );
-        };
-        by_file.push((name, m));
-    }
-    let only = match peer {
-        Some(p) => Some(
-            p.parse::<PeerName>()
-                .with_context(|| format!("--peer {p:?}"))?,
-        ),
-        None => None,
+            .map(|(e, mesh)| render(e, mesh))
+            .collect::<Vec<_>>()
+            .join("\n"),
     };
-    let targets: Vec<&MeshFederation> = if all {
-        by_file.iter().map(|(_, m)| *m).collect()
-    } else {
-        by_file.iter().take(1).map(|(_, m)| *m).collect()
-    };
-    let mut explanations = Vec::new();
-    for local in targets {
-        if let Some(p) = &only
-            && !all
-            && !local.peers.contains_key(p)
-        {
-            let known: Vec<&str> = local.peers.keys().map(PeerName::as_str).collect();
-            bail!(
-                "mesh {} has no ServiceMeshPeer {:?}; its peers: {}",
-                local.mesh,
-                p.as_str(),
-                known.join(", ")
-            );
-        }
-        let others: Vec<MeshFederation> = by_file
-            .iter()
-            .filter(|(_, m)| m.mesh != local.mesh)
-            .map(|(_, m)| (*m).clone())
-            .collect();
-        explanations.push(explain(local, &others, only.as_ref()));
-    }
-    match output {
-        OutputFormat::Json => {
-            let v = if all {
-                serde_json::to_string_pretty(&explanations)?
-            } else {
-                serde_json::to_string_pretty(&explanations[0])?
-            };
-            crate::emit(&format!("{v}\n"))?;
-        }
-        OutputFormat::Yaml => {
-            let v = if all {
-                serde_saphyr::to_string(&explanations)?
-            } else {
-                serde_saphyr::to_string(&explanations[0])?
-            };
-            crate::emit(&v)?;
-        }
-        OutputFormat::Table => {
-            let mut text = String::new();
-            for (i, e) in explanations.iter().enumerate() {
-                if i > 0 {
-                    text.push('\n');
-                }
-                text.push_str(&render(
-                    e,
-                    by_file
-                        .iter()
-                        .find(|(_, m)| m.mesh == e.mesh)
-                        .map(|(_, m)| *m),
-                ));
-            }
-            crate::emit(&text)?;
-        }
-    }
-    Ok(if report.has_errors() {
+    crate::emit(&text)?;
+    Ok(if explained.report.has_errors() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn render(e: &Explanation, mesh: Option<&MeshFederation>) -> String {
+fn render(e: &Explanation, mesh: &MeshFederation) -> String {
     let mut out = String::new();
-    let services = mesh.map_or(0, |m| m.catalog.len());
+    let services = mesh.catalog.len();
     let _ = writeln!(
         out,
         "Mesh {} (trust domain {}, control plane namespace {}, {} local service(s), {} peer(s))",
@@ -128,7 +61,7 @@ fn render(e: &Explanation, mesh: Option<&MeshFederation>) -> String {
         e.trust_domain,
         e.namespace,
         services,
-        mesh.map_or(0, |m| m.peers.len())
+        mesh.peers.len()
     );
     for p in &e.peers {
         out.push('\n');

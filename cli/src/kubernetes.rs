@@ -27,7 +27,7 @@ pub(crate) fn inject(args: &InjectArgs) -> Result<std::process::ExitCode> {
     };
     let mut out = String::new();
     for f in &args.files {
-        let (name, text) = crate::read_input(f)?;
+        let (name, text) = meshfed_app::files::read_input(f)?;
         let stream = meshfed_crds::yaml::load(&text);
         if let Some(e) = &stream.fatal {
             anyhow::bail!("{name}: {e}");

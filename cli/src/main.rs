@@ -18,7 +18,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use meshfed_crds::diag::Severity;
 use meshfed_crds::manifests;
-use meshfed_crds::validate::{self, Input, Report};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -286,40 +285,8 @@ fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the files (`-` is standard input) and validates them together.
-/// A file's name for diagnostics, and its text (which must be UTF-8).
-pub(crate) fn read_text(f: &std::path::Path) -> Result<(String, String)> {
-    let text = meshfed_app::files::read_text(f)?;
-    Ok((f.display().to_string(), text))
-}
-
-/// A file's name and text; `-` is standard input.
-pub(crate) fn read_input(f: &std::path::Path) -> Result<(String, String)> {
-    if f.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .context("reading standard input")?;
-        Ok(("<stdin>".to_owned(), s))
-    } else {
-        read_text(f)
-    }
-}
-
-pub(crate) fn load_and_validate(files: &[PathBuf]) -> Result<(Report, Vec<String>)> {
-    let mut texts = Vec::new();
-    for f in files {
-        texts.push(read_input(f)?);
-    }
-    let inputs: Vec<Input<'_>> = texts
-        .iter()
-        .map(|(f, t)| Input { file: f, text: t })
-        .collect();
-    let report = validate::validate(&inputs);
-    Ok((report, texts.into_iter().map(|(f, _)| f).collect()))
-}
-
 fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result<ExitCode> {
-    let (mut report, names) = load_and_validate(files)?;
+    let (mut report, names) = meshfed_app::files::validate_files(files)?;
     if strict {
         for d in &mut report.diagnostics {
             d.severity = Severity::Error;

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use meshfed_crds::scenario::ScenarioPlan;
-use meshfed_crds::validate::{self, Converted, Input};
 
 use crate::note;
 
@@ -50,32 +49,14 @@ pub struct UpArgs {
 
 /// Reads and validates a scenario file; every problem is printed, none is skipped.
 fn load(file: &Path) -> Result<ScenarioPlan> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let name = file.display().to_string();
-    let report = validate::validate(&[Input {
-        file: &name,
-        text: &text,
-    }]);
-    if report.has_errors() {
-        for d in &report.diagnostics {
-            note(&d.to_string());
+    meshfed_lab::load_plan(file).map_err(|e| {
+        if let meshfed_lab::PlanError::Invalid { diagnostics, .. } = &e {
+            for d in diagnostics {
+                note(&d.to_string());
+            }
         }
-        bail!("{name}: {} error(s); nothing was started", report.errors());
-    }
-    let plans: Vec<&ScenarioPlan> = report
-        .objects
-        .iter()
-        .filter_map(|o| match &o.converted {
-            Some(Converted::Scenario(p)) => Some(p.as_ref()),
-            _ => None,
-        })
-        .collect();
-    match plans.as_slice() {
-        [p] => Ok((*p).clone()),
-        [] => bail!("{name}: no Scenario document"),
-        _ => bail!("{name}: {} Scenario documents; one per file", plans.len()),
-    }
+        e.into()
+    })
 }
 
 fn options(out: &Path, work: PathBuf) -> Result<meshfed_lab::Options> {

@@ -12,9 +12,7 @@ use clap::{Args, Subcommand};
 use meshfed_app::ca;
 use meshfed_app::token::{self, StoreAt};
 use meshfed_core::{Namespace, PeerName, SpiffeId, TrustDomain};
-use meshfed_trust::bundle::TrustBundle;
-use meshfed_trust::pem;
-use meshfed_trust::svid::{self, Role};
+use meshfed_trust::svid::Role;
 
 use crate::{emit, note};
 
@@ -284,46 +282,31 @@ fn humanize(d: Duration) -> String {
 }
 
 fn show(file: &Path, trust_domain: Option<&str>, now: SystemTime) -> Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let td = trust_domain
+        .map(|t| {
+            t.parse::<TrustDomain>()
+                .with_context(|| format!("--trust-domain {t:?}"))
+        })
+        .transpose()?;
+    let inspected = ca::inspect_file(file, td, now)?;
     let mut out = String::new();
-    let mut broken = 0;
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        let text = String::from_utf8_lossy(&bytes);
-        let td = match trust_domain {
-            Some(t) => t
-                .parse::<TrustDomain>()
-                .with_context(|| format!("--trust-domain {t:?}"))?,
-            None => TrustBundle::domain_hint(&text)
-                .context("cannot tell the bundle's trust domain; pass --trust-domain")?,
-        };
-        let (bundle, warnings) = TrustBundle::from_json(td.clone(), &text)
-            .with_context(|| file.display().to_string())?;
+    if let Some((bundle, warnings)) = &inspected.bundle {
         let _ = writeln!(
             out,
-            "SPIFFE bundle for {td}: {} root(s), sequence {}, refresh hint {}s",
+            "SPIFFE bundle for {}: {} root(s), sequence {}, refresh hint {}s",
+            bundle.trust_domain(),
             bundle.roots().len(),
             bundle.sequence,
             bundle.refresh_hint.as_secs()
         );
-        for w in &warnings {
+        for w in warnings {
             let _ = writeln!(out, "  warning: {w}");
         }
-        broken += warnings.len();
-        for (i, r) in bundle.roots().iter().enumerate() {
-            broken += describe(&mut out, &format!("root {i}"), r, Role::Signing, now);
-        }
-    } else {
-        let certs = pem::certificates_from_bytes(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for (i, c) in certs.iter().enumerate() {
-            let (label, role) = match (i, is_ca(c)) {
-                (0, false) => ("leaf".to_owned(), Role::Leaf),
-                (0, true) => ("certificate".to_owned(), Role::Signing),
-                _ => (format!("chain[{i}]"), Role::Signing),
-            };
-            broken += describe(&mut out, &label, c, role, now);
-        }
     }
+    for c in &inspected.certificates {
+        describe(&mut out, c);
+    }
+    let broken = inspected.broken();
     let _ = writeln!(
         out,
         "{}",
@@ -341,24 +324,15 @@ fn show(file: &Path, trust_domain: Option<&str>, now: SystemTime) -> Result<Exit
     })
 }
 
-fn is_ca(der: &[u8]) -> bool {
-    x509_is_ca(der).unwrap_or(false)
-}
-
-fn x509_is_ca(der: &[u8]) -> Option<bool> {
-    let ins = svid::inspect(der, Role::Signing, SystemTime::UNIX_EPOCH).ok()?;
-    Some(ins.is_ca)
-}
-
-/// Writes a summary of one certificate; returns how many rules it breaks.
-fn describe(out: &mut String, label: &str, der: &[u8], role: Role, now: SystemTime) -> usize {
-    match svid::inspect(der, role, now) {
+/// Writes a summary of one certificate and the rules it breaks.
+fn describe(out: &mut String, c: &ca::Inspected) {
+    let label = &c.label;
+    match &c.result {
         Err(e) => {
             let _ = writeln!(out, "{label}: [{}] {e}", e.reason());
-            1
         }
         Ok(i) => {
-            let kind = if role == Role::Leaf {
+            let kind = if c.role == Role::Leaf {
                 "workload SVID"
             } else {
                 "signing certificate"
@@ -383,7 +357,6 @@ fn describe(out: &mut String, label: &str, der: &[u8], role: Role, now: SystemTi
             for v in &i.violations {
                 let _ = writeln!(out, "  broken: [{}] {v}", v.reason());
             }
-            i.violations.len()
         }
     }
 }

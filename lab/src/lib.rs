@@ -40,6 +40,75 @@ use meshfed_peering::status::PeerStatus;
 
 use crate::topology::Layout;
 
+/// Why a scenario file cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every problem is in `diagnostics` (line and field), none skipped.
+    #[error("{file}: {} error(s); nothing was started", diagnostics.len())]
+    Invalid {
+        file: String,
+        diagnostics: Vec<meshfed_crds::diag::Diagnostic>,
+    },
+    #[error("{file}: no Scenario document")]
+    NoScenario { file: String },
+    #[error("{file}: {count} Scenario documents; one per file")]
+    SeveralScenarios { file: String, count: usize },
+}
+
+impl PlanError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "ReadFailed",
+            Self::Invalid { .. } => "InvalidScenario",
+            Self::NoScenario { .. } => "NoScenario",
+            Self::SeveralScenarios { .. } => "SeveralScenarios",
+        }
+    }
+}
+
+/// Reads and validates a scenario file, which must hold exactly one Scenario; any error
+/// refuses it whole.
+pub fn load_plan(path: &Path) -> std::result::Result<ScenarioPlan, PlanError> {
+    use meshfed_crds::validate::{self, Converted, Input};
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = path.display().to_string();
+    let report = validate::validate(&[Input {
+        file: &file,
+        text: &text,
+    }]);
+    if report.has_errors() {
+        return Err(PlanError::Invalid {
+            file,
+            diagnostics: report.diagnostics,
+        });
+    }
+    let plans: Vec<&ScenarioPlan> = report
+        .objects
+        .iter()
+        .filter_map(|o| match &o.converted {
+            Some(Converted::Scenario(p)) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect();
+    match plans.as_slice() {
+        [p] => Ok((*p).clone()),
+        [] => Err(PlanError::NoScenario { file }),
+        _ => Err(PlanError::SeveralScenarios {
+            file,
+            count: plans.len(),
+        }),
+    }
+}
+
 /// How long the lab waits for its meshes to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
