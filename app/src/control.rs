@@ -15,12 +15,15 @@ use std::time::{Duration, SystemTime};
 use meshfed_control::control_plane_id;
 use meshfed_control::imports::{PeerFeed, serve_with_imports};
 use meshfed_control::rotation::{self, MeshCa};
-use meshfed_control::server::{self, AdminStatus, ControlPlane, ControlStatus, StatusCell};
+use meshfed_control::server::{
+    self, AdminStatus, ControlPlane, ControlStatus, Enrolment, StatusCell,
+};
 use meshfed_control::source::{self, Trust, TrustFn};
 use meshfed_core::TrustDomain;
 use meshfed_peering::tls;
 use meshfed_trust::bootstrap::{self, Bootstrap};
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use meshfed_trust::join::JoinStore;
 use meshfed_trust::verify::{self, SvidResolver};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -278,16 +281,20 @@ impl Control {
             addr: config.listen,
             source,
         })?;
-        // In Kubernetes mode every replica shares one join secret, kept in a Secret, so a
-        // restart leaves the bootstrap files valid.
-        let token = match &kube {
-            None => bootstrap::new_token()?,
+        // Embedded mode: each workload joins with its own credential, minted into the CA
+        // folder (`meshfed join create`); the bootstrap file written here is the template.
+        // Kubernetes mode: every replica shares one join secret, kept in a Secret, so a
+        // restart leaves the bootstrap Secrets valid.
+        let (token, enrolment) = match &kube {
+            None => (String::new(), Enrolment::Join(JoinStore::new(&dir))),
             Some((source, client)) => {
-                meshfed_k8s::secrets::join_token(client, &source.settings.namespace, || {
-                    bootstrap::new_token().unwrap_or_default()
-                })
-                .await
-                .map_err(ControlError::Kube)?
+                let token =
+                    meshfed_k8s::secrets::join_token(client, &source.settings.namespace, || {
+                        bootstrap::new_token().unwrap_or_default()
+                    })
+                    .await
+                    .map_err(ControlError::Kube)?;
+                (token.clone(), Enrolment::MeshSecret(token.into()))
             }
         };
         let advertised = match &config.advertise {
@@ -476,7 +483,7 @@ impl Control {
             }
             (None, None) => return Err(ControlError::NoSource),
         };
-        let cp = ControlPlane::new(rx, mesh_ca.clone(), &token, status.clone())
+        let cp = ControlPlane::new(rx, mesh_ca.clone(), enrolment, status.clone())
             .with_svid_ttl(config.svid_ttl);
         tasks.spawn_infallible(
             "serve-snapshots",

@@ -27,6 +27,7 @@ pub mod echo;
 pub mod explain;
 pub mod files;
 pub mod gateway;
+pub mod join;
 pub mod logging;
 pub mod node;
 pub mod sidecar;

@@ -52,7 +52,14 @@ fn control_config(dir: &Path, listen: SocketAddr) -> ControlConfig {
 }
 
 async fn sidecar(dir: &Path, name: &str, namespace: &str, outbound: Option<SocketAddr>) -> Sidecar {
-    common::sidecar(&dir.join("boot.json"), name, namespace, outbound).await
+    common::sidecar(
+        &dir.join("ca"),
+        &dir.join("boot.json"),
+        name,
+        namespace,
+        outbound,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,9 +113,16 @@ async fn start_mesh(dir: &Path, name: &str, peer: &str, a: &Addrs) -> Mesh {
     })
     .await
     .unwrap_or_else(|e| panic!("{name}'s control plane: {e}"));
+    // The gateway process's own credential: its ingress and egress for this peer, nothing else.
+    let gateway_boot = common::join_file(
+        &ca,
+        &bootstrap,
+        &format!("{name}-system"),
+        &[&format!("ingress-{peer}"), &format!("egress-{peer}")],
+    );
     let gateways = Gateways::build(GatewayOptions {
         mode: GatewayMode::Joined {
-            bootstrap,
+            bootstrap: gateway_boot,
             ingress_name: None,
             egress_name: None,
         },
@@ -217,8 +224,16 @@ spec:
     )
     .await
     .unwrap();
-    let echo_sidecar = sidecar(&dir.join("beta-bootstrap.json"), "echo-1", "shop", None).await;
+    let echo_sidecar = sidecar(
+        &dir.join("beta"),
+        &dir.join("beta-bootstrap.json"),
+        "echo-1",
+        "shop",
+        None,
+    )
+    .await;
     let ui_sidecar = sidecar(
+        &dir.join("alpha"),
         &dir.join("alpha-bootstrap.json"),
         "ui-1",
         "web",

@@ -4,6 +4,7 @@
 mod control;
 mod explain;
 mod gateway;
+mod join;
 mod kubernetes;
 mod node;
 mod proxy;
@@ -84,6 +85,12 @@ enum Command {
     Trust {
         #[command(subcommand)]
         command: trust::TrustCommand,
+    },
+    /// Embedded mode: join credentials, each bound to one workload, and the bootstrap files
+    /// that carry them.
+    Join {
+        #[command(subcommand)]
+        command: join::JoinCommand,
     },
     /// Peering between meshes: tokens, and the peering service.
     Peering {
@@ -209,6 +216,7 @@ fn main() -> ExitCode {
             output,
         } => explain::run(&meshes, peer.as_deref(), all, output),
         Command::Trust { command } => trust::run_trust(command),
+        Command::Join { command } => join::run(command),
         Command::Peering { command } => trust::run_peering(command),
         Command::Status(args) => node::status(args),
         Command::Echo(args) => echo(args),

@@ -72,19 +72,6 @@ fn sidecars_joined_to_the_control_plane_carry_identity_apply_updates_and_outlive
     eventually("the control plane writes its bootstrap file", || {
         status(cp_admin).map(|_| ())
     });
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("boot.json"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(
-            mode & 0o777,
-            0o600,
-            "the bootstrap file holds the join secret"
-        );
-    }
     let echo_app_s = echo_app.to_string();
     procs.spawn(
         &dir,
@@ -99,11 +86,45 @@ fn sidecars_joined_to_the_control_plane_carry_identity_apply_updates_and_outlive
             "echo-1",
         ],
     );
+    // The control plane's own file is a template: it yields no certificate.
+    let template = std::process::Command::new(common::bin())
+        .current_dir(&dir)
+        .args(["proxy", "--bootstrap", "boot.json", "--workload", "echo-1"])
+        .args(["--namespace", "shop"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&template.stderr);
+    assert!(
+        !template.status.success() && said.contains("NotEnrolled"),
+        "{said}"
+    );
+    // Each workload joins with its own credential, in a file only it gets.
     let join = |workload: &str, ns: &str| {
+        let out = format!("{ns}-{workload}.json");
+        let made = std::process::Command::new(common::bin())
+            .current_dir(&dir)
+            .args(["join", "create", "--dir", "ca", "--bootstrap", "boot.json"])
+            .args(["--namespace", ns, "--workload", workload, "--out", &out])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(&out))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{out} holds a join credential");
+        }
         vec![
             "proxy".to_owned(),
             "--bootstrap".into(),
-            "boot.json".into(),
+            out,
             "--workload".into(),
             workload.into(),
             "--namespace".into(),

@@ -398,6 +398,11 @@ impl Client {
         let mut client = MeshConfigClient::new(channel).max_decoding_message_size(1 << 20);
         let token = if current.is_some() {
             String::new()
+        } else if self.boot.token.is_empty() {
+            return Err(ClientError::new(
+                "NotEnrolled",
+                "the bootstrap file carries no join credential: mint this workload's file with `meshfed join create`",
+            ));
         } else {
             self.boot.token.clone()
         };

@@ -1,7 +1,9 @@
 //! The `MeshConfig` service: workload certificates and the config stream.
 //!
 //! Every proxy is identified by the SPIFFE ID of its verified client certificate (or, for a
-//! first certificate, by the bootstrap token). A proxy may obtain and subscribe only as the
+//! first certificate, by what it presents: in embedded mode a join credential bound to its one
+//! workload; in Kubernetes mode, for now, the mesh's join secret). An anonymous caller that
+//! proves nothing learns nothing, not even whether the workload exists. A proxy may obtain and subscribe only as the
 //! workload whose service account that ID names. Each stream gets the current snapshot, then
 //! every newer one; intermediate versions are skipped when a proxy is slow (snapshots are whole,
 //! so the newest is all it needs). ACKs and NACKs are recorded per proxy for status.
@@ -20,6 +22,7 @@ use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_peering::reason::refusal;
 use meshfed_peering::tls::{PeerConn, PeerInfo};
 use meshfed_trust::bootstrap::token_matches;
+use meshfed_trust::join::JoinStore;
 use meshfed_trust::svid::{Role, inspect};
 use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeClientVerifier, SvidResolver};
 use rustls_pki_types::CertificateSigningRequestDer;
@@ -145,12 +148,36 @@ pub struct Nacked {
     pub reason: String,
 }
 
+/// How a caller without a certificate proves which workload it is.
+#[derive(Clone)]
+pub enum Enrolment {
+    /// Embedded mode: a join credential bound to the one workload it names
+    /// (`meshfed join create`), recorded in the CA folder.
+    Join(JoinStore),
+    /// Kubernetes mode, until pods present their ServiceAccount tokens: the mesh-wide secret
+    /// of the bootstrap Secrets (it yields any workload's identity).
+    MeshSecret(Arc<str>),
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Join(s) => f.debug_tuple("Join").field(s).finish(),
+            Self::MeshSecret(_) => f.write_str("MeshSecret(..)"),
+        }
+    }
+}
+
+/// The one answer an anonymous caller gets when it does not prove a workload: it says nothing
+/// about which workloads exist or why (the control plane logs that).
+const NOT_ENROLLED: &str = "a first certificate needs a valid join credential for this workload";
+
 /// The control plane's gRPC service.
 #[derive(Clone)]
 pub struct ControlPlane {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     ca: Arc<MeshCa>,
-    token: Arc<str>,
+    enrolment: Enrolment,
     svid_ttl: Duration,
     status: StatusCell,
     readiness: Arc<watch::Sender<Readiness>>,
@@ -170,12 +197,12 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Serves `snapshot`, signs with `ca`'s signing CA, accepts first-certificate requests carrying
-    /// `token`, records into `status`.
+    /// Serves `snapshot`, signs with `ca`'s signing CA, accepts first-certificate requests that
+    /// prove their workload by `enrolment`, records into `status`.
     pub fn new(
         snapshot: watch::Receiver<Arc<Snapshot>>,
         ca: Arc<MeshCa>,
-        token: &str,
+        enrolment: Enrolment,
         status: StatusCell,
     ) -> Self {
         let version = snapshot.borrow().version;
@@ -183,7 +210,7 @@ impl ControlPlane {
         Self {
             snapshot,
             ca,
-            token: token.into(),
+            enrolment,
             svid_ttl: meshfed_trust::ca::DEFAULT_SVID_TTL,
             status,
             readiness: Arc::new(watch::channel(Readiness::new()).0),
@@ -222,6 +249,37 @@ impl ControlPlane {
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
+    }
+
+    /// Checks an anonymous caller's proof of the workload it asks for; one answer for every
+    /// failure.
+    fn enrol(&self, r: &pb::CertifyRequest, now: SystemTime) -> Result<Requester, Status> {
+        match &self.enrolment {
+            Enrolment::Join(store) => store
+                .check(&r.token, &r.namespace, &r.workload, now)
+                .map(|_| Requester::Join(format!("{}/{}", r.namespace, r.workload)))
+                .map_err(|e| self.not_enrolled(r, &e.to_string())),
+            Enrolment::MeshSecret(secret) if token_matches(secret, &r.token) => {
+                Ok(Requester::MeshSecret)
+            }
+            Enrolment::MeshSecret(_) => Err(self.not_enrolled(r, "not the mesh's join secret")),
+        }
+    }
+
+    /// Refuses an anonymous caller: the log and status say why, the caller only that it is
+    /// not enrolled.
+    fn not_enrolled(&self, r: &pb::CertifyRequest, why: &str) -> Status {
+        let asked = format!(
+            "{}/{}",
+            r.namespace.chars().take(64).collect::<String>(),
+            r.workload.chars().take(64).collect::<String>()
+        );
+        self.status.update(|st| {
+            st.certificates_refused += 1;
+            st.last_refusal = Some(format!("NotEnrolled: {asked}: {why}"));
+        });
+        tracing::warn!(reason = "NotEnrolled", workload = %asked, "refused a first certificate: {why}");
+        refusal(Code::Unauthenticated, "NotEnrolled", NOT_ENROLLED)
     }
 
     fn refuse(&self, status: Status) -> Status {
@@ -598,6 +656,22 @@ pub fn workload_identity(
         .map_err(|_| unknown())
 }
 
+/// Who asked for a first certificate.
+enum Requester {
+    /// A join credential for this workload (`namespace/name`).
+    Join(String),
+    MeshSecret,
+}
+
+impl std::fmt::Display for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Join(w) => write!(f, "join credential of {w}"),
+            Self::MeshSecret => f.write_str("the mesh join secret"),
+        }
+    }
+}
+
 /// A workload the mesh does not have (or whose identity is not a valid SPIFFE ID).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("mesh {mesh} has no workload {name:?} in namespace {namespace:?}")]
@@ -625,26 +699,23 @@ impl MeshConfig for ControlPlane {
                 ),
             )));
         }
+        let now = SystemTime::now();
+        // An anonymous caller proves which workload it is before it learns anything.
+        let joined = match &caller {
+            Some(_) => None,
+            None => Some(self.enrol(&r, now)?),
+        };
         let mesh = self.snapshot.borrow().mesh.clone();
         let id = workload_identity(&mesh, &r.namespace, &r.workload)
             .map_err(|e| self.refuse(refusal(Code::NotFound, "UnknownWorkload", e)))?;
-        match &caller {
-            Some(c) if c == &id => {}
-            Some(c) => {
-                return Err(self.refuse(refusal(
-                    Code::PermissionDenied,
-                    "IdentityMismatch",
-                    format!("{c} may renew only its own certificate, not {id}'s"),
-                )));
-            }
-            None if token_matches(&self.token, &r.token) => {}
-            None => {
-                return Err(self.refuse(refusal(
-                    Code::Unauthenticated,
-                    "BadToken",
-                    "a first certificate needs the mesh's bootstrap token",
-                )));
-            }
+        if let Some(c) = &caller
+            && c != &id
+        {
+            return Err(self.refuse(refusal(
+                Code::PermissionDenied,
+                "IdentityMismatch",
+                format!("{c} may renew only its own certificate, not {id}'s"),
+            )));
         }
         if r.csr_der.is_empty() {
             return Ok(Response::new(pb::CertifyResponse {
@@ -652,7 +723,12 @@ impl MeshConfig for ControlPlane {
                 ..Default::default()
             }));
         }
-        let now = SystemTime::now();
+        // A once-only join credential is used up by the certificate it yields.
+        if let (Some(Requester::Join(_)), Enrolment::Join(store)) = (&joined, &self.enrolment) {
+            store
+                .redeem(&r.token, &r.namespace, &r.workload, now)
+                .map_err(|e| self.not_enrolled(&r, &e.to_string()))?;
+        }
         let signer = self.ca.signing();
         let chain = signer
             .sign_csr(
@@ -662,11 +738,25 @@ impl MeshConfig for ControlPlane {
                 now,
             )
             .map_err(|e| self.refuse(refusal(Code::InvalidArgument, "InvalidCsr", e)))?;
-        let (not_before, not_after) = chain
+        let leaf = chain
             .first()
-            .and_then(|leaf| inspect(leaf, Role::Leaf, now).ok())
+            .and_then(|leaf| inspect(leaf, Role::Leaf, now).ok());
+        let (not_before, not_after) = leaf
+            .as_ref()
             .map(|i| (i.not_before.0, i.not_after.0))
             .unwrap_or_default();
+        let requester = match (&caller, &joined) {
+            (Some(c), _) => format!("renewal by {c}"),
+            (None, Some(j)) => j.to_string(),
+            (None, None) => "unknown".to_owned(),
+        };
+        tracing::info!(
+            identity = %id,
+            requester = %requester,
+            serial = leaf.as_ref().map_or("", |i| i.serial.as_str()),
+            not_after,
+            "issued a certificate"
+        );
         self.status.update(|st| st.certificates_issued += 1);
         Ok(Response::new(pb::CertifyResponse {
             chain_der: chain.into_iter().map(|c| c.to_vec()).collect(),

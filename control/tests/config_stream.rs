@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use meshfed_api::config::{self as pb, ProxyMessage};
 use meshfed_control::client::{Client, ClientError, ClientState, Update};
 use meshfed_control::rotation::MeshCa;
-use meshfed_control::server::{self, ControlPlane, ControlStatus, StatusCell};
+use meshfed_control::server::{self, ControlPlane, ControlStatus, Enrolment, StatusCell};
 use meshfed_control::source::{Trust, next_snapshot};
 use meshfed_control::{Snapshot, control_plane_id};
 use meshfed_core::{SpiffeId, TrustDomain};
@@ -18,6 +18,7 @@ use meshfed_peering::tls;
 use meshfed_trust::CertificateAuthority;
 use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::DEFAULT_SVID_TTL;
+use meshfed_trust::join::JoinStore;
 use meshfed_trust::verify::{self, SvidResolver};
 use tokio::sync::{mpsc, watch};
 
@@ -63,8 +64,18 @@ impl Cp {
         }
     }
 
-    /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any).
+    /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any), enrolling with the
+    /// mesh secret `TOKEN` (Kubernetes mode's way).
     async fn start(ca: Arc<CertificateAuthority>, addr: SocketAddr) -> Self {
+        Self::start_with(ca, addr, Enrolment::MeshSecret(TOKEN.into())).await
+    }
+
+    /// [`Cp::start`], enrolling first certificates by `enrolment`.
+    async fn start_with(
+        ca: Arc<CertificateAuthority>,
+        addr: SocketAddr,
+        enrolment: Enrolment,
+    ) -> Self {
         let ca = MeshCa::new(ca).unwrap();
         let snap = next_snapshot(
             None,
@@ -99,7 +110,7 @@ impl Cp {
         let incoming = tls::incoming(listener, config, fail_tx);
         let (tx, rx) = watch::channel(Arc::new(snap));
         let status = StatusCell::default();
-        let cp = ControlPlane::new(rx, ca.clone(), TOKEN, status.clone());
+        let cp = ControlPlane::new(rx, ca.clone(), enrolment, status.clone());
         let task = tokio::spawn(async move {
             let _ = cp.serve(incoming, std::future::pending()).await;
         });
@@ -159,6 +170,123 @@ async fn resolver(c: &Client) -> Arc<SvidResolver> {
     Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap())
 }
 
+/// The attack of the security review: in embedded mode one leaked credential (or one
+/// compromised workload) must not become any other identity — least of all the egress
+/// gateway's, which peers trust.
+#[tokio::test]
+async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_learn_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let joins = JoinStore::new(dir.path());
+    let cp = Cp::start_with(
+        ca(),
+        "127.0.9.10:0".parse().unwrap(),
+        Enrolment::Join(joins.clone()),
+    )
+    .await;
+    cp.publish("  gateways:\n  - {name: egress-beta, address: \"127.0.9.3:15443\"}\n");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();
+    let client = |token: &str, ns: &str, w: &str| Client::new(cp.boot(token), ns, w).unwrap();
+
+    // Its own workload: yes, and again after a restart (the credential is reusable until it
+    // expires).
+    for _ in 0..2 {
+        let svid = client(&echo.secret, "shop", "echo-1")
+            .certify(None)
+            .await
+            .unwrap();
+        assert_eq!(
+            svid.id.to_string(),
+            "spiffe://alpha-mesh.local/ns/shop/sa/echo"
+        );
+    }
+    // Anything else: the same answer, whether the workload exists, is a gateway, or is not
+    // there at all; and the mesh-wide secret of Kubernetes mode is nothing here.
+    let mut answers = std::collections::BTreeSet::new();
+    for (token, ns, w) in [
+        (echo.secret.as_str(), "alpha-system", "egress-beta"),
+        (echo.secret.as_str(), "web", "ui-1"),
+        (echo.secret.as_str(), "shop", "nope"),
+        (TOKEN, "shop", "echo-1"),
+        ("", "shop", "echo-1"),
+        (
+            "ffffffffffffffffffffffffffffffff",
+            "alpha-system",
+            "egress-beta",
+        ),
+    ] {
+        let mut raw = client(&echo.secret, "shop", "echo-1")
+            .raw(None)
+            .await
+            .unwrap();
+        let refused = raw
+            .certify(pb::CertifyRequest {
+                namespace: ns.into(),
+                workload: w.into(),
+                csr_der: Vec::new(),
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{ns}/{w}");
+        answers.insert(refused.message().to_owned());
+    }
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("NotEnrolled: ") && !a.contains("egress")),
+        "{answers:?}"
+    );
+    // Only a gateway credential yields the gateway's identity.
+    let gw = joins
+        .mint("alpha-system", &["egress-beta"], hour, false, now)
+        .unwrap();
+    let svid = client(&gw.secret, "alpha-system", "egress-beta")
+        .certify(None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id.to_string(),
+        "spiffe://alpha-mesh.local/ns/alpha-system/sa/egress-beta-service-account"
+    );
+    // A once-only credential yields one certificate (asking who one is uses nothing up).
+    let once = joins.mint("web", &["ui-1"], hour, true, now).unwrap();
+    client(&once.secret, "web", "ui-1")
+        .certify(None)
+        .await
+        .unwrap();
+    let e = client(&once.secret, "web", "ui-1")
+        .certify(None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "NotEnrolled", "{e}");
+    // Revoked: nothing more.
+    joins.revoke("shop", "echo-1").unwrap();
+    let e = client(&echo.secret, "shop", "echo-1")
+        .certify(None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "NotEnrolled", "{e}");
+    // A credential for a workload the mesh does not have proves that much: it is told.
+    let ghost = joins.mint("shop", &["ghost"], hour, false, now).unwrap();
+    let e = client(&ghost.secret, "shop", "ghost")
+        .certify(None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "UnknownWorkload", "{e}");
+    let st = cp.status();
+    assert_eq!(st.certificates_issued, 4, "{st:?}");
+    assert!(
+        st.last_refusal
+            .as_deref()
+            .is_some_and(|r| r.contains("ghost")),
+        "{st:?}"
+    );
+    cp.task.abort();
+}
+
 #[tokio::test]
 async fn first_certificates_need_the_token_and_name_the_workloads_service_account() {
     let cp = Cp::start(ca(), "127.0.9.10:0".parse().unwrap()).await;
@@ -176,7 +304,7 @@ async fn first_certificates_need_the_token_and_name_the_workloads_service_accoun
     )
     .unwrap();
     let e = wrong.certify(None).await.unwrap_err();
-    assert_eq!(e.reason, "BadToken", "{e}");
+    assert_eq!(e.reason, "NotEnrolled", "{e}");
 
     let e = cp.client("shop", "nope").certify(None).await.unwrap_err();
     assert_eq!(e.reason, "UnknownWorkload", "{e}");

@@ -109,6 +109,46 @@ pub fn load_plan(path: &Path) -> std::result::Result<ScenarioPlan, PlanError> {
     }
 }
 
+/// Mints the join credential of `workloads` of `namespace` in mesh `mesh` with
+/// `meshfed join create`, as an operator would; the bootstrap file's name (in `work`).
+fn join(
+    exe: &Path,
+    work: &Path,
+    mesh: &str,
+    namespace: &str,
+    workloads: &[&str],
+) -> Result<String> {
+    let out = format!("{mesh}-join-{namespace}-{}.json", workloads.join("-"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.current_dir(work).args([
+        "join",
+        "create",
+        "--dir",
+        &format!("{mesh}-ca"),
+        "--bootstrap",
+        &format!("{mesh}-bootstrap.json"),
+        "--namespace",
+        namespace,
+        "--out",
+        &out,
+    ]);
+    for w in workloads {
+        cmd.args(["--workload", w]);
+    }
+    let done = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running meshfed join create")?;
+    if !done.status.success() {
+        bail!(
+            "meshfed join create for {mesh} {namespace}/{}: {}",
+            workloads.join(","),
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
 /// How long the lab waits for its meshes to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -292,8 +332,18 @@ impl Lab {
         }
         for m in &layout.meshes {
             let n = &m.name;
-            let boot = format!("{n}-bootstrap.json");
             for p in &m.peers {
+                // Each process joins with its own credential: the gateways' names only theirs.
+                let boot = join(
+                    &exe,
+                    &work,
+                    n,
+                    &format!("{n}-system"),
+                    &[
+                        &format!("ingress-{}", p.name),
+                        &format!("egress-{}", p.name),
+                    ],
+                )?;
                 procs.spawn(
                     &exe,
                     &work,
@@ -339,6 +389,7 @@ impl Lab {
                     .map(str::to_owned)
                     .to_vec(),
                 )?;
+                let boot = join(&exe, &work, n, &w.namespace, &[&w.name])?;
                 let mut args: Vec<String> = [
                     "proxy",
                     "--bootstrap",

@@ -156,13 +156,24 @@ impl Store {
                 detail: e.to_string(),
             })
         };
+        // The store and the folders made for it are the owner's alone, whatever the umask
+        // (sled itself would follow it).
+        let private = |dir: &Path| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StoreError::Io {
+                    path: dir.to_owned(),
+                    detail: e.to_string(),
+                })
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
-                path: parent.to_owned(),
-                detail: e.to_string(),
-            })?;
+            private(parent)?;
         }
         write_mark()?;
+        private(path)?;
         let store = match Self::try_open(path) {
             Ok(s) => s,
             Err(("StoreLocked", detail)) => {

@@ -40,6 +40,10 @@ fn imports_survive_a_restart() {
     {
         let (store, rebuilt) = Store::open(&path).unwrap();
         assert!(rebuilt.is_none());
+        // The store's folder is the owner's alone, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
         store.save_imports(&peer("beta-mesh"), &record(3)).unwrap();
         store.save_imports(&peer("gamma-mesh"), &record(1)).unwrap();
         store.remove_peer(&peer("gamma-mesh")).unwrap();

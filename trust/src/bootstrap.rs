@@ -1,11 +1,13 @@
-//! Joining a mesh's control plane: the bootstrap file a control plane writes for its proxies
-//! (where it listens, the identity it presents, the mesh's trust bundle, and the secret that
-//! authorizes a first certificate), and the constant-time check of that secret.
+//! Joining a mesh's control plane: the bootstrap file a proxy joins with (where the control
+//! plane listens, the identity it presents, the mesh's trust bundle, and what authorizes a
+//! first certificate), and the constant-time check of a secret.
 //!
-//! The secret is mesh-wide, like a Consul agent token or a SPIRE join token: whoever holds it
-//! may obtain the SVID of any workload of the mesh, so the file is written with mode 0600. It is
-//! used only for the first certificate; renewals authenticate with the current SVID. In
-//! Kubernetes mode a projected service-account token takes its place.
+//! In embedded mode the control plane writes the file without a secret, as a template;
+//! `meshfed join create` adds a join credential bound to one workload ([`crate::join`]) and
+//! writes that workload's file (mode 0600). In Kubernetes mode the bootstrap Secrets still
+//! carry the mesh-wide join secret, which yields any workload's identity, until pods present
+//! their ServiceAccount tokens. Either is used only for the first certificate; renewals
+//! authenticate with the current SVID.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +31,10 @@ pub struct Bootstrap {
     pub trust_domain: TrustDomain,
     /// The mesh's SPIFFE bundle, to verify the control plane before holding an SVID.
     pub bundle: serde_json::Value,
-    /// The join secret for first certificates.
+    /// What the workload presents for its first certificate: its join credential (embedded
+    /// mode, `meshfed join create`), or the mesh's join secret (Kubernetes mode). Empty in the
+    /// control plane's own file, a template to mint workloads' files from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
 }
 
@@ -64,7 +69,7 @@ impl Bootstrap {
         let text = std::fs::read_to_string(path).map_err(io)?;
         let b: Self = serde_json::from_str(&text)
             .map_err(|e| BootstrapError::Json(path.display().to_string(), e.to_string()))?;
-        if b.token.len() < 16 || b.token.len() > 128 {
+        if !b.token.is_empty() && (b.token.len() < 16 || b.token.len() > 128) {
             return Err(BootstrapError::Field(
                 "token",
                 "must be 16 to 128 characters".into(),

@@ -440,7 +440,7 @@ impl CertificateAuthority {
 
     /// Writes the CA into `dir`: `ca.json`, `<root>.pem`, and `<root>.key` with mode 0600.
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
-        fs::create_dir_all(dir).map_err(|source| CaError::Io {
+        create_private_dir(dir).map_err(|source| CaError::Io {
             path: dir.to_owned(),
             source,
         })?;
@@ -565,6 +565,16 @@ impl CertificateAuthority {
             sequence: m.sequence.max(1),
         })
     }
+}
+
+/// Creates `dir` (and its missing parents) with mode 0700 whatever the umask; an existing
+/// folder keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Writes `body` to `path` atomically (temporary file, then rename) with `mode`.

@@ -109,7 +109,7 @@ pub fn import_bundle(
             path: path.clone(),
             source,
         })?;
-    std::fs::create_dir_all(bundles_dir(dir)).map_err(|source| DirError::Io {
+    crate::ca::create_private_dir(&bundles_dir(dir)).map_err(|source| DirError::Io {
         path: bundles_dir(dir),
         source,
     })?;
@@ -141,7 +141,7 @@ pub fn next_sequence(
 /// it to its live set). Our own domain is never written here.
 pub fn write_peer_bundle(dir: &Path, bundle: &TrustBundle) -> Result<(), DirError> {
     let bdir = bundles_dir(dir);
-    std::fs::create_dir_all(&bdir).map_err(|source| DirError::Io {
+    crate::ca::create_private_dir(&bdir).map_err(|source| DirError::Io {
         path: bdir.clone(),
         source,
     })?;

@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod bundle;
 pub mod ca;
 pub mod dir;
+pub mod join;
 pub mod pem;
 pub mod store;
 pub mod svid;

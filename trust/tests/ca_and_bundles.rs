@@ -85,10 +85,16 @@ fn csrs_must_name_exactly_the_caller() {
 #[test]
 fn the_ca_persists_with_private_keys_for_the_owner_only() {
     let now = SystemTime::now();
-    let dir = meshfed_test_support::scratch("ca");
+    let scratch = meshfed_test_support::scratch("ca");
+    let dir = scratch.join("nested").join("ca");
     let mut ca = CertificateAuthority::new(td("alpha.local"), now).unwrap();
     ca.rotate(now).unwrap();
     ca.save(&dir).unwrap();
+    // The folders it creates are the owner's alone, whatever the umask.
+    for d in [scratch.join("nested"), dir.clone()] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".key") {

@@ -2,10 +2,11 @@
 #![allow(dead_code)] // each test file uses its own share of them
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfed_app::join::JoinRequest;
 use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions, Workload};
 use meshfed_app::status::ControlStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,17 +78,36 @@ pub async fn status_until(
     watch_until(rx, what, f).await
 }
 
-/// A sidecar for workload `name` in `namespace`, joined to the control plane `bootstrap`
-/// names; an outbound listener when asked for.
+/// The bootstrap file of `workloads` of `namespace`: the control plane's `template` plus a
+/// join credential for them minted into the CA folder `ca` (as `meshfed join create` does).
+pub fn join_file(ca: &Path, template: &Path, namespace: &str, workloads: &[&str]) -> PathBuf {
+    let out = template.with_file_name(format!("{namespace}-{}.json", workloads.join("-")));
+    meshfed_app::join::create(&JoinRequest {
+        dir: ca.to_owned(),
+        template: template.to_owned(),
+        namespace: namespace.into(),
+        workloads: workloads.iter().map(|w| (*w).to_owned()).collect(),
+        ttl: Duration::from_secs(3600),
+        once: false,
+        out: out.clone(),
+    })
+    .unwrap_or_else(|e| panic!("joining {namespace}/{workloads:?}: {e}"));
+    out
+}
+
+/// A sidecar for workload `name` in `namespace`, joined with its own credential to the
+/// control plane whose bootstrap file is `template` and CA folder `ca`; an outbound listener
+/// when asked for.
 pub async fn sidecar(
-    bootstrap: &Path,
+    ca: &Path,
+    template: &Path,
     name: &str,
     namespace: &str,
     outbound: Option<SocketAddr>,
 ) -> Sidecar {
     Sidecar::build(SidecarOptions {
         mode: Mode::Joined {
-            bootstrap: bootstrap.to_owned(),
+            bootstrap: join_file(ca, template, namespace, &[name]),
         },
         workload: Workload {
             name: name.into(),
