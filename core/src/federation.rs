@@ -165,6 +165,24 @@ impl MeshFederation {
         names
     }
 
+    /// The trust domains of the peers `service` is exported to: the only other meshes whose
+    /// workloads may call it.
+    pub fn domains_exported_to(
+        &self,
+        service: &crate::id::ServiceKey,
+    ) -> std::collections::BTreeSet<TrustDomain> {
+        self.peers
+            .values()
+            .filter(|peer| {
+                self.export_view(peer)
+                    .services
+                    .values()
+                    .any(|s| &s.local == service)
+            })
+            .map(|peer| peer.trust_domain.clone())
+            .collect()
+    }
+
     /// Where our egress gateway towards `peer` listens, if the mesh declares it.
     pub fn egress_address(&self, peer: &Peer) -> Option<std::net::SocketAddr> {
         self.gateways.get(&peer.egress_gateway).map(|g| g.address)

@@ -75,8 +75,10 @@ impl ConfigError {
     }
 }
 
-/// The sidecar configuration of `workload` in `mesh` (with what federation adds; callers from
-/// `allow`'s trust domains), and the workload's identity.
+/// The sidecar configuration of `workload` in `mesh` (with what federation adds), and the
+/// workload's identity. Callers come from `allow`'s trust domains (those we hold bundles for),
+/// and of those only from the mesh's own and the peers its service is exported to: a peer's
+/// workload that reaches the sidecar directly gets no more than the ingress would let it.
 pub fn from_mesh(
     mesh: &MeshFederation,
     fed: &Federated,
@@ -170,6 +172,9 @@ pub fn from_mesh(
         })
         .unwrap_or_default();
     let id = identity(&w.namespace, &w.service_account)?;
+    let mut exported_to = mesh.domains_exported_to(&w.service);
+    exported_to.insert(mesh.trust_domain.clone());
+    let callers = allow.intersection(&exported_to).cloned().collect();
     let cfg = SidecarConfig {
         outbound: workload.outbound,
         inbound: Some(w.inbound),
@@ -178,7 +183,7 @@ pub fn from_mesh(
             .catalog
             .get(&w.service)
             .map_or(HttpVersion::Http1, http_version),
-        allow: Expect::TrustDomains(allow.clone()),
+        allow: Expect::TrustDomains(callers),
         services,
         policies: mesh.policies_for(&w.service),
         service: w.service.to_string(),

@@ -47,6 +47,12 @@ pub struct LatencyLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// A stable reason: `IdentityNotAllowed`, `UnknownTrustDomain`, `UnknownServerName`…
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub direction: Direction,
     /// `ok` or `error`.
@@ -141,6 +147,8 @@ pub struct Stats {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: LatencyFamily,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Inbound connections refused at the handshake, by reason.
+    pub refusals: Family<RefusalLabels, Counter>,
     /// TCP streams by outcome.
     pub tcp_streams: Family<TcpLabels, Counter>,
     /// Outbound attempts in flight (waiting for a connection included).
@@ -204,6 +212,12 @@ impl Stats {
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register("tls_handshakes", "mTLS handshakes", handshakes.clone());
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "inbound_refusals",
+            "Inbound connections refused at the handshake, by reason",
+            refusals.clone(),
+        );
         let tcp_streams = Family::<TcpLabels, Counter>::default();
         registry.register("tcp_streams", "TCP streams by outcome", tcp_streams.clone());
         let upstream_active = Gauge::default();
@@ -227,6 +241,7 @@ impl Stats {
             requests,
             latency,
             handshakes,
+            refusals,
             tcp_streams,
             registry,
         }
@@ -250,6 +265,11 @@ impl Stats {
         self.tcp_streams
             .get_or_create(&TcpLabels { direction, result })
             .inc();
+    }
+
+    /// Counts one inbound connection refused at the handshake.
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts one mTLS handshake.

@@ -385,3 +385,55 @@ async fn forged_identity_headers_sent_straight_to_the_inbound_are_replaced() {
         );
     }
 }
+
+/// Defence in depth behind the ingress: a caller from a mesh the service is not exported to is
+/// refused at the server sidecar's own handshake even when it reaches the sidecar directly
+/// (flat network, misrouted traffic) — though the server holds that mesh's bundle, as it does
+/// when the mesh peers with it for other services — and the refusal is counted with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_of_a_mesh_the_service_is_not_exported_to_is_refused_at_the_sidecar() {
+    let ca = alpha_ca();
+    let now = SystemTime::now();
+    let beta = CertificateAuthority::new("beta.local".parse().unwrap(), now).unwrap();
+    let gamma = CertificateAuthority::new("gamma.local".parse().unwrap(), now).unwrap();
+    let mut all = TrustBundleSet::new();
+    for c in [&ca, &beta, &gamma] {
+        all.insert(c.bundle(1).unwrap()).unwrap();
+    }
+    let (app, _echo) = meshfed_proxy::echo::start(any(), echo_config("echo-1"))
+        .await
+        .unwrap();
+    // What `config::from_mesh` gives a service exported to beta only.
+    let allowed = [ca.trust_domain().clone(), beta.trust_domain().clone()];
+    let cfg = meshfed_proxy::sidecar::SidecarConfig {
+        allow: Expect::TrustDomains(allowed.into()),
+        admin: Some(any()),
+        ..server_config(app)
+    };
+    let srv = meshfed_proxy::sidecar::start(cfg, resolver(&ca, ECHO), verify::shared(all.clone()))
+        .await
+        .unwrap();
+    for (caller_ca, id, served) in [
+        (&beta, "spiffe://beta.local/ns/web/sa/ui", true),
+        (&gamma, "spiffe://gamma.local/ns/web/sa/ui", false),
+    ] {
+        let cli = client_sidecar(
+            resolver(caller_ca, id),
+            verify::shared(all.clone()),
+            vec![endpoint_of(&srv)],
+            TrafficPolicy::default(),
+        )
+        .await;
+        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
+        if served {
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains(id), "{body}");
+        } else {
+            assert!(status == 502 || status == 503, "{status} {body}");
+            assert!(!body.contains("\"caller\""), "the app was reached: {body}");
+        }
+    }
+    let m = srv.stats.encode();
+    let refused = r#"meshfed_inbound_refusals_total{reason="IdentityNotAllowed"} "#;
+    assert!(metric(&m, refused) >= 1, "{m}");
+}

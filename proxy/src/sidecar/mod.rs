@@ -5,7 +5,8 @@
 //! listener, and the server must present one of the service's identities.
 //!
 //! Inbound (mTLS from other sidecars): the caller's SVID is verified against the bundle of its
-//! own trust domain and the allowed identities; the request reaches the local app with every
+//! own trust domain and the allowed identities (from a mesh: its own domain and the peers the
+//! service is exported to); a refused handshake is counted by reason; the request reaches the local app with every
 //! client-sent copy of the identity header removed and the verified SPIFFE ID added. Before
 //! that, the path is normalized and the workload's authorization policies decide; the app gets
 //! exactly the path that was checked.
@@ -361,20 +362,28 @@ pub async fn start(
                         tcp,
                     )
                     .await
-                    .ok()?;
+                    .map_err(|_| "BadClientHello")?;
                     if let Some(name) = start.client_hello().server_name() {
                         let served = current(&names);
                         let ok = served.is_empty()
                             || Hostname::canonicalize(name).is_ok_and(|n| served.contains(&n));
                         if !ok {
-                            return None;
+                            return Err("UnknownServerName");
                         }
                     }
-                    start.into_stream(server).await.ok()
+                    start
+                        .into_stream(server)
+                        .await
+                        .map_err(|e| refusal_reason(&e))
                 };
-                let Ok(Some(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await else {
+                let refuse = |reason| {
                     inb.stats.handshake(Direction::Inbound, false);
-                    return;
+                    inb.stats.refused(reason);
+                };
+                let tls = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(reason)) => return refuse(reason),
+                    Err(_) => return refuse("HandshakeTimeout"),
                 };
                 inb.stats.handshake(Direction::Inbound, true);
                 let caller = tls
@@ -444,6 +453,22 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SidecarErro
         .local_addr()
         .map_err(|e| SidecarError::Bind(addr, e))?;
     Ok((listener, bound))
+}
+
+/// Why an inbound handshake failed: the verifier's reason for a refused certificate (a caller
+/// of a trust domain the service is not exported to is `IdentityNotAllowed`), else a generic one.
+fn refusal_reason(e: &std::io::Error) -> &'static str {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or("HandshakeFailed", |tls| {
+            meshfed_trust::verify::VerifyError::from_rustls(tls).map_or(
+                match tls {
+                    rustls::Error::NoCertificatesPresented => "NoCertificate",
+                    _ => "HandshakeFailed",
+                },
+                meshfed_trust::verify::VerifyError::reason,
+            )
+        })
 }
 
 /// Serves plaintext HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients speak it) on
