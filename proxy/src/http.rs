@@ -88,3 +88,30 @@ pub fn boxed(b: Incoming) -> Body {
 pub fn boxed_request(r: Request<Incoming>) -> Request<Body> {
     r.map(boxed)
 }
+
+/// A request with more than one `Host` header: which one names the service is ambiguous, so
+/// it is answered 400 rather than routed by either (RFC 9112 §3.2).
+pub fn duplicate_host<B>(req: &hyper::Request<B>) -> Option<hyper::Response<Body>> {
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    hosts.next();
+    hosts.next().map(|_| {
+        text(
+            hyper::StatusCode::BAD_REQUEST,
+            "DuplicateHost: the request has more than one Host header\n",
+        )
+    })
+}
+
+/// The answer to a request whose own body broke (bad chunked framing, a reset): not the
+/// upstream's fault; 400, and the connection closed.
+pub fn bad_request_body(e: &dyn std::fmt::Display) -> hyper::Response<Body> {
+    let mut r = text(
+        hyper::StatusCode::BAD_REQUEST,
+        format!("BadRequestBody: {e}\n"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}

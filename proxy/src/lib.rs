@@ -21,3 +21,9 @@ pub mod tcp;
 /// client is removed before the verified value is added.
 pub const CLIENT_ID_HEADER: hyper::header::HeaderName =
     hyper::header::HeaderName::from_static("x-meshfed-client-id");
+
+/// Envoy's header naming the client certificate: meshfed sets no such header, and removes
+/// every client-sent copy before a request reaches the app (an app ported from Istio may
+/// trust it), as Envoy's `SANITIZE` does.
+pub const FORWARDED_CLIENT_CERT: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-forwarded-client-cert");

@@ -1,10 +1,12 @@
 //! Upstream connections kept for reuse, one pool per endpoint (and one for the local app): a
 //! reused connection saves the TCP and mTLS handshakes. HTTP/1.1 connections carry one exchange
 //! at a time and wait idle in a list (joining it when a response body has been read to its
-//! end); an HTTP/2 connection multiplexes, so one is shared by every request to the endpoint
+//! end and the request body was sent whole — a caller still sending keeps it busy, so it is
+//! never handed to the next request); an HTTP/2 connection multiplexes, so one is shared by every request to the endpoint
 //! until it closes.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,14 +45,35 @@ pub enum Version {
 /// A connection's request sender.
 #[derive(Debug)]
 pub enum Conn {
-    H1(http1::SendRequest<Body>),
+    H1(H1),
     H2(http2::SendRequest<Body>),
+}
+
+/// An HTTP/1.1 connection's sender, and whether the last request's body was sent whole.
+#[derive(Debug)]
+pub struct H1 {
+    sender: http1::SendRequest<Body>,
+    body_sent: Arc<AtomicBool>,
+}
+
+impl H1 {
+    fn new(sender: http1::SendRequest<Body>) -> Self {
+        Self {
+            sender,
+            body_sent: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Ready for another request: open, and the last request's body sent to its end.
+    fn reusable(&self) -> bool {
+        !self.sender.is_closed() && self.body_sent.load(Ordering::Acquire)
+    }
 }
 
 /// The reusable connections to one destination.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(Instant, http1::SendRequest<Body>)>>,
+    idle: Mutex<Vec<(Instant, H1)>>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while an HTTP/2 connection is being made, so concurrent first requests wait for
     /// it instead of each opening their own.
@@ -77,7 +100,7 @@ impl Pool {
         }
         let mut idle = lock(&self.idle);
         while let Some((since, s)) = idle.pop() {
-            if now.duration_since(since) < IDLE_TIMEOUT && !s.is_closed() {
+            if now.duration_since(since) < IDLE_TIMEOUT && s.reusable() {
                 return Some(Conn::H1(s));
             }
         }
@@ -133,10 +156,11 @@ impl Pool {
         }
     }
 
-    /// An HTTP/1.1 connection whose exchange is complete joins the idle list.
-    fn idle(&self, s: http1::SendRequest<Body>) {
+    /// An HTTP/1.1 connection whose exchange is complete joins the idle list; one whose
+    /// request body is still being sent (a stalled caller) is left to finish and close.
+    fn idle(&self, s: H1) {
         let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE && !s.is_closed() {
+        if idle.len() < MAX_IDLE && s.reusable() {
             idle.push((Instant::now(), s));
         }
     }
@@ -147,7 +171,7 @@ impl Pool {
 /// to be ready, saves a task and a timer per request.
 struct Returning {
     body: Incoming,
-    back: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
+    back: Option<(Arc<Pool>, H1)>,
 }
 
 impl hyper::body::Body for Returning {
@@ -199,7 +223,7 @@ where
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Conn::H1(sender)
+            Conn::H1(H1::new(sender))
         }
         Version::Http2 => {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
@@ -214,18 +238,68 @@ where
 /// Sends `req` on `c`, telling a request that never left from one that may have.
 pub async fn send(c: &mut Conn, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
     let ready = match c {
-        Conn::H1(s) => s.ready().await,
+        Conn::H1(s) => s.sender.ready().await,
         Conn::H2(s) => s.ready().await,
     };
     if let Err(e) = ready {
         return Err(SendError::NotSent(Box::new(req), e));
     }
     let sent = match c {
-        Conn::H1(s) => s.try_send_request(req).await,
+        Conn::H1(s) => {
+            let req = track_body(req, &s.body_sent);
+            s.sender.try_send_request(req).await
+        }
         Conn::H2(s) => s.try_send_request(req).await,
     };
     sent.map_err(|mut e| match e.take_message() {
         Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
         None => SendError::Broken(e.into_error()),
     })
+}
+
+/// Marks `sent` false until `req`'s body has been read to its end (by the connection sending
+/// it); a body that is already complete changes nothing.
+fn track_body(req: Request<Body>, sent: &Arc<AtomicBool>) -> Request<Body> {
+    if req.body().is_end_stream() {
+        sent.store(true, Ordering::Release);
+        return req;
+    }
+    sent.store(false, Ordering::Release);
+    let sent = sent.clone();
+    req.map(|body| Tracked { body, sent }.boxed())
+}
+
+/// A request body that says when it has been sent whole.
+struct Tracked {
+    body: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            _ => false,
+        };
+        if done {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -113,3 +113,76 @@ async fn ambiguous_framing_and_oversized_headers_are_refused() {
     let (status, body) = get(out, HOST, "").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// An app that keeps the head of the one request it is sent and answers `ok`.
+async fn capturing_app() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind(any()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await;
+    });
+    (addr, rx)
+}
+
+/// From the security review: a client-sent `x-forwarded-client-cert` reached the app untouched
+/// (apps ported from Istio trust it), two `Host` headers were forwarded instead of refused,
+/// and a broken request body got 502 where 400 is documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_certs_are_removed_and_two_hosts_or_a_broken_body_get_400() {
+    let ca = alpha_ca();
+    let (app, head) = capturing_app().await;
+    let srv = meshfed_proxy::sidecar::start(server_config(app), resolver(&ca, ECHO), bundles(&ca))
+        .await
+        .unwrap();
+    let cli = client(&ca, UI, vec![endpoint_of(&srv)]).await;
+    let out = cli.outbound.unwrap();
+    let resp = raw(
+        out,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-Client-Cert: By=spiffe://alpha.local/ns/shop/sa/echo;URI=spiffe://alpha.local/ns/web/sa/admin\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let head = tokio::time::timeout(Duration::from_secs(10), head)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(!head.contains("x-forwarded-client-cert"), "{head}");
+    assert!(
+        head.contains("x-meshfed-client-id: spiffe://alpha.local/ns/web/sa/ui"),
+        "{head}"
+    );
+    // Two Host headers: which one routes is ambiguous, so neither does.
+    let resp = raw(
+        out,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: other.example\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("DuplicateHost"), "{resp}");
+    // A chunked body whose chunk size is not hex.
+    let resp = raw(
+        out,
+        format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}

@@ -173,3 +173,52 @@ async fn an_abandoned_response_takes_its_connections_with_it() {
     assert_eq!(handshakes(&cli), 2);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// The security review's "a stalled caller blocks the next one": the app answers before the
+/// caller has sent its whole body, and the caller stalls. The connections its request went
+/// on (client sidecar → server sidecar, server sidecar → app) are still busy sending that
+/// body, so neither goes back to a pool: the next request is answered on connections of its
+/// own instead of waiting behind the stalled one. (hyper also gives up such a connection; the
+/// pool does not rely on it: a connection whose request body was not sent whole is never
+/// pooled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_still_sending_its_body_keeps_its_connections_from_the_next_request() {
+    let ca = alpha_ca();
+    let (cli, _srv, _accepted) = sidecars(&ca).await;
+    let addr = cli.outbound.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /sized/5 HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100000\r\n\r\nxxxxxxxxxx"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Its answer comes whole (the app does not wait for the body) ...
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).ends_with("xxxxx") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf))
+            .await
+            .expect("the stalled caller's answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    // ... while it still owes 99,990 bytes. The next requests are answered at once.
+    for i in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), check(addr, "/sized/", 7 + i))
+            .await
+            .expect("a request waited on the stalled caller's connection");
+    }
+    // Each hop opened one more connection for them.
+    assert_eq!(handshakes(&cli), 2);
+    drop(stalled);
+}

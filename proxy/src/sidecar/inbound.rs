@@ -52,6 +52,10 @@ pub(super) async fn to_app(
             text(StatusCode::SERVICE_UNAVAILABLE, "AppUnavailable\n")
         };
     }
+    if let Some(refused) = crate::http::duplicate_host(&req) {
+        inb.stats.bad_requests.inc();
+        return refused;
+    }
     // The path is normalized once; the same string is checked and forwarded.
     let path = match authz::normalize_path(req.uri().path()) {
         Ok(p) => p,
@@ -120,6 +124,7 @@ pub(super) async fn to_app(
         Some(v) => parts.headers.insert(CLIENT_ID_HEADER, v.clone()),
         None => parts.headers.remove(&CLIENT_ID_HEADER),
     };
+    parts.headers.remove(&crate::FORWARDED_CLIENT_CERT);
     // Hop-by-hop headers are already gone (above).
     let target = parts.uri.clone();
     let mut req = Request::from_parts(parts, boxed(body));
@@ -143,6 +148,7 @@ pub(super) async fn to_app(
         match pool::send(&mut s, req).await {
             Ok(resp) => return response(inb.app_pool.keep(s, resp)),
             Err(SendError::NotSent(back, _)) => req = *back,
+            Err(SendError::Broken(e)) if e.is_user() => return crate::http::bad_request_body(&e),
             Err(SendError::Broken(e)) => {
                 let r = text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
                 return if repeatable {
@@ -176,6 +182,7 @@ pub(super) async fn to_app(
     };
     match pool::send(&mut s, req).await {
         Ok(resp) => response(inb.app_pool.keep(s, resp)),
+        Err(SendError::Broken(e)) if e.is_user() => crate::http::bad_request_body(&e),
         Err(SendError::NotSent(_, e) | SendError::Broken(e)) => {
             text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))
         }

@@ -188,12 +188,7 @@ impl Outcome {
                 StatusCode::GATEWAY_TIMEOUT,
                 "UpstreamTimeout: no answer within perTryTimeout\n",
             ),
-            Self::BadRequestBody(e) => {
-                let mut r = text(StatusCode::BAD_REQUEST, format!("BadRequestBody: {e}\n"));
-                r.headers_mut()
-                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-                r
-            }
+            Self::BadRequestBody(e) => crate::http::bad_request_body(&e),
             Self::Overflow => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UpstreamOverflow: every connection to the service is busy and the queue is full\n",
@@ -428,6 +423,10 @@ pub(super) async fn outbound(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
+    if let Some(refused) = crate::http::duplicate_host(&req) {
+        stats.bad_requests.inc();
+        return Ok(refused);
+    }
     let routes = current(&routes);
     let name = host_of(&req);
     // Service names are ASCII and compared without case: no canonical copy is made unless the
@@ -538,9 +537,7 @@ pub(super) async fn routed(
                     t0 = Instant::now();
                     Payload::Kept(b.to_bytes())
                 }
-                Err(e) => {
-                    return text(StatusCode::BAD_REQUEST, format!("BadRequestBody: {e}\n"));
-                }
+                Err(e) => return crate::http::bad_request_body(&e),
             }
         } else {
             Payload::Stream(Some(boxed(body)))
