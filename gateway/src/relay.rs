@@ -419,13 +419,17 @@ pub async fn start_ingress(
         .iter()
         .map(|p| p.client_id.clone())
         .collect();
-    let verifier = SpiffeClientVerifier::new(bundles, Expect::Ids(ids), provider.clone());
-    let mut tls = verify::server_config(svid, Arc::new(verifier), provider)?;
+    let expect = Expect::Ids(ids);
+    let verifier = SpiffeClientVerifier::new(bundles.clone(), expect.clone(), provider.clone());
     let quic_cfg = if opts.quic {
-        Some(tunnel::quic_server_config(tls.clone())?)
+        // QUIC's close frame carries the refusal's text: it says no more than TCP's alert.
+        let quiet = SpiffeClientVerifier::new(bundles, expect, provider.clone()).reticent();
+        let tls = verify::server_config(svid.clone(), Arc::new(quiet), provider.clone())?;
+        Some(tunnel::quic_server_config(tls)?)
     } else {
         None
     };
+    let mut tls = verify::server_config(svid, Arc::new(verifier), provider)?;
     tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec(), ALPN_PROBE.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let (listener, addr) = bind(listen).await?;

@@ -512,6 +512,48 @@ async fn the_ingress_refuses_wrong_tunnels_and_bad_client_hellos() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// From the security review: a refused QUIC tunnel's close frame named the client identity
+/// the ingress expects (over TCP the refusal is only the `certificate_unknown` alert). It now
+/// says nothing of who is expected or why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_quic_tunnel_learns_no_more_than_a_tcp_one() {
+    let w = world(Transport::Quic, BTreeMap::new(), None).await;
+    let provider = verify::provider();
+    let verifier = meshfed_trust::SpiffeServerVerifier::new(
+        bundles(&[&w.alpha, &w.beta]),
+        Expect::id(BETA_INGRESS.parse::<SpiffeId>().unwrap()),
+        provider.clone(),
+    );
+    // A workload of alpha, not alpha's egress gateway.
+    let mut tls = verify::client_config(svid(&w.alpha, UI), Arc::new(verifier), provider).unwrap();
+    tls.alpn_protocols = vec![meshfed_gateway::tunnel::ALPN_TUNNEL.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            w.ingress.addr,
+            "ingress.meshfed.invalid",
+        )
+        .unwrap();
+    // The client's side of the handshake may finish before the ingress checks its
+    // certificate; either way the connection ends refused.
+    let refused = match tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("an answer from the ingress")
+    {
+        Ok(conn) => tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the refused connection closes"),
+        Err(e) => e,
+    };
+    let said = refused.to_string();
+    for secret in ["egress", "alpha-system", "not an allowed", "expected"] {
+        assert!(!said.contains(secret), "the close frame says {said:?}");
+    }
+    assert!(said.contains("certificate"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_ingress_refuses_new_connections_and_lets_streams_in_flight_finish() {
     for transport in TRANSPORTS {

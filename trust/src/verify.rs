@@ -268,6 +268,8 @@ pub struct SpiffeClientVerifier {
     /// Whether a client may connect without any certificate (only for calls that authorize
     /// otherwise, such as peering-token redemption). A certificate, if sent, is always checked.
     anonymous: bool,
+    /// Refusals carry no detail (see [`SpiffeClientVerifier::reticent`]).
+    reticent: bool,
 }
 
 impl SpiffeClientVerifier {
@@ -277,7 +279,17 @@ impl SpiffeClientVerifier {
             expect: ArcSwap::from_pointee(expect),
             provider,
             anonymous: false,
+            reticent: false,
         }
+    }
+
+    /// Refuses a certificate without saying why: every refusal is the same generic error.
+    /// For QUIC, whose close frame carries the error text to the client (TLS over TCP sends
+    /// only an alert), so a refused caller never learns which identities are expected.
+    #[must_use]
+    pub fn reticent(mut self) -> Self {
+        self.reticent = true;
+        self
     }
 
     /// Also lets clients connect without a certificate; the application must then refuse
@@ -327,12 +339,22 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now)?;
-        Ok(ClientCertVerified::assertion())
+        match self.check(end_entity, intermediates, now) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(_) if self.reticent => Err(rustls::Error::InvalidCertificate(
+                CertificateError::Other(OtherError(Arc::new(Refused))),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     handshake_signatures!();
 }
+
+/// A refused certificate, with no detail (what a reticent verifier says).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("certificate refused")]
+pub struct Refused;
 
 /// Client side: checks the server's SVID. The DNS name the client dialed plays no part;
 /// the expected SPIFFE IDs decide.
