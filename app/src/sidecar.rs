@@ -467,6 +467,7 @@ impl Agent {
         let fed = Federated {
             imports: received.imports,
             exported: received.exported_names,
+            exported_to: received.exported_to,
             unready: received.unready,
         };
         let (cfg, want) = config::from_mesh(&received.mesh.mesh, &fed, &self.workload, &allow)?;

@@ -71,6 +71,8 @@ pub struct Received {
     pub gateway: Option<crate::GatewayPlan>,
     /// Names peers reach this workload's service by.
     pub exported_names: Vec<meshfed_core::Hostname>,
+    /// The trust domains of the peers the workload's service is exported to.
+    pub exported_to: std::collections::BTreeSet<meshfed_core::TrustDomain>,
     /// Workloads (namespace, name) that are not ready.
     pub unready: std::collections::BTreeSet<(String, String)>,
 }
@@ -742,6 +744,21 @@ impl Client {
                     .map_err(|e| invalid(format!("{file}: exportedNames[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if snap.exported_to_domains.len() > MAX_IMPORTS {
+            return Err(invalid(format!(
+                "{file}: exportedToDomains: {} entries; the limit is {MAX_IMPORTS}",
+                snap.exported_to_domains.len()
+            )));
+        }
+        let exported_to = snap
+            .exported_to_domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.parse()
+                    .map_err(|e| invalid(format!("{file}: exportedToDomains[{i}]: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         if snap.unready_workloads.len() > MAX_IMPORTS {
             return Err(invalid(format!(
                 "{file}: unreadyWorkloads: {} entries; the limit is {MAX_IMPORTS}",
@@ -770,6 +787,7 @@ impl Client {
             imports,
             gateway,
             exported_names,
+            exported_to,
             unready,
         })
     }

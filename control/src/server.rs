@@ -499,6 +499,15 @@ fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
             .collect(),
         Subscriber::Gateway => Vec::new(),
     };
+    let exported_to_domains = match who {
+        Subscriber::Workload(service) => s
+            .mesh
+            .domains_exported_to(service)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        Subscriber::Gateway => Vec::new(),
+    };
     pb::Snapshot {
         version: s.version,
         mesh_json: s.mesh_json.to_string(),
@@ -513,6 +522,7 @@ fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
         imports: s.imports.iter().map(import_to_wire).collect(),
         gateway: gateway.then(|| gateway_config(s)),
         exported_names,
+        exported_to_domains,
         unready_workloads: s
             .unready
             .iter()

@@ -72,6 +72,7 @@ fn config(
         tcp: vec![],
         tcp_ports: vec![],
         names: vec![],
+        idle_timeout: meshfed_proxy::idle::IDLE_TIMEOUT,
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Federated {
     /// Names peers reach the workload's service by (from the control plane; in file mode the
     /// mesh file's own exports give them).
     pub exported: Vec<Hostname>,
+    /// The trust domains of the peers the workload's service is exported to (from the
+    /// control plane, whose snapshot carries the mesh without its federation resources; in
+    /// file mode the mesh file's own exports give them).
+    pub exported_to: BTreeSet<TrustDomain>,
     /// Workloads (namespace, name) that are not ready: chosen only when nothing else is.
     pub unready: BTreeSet<(String, String)>,
 }
@@ -173,6 +177,7 @@ pub fn from_mesh(
         .unwrap_or_default();
     let id = identity(&w.namespace, &w.service_account)?;
     let mut exported_to = mesh.domains_exported_to(&w.service);
+    exported_to.extend(fed.exported_to.iter().cloned());
     exported_to.insert(mesh.trust_domain.clone());
     let callers = allow.intersection(&exported_to).cloned().collect();
     let cfg = SidecarConfig {
@@ -191,6 +196,7 @@ pub fn from_mesh(
         tcp,
         tcp_ports,
         names: served_names(mesh, &w.service, &fed.exported)?,
+        idle_timeout: crate::idle::IDLE_TIMEOUT,
     };
     Ok((cfg, id))
 }

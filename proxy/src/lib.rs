@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod echo;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod outlier;
 pub mod pool;

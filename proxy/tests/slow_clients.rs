@@ -86,3 +86,49 @@ async fn dribbled_headers_and_idle_connections_are_closed() {
         );
     }
 }
+
+/// From the security review: a stalled request body and an unused HTTP/2 connection held a
+/// sidecar's connection for as long as the caller liked (still open after 75 s). Any HTTP
+/// connection silent for the idle limit is now closed (here 1 s; 5 minutes by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_and_an_idle_http2_connection_are_closed_when_silent() {
+    let ca = alpha_ca();
+    let (srv, _e) = echo_server(&ca, echo_config("echo-1"), Expect::AnyKnownDomain, vec![]).await;
+    let limit = Duration::from_secs(1);
+    let cfg = meshfed_proxy::sidecar::SidecarConfig {
+        idle_timeout: limit,
+        ..client_config(vec![endpoint_of(&srv)], Default::default())
+    };
+    let cli = meshfed_proxy::sidecar::start(cfg, resolver(&ca, UI), bundles(&ca))
+        .await
+        .unwrap();
+    let out = cli.outbound.unwrap();
+    let stalled = async {
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        let t0 = Instant::now();
+        s.write_all(
+            format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000\r\n\r\nabc")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        closed_after(&mut s, t0).await
+    };
+    // The HTTP/2 preface and an empty SETTINGS frame, then nothing.
+    let idle_h2 = async {
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        let t0 = Instant::now();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        closed_after(&mut s, t0).await
+    };
+    let (a, b) = tokio::join!(stalled, idle_h2);
+    for took in [a, b] {
+        assert!(took >= limit, "{took:?}");
+        assert!(took < limit * 8, "{took:?}");
+    }
+    // A request that keeps moving is not cut.
+    let (status, body) = get(out, HOST, "").await;
+    assert_eq!(status, 200, "{body}");
+}

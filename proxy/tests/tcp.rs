@@ -48,6 +48,7 @@ async fn server(ca: &CertificateAuthority, port: u16, policies: Vec<Policy>) -> 
         tcp: vec![],
         tcp_ports: vec![port],
         names: vec![],
+        idle_timeout: meshfed_proxy::idle::IDLE_TIMEOUT,
     };
     sidecar::start(cfg, resolver(ca, ECHO), bundles(ca))
         .await

@@ -123,6 +123,10 @@ pub struct SidecarConfig {
     /// names it is exported under. A ClientHello naming anything else is refused; one without
     /// a name is accepted. Empty: any name.
     pub names: Vec<Hostname>,
+    /// How long an HTTP connection on either listener may stay silent — a caller stalled in
+    /// the middle of a body, an HTTP/2 connection nobody uses — before it is closed
+    /// ([`crate::idle::IDLE_TIMEOUT`] by default). TCP forwards are not cut.
+    pub idle_timeout: Duration,
 }
 
 /// Addresses the running sidecar listens on.
@@ -319,6 +323,7 @@ pub async fn start(
         out_addr = Some(bound);
         tasks.push(serve_plain(
             listener,
+            cfg.idle_timeout,
             (routes.clone(), stats.clone()),
             |(routes, stats), req| outbound(routes, stats, req),
         ));
@@ -342,6 +347,7 @@ pub async fn start(
         let metrics = Arc::new(stats.service(Direction::Inbound, &cfg.service));
         let policies = policies.clone();
         let app_pool = Arc::new(Pool::default());
+        let idle = cfg.idle_timeout;
         let stats = stats.clone();
         let (listener, bound) = bind(addr).await?;
         in_addr = Some(bound);
@@ -403,18 +409,19 @@ pub async fn start(
                 let header = HeaderValue::from_str(&caller.to_string()).ok();
                 let inb = Arc::new((inb, Caller { id: caller, header }));
                 let svc = service_fn(move |req| inbound(inb.clone(), req));
-                let io = TokioIo::new(tls);
-                let _ = if h2 {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await
+                let (io, moved) = crate::idle::Counted::new(tls);
+                let io = TokioIo::new(io);
+                if h2 {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc);
+                    crate::idle::until_silent(conn, &moved, idle).await;
                 } else {
-                    hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(io, svc)
-                        .await
-                };
+                        .serve_connection(io, svc);
+                    crate::idle::until_silent(conn, &moved, idle).await;
+                }
             }
         }));
     }
@@ -475,6 +482,7 @@ fn refusal_reason(e: &std::io::Error) -> &'static str {
 /// `listener`, each request handled by `handler` with a clone of `state`.
 fn serve_plain<S, F, Fut>(
     listener: TcpListener,
+    idle: Duration,
     state: S,
     handler: F,
 ) -> tokio::task::JoinHandle<()>
@@ -491,7 +499,9 @@ where
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+            let (io, moved) = crate::idle::Counted::new(tcp);
+            let conn = b.serve_connection(TokioIo::new(io), svc);
+            crate::idle::until_silent(conn, &moved, idle).await;
         }
     })
 }

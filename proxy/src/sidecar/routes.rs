@@ -284,6 +284,7 @@ mod tests {
             tcp: Vec::new(),
             tcp_ports: Vec::new(),
             names: Vec::new(),
+            idle_timeout: crate::idle::IDLE_TIMEOUT,
         }
     }
 

@@ -99,6 +99,7 @@ pub fn server_config(app: SocketAddr) -> SidecarConfig {
         tcp: vec![],
         tcp_ports: vec![],
         names: vec![],
+        idle_timeout: meshfed_proxy::idle::IDLE_TIMEOUT,
     }
 }
 
@@ -171,6 +172,7 @@ pub fn client_config(endpoints: Vec<Endpoint>, traffic: TrafficPolicy) -> Sideca
         tcp: vec![],
         tcp_ports: vec![],
         names: vec![],
+        idle_timeout: meshfed_proxy::idle::IDLE_TIMEOUT,
     }
 }
 
