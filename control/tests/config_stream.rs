@@ -287,6 +287,117 @@ async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_le
     cp.task.abort();
 }
 
+/// Hostile first-certificate requests, generated: every combination of odd namespaces and
+/// workload names (empty, long, path-like, control characters, another namespace's names, the
+/// gateways), tokens (empty, short, huge, made-up, another workload's, one character off) and
+/// CSRs (none, garbage, for another identity). Every one is refused with its reason, nothing
+/// is issued, and a real workload still joins afterwards.
+#[tokio::test]
+async fn hostile_first_certificate_requests_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let joins = JoinStore::new(dir.path());
+    let cp = Cp::start_with(
+        ca(),
+        "127.0.9.10:0".parse().unwrap(),
+        Enrolment::Join(joins.clone()),
+    )
+    .await;
+    cp.publish("  gateways:\n  - {name: egress-beta, address: \"127.0.9.3:15443\"}\n");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();
+    let ui = joins.mint("web", &["ui-1"], hour, false, now).unwrap();
+    let long = "a".repeat(10_000);
+    let names = [
+        "",
+        "shop",
+        "web",
+        "alpha-system",
+        "echo-1",
+        "ui-1",
+        "egress-beta",
+        "../shop",
+        "shop/echo-1",
+        "SHOP",
+        "sh\0op",
+        "é",
+        &long,
+    ];
+    let mut flipped = echo.secret.clone();
+    flipped.replace_range(0..1, if flipped.starts_with('0') { "1" } else { "0" });
+    let tokens = [
+        String::new(),
+        "x".into(),
+        "0".repeat(64),
+        "g".repeat(64),
+        "0".repeat(256 * 1024),
+        flipped,
+        ui.secret.clone(),
+        TOKEN.into(),
+    ];
+    let other: SpiffeId = "spiffe://alpha-mesh.local/ns/shop/sa/echo".parse().unwrap();
+    let (_, other_csr) = meshfed_trust::ca::workload_csr(&other).unwrap();
+    let csrs = [
+        Vec::new(),
+        vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        other_csr.to_vec(),
+    ];
+    let mut raw = Client::new(cp.boot(&echo.secret), "shop", "echo-1")
+        .unwrap()
+        .raw(None)
+        .await
+        .unwrap();
+    let mut tried = 0;
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for ns in names {
+        for w in names {
+            for token in &tokens {
+                // The only proofs that hold: ui's own credential for web/ui-1.
+                let proves = *token == ui.secret && ns == "web" && w == "ui-1";
+                for csr in &csrs {
+                    tried += 1;
+                    let r = raw
+                        .certify(pb::CertifyRequest {
+                            namespace: ns.into(),
+                            workload: w.into(),
+                            csr_der: csr.clone(),
+                            token: token.clone(),
+                        })
+                        .await;
+                    match r {
+                        // Asking who web/ui-1 is, with its own credential.
+                        Ok(who) if proves && csr.is_empty() => {
+                            assert!(who.get_ref().chain_der.is_empty());
+                        }
+                        Ok(_) => panic!("{ns:?}/{w:?} with a {}-byte token: issued", token.len()),
+                        Err(status) => {
+                            let reason =
+                                status.message().split(':').next().unwrap_or("").to_owned();
+                            let expected = if proves { "InvalidCsr" } else { "NotEnrolled" };
+                            assert_eq!(reason, expected, "{ns:?}/{w:?}: {status:?}");
+                            *reasons.entry(reason).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(tried >= 1_000, "{tried} vectors");
+    eprintln!("hostile certify requests: {tried} tried, refused by reason: {reasons:?}");
+    assert_eq!(cp.status().certificates_issued, 0);
+    // The real workloads still join.
+    let svid = Client::new(cp.boot(&echo.secret), "shop", "echo-1")
+        .unwrap()
+        .certify(None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id.to_string(),
+        "spiffe://alpha-mesh.local/ns/shop/sa/echo"
+    );
+    cp.task.abort();
+}
+
 #[tokio::test]
 async fn first_certificates_need_the_token_and_name_the_workloads_service_account() {
     let cp = Cp::start(ca(), "127.0.9.10:0".parse().unwrap()).await;
