@@ -21,7 +21,7 @@ use meshfed_control::server::{
 use meshfed_control::source::{self, Trust, TrustFn};
 use meshfed_core::TrustDomain;
 use meshfed_peering::tls;
-use meshfed_trust::bootstrap::{self, Bootstrap};
+use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use meshfed_trust::join::JoinStore;
 use meshfed_trust::verify::{self, SvidResolver};
@@ -283,19 +283,16 @@ impl Control {
         })?;
         // Embedded mode: each workload joins with its own credential, minted into the CA
         // folder (`meshfed join create`); the bootstrap file written here is the template.
-        // Kubernetes mode: every replica shares one join secret, kept in a Secret, so a
-        // restart leaves the bootstrap Secrets valid.
-        let (token, enrolment) = match &kube {
-            None => (String::new(), Enrolment::Join(JoinStore::new(&dir))),
-            Some((source, client)) => {
-                let token =
-                    meshfed_k8s::secrets::join_token(client, &source.settings.namespace, || {
-                        bootstrap::new_token().unwrap_or_default()
-                    })
-                    .await
-                    .map_err(ControlError::Kube)?;
-                (token.clone(), Enrolment::MeshSecret(token.into()))
-            }
+        // Kubernetes mode: each pod presents its projected ServiceAccount token, which the
+        // cluster reviews; the bootstrap Secrets hold no secret, only where the token is.
+        let (token_file, enrolment) = match &kube {
+            None => (None, Enrolment::Join(JoinStore::new(&dir))),
+            Some((_, client)) => (
+                Some(PathBuf::from(meshfed_k8s::token_review::TOKEN_FILE)),
+                Enrolment::ServiceAccount(Arc::new(
+                    meshfed_k8s::token_review::KubeTokenReviewer::new(client.clone()),
+                )),
+            ),
         };
         let advertised = match &config.advertise {
             Some(a) => tokio::net::lookup_host(a.as_str())
@@ -310,7 +307,8 @@ impl Control {
             control_plane_id: cp_id.clone(),
             trust_domain: td.clone(),
             bundle: mesh_ca.trusted().current_bundle()?.to_json(),
-            token: token.clone(),
+            token: String::new(),
+            token_file,
         };
         let boot_path = config
             .bootstrap_out

@@ -1,8 +1,8 @@
 //! `meshfed control --kube` as a process against an in-memory Kubernetes API server (a real
 //! kubeconfig, the real kube client): it serves the cluster's mesh, leaves out an invalid
 //! `ServiceMeshPeer` (named in `/status`), takes the Lease, writes the federation resources'
-//! status by server-side apply, keeps its join secret in a Secret and writes the bootstrap
-//! Secret.
+//! status by server-side apply and writes the bootstrap Secret, which holds no secret (pods
+//! prove who they are with their projected ServiceAccount tokens).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -114,8 +114,8 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
         {
             assert_eq!(status_of("gamma").unwrap(), "False");
             assert_eq!(status_of("beta").unwrap(), "True");
-            // It leads (the Lease names it), keeps its join secret in a Secret, and wrote the
-            // bootstrap Secret the gateways mount, with that secret and the advertised address.
+            // It leads (the Lease names it) and wrote the bootstrap Secret the gateways mount:
+            // the advertised address and where the pod's token is, no secret.
             let lease = api.get("leases", NS, "meshfed-control").unwrap();
             // The accepted peer carries the finalizer, the refused one does not.
             let fin = |n: &str| {
@@ -133,10 +133,12 @@ async fn the_control_plane_serves_a_kubernetes_cluster_and_writes_status() {
             );
             assert!(fin("gamma").is_null());
             assert!(lease["spec"]["holderIdentity"].is_string());
-            assert!(api.get("secrets", NS, "meshfed-join-token").is_some());
+            assert!(api.get("secrets", NS, "meshfed-join-token").is_none());
             let file: serde_json::Value =
                 serde_json::from_str(boot["stringData"]["bootstrap.json"].as_str().unwrap())
                     .unwrap();
+            assert!(file.get("token").is_none(), "{file}");
+            assert_eq!(file["tokenFile"], "/var/run/secrets/meshfed/token");
             let on_disk: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("boot.json")).unwrap())
                     .unwrap();

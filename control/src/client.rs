@@ -400,6 +400,16 @@ impl Client {
         let mut client = MeshConfigClient::new(channel).max_decoding_message_size(1 << 20);
         let token = if current.is_some() {
             String::new()
+        } else if let Some(file) = &self.boot.token_file {
+            // A projected token is renewed in place by the kubelet: read it afresh.
+            std::fs::read_to_string(file)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| {
+                    ClientError::new(
+                        "NotEnrolled",
+                        format!("reading the ServiceAccount token {}: {e}", file.display()),
+                    )
+                })?
         } else if self.boot.token.is_empty() {
             return Err(ClientError::new(
                 "NotEnrolled",

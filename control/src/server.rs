@@ -154,8 +154,10 @@ pub enum Enrolment {
     /// Embedded mode: a join credential bound to the one workload it names
     /// (`meshfed join create`), recorded in the CA folder.
     Join(JoinStore),
-    /// Kubernetes mode, until pods present their ServiceAccount tokens: the mesh-wide secret
-    /// of the bootstrap Secrets (it yields any workload's identity).
+    /// Kubernetes mode: the pod's projected ServiceAccount token, reviewed by the cluster; it
+    /// yields the identity of that service account only (Istio's model).
+    ServiceAccount(Arc<dyn TokenReviewer>),
+    /// One secret shared by every workload (tests): it yields any workload's identity.
     MeshSecret(Arc<str>),
 }
 
@@ -163,14 +165,36 @@ impl std::fmt::Debug for Enrolment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Join(s) => f.debug_tuple("Join").field(s).finish(),
+            Self::ServiceAccount(_) => f.write_str("ServiceAccount(..)"),
             Self::MeshSecret(_) => f.write_str("MeshSecret(..)"),
         }
     }
 }
 
+/// A ServiceAccount token as the cluster vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedToken {
+    pub namespace: String,
+    pub service_account: String,
+    /// The pod the token is bound to (a projected token); `None` for a token bound to nothing.
+    pub pod: Option<String>,
+}
+
+/// Checks a ServiceAccount token (in Kubernetes mode: the TokenReview API, audience `meshfed`).
+pub trait TokenReviewer: Send + Sync {
+    /// What the token proves, or why it proves nothing (for the log only).
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<ReviewedToken, String>> + Send + 'a>>;
+}
+
 /// The one answer an anonymous caller gets when it does not prove a workload: it says nothing
 /// about which workloads exist or why (the control plane logs that).
 const NOT_ENROLLED: &str = "a first certificate needs a valid join credential for this workload";
+
+/// Longest ServiceAccount token sent to the cluster for review.
+const MAX_TOKEN_BYTES: usize = 16 << 10;
 
 /// The control plane's gRPC service.
 #[derive(Clone)]
@@ -253,12 +277,30 @@ impl ControlPlane {
 
     /// Checks an anonymous caller's proof of the workload it asks for; one answer for every
     /// failure.
-    fn enrol(&self, r: &pb::CertifyRequest, now: SystemTime) -> Result<Requester, Status> {
+    async fn enrol(&self, r: &pb::CertifyRequest, now: SystemTime) -> Result<Requester, Status> {
         match &self.enrolment {
             Enrolment::Join(store) => store
                 .check(&r.token, &r.namespace, &r.workload, now)
                 .map(|_| Requester::Join(format!("{}/{}", r.namespace, r.workload)))
                 .map_err(|e| self.not_enrolled(r, &e.to_string())),
+            Enrolment::ServiceAccount(reviewer) => {
+                if r.token.is_empty() || r.token.len() > MAX_TOKEN_BYTES {
+                    return Err(self.not_enrolled(r, "no usable ServiceAccount token"));
+                }
+                let t = reviewer
+                    .review(&r.token)
+                    .await
+                    .map_err(|e| self.not_enrolled(r, &e))?;
+                if t.pod.is_none() {
+                    return Err(self.not_enrolled(r, "the token is bound to no pod"));
+                }
+                if t.namespace != r.namespace {
+                    return Err(
+                        self.not_enrolled(r, &format!("the token is of namespace {}", t.namespace))
+                    );
+                }
+                Ok(Requester::ServiceAccount(t))
+            }
             Enrolment::MeshSecret(secret) if token_matches(secret, &r.token) => {
                 Ok(Requester::MeshSecret)
             }
@@ -670,6 +712,7 @@ pub fn workload_identity(
 enum Requester {
     /// A join credential for this workload (`namespace/name`).
     Join(String),
+    ServiceAccount(ReviewedToken),
     MeshSecret,
 }
 
@@ -677,9 +720,46 @@ impl std::fmt::Display for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Join(w) => write!(f, "join credential of {w}"),
+            Self::ServiceAccount(t) => write!(
+                f,
+                "ServiceAccount token of {}/{} (pod {})",
+                t.namespace,
+                t.service_account,
+                t.pod.as_deref().unwrap_or("-")
+            ),
             Self::MeshSecret => f.write_str("the mesh join secret"),
         }
     }
+}
+
+/// Whether a pod running as `own` may hold `id`, the identity of `namespace/workload`: its own
+/// account's, or — for a gateway process, which serves a peer's ingress and egress from one
+/// pod — the identity of the other gateway of the same peer.
+fn may_hold(
+    mesh: &MeshFederation,
+    own: &SpiffeId,
+    namespace: &str,
+    workload: &str,
+    id: &SpiffeId,
+) -> bool {
+    if own == id {
+        return true;
+    }
+    if mesh.namespace.as_str() != namespace {
+        return false;
+    }
+    mesh.peers.values().any(|p| {
+        let pair = [p.ingress_gateway.as_str(), p.egress_gateway.as_str()];
+        pair.contains(&workload)
+            && pair.iter().any(|g| {
+                SpiffeId::for_service_account(
+                    &mesh.trust_domain,
+                    &mesh.namespace,
+                    &format!("{g}-service-account"),
+                )
+                .is_ok_and(|gid| &gid == own)
+            })
+    })
 }
 
 /// A workload the mesh does not have (or whose identity is not a valid SPIFFE ID).
@@ -713,11 +793,28 @@ impl MeshConfig for ControlPlane {
         // An anonymous caller proves which workload it is before it learns anything.
         let joined = match &caller {
             Some(_) => None,
-            None => Some(self.enrol(&r, now)?),
+            None => Some(self.enrol(&r, now).await?),
         };
         let mesh = self.snapshot.borrow().mesh.clone();
         let id = workload_identity(&mesh, &r.namespace, &r.workload)
             .map_err(|e| self.refuse(refusal(Code::NotFound, "UnknownWorkload", e)))?;
+        // A ServiceAccount token yields its own account's identity, nothing else.
+        if let Some(Requester::ServiceAccount(t)) = &joined {
+            let own = SpiffeId::for_service_account(
+                &mesh.trust_domain,
+                &t.namespace
+                    .parse()
+                    .map_err(|_| self.not_enrolled(&r, "the token's namespace is not a name"))?,
+                &t.service_account,
+            )
+            .map_err(|e| self.not_enrolled(&r, &e.to_string()))?;
+            if !may_hold(&mesh, &own, &r.namespace, &r.workload, &id) {
+                return Err(self.not_enrolled(
+                    &r,
+                    &format!("the token is of {own}; the workload runs as {id}"),
+                ));
+            }
+        }
         if let Some(c) = &caller
             && c != &id
         {

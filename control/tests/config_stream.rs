@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use meshfed_api::config::{self as pb, ProxyMessage};
 use meshfed_control::client::{Client, ClientError, ClientState, Update};
 use meshfed_control::rotation::MeshCa;
-use meshfed_control::server::{self, ControlPlane, ControlStatus, Enrolment, StatusCell};
+use meshfed_control::server::{
+    self, ControlPlane, ControlStatus, Enrolment, ReviewedToken, StatusCell, TokenReviewer,
+};
 use meshfed_control::source::{Trust, next_snapshot};
 use meshfed_control::{Snapshot, control_plane_id};
 use meshfed_core::{SpiffeId, TrustDomain};
@@ -132,6 +134,7 @@ impl Cp {
             trust_domain: Self::td(),
             bundle: self.ca.trusted().current_bundle().unwrap().to_json(),
             token: token.into(),
+            token_file: None,
         }
     }
 
@@ -284,6 +287,97 @@ async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_le
             .is_some_and(|r| r.contains("ghost")),
         "{st:?}"
     );
+    cp.task.abort();
+}
+
+/// A reviewer that knows a few tokens (what the cluster's TokenReview says of them).
+struct Reviewer(std::collections::BTreeMap<&'static str, ReviewedToken>);
+
+impl TokenReviewer for Reviewer {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ReviewedToken, String>> + Send + 'a>,
+    > {
+        let found = self
+            .0
+            .get(token)
+            .cloned()
+            .ok_or_else(|| "unknown token".to_owned());
+        Box::pin(async move { found })
+    }
+}
+
+fn reviewed(ns: &str, sa: &str, pod: Option<&str>) -> ReviewedToken {
+    ReviewedToken {
+        namespace: ns.into(),
+        service_account: sa.into(),
+        pod: pod.map(Into::into),
+    }
+}
+
+/// Kubernetes mode: a pod's ServiceAccount token, as the cluster reviews it, yields that
+/// account's identity in that namespace and nothing else; a gateway pod's account also the
+/// other gateway of its peer (one process serves both).
+#[tokio::test]
+async fn a_service_account_token_yields_only_its_own_accounts_identity() {
+    let tokens = [
+        ("echo-pod", reviewed("shop", "echo", Some("echo-1"))),
+        ("echo-unbound", reviewed("shop", "echo", None)),
+        ("other-sa", reviewed("shop", "orders", Some("orders-1"))),
+        (
+            "gateway-pod",
+            reviewed("alpha-system", "ingress-beta-service-account", Some("gw-1")),
+        ),
+    ];
+    let cp = Cp::start_with(
+        ca(),
+        "127.0.9.10:0".parse().unwrap(),
+        Enrolment::ServiceAccount(Arc::new(Reviewer(tokens.into()))),
+    )
+    .await;
+    cp.publish(
+        "  gateways:
+  - {name: ingress-beta, address: \"127.0.9.3:15443\"}
+  - {name: egress-beta, address: \"127.0.9.4:15443\"}
+---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {name: beta, namespace: alpha-system}
+spec:
+  remote: {addresses: [127.0.9.9]}
+  security: {trustDomain: beta.local, clientID: beta.local/ns/beta-system/sa/egress-alpha-service-account}
+",
+    );
+    let certify = |token: &str, ns: &str, w: &str| {
+        let c = Client::new(cp.boot(token), ns, w).unwrap();
+        async move { c.certify(None).await }
+    };
+    let svid = certify("echo-pod", "shop", "echo-1").await.unwrap();
+    assert_eq!(
+        svid.id.to_string(),
+        "spiffe://alpha-mesh.local/ns/shop/sa/echo"
+    );
+    for (token, ns, w) in [
+        ("echo-pod", "web", "ui-1"),                 // another namespace
+        ("echo-pod", "alpha-system", "egress-beta"), // a gateway
+        ("other-sa", "shop", "echo-1"),              // another account's workload
+        ("echo-unbound", "shop", "echo-1"),          // a token bound to no pod
+        ("nobody", "shop", "echo-1"),                // a token the cluster does not know
+        ("gateway-pod", "shop", "echo-1"),           // a gateway asking for a workload
+    ] {
+        let e = certify(token, ns, w).await.unwrap_err();
+        assert_eq!(e.reason, "NotEnrolled", "{token} as {ns}/{w}: {e}");
+    }
+    for g in ["ingress-beta", "egress-beta"] {
+        let svid = certify("gateway-pod", "alpha-system", g).await.unwrap();
+        assert_eq!(
+            svid.id.to_string(),
+            format!("spiffe://alpha-mesh.local/ns/alpha-system/sa/{g}-service-account")
+        );
+    }
+    assert_eq!(cp.status().certificates_issued, 3);
     cp.task.abort();
 }
 

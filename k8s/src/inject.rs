@@ -18,6 +18,9 @@ pub const PROXY_CONTAINER: &str = crate::render::SIDECAR_CONTAINER;
 pub const INIT_CONTAINER: &str = "meshfed-init";
 /// The bootstrap Secret's volume.
 pub const BOOTSTRAP_VOLUME: &str = "meshfed-bootstrap";
+/// The projected ServiceAccount token's volume: audience `meshfed`, an hour, bound to the
+/// pod; the sidecar presents it for its first certificate.
+pub const TOKEN_VOLUME: &str = "meshfed-token";
 /// Opt-out annotation (`"false"`).
 pub const INJECT_ANNOTATION: &str = "sidecar.meshfed.io/inject";
 /// Set on injected templates: what was injected.
@@ -115,13 +118,14 @@ pub fn inject(object: &mut Value, opts: &Options) -> Outcome {
         Some(json!({"name": BOOTSTRAP_VOLUME, "secret": {"secretName": opts.bootstrap_secret}})),
         false,
     );
+    replace_named(spec, "volumes", TOKEN_VOLUME, Some(token_volume()), false);
     let meta = &mut template["metadata"];
     if !meta.is_object() {
         *meta = json!({});
     }
     meta["annotations"][STATUS_ANNOTATION] = json!(
         json!({"image": opts.image, "containers": [INIT_CONTAINER, PROXY_CONTAINER],
-               "volumes": [BOOTSTRAP_VOLUME]})
+               "volumes": [BOOTSTRAP_VOLUME, TOKEN_VOLUME]})
         .to_string()
     );
     Outcome::Injected
@@ -198,8 +202,30 @@ fn proxy_container(opts: &Options) -> Value {
             "capabilities": {"drop": ["ALL"]},
         },
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
-        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": "/etc/meshfed/bootstrap", "readOnly": true}],
+        "volumeMounts": [
+            {"name": BOOTSTRAP_VOLUME, "mountPath": "/etc/meshfed/bootstrap", "readOnly": true},
+            {"name": TOKEN_VOLUME, "mountPath": token_dir(), "readOnly": true},
+        ],
     })
+}
+
+/// The folder of [`crate::token_review::TOKEN_FILE`].
+fn token_dir() -> &'static str {
+    crate::token_review::TOKEN_FILE
+        .rsplit_once('/')
+        .map_or("/", |(d, _)| d)
+}
+
+/// The projected token the sidecar presents for its first certificate.
+pub fn token_volume() -> Value {
+    let file = crate::token_review::TOKEN_FILE
+        .rsplit_once('/')
+        .map_or("token", |(_, f)| f);
+    json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": crate::token_review::AUDIENCE,
+        "expirationSeconds": 3600,
+        "path": file,
+    }}]}})
 }
 
 #[cfg(test)]
@@ -238,7 +264,14 @@ mod tests {
         };
         assert_eq!(names("initContainers"), vec!["meshfed-init", "migrate"]);
         assert_eq!(names("containers"), vec!["orders", "meshfed-proxy"]);
-        assert_eq!(names("volumes"), vec!["data", "meshfed-bootstrap"]);
+        assert_eq!(
+            names("volumes"),
+            vec!["data", "meshfed-bootstrap", "meshfed-token"]
+        );
+        assert_eq!(
+            spec["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "meshfed"
+        );
         let b = &before["spec"]["template"]["spec"];
         assert_eq!(spec["containers"][0], b["containers"][0]);
         assert_eq!(spec["initContainers"][1], b["initContainers"][0]);

@@ -9,7 +9,8 @@
 //! - [`status`]: CRD status by server-side apply under one field manager.
 //! - [`finalizer`]: ServiceMeshPeers keep a finalizer until a deleted peer's state is gone.
 //! - [`lease`]: leader election with a Lease; only the leader writes to the API.
-//! - [`secrets`]: the shared join secret and the bootstrap Secrets.
+//! - [`secrets`]: the bootstrap Secrets.
+//! - [`token_review`]: pods' ServiceAccount tokens checked with the TokenReview API.
 //! - [`trust_store`]: peer bundles and peering-token records in a ConfigMap and a Secret.
 //! - [`inject`]: `meshfed inject`, the sidecar added to pod templates (idempotent).
 //! - [`redirect`]: the iptables rules the injected init container installs.
@@ -22,6 +23,7 @@ pub mod render;
 pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod token_review;
 pub mod trust_store;
 
 /// The Kubernetes client type (so that callers need not depend on kube themselves).
@@ -52,10 +54,6 @@ pub enum KubeError {
     WatchStopped(#[from] kube::runtime::reflector::store::WriterDropped),
     #[error("{url}: {detail}")]
     BadUrl { url: String, detail: String },
-    #[error("Secret {namespace}/{name} has no data.token")]
-    NoToken { namespace: String, name: String },
-    #[error("could not read or create Secret {namespace}/{name}")]
-    SecretRace { namespace: String, name: String },
     #[error(transparent)]
     Source(#[from] meshfed_control::source::SourceError),
 }
@@ -68,8 +66,6 @@ impl KubeError {
             Self::ListTimeout(_) => "ListTimeout",
             Self::WatchStopped(_) => "WatchStopped",
             Self::BadUrl { .. } => "BadUrl",
-            Self::NoToken { .. } => "JoinSecretInvalid",
-            Self::SecretRace { .. } => "JoinSecretUnavailable",
             Self::Source(e) => e.reason(),
         }
     }

@@ -87,20 +87,6 @@ mod kube_api {
 }
 
 #[tokio::test]
-async fn replicas_share_one_join_secret() {
-    let api = ApiServer::start().await;
-    let client = api.client();
-    let first = meshfed_k8s::secrets::join_token(&client, NS, || "secret-one".into())
-        .await
-        .unwrap();
-    let second = meshfed_k8s::secrets::join_token(&client, NS, || "secret-two".into())
-        .await
-        .unwrap();
-    assert_eq!(first, "secret-one");
-    assert_eq!(second, "secret-one", "the second replica reads the first's");
-}
-
-#[tokio::test]
 async fn only_the_leader_writes_bootstrap_secrets_where_injected_pods_run() {
     let api = ApiServer::start().await;
     for (ns, name, injected) in [("shop", "orders-1", true), ("legacy", "old-1", false)] {

@@ -29,6 +29,7 @@ fn kind_of(collection: &str) -> (&'static str, &'static str) {
         "servicemeshpeers" => ("ServiceMeshPeer", "federation.maistra.io/v1"),
         "exportedservicesets" => ("ExportedServiceSet", "federation.maistra.io/v1"),
         "importedservicesets" => ("ImportedServiceSet", "federation.maistra.io/v1"),
+        "tokenreviews" => ("TokenReview", "authentication.k8s.io/v1"),
         _ => ("Unknown", "v1"),
     }
 }
@@ -47,6 +48,8 @@ struct State {
     lists: BTreeMap<String, usize>,
     /// Every request, as RBAC sees it.
     requests: Vec<Access>,
+    /// ServiceAccount tokens the server vouches for: token → (audience, username, pod).
+    tokens: BTreeMap<String, (String, String, Option<String>)>,
 }
 
 /// A request as RBAC sees it.
@@ -152,6 +155,26 @@ impl ApiServer {
     }
 
     /// A kube client for this server.
+    /// Makes the server vouch for `token`: a ServiceAccount token of `namespace/account`
+    /// for `audience`, bound to `pod` when given.
+    pub fn vouch(
+        &self,
+        token: &str,
+        audience: &str,
+        namespace: &str,
+        account: &str,
+        pod: Option<&str>,
+    ) {
+        self.state.lock().unwrap().tokens.insert(
+            token.to_owned(),
+            (
+                audience.to_owned(),
+                format!("system:serviceaccount:{namespace}:{account}"),
+                pod.map(str::to_owned),
+            ),
+        );
+    }
+
     pub fn client(&self) -> meshfed_k8s::Client {
         meshfed_k8s::client_at(&format!("http://{}", self.addr)).unwrap()
     }
@@ -430,6 +453,30 @@ async fn handle(
             .cloned()
     };
     let method = req.method().clone();
+    if collection == "tokenreviews" && method == hyper::Method::POST {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<&str> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let known = state.lock().unwrap().tokens.get(token).cloned();
+        // As the API server: valid only for an audience the token was issued for.
+        let status = match known {
+            Some((aud, user, pod)) if asked.contains(&aud.as_str()) => {
+                let mut user = json!({"username": user});
+                if let Some(p) = pod {
+                    user["extra"] = json!({"authentication.kubernetes.io/pod-name": [p]});
+                }
+                json!({"authenticated": true, "audiences": [aud], "user": user})
+            }
+            _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let mut out = review.clone();
+        out["status"] = status;
+        return full(201, &out);
+    }
     if method == hyper::Method::GET
         && let Some(n) = &name
     {
