@@ -180,13 +180,39 @@ pub struct ReviewedToken {
     pub pod: Option<String>,
 }
 
+/// Why a ServiceAccount token proves nothing (told to the log, never to the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the token review failed: {0}")]
+    Call(String),
+    #[error("the cluster does not accept the token: {0}")]
+    NotAuthenticated(String),
+    #[error("the token is not for audience {0}")]
+    WrongAudience(String),
+    #[error("{0:?} is not a ServiceAccount")]
+    NotServiceAccount(String),
+}
+
+impl ReviewError {
+    /// A stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Call(_) => "TokenReviewFailed",
+            Self::NotAuthenticated(_) => "TokenNotAuthenticated",
+            Self::WrongAudience(_) => "TokenWrongAudience",
+            Self::NotServiceAccount(_) => "TokenNotServiceAccount",
+        }
+    }
+}
+
+/// What a ServiceAccount token review answers.
+pub type Review<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<ReviewedToken, ReviewError>> + Send + 'a>>;
+
 /// Checks a ServiceAccount token (in Kubernetes mode: the TokenReview API, audience `meshfed`).
 pub trait TokenReviewer: Send + Sync {
-    /// What the token proves, or why it proves nothing (for the log only).
-    fn review<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<ReviewedToken, String>> + Send + 'a>>;
+    /// What the token proves, or why it proves nothing.
+    fn review<'a>(&'a self, token: &'a str) -> Review<'a>;
 }
 
 /// The one answer an anonymous caller gets when it does not prove a workload: it says nothing
@@ -290,7 +316,7 @@ impl ControlPlane {
                 let t = reviewer
                     .review(&r.token)
                     .await
-                    .map_err(|e| self.not_enrolled(r, &e))?;
+                    .map_err(|e| self.not_enrolled(r, &format!("[{}] {e}", e.reason())))?;
                 if t.pod.is_none() {
                     return Err(self.not_enrolled(r, "the token is bound to no pod"));
                 }

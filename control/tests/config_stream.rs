@@ -294,17 +294,12 @@ async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_le
 struct Reviewer(std::collections::BTreeMap<&'static str, ReviewedToken>);
 
 impl TokenReviewer for Reviewer {
-    fn review<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<ReviewedToken, String>> + Send + 'a>,
-    > {
+    fn review<'a>(&'a self, token: &'a str) -> server::Review<'a> {
         let found = self
             .0
             .get(token)
             .cloned()
-            .ok_or_else(|| "unknown token".to_owned());
+            .ok_or_else(|| server::ReviewError::NotAuthenticated("unknown token".into()));
         Box::pin(async move { found })
     }
 }

@@ -6,7 +6,7 @@
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use kube::api::PostParams;
-use meshfed_control::server::{ReviewedToken, TokenReviewer};
+use meshfed_control::server::{Review, ReviewError, ReviewedToken, TokenReviewer};
 
 /// The audience of the projected token a sidecar presents.
 pub const AUDIENCE: &str = "meshfed";
@@ -34,7 +34,7 @@ impl KubeTokenReviewer {
         Self { client }
     }
 
-    async fn check(&self, token: &str) -> Result<ReviewedToken, String> {
+    async fn check(&self, token: &str) -> Result<ReviewedToken, ReviewError> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -46,7 +46,7 @@ impl KubeTokenReviewer {
         let done = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| format!("TokenReview failed: {e}"))?;
+            .map_err(|e| ReviewError::Call(e.to_string()))?;
         reviewed(done.status.unwrap_or_default())
     }
 }
@@ -54,11 +54,10 @@ impl KubeTokenReviewer {
 /// What a TokenReview's status proves.
 fn reviewed(
     status: k8s_openapi::api::authentication::v1::TokenReviewStatus,
-) -> Result<ReviewedToken, String> {
+) -> Result<ReviewedToken, ReviewError> {
     if status.authenticated != Some(true) {
-        return Err(format!(
-            "the cluster does not accept the token: {}",
-            status.error.as_deref().unwrap_or("not authenticated")
+        return Err(ReviewError::NotAuthenticated(
+            status.error.unwrap_or_else(|| "not authenticated".into()),
         ));
     }
     if !status
@@ -66,7 +65,7 @@ fn reviewed(
         .as_ref()
         .is_some_and(|a| a.iter().any(|x| x == AUDIENCE))
     {
-        return Err(format!("the token is not for audience {AUDIENCE}"));
+        return Err(ReviewError::WrongAudience(AUDIENCE.into()));
     }
     let user = status.user.unwrap_or_default();
     let username = user.username.unwrap_or_default();
@@ -74,7 +73,7 @@ fn reviewed(
         .strip_prefix("system:serviceaccount:")
         .and_then(|r| r.split_once(':'))
     else {
-        return Err(format!("{username:?} is not a ServiceAccount"));
+        return Err(ReviewError::NotServiceAccount(username));
     };
     let pod = user
         .extra
@@ -90,10 +89,7 @@ fn reviewed(
 }
 
 impl TokenReviewer for KubeTokenReviewer {
-    fn review<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<ReviewedToken, String>> + Send + 'a>> {
+    fn review<'a>(&'a self, token: &'a str) -> Review<'a> {
         Box::pin(self.check(token))
     }
 }
@@ -145,7 +141,7 @@ mod tests {
                     "system:serviceaccount:shop:echo",
                     Some("p"),
                 ),
-                "does not accept",
+                "TokenNotAuthenticated",
             ),
             (
                 status(
@@ -154,15 +150,15 @@ mod tests {
                     "system:serviceaccount:shop:echo",
                     Some("p"),
                 ),
-                "audience",
+                "TokenWrongAudience",
             ),
             (
                 status(true, "meshfed", "alice", Some("p")),
-                "not a ServiceAccount",
+                "TokenNotServiceAccount",
             ),
         ] {
-            let e = reviewed(s).err().unwrap_or_default();
-            assert!(e.contains(why), "{e}");
+            let e = reviewed(s).err().map(|e| e.reason()).unwrap_or_default();
+            assert_eq!(e, why);
         }
         let unbound = reviewed(status(
             true,
