@@ -307,7 +307,10 @@ impl ControlPlane {
         match &self.enrolment {
             Enrolment::Join(store) => store
                 .check(&r.token, &r.namespace, &r.workload, now)
-                .map(|_| Requester::Join(format!("{}/{}", r.namespace, r.workload)))
+                .map(|rec| Requester::Join {
+                    workload: format!("{}/{}", r.namespace, r.workload),
+                    once: rec.once,
+                })
                 .map_err(|e| self.not_enrolled(r, &e.to_string())),
             Enrolment::ServiceAccount(reviewer) => {
                 if r.token.is_empty() || r.token.len() > MAX_TOKEN_BYTES {
@@ -558,24 +561,15 @@ enum Subscriber {
 /// workload's the names its service is exported under.
 fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
     let gateway = matches!(who, Subscriber::Gateway);
-    let exported_names = match who {
-        Subscriber::Workload(service) => s
-            .mesh
-            .exported_names_of(service)
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+    // One pass over the peers' export views gives both the names and the peers' domains.
+    let exports = match who {
+        Subscriber::Workload(service) => s.mesh.exports_of(service),
         Subscriber::Gateway => Vec::new(),
     };
-    let exported_to_domains = match who {
-        Subscriber::Workload(service) => s
-            .mesh
-            .domains_exported_to(service)
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        Subscriber::Gateway => Vec::new(),
-    };
+    let exported_names: std::collections::BTreeSet<String> =
+        exports.iter().map(|(_, n)| n.to_string()).collect();
+    let exported_to_domains: std::collections::BTreeSet<String> =
+        exports.iter().map(|(td, _)| td.to_string()).collect();
     pb::Snapshot {
         version: s.version,
         mesh_json: s.mesh_json.to_string(),
@@ -589,8 +583,8 @@ fn to_wire(s: &Snapshot, who: &Subscriber) -> pb::Snapshot {
             .collect(),
         imports: s.imports.iter().map(import_to_wire).collect(),
         gateway: gateway.then(|| gateway_config(s)),
-        exported_names,
-        exported_to_domains,
+        exported_names: exported_names.into_iter().collect(),
+        exported_to_domains: exported_to_domains.into_iter().collect(),
         unready_workloads: s
             .unready
             .iter()
@@ -736,8 +730,12 @@ pub fn workload_identity(
 
 /// Who asked for a first certificate.
 enum Requester {
-    /// A join credential for this workload (`namespace/name`).
-    Join(String),
+    /// A join credential for this workload (`namespace/name`); `once`: used up by the
+    /// certificate it yields.
+    Join {
+        workload: String,
+        once: bool,
+    },
     ServiceAccount(ReviewedToken),
     MeshSecret,
 }
@@ -745,7 +743,7 @@ enum Requester {
 impl std::fmt::Display for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Join(w) => write!(f, "join credential of {w}"),
+            Self::Join { workload, .. } => write!(f, "join credential of {workload}"),
             Self::ServiceAccount(t) => write!(
                 f,
                 "ServiceAccount token of {}/{} (pod {})",
@@ -857,7 +855,9 @@ impl MeshConfig for ControlPlane {
             }));
         }
         // A once-only join credential is used up by the certificate it yields.
-        if let (Some(Requester::Join(_)), Enrolment::Join(store)) = (&joined, &self.enrolment) {
+        if let (Some(Requester::Join { once: true, .. }), Enrolment::Join(store)) =
+            (&joined, &self.enrolment)
+        {
             store
                 .redeem(&r.token, &r.namespace, &r.workload, now)
                 .map_err(|e| self.not_enrolled(&r, &e.to_string()))?;

@@ -173,11 +173,10 @@ async fn resolver(c: &Client) -> Arc<SvidResolver> {
     Arc::new(SvidResolver::new(&svid, verify::provider()).unwrap())
 }
 
-/// The attack of the security review: in embedded mode one leaked credential (or one
-/// compromised workload) must not become any other identity — least of all the egress
-/// gateway's, which peers trust.
-#[tokio::test]
-async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_learn_nothing() {
+/// An embedded-mode control plane: first certificates need join credentials, recorded in
+/// the returned store (its folder lives as long as the returned guard); the mesh has the
+/// gateway `egress-beta`.
+async fn joined_control_plane() -> (tempfile::TempDir, JoinStore, Cp) {
     let dir = tempfile::tempdir().unwrap();
     let joins = JoinStore::new(dir.path());
     let cp = Cp::start_with(
@@ -187,6 +186,15 @@ async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_le
     )
     .await;
     cp.publish("  gateways:\n  - {name: egress-beta, address: \"127.0.9.3:15443\"}\n");
+    (dir, joins, cp)
+}
+
+/// The attack of the security review: in embedded mode one leaked credential (or one
+/// compromised workload) must not become any other identity — least of all the egress
+/// gateway's, which peers trust.
+#[tokio::test]
+async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_learn_nothing() {
+    let (_dir, joins, cp) = joined_control_plane().await;
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
     let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();
@@ -383,15 +391,7 @@ spec:
 /// is issued, and a real workload still joins afterwards.
 #[tokio::test]
 async fn hostile_first_certificate_requests_are_refused_with_their_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let joins = JoinStore::new(dir.path());
-    let cp = Cp::start_with(
-        ca(),
-        "127.0.9.10:0".parse().unwrap(),
-        Enrolment::Join(joins.clone()),
-    )
-    .await;
-    cp.publish("  gateways:\n  - {name: egress-beta, address: \"127.0.9.3:15443\"}\n");
+    let (_dir, joins, cp) = joined_control_plane().await;
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
     let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();

@@ -147,18 +147,27 @@ impl MeshFederation {
             .collect()
     }
 
-    /// The names peers reach `service` by: its exported names, across peers.
-    pub fn exported_names_of(&self, service: &crate::id::ServiceKey) -> Vec<Hostname> {
-        let mut names: Vec<Hostname> = self
-            .peers
+    /// Every peer `service` is exported to (its trust domain) with the name it is exported
+    /// under there.
+    pub fn exports_of(&self, service: &crate::id::ServiceKey) -> Vec<(TrustDomain, Hostname)> {
+        self.peers
             .values()
             .flat_map(|peer| {
                 self.export_view(peer)
                     .services
                     .into_values()
                     .filter(|s| &s.local == service)
-                    .map(|s| s.exported_name)
+                    .map(|s| (peer.trust_domain.clone(), s.exported_name))
             })
+            .collect()
+    }
+
+    /// The names peers reach `service` by: its exported names, across peers.
+    pub fn exported_names_of(&self, service: &crate::id::ServiceKey) -> Vec<Hostname> {
+        let mut names: Vec<Hostname> = self
+            .exports_of(service)
+            .into_iter()
+            .map(|(_, name)| name)
             .collect();
         names.sort();
         names.dedup();
@@ -171,15 +180,9 @@ impl MeshFederation {
         &self,
         service: &crate::id::ServiceKey,
     ) -> std::collections::BTreeSet<TrustDomain> {
-        self.peers
-            .values()
-            .filter(|peer| {
-                self.export_view(peer)
-                    .services
-                    .values()
-                    .any(|s| &s.local == service)
-            })
-            .map(|peer| peer.trust_domain.clone())
+        self.exports_of(service)
+            .into_iter()
+            .map(|(td, _)| td)
             .collect()
     }
 

@@ -298,6 +298,17 @@ fn unix(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
+    /// Why `s` refuses `secret` for `ns/w` at `at` (`None`: accepted).
+    fn refusal(
+        s: &JoinStore,
+        secret: &str,
+        ns: &str,
+        w: &str,
+        at: SystemTime,
+    ) -> Option<&'static str> {
+        s.redeem(secret, ns, w, at).err().map(|e| e.reason())
+    }
+
     fn store(name: &str) -> (PathBuf, JoinStore) {
         let dir = std::env::temp_dir().join(format!("meshfed-join-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -319,14 +330,11 @@ mod tests {
             ("meshfed-system", "egress-beta"),
             ("web", "echo-1"),
         ] {
-            let e = s.redeem(&m.secret, ns, w, now).err().map(|e| e.reason());
+            let e = refusal(&s, &m.secret, ns, w, now);
             assert_eq!(e, Some("WrongWorkload"), "{ns}/{w}");
         }
         let later = now + Duration::from_secs(61);
-        let e = s
-            .redeem(&m.secret, "shop", "echo-1", later)
-            .err()
-            .map(|e| e.reason());
+        let e = refusal(&s, &m.secret, "shop", "echo-1", later);
         assert_eq!(e, Some("CredentialExpired"));
         for bad in [
             "",
@@ -335,10 +343,7 @@ mod tests {
             &m.secret[..63],
             &format!("{}0", m.secret),
         ] {
-            let e = s
-                .redeem(bad, "shop", "echo-1", now)
-                .err()
-                .map(|e| e.reason());
+            let e = refusal(&s, bad, "shop", "echo-1", now);
             assert_eq!(e, Some("UnknownCredential"), "{bad:?}");
         }
         let _ = std::fs::remove_dir_all(dir);
@@ -367,10 +372,7 @@ mod tests {
         // Checking uses nothing up; redeeming does, once.
         assert!(s.check(&m.secret, "shop", "echo-1", now).is_ok());
         assert!(s.redeem(&m.secret, "shop", "echo-1", now).is_ok());
-        let e = s
-            .redeem(&m.secret, "shop", "echo-1", now)
-            .err()
-            .map(|e| e.reason());
+        let e = refusal(&s, &m.secret, "shop", "echo-1", now);
         assert_eq!(e, Some("UnknownCredential"));
         let _ = std::fs::remove_dir_all(dir);
     }
