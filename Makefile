@@ -86,9 +86,12 @@ clippy:
 ## The whole suite; the last line sums every test binary's results.
 ## Every test binary runs even when one fails (--no-fail-fast); the exit status is cargo's,
 ## not tee's (pipefail).
+## The hostile-input suite's tests leave one row per surface in target/tmp/hostile, printed
+## as a table at the end (scripts/hostile-table.sh).
 test:
-	@mkdir -p target; set -o pipefail; status=0; \
+	@mkdir -p target; rm -rf target/tmp/hostile; set -o pipefail; status=0; \
 	  $(CARGO) test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
+	  scripts/hostile-table.sh target/tmp/hostile; \
 	  awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	  exit $$status
 
@@ -109,7 +112,7 @@ check-generated:
 check-kind:
 	$(CARGO) build --locked -p meshfed-cli
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run 'make tools'"; exit 1; }
-	shellcheck -x scenarios/kind/*.sh scripts/sidecar-order.sh
+	shellcheck -x scenarios/kind/*.sh scripts/sidecar-order.sh scripts/hostile-table.sh
 	@rm -rf target/kind-dry-run
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/up.sh >target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/failover.sh >>target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }

@@ -690,115 +690,117 @@ impl Client {
         Ok(got_any)
     }
 
-    /// Validates a snapshot like a mesh file and its bundles like imported ones.
     fn check(&self, snap: pb::Snapshot) -> Result<Received, SnapshotRefused> {
-        let file = format!("config version {}", snap.version);
-        let mesh =
-            validate::load_mesh(&file, &snap.mesh_json).map_err(|e| invalid(e.to_string()))?;
-        let own = &self.boot.trust_domain;
-        if &mesh.mesh.trust_domain != own {
-            return Err(invalid(format!(
-                "{file}: spec.trustDomain is {}, this proxy belongs to {own}",
-                mesh.mesh.trust_domain
-            )));
-        }
-        let mut bundles = TrustBundleSet::new();
-        for b in &snap.bundles {
-            let td: TrustDomain = b
-                .trust_domain
-                .parse()
-                .map_err(|e| invalid(format!("{file}: bundles[{}]: {e}", b.trust_domain)))?;
-            let (bundle, _) = TrustBundle::from_json(td.clone(), &b.json)
-                .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
-            bundles
-                .insert(bundle)
-                .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
-        }
-        if bundles.get(own).is_none() {
-            return Err(invalid(format!(
-                "{file}: no bundle for the mesh's own domain {own}"
-            )));
-        }
-        if snap.imports.len() > MAX_IMPORTS {
-            return Err(invalid(format!(
-                "{file}: imports: {} entries; the limit is {MAX_IMPORTS}",
-                snap.imports.len()
-            )));
-        }
-        let imports = snap
-            .imports
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                import_from_wire(w).map_err(|e| invalid(format!("{file}: imports[{i}].{e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let gateway = snap
-            .gateway
-            .as_ref()
-            .map(gateway_from_wire)
-            .transpose()
-            .map_err(|e| invalid(format!("{file}: {e}")))?;
-        if snap.exported_names.len() > MAX_IMPORTS {
-            return Err(invalid(format!(
-                "{file}: exportedNames: {} entries; the limit is {MAX_IMPORTS}",
-                snap.exported_names.len()
-            )));
-        }
-        let exported_names = snap
-            .exported_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                n.parse()
-                    .map_err(|e| invalid(format!("{file}: exportedNames[{i}]: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if snap.exported_to_domains.len() > MAX_IMPORTS {
-            return Err(invalid(format!(
-                "{file}: exportedToDomains: {} entries; the limit is {MAX_IMPORTS}",
-                snap.exported_to_domains.len()
-            )));
-        }
-        let exported_to = snap
-            .exported_to_domains
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                d.parse()
-                    .map_err(|e| invalid(format!("{file}: exportedToDomains[{i}]: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        if snap.unready_workloads.len() > MAX_IMPORTS {
-            return Err(invalid(format!(
-                "{file}: unreadyWorkloads: {} entries; the limit is {MAX_IMPORTS}",
-                snap.unready_workloads.len()
-            )));
-        }
-        let unready = snap
-            .unready_workloads
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                w.split_once('/')
-                    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && w.len() <= 253)
-                    .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "{file}: unreadyWorkloads[{i}]: {w:?} is not namespace/name"
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Received {
-            version: snap.version,
-            mesh,
-            bundles,
-            imports,
-            gateway,
-            exported_names,
-            exported_to,
-            unready,
-        })
+        check_snapshot(&self.boot.trust_domain, snap)
     }
+}
+
+/// Validates a snapshot for a proxy of the trust domain `own`: the mesh like a mesh file, its
+/// bundles like imported ones, every other field like a peer's input (hostile, bounded). A
+/// refusal names the field; nothing of a refused snapshot is applied.
+pub fn check_snapshot(own: &TrustDomain, snap: pb::Snapshot) -> Result<Received, SnapshotRefused> {
+    let file = format!("config version {}", snap.version);
+    let mesh = validate::load_mesh(&file, &snap.mesh_json).map_err(|e| invalid(e.to_string()))?;
+    if &mesh.mesh.trust_domain != own {
+        return Err(invalid(format!(
+            "{file}: spec.trustDomain is {}, this proxy belongs to {own}",
+            mesh.mesh.trust_domain
+        )));
+    }
+    let mut bundles = TrustBundleSet::new();
+    for b in &snap.bundles {
+        let td: TrustDomain = b
+            .trust_domain
+            .parse()
+            .map_err(|e| invalid(format!("{file}: bundles[{}]: {e}", b.trust_domain)))?;
+        let (bundle, _) = TrustBundle::from_json(td.clone(), &b.json)
+            .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
+        bundles
+            .insert(bundle)
+            .map_err(|e| invalid(format!("{file}: bundle of {td}: {e}")))?;
+    }
+    if bundles.get(own).is_none() {
+        return Err(invalid(format!(
+            "{file}: no bundle for the mesh's own domain {own}"
+        )));
+    }
+    if snap.imports.len() > MAX_IMPORTS {
+        return Err(invalid(format!(
+            "{file}: imports: {} entries; the limit is {MAX_IMPORTS}",
+            snap.imports.len()
+        )));
+    }
+    let imports = snap
+        .imports
+        .iter()
+        .enumerate()
+        .map(|(i, w)| import_from_wire(w).map_err(|e| invalid(format!("{file}: imports[{i}].{e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gateway = snap
+        .gateway
+        .as_ref()
+        .map(gateway_from_wire)
+        .transpose()
+        .map_err(|e| invalid(format!("{file}: {e}")))?;
+    if snap.exported_names.len() > MAX_IMPORTS {
+        return Err(invalid(format!(
+            "{file}: exportedNames: {} entries; the limit is {MAX_IMPORTS}",
+            snap.exported_names.len()
+        )));
+    }
+    let exported_names = snap
+        .exported_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            n.parse()
+                .map_err(|e| invalid(format!("{file}: exportedNames[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if snap.exported_to_domains.len() > MAX_IMPORTS {
+        return Err(invalid(format!(
+            "{file}: exportedToDomains: {} entries; the limit is {MAX_IMPORTS}",
+            snap.exported_to_domains.len()
+        )));
+    }
+    let exported_to = snap
+        .exported_to_domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.parse()
+                .map_err(|e| invalid(format!("{file}: exportedToDomains[{i}]: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if snap.unready_workloads.len() > MAX_IMPORTS {
+        return Err(invalid(format!(
+            "{file}: unreadyWorkloads: {} entries; the limit is {MAX_IMPORTS}",
+            snap.unready_workloads.len()
+        )));
+    }
+    let unready = snap
+        .unready_workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            w.split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && w.len() <= 253)
+                .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{file}: unreadyWorkloads[{i}]: {w:?} is not namespace/name"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Received {
+        version: snap.version,
+        mesh,
+        bundles,
+        imports,
+        gateway,
+        exported_names,
+        exported_to,
+        unready,
+    })
 }

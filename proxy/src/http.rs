@@ -89,17 +89,32 @@ pub fn boxed_request(r: Request<Incoming>) -> Request<Body> {
     r.map(boxed)
 }
 
-/// A request with more than one `Host` header: which one names the service is ambiguous, so
-/// it is answered 400 rather than routed by either (RFC 9112 §3.2).
-pub fn duplicate_host<B>(req: &hyper::Request<B>) -> Option<hyper::Response<Body>> {
+/// The answer to a request the sidecar will not route because it could be read two ways:
+/// more than one `Host` header (which one names the service? RFC 9112 §3.2), or a field value
+/// that starts or ends with whitespace — malformed in HTTP/2 (RFC 9113 §8.2.1), and read
+/// trimmed by an HTTP/1.1 upstream (HTTP/1.1 parsers trim it already, so only HTTP/2 requests
+/// can carry one). 400, with the reason first in the body.
+pub fn refuse_ambiguous<B>(req: &hyper::Request<B>) -> Option<hyper::Response<Body>> {
     let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
     hosts.next();
-    hosts.next().map(|_| {
-        text(
+    if hosts.next().is_some() {
+        return Some(text(
             hyper::StatusCode::BAD_REQUEST,
             "DuplicateHost: the request has more than one Host header\n",
-        )
-    })
+        ));
+    }
+    let padded = |v: &[u8]| {
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    };
+    req.headers()
+        .iter()
+        .find(|(_, v)| padded(v.as_bytes()))
+        .map(|(name, _)| {
+            text(
+                hyper::StatusCode::BAD_REQUEST,
+                format!("InvalidFieldValue: the value of {name} starts or ends with whitespace\n"),
+            )
+        })
 }
 
 /// The answer to a request whose own body broke (bad chunked framing, a reset): not the

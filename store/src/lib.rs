@@ -66,9 +66,24 @@ pub struct Rebuilt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
     pub key: String,
-    /// Stable token: `BadKey`, `Undecodable`, `SchemaTooNew`.
+    /// Stable token: `BadKey`, `Undecodable`, `SchemaTooNew`, `InvalidRecord` (it decodes, but
+    /// holds what no peer could have sent: port 0, an identity that names no workload).
     pub reason: &'static str,
     pub detail: String,
+}
+
+/// What makes a decoded record one no peer could have sent (the peering stream refuses the
+/// same): the types check names and identities as they decode, not these.
+fn invalid_service(rec: &ImportRecord) -> Option<String> {
+    rec.services.iter().find_map(|s| {
+        if let Some(p) = s.ports.iter().find(|p| p.port == 0) {
+            return Some(format!("{}: port {:?} is 0", s.exported_name, p.name));
+        }
+        s.service_accounts
+            .iter()
+            .find(|id| !id.is_workload())
+            .map(|id| format!("{}: {id} names no workload", s.exported_name))
+    })
 }
 
 /// The last imports received from one peer.
@@ -312,9 +327,16 @@ impl Store {
                 continue;
             }
             match serde_json::from_value::<ImportRecord>(env.body) {
-                Ok(rec) => {
-                    out.insert(peer, rec);
-                }
+                Ok(rec) => match invalid_service(&rec) {
+                    None => {
+                        out.insert(peer, rec);
+                    }
+                    Some(detail) => dropped.push(Dropped {
+                        key,
+                        reason: "InvalidRecord",
+                        detail,
+                    }),
+                },
                 Err(e) => dropped.push(Dropped {
                     key,
                     reason: "Undecodable",

@@ -1,6 +1,8 @@
 //! Helpers shared by meshfed's tests and benchmarks. A dev-dependency only: nothing a user
 //! runs links it (`cli/tests/layering.rs` checks).
 
+pub mod hostile;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};

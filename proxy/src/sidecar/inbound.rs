@@ -52,7 +52,7 @@ pub(super) async fn to_app(
             text(StatusCode::SERVICE_UNAVAILABLE, "AppUnavailable\n")
         };
     }
-    if let Some(refused) = crate::http::duplicate_host(&req) {
+    if let Some(refused) = crate::http::refuse_ambiguous(&req) {
         inb.stats.bad_requests.inc();
         return refused;
     }

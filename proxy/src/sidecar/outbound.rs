@@ -423,7 +423,7 @@ pub(super) async fn outbound(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
-    if let Some(refused) = crate::http::duplicate_host(&req) {
+    if let Some(refused) = crate::http::refuse_ambiguous(&req) {
         stats.bad_requests.inc();
         return Ok(refused);
     }
