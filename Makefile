@@ -28,6 +28,25 @@ bench-crossmesh:
 bench-failover:
 	$(CARGO) bench --locked -p meshfed-cli --bench failover
 
+## Fuzzing (not part of ci, which replays the corpus: fuzz-targets/tests/corpus.rs): each
+## target under libFuzzer (cargo-fuzz, installed from crates.io if missing; the stable
+## toolchain with RUSTC_BOOTSTRAP for its sanitizer flags) for FUZZ_SECS (default 60), growing
+## fuzz/corpus/<target>; a crash stops the run and is written to fuzz/artifacts/<target>/.
+## The first build takes several minutes (the whole dependency tree with ASan).
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= sni names documents token bundle store_record peering_message config_snapshot
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) run --quiet --locked -p meshfed-fuzz-targets --bin fuzz-seeds -- fuzz/corpus
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECS) s"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 -print_final_stats=1 || exit 1; \
+	done
+
+## Shrinks each target's corpus to the inputs that add coverage (run before committing it).
+fuzz-cmin:
+	cd fuzz && for t in $(FUZZ_TARGETS); do RUSTC_BOOTSTRAP=1 $(CARGO) fuzz cmin -O $$t || exit 1; done
+
 ## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
 bench-tools:
 	command -v haproxy >/dev/null && command -v nginx >/dev/null && command -v ld.lld >/dev/null && command -v valgrind >/dev/null || \
@@ -40,7 +59,7 @@ sidecar-order:
 	$(CARGO) build --release --locked -p meshfed-cli
 	scripts/sidecar-order.sh
 
-.PHONY: sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: fuzz fuzz-cmin sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 

@@ -108,6 +108,21 @@ const EDGES: &[(&str, &[&str])] = &[
     ("meshfed-core", &[]),
     ("meshfed-api", &[]),
     ("meshfed-bench", &[]),
+    // The fuzz targets: read-only users of the parsing crates; nothing depends on them but
+    // the cargo-fuzz harness in fuzz/ (outside the workspace).
+    (
+        "meshfed-fuzz-targets",
+        &[
+            "meshfed-api",
+            "meshfed-control",
+            "meshfed-core",
+            "meshfed-crds",
+            "meshfed-gateway",
+            "meshfed-peering",
+            "meshfed-store",
+            "meshfed-trust",
+        ],
+    ),
     // Tests' helpers: a dev-dependency only, so no crate lists it here.
     ("meshfed-test-support", &[]),
     ("meshfed-crds", &["meshfed-core"]),

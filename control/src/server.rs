@@ -21,7 +21,6 @@ use meshfed_core::federation::MeshFederation;
 use meshfed_core::{SpiffeId, TrustDomain};
 use meshfed_peering::reason::refusal;
 use meshfed_peering::tls::{PeerConn, PeerInfo};
-use meshfed_trust::bootstrap::token_matches;
 use meshfed_trust::join::JoinStore;
 use meshfed_trust::svid::{Role, inspect};
 use meshfed_trust::verify::{self, Expect, SharedBundles, SpiffeClientVerifier, SvidResolver};
@@ -157,8 +156,6 @@ pub enum Enrolment {
     /// Kubernetes mode: the pod's projected ServiceAccount token, reviewed by the cluster; it
     /// yields the identity of that service account only (Istio's model).
     ServiceAccount(Arc<dyn TokenReviewer>),
-    /// One secret shared by every workload (tests): it yields any workload's identity.
-    MeshSecret(Arc<str>),
 }
 
 impl std::fmt::Debug for Enrolment {
@@ -166,7 +163,6 @@ impl std::fmt::Debug for Enrolment {
         match self {
             Self::Join(s) => f.debug_tuple("Join").field(s).finish(),
             Self::ServiceAccount(_) => f.write_str("ServiceAccount(..)"),
-            Self::MeshSecret(_) => f.write_str("MeshSecret(..)"),
         }
     }
 }
@@ -330,10 +326,6 @@ impl ControlPlane {
                 }
                 Ok(Requester::ServiceAccount(t))
             }
-            Enrolment::MeshSecret(secret) if token_matches(secret, &r.token) => {
-                Ok(Requester::MeshSecret)
-            }
-            Enrolment::MeshSecret(_) => Err(self.not_enrolled(r, "not the mesh's join secret")),
         }
     }
 
@@ -737,7 +729,6 @@ enum Requester {
         once: bool,
     },
     ServiceAccount(ReviewedToken),
-    MeshSecret,
 }
 
 impl std::fmt::Display for Requester {
@@ -751,7 +742,6 @@ impl std::fmt::Display for Requester {
                 t.service_account,
                 t.pod.as_deref().unwrap_or("-")
             ),
-            Self::MeshSecret => f.write_str("the mesh join secret"),
         }
     }
 }

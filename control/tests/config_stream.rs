@@ -24,7 +24,8 @@ use meshfed_trust::join::JoinStore;
 use meshfed_trust::verify::{self, SvidResolver};
 use tokio::sync::{mpsc, watch};
 
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// A made-up credential: the form of a join secret, but none that was minted.
+const MADE_UP: &str = "0123456789abcdef0123456789abcdef";
 
 fn mesh_yaml(extra: &str) -> String {
     format!(
@@ -44,6 +45,10 @@ spec:
 }
 
 struct Cp {
+    /// The join credentials of `start`'s control planes (embedded mode), in a folder of
+    /// their own that lives as long as the control plane.
+    joins: JoinStore,
+    _joins_dir: tempfile::TempDir,
     addr: SocketAddr,
     ca: Arc<MeshCa>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -66,18 +71,22 @@ impl Cp {
         }
     }
 
-    /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any), enrolling with the
-    /// mesh secret `TOKEN` (Kubernetes mode's way).
+    /// A control plane serving `mesh_yaml("")` on `addr` (port 0: any), enrolling with join
+    /// credentials (embedded mode's way; [`Cp::client`] mints them).
     async fn start(ca: Arc<CertificateAuthority>, addr: SocketAddr) -> Self {
-        Self::start_with(ca, addr, Enrolment::MeshSecret(TOKEN.into())).await
+        Self::start_with(ca, addr, |joins| Enrolment::Join(joins.clone())).await
     }
 
-    /// [`Cp::start`], enrolling first certificates by `enrolment`.
+    /// [`Cp::start`], enrolling first certificates by what `enrolment` makes of its join
+    /// store.
     async fn start_with(
         ca: Arc<CertificateAuthority>,
         addr: SocketAddr,
-        enrolment: Enrolment,
+        enrolment: impl FnOnce(&JoinStore) -> Enrolment,
     ) -> Self {
+        let joins_dir = tempfile::tempdir().unwrap();
+        let joins = JoinStore::new(joins_dir.path());
+        let enrolment = enrolment(&joins);
         let ca = MeshCa::new(ca).unwrap();
         let snap = next_snapshot(
             None,
@@ -117,6 +126,8 @@ impl Cp {
             let _ = cp.serve(incoming, std::future::pending()).await;
         });
         Self {
+            joins,
+            _joins_dir: joins_dir,
             addr,
             ca,
             tx,
@@ -138,8 +149,18 @@ impl Cp {
         }
     }
 
+    /// A join credential of `ns/workload`, reusable for a day.
+    fn credential(&self, ns: &str, workload: &str) -> String {
+        let day = Duration::from_secs(24 * 3600);
+        self.joins
+            .mint(ns, &[workload], day, false, SystemTime::now())
+            .unwrap()
+            .secret
+    }
+
+    /// A client of `ns/workload` joining with its own credential.
     fn client(&self, ns: &str, workload: &str) -> Client {
-        Client::new(self.boot(TOKEN), ns, workload).unwrap()
+        Client::new(self.boot(&self.credential(ns, workload)), ns, workload).unwrap()
     }
 
     fn status(&self) -> ControlStatus {
@@ -176,17 +197,10 @@ async fn resolver(c: &Client) -> Arc<SvidResolver> {
 /// An embedded-mode control plane: first certificates need join credentials, recorded in
 /// the returned store (its folder lives as long as the returned guard); the mesh has the
 /// gateway `egress-beta`.
-async fn joined_control_plane() -> (tempfile::TempDir, JoinStore, Cp) {
-    let dir = tempfile::tempdir().unwrap();
-    let joins = JoinStore::new(dir.path());
-    let cp = Cp::start_with(
-        ca(),
-        "127.0.9.10:0".parse().unwrap(),
-        Enrolment::Join(joins.clone()),
-    )
-    .await;
+async fn joined_control_plane() -> (JoinStore, Cp) {
+    let cp = Cp::start(ca(), "127.0.9.10:0".parse().unwrap()).await;
     cp.publish("  gateways:\n  - {name: egress-beta, address: \"127.0.9.3:15443\"}\n");
-    (dir, joins, cp)
+    (cp.joins.clone(), cp)
 }
 
 /// The attack of the security review: in embedded mode one leaked credential (or one
@@ -194,7 +208,7 @@ async fn joined_control_plane() -> (tempfile::TempDir, JoinStore, Cp) {
 /// gateway's, which peers trust.
 #[tokio::test]
 async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_learn_nothing() {
-    let (_dir, joins, cp) = joined_control_plane().await;
+    let (joins, cp) = joined_control_plane().await;
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
     let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();
@@ -213,13 +227,13 @@ async fn a_join_credential_yields_only_its_own_workload_and_anonymous_callers_le
         );
     }
     // Anything else: the same answer, whether the workload exists, is a gateway, or is not
-    // there at all; and the mesh-wide secret of Kubernetes mode is nothing here.
+    // there at all; and a credential nobody minted is nothing.
     let mut answers = std::collections::BTreeSet::new();
     for (token, ns, w) in [
         (echo.secret.as_str(), "alpha-system", "egress-beta"),
         (echo.secret.as_str(), "web", "ui-1"),
         (echo.secret.as_str(), "shop", "nope"),
-        (TOKEN, "shop", "echo-1"),
+        (MADE_UP, "shop", "echo-1"),
         ("", "shop", "echo-1"),
         (
             "ffffffffffffffffffffffffffffffff",
@@ -334,11 +348,9 @@ async fn a_service_account_token_yields_only_its_own_accounts_identity() {
             reviewed("alpha-system", "ingress-beta-service-account", Some("gw-1")),
         ),
     ];
-    let cp = Cp::start_with(
-        ca(),
-        "127.0.9.10:0".parse().unwrap(),
-        Enrolment::ServiceAccount(Arc::new(Reviewer(tokens.into()))),
-    )
+    let cp = Cp::start_with(ca(), "127.0.9.10:0".parse().unwrap(), |_| {
+        Enrolment::ServiceAccount(Arc::new(Reviewer(tokens.into())))
+    })
     .await;
     cp.publish(
         "  gateways:
@@ -391,7 +403,7 @@ spec:
 /// is issued, and a real workload still joins afterwards.
 #[tokio::test]
 async fn hostile_first_certificate_requests_are_refused_with_their_reason() {
-    let (_dir, joins, cp) = joined_control_plane().await;
+    let (joins, cp) = joined_control_plane().await;
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
     let echo = joins.mint("shop", &["echo-1"], hour, false, now).unwrap();
@@ -422,7 +434,7 @@ async fn hostile_first_certificate_requests_are_refused_with_their_reason() {
         "0".repeat(256 * 1024),
         flipped,
         ui.secret.clone(),
-        TOKEN.into(),
+        MADE_UP.into(),
     ];
     let other: SpiffeId = "spiffe://alpha-mesh.local/ns/shop/sa/echo".parse().unwrap();
     let (_, other_csr) = meshfed_trust::ca::workload_csr(&other).unwrap();
@@ -491,7 +503,7 @@ async fn hostile_first_certificate_requests_are_refused_with_their_reason() {
 }
 
 #[tokio::test]
-async fn first_certificates_need_the_token_and_name_the_workloads_service_account() {
+async fn first_certificates_need_a_credential_and_name_the_workloads_service_account() {
     let cp = Cp::start(ca(), "127.0.9.10:0".parse().unwrap()).await;
     let svid = cp.client("shop", "echo-1").certify(None).await.unwrap();
     assert_eq!(
@@ -514,13 +526,14 @@ async fn first_certificates_need_the_token_and_name_the_workloads_service_accoun
     assert!(e.detail.contains("nope"), "{e}");
 
     // A CSR that is not one, and one for another identity, are refused.
+    let echo = cp.credential("shop", "echo-1");
     let mut raw = cp.client("shop", "echo-1").raw(None).await.unwrap();
     let bad = raw
         .certify(pb::CertifyRequest {
             namespace: "shop".into(),
             workload: "echo-1".into(),
             csr_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
-            token: TOKEN.into(),
+            token: echo.clone(),
         })
         .await
         .unwrap_err();
@@ -532,7 +545,7 @@ async fn first_certificates_need_the_token_and_name_the_workloads_service_accoun
             namespace: "shop".into(),
             workload: "echo-1".into(),
             csr_der: csr.to_vec(),
-            token: TOKEN.into(),
+            token: echo.clone(),
         })
         .await
         .unwrap_err();

@@ -72,6 +72,36 @@ pub struct Dropped {
     pub detail: String,
 }
 
+/// Decodes one imports record as stored under `key`: the peer it belongs to and what it
+/// holds, or why it cannot be used. Pure: the store's own bytes are read as hostile ones.
+pub fn decode_record(key: &[u8], value: &[u8]) -> Result<(PeerName, ImportRecord), Dropped> {
+    let key = String::from_utf8_lossy(key).into_owned();
+    let drop = |key: String, reason: &'static str, detail: String| Dropped {
+        key,
+        reason,
+        detail,
+    };
+    let Ok(peer) = key.parse::<PeerName>() else {
+        return Err(drop(key, "BadKey", "not a peer name".into()));
+    };
+    // The schema first: a newer record's body may have another shape.
+    let env = serde_json::from_slice::<Envelope<serde_json::Value>>(value)
+        .map_err(|e| drop(key.clone(), "Undecodable", e.to_string()))?;
+    if env.schema > SCHEMA {
+        return Err(drop(
+            key,
+            "SchemaTooNew",
+            format!("record schema {}", env.schema),
+        ));
+    }
+    let rec = serde_json::from_value::<ImportRecord>(env.body)
+        .map_err(|e| drop(key.clone(), "Undecodable", e.to_string()))?;
+    if let Some(detail) = invalid_service(&rec) {
+        return Err(drop(key, "InvalidRecord", detail));
+    }
+    Ok((peer, rec))
+}
+
 /// What makes a decoded record one no peer could have sent (the peering stream refuses the
 /// same): the types check names and identities as they decode, not these.
 fn invalid_service(rec: &ImportRecord) -> Option<String> {
@@ -297,51 +327,11 @@ impl Store {
                     continue;
                 }
             };
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let Ok(peer) = key.parse::<PeerName>() else {
-                dropped.push(Dropped {
-                    key,
-                    reason: "BadKey",
-                    detail: "not a peer name".into(),
-                });
-                continue;
-            };
-            // The schema first: a newer record's body may have another shape.
-            let env = match serde_json::from_slice::<Envelope<serde_json::Value>>(&v) {
-                Ok(env) => env,
-                Err(e) => {
-                    dropped.push(Dropped {
-                        key,
-                        reason: "Undecodable",
-                        detail: e.to_string(),
-                    });
-                    continue;
+            match decode_record(&k, &v) {
+                Ok((peer, rec)) => {
+                    out.insert(peer, rec);
                 }
-            };
-            if env.schema > SCHEMA {
-                dropped.push(Dropped {
-                    key,
-                    reason: "SchemaTooNew",
-                    detail: format!("record schema {}", env.schema),
-                });
-                continue;
-            }
-            match serde_json::from_value::<ImportRecord>(env.body) {
-                Ok(rec) => match invalid_service(&rec) {
-                    None => {
-                        out.insert(peer, rec);
-                    }
-                    Some(detail) => dropped.push(Dropped {
-                        key,
-                        reason: "InvalidRecord",
-                        detail,
-                    }),
-                },
-                Err(e) => dropped.push(Dropped {
-                    key,
-                    reason: "Undecodable",
-                    detail: e.to_string(),
-                }),
+                Err(d) => dropped.push(d),
             }
         }
         (out, dropped)

@@ -93,16 +93,6 @@ impl Bootstrap {
     }
 }
 
-/// Compares a presented secret with the expected one in constant time.
-pub fn token_matches(expected: &str, presented: &str) -> bool {
-    !expected.is_empty()
-        && aws_lc_rs::constant_time::verify_slices_are_equal(
-            expected.as_bytes(),
-            presented.as_bytes(),
-        )
-        .is_ok()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("reading {0}: {1}")]
@@ -115,18 +105,4 @@ pub enum BootstrapError {
     Bundle(String, BundleError),
     #[error("writing {0}: {1}")]
     Write(String, String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole_and_never_empty() {
-        let t = "0123456789abcdef0123456789abcdef";
-        assert!(token_matches(t, t));
-        assert!(!token_matches(t, &t[..31]));
-        assert!(!token_matches(t, ""));
-        assert!(!token_matches("", ""));
-    }
 }
