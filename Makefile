@@ -47,6 +47,15 @@ fuzz:
 fuzz-cmin:
 	cd fuzz && for t in $(FUZZ_TARGETS); do RUSTC_BOOTSTRAP=1 $(CARGO) fuzz cmin -O $$t || exit 1; done
 
+## The fault suite's long form (not part of ci, which runs the short forms in scenarios/faults/
+## through cli/tests/scenarios.rs): every fault scenario, short and long (scenarios/soak/:
+## a 10-minute partition, control planes down for 4 minutes, 100 SIGKILL/restart cycles of
+## each control plane, gateway and app), one after the other, ending with a summary table of
+## faults played and requests sent, failed and lost. About 35 minutes; reports in target/soak.
+soak:
+	$(CARGO) build --quiet --locked -p meshfed-cli
+	target/debug/meshfed scenario run scenarios/faults/*.yaml scenarios/soak/*.yaml --out target/soak
+
 ## The peers and the load generator for bench-peers (Debian packages, and oha from crates.io).
 bench-tools:
 	command -v haproxy >/dev/null && command -v nginx >/dev/null && command -v ld.lld >/dev/null && command -v valgrind >/dev/null || \
@@ -59,7 +68,7 @@ sidecar-order:
 	$(CARGO) build --release --locked -p meshfed-cli
 	scripts/sidecar-order.sh
 
-.PHONY: fuzz fuzz-cmin sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: soak fuzz fuzz-cmin sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 

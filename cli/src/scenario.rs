@@ -15,8 +15,9 @@ use crate::note;
 #[derive(Subcommand, Debug)]
 pub enum ScenarioCommand {
     /// Build the scenario's meshes on loopback, send the load, play the timeline, print
-    /// progress, and write a JSON and an HTML report. Exit code 0 when every expectation
-    /// holds, 1 when one does not, 2 when the run could not happen.
+    /// progress, and write a JSON and an HTML report. Several files run one after the other
+    /// (all are validated first) and end with a summary table. Exit code 0 when every
+    /// expectation holds, 1 when one does not, 2 when a run could not happen.
     Run(RunArgs),
 }
 
@@ -29,12 +30,14 @@ pub enum LabCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The scenario file.
-    file: PathBuf,
+    /// The scenario files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
     /// Where the reports go.
     #[arg(long, default_value = "target/lab")]
     out: PathBuf,
-    /// Working folder for mesh files, CAs and component logs (default: OUT/NAME-work).
+    /// Working folder for mesh files, CAs and component logs (default: OUT/NAME-work; one
+    /// file only).
     #[arg(long)]
     work: Option<PathBuf>,
 }
@@ -70,32 +73,59 @@ fn options(out: &Path, work: PathBuf) -> Result<meshfed_lab::Options> {
 
 pub fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     let ScenarioCommand::Run(args) = cmd;
-    let plan = load(&args.file)?;
-    let work = args
-        .work
-        .clone()
-        .unwrap_or_else(|| args.out.join(format!("{}-work", plan.name)));
-    let opts = options(&args.out, work)?;
-    println!(
-        "scenario {}: {}",
-        plan.name,
-        if plan.description.is_empty() {
-            "-"
-        } else {
-            &plan.description
-        }
-    );
+    if args.work.is_some() && args.files.len() > 1 {
+        anyhow::bail!("--work names one run's folder; leave it out with several files");
+    }
+    // Every file is checked before anything starts.
+    let plans = args
+        .files
+        .iter()
+        .map(|f| load(f))
+        .collect::<Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let outcome = rt.block_on(meshfed_lab::run(&plan, &opts))?;
+    let mut reports = Vec::new();
+    for plan in &plans {
+        let work = args
+            .work
+            .clone()
+            .unwrap_or_else(|| args.out.join(format!("{}-work", plan.name)));
+        let opts = options(&args.out, work)?;
+        println!(
+            "scenario {}: {}",
+            plan.name,
+            if plan.description.is_empty() {
+                "-"
+            } else {
+                &plan.description
+            }
+        );
+        let outcome = rt.block_on(meshfed_lab::run(plan, &opts))?;
+        print_outcome(&outcome);
+        reports.push(outcome.report);
+    }
+    if reports.len() > 1 {
+        print!("{}", meshfed_lab::report::summary_table(&reports));
+    }
+    Ok(if reports.iter().all(|r| r.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_outcome(outcome: &meshfed_lab::Outcome) {
     let f = &outcome.report.figures;
     println!(
-        "{} requests, {} succeeded ({:.4}); failover {}; fail-back {}",
+        "{} requests, {} succeeded ({:.4}), {} failed, {} lost; {} fault(s) played; failover {}; fail-back {}",
         f.requests,
         f.ok,
         f.success_ratio,
+        f.failed,
+        f.lost,
+        f.faults,
         f.failover_ms.map_or("-".into(), |x| format!(
             "{x:.0} ms ({} failed)",
             f.failed_during_failover.unwrap_or(0)
@@ -123,11 +153,6 @@ pub fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
         outcome.json.display(),
         outcome.html.display()
     );
-    Ok(if outcome.report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 pub fn lab(cmd: LabCommand) -> Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! Every shipped scenario (`scenarios/*.yaml` of kind Scenario) runs in the embedded lab and
-//! passes its own expectations; its JSON and HTML reports are written and show the run. A
-//! broken scenario file is refused before anything starts, with line and field.
+//! passes its own expectations; its JSON and HTML reports are written and show the run; then
+//! the fault suite's short form (`scenarios/faults/`) runs as one command with its summary
+//! table. A broken scenario file is refused before anything starts, with line and field.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -69,6 +70,37 @@ fn every_shipped_scenario_passes_and_writes_its_reports() {
         assert!(html.contains("Requests per second by serving mesh"));
         no_secret_in_logs(&out);
     }
+    // The fault suite's short form (the long form is `make soak`), in one run: its summary
+    // table counts the faults played and the requests sent, failed and lost.
+    let faults: Vec<PathBuf> =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/faults"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+    assert!(faults.len() >= 3, "{faults:?}");
+    let out = tempdir("scenario-faults");
+    let o = Command::new(bin())
+        .args(["scenario", "run"])
+        .args(&faults)
+        .arg("--out")
+        .arg(&out)
+        .env("MESHFED_LOG", DEBUG_LOG)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = format!("{} of {} passed", faults.len(), faults.len());
+    assert!(
+        stdout.contains("faults") && stdout.contains("lost") && stdout.contains(&summary),
+        "{stdout}"
+    );
+    no_secret_in_logs(&out);
 }
 
 /// meshfed's own crates at debug; the HTTP/2, TLS and QUIC libraries at info.

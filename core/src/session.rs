@@ -33,7 +33,8 @@ pub struct SessionConfig {
     pub liveness_timeout: Duration,
     /// First reconnect delay. Default 500 ms.
     pub backoff_base: Duration,
-    /// Longest reconnect delay. Default 30 s.
+    /// Longest reconnect delay. Default 10 s: after a partition heals, the importer is back
+    /// within it (a reconnect attempt costs one TLS handshake).
     pub backoff_max: Duration,
     /// Seed for reconnect jitter.
     pub seed: u64,
@@ -45,7 +46,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(15),
             backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(10),
             seed: 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -147,8 +148,9 @@ impl Session {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Delay before reconnect attempt `n` (1-based): exponential from the base, capped, with
-    /// ±50 % jitter so that many importers do not reconnect in step.
+    /// Delay before reconnect attempt `n` (1-based): exponential from the base, capped, then
+    /// jittered down by up to half (never above the cap) so that many importers do not
+    /// reconnect in step.
     pub fn backoff(&mut self, n: u32) -> Duration {
         let exp = self
             .config
@@ -157,7 +159,7 @@ impl Session {
         let capped = exp.min(self.config.backoff_max);
         let unit =
             f64::from(u32::try_from(self.next_random() >> 40).unwrap_or(0)) / f64::from(1u32 << 24);
-        capped.mul_f64(0.5 + unit)
+        capped.mul_f64(0.5 + unit / 2.0)
     }
 
     fn schedule_dial(&mut self, now: Duration) {
@@ -355,11 +357,14 @@ mod tests {
     fn backoff_grows_is_capped_and_jittered() {
         let mut x = Session::new(SessionConfig::default());
         let delays: Vec<Duration> = (1..=12).map(|n| x.backoff(n)).collect();
-        assert!(delays[0] >= Duration::from_millis(250) && delays[0] <= Duration::from_millis(750));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(45)));
+        assert!(delays[0] >= Duration::from_millis(250) && delays[0] <= Duration::from_millis(500));
         assert!(
-            delays[11] >= Duration::from_secs(15),
-            "capped at 30 s ± 50 %"
+            delays.iter().all(|d| *d <= Duration::from_secs(10)),
+            "never above the cap"
+        );
+        assert!(
+            delays[11] >= Duration::from_secs(5),
+            "capped at 10 s, jittered down by up to half"
         );
         // After 10 failures, at most one attempt per second (R-FLAP-1).
         assert!(delays[9..].iter().all(|d| *d >= Duration::from_secs(1)));

@@ -353,21 +353,42 @@ pub fn diff(
     (upserts, removals)
 }
 
-/// The exporter's side of one stream: what the peer was last sent, and the version counter.
+/// Hands out an exporter's versions within its epoch: every message of every stream gets a
+/// number above all handed out before, so a stream that follows another to the same peer (a
+/// reconnect after a partition) never starts again at a version the importer already holds
+/// — which it would refuse as a regression. Cloning shares the clock.
+#[derive(Debug, Clone, Default)]
+pub struct VersionClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl VersionClock {
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+/// The exporter's side of one stream: what the peer was last sent, and its last version.
 #[derive(Debug, Clone)]
 pub struct ExportStream {
     epoch: u64,
     version: u64,
+    clock: VersionClock,
     sent: BTreeMap<Hostname, RemoteService>,
     batch: usize,
 }
 
 impl ExportStream {
-    /// A stream in exporter epoch `epoch`, sending at most `batch` services per message.
+    /// A stream in exporter epoch `epoch`, sending at most `batch` services per message, with
+    /// a version clock of its own (the exporter's only stream of the epoch).
     pub fn new(epoch: u64, batch: usize) -> Self {
+        Self::with_clock(epoch, batch, VersionClock::default())
+    }
+
+    /// [`ExportStream::new`], numbering its messages from the exporter's shared `clock`.
+    pub fn with_clock(epoch: u64, batch: usize, clock: VersionClock) -> Self {
         Self {
             epoch,
             version: 0,
+            clock,
             sent: BTreeMap::new(),
             batch: batch.max(1),
         }
@@ -379,7 +400,7 @@ impl ExportStream {
 
     /// A full snapshot of `view` as the next version, in chunks.
     pub fn snapshot(&mut self, view: &BTreeMap<Hostname, RemoteService>) -> Vec<SnapshotChunk> {
-        self.version += 1;
+        self.version = self.clock.next();
         self.sent = view.clone();
         let all: Vec<RemoteService> = view.values().cloned().collect();
         let mut chunks: Vec<SnapshotChunk> = all
@@ -418,7 +439,7 @@ impl ExportStream {
         let mut out = Vec::new();
         for batch in changes.chunks(self.batch) {
             let base = self.version;
-            self.version += 1;
+            self.version = self.clock.next();
             out.push(Delta {
                 epoch: self.epoch,
                 base,

@@ -33,8 +33,12 @@ pub struct ScenarioSpec {
     pub meshes: Vec<ScenarioMesh>,
     /// The load, sent through a client workload's sidecar for the whole run.
     pub load: ScenarioLoad,
-    /// How long the load runs, e.g. `20s` (at most 5 minutes).
+    /// How long the load runs, e.g. `20s` (at most 30 minutes).
     pub duration: String,
+    /// Lifetime of the workload certificates the control planes sign (default 24 h), e.g.
+    /// `60s`: proxies renew at half of it, so a short one shows renewals during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svid_ttl: Option<String>,
     /// Faults and repairs, in time order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<ScenarioStep>>,
@@ -124,6 +128,14 @@ pub struct ScenarioStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "object")]
     pub resource: Option<serde_json::Value>,
+    /// Plays the step this many times (1–1,000; default 1), `every` apart — e.g. 100
+    /// SIGKILL/restart cycles of a component. For `kill`, `start`, `restart`, `cut`,
+    /// `blackhole`, `delay` and `heal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
+    /// With `repeat`: the time between two plays, e.g. `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
 }
 
 fn object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -156,6 +168,22 @@ pub struct ScenarioExpectation {
     /// A peer's status, as a mesh's control plane reports it, is reached during the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_status: Option<PeerStatusExpectation>,
+    /// A mesh's control planes sign at least so many certificates from a moment on (first
+    /// certificates and renewals; counted across control-plane restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_issued: Option<CertificatesIssued>,
+}
+
+/// `certificatesIssued`: from `from` (default: the start of the load) to the end of the run,
+/// `mesh`'s control planes sign at least `atLeast` certificates. The lab reads every control
+/// plane's status twice a second.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatesIssued {
+    pub mesh: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub at_least: u64,
 }
 
 /// `successBetween`: in `[from, to)`, the share of requests that succeed is at least
@@ -171,7 +199,8 @@ pub struct SuccessBetween {
     pub at_most: Option<f64>,
 }
 
-/// `peerStatus`: at some moment up to `by` (default: the end of the run), `mesh`'s status of
+/// `peerStatus`: at some moment from `from` (default: the start) up to `by` (default: the
+/// end of the run), `mesh`'s status of
 /// its `ServiceMeshPeer` `peer` shows everything given — its `state`, a condition of `type`
 /// with `status` (and `reason`), or the peer's trust bundle at `bundleSequence` or later.
 /// The lab reads every control plane's status twice a second.
@@ -194,6 +223,9 @@ pub struct PeerStatusExpectation {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sequence: Option<u64>,
+    /// Not before this moment, e.g. after a partition heals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
 }
@@ -212,7 +244,8 @@ pub struct ServedBy {
 pub const MAX_MESHES: usize = 8;
 pub const MAX_REPLICAS: u32 = 10;
 pub const MAX_WORKLOADS_PER_MESH: usize = 40;
-pub const MAX_DURATION: Duration = Duration::from_secs(300);
+pub const MAX_DURATION: Duration = Duration::from_secs(1_800);
+pub const MAX_REPEAT: u32 = 1_000;
 pub const MAX_RPS: u32 = 2_000;
 
 /// A checked scenario, ready to run.
@@ -223,6 +256,9 @@ pub struct ScenarioPlan {
     pub meshes: Vec<PlanMesh>,
     pub load: PlanLoad,
     pub duration: Duration,
+    /// The control planes' `--svid-ttl`, when the scenario sets one.
+    pub svid_ttl: Option<Duration>,
+    /// In time order; a repeated step is one entry per play.
     pub steps: Vec<PlanStep>,
     pub expect: Vec<Expectation>,
 }
@@ -344,6 +380,11 @@ pub enum Expectation {
         at_most: Option<f64>,
     },
     PeerStatus(PeerStatusCheck),
+    CertificatesIssued {
+        mesh: String,
+        from: Duration,
+        at_least: u64,
+    },
 }
 
 /// A checked `peerStatus` expectation.
@@ -355,6 +396,8 @@ pub struct PeerStatusCheck {
     /// (type, status, reason).
     pub condition: Option<(String, bool, Option<String>)>,
     pub bundle_sequence: Option<u64>,
+    /// Not seen before this moment.
+    pub from: Duration,
     /// None: the end of the run.
     pub by: Option<Duration>,
 }
@@ -377,10 +420,15 @@ impl PeerStatusCheck {
             parts.push(format!("bundle sequence >= {n}"));
         }
         format!(
-            "{}'s peer {}: {}{}",
+            "{}'s peer {}: {}{}{}",
             self.mesh,
             self.peer,
             parts.join(", "),
+            if self.from.is_zero() {
+                String::new()
+            } else {
+                format!(" from {:.1}s", self.from.as_secs_f64())
+            },
             self.by
                 .map_or(String::new(), |b| format!(" by {:.1}s", b.as_secs_f64()))
         )
@@ -477,6 +525,16 @@ fn peer_status(
         ));
     }
     let by = ps.by.as_deref().map(|b| duration(b, p.key("by"), out));
+    let from = ps.from.as_deref().map(|f| duration(f, p.key("from"), out));
+    if let (Some(Some(from)), Some(Some(by))) = (from, by)
+        && from >= by
+    {
+        out.push(Finding::error(
+            "EmptyWindow",
+            p.key("by"),
+            format!("{by:?} is not after {from:?}"),
+        ));
+    }
     if out.len() > before {
         return None;
     }
@@ -486,6 +544,7 @@ fn peer_status(
         state: ps.state.clone(),
         condition: ps.condition.clone().map(|t| (t, status, ps.reason.clone())),
         bundle_sequence: ps.bundle_sequence,
+        from: from.flatten().unwrap_or_default(),
         by: by.flatten(),
     })
 }
@@ -1041,6 +1100,7 @@ fn convert_expectation(
         e.served_by.is_some(),
         e.success_between.is_some(),
         e.peer_status.is_some(),
+        e.certificates_issued.is_some(),
     ]
     .iter()
     .filter(|x| **x)
@@ -1053,7 +1113,7 @@ fn convert_expectation(
                 format!("{set} expectations in one entry; give exactly one"),
             )
             .hint(
-                "successRatio, successRatioAtMost, failoverWithin, failbackWithin, servedBy, successBetween or peerStatus",
+                "successRatio, successRatioAtMost, failoverWithin, failbackWithin, servedBy, successBetween, peerStatus or certificatesIssued",
             ),
         );
         return;
@@ -1153,6 +1213,33 @@ fn convert_expectation(
     {
         expect.push(Expectation::PeerStatus(c));
     }
+    if let Some(c) = &e.certificates_issued {
+        let cp = ep.key("certificatesIssued");
+        if !names.contains(&c.mesh) {
+            out.push(Finding::error(
+                "UnknownMesh",
+                cp.key("mesh"),
+                format!("no mesh {:?} in the scenario", c.mesh),
+            ));
+        }
+        let from = match &c.from {
+            Some(f) => duration(f, cp.key("from"), out),
+            None => Some(Duration::ZERO),
+        };
+        if c.at_least == 0 {
+            out.push(Finding::error(
+                "OutOfRange",
+                cp.key("atLeast"),
+                "0 always holds; give at least 1",
+            ));
+        } else if let (Some(from), true) = (from, names.contains(&c.mesh)) {
+            expect.push(Expectation::CertificatesIssued {
+                mesh: c.mesh.clone(),
+                from,
+                at_least: c.at_least,
+            });
+        }
+    }
 }
 
 /// Checks a scenario's spec; every problem is reported with its field path.
@@ -1220,16 +1307,43 @@ pub fn convert_scenario(
             }
             last = at;
         }
+        let plays = repeat(s, &sp, at, run, out);
         let action = timeline.action(s, &sp, out);
-        if let (Some(at), Some(action)) = (at, action) {
+        if let (Some(at), Some(action), Some((times, every))) = (at, action, plays) {
             let label = match &action {
                 Action::Scale { replicas, .. } => format!("scale {} to {replicas}", s.target),
                 Action::Delay { by, .. } => format!("delay {} by {by:?}", s.target),
                 _ => format!("{} {}", s.action, s.target),
             };
-            steps.push(PlanStep { at, action, label });
+            for n in 0..times {
+                steps.push(PlanStep {
+                    at: at + every * n,
+                    action: action.clone(),
+                    label: if times > 1 {
+                        format!("{label} ({}/{times})", n + 1)
+                    } else {
+                        label.clone()
+                    },
+                });
+            }
         }
     }
+    // Repeated steps interleave with later ones: the timeline is played in time order
+    // (stable: steps at the same moment keep their written order).
+    steps.sort_by_key(|s| s.at);
+    let svid_ttl = spec.svid_ttl.as_ref().and_then(|t| {
+        let p = base.key("svidTtl");
+        let d = duration(t, p.clone(), out)?;
+        if d < Duration::from_secs(10) {
+            out.push(Finding::error(
+                "OutOfRange",
+                p,
+                format!("{d:?}; certificates live at least 10s"),
+            ));
+            return None;
+        }
+        Some(d)
+    });
     let mut expect = Vec::new();
     for (i, e) in spec.expect.iter().flatten().enumerate() {
         convert_expectation(e, &base.key("expect").index(i), &known, &mut expect, out);
@@ -1254,7 +1368,84 @@ pub fn convert_scenario(
             path,
         },
         duration: run?,
+        svid_ttl,
         steps,
         expect,
     })
+}
+
+/// How often a step plays and how far apart: `(1, 0)` unless it repeats. A repeat is for
+/// faults and repairs only, and every play must come before the end of the run.
+fn repeat(
+    s: &ScenarioStep,
+    sp: &FieldPath,
+    at: Option<Duration>,
+    run: Option<Duration>,
+    out: &mut Findings,
+) -> Option<(u32, Duration)> {
+    let times = s.repeat.unwrap_or(1);
+    if s.repeat.is_none() {
+        if s.every.is_some() {
+            out.push(Finding::error(
+                "EveryWithoutRepeat",
+                sp.key("every"),
+                "every says how far apart a repeated step plays; give repeat too",
+            ));
+            return None;
+        }
+        return Some((1, Duration::ZERO));
+    }
+    if !(1..=MAX_REPEAT).contains(&times) {
+        out.push(Finding::error(
+            "OutOfRange",
+            sp.key("repeat"),
+            format!("{times}; a step plays 1 to {MAX_REPEAT} times"),
+        ));
+        return None;
+    }
+    if !matches!(
+        s.action.as_str(),
+        "kill" | "start" | "restart" | "cut" | "blackhole" | "delay" | "heal"
+    ) {
+        out.push(
+            Finding::error(
+                "RepeatNotAllowed",
+                sp.key("repeat"),
+                format!("{:?} steps play once", s.action),
+            )
+            .hint("repeat kill, start, restart, cut, blackhole, delay or heal"),
+        );
+        return None;
+    }
+    let Some(every) = s.every.as_ref() else {
+        out.push(Finding::error(
+            "MissingField",
+            sp.key("every"),
+            "a repeated step needs every (the time between two plays)",
+        ));
+        return None;
+    };
+    let every = duration(every, sp.key("every"), out)?;
+    if every.is_zero() && times > 1 {
+        out.push(Finding::error(
+            "OutOfRange",
+            sp.key("every"),
+            "0s; plays of a repeated step are apart",
+        ));
+        return None;
+    }
+    if let (Some(at), Some(run)) = (at, run)
+        && at + every * (times - 1) >= run
+    {
+        out.push(Finding::error(
+            "StepAfterEnd",
+            sp.key("repeat"),
+            format!(
+                "the last play, at {:?}, is not before the end of the run ({run:?})",
+                at + every * (times - 1)
+            ),
+        ));
+        return None;
+    }
+    Some((times, every))
 }

@@ -64,6 +64,96 @@ fn each_broken_scenario_names_reason_and_field() {
             "spec.steps[0].replicas",
         ),
         (
+            "a repeat without every",
+            r(
+                FAILOVER,
+                "{at: 4s, action: kill, target: alpha/shop/orders}",
+                "{at: 4s, action: kill, target: alpha/shop/orders, repeat: 3}",
+            ),
+            "MissingField",
+            "spec.steps[0].every",
+        ),
+        (
+            "every without a repeat",
+            r(
+                FAILOVER,
+                "{at: 4s, action: kill, target: alpha/shop/orders}",
+                "{at: 4s, action: kill, target: alpha/shop/orders, every: 1s}",
+            ),
+            "EveryWithoutRepeat",
+            "spec.steps[0].every",
+        ),
+        (
+            "a repeat past the end of the run",
+            r(
+                FAILOVER,
+                "{at: 4s, action: kill, target: alpha/shop/orders}",
+                "{at: 4s, action: kill, target: alpha/shop/orders, repeat: 20, every: 1s}",
+            ),
+            "StepAfterEnd",
+            "spec.steps[0].repeat",
+        ),
+        (
+            "a repeat of 0",
+            r(
+                FAILOVER,
+                "{at: 4s, action: kill, target: alpha/shop/orders}",
+                "{at: 4s, action: kill, target: alpha/shop/orders, repeat: 0, every: 1s}",
+            ),
+            "OutOfRange",
+            "spec.steps[0].repeat",
+        ),
+        (
+            "a repeated rotation",
+            r(
+                ROTATION,
+                "action: rotate, target: alpha}",
+                "action: rotate, target: alpha, repeat: 2, every: 1s}",
+            ),
+            "RepeatNotAllowed",
+            "spec.steps[0].repeat",
+        ),
+        (
+            "certificates of 5 s",
+            r(
+                FAILOVER,
+                "  duration: 16s",
+                "  duration: 16s\n  svidTtl: 5s",
+            ),
+            "OutOfRange",
+            "spec.svidTtl",
+        ),
+        (
+            "certificatesIssued of 0",
+            r(
+                FAILOVER,
+                "  - successRatio: 0.999",
+                "  - certificatesIssued: {mesh: alpha, atLeast: 0}",
+            ),
+            "OutOfRange",
+            "spec.expect[0].certificatesIssued.atLeast",
+        ),
+        (
+            "certificatesIssued of an unknown mesh",
+            r(
+                FAILOVER,
+                "  - successRatio: 0.999",
+                "  - certificatesIssued: {mesh: gamma, atLeast: 1}",
+            ),
+            "UnknownMesh",
+            "spec.expect[0].certificatesIssued.mesh",
+        ),
+        (
+            "a peerStatus window ending before it starts",
+            r(
+                FAILOVER,
+                "  - successRatio: 0.999",
+                "  - peerStatus: {mesh: alpha, peer: beta, state: Active, from: 9s, by: 5s}",
+            ),
+            "EmptyWindow",
+            "spec.expect[0].peerStatus.by",
+        ),
+        (
             "rotate an unknown mesh",
             r(
                 ROTATION,
@@ -207,4 +297,31 @@ fn each_broken_scenario_names_reason_and_field() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A repeated step is one timeline entry per play, interleaved in time order with the others.
+#[test]
+fn repeated_steps_play_in_time_order() {
+    use meshfed_crds::validate::Converted;
+    let text = include_str!("../../scenarios/faults/kill-cycles.yaml");
+    let report = run(text);
+    assert_eq!(report.errors(), 0);
+    let plan = report
+        .objects
+        .iter()
+        .find_map(|o| match &o.converted {
+            Some(Converted::Scenario(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let labels: Vec<(u64, &str)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.at.as_secs(), s.label.as_str()))
+        .collect();
+    assert_eq!(labels.len(), 20);
+    assert_eq!(labels[0], (2, "restart alpha:control (1/10)"));
+    assert_eq!(labels[1], (3, "restart beta:control (1/10)"));
+    assert_eq!(labels[19], (21, "restart beta:control (10/10)"));
+    assert!(labels.windows(2).all(|w| w[0].0 <= w[1].0));
 }

@@ -209,6 +209,8 @@ impl Lab {
     /// Builds and starts every mesh of `plan`, and waits until all are ready.
     pub async fn up(plan: &ScenarioPlan, opts: &Options) -> Result<Self> {
         let work = opts.work.clone();
+        // Logs are appended to across restarts: an earlier run's go first.
+        let _ = std::fs::remove_dir_all(work.join("logs"));
         std::fs::create_dir_all(work.join("logs"))
             .with_context(|| format!("creating {}", work.display()))?;
         let layout = topology::layout(plan, pick_base(plan.meshes.len())?)?;
@@ -222,9 +224,10 @@ impl Lab {
         // Trust: a CA per mesh; peers hold each other's bundles.
         for m in &layout.meshes {
             std::fs::write(work.join(format!("{}.yaml", m.name)), &m.file)?;
-            // Nothing of an earlier run may be picked up: its CA, its bootstrap file.
+            // Nothing of an earlier run may be picked up: its CA, its bootstrap file, its store.
             let _ = std::fs::remove_dir_all(work.join(format!("{}-ca", m.name)));
             let _ = std::fs::remove_file(work.join(format!("{}-bootstrap.json", m.name)));
+            let _ = std::fs::remove_dir_all(work.join(format!("{}-store", m.name)));
             meshfed(
                 &exe,
                 &work,
@@ -309,11 +312,21 @@ impl Lab {
                     "3s",
                     "--rotation-grace",
                     "2s",
+                    // Imports survive a restart (served stale until the peer answers).
+                    "--store",
+                    &format!("{n}-store"),
                     "--bootstrap-out",
                     &format!("{n}-bootstrap.json"),
                 ]
                 .map(str::to_owned)
-                .to_vec(),
+                .into_iter()
+                .chain(
+                    plan.svid_ttl
+                        .map(|t| ["--svid-ttl".to_owned(), format!("{}s", t.as_secs())])
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             )?;
         }
         for m in &layout.meshes {
@@ -605,6 +618,15 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The processes that should run (started, and not stopped by a step) but exited.
+    fn exited(&mut self) -> Vec<String> {
+        self.procs
+            .running
+            .iter_mut()
+            .filter_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
+            .collect()
     }
 
     /// The process names of a service's sidecars (`<name>-app` are their apps), in order.

@@ -17,7 +17,11 @@ impl Procs {
         name: &str,
         args: Vec<String>,
     ) -> Result<()> {
-        let log = std::fs::File::create(work.join("logs").join(format!("{name}.log")))
+        // Appended to: a restarted component's log follows its earlier runs'.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work.join("logs").join(format!("{name}.log")))
             .with_context(|| format!("log of {name}"))?;
         let child = tokio::process::Command::new(exe)
             .args(&args)

@@ -33,7 +33,13 @@ pub struct Bucket {
 pub struct Figures {
     pub requests: usize,
     pub ok: usize,
+    /// Answered with an error status.
+    pub failed: usize,
+    /// Never answered (refused, reset, timed out).
+    pub lost: usize,
     pub success_ratio: f64,
+    /// Faults and repairs the timeline played (every play of a repeated step).
+    pub faults: usize,
     /// From the first `kill` to ≥ 99 % of requests served by another mesh (for 1 s).
     pub failover_ms: Option<f64>,
     pub failed_during_failover: Option<usize>,
@@ -164,9 +170,13 @@ pub fn analyse(
     let ok = sorted.iter().filter(|s| s.ok()).count();
     let mut lat: Vec<f64> = sorted.iter().map(|s| s.latency_ms).collect();
     lat.sort_by(f64::total_cmp);
+    let lost = sorted.iter().filter(|s| s.status == 0).count();
     let mut f = Figures {
         requests: sorted.len(),
         ok,
+        failed: sorted.len() - ok - lost,
+        lost,
+        faults: plan.steps.len(),
         success_ratio: if sorted.is_empty() {
             0.0
         } else {
@@ -337,6 +347,24 @@ pub fn analyse(
                     detail: format!("{ok} of {} succeeded ({share:.4})", window.len()),
                 }
             }
+            Expectation::CertificatesIssued {
+                mesh,
+                from,
+                at_least,
+            } => {
+                let at = reached.get(&i).copied();
+                Check {
+                    expectation: format!(
+                        "{mesh} signs ≥ {at_least} certificate(s) from {}",
+                        secs(*from)
+                    ),
+                    passed: at.is_some(),
+                    detail: at.map_or_else(
+                        || "not so many signed".to_owned(),
+                        |t| format!("reached at {:.1}s", t / 1e3),
+                    ),
+                }
+            }
             Expectation::PeerStatus(c) => {
                 let at = reached.get(&i).copied();
                 let limit = c.by.map_or(duration_ms, ms);
@@ -369,6 +397,49 @@ pub fn analyse(
         passed,
         buckets: buckets(&sorted, duration_ms),
     }
+}
+
+/// The summary of several runs: per scenario its length, the faults it played, the requests
+/// sent, failed (an error answer) and lost (no answer), and whether it passed; then the
+/// totals.
+pub fn summary_table(reports: &[Report]) -> String {
+    let mut out = format!(
+        "{:<28} {:>8} {:>7} {:>9} {:>7} {:>6}  {}\n",
+        "scenario", "length", "faults", "requests", "failed", "lost", "result"
+    );
+    let (mut faults, mut requests, mut failed, mut lost, mut ms) = (0, 0, 0, 0, 0.0);
+    for r in reports {
+        let f = &r.figures;
+        let _ = writeln!(
+            out,
+            "{:<28} {:>7.0}s {:>7} {:>9} {:>7} {:>6}  {}",
+            r.scenario,
+            r.duration_ms / 1e3,
+            f.faults,
+            f.requests,
+            f.failed,
+            f.lost,
+            if r.passed { "passed" } else { "FAILED" }
+        );
+        faults += f.faults;
+        requests += f.requests;
+        failed += f.failed;
+        lost += f.lost;
+        ms += r.duration_ms;
+    }
+    let passed = reports.iter().filter(|r| r.passed).count();
+    let _ = writeln!(
+        out,
+        "{:<28} {:>7.0}s {:>7} {:>9} {:>7} {:>6}  {passed} of {} passed",
+        "total",
+        ms / 1e3,
+        faults,
+        requests,
+        failed,
+        lost,
+        reports.len()
+    );
+    out
 }
 
 /// One chart line: label, color, points (ms, value).
@@ -589,8 +660,8 @@ tr.fail td:first-child {{ color: #d62728; font-weight: bold; }}
 <p>{desc}</p>
 <p class=\"verdict\" id=\"verdict\">{verdict}</p>
 <p>Started {started}; {rps} requests per second from mesh {home} for {dur:.0} s.</p>
-<table><tr><th>Requests</th><th>Succeeded</th><th>Failover</th><th>Failed during failover</th><th>Fail-back</th><th>Failed during fail-back</th><th>p50</th><th>p99</th></tr>
-<tr><td>{req}</td><td>{ok} ({ratio:.4})</td><td>{fo}</td><td>{fof}</td><td>{fb}</td><td>{fbf}</td><td>{p50:.1} ms</td><td>{p99:.1} ms</td></tr></table>
+<table><tr><th>Requests</th><th>Succeeded</th><th>Failed</th><th>Lost</th><th>Faults</th><th>Failover</th><th>Failed during failover</th><th>Fail-back</th><th>Failed during fail-back</th><th>p50</th><th>p99</th></tr>
+<tr><td>{req}</td><td>{ok} ({ratio:.4})</td><td>{failed}</td><td>{lost}</td><td>{faults}</td><td>{fo}</td><td>{fof}</td><td>{fb}</td><td>{fbf}</td><td>{p50:.1} ms</td><td>{p99:.1} ms</td></tr></table>
 <table><tr><th></th><th>Expectation</th><th>Measured</th></tr>{checks}</table>
 {c1}
 {c2}
@@ -606,6 +677,9 @@ tr.fail td:first-child {{ color: #d62728; font-weight: bold; }}
         home = esc(&r.caller_mesh),
         dur = r.duration_ms / 1000.0,
         req = f.requests,
+        failed = f.failed,
+        lost = f.lost,
+        faults = f.faults,
         ok = f.ok,
         ratio = f.success_ratio,
         fo = opt(f.failover_ms),
@@ -643,6 +717,7 @@ mod tests {
                 path: "/".into(),
             },
             duration: Duration::from_secs(10),
+            svid_ttl: None,
             steps,
             expect,
         }
@@ -715,6 +790,55 @@ mod tests {
         assert_eq!(r.buckets[12].ok, 23);
         let html = html(&r);
         assert!(html.contains("FAILED") && html.matches("<svg").count() == 3);
+    }
+
+    #[test]
+    fn failed_and_lost_requests_faults_and_the_summary_table() {
+        let mut s = samples();
+        // Two more calls never answered.
+        for x in s.iter_mut().skip(500).take(2) {
+            x.status = 0;
+            x.mesh = None;
+        }
+        let p = plan(
+            vec![apps(Action::Kill, 3), apps(Action::Start, 7)],
+            vec![Expectation::CertificatesIssued {
+                mesh: "alpha".into(),
+                from: Duration::from_secs(5),
+                at_least: 2,
+            }],
+        );
+        let mut reached = Reached::new();
+        let r = analyse(&p, &s, &reached, String::new());
+        assert_eq!(
+            (r.figures.failed, r.figures.lost, r.figures.faults),
+            (2, 2, 2)
+        );
+        assert!(
+            !r.checks[0].passed,
+            "certificates never counted: {:?}",
+            r.checks
+        );
+        reached.insert(0, 6_100.0);
+        let ok = analyse(&p, &s, &reached, String::new());
+        assert!(ok.checks[0].passed, "{:?}", ok.checks);
+        let table = summary_table(&[r, ok]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].contains("faults") && lines[0].contains("lost"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("FAILED") && lines[2].contains("passed"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("total")
+                && lines[3].contains("2000")
+                && lines[3].ends_with("1 of 2 passed"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -35,47 +35,91 @@ pub(super) fn holds(check: &meshfed_crds::scenario::PeerStatusCheck, status: &Pe
 }
 
 /// Reads the control planes' status twice a second and notes in `reached` when each
-/// `peerStatus` expectation (by index) first holds, in ms from `t0`.
-pub(super) async fn watch_peer_status(
+/// `peerStatus` and `certificatesIssued` expectation (by index) first holds, in ms from `t0`.
+/// Certificates are counted across control-plane restarts: after the timeline restarted a
+/// mesh's control plane (`restarts` counts them per mesh), its counter starts again from 0.
+pub(super) async fn watch_status(
     layout: Layout,
     expect: Vec<Expectation>,
     t0: Instant,
     reached: Arc<std::sync::Mutex<report::Reached>>,
+    restarts: Restarts,
 ) {
     let checks: Vec<(usize, meshfed_crds::scenario::PeerStatusCheck)> = expect
-        .into_iter()
+        .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Expectation::PeerStatus(c) => Some((i, c)),
+            Expectation::PeerStatus(c) => Some((i, c.clone())),
             _ => None,
         })
         .collect();
-    if checks.is_empty() {
+    let certs: Vec<(usize, String, f64, u64)> = expect
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Expectation::CertificatesIssued {
+                mesh,
+                from,
+                at_least,
+            } => Some((i, mesh.clone(), from.as_secs_f64() * 1e3, *at_least)),
+            _ => None,
+        })
+        .collect();
+    if checks.is_empty() && certs.is_empty() {
         return;
     }
+    // Per mesh: the counter last read and the restarts then; per expectation: certificates
+    // signed since `from`.
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut signed: BTreeMap<usize, u64> = BTreeMap::new();
     loop {
         for m in &layout.meshes {
             let mine: Vec<_> = checks.iter().filter(|(_, c)| c.mesh == m.name).collect();
-            if mine.is_empty() {
+            let my_certs: Vec<_> = certs.iter().filter(|c| c.1 == m.name).collect();
+            if mine.is_empty() && my_certs.is_empty() {
                 continue;
             }
             let Some(st) = admin_status(m.admin).await else {
                 continue;
             };
             let t = Instant::now().saturating_duration_since(t0).as_secs_f64() * 1e3;
+            let now = st.control.certificates_issued;
+            let generation = restarts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&m.name)
+                .copied()
+                .unwrap_or(0);
+            let new = match last.insert(m.name.clone(), (now, generation)) {
+                Some((b, g)) if g == generation => now.saturating_sub(b),
+                Some(_) => now,
+                None => 0,
+            };
             let imports = st.peering.map(|p| p.imports).unwrap_or_default();
             let mut r = reached
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (i, c) in mine {
-                if imports.iter().any(|p| holds(c, &p.status)) {
+                if t >= c.from.as_secs_f64() * 1e3 && imports.iter().any(|p| holds(c, &p.status)) {
                     r.entry(*i).or_insert(t);
+                }
+            }
+            for (i, _, from, at_least) in my_certs {
+                if t >= *from {
+                    let n = signed.entry(*i).or_default();
+                    *n += new;
+                    if *n >= *at_least {
+                        r.entry(*i).or_insert(t);
+                    }
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// How many times the timeline stopped or started each mesh's control plane.
+pub(super) type Restarts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 
 /// One progress line: the last second's rate, success and serving meshes.
 pub(super) fn progress(samples: &Samples, now_ms: f64, step: &str) -> String {
@@ -147,11 +191,13 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
         samples.clone(),
     ));
     let reached = Arc::new(std::sync::Mutex::new(report::Reached::new()));
-    let watcher = tokio::spawn(watch_peer_status(
+    let restarts = Restarts::default();
+    let watcher = tokio::spawn(watch_status(
         lab.layout.clone(),
         plan.expect.clone(),
         t0,
         reached.clone(),
+        restarts.clone(),
     ));
     // The timeline, with a progress line every second.
     let mut next = 0;
@@ -177,6 +223,17 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
                 step.label
             ));
             lab.apply(&step.action).await?;
+            // A kill or restart ends the process whose counter was being read (a start after
+            // a kill brings up the one the kill already counted).
+            if let Action::Kill(Component::Control { mesh })
+            | Action::Restart(Component::Control { mesh }) = &step.action
+            {
+                *restarts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(mesh.clone())
+                    .or_default() += 1;
+            }
             phase.clone_from(&step.label);
             next += 1;
             continue;
@@ -196,7 +253,24 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let samples = load::lock(&samples).clone();
-    let report = report::analyse(plan, &samples, &reached, started_at);
+    let mut report = report::analyse(plan, &samples, &reached, started_at);
+    // Whatever the timeline did, every component it did not leave stopped still runs: none
+    // exited by itself (a crash, a crash loop after restarts, a store it could not open).
+    let exited = lab.exited();
+    report.checks.push(report::Check {
+        expectation: "every component runs at the end".into(),
+        passed: exited.is_empty(),
+        detail: if exited.is_empty() {
+            "none exited by itself".into()
+        } else {
+            format!(
+                "exited: {}; logs in {}",
+                exited.join(", "),
+                lab.work.join("logs").display()
+            )
+        },
+    });
+    report.passed = report.checks.iter().all(|c| c.passed);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     let json = opts.out.join(format!("{}.json", plan.name));

@@ -175,9 +175,11 @@ fn msg(m: Out) -> ImporterMessage {
     ImporterMessage { msg: Some(m) }
 }
 
-/// The reason token at the start of a status message (`ClientIDRejected: …`).
-/// The reason of an error from the exporter: the `meshfed-reason` it carries, else (a
-/// transport failure before the service answered) one from the code.
+/// The reason of an error from the exporter when opening the stream: the `meshfed-reason`
+/// it carries, else (a transport failure before the service answered) one from the code. In
+/// TLS 1.3 a server that refuses the client's certificate says so only after the client
+/// finished its handshake, so the first call is where that refusal surfaces: `Unavailable`
+/// or `Unknown` there is the peer not trusting us.
 fn status_reason(s: &tonic::Status) -> String {
     match crate::reason::reason_of(s) {
         Some(r) => r.to_owned(),
@@ -185,6 +187,16 @@ fn status_reason(s: &tonic::Status) -> String {
             tonic::Code::Unavailable | tonic::Code::Unknown => "TrustBundleMismatch".to_owned(),
             c => format!("{c:?}"),
         },
+    }
+}
+
+/// The reason an established stream broke: the `meshfed-reason` the exporter sent, else a
+/// transport failure (`StreamBroken`: a reset, a cut link) — not a trust problem, which
+/// would have stopped the stream from opening.
+fn broken_reason(s: &tonic::Status) -> &'static str {
+    match crate::reason::reason_of(s) {
+        Some(r) => static_reason(r),
+        None => "StreamBroken",
     }
 }
 
@@ -625,7 +637,7 @@ impl Driver {
                             ev
                         }
                         Ok(None) => vec![Event::Disconnected { reason: "StreamClosed" }],
-                        Err(s) => vec![Event::Disconnected { reason: static_reason(&status_reason(&s)) }],
+                        Err(s) => vec![Event::Disconnected { reason: broken_reason(&s) }],
                     };
                     for ev in events {
                         if let Event::Disconnected { reason } = ev {
@@ -662,6 +674,7 @@ fn static_reason(r: &str) -> &'static str {
         "UnknownIssuer",
         "IdentityNotAllowed",
         "StreamClosed",
+        "StreamBroken",
         "StreamStale",
         "NoPeerIdentity",
         "BadAddress",

@@ -115,6 +115,8 @@ pub struct Exporter {
     options: ExporterOptions,
     active: Arc<Mutex<HashSet<PeerName>>>,
     epoch: u64,
+    /// Numbers every stream's messages within the epoch (a reconnect continues above).
+    versions: meshfed_core::stream::VersionClock,
     events: mpsc::Sender<ExporterEvent>,
     redeemer: Option<Redeemer>,
     /// Set when the server is told to shut down: every stream closes (`ServerShutdown`), so
@@ -145,6 +147,7 @@ impl Exporter {
             options,
             active: Arc::default(),
             epoch,
+            versions: meshfed_core::stream::VersionClock::default(),
             events,
             redeemer: None,
             stopping: Arc::new(watch::channel(false).0),
@@ -368,6 +371,7 @@ impl Peering for Exporter {
             config: self.config.clone(),
             options: self.options,
             epoch: self.epoch,
+            versions: self.versions.clone(),
             tx,
             events: self.events.clone(),
         };
@@ -399,6 +403,7 @@ struct StreamTask {
     config: watch::Receiver<Arc<ExporterConfig>>,
     options: ExporterOptions,
     epoch: u64,
+    versions: meshfed_core::stream::VersionClock,
     tx: mpsc::Sender<Result<ExporterMessage, Status>>,
     events: mpsc::Sender<ExporterEvent>,
 }
@@ -541,7 +546,8 @@ impl StreamTask {
             }
             sent_bundle = Some(seq);
         }
-        let mut stream = ExportStream::new(self.epoch, self.options.batch);
+        let mut stream =
+            ExportStream::with_clock(self.epoch, self.options.batch, self.versions.clone());
         if let Flow::End(r) = self.snapshot(&mut stream, &view).await {
             return r;
         }

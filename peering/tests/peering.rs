@@ -455,6 +455,108 @@ async fn a_dead_peer_turns_failing_keeps_imports_and_recovers() {
     exp2.kill();
 }
 
+/// A TCP relay to `upstream` that a test can cut (every connection through it reset, new ones
+/// closed at once) and heal: a network partition with both ends still running.
+struct Relay {
+    addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                c.lock().unwrap().spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        Self { addr, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// From the lab's partition fault: a partition with both ends running (no exporter restart,
+/// so no new epoch). The stream breaks as a transport failure (`StreamBroken`), not as a trust
+/// problem; after the heal the exporter's new stream continues its versions, so the importer
+/// takes its snapshot (it refused it as a regression when every stream started again at 1)
+/// and what changed meanwhile arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_a_restart_breaks_the_stream_and_heals_into_a_resync() {
+    let cas = cas();
+    let v1 = view(&[("orders", 8080)]);
+    let mut exp = start_exporter(&cas, IMPORTER_ID, v1.clone(), None).await;
+    let relay = Relay::start(exp.addr).await;
+    let mut imp = importer(relay.addr, client_tls(&cas.b, IMPORTER_ID, &[&cas.a]), None);
+    wait_imports(&mut imp, &v1).await;
+    wait_status(&mut imp.status, "Active", |s| s.state == PeerState::Active).await;
+    // Changes before the cut: the stream's versions move on past the snapshot's.
+    let v2 = view(&[("orders", 8080), ("cart", 8080)]);
+    exp.config
+        .send_modify(|c| Arc::make_mut(c).peers[0].view = v2.clone());
+    wait_imports(&mut imp, &v2).await;
+    relay.cut();
+    let st = wait_status(&mut imp.status, "Failing", |s| {
+        s.state == PeerState::Failing
+    })
+    .await;
+    let reason = st
+        .condition(ConditionType::Connected)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason == "StreamBroken" || reason == "GatewayUnreachable",
+        "a cut link is a transport failure, not {reason:?}: {st:#?}"
+    );
+    // Meanwhile the exporter's view changes; then the link heals.
+    let v3 = view(&[("cart", 8080), ("search", 9090)]);
+    exp.config
+        .send_modify(|c| Arc::make_mut(c).peers[0].view = v3.clone());
+    relay.heal();
+    wait_imports(&mut imp, &v3).await;
+    let st = wait_status(&mut imp.status, "Active, synced and not stale", |s| {
+        s.state == PeerState::Active && !s.stale
+    })
+    .await;
+    assert!(
+        st.condition(ConditionType::ImportRejected)
+            .is_none_or(|c| !c.status),
+        "the resync was refused: {st:#?}"
+    );
+    // Not one message was refused on the way: no NACK-driven catch-up.
+    let mut nacks = Vec::new();
+    while let Ok(ev) = exp.events.try_recv() {
+        if let ExporterEvent::Nacked {
+            version, reason, ..
+        } = ev
+        {
+            nacks.push(format!("{version}: {reason}"));
+        }
+    }
+    assert!(nacks.is_empty(), "NACKs: {nacks:?}");
+    imp.stop().await;
+    exp.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_are_served_from_the_store_while_the_peer_is_down() {
     let cas = cas();
