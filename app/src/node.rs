@@ -54,11 +54,6 @@ pub enum NodeError {
     Identity(#[from] meshfed_core::id::SpiffeIdError),
     #[error("TLS set-up: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("the import store {path}: {source}")]
-    Store {
-        path: PathBuf,
-        source: meshfed_store::StoreError,
-    },
     #[error("removing peer {peer}'s imports from the store: {source}")]
     Forget {
         peer: String,
@@ -78,7 +73,7 @@ impl NodeError {
             Self::Issue { source, .. } => source.reason(),
             Self::Identity(e) => e.reason(),
             Self::Tls(_) => "TlsSetupFailed",
-            Self::Store { source, .. } | Self::Forget { source, .. } => source.reason(),
+            Self::Forget { source, .. } => source.reason(),
             Self::File(e) => e.reason(),
             Self::Admin(e) => e.reason(),
         }
@@ -497,23 +492,30 @@ impl Node {
         tasks.spawn_infallible("status", publish_status(parts.clone(), status_tx));
         let store = match &config.store {
             None => None,
-            Some(path) => {
-                let (store, rebuilt) =
-                    meshfed_store::Store::open(path).map_err(|source| NodeError::Store {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if let Some(r) = rebuilt {
-                    tracing::warn!(
+            Some(path) => match meshfed_store::Store::open(path) {
+                // The store is a cache: a disk that is full or read-only, a folder that cannot
+                // be made, cost the imports' survival across a restart, not the peering.
+                Err(e) => {
+                    tracing::error!(
+                        reason = e.reason(),
+                        "the store {} cannot be used: {e}; peering runs without it (imports are not kept across a restart)",
+                        path.display()
+                    );
+                    None
+                }
+                Ok((store, rebuilt)) => {
+                    if let Some(r) = rebuilt {
+                        tracing::warn!(
                         reason = %r.reason,
                         "store {} rebuilt: {}; the old files are in {}",
                         path.display(),
                         r.detail,
-                        r.moved_to.display()
-                    );
+                            r.moved_to.display()
+                        );
+                    }
+                    Some((path.clone(), Arc::new(store)))
                 }
-                Some((path.clone(), Arc::new(store)))
-            }
+            },
         };
         let node = Node {
             listen: bound,

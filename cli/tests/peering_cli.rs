@@ -323,3 +323,121 @@ fn a_peering_token_bootstraps_trust_both_ways_without_copying_roots() {
     wait(&dir, b_admin, "beta importing from alpha", active);
     wait(&dir, a_admin, "alpha importing from beta", active);
 }
+
+/// Runs `f` in the mount namespace of process `pid` (`nsenter`): the test's way to reach a
+/// file system only that process sees.
+fn in_namespace_of(pid: u32, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The store on a full disk, then on a read-only one (root: a 512 KiB tmpfs in a mount
+/// namespace of the node's own): full, beta keeps importing and serving, and a save that
+/// fails is a warning with its reason; started on a read-only disk, where it cannot open its
+/// store, it says why and runs without one. (A tmpfs cannot turn read-only under a process
+/// writing to it, so read-only is tried at start.)
+#[test]
+fn a_full_or_read_only_disk_under_the_store_costs_only_the_store() {
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("skipped: a tmpfs in a mount namespace needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempdir("peering-cli-disk");
+    two_cas(&dir);
+    common::exchange_bundles(&dir, ("a", "alpha-mesh.local"), ("b", "beta-mesh.local"));
+    let (a_listen, b_listen) = (free("127.0.3.1"), free("127.0.4.1"));
+    let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
+    let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
+    let beta = mesh_file(&dir, "beta.yaml", a_listen);
+    let mnt = dir.join("disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut procs = Procs::default();
+    start(
+        &mut procs,
+        &dir,
+        "alpha",
+        &alpha,
+        "a",
+        (a_listen, a_admin),
+        "a-store",
+    );
+    // beta in a mount namespace of its own, its store on a tmpfs there; `prepare` runs first.
+    let start_beta = |procs: &mut Procs, prepare: &str| {
+        let script = format!(
+            "mount -t tmpfs -o size=512k none {m} && {prepare} exec {bin} peering run --mesh {mesh} --dir b --listen {l} --admin {a} --store {m}/store --heartbeat 300ms --liveness 1500ms",
+            m = mnt.display(),
+            bin = common::bin(),
+            mesh = beta.display(),
+            l = b_listen,
+            a = b_admin,
+        );
+        procs.spawn_program(&dir, "beta", "unshare", &["-m", "sh", "-c", &script], &[]);
+    };
+    start_beta(&mut procs, "");
+    let synced = |i: &ImportSide| {
+        i.status.state == PeerState::Active && i.status.imported_services == 2 && !i.status.stale
+    };
+    wait(&dir, b_admin, "beta importing from alpha", synced);
+    // alpha restarted: a new epoch, a new snapshot for beta to save.
+    let restart_alpha = |procs: &mut Procs| {
+        procs.kill("alpha");
+        wait(&dir, b_admin, "beta sees alpha failing", |i| {
+            i.status.state == PeerState::Failing
+        });
+        start(
+            procs,
+            &dir,
+            "alpha",
+            &alpha,
+            "a",
+            (a_listen, a_admin),
+            "a-store",
+        );
+        wait(&dir, b_admin, "beta importing from alpha again", synced)
+    };
+    // The disk fills up.
+    let fill = in_namespace_of(
+        procs.pid("beta"),
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}/fill", mnt.display()),
+            "bs=64k",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&fill.stderr).contains("No space left"),
+        "{fill:?}"
+    );
+    for _ in 0..2 {
+        restart_alpha(&mut procs);
+        assert!(procs.alive("beta"), "beta exited on a full disk");
+    }
+    // (sled writes into space it holds already, so a save may still succeed; one that fails
+    // is a warning with its reason, never a crash.)
+    let log = std::fs::read_to_string(dir.join("beta.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("saving imports failed"))
+            .all(|l| l.contains("reason=")),
+        "{log}"
+    );
+    // Started on a store it cannot create (read-only from the start): the reason, then
+    // peering without a store.
+    procs.kill("beta");
+    let m = mnt.display();
+    start_beta(&mut procs, &format!("mount -o remount,ro {m} &&"));
+    wait(&dir, b_admin, "beta importing without a store", synced);
+    assert!(procs.alive("beta"));
+    let log = std::fs::read_to_string(dir.join("beta.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot be used") && l.contains("without it")),
+        "no word of the unusable store:\n{log}"
+    );
+}

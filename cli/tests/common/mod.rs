@@ -65,8 +65,25 @@ impl Procs {
 
     /// [`Procs::spawn`] with environment variables set.
     pub fn spawn_env(&mut self, dir: &Path, name: &str, args: &[&str], env: &[(&str, &Path)]) {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(bin())
+        self.spawn_program(dir, name, bin(), args, env);
+    }
+
+    /// Starts `program` (which may exec `meshfed` in the end, as `unshare` does) as `name`;
+    /// its log is appended to, so a restart's follows the earlier run's.
+    pub fn spawn_program(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .current_dir(dir)
@@ -103,6 +120,17 @@ impl Procs {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The process id of `name`.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.0.iter().find(|(n, _)| n == name).unwrap().1.id()
+    }
+
+    /// Whether `name` still runs.
+    pub fn alive(&mut self, name: &str) -> bool {
+        let (_, c) = self.0.iter_mut().find(|(n, _)| n == name).unwrap();
+        matches!(c.try_wait(), Ok(None))
     }
 
     /// Kills the process started as `name` and waits for it.
