@@ -68,7 +68,7 @@ sidecar-order:
 	$(CARGO) build --release --locked -p meshfed-cli
 	scripts/sidecar-order.sh
 
-.PHONY: soak fuzz fuzz-cmin sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
+.PHONY: kube-tools soak fuzz fuzz-cmin sidecar-order check-kind bench-trust bench-peering bench-proxy bench-peers bench-crossmesh bench-failover bench-tools demo demo-peering ci fmt-check clippy test generate check-generated validate-manifests tools build
 
 DEMO = target/demo
 
@@ -140,7 +140,7 @@ check-generated:
 check-kind:
 	$(CARGO) build --locked -p meshfed-cli
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run 'make tools'"; exit 1; }
-	shellcheck -x scenarios/kind/*.sh scripts/sidecar-order.sh scripts/hostile-table.sh
+	shellcheck -x scenarios/kind/*.sh scripts/sidecar-order.sh scripts/hostile-table.sh scripts/kube-apiserver.sh
 	@rm -rf target/kind-dry-run
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/up.sh >target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }
 	MESHFED=$(CURDIR)/target/debug/meshfed DRY_RUN=1 WORK=target/kind-dry-run bash scenarios/kind/failover.sh >>target/kind-dry-run.log 2>&1 || { cat target/kind-dry-run.log; exit 1; }
@@ -150,6 +150,13 @@ check-kind:
 validate-manifests:
 	@command -v kubernetes-validate >/dev/null || { echo "kubernetes-validate is missing: run 'make tools'"; exit 1; }
 	find deploy -name '*.yaml' -print0 | xargs -0 kubernetes-validate --strict --quiet
+
+## The real Kubernetes API server of the tests' real-API tier (k8s/tests/real_api.rs): built
+## once from Debian's kubernetes source package and cached outside the repository
+## (scripts/kube-apiserver.sh; about 10 minutes cold). CI builds it and requires it
+## (MESHFED_REQUIRE_REAL_KUBE=1); elsewhere those tests are skipped, saying so, without it.
+kube-tools:
+	scripts/kube-apiserver.sh build
 
 ## Tools the checks need beyond the Rust toolchain.
 tools:

@@ -117,15 +117,48 @@ fn wait(dir: &Path, admin: SocketAddr, what: &str, f: impl Fn(&ImportSide) -> bo
     panic!("timed out waiting for {what}; last status {last:#?}");
 }
 
-#[test]
-fn two_meshes_peer_fail_restart_from_store_and_recover() {
-    let dir = tempdir("peering-cli-lifecycle");
+/// Two example meshes' CAs with each other's bundles, and their mesh files pointing at each
+/// other's peering addresses.
+struct Pair {
+    dir: meshfed_test_support::Scratch,
+    alpha: PathBuf,
+    beta: PathBuf,
+    a_listen: SocketAddr,
+    b_listen: SocketAddr,
+    a_admin: SocketAddr,
+    b_admin: SocketAddr,
+}
+
+fn pair(name: &str) -> Pair {
+    let dir = tempdir(name);
     two_cas(&dir);
     common::exchange_bundles(&dir, ("a", "alpha-mesh.local"), ("b", "beta-mesh.local"));
     let (a_listen, b_listen) = (free("127.0.3.1"), free("127.0.4.1"));
     let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
     let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
     let beta = mesh_file(&dir, "beta.yaml", a_listen);
+    Pair {
+        dir,
+        alpha,
+        beta,
+        a_listen,
+        b_listen,
+        a_admin,
+        b_admin,
+    }
+}
+
+#[test]
+fn two_meshes_peer_fail_restart_from_store_and_recover() {
+    let Pair {
+        dir,
+        alpha,
+        beta,
+        a_listen,
+        b_listen,
+        a_admin,
+        b_admin,
+    } = pair("peering-cli-lifecycle");
     let mut procs = Procs::default();
     start(
         &mut procs,
@@ -346,13 +379,15 @@ fn a_full_or_read_only_disk_under_the_store_costs_only_the_store() {
         eprintln!("skipped: a tmpfs in a mount namespace needs root (CI runs as root)");
         return;
     }
-    let dir = tempdir("peering-cli-disk");
-    two_cas(&dir);
-    common::exchange_bundles(&dir, ("a", "alpha-mesh.local"), ("b", "beta-mesh.local"));
-    let (a_listen, b_listen) = (free("127.0.3.1"), free("127.0.4.1"));
-    let (a_admin, b_admin) = (free("127.0.3.1"), free("127.0.4.1"));
-    let alpha = mesh_file(&dir, "alpha.yaml", b_listen);
-    let beta = mesh_file(&dir, "beta.yaml", a_listen);
+    let Pair {
+        dir,
+        alpha,
+        beta,
+        a_listen,
+        b_listen,
+        a_admin,
+        b_admin,
+    } = pair("peering-cli-disk");
     let mnt = dir.join("disk");
     std::fs::create_dir_all(&mnt).unwrap();
     let mut procs = Procs::default();

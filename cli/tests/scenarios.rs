@@ -27,6 +27,27 @@ fn scenarios() -> Vec<PathBuf> {
     out
 }
 
+/// `meshfed scenario run FILES --out out`, every meshfed line at debug (the libraries beneath
+/// at info) to be searched for secrets; its stdout. It must pass.
+fn run_scenarios(files: &[PathBuf], out: &std::path::Path) -> String {
+    let o = Command::new(bin())
+        .args(["scenario", "run"])
+        .args(files)
+        .arg("--out")
+        .arg(out)
+        .env("MESHFED_LOG", DEBUG_LOG)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{files:?}: {}\n{stdout}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn every_shipped_scenario_passes_and_writes_its_reports() {
     let all = scenarios();
@@ -36,24 +57,7 @@ fn every_shipped_scenario_passes_and_writes_its_reports() {
             "scenario-{}",
             file.file_stem().unwrap().to_string_lossy()
         ));
-        let o = Command::new(bin())
-            .args(["scenario", "run"])
-            .arg(&file)
-            .arg("--out")
-            .arg(&out)
-            // Every meshfed line at debug (the libraries beneath at info), to be searched for
-            // secrets below.
-            .env("MESHFED_LOG", DEBUG_LOG)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success(),
-            "{}: {}\n{stdout}\n{}",
-            file.display(),
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let stdout = run_scenarios(std::slice::from_ref(&file), &out);
         // Progress was printed while it ran.
         assert!(stdout.contains("req/s"), "{stdout}");
         let name = std::fs::read_dir(&out)
@@ -80,21 +84,7 @@ fn every_shipped_scenario_passes_and_writes_its_reports() {
             .collect();
     assert!(faults.len() >= 3, "{faults:?}");
     let out = tempdir("scenario-faults");
-    let o = Command::new(bin())
-        .args(["scenario", "run"])
-        .args(&faults)
-        .arg("--out")
-        .arg(&out)
-        .env("MESHFED_LOG", DEBUG_LOG)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = run_scenarios(&faults, &out);
     let summary = format!("{} of {} passed", faults.len(), faults.len());
     assert!(
         stdout.contains("faults") && stdout.contains("lost") && stdout.contains(&summary),
