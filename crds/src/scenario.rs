@@ -57,6 +57,11 @@ pub struct ScenarioMesh {
     pub locality: Option<crate::common::Locality>,
     /// Its services, each with `replicas` echo workloads behind sidecars.
     pub services: Vec<ScenarioService>,
+    /// Services of the catalog only, for scale runs (0–20,000; default 0): `bulk-0`,
+    /// `bulk-1`… in namespace `bulk`, an HTTP port each, no workloads — exported and
+    /// imported like any other (no call reaches one: nothing serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk_services: Option<u32>,
     /// Its federation resources (`ServiceMeshPeer`, `ExportedServiceSet`,
     /// `ImportedServiceSet`), as in a mesh file. A `ServiceMeshPeer`'s `spec.remote.addresses`
     /// names the peer mesh (`[beta]`); the lab puts the fault-injectable link to that mesh's
@@ -223,6 +228,9 @@ pub struct PeerStatusExpectation {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sequence: Option<u64>,
+    /// At least so many services imported from the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_services: Option<usize>,
     /// Not before this moment, e.g. after a partition heals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -246,6 +254,7 @@ pub const MAX_REPLICAS: u32 = 10;
 pub const MAX_WORKLOADS_PER_MESH: usize = 40;
 pub const MAX_DURATION: Duration = Duration::from_secs(1_800);
 pub const MAX_REPEAT: u32 = 1_000;
+pub const MAX_BULK_SERVICES: u32 = 20_000;
 pub const MAX_RPS: u32 = 2_000;
 
 /// A checked scenario, ready to run.
@@ -269,6 +278,8 @@ pub struct PlanMesh {
     pub locality: Option<Locality>,
     /// (namespace, name, replicas).
     pub services: Vec<(String, String, u32)>,
+    /// Catalog-only services `bulk-<i>` in namespace `bulk`.
+    pub bulk_services: u32,
     /// The federation resources, as given.
     pub resources: Vec<serde_json::Value>,
 }
@@ -396,6 +407,8 @@ pub struct PeerStatusCheck {
     /// (type, status, reason).
     pub condition: Option<(String, bool, Option<String>)>,
     pub bundle_sequence: Option<u64>,
+    /// At least so many imported services.
+    pub imported_services: Option<usize>,
     /// Not seen before this moment.
     pub from: Duration,
     /// None: the end of the run.
@@ -418,6 +431,9 @@ impl PeerStatusCheck {
         }
         if let Some(n) = self.bundle_sequence {
             parts.push(format!("bundle sequence >= {n}"));
+        }
+        if let Some(n) = self.imported_services {
+            parts.push(format!("≥ {n} services imported"));
         }
         format!(
             "{}'s peer {}: {}{}{}",
@@ -517,11 +533,15 @@ fn peer_status(
             "status and reason belong to a condition",
         ));
     }
-    if ps.state.is_none() && ps.condition.is_none() && ps.bundle_sequence.is_none() {
+    if ps.state.is_none()
+        && ps.condition.is_none()
+        && ps.bundle_sequence.is_none()
+        && ps.imported_services.is_none()
+    {
         out.push(Finding::error(
             "MissingField",
             p.clone(),
-            "give a state, a condition or a bundleSequence to reach",
+            "give a state, a condition, a bundleSequence or importedServices to reach",
         ));
     }
     let by = ps.by.as_deref().map(|b| duration(b, p.key("by"), out));
@@ -544,6 +564,7 @@ fn peer_status(
         state: ps.state.clone(),
         condition: ps.condition.clone().map(|t| (t, status, ps.reason.clone())),
         bundle_sequence: ps.bundle_sequence,
+        imported_services: ps.imported_services,
         from: from.flatten().unwrap_or_default(),
         by: by.flatten(),
     })
@@ -773,10 +794,19 @@ fn convert_meshes(
                 );
             }
         }
+        let bulk_services = m.bulk_services.unwrap_or(0);
+        if bulk_services > MAX_BULK_SERVICES {
+            out.push(Finding::error(
+                "OutOfRange",
+                p.key("bulkServices"),
+                format!("{bulk_services}; a lab mesh has 0 to {MAX_BULK_SERVICES} bulk services"),
+            ));
+        }
         meshes.push(PlanMesh {
             name: m.name.clone(),
             locality: loc,
             services,
+            bulk_services,
             resources,
         });
     }

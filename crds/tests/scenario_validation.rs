@@ -154,6 +154,16 @@ fn each_broken_scenario_names_reason_and_field() {
             "spec.expect[0].peerStatus.by",
         ),
         (
+            "too many bulk services",
+            r(
+                FAILOVER,
+                "    locality: {region: us-east, zone: us-east-1a}",
+                "    locality: {region: us-east, zone: us-east-1a}\n    bulkServices: 20001",
+            ),
+            "OutOfRange",
+            "spec.meshes[0].bulkServices",
+        ),
+        (
             "rotate an unknown mesh",
             r(
                 ROTATION,

@@ -66,6 +66,17 @@ fn failed(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> GetError {
 /// `GET path` with `Host: host` on a new connection to `addr`: status and body (at most
 /// 64 KiB), or why there was none. No timeout of its own.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes), GetError> {
+    get_limited(addr, host, path, 64 * 1024).await
+}
+
+/// [`get`] with a body of at most `limit` bytes (a control plane's `/status` lists every
+/// imported service: megabytes with ten thousand).
+pub async fn get_limited(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: usize,
+) -> Result<(u16, Bytes), GetError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| failed("Connect")(&e))?;
@@ -83,7 +94,7 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Bytes
         .await
         .map_err(|e| failed("Send")(&e))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), 64 * 1024)
+    let body = Limited::new(resp.into_body(), limit)
         .collect()
         .await
         .map_err(|e| failed("Body")(&e))?

@@ -3,11 +3,13 @@
 use super::*;
 
 pub(super) async fn admin_status(addr: SocketAddr) -> Option<AdminStatus> {
-    let (_, body) =
-        tokio::time::timeout(Duration::from_secs(2), load::get(addr, "admin", "/status"))
-            .await
-            .ok()?
-            .ok()?;
+    let (_, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        load::get_limited(addr, "admin", "/status", 64 << 20),
+    )
+    .await
+    .ok()?
+    .ok()?;
     serde_json::from_slice(&body).ok()
 }
 
@@ -32,6 +34,9 @@ pub(super) fn holds(check: &meshfed_crds::scenario::PeerStatusCheck, status: &Pe
     check
         .bundle_sequence
         .is_none_or(|n| status.peer_bundle_sequence.is_some_and(|got| got >= n))
+        && check
+            .imported_services
+            .is_none_or(|n| status.imported_services >= n)
 }
 
 /// Reads the control planes' status twice a second and notes in `reached` when each

@@ -261,7 +261,9 @@ pub fn mesh_file(
     let services: Vec<serde_json::Value> = spec
         .services
         .iter()
-        .map(|(sns, name, _)| {
+        .map(|(sns, name, _)| (sns.clone(), name.clone()))
+        .chain((0..spec.bulk_services).map(|i| ("bulk".to_owned(), format!("bulk-{i}"))))
+        .map(|(sns, name)| {
             serde_json::json!({"name": name, "namespace": sns, "ports": [{"name": "http", "port": 8080}]})
         })
         .collect();
