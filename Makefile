@@ -50,8 +50,8 @@ fuzz-cmin:
 ## The fault suite's long form (not part of ci, which runs the short forms in scenarios/faults/
 ## through cli/tests/scenarios.rs): every fault scenario, short and long (scenarios/soak/:
 ## a 10-minute partition, control planes down for 4 minutes, 100 SIGKILL/restart cycles of
-## each control plane, gateway and app), one after the other, ending with a summary table of
-## faults played and requests sent, failed and lost. About 35 minutes; reports in target/soak.
+## each control plane, gateway, sidecar and app), one after the other, ending with a summary table of
+## faults played and requests sent, failed and lost. About 40 minutes; reports in target/soak.
 soak:
 	$(CARGO) build --quiet --locked -p meshfed-cli
 	target/debug/meshfed scenario run scenarios/faults/*.yaml scenarios/soak/*.yaml --out target/soak

@@ -111,9 +111,9 @@ pub struct ScenarioLoad {
 pub struct ScenarioStep {
     /// When, from the start of the load, e.g. `4s`.
     pub at: String,
-    /// `kill`, `start` or `restart` a service's apps (`mesh/namespace/name`), a mesh's
-    /// control plane (`mesh:control`) or its gateways for a peer (`mesh:gateway/PEER`, the
-    /// `ServiceMeshPeer`'s name); `scale` a service (`mesh/namespace/name`) to `replicas`
+    /// `kill`, `start` or `restart` a service's apps (`mesh/namespace/name`) or its sidecars
+    /// (`mesh:sidecars/namespace/name`), a mesh's control plane (`mesh:control`) or its
+    /// gateways for a peer (`mesh:gateway/PEER`, the `ServiceMeshPeer`'s name); `scale` a service (`mesh/namespace/name`) to `replicas`
     /// (workloads beyond it drain gracefully and stop, as in a Kubernetes scale-down;
     /// `start` brings back everything of a service); `cut` the link from one mesh to another
     /// (`alpha->beta`: refused), `blackhole` it (accepted, never answered), `delay` it by
@@ -310,6 +310,12 @@ pub enum Component {
     Gateway {
         mesh: String,
         peer: String,
+    },
+    /// A service's sidecars (the proxies in front of its apps).
+    Sidecars {
+        mesh: String,
+        namespace: String,
+        service: String,
     },
 }
 
@@ -676,6 +682,15 @@ impl Known {
                     peer: peer.to_owned(),
                 })
             }
+            Some(("sidecars", svc)) if ok_mesh => {
+                return self.service_at(&format!("{mesh}/{svc}"), path, out).map(
+                    |(mesh, namespace, service)| Component::Sidecars {
+                        mesh,
+                        namespace,
+                        service,
+                    },
+                );
+            }
             _ => None,
         };
         if c.is_none() {
@@ -686,7 +701,7 @@ impl Known {
                     format!("{target:?} names no component of the scenario's meshes"),
                 )
                 .hint(
-                    "mesh:control, or mesh:gateway/PEER with PEER a ServiceMeshPeer of that mesh",
+                    "mesh:control, mesh:gateway/PEER with PEER a ServiceMeshPeer of that mesh, or mesh:sidecars/NAMESPACE/SERVICE",
                 ),
             );
         }

@@ -164,6 +164,16 @@ fn each_broken_scenario_names_reason_and_field() {
             "spec.meshes[0].bulkServices",
         ),
         (
+            "the sidecars of a service the mesh lacks",
+            r(
+                FAILOVER,
+                "{at: 4s, action: kill, target: alpha/shop/orders}",
+                "{at: 4s, action: kill, target: \"alpha:sidecars/shop/payments\"}",
+            ),
+            "UnknownService",
+            "spec.steps[0].target",
+        ),
+        (
             "rotate an unknown mesh",
             r(
                 ROTATION,

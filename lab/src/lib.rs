@@ -526,6 +526,11 @@ impl Lab {
                         .unwrap_or_default(),
                     Component::Control { mesh } => vec![format!("{mesh}-control")],
                     Component::Gateway { mesh, peer } => vec![format!("{mesh}-gateway-{peer}")],
+                    Component::Sidecars {
+                        mesh,
+                        namespace,
+                        service,
+                    } => self.workloads_of(mesh, namespace, service),
                 };
                 for n in names {
                     match a {
