@@ -252,7 +252,13 @@ pub async fn run(plan: &ScenarioPlan, opts: &Options) -> Result<Outcome> {
         }
     }
     load.await.context("the load generator")?;
-    watcher.abort();
+    // The watcher runs until stopped here (or ends at once with nothing to watch); a panic
+    // in it would leave its expectations unmet for no reason the report could give.
+    if watcher.is_finished() {
+        watcher.await.context("the status watcher")?;
+    } else {
+        watcher.abort();
+    }
     let reached = reached
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

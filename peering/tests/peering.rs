@@ -461,6 +461,15 @@ struct Relay {
     addr: SocketAddr,
     open: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    /// The accept loop, stopped with the relay.
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.conns.lock().unwrap().abort_all();
+    }
 }
 
 impl Relay {
@@ -470,7 +479,7 @@ impl Relay {
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
         let (o, c) = (open.clone(), conns.clone());
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
                 if !o.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: closed at once
@@ -482,7 +491,12 @@ impl Relay {
                 });
             }
         });
-        Self { addr, open, conns }
+        Self {
+            addr,
+            open,
+            conns,
+            accept,
+        }
     }
 
     fn cut(&self) {

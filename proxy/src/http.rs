@@ -103,6 +103,9 @@ pub fn refuse_ambiguous<B>(req: &hyper::Request<B>) -> Option<hyper::Response<Bo
             "DuplicateHost: the request has more than one Host header\n",
         ));
     }
+    if req.version() != hyper::Version::HTTP_2 {
+        return None;
+    }
     let padded = |v: &[u8]| {
         matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
     };
