@@ -319,6 +319,11 @@ impl Control {
         let boot_json = Arc::new(watch::channel(serde_json::to_string(&boot)?).0);
         let status = StatusCell::default();
         let version = first.version;
+        // This replica's name: its Lease identity, and the stream it imports each peer on.
+        let replica = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| meshfed_peering::server::valid_replica(n) && !n.is_empty())
+            .unwrap_or_else(|| format!("meshfed-control-{}", std::process::id()));
         // The peering node, if asked for: its importers feed the served snapshots.
         let node = match &config.peering {
             None => None,
@@ -370,6 +375,11 @@ impl Control {
                         }
                         None => Arc::new(meshfed_trust::store::DirStore::new(&dir, td.clone())),
                     },
+                    replica: if kube.is_some() {
+                        replica.clone()
+                    } else {
+                        String::new()
+                    },
                 })
                 .await?;
                 Some(Arc::new(node))
@@ -419,8 +429,7 @@ impl Control {
             (None, Some((source, client))) => {
                 // Every replica serves proxies; the Lease holder writes status, Events and
                 // the bootstrap Secrets.
-                let identity = std::env::var("POD_NAME")
-                    .unwrap_or_else(|_| format!("meshfed-control-{}", std::process::id()));
+                let identity = replica;
                 let started = meshfed_k8s::lease::start(
                     &client,
                     &source.settings.namespace,

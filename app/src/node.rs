@@ -99,6 +99,9 @@ pub struct NodeConfig {
     pub liveness: Duration,
     /// Where peer bundles and token records are kept (the CA folder, or the cluster).
     pub trust_store: Arc<dyn TrustStore>,
+    /// This control-plane replica's name (its pod in Kubernetes mode), sent to every peer so
+    /// that each replica imports on a stream of its own; empty for a single node.
+    pub replica: String,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -264,6 +267,7 @@ struct Spawner {
     /// Taken when the node stops, so a stopped node no longer holds the store's lock.
     store: Mutex<Option<(PathBuf, Arc<meshfed_store::Store>)>>,
     issue: Issuer,
+    replica: String,
 }
 
 /// A peer the node imports from.
@@ -351,6 +355,7 @@ impl Spawner {
                 connect_timeout: Duration::from_secs(5),
                 bundles: Some(self.bundles.clone()),
                 trust_store: Some(self.trust_store.clone()),
+                replica: self.replica.clone(),
             },
             tls,
             lock(&self.store).as_ref().map(|(_, s)| s.clone()),
@@ -534,6 +539,7 @@ impl Node {
                 trust_store: config.trust_store.clone(),
                 store: Mutex::new(store),
                 issue: config.issue.clone(),
+                replica: config.replica.clone(),
             },
             syncing: tokio::sync::Mutex::default(),
             tasks,
@@ -741,6 +747,7 @@ impl Node {
                 &config.ca_dir,
                 mesh.trust_domain.clone(),
             )),
+            replica: String::new(),
             mesh,
         })
         .await?;
@@ -809,22 +816,38 @@ fn on_exporter_event(parts: &StatusParts, ev: ExporterEvent) {
     {
         let mut s = lock(&parts.exports);
         match ev {
-            ExporterEvent::Connected { peer } => {
-                tracing::info!(peer = %peer, "peer connected to import our exports");
-                s.0.entry(peer.to_string()).or_default().connected = true;
-            }
-            ExporterEvent::Closed { peer, reason } => {
-                tracing::info!(peer = %peer, reason = %reason, "peer's import stream closed");
+            ExporterEvent::Connected { peer, replica } => {
+                tracing::info!(peer = %peer, replica = %replica, "peer connected to import our exports");
                 let e = s.0.entry(peer.to_string()).or_default();
-                e.connected = false;
+                e.replicas.insert(replica);
+                e.connected = true;
+            }
+            ExporterEvent::Closed {
+                peer,
+                replica,
+                reason,
+            } => {
+                tracing::info!(peer = %peer, replica = %replica, reason = %reason, "peer's import stream closed");
+                let e = s.0.entry(peer.to_string()).or_default();
+                e.replicas.remove(&replica);
+                e.connected = !e.replicas.is_empty();
                 e.last_close_reason = Some(reason);
             }
-            ExporterEvent::Acked { peer, version } => {
-                tracing::debug!(peer = %peer, version, "peer ACKed our exports");
+            ExporterEvent::Acked {
+                peer,
+                replica,
+                version,
+            } => {
+                tracing::debug!(peer = %peer, replica = %replica, version, "peer ACKed our exports");
                 s.0.entry(peer.to_string()).or_default().last_acked_version = Some(version);
             }
-            ExporterEvent::Nacked { peer, reason, .. } => {
-                tracing::warn!(peer = %peer, reason = %reason, "peer NACKed our exports");
+            ExporterEvent::Nacked {
+                peer,
+                replica,
+                reason,
+                ..
+            } => {
+                tracing::warn!(peer = %peer, replica = %replica, reason = %reason, "peer NACKed our exports");
                 s.0.entry(peer.to_string()).or_default().last_nack_reason = Some(reason);
             }
             ExporterEvent::Refused { id, reason } => {

@@ -66,6 +66,7 @@ fn config(
         store: Some(dir.join("store")),
         heartbeat: Duration::from_millis(300),
         liveness: Duration::from_millis(1500),
+        replica: String::new(),
     }
 }
 

@@ -143,6 +143,30 @@ fn status_of(
     typed.unwrap_or(Value::Null)
 }
 
+/// Why a valid service set named `name` is not in force: its `ServiceMeshPeer` (the one of
+/// the same name) is missing, invalid or being deleted. (reason, message).
+fn set_without_peer(r: &Rendered, name: &str) -> Option<(&'static str, String)> {
+    match r.peers.iter().find(|p| p.name == name) {
+        Some(p) if p.accepted && !p.deleting => None,
+        Some(p) if p.deleting => Some((
+            "PeerDeleted",
+            format!("the ServiceMeshPeer {name} is being deleted; this set has no effect"),
+        )),
+        Some(_) => Some((
+            "PeerInvalid",
+            format!(
+                "the ServiceMeshPeer {name} is invalid (see its status); this set has no effect until it is fixed"
+            ),
+        )),
+        None => Some((
+            "PeerNotFound",
+            format!(
+                "no ServiceMeshPeer named {name} in this namespace; this set has no effect until one exists"
+            ),
+        )),
+    }
+}
+
 /// The status of every federation resource `r` names, by (kind, name), as this control-plane
 /// pod (`pod`) sees it at `now`.
 pub fn statuses(
@@ -162,13 +186,20 @@ pub fn statuses(
             observed_generation: generation,
         };
     for (kind, name, generation) in &r.accepted {
-        let mut conditions = vec![condition(
-            "Accepted",
-            true,
-            "Valid",
-            "the resource is valid and in force",
-            *generation,
-        )];
+        // A service set is in force only with its ServiceMeshPeer (same name) in force.
+        let without_peer = (kind != "ServiceMeshPeer")
+            .then(|| set_without_peer(r, name))
+            .flatten();
+        let mut conditions = vec![match &without_peer {
+            None => condition(
+                "Accepted",
+                true,
+                "Valid",
+                "the resource is valid and in force",
+                *generation,
+            ),
+            Some((reason, message)) => condition("Accepted", false, reason, message, *generation),
+        }];
         if kind == "ServiceMeshPeer" {
             if let Some(p) = r.root_problems.iter().find(|p| &p.peer == name) {
                 conditions.push(condition(
@@ -230,8 +261,9 @@ pub fn statuses(
     out
 }
 
-/// Keeps each condition's `lastTransitionTime` from `before` while its status and reason
-/// stay the same: the time says when it last changed, not when it was last written.
+/// Keeps each condition's `lastTransitionTime` from `before` while its status stays the same
+/// (a new reason or message is no transition, as Kubernetes' API conventions have it): the
+/// time says when the condition last changed, not when it was last written.
 fn keep_transition_times(before: Option<&Value>, after: &mut Value) {
     let Some(old) = before.and_then(|b| b["conditions"].as_array()) else {
         return;
@@ -240,9 +272,9 @@ fn keep_transition_times(before: Option<&Value>, after: &mut Value) {
         return;
     };
     for c in new {
-        let same = old.iter().find(|o| {
-            o["type"] == c["type"] && o["status"] == c["status"] && o["reason"] == c["reason"]
-        });
+        let same = old
+            .iter()
+            .find(|o| o["type"] == c["type"] && o["status"] == c["status"]);
         if let Some(o) = same
             && !o["lastTransitionTime"].is_null()
         {
@@ -264,14 +296,12 @@ fn comparable(v: &Value) -> Value {
     v
 }
 
-/// The condition `type_` of a status, as (status, reason).
-fn condition_of(status: &Value, type_: &str) -> Option<(String, String)> {
+/// The condition `type_` of a status, as (status, reason, message).
+fn condition_of(status: &Value, type_: &str) -> Option<(String, String, String)> {
     status["conditions"].as_array()?.iter().find_map(|c| {
         (c["type"].as_str() == Some(type_)).then(|| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-            )
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"))
         })
     })
 }
@@ -281,7 +311,7 @@ fn condition_of(status: &Value, type_: &str) -> Option<(String, String)> {
 pub fn transitions(before: Option<&Value>, after: &Value) -> Vec<(EventType, String, String)> {
     let mut out = Vec::new();
     let was = |t: &str| before.and_then(|b| condition_of(b, t));
-    if let Some((st, reason)) = condition_of(after, "Accepted")
+    if let Some((st, reason, message)) = condition_of(after, "Accepted")
         && was("Accepted").map(|w| w.0) != Some(st.clone())
     {
         if st == "True" {
@@ -293,14 +323,10 @@ pub fn transitions(before: Option<&Value>, after: &Value) -> Vec<(EventType, Str
                 ));
             }
         } else {
-            out.push((
-                EventType::Warning,
-                reason,
-                "the resource is invalid and left out; see status.conditions".into(),
-            ));
+            out.push((EventType::Warning, reason, message));
         }
     }
-    if let Some((st, reason)) = condition_of(after, "Connected")
+    if let Some((st, reason, message)) = condition_of(after, "Connected")
         && was("Connected").map(|w| w.0) != Some(st.clone())
     {
         if st == "True" {
@@ -310,14 +336,58 @@ pub fn transitions(before: Option<&Value>, after: &Value) -> Vec<(EventType, Str
                 "the peering stream is up".into(),
             ));
         } else if was("Connected").is_some() {
-            out.push((
-                EventType::Warning,
-                reason,
-                "the peering stream is down".into(),
-            ));
+            out.push((EventType::Warning, reason, message));
         }
     }
     out
+}
+
+/// Writes a status by server-side apply under [`FIELD_MANAGER`]. API servers before 1.21
+/// store no empty string in a custom resource (they turn it into `null`, then refuse it
+/// against the schema: 422), and Maistra lists an export no import rule matched with an
+/// empty `localService`; such a server is answered again without those entries (the
+/// `ExportNotImported` condition still counts them).
+async fn write_status(
+    api: &Api<DynamicObject>,
+    name: &str,
+    patch: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch_status(name, &params, &Patch::Apply(patch)).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => match without_unmatched(patch) {
+            Some(fewer) => {
+                tracing::debug!(
+                    "the API server refused the status of {name} ({}); writing it without the exports no rule matched",
+                    e.message
+                );
+                api.patch_status(name, &params, &Patch::Apply(&fewer)).await
+            }
+            None => Err(kube::Error::Api(e)),
+        },
+        other => other,
+    }
+}
+
+/// `patch` without the listed services whose `localService` is empty, if it has any.
+fn without_unmatched(patch: &Value) -> Option<Value> {
+    let mut out = patch.clone();
+    let mut removed = false;
+    for list in ["importedServices", "exportedServices"] {
+        if let Some(items) = out
+            .get_mut("status")
+            .and_then(|s| s.get_mut(list))
+            .and_then(Value::as_array_mut)
+        {
+            let before = items.len();
+            items.retain(|i| {
+                i["localService"]["name"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            });
+            removed |= items.len() != before;
+        }
+    }
+    removed.then_some(out)
 }
 
 /// Applies statuses as they change while `leader` says this replica leads (a new leader
@@ -348,6 +418,7 @@ pub async fn run(
         },
     );
     let mut applied: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut failing: BTreeMap<(String, String), String> = BTreeMap::new();
     loop {
         let r = rendered.borrow_and_update().clone();
         let leads = *leader.borrow_and_update();
@@ -360,6 +431,20 @@ pub async fn run(
         } else {
             BTreeMap::new()
         };
+        // What the cluster holds is where a new leader (or a restarted one) starts from: its
+        // conditions keep their transition times, and an unchanged status is not rewritten.
+        for (kind, name) in want.keys() {
+            let key = (kind.clone(), name.clone());
+            if applied.contains_key(&key) {
+                continue;
+            }
+            if let Some((api, _)) = apis.get(kind)
+                && let Ok(Some(live)) = api.get_opt(name).await
+                && let Some(status) = live.data.get("status").filter(|s| s.is_object())
+            {
+                applied.insert(key, status.clone());
+            }
+        }
         for (key, status) in &mut want {
             keep_transition_times(applied.get(key), status);
         }
@@ -378,9 +463,9 @@ pub async fn run(
                 "kind": kind,
                 "status": status,
             });
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+            match write_status(api, name, &patch).await {
                 Ok(_) => {
+                    failing.remove(&key);
                     applied.insert(key, status.clone());
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -388,7 +473,14 @@ pub async fn run(
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!("writing the status of {kind} {name} failed: {e}");
+                    // Once per distinct error: the write is retried at every pass.
+                    let said = e.to_string();
+                    if failing.get(&key) != Some(&said) {
+                        tracing::warn!(
+                            "writing the status of {kind} {name} failed (retrying): {said}"
+                        );
+                        failing.insert(key, said);
+                    }
                     continue;
                 }
             }
@@ -403,7 +495,8 @@ pub async fn run(
                 let ev = Event {
                     type_,
                     reason,
-                    note: Some(note),
+                    // events.k8s.io/v1 refuses notes over 1 kB.
+                    note: Some(note.chars().take(1000).collect()),
                     action: "Reconcile".into(),
                     secondary: None,
                 };
@@ -433,6 +526,25 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_without_empty_strings_leaves_the_unmatched_exports_out() {
+        let patch = json!({"status": {"importedServices": [
+            {"exportedName": "a", "localService": {"name": "a", "namespace": "s", "hostname": "h"}},
+            {"exportedName": "b", "localService": {"name": "", "namespace": "", "hostname": ""}}]}});
+        let fewer = without_unmatched(&patch).unwrap();
+        assert_eq!(
+            fewer["status"]["importedServices"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(fewer["status"]["importedServices"][0]["exportedName"], "a");
+        assert_eq!(without_unmatched(&fewer), None);
+        // Nothing added: a kind's other list stays absent.
+        assert!(fewer["status"].get("exportedServices").is_none(), "{fewer}");
+    }
 
     #[test]
     fn a_condition_keeps_its_transition_time_until_it_changes() {

@@ -147,6 +147,7 @@ async fn propagation(base: usize) -> Vec<Duration> {
             connect_timeout: Duration::from_secs(5),
             bundles: None,
             trust_store: None,
+            replica: String::new(),
         },
         client_tls,
         None,

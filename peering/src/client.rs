@@ -45,6 +45,9 @@ pub struct ImporterConfig {
     pub bundles: Option<meshfed_trust::verify::SharedBundles>,
     /// Where accepted peer bundles are persisted (the CA folder, or the cluster).
     pub trust_store: Option<Arc<dyn meshfed_trust::store::TrustStore>>,
+    /// This control-plane replica's name (its pod), sent as [`crate::server::REPLICA_METADATA`]
+    /// so that each replica holds a stream of its own; empty for a single node.
+    pub replica: String,
 }
 
 /// How long persisting a peer's bundle may hold up the stream.
@@ -200,6 +203,54 @@ fn broken_reason(s: &tonic::Status) -> &'static str {
     }
 }
 
+/// What a `Connected=False` condition says: what went wrong in words, where, what the
+/// transport or the peer said (`detail`), and what to check.
+fn disconnect_message(reason: &str, detail: &str, address: SocketAddr) -> String {
+    let what = match condition_reason(reason) {
+        "GatewayUnreachable" => format!(
+            "no peering endpoint answered at {address}; check the ServiceMeshPeer's \
+             remote.addresses and discoveryPort, and that the peer's ingress gateway runs"
+        ),
+        "TrustBundleMismatch" => format!(
+            "the mutual TLS handshake with {address} failed ({reason}); each side must trust \
+             the other's roots: check security.trustDomain and certificateChain (or the \
+             peering token) on both sides"
+        ),
+        "ServerIDRejected" => format!(
+            "the endpoint at {address} presented an identity that is not the peer's peering \
+             service"
+        ),
+        "ClientIDRejected" => "the peer does not accept our egress identity: its \
+             ServiceMeshPeer for this mesh must name it in security.clientID"
+            .to_owned(),
+        "DuplicateStream" => {
+            "the peer already holds a stream from this control-plane replica".to_owned()
+        }
+        "TooManyStreams" => "the peer holds its limit of streams from this mesh's \
+             control-plane replicas"
+            .to_owned(),
+        "StreamStale" => "the peer stopped answering (no heartbeat within the liveness \
+             timeout); imports are kept until it is back"
+            .to_owned(),
+        "StreamBroken" => format!("the connection to {address} broke"),
+        "StreamClosed" => format!("the peer at {address} closed the stream"),
+        "UnsupportedVersion" => {
+            "the peer speaks a peering protocol version this mesh does not".to_owned()
+        }
+        "TrustDomainMismatch" => {
+            "the peer's hello named another trust domain than security.trustDomain".to_owned()
+        }
+        "PeerDeleted" => "the ServiceMeshPeer was deleted".to_owned(),
+        "ServerShutdown" => format!("the peering service at {address} is shutting down"),
+        other => format!("the peering stream with {address} ended ({other})"),
+    };
+    if detail.is_empty() || detail == reason {
+        what
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
 /// Maps a low-level reason to the condition reason users see.
 fn condition_reason(reason: &str) -> &str {
     match reason {
@@ -231,10 +282,12 @@ impl Driver {
         self.imports_tx.send_replace(s);
     }
 
-    /// Records why the stream ended or could not start, whatever the state.
-    fn note_disconnect(&mut self, reason: &str) {
+    /// Records why the stream ended or could not start, whatever the state; `detail` is
+    /// what the transport or the peer said, if anything.
+    fn note_disconnect(&mut self, reason: &str, detail: &str) {
         let now = unix_ms(SystemTime::now());
         let r = condition_reason(reason).to_owned();
+        let message = disconnect_message(reason, detail, self.config.address);
         if self.logged_down.as_deref() == Some(r.as_str()) {
             tracing::debug!(reason = %r, "peering stream still down: {reason}");
         } else {
@@ -244,7 +297,7 @@ impl Driver {
         self.update_status(|s| {
             s.last_disconnect_ms = Some(now);
             s.last_disconnect_reason = Some(reason.to_owned());
-            s.set_condition(ConditionType::Connected, false, &r, reason, now);
+            s.set_condition(ConditionType::Connected, false, &r, &message, now);
         });
     }
 
@@ -266,14 +319,14 @@ impl Driver {
     }
 
     /// Opens the stream; the error is the stable reason it could not be opened.
-    async fn dial(&self) -> Result<Conn, &'static str> {
+    async fn dial(&self) -> Result<Conn, (&'static str, String)> {
         let channel = crate::tls::connect(
             self.config.address,
             self.tls.clone(),
             self.config.connect_timeout,
         )
         .await
-        .map_err(|e| static_reason(&e.reason))?;
+        .map_err(|e| (static_reason(&e.reason), e.detail))?;
         let mut client = PeeringClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -285,14 +338,32 @@ impl Driver {
         };
         tx.send(msg(Out::Hello(hello)))
             .await
-            .map_err(|_| "StreamClosed")?;
-        let response = tokio::time::timeout(
-            self.config.connect_timeout,
-            client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        )
-        .await
-        .map_err(|_| "GatewayUnreachable")?
-        .map_err(|s| static_reason(&status_reason(&s)))?;
+            .map_err(|_| ("StreamClosed", String::new()))?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if !self.config.replica.is_empty() {
+            let value = self
+                .config
+                .replica
+                .parse()
+                .map_err(|_| ("InvalidReplica", self.config.replica.clone()))?;
+            request
+                .metadata_mut()
+                .insert(crate::server::REPLICA_METADATA, value);
+        }
+        let response = tokio::time::timeout(self.config.connect_timeout, client.stream(request))
+            .await
+            .map_err(|_| {
+                (
+                    "GatewayUnreachable",
+                    format!("no answer within {:?}", self.config.connect_timeout),
+                )
+            })?
+            .map_err(|s| {
+                (
+                    static_reason(&status_reason(&s)),
+                    crate::reason::detail_of(&s).to_owned(),
+                )
+            })?;
         Ok(Conn {
             tx,
             inbound: response.into_inner(),
@@ -551,7 +622,7 @@ impl Driver {
             | PeerState::Establishing
             | PeerState::Pending => {
                 if to == PeerState::Failing {
-                    self.note_disconnect(reason);
+                    self.note_disconnect(reason, "");
                 }
                 let stale = matches!(to, PeerState::Failing) && self.state.version().is_some();
                 if stale {
@@ -594,8 +665,8 @@ impl Driver {
                                 conn = Some(c);
                                 pending.extend(session.handle(self.now(), Event::Connected));
                             }
-                            Err(reason) => {
-                                self.note_disconnect(reason);
+                            Err((reason, detail)) => {
+                                self.note_disconnect(reason, &detail);
                                 pending.extend(
                                     session.handle(self.now(), Event::Disconnected { reason }),
                                 );
@@ -642,7 +713,7 @@ impl Driver {
                     for ev in events {
                         if let Event::Disconnected { reason } = ev {
                             conn = None;
-                            self.note_disconnect(reason);
+                            self.note_disconnect(reason, "");
                         }
                         pending.extend(session.handle(self.now(), ev));
                     }
@@ -670,6 +741,8 @@ fn static_reason(r: &str) -> &'static str {
         "TrustBundleMismatch",
         "ClientIDRejected",
         "DuplicateStream",
+        "TooManyStreams",
+        "InvalidReplica",
         "UnknownTrustDomain",
         "UnknownIssuer",
         "IdentityNotAllowed",

@@ -83,8 +83,10 @@ impl Default for ExporterOptions {
 /// What happened on the exporter, for status, metrics and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExporterEvent {
+    /// A stream of `peer`'s control-plane replica `replica` (`""` when it names none) is up.
     Connected {
         peer: PeerName,
+        replica: String,
     },
     Refused {
         id: String,
@@ -92,17 +94,42 @@ pub enum ExporterEvent {
     },
     Closed {
         peer: PeerName,
+        replica: String,
         reason: String,
     },
     Acked {
         peer: PeerName,
+        replica: String,
         version: u64,
     },
     Nacked {
         peer: PeerName,
+        replica: String,
         version: u64,
         reason: String,
     },
+}
+
+/// The request metadata entry in which an importer names its control-plane replica (a pod
+/// name). Each replica of a peer's control plane imports on a stream of its own, so every
+/// replica's proxies get the imports whichever replica leads; one stream per replica.
+pub const REPLICA_METADATA: &str = "meshfed-replica";
+
+/// How many replicas of one peer may stream at once (more are refused: `TooManyStreams`).
+pub const MAX_STREAMS_PER_PEER: usize = 16;
+
+/// A replica name as a stream's metadata may carry it: empty, or a DNS subdomain (a pod name).
+pub fn valid_replica(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        || name.is_empty()
 }
 
 /// How many exporter events may wait for their reader; a stream that produces more waits.
@@ -113,7 +140,7 @@ pub const EVENT_QUEUE: usize = 1024;
 pub struct Exporter {
     config: watch::Receiver<Arc<ExporterConfig>>,
     options: ExporterOptions,
-    active: Arc<Mutex<HashSet<PeerName>>>,
+    active: Arc<Mutex<HashSet<(PeerName, String)>>>,
     epoch: u64,
     /// Numbers every stream's messages within the epoch (a reconnect continues above).
     versions: meshfed_core::stream::VersionClock,
@@ -134,6 +161,24 @@ impl std::fmt::Debug for Exporter {
 }
 
 impl Exporter {
+    /// Reports a refused stream and returns the refusal for the caller.
+    async fn refuse(
+        &self,
+        id: &SpiffeId,
+        code: tonic::Code,
+        reason: &'static str,
+        detail: String,
+    ) -> Status {
+        let _ = self
+            .events
+            .send(ExporterEvent::Refused {
+                id: id.to_string(),
+                reason,
+            })
+            .await;
+        refusal(code, reason, detail)
+    }
+
     /// An exporter serving `config`; events go to `events`. `epoch` must differ on every
     /// start (a random number).
     pub fn new(
@@ -216,14 +261,14 @@ pub type Redeemer = Arc<
 
 /// Removes a peer from the active set when its stream task ends.
 struct ActiveGuard {
-    active: Arc<Mutex<HashSet<PeerName>>>,
-    peer: PeerName,
+    active: Arc<Mutex<HashSet<(PeerName, String)>>>,
+    key: (PeerName, String),
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         if let Ok(mut a) = self.active.lock() {
-            a.remove(&self.peer);
+            a.remove(&self.key);
         }
     }
 }
@@ -325,48 +370,74 @@ impl Peering for Exporter {
             .find(|p| p.client_id == info.id)
             .cloned()
         else {
-            let _ = self
-                .events
-                .send(ExporterEvent::Refused {
-                    id: info.id.to_string(),
-                    reason: "ClientIDRejected",
-                })
-                .await;
-            return Err(refusal(
-                tonic::Code::PermissionDenied,
-                "ClientIDRejected",
-                format!(
-                    "{} is not the clientID of any peer of mesh {}",
-                    info.id, config.mesh
-                ),
-            ));
+            return Err(self
+                .refuse(
+                    &info.id,
+                    tonic::Code::PermissionDenied,
+                    "ClientIDRejected",
+                    format!(
+                        "{} is not the clientID of any peer of mesh {}",
+                        info.id, config.mesh
+                    ),
+                )
+                .await);
         };
-        let duplicate = !self
-            .active
-            .lock()
-            .map_err(|_| refusal(tonic::Code::Internal, "Internal", "lock poisoned"))?
-            .insert(peer.name.clone());
-        if duplicate {
-            let _ = self
-                .events
-                .send(ExporterEvent::Refused {
-                    id: info.id.to_string(),
-                    reason: "DuplicateStream",
-                })
-                .await;
-            return Err(refusal(
-                tonic::Code::AlreadyExists,
-                "DuplicateStream",
-                format!("peer {} already has a stream", peer.name),
-            ));
+        let replica = match request.metadata().get(REPLICA_METADATA) {
+            None => String::new(),
+            Some(v) => {
+                match v.to_str() {
+                    Ok(r) if valid_replica(r) => r.to_owned(),
+                    _ => {
+                        return Err(self
+                        .refuse(
+                            &info.id,
+                            tonic::Code::InvalidArgument,
+                            "InvalidReplica",
+                            format!("{REPLICA_METADATA} must be empty or a DNS subdomain (a pod name)"),
+                        )
+                        .await);
+                    }
+                }
+            }
+        };
+        let key = (peer.name.clone(), replica.clone());
+        let refused = {
+            let mut active = self
+                .active
+                .lock()
+                .map_err(|_| refusal(tonic::Code::Internal, "Internal", "lock poisoned"))?;
+            if active.contains(&key) {
+                Some((tonic::Code::AlreadyExists, "DuplicateStream"))
+            } else if active.iter().filter(|(p, _)| p == &peer.name).count() >= MAX_STREAMS_PER_PEER
+            {
+                Some((tonic::Code::ResourceExhausted, "TooManyStreams"))
+            } else {
+                active.insert(key.clone());
+                None
+            }
+        };
+        if let Some((code, reason)) = refused {
+            let detail = if reason == "DuplicateStream" {
+                format!(
+                    "peer {} already has a stream from replica {replica:?}",
+                    peer.name
+                )
+            } else {
+                format!(
+                    "peer {} already has {MAX_STREAMS_PER_PEER} streams (one per control-plane replica)",
+                    peer.name
+                )
+            };
+            return Err(self.refuse(&info.id, code, reason, detail).await);
         }
         let guard = ActiveGuard {
             active: self.active.clone(),
-            peer: peer.name.clone(),
+            key,
         };
         let (tx, rx) = mpsc::channel(16);
         let task = StreamTask {
             peer: peer.name.clone(),
+            replica,
             client_td: info.id.trust_domain().clone(),
             config: self.config.clone(),
             options: self.options,
@@ -389,6 +460,7 @@ impl Peering for Exporter {
                 .events
                 .send(ExporterEvent::Closed {
                     peer: task.peer.clone(),
+                    replica: task.replica.clone(),
                     reason,
                 })
                 .await;
@@ -399,6 +471,7 @@ impl Peering for Exporter {
 
 struct StreamTask {
     peer: PeerName,
+    replica: String,
     client_td: TrustDomain,
     config: watch::Receiver<Arc<ExporterConfig>>,
     options: ExporterOptions,
@@ -537,6 +610,7 @@ impl StreamTask {
             .events
             .send(ExporterEvent::Connected {
                 peer: self.peer.clone(),
+                replica: self.replica.clone(),
             })
             .await;
         let mut sent_bundle = None;
@@ -606,10 +680,10 @@ impl StreamTask {
                     watch.received(started.elapsed());
                     match m.msg {
                         Some(In::Ack(a)) => {
-                            let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), version: a.version }).await;
+                            let _ = self.events.send(ExporterEvent::Acked { peer: self.peer.clone(), replica: self.replica.clone(), version: a.version }).await;
                         }
                         Some(In::Nack(n)) => {
-                            let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), version: n.version, reason: n.reason.clone() }).await;
+                            let _ = self.events.send(ExporterEvent::Nacked { peer: self.peer.clone(), replica: self.replica.clone(), version: n.version, reason: n.reason.clone() }).await;
                             if let Err(CutOff::NackStorm(n)) = watch.nacked(started.elapsed()) {
                                 return self.close("NackStorm", format!("{n} NACKs in a minute")).await;
                             }

@@ -159,7 +159,12 @@ pub struct ImportSide {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportSide {
+    /// Some replica of the peer's control plane streams our exports.
     pub connected: bool,
+    /// The peer's control-plane replicas streaming now (pod names; `""` for a peer that
+    /// names none).
+    #[serde(default)]
+    pub replicas: std::collections::BTreeSet<String>,
     pub last_acked_version: Option<u64>,
     pub last_close_reason: Option<String>,
     pub last_nack_reason: Option<String>,

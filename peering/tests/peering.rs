@@ -17,7 +17,7 @@ use meshfed_core::stream::Limits;
 use meshfed_core::{Hostname, Protocol, ServicePort, TrustDomain};
 use meshfed_peering::client::{self, Importer, ImporterConfig};
 use meshfed_peering::server::{
-    ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions,
+    ExportPeer, Exporter, ExporterConfig, ExporterEvent, ExporterOptions, MAX_STREAMS_PER_PEER,
 };
 use meshfed_peering::status::{ConditionType, PeerStatus};
 use meshfed_peering::tls;
@@ -260,6 +260,7 @@ fn importer(
             connect_timeout: Duration::from_secs(2),
             bundles: None,
             trust_store: None,
+            replica: String::new(),
         },
         tls,
         store,
@@ -381,6 +382,13 @@ async fn wrong_client_id_is_refused_with_its_condition() {
     let (mut exp, imp, st) = refused_for_its_client_id(&cas).await;
     assert!(imp.imports.borrow().services().is_empty());
     assert_ne!(st.state, PeerState::Active);
+    // The condition says what to do, and what the peer said — not only its reason again.
+    let c = st.condition(ConditionType::Connected).unwrap();
+    assert_eq!(c.reason, "ClientIDRejected");
+    assert!(
+        c.message.contains("security.clientID") && c.message.contains("is not the clientID"),
+        "{c:?}"
+    );
     let ev = tokio::time::timeout(Duration::from_secs(5), exp.events.recv())
         .await
         .unwrap()
@@ -930,6 +938,21 @@ async fn raw_stream(
     ),
     tonic::Status,
 > {
+    raw_stream_as(addr, tls, None).await
+}
+
+/// [`raw_stream`] naming the importer's control-plane replica.
+async fn raw_stream_as(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    replica: Option<&str>,
+) -> Result<
+    (
+        mpsc::Sender<ImporterMessage>,
+        tonic::Streaming<ExporterMessage>,
+    ),
+    tonic::Status,
+> {
     let channel = tls::connect(addr, tls, Duration::from_secs(5))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -945,9 +968,14 @@ async fn raw_stream(
     })
     .await
     .unwrap();
-    let resp = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(r) = replica {
+        request.metadata_mut().insert(
+            meshfed_peering::server::REPLICA_METADATA,
+            r.parse().unwrap(),
+        );
+    }
+    let resp = client.stream(request).await?;
     Ok((tx, resp.into_inner()))
 }
 
@@ -1015,6 +1043,50 @@ async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
         panic!("a second stream for one peer was accepted")
     };
     assert!(err.message().starts_with("DuplicateStream"), "{err:?}");
+    // The peer's control-plane replicas each stream on their own (high availability: every
+    // replica imports whichever leads), one stream per replica, at most
+    // MAX_STREAMS_PER_PEER; a replica name that is no pod name is refused.
+    let tls_b = || client_tls(&cas.b, IMPORTER_ID, &[&cas.a]);
+    let mut replicas = Vec::new();
+    for i in 0..MAX_STREAMS_PER_PEER - 1 {
+        let name = format!("meshfed-control-{i}");
+        let (tx, mut inbound) = raw_stream_as(exp.addr, tls_b(), Some(&name))
+            .await
+            .unwrap_or_else(|e| panic!("replica {name}: {e:?}"));
+        // Each gets the exporter's hello: a live stream, not one waiting to be refused.
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                first,
+                Some(ExporterMessage {
+                    msg: Some(Out::Hello(_))
+                })
+            ),
+            "{first:?}"
+        );
+        replicas.push((tx, inbound));
+    }
+    for (replica, reason) in [
+        ("meshfed-control-3", "DuplicateStream"),
+        ("one-too-many", "TooManyStreams"),
+        ("Not_A_Pod", "InvalidReplica"),
+        ("-x", "InvalidReplica"),
+    ] {
+        let Err(err) = raw_stream_as(exp.addr, tls_b(), Some(replica)).await else {
+            panic!("replica {replica} was accepted")
+        };
+        assert!(err.message().starts_with(reason), "{replica}: {err:?}");
+        assert_eq!(
+            err.metadata()
+                .get("meshfed-reason")
+                .and_then(|v| v.to_str().ok()),
+            Some(reason)
+        );
+    }
+    drop(replicas);
     drop(tx1);
 
     // A reader that stops reading (M19): cut at its send timeout, others unaffected.
@@ -1044,7 +1116,7 @@ async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
         });
         wait_imports(&mut good, &next).await;
         while let Ok(ev) = exp.events.try_recv() {
-            if matches!(&ev, ExporterEvent::Closed { peer, reason } if peer.as_str() == "beta-mesh" && reason == "SlowReader")
+            if matches!(&ev, ExporterEvent::Closed { peer, reason, .. } if peer.as_str() == "beta-mesh" && reason == "SlowReader")
             {
                 cut = true;
             }
@@ -1057,7 +1129,7 @@ async fn hostile_importers_are_cut_and_other_peers_keep_syncing() {
     if !cut {
         cut = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(ev) = exp.events.recv().await {
-                if matches!(&ev, ExporterEvent::Closed { peer, reason } if peer.as_str() == "beta-mesh" && reason == "SlowReader") {
+                if matches!(&ev, ExporterEvent::Closed { peer, reason, .. } if peer.as_str() == "beta-mesh" && reason == "SlowReader") {
                     return true;
                 }
             }
@@ -1121,6 +1193,7 @@ async fn a_root_rotation_reaches_the_peer_over_the_stream() {
                 dir.clone(),
                 td("beta.local"),
             ))),
+            replica: String::new(),
         },
         b_tls.clone(),
         None,

@@ -459,3 +459,61 @@ async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
         assert_eq!(status, 200, "request {i}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_that_fails_to_start_leaves_no_port_bound() {
+    let ca = ca();
+    let outbound = meshfed_test_support::free_addr("127.0.0.1");
+    // The inbound port is someone else's: the start fails after the outbound listener bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    let cfg = meshfed_proxy::sidecar::SidecarConfig {
+        outbound: Some(outbound),
+        inbound: Some(busy),
+        ..server_config(any())
+    };
+    let Err(e) =
+        meshfed_proxy::sidecar::start(cfg.clone(), resolver(&ca, ECHO), bundles(&ca)).await
+    else {
+        panic!("started on a taken port")
+    };
+    assert!(
+        matches!(e, meshfed_proxy::sidecar::SidecarError::Bind(a, _) if a == busy),
+        "{e}"
+    );
+    // No app for the inbound listener: refused after the outbound listener bound, too.
+    let no_app = meshfed_proxy::sidecar::SidecarConfig {
+        inbound: Some(any()),
+        app: None,
+        ..cfg.clone()
+    };
+    let Err(e) = meshfed_proxy::sidecar::start(no_app, resolver(&ca, ECHO), bundles(&ca)).await
+    else {
+        panic!("started an inbound listener without an app")
+    };
+    assert!(
+        matches!(e, meshfed_proxy::sidecar::SidecarError::NoApp),
+        "{e}"
+    );
+    // The next configuration binds the same outbound port.
+    let good = meshfed_proxy::sidecar::SidecarConfig {
+        inbound: Some(any()),
+        ..cfg
+    };
+    let mut started = None;
+    for _ in 0..50 {
+        match meshfed_proxy::sidecar::start(good.clone(), resolver(&ca, ECHO), bundles(&ca)).await {
+            Ok(r) => {
+                started = Some(r);
+                break;
+            }
+            // An aborted accept loop lets go of its listener when its task is next polled.
+            Err(meshfed_proxy::sidecar::SidecarError::Bind(a, _)) if a == outbound => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let r = started.expect("the outbound port stayed bound after the refused starts");
+    assert_eq!(r.outbound, Some(outbound));
+}

@@ -39,7 +39,8 @@ for mesh in "${MESHES[@]}"; do
 done
 
 for mesh in "${MESHES[@]}"; do
-  kc "$mesh" apply -f "$ROOT/deploy/control-plane.yaml"
+  sed "s/example-mesh/$mesh/g" "$ROOT/deploy/control-plane.yaml" >"$WORK/$mesh-control-plane.yaml"
+  kc "$mesh" apply -f "$WORK/$mesh-control-plane.yaml"
 done
 for mesh in "${MESHES[@]}"; do
   kc "$mesh" -n meshfed-system rollout status deploy/meshfed-control --timeout=120s

@@ -27,6 +27,24 @@ fn cache() -> PathBuf {
     )
 }
 
+/// `discovery.k8s.io/v1` EndpointSlices on a 1.20 server (see the `--runtime-config` flag).
+const ENDPOINT_SLICE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: endpointslices.discovery.k8s.io
+  annotations: {api-approved.kubernetes.io: \"https://github.com/kubernetes/enhancements/pull/752\"}
+spec:
+  group: discovery.k8s.io
+  scope: Namespaced
+  names: {plural: endpointslices, singular: endpointslice, kind: EndpointSlice, listKind: EndpointSliceList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
 pub struct RealApi {
     dir: Scratch,
     children: Vec<Child>,
@@ -126,6 +144,11 @@ impl RealApi {
                 format!("--service-account-key-file={}", key.display()),
                 format!("--service-account-signing-key-file={}", key.display()),
                 "--service-cluster-ip-range=10.96.0.0/24".into(),
+                // 1.20 serves EndpointSlices as v1beta1 only; meshfed reads v1 (GA in 1.21).
+                // The tier turns the built-in version off and serves v1 from a stand-in CRD
+                // (ENDPOINT_SLICE_CRD): same group, resource and shape, no validation and
+                // no EndpointSlice controller — tests write their slices themselves.
+                "--runtime-config=discovery.k8s.io/v1beta1=false".into(),
             ],
         );
         let mut me = Self {
@@ -167,7 +190,19 @@ impl RealApi {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+        me.kubectl_in(&["apply", "-f", "-"], Some(ENDPOINT_SLICE_CRD));
+        me.kubectl(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/endpointslices.discovery.k8s.io",
+        ]);
         Some(me)
+    }
+
+    /// Where the servers' logs and data are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A kubeconfig for `user` presenting `token`.

@@ -291,7 +291,9 @@ pub async fn start(
     bundles: SharedBundles,
 ) -> Result<Running, SidecarError> {
     let provider = verify::provider();
-    let mut tasks = Vec::new();
+    // Listeners started so far stop if a later step fails: a refused configuration leaves
+    // no port bound (the next attempt binds the same ports).
+    let mut tasks = Started::default();
     let mut out_addr = None;
     let mut in_addr = None;
     let mut inbound_verifier = None;
@@ -448,8 +450,26 @@ pub async fn start(
         svid,
         bundles,
         inbound_verifier,
-        tasks,
+        tasks: std::mem::take(&mut tasks.0),
     })
+}
+
+/// The tasks [`start`] has spawned, aborted when dropped before it succeeds.
+#[derive(Default)]
+struct Started(Vec<tokio::task::JoinHandle<()>>);
+
+impl Started {
+    fn push(&mut self, t: tokio::task::JoinHandle<()>) {
+        self.0.push(t);
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SidecarError> {
