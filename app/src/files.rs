@@ -69,6 +69,15 @@ pub fn read_input(path: &Path) -> Result<(String, String), FileError> {
 /// Reads `files` (`-` is standard input) and validates them together: the report, and the
 /// files' names in order.
 pub fn validate_files(files: &[PathBuf]) -> Result<(validate::Report, Vec<String>), FileError> {
+    validate_files_in(files, None)
+}
+
+/// [`validate_files`] with the objects that name no namespace in `namespace` (as
+/// `kubectl apply -n`).
+pub fn validate_files_in(
+    files: &[PathBuf],
+    namespace: Option<&str>,
+) -> Result<(validate::Report, Vec<String>), FileError> {
     let texts = files
         .iter()
         .map(|f| read_input(f))
@@ -77,7 +86,7 @@ pub fn validate_files(files: &[PathBuf]) -> Result<(validate::Report, Vec<String
         .iter()
         .map(|(f, t)| validate::Input { file: f, text: t })
         .collect();
-    let report = validate::validate(&inputs);
+    let report = validate::validate_in(&inputs, namespace);
     Ok((report, texts.into_iter().map(|(f, _)| f).collect()))
 }
 

@@ -64,6 +64,10 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
+        /// The namespace of objects that name none, as `kubectl apply -n` (an object naming
+        /// another namespace is an error).
+        #[arg(long, short)]
+        namespace: Option<String>,
     },
     /// Dry run: what a mesh exports to and imports from each peer, under which hostnames,
     /// which importAsLocal merges happen, and every conflict.
@@ -208,7 +212,8 @@ fn main() -> ExitCode {
             files,
             output,
             strict,
-        } => validate_cmd(&files, output, strict),
+            namespace,
+        } => validate_cmd(&files, output, strict, namespace.as_deref()),
         Command::Explain {
             meshes,
             peer,
@@ -293,8 +298,13 @@ fn crds(out_dir: Option<PathBuf>, include_mesh: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate_cmd(files: &[PathBuf], output: ReportFormat, strict: bool) -> Result<ExitCode> {
-    let (mut report, names) = meshfed_app::files::validate_files(files)?;
+fn validate_cmd(
+    files: &[PathBuf],
+    output: ReportFormat,
+    strict: bool,
+    namespace: Option<&str>,
+) -> Result<ExitCode> {
+    let (mut report, names) = meshfed_app::files::validate_files_in(files, namespace)?;
     if strict {
         for d in &mut report.diagnostics {
             d.severity = Severity::Error;

@@ -142,13 +142,16 @@ impl NameMapping {
         self.namespace == Pattern::Any && self.name == Pattern::Any
     }
 
-    /// True when the alias fixes a name while the selector could match several services, so
-    /// distinct services collapse onto one name.
+    /// True when the alias fixes a name while the selector could match several names, or a
+    /// namespace while it could match several namespaces, so distinct services may collapse
+    /// onto one name (services of one name in two namespaces meet in the alias namespace).
     pub fn collapses(&self) -> bool {
-        (self.alias_name.fixed().is_some() && self.name == Pattern::Any)
-            || (self.alias_name.fixed().is_some()
-                && self.alias_namespace.fixed().is_some()
-                && self.namespace == Pattern::Any)
+        (self.alias_name.fixed().is_some() && self.name == Pattern::Any) || self.merges_namespaces()
+    }
+
+    /// True when the alias fixes a namespace while the selector could match several.
+    pub fn merges_namespaces(&self) -> bool {
+        self.alias_namespace.fixed().is_some() && self.namespace == Pattern::Any
     }
 }
 
@@ -192,6 +195,9 @@ mod tests {
         assert!(m("", "*", "", "").selects_all());
         assert!(m("shop", "*", "", "one").collapses());
         assert!(!m("shop", "orders", "", "one").collapses());
+        // orders of every namespace, all into shop: shop/orders for each of them.
+        assert!(m("*", "orders", "shop", "").collapses());
+        assert!(!m("billing", "orders", "shop", "").collapses());
     }
 
     #[test]

@@ -42,8 +42,10 @@ pub struct ServiceLabelSelector {
     /// `""` or `*`: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Matched against the Service's labels; empty matches all.
-    pub selector: LabelSelector,
+    /// Matched against the Service's labels; empty or absent matches all (Maistra: every
+    /// service of the namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
     /// Ordered renames; the first fitting entry applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aliases: Option<Vec<ServiceNameMapping>>,

@@ -13,6 +13,28 @@ pub fn federation_crds() -> Vec<CustomResourceDefinition> {
         ExportedServiceSet::crd(),
         ImportedServiceSet::crd(),
     ]
+    .into_iter()
+    .map(spec_optional)
+    .collect()
+}
+
+/// Maistra's CRDs accept an object without `spec` (`oc apply` takes it; an empty set has
+/// no rules), so ours do too.
+fn spec_optional(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for v in &mut crd.spec.versions {
+        if let Some(root) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Some(required) = root.required.as_mut()
+        {
+            required.retain(|r| r != "spec");
+            if required.is_empty() {
+                root.required = None;
+            }
+        }
+    }
+    crd
 }
 
 /// Every CRD meshfed defines, including the embedded-mode `Mesh` (used to validate mesh files).

@@ -13,6 +13,61 @@ const YAML11_BOOLS: &[&str] = &[
     "OFF",
 ];
 
+/// Reads `node` as Kubernetes reads what `kubectl`/`oc apply` send: a whole-number float
+/// where the schema wants an integer is that integer (`8188.0`: YAML's float, JSON's
+/// number), and an unquoted YAML 1.1 boolean (`yes`, `off`, …) where it wants a boolean is
+/// that boolean — `kubectl` reads YAML 1.1 — with a warning, since YAML 1.2 readers see a
+/// string there.
+pub fn coerce(node: &mut Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) {
+    match (&mut node.value, schema.get("type").and_then(J::as_str)) {
+        (Value::Map(entries), Some("object") | None) => {
+            let props = schema.get("properties").and_then(J::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for e in entries {
+                if let Some(s) = props.and_then(|p| p.get(&e.key)).or(additional) {
+                    coerce(&mut e.value, s, &path.key(&e.key), out);
+                }
+            }
+        }
+        (Value::Seq(items), Some("array")) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    coerce(item, item_schema, &path.index(i), out);
+                }
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        (Value::Float(f), Some("integer"))
+            if f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64 =>
+        {
+            #[allow(clippy::cast_possible_truncation)]
+            let whole = *f as i64;
+            node.value = Value::Int(whole);
+        }
+        (Value::Str { text, plain: true }, Some("boolean")) => {
+            let b = match text.as_str() {
+                "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
+                "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some(false),
+                _ => None,
+            };
+            if let Some(b) = b {
+                out.push(
+                    Finding::warning(
+                        "Yaml11Boolean",
+                        path.clone(),
+                        format!("unquoted {text:?} is read as {b}, as kubectl (YAML 1.1) reads it"),
+                    )
+                    .hint(format!(
+                        "write {b}: YAML 1.2 readers take {text:?} as a string"
+                    )),
+                );
+                node.value = Value::Bool(b);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Walks `node` against `schema` (a JSON `openAPIV3Schema`), appending findings.
 pub fn check(node: &Node, schema: &J, path: &FieldPath, out: &mut Vec<Finding>) {
     if matches!(node.value, Value::Null) {

@@ -110,6 +110,8 @@ impl Object {
 pub struct Report {
     pub objects: Vec<Object>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The namespace objects without one are in (`validate --namespace`, as `oc apply -n`).
+    namespace: Option<String>,
 }
 
 impl Report {
@@ -348,25 +350,19 @@ fn meta_string(
 }
 
 fn decode<T: DeserializeOwned>(raw: &J, out: &mut Vec<Finding>) -> Option<T> {
-    match raw.get("spec") {
-        None => {
+    // No spec is an empty one, as Maistra's CRDs have it (what it lacks is then reported
+    // field by field by the conversion).
+    let empty = J::Object(serde_json::Map::new());
+    let spec = raw.get("spec").filter(|s| !s.is_null()).unwrap_or(&empty);
+    serde_json::from_value(spec.clone())
+        .map_err(|e| {
             out.push(Finding::error(
-                "MissingField",
+                "DecodeFailed",
                 FieldPath::parse("spec"),
-                "spec is missing",
-            ));
-            None
-        }
-        Some(spec) => serde_json::from_value(spec.clone())
-            .map_err(|e| {
-                out.push(Finding::error(
-                    "DecodeFailed",
-                    FieldPath::parse("spec"),
-                    e.to_string(),
-                ))
-            })
-            .ok(),
-    }
+                e.to_string(),
+            ))
+        })
+        .ok()
 }
 
 /// Checks one document. Returns the object when it is a kind meshfed knows.
@@ -430,10 +426,44 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
         );
         return None;
     }
+    // What the API server would store: whole-number floats and YAML 1.1 booleans read as
+    // kubectl reads them (findings keep the original positions).
+    let mut coerced = root.clone();
     if let Some(schema) = schemas().get(kind.as_str()) {
-        crate::schema::check(root, schema, &FieldPath::root(), &mut findings);
+        crate::schema::coerce(&mut coerced, schema, &FieldPath::root(), &mut findings);
+        crate::schema::check(&coerced, schema, &FieldPath::root(), &mut findings);
+        // No spec is an empty one: what the schema requires in it is reported there.
+        if coerced.get("spec").is_none()
+            && let Some(spec_schema) = schema.pointer("/properties/spec")
+        {
+            let empty = Node {
+                pos: root.pos,
+                value: Value::Map(Vec::new()),
+            };
+            crate::schema::check(
+                &empty,
+                spec_schema,
+                &FieldPath::parse("spec"),
+                &mut findings,
+            );
+        }
     }
-    let (name, namespace) = check_metadata(root, &mut findings);
+    let root = &coerced;
+    let (name, mut namespace) = check_metadata(root, &mut findings);
+    if let Some(default) = &report.namespace {
+        match &namespace {
+            None => namespace = Some(default.clone()),
+            Some(ns) if ns != default => findings.push(
+                Finding::error(
+                    "NamespaceMismatch",
+                    FieldPath::parse("metadata.namespace"),
+                    format!("the object is in namespace {ns:?}, not {default:?} (--namespace)"),
+                )
+                .hint("kubectl and oc refuse to apply it with -n; drop one of the two"),
+            ),
+            Some(_) => {}
+        }
+    }
     let schema_ok = !findings.iter().any(|f| f.severity == Severity::Error);
     let raw = root.to_json();
     let mut object = Object {
@@ -502,7 +532,16 @@ fn check_document(file: &str, index: usize, root: &Node, report: &mut Report) ->
 
 /// Validates every document of every input, then the rules across objects.
 pub fn validate(inputs: &[Input<'_>]) -> Report {
-    let mut report = Report::default();
+    validate_in(inputs, None)
+}
+
+/// [`validate`] as `kubectl apply -n NAMESPACE` applies: objects without a namespace are in
+/// `namespace`, and an object naming another one is an error (`NamespaceMismatch`).
+pub fn validate_in(inputs: &[Input<'_>], namespace: Option<&str>) -> Report {
+    let mut report = Report {
+        namespace: namespace.map(str::to_owned),
+        ..Report::default()
+    };
     for input in inputs {
         let stream = yaml::load(input.text);
         for doc in &stream.documents {
@@ -514,10 +553,21 @@ pub fn validate(inputs: &[Input<'_>]) -> Report {
                     d.column = e.pos.column;
                 }
             }
-            if let Some(root) = &doc.root
-                && let Some(obj) = check_document(input.file, doc.index, root, &mut report)
-            {
-                report.objects.push(obj);
+            let Some(root) = &doc.root else { continue };
+            // `kind: List` (what `kubectl get -o yaml` prints): each item is an object of
+            // its own, checked as `kubectl apply` applies it.
+            let roots = match list_items(root) {
+                None => vec![root],
+                Some(Ok(items)) => items.iter().collect(),
+                Some(Err(f)) => {
+                    report.push(input.file, doc.index, Some(root), None, f);
+                    Vec::new()
+                }
+            };
+            for root in roots {
+                if let Some(obj) = check_document(input.file, doc.index, root, &mut report) {
+                    report.objects.push(obj);
+                }
             }
         }
         if let Some(e) = &stream.fatal {
@@ -536,6 +586,22 @@ pub fn validate(inputs: &[Input<'_>]) -> Report {
     }
     cross_checks(&mut report);
     report
+}
+
+/// The items of a `v1` `List` document; `None` when `root` is no list.
+fn list_items(root: &Node) -> Option<Result<&[Node], Finding>> {
+    if root.str_at("kind") != Some("List") || root.str_at("apiVersion") != Some("v1") {
+        return None;
+    }
+    Some(match root.get("items").map(|n| &n.value) {
+        Some(Value::Seq(items)) => Ok(items.as_slice()),
+        None | Some(Value::Null) => Ok(&[]),
+        Some(v) => Err(Finding::error(
+            "WrongType",
+            FieldPath::parse("items"),
+            format!("a List's items must be a list, got {}", v.type_name()),
+        )),
+    })
 }
 
 fn load_finding(e: &yaml::LoadError) -> Finding {

@@ -135,6 +135,59 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A service set in force without some of its rules, which did not validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRules {
+    pub kind: String,
+    pub name: String,
+    /// The first skipped rule's stable reason.
+    pub reason: String,
+    /// Every error of the skipped rules, one per line, with its field.
+    pub message: String,
+}
+
+/// When every error of a service set's `report` lies inside its rules, the set without
+/// those rules, and each error as (reason, "field: message"); else `None`.
+fn without_bad_rules(
+    doc: &Value,
+    report: &meshfed_crds::validate::Report,
+) -> Option<(Vec<(String, String)>, Value)> {
+    let list = match doc["kind"].as_str()? {
+        "ExportedServiceSet" => "exportRules",
+        "ImportedServiceSet" => "importRules",
+        _ => return None,
+    };
+    let prefix = format!("spec.{list}[");
+    let mut bad = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
+    for d in report
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+    {
+        let path = d.path.to_string();
+        let index: usize = path
+            .strip_prefix(&prefix)?
+            .split(']')
+            .next()?
+            .parse()
+            .ok()?;
+        bad.insert(index);
+        errors.push((d.reason.to_owned(), format!("{path}: {}", d.message)));
+    }
+    if bad.is_empty() {
+        return None;
+    }
+    let mut kept = doc.clone();
+    let rules = kept.get_mut("spec")?.get_mut(list)?.as_array_mut()?;
+    let mut i = 0;
+    rules.retain(|_| {
+        i += 1;
+        !bad.contains(&(i - 1))
+    });
+    Some((errors, kept))
+}
+
 /// The rendered mesh file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
@@ -143,6 +196,8 @@ pub struct Rendered {
     pub refused: Vec<Refusal>,
     /// Federation resources in `text`: (kind, name, generation).
     pub accepted: Vec<(String, String, Option<i64>)>,
+    /// Accepted service sets in force without some of their rules.
+    pub skipped: Vec<SkippedRules>,
     /// Peer roots from ConfigMaps, for accepted peers that name one.
     pub peer_roots: Vec<PeerRoots>,
     /// Accepted peers whose `certificateChain` could not be read.
@@ -464,6 +519,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
     let mut docs = vec![mesh];
     let mut refused = Vec::new();
     let mut accepted = Vec::new();
+    let mut skipped = Vec::new();
     let deleting = |o: &Value| !o["metadata"]["deletionTimestamp"].is_null();
     // Resources being deleted are gone from the model at once.
     let mut fed: Vec<&Value> = cluster.federation.iter().filter(|o| !deleting(o)).collect();
@@ -483,13 +539,35 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             .unwrap_or_default()
             .to_owned();
         let generation = o["metadata"]["generation"].as_i64();
-        let doc = federation_doc(o, &settings.namespace);
-        let text = serde_json::to_string(&doc).unwrap_or_default();
+        let mut doc = federation_doc(o, &settings.namespace);
         let file = format!("{kind}/{name}");
-        let report = validate(&[Input {
-            file: &file,
-            text: &text,
-        }]);
+        let check = |doc: &Value| {
+            let text = serde_json::to_string(doc).unwrap_or_default();
+            validate(&[Input {
+                file: &file,
+                text: &text,
+            }])
+        };
+        let mut report = check(&doc);
+        // As Maistra does, a service set whose only errors are in some of its rules keeps
+        // the others in force; the skipped ones are reported (`RulesSkipped`).
+        if let Some((left_out, kept)) = without_bad_rules(&doc, &report) {
+            let fewer = check(&kept);
+            if !fewer.has_errors() {
+                skipped.push(SkippedRules {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    reason: left_out[0].0.clone(),
+                    message: left_out
+                        .iter()
+                        .map(|(_, m)| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                });
+                doc = kept;
+                report = fewer;
+            }
+        }
         let errors: Vec<_> = report
             .diagnostics
             .iter()
@@ -566,6 +644,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         text,
         refused,
         accepted,
+        skipped,
         peer_roots,
         root_problems,
         stored_bundles,
@@ -597,7 +676,79 @@ fn federation_doc(o: &Value, namespace: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::protocol;
+    use super::*;
+    use crate::status::statuses;
+    use serde_json::json;
+
+    #[test]
+    fn a_set_keeps_its_valid_rules_and_reports_the_skipped_one() {
+        let set = json!({
+        "apiVersion": "federation.maistra.io/v1", "kind": "ImportedServiceSet",
+        "metadata": {"name": "beta", "namespace": "alpha-system", "generation": 3},
+        "spec": {"importRules": [
+            {"type": "NameSelector", "nameSelector": {"namespace": "shop", "name": "Bad_Name"}},
+            {"type": "NameSelector", "nameSelector": {"namespace": "shop", "name": "orders"}},
+        ]}});
+        let peer = json!({
+            "apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer",
+            "metadata": {"name": "beta", "namespace": "alpha-system"},
+            "spec": {"remote": {"addresses": ["beta.example.test"]},
+                     "gateways": {"ingress": {"name": "ingress-beta"}, "egress": {"name": "egress-beta"}},
+                     "security": {"trustDomain": "beta.local",
+                                  "clientID": "beta.local/ns/beta-system/sa/egress-alpha-service-account",
+                                  "certificateChain": {"kind": "ConfigMap", "name": "beta-ca-root-cert"}}}});
+        let cluster = Cluster {
+            services: vec![],
+            slices: vec![],
+            pods: vec![],
+            nodes: vec![],
+            federation: vec![peer, set],
+            configmaps: vec![],
+        };
+        let settings = Settings {
+            mesh: "alpha".into(),
+            namespace: "alpha-system".into(),
+            trust_domain: "alpha.local".into(),
+            cluster_domain: None,
+        };
+        let r = render(&cluster, &settings);
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        assert_eq!(r.skipped[0].reason, "InvalidName");
+        assert!(
+            r.skipped[0]
+                .message
+                .starts_with("spec.importRules[0].nameSelector.name:"),
+            "{}",
+            r.skipped[0].message
+        );
+        // The valid rule is in force.
+        assert!(
+            r.text.contains("orders") && !r.text.contains("Bad_Name"),
+            "{}",
+            r.text
+        );
+        // Status: accepted, with RulesSkipped naming the rule; and a Warning Event for it.
+        let st = statuses(&r, None, "control-0", k8s_openapi::jiff::Timestamp::now());
+        let status = &st[&("ImportedServiceSet".to_owned(), "beta".to_owned())];
+        let conditions = status["conditions"].as_array().unwrap();
+        let of = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap();
+        assert_eq!(of("Accepted")["status"], "True");
+        assert_eq!(of("RulesSkipped")["status"], "True");
+        assert_eq!(of("RulesSkipped")["reason"], "InvalidName");
+        assert_eq!(of("RulesSkipped")["observedGeneration"], 3);
+        let events = crate::status::transitions(None, status);
+        assert!(
+            events.iter().any(|(_, reason, note)| reason == "InvalidName" && note.contains("importRules[0]")),
+            "{events:?}"
+        );
+        // A set whose error is outside its rules is still refused whole.
+        let mut broken = cluster.clone();
+        broken.federation[1]["spec"]["importDomainSuffix"] = json!("Not A Domain");
+        let r = render(&broken, &settings);
+        assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+        assert!(r.skipped.is_empty());
+    }
 
     #[test]
     fn protocols_follow_app_protocol_then_the_port_name() {

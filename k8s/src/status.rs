@@ -200,6 +200,22 @@ pub fn statuses(
             ),
             Some((reason, message)) => condition("Accepted", false, reason, message, *generation),
         }];
+        if let Some(skip) = r
+            .skipped
+            .iter()
+            .find(|k| &k.kind == kind && &k.name == name)
+        {
+            conditions.push(condition(
+                "RulesSkipped",
+                true,
+                &skip.reason,
+                &format!(
+                    "these rules are invalid and left out; the others are in force:\n{}",
+                    skip.message
+                ),
+                *generation,
+            ));
+        }
         if kind == "ServiceMeshPeer" {
             if let Some(p) = r.root_problems.iter().find(|p| &p.peer == name) {
                 conditions.push(condition(
@@ -325,6 +341,12 @@ pub fn transitions(before: Option<&Value>, after: &Value) -> Vec<(EventType, Str
         } else {
             out.push((EventType::Warning, reason, message));
         }
+    }
+    if let Some((st, reason, message)) = condition_of(after, "RulesSkipped")
+        && st == "True"
+        && was("RulesSkipped").map(|w| (w.0, w.2)) != Some((st.clone(), message.clone()))
+    {
+        out.push((EventType::Warning, reason, message));
     }
     if let Some((st, reason, message)) = condition_of(after, "Connected")
         && was("Connected").map(|w| w.0) != Some(st.clone())

@@ -23,7 +23,8 @@ pub(super) fn port(
     path: FieldPath,
     out: &mut Findings,
 ) -> Option<u16> {
-    let v = value.unwrap_or(default);
+    // 0 is Maistra's "unset": the default port.
+    let v = value.filter(|p| *p != 0).unwrap_or(default);
     match u16::try_from(v) {
         Ok(p) if p != 0 => Some(p),
         _ => {

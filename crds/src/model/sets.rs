@@ -13,10 +13,13 @@ pub(super) fn pattern_part<T>(
         .ok()
 }
 
-/// Converts a `nameSelector` (or an alias entry) at `path`.
+/// Converts a `nameSelector` (or an alias entry) at `path`; `one_namespace` when the rule
+/// around it already selects a single namespace (a label selector's fixed `namespace`), so
+/// an alias namespace merges nothing.
 pub(super) fn mapping(
     m: &ServiceNameMapping,
     path: &FieldPath,
+    one_namespace: bool,
     out: &mut Findings,
 ) -> Option<NameMapping> {
     let alias = m.alias.as_ref();
@@ -53,7 +56,12 @@ pub(super) fn mapping(
         alias_namespace,
         alias_name,
     };
-    if mapping.collapses() {
+    let collapses = if one_namespace {
+        mapping.alias_name.fixed().is_some() && mapping.name == Pattern::Any
+    } else {
+        mapping.collapses()
+    };
+    if collapses {
         out.push(
             Finding::warning("AliasCollapses", path.key("alias"), "the alias gives every matching service the same name; only one of them can be used")
                 .hint("select one service by name, or alias only the namespace"),
@@ -131,7 +139,7 @@ pub(super) fn export_rule(
                 ));
                 return None;
             };
-            ExportSelector::Name(mapping(ns, &p.key("nameSelector"), out)?)
+            ExportSelector::Name(mapping(ns, &p.key("nameSelector"), false, out)?)
         }
         LABEL_SELECTOR => {
             if rule.name_selector.is_some() {
@@ -158,9 +166,12 @@ pub(super) fn export_rule(
                 }
             };
             let empty = BTreeMap::new();
-            let exprs = ls.selector.match_expressions.as_deref().unwrap_or_default();
+            let everything =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default();
+            let raw = ls.selector.as_ref().unwrap_or(&everything);
+            let exprs = raw.match_expressions.as_deref().unwrap_or_default();
             let selector = LabelSelector::new(
-                ls.selector.match_labels.as_ref().unwrap_or(&empty),
+                raw.match_labels.as_ref().unwrap_or(&empty),
                 exprs.iter().map(|e| RawRequirement {
                     key: &e.key,
                     operator: &e.operator,
@@ -181,7 +192,8 @@ pub(super) fn export_rule(
             let mut aliases = Vec::new();
             let mut aliases_ok = true;
             for (j, a) in ls.aliases.iter().flatten().enumerate() {
-                match mapping(a, &lp.key("aliases").index(j), out) {
+                let one_namespace = namespace.as_ref().is_some_and(|n| *n != Pattern::Any);
+                match mapping(a, &lp.key("aliases").index(j), one_namespace, out) {
                     Some(m) => aliases.push(m),
                     None => aliases_ok = false,
                 }
@@ -330,7 +342,7 @@ pub fn convert_imports(
                 ));
                 continue;
             };
-            let Some(m) = mapping(ns, &p.key("nameSelector"), out) else {
+            let Some(m) = mapping(ns, &p.key("nameSelector"), false, out) else {
                 continue;
             };
             let import_as_local = r.import_as_local.unwrap_or(false);
