@@ -460,6 +460,54 @@ async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
     }
 }
 
+/// An app that reads each request and closes the connection without answering: killed as
+/// the request arrived, on a connection the receiving sidecar had just opened.
+async fn dies_on_arrival() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The same on a new app connection: a GET goes elsewhere; a POST, which the app may have
+/// acted on, is answered 502 and not repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_lost_on_a_new_connection_to_a_dying_app_goes_elsewhere() {
+    let ca = alpha_ca();
+    let dying = meshfed_proxy::sidecar::start(
+        server_config(dies_on_arrival().await),
+        resolver(&ca, ECHO),
+        bundles(&ca),
+    )
+    .await
+    .unwrap();
+    let (healthy, _e) = domain_server(&ca, "echo-1").await;
+    let cli = client(&ca, UI, vec![endpoint_of(&dying), endpoint_of(&healthy)]).await;
+    for i in 0..12 {
+        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let only_dying = client(&ca, UI, vec![endpoint_of(&dying)]).await;
+    let (status, body) = post(only_dying.outbound.unwrap(), b"charge once").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("AppError"), "{body}");
+    assert_eq!(only_dying.stats.retries.get(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_that_fails_to_start_leaves_no_port_bound() {
     let ca = ca();

@@ -134,17 +134,14 @@ pub(super) async fn to_app(
         authority.as_deref().unwrap_or_default(),
         &target,
     );
+    // Repeating it elsewhere does no harm if the app saw it after all.
+    let repeatable = matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    ) && req.body().is_end_stream();
     let mut gate = inb.app_pool.gate(inb.app_protocol).await;
     if let Some(mut s) = inb.app_pool.take(t0) {
         drop(gate.take());
-        // Repeating it elsewhere does no harm if the app saw it after all.
-        let repeatable = matches!(
-            *req.method(),
-            hyper::Method::GET
-                | hyper::Method::HEAD
-                | hyper::Method::OPTIONS
-                | hyper::Method::TRACE
-        ) && req.body().is_end_stream();
         match pool::send(&mut s, req).await {
             Ok(resp) => return response(inb.app_pool.keep(s, resp)),
             Err(SendError::NotSent(back, _)) => req = *back,
@@ -183,8 +180,20 @@ pub(super) async fn to_app(
     match pool::send(&mut s, req).await {
         Ok(resp) => response(inb.app_pool.keep(s, resp)),
         Err(SendError::Broken(e)) if e.is_user() => crate::http::bad_request_body(&e),
-        Err(SendError::NotSent(_, e) | SendError::Broken(e)) => {
-            text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"))
+        // Never written: not delivered, whatever the method.
+        Err(SendError::NotSent(_, e)) => not_delivered(
+            text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n")),
+            "app-connection-lost",
+        ),
+        // The app went away with the request (killed as it arrived): a request safe to
+        // repeat may go elsewhere, as on a reused connection.
+        Err(SendError::Broken(e)) => {
+            let r = text(StatusCode::BAD_GATEWAY, format!("AppError: {e}\n"));
+            if repeatable {
+                not_delivered(r, "app-connection-lost")
+            } else {
+                r
+            }
         }
     }
 }

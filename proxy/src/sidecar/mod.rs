@@ -291,8 +291,28 @@ pub async fn start(
     bundles: SharedBundles,
 ) -> Result<Running, SidecarError> {
     let provider = verify::provider();
-    // Listeners started so far stop if a later step fails: a refused configuration leaves
-    // no port bound (the next attempt binds the same ports).
+    // Everything that can fail comes before any task starts: a refused configuration leaves
+    // no port bound (its listeners close as they drop), so the next attempt binds the same
+    // ports. (Aborting started accept loops would free their ports only later.)
+    if cfg.inbound.is_some() && cfg.app.is_none() {
+        return Err(SidecarError::NoApp);
+    }
+    let mut tcp_listeners = Vec::new();
+    for f in &cfg.tcp {
+        tcp_listeners.push(bind(f.listen).await?);
+    }
+    let mut out_listener = match cfg.outbound {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let mut in_listener = match cfg.inbound {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let mut admin_listener = match cfg.admin {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let mut tasks = Started::default();
     let mut out_addr = None;
     let mut in_addr = None;
@@ -310,8 +330,7 @@ pub async fn start(
     let tcp_routes: tcp::Routes =
         Arc::new(RwLock::new(Arc::new(build_tcp(&cfg, &svid, &bundles)?)));
     let mut tcp_addrs = Vec::new();
-    for f in &cfg.tcp {
-        let (listener, bound) = bind(f.listen).await?;
+    for (f, (listener, bound)) in cfg.tcp.iter().zip(tcp_listeners) {
         tcp_addrs.push(bound);
         tasks.push(tcp::serve_outbound(
             listener,
@@ -320,8 +339,7 @@ pub async fn start(
             stats.clone(),
         ));
     }
-    if let Some(addr) = cfg.outbound {
-        let (listener, bound) = bind(addr).await?;
+    if let Some((listener, bound)) = out_listener.take() {
         out_addr = Some(bound);
         tasks.push(serve_plain(
             listener,
@@ -330,7 +348,7 @@ pub async fn start(
             |(routes, stats), req| outbound(routes, stats, req),
         ));
     }
-    if let Some(addr) = cfg.inbound {
+    if let Some((listener, bound)) = in_listener.take() {
         let app = cfg.app.ok_or(SidecarError::NoApp)?;
         let verifier = Arc::new(SpiffeClientVerifier::new(
             bundles.clone(),
@@ -351,7 +369,6 @@ pub async fn start(
         let app_pool = Arc::new(Pool::default());
         let idle = cfg.idle_timeout;
         let stats = stats.clone();
-        let (listener, bound) = bind(addr).await?;
         in_addr = Some(bound);
         tasks.push(crate::accept::accept_each(listener, move |tcp, _| {
             let (server, names) = (server.clone(), names.clone());
@@ -428,8 +445,7 @@ pub async fn start(
         }));
     }
     let mut admin_addr = None;
-    if let Some(addr) = cfg.admin {
-        let (listener, bound) = bind(addr).await?;
+    if let Some((listener, bound)) = admin_listener.take() {
         admin_addr = Some(bound);
         tasks.push(crate::admin::spawn(
             listener,
