@@ -21,6 +21,7 @@ use meshfed_core::import::ImportedRoute;
 use meshfed_core::{SpiffeId, TrustDomain};
 pub use meshfed_proxy::config::Workload;
 use meshfed_proxy::config::{self, ConfigError, Federated};
+use meshfed_proxy::dns::{Dns, DnsTable};
 use meshfed_proxy::sidecar;
 use meshfed_trust::bootstrap::Bootstrap;
 use meshfed_trust::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
@@ -53,6 +54,29 @@ pub struct SidecarOptions {
     pub workload: Workload,
     /// Joined: how long to keep serving after [`Sidecar::drain`].
     pub drain: Duration,
+    /// The DNS proxy, if the sidecar runs one.
+    pub dns: Option<DnsOptions>,
+}
+
+/// The sidecar's DNS proxy ([`meshfed_proxy::dns`]): where it listens, and the resolvers the
+/// names it does not route go to (the pod's own).
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    pub listen: SocketAddr,
+    pub upstream: Vec<SocketAddr>,
+}
+
+/// The name servers of `/etc/resolv.conf` (the pod's resolver), for the DNS proxy's
+/// upstream; none when it cannot be read.
+pub fn resolv_conf_nameservers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| meshfed_proxy::dns::nameservers(&t))
+        .unwrap_or_default()
+}
+
+/// The names a sidecar configuration routes, for its DNS proxy.
+fn dns_table(cfg: &sidecar::SidecarConfig) -> DnsTable {
+    DnsTable::new(cfg.services.iter().map(|s| s.host.to_string()))
 }
 
 /// Why a sidecar could not start, or a configuration could not be applied.
@@ -66,6 +90,8 @@ pub enum SidecarError {
     Bootstrap(#[from] meshfed_trust::bootstrap::BootstrapError),
     #[error("--namespace is required with --bootstrap")]
     NoNamespace,
+    #[error(transparent)]
+    Dns(#[from] meshfed_proxy::dns::DnsError),
     #[error("the control plane client: {0}")]
     Client(#[from] meshfed_control::client::ClientError),
     #[error("the control plane at {at} refused a certificate: {source}")]
@@ -99,6 +125,7 @@ impl SidecarError {
             Self::Config(e) => e.reason(),
             Self::Bootstrap(_) => "InvalidBootstrap",
             Self::NoNamespace => "NoNamespace",
+            Self::Dns(e) => e.reason(),
             Self::Client(_) => "ClientSetupFailed",
             Self::Refused { .. } => "CertificateRefused",
             Self::Issue(e) => e.reason(),
@@ -118,6 +145,8 @@ pub struct Sidecar {
     drain: watch::Sender<bool>,
     /// Set when the agent is done: drained, or its control plane stream ended for good.
     done: watch::Receiver<bool>,
+    /// The DNS proxy, when asked for (stops when the sidecar is dropped).
+    dns: Option<Arc<Dns>>,
     span: tracing::Span,
 }
 
@@ -133,13 +162,22 @@ impl Sidecar {
         let tasks = Tasks::new();
         let (drain, drain_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
-        async {
+        let dns = async {
+            // DNS first: the app's lookups forward from the start, and the names the sidecar
+            // routes are answered once its first configuration is in.
+            let dns = match &opts.dns {
+                Some(d) => Some(Arc::new(
+                    Dns::start(d.listen, d.upstream.clone(), DnsTable::default()).await?,
+                )),
+                None => None,
+            };
             match &opts.mode {
                 Mode::Joined { bootstrap } => {
-                    start_joined(&opts, bootstrap, &tasks, drain_rx, done_tx).await
+                    start_joined(&opts, bootstrap, &tasks, drain_rx, done_tx, dns.clone()).await?;
                 }
-                Mode::File { .. } => start_file(&opts, &tasks).await,
+                Mode::File { .. } => start_file(&opts, &tasks, dns.clone()).await?,
             }
+            Ok::<_, SidecarError>(dns)
         }
         .instrument(span.clone())
         .await?;
@@ -147,6 +185,7 @@ impl Sidecar {
             tasks,
             drain,
             done,
+            dns,
             span,
         })
     }
@@ -165,6 +204,11 @@ impl Sidecar {
         if done.wait_for(|d| *d).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// The DNS proxy's address, when it runs one.
+    pub fn dns(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.addr)
     }
 
     /// Waits until one of its tasks ends on its own.
@@ -241,7 +285,11 @@ fn file_config(
     Ok(config::from_mesh(&mesh, &fed, &opts.workload, allow)?)
 }
 
-async fn start_file(opts: &SidecarOptions, tasks: &Tasks) -> Result<(), SidecarError> {
+async fn start_file(
+    opts: &SidecarOptions,
+    tasks: &Tasks,
+    dns: Option<Arc<Dns>>,
+) -> Result<(), SidecarError> {
     let Mode::File {
         mesh: path,
         dir,
@@ -258,6 +306,9 @@ async fn start_file(opts: &SidecarOptions, tasks: &Tasks) -> Result<(), SidecarE
     let svid = ca.issue(&id, DEFAULT_SVID_TTL, SystemTime::now())?;
     let resolver = Arc::new(SvidResolver::new(&svid, verify::provider())?);
     let app = cfg.app.map_or("-".into(), |a| a.to_string());
+    if let Some(d) = &dns {
+        d.set_table(dns_table(&cfg));
+    }
     let running = sidecar::start(cfg, resolver.clone(), verify::shared(held)).await?;
     tracing::info!(
         "{}, app {app}",
@@ -301,7 +352,11 @@ async fn start_file(opts: &SidecarOptions, tasks: &Tasks) -> Result<(), SidecarE
                     if new_id != id {
                         return Err(SidecarError::IdentityChanged(new_id));
                     }
-                    Ok(running.update(&cfg)?)
+                    running.update(&cfg)?;
+                    if let Some(d) = &dns {
+                        d.set_table(dns_table(&cfg));
+                    }
+                    Ok(())
                 },
             );
             match applied {
@@ -344,6 +399,7 @@ async fn start_joined(
     tasks: &Tasks,
     drain: watch::Receiver<bool>,
     done: watch::Sender<bool>,
+    dns: Option<Arc<Dns>>,
 ) -> Result<(), SidecarError> {
     let boot = Bootstrap::read(path)?;
     let Some(namespace) = opts.workload.namespace.clone() else {
@@ -378,6 +434,7 @@ async fn start_joined(
         resolver,
         id,
         ready: ready_tx,
+        dns,
     };
     tasks.spawn_finite("agent", async move {
         agent.run(rx, drain).await;
@@ -394,6 +451,7 @@ struct Agent {
     resolver: Arc<SvidResolver>,
     id: SpiffeId,
     ready: watch::Sender<meshfed_api::config::Report>,
+    dns: Option<Arc<Dns>>,
 }
 
 impl Agent {
@@ -472,6 +530,7 @@ impl Agent {
         };
         let (cfg, want) = config::from_mesh(&received.mesh.mesh, &fed, &self.workload, &allow)?;
         let app = cfg.app;
+        let table = dns_table(&cfg);
         if want != self.id {
             return Err(SidecarError::IdentityChanged(want));
         }
@@ -493,6 +552,9 @@ impl Agent {
         if let Err(e) = result {
             bundles.store(previous);
             return Err(e);
+        }
+        if let Some(d) = &self.dns {
+            d.set_table(table);
         }
         Ok((received.version, app))
     }

@@ -83,6 +83,13 @@ pub struct RedirectArgs {
     /// Outbound IPv4 networks not redirected (comma-separated `a.b.c.d/n`).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<String>,
+    /// The sidecar's DNS proxy: the pod's UDP and TCP traffic to port 53 goes there (but the
+    /// sidecar's own, which reaches the pod's resolver).
+    #[arg(long, default_value_t = 15053, value_parser = port)]
+    dns_port: u16,
+    /// Leave DNS alone (no DNS proxy in the sidecar).
+    #[arg(long)]
+    no_dns: bool,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -103,6 +110,7 @@ pub(crate) fn redirect(args: &RedirectArgs) -> Result<std::process::ExitCode> {
             .filter(|c| !c.is_empty())
             .cloned()
             .collect(),
+        dns_port: (!args.no_dns).then_some(args.dns_port),
     }
     .rules()?;
     if args.dry_run {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use meshfed_app::sidecar::Workload;
-use meshfed_app::sidecar::{Mode, Sidecar, SidecarOptions};
+use meshfed_app::sidecar::{DnsOptions, Mode, Sidecar, SidecarOptions};
 
 use crate::trust::DirArg;
 
@@ -54,6 +54,16 @@ pub struct ProxyArgs {
     /// to imported services go there, with the peer's exported name as the TLS server name.
     #[arg(long, requires = "peer_mesh")]
     egress: Option<SocketAddr>,
+    /// Run a DNS proxy here (UDP and TCP), e.g. `127.0.0.1:15053`, where `meshfed redirect`
+    /// sends the pod's DNS: it answers the names this sidecar routes (imported ones, which no
+    /// cluster DNS knows) with addresses the outbound capture maps back, and forwards every
+    /// other query to --dns-upstream.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
+    /// With --dns: the resolver other queries go to (repeatable; default: the name servers
+    /// of /etc/resolv.conf, the pod's own).
+    #[arg(long, requires = "dns", value_name = "ADDR")]
+    dns_upstream: Vec<SocketAddr>,
     /// Joined to a control plane: on SIGTERM, report the workload not ready at once and keep
     /// serving this long before exiting (so callers move away first, like Istio's
     /// terminationDrainDuration); a second signal exits at once. `0s`: exit at once.
@@ -90,6 +100,14 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
             tcp: args.tcp,
         },
         drain: args.drain,
+        dns: args.dns.map(|listen| DnsOptions {
+            listen,
+            upstream: if args.dns_upstream.is_empty() {
+                meshfed_app::sidecar::resolv_conf_nameservers()
+            } else {
+                args.dns_upstream
+            },
+        }),
     })
     .await?;
     // The first signal drains (joined: not ready at once, serving for the drain time); a

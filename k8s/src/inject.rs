@@ -31,6 +31,8 @@ pub const PROXY_UID: i64 = 1337;
 pub const ADMIN_PORT: u16 = 15020;
 /// The sidecar's outbound listener (redirected outbound TCP lands there).
 pub const OUTBOUND_PORT: u16 = 15001;
+/// The sidecar's DNS proxy (`meshfed redirect` sends the pod's port-53 traffic there).
+pub const DNS_PORT: u16 = 15053;
 
 /// How to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +161,7 @@ fn init_container(opts: &Options) -> Value {
                  "--proxy-uid", PROXY_UID.to_string(),
                  "--inbound-port", crate::render::INBOUND_PORT.to_string(),
                  "--outbound-port", OUTBOUND_PORT.to_string(),
+                 "--dns-port", DNS_PORT.to_string(),
                  "--exclude-inbound-ports", ADMIN_PORT.to_string()],
         "securityContext": {
             "runAsUser": 0,
@@ -180,6 +183,7 @@ fn proxy_container(opts: &Options) -> Value {
                  "--namespace", "$(POD_NAMESPACE)",
                  "--workload", "$(POD_NAME)",
                  "--outbound", format!("127.0.0.1:{OUTBOUND_PORT}"),
+                 "--dns", format!("127.0.0.1:{DNS_PORT}"),
                  "--admin", format!("0.0.0.0:{ADMIN_PORT}")],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -4,6 +4,10 @@
 //! as iptables `nat` rules in their own chains (`MESHFED_*`). The sidecar's own traffic (its
 //! user) and loopback are never redirected, so it reaches the app and the network directly.
 //!
+//! The pod's DNS (UDP and TCP to port 53, but the sidecar's own) goes to the sidecar's DNS
+//! proxy (`dns_port`, 15053 when injected), which answers the names the mesh routes —
+//! imported ones no cluster DNS knows — and forwards the rest to the pod's resolver.
+//!
 //! The outbound listener routes HTTP by `Host`; outbound traffic that is not HTTP to a mesh
 //! service needs its destination excluded (`--exclude-outbound-cidrs`, `--exclude-outbound-ports`).
 //! Inbound ports excluded (`--exclude-inbound-ports`) bypass the sidecar — and its mTLS.
@@ -20,6 +24,8 @@ pub struct Redirect {
     pub exclude_outbound_ports: Vec<u16>,
     /// IPv4 networks, `a.b.c.d/n`.
     pub exclude_outbound_cidrs: Vec<String>,
+    /// The sidecar's DNS proxy: port-53 traffic goes there (`None`: DNS is left alone).
+    pub dns_port: Option<u16>,
 }
 
 /// Why a redirection cannot be built.
@@ -47,7 +53,7 @@ impl Redirect {
     /// The rules as `iptables-restore --noflush` input.
     pub fn rules(&self) -> Result<String, RedirectError> {
         let err = |field, reason: String| RedirectError { field, reason };
-        if self.inbound_port == 0 || self.outbound_port == 0 {
+        if self.inbound_port == 0 || self.outbound_port == 0 || self.dns_port == Some(0) {
             return Err(err("ports", "the sidecar's ports must not be 0".into()));
         }
         for c in &self.exclude_outbound_cidrs {
@@ -61,6 +67,20 @@ impl Redirect {
             "MESHFED_REDIRECT",
         ] {
             let _ = writeln!(r, ":{chain} - [0:0]");
+        }
+        if let Some(dns) = self.dns_port {
+            // Before the TCP catch-all: a DNS query over TCP goes to the DNS proxy too.
+            r.push_str(":MESHFED_DNS - [0:0]\n");
+            r.push_str("-A OUTPUT -p udp --dport 53 -j MESHFED_DNS\n");
+            r.push_str("-A OUTPUT -p tcp --dport 53 -j MESHFED_DNS\n");
+            let _ = writeln!(
+                r,
+                "-A MESHFED_DNS -m owner --uid-owner {} -j RETURN",
+                self.proxy_uid
+            );
+            for proto in ["udp", "tcp"] {
+                let _ = writeln!(r, "-A MESHFED_DNS -p {proto} -j REDIRECT --to-ports {dns}");
+            }
         }
         let _ = writeln!(
             r,
@@ -111,7 +131,30 @@ mod tests {
             exclude_inbound_ports: vec![15020],
             exclude_outbound_ports: vec![],
             exclude_outbound_cidrs: vec!["10.96.0.1/32".into()],
+            dns_port: Some(15053),
         }
+    }
+
+    #[test]
+    fn dns_goes_to_the_dns_proxy_but_the_sidecars_own() {
+        let r = base().rules().unwrap();
+        let lines: Vec<&str> = r.lines().collect();
+        let pos = |l: &str| lines.iter().position(|x| *x == l).unwrap();
+        assert!(
+            pos("-A OUTPUT -p tcp --dport 53 -j MESHFED_DNS")
+                < pos("-A OUTPUT -p tcp -j MESHFED_OUTPUT")
+        );
+        assert!(
+            pos("-A MESHFED_DNS -m owner --uid-owner 1337 -j RETURN")
+                < pos("-A MESHFED_DNS -p udp -j REDIRECT --to-ports 15053")
+        );
+        assert!(r.contains("-A OUTPUT -p udp --dport 53 -j MESHFED_DNS"));
+        assert!(r.contains("-A MESHFED_DNS -p tcp -j REDIRECT --to-ports 15053"));
+        let none = Redirect {
+            dns_port: None,
+            ..base()
+        };
+        assert!(!none.rules().unwrap().contains("MESHFED_DNS"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod accept;
 pub mod admin;
 pub mod config;
+pub mod dns;
 pub mod echo;
 pub mod http;
 pub mod idle;

@@ -117,6 +117,7 @@ pub async fn sidecar(
             tcp: Vec::new(),
         },
         drain: Duration::ZERO,
+        dns: None,
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar {namespace}/{name}: {e}"))
