@@ -516,3 +516,59 @@ fn two_real_clusters_peer_by_token_and_a_replica_takes_over_without_a_status_fla
         assert!(denied.is_empty(), "{p}: {denied:#?}");
     }
 }
+
+/// The API server goes away for 20 s and comes back: the control plane's watches resume
+/// (relisting as needed) within seconds, so a spec edit made after the outage reaches the
+/// status soon — not after a backoff grown to half a minute.
+#[test]
+fn after_an_api_server_outage_a_spec_edit_reaches_status_within_seconds() {
+    let Some(mut alpha) = cluster("alpha") else {
+        return;
+    };
+    let dir = tempdir("real-kube-outage");
+    trust_init(&dir, "alpha-ca", "alpha.local");
+    let set = |rules: Value| {
+        json!({
+            "apiVersion": "federation.maistra.io/v1", "kind": "ExportedServiceSet",
+            "metadata": {"name": "beta", "namespace": NS},
+            "spec": {"exportRules": rules}})
+    };
+    let rule = |name: &str| json!({"type": "NameSelector", "nameSelector": {"namespace": "shop", "name": name}});
+    alpha.apply(&json!({
+        "apiVersion": "federation.maistra.io/v1", "kind": "ServiceMeshPeer",
+        "metadata": {"name": "beta", "namespace": NS},
+        "spec": {
+            "remote": {"addresses": ["127.0.12.9"], "discoveryPort": 9},
+            "security": {"trustDomain": "beta.local",
+                         "clientID": format!("beta.local/ns/{NS}/sa/egress-alpha-service-account")}}}));
+    alpha.apply(&set(json!([rule("orders")])));
+    let mut procs = Procs::default();
+    control(
+        &mut procs,
+        &dir,
+        "alpha-0",
+        "alpha",
+        &alpha.control,
+        free("127.0.11.3"),
+    );
+    let observed = |alpha: &Cluster| {
+        alpha
+            .get("exportedserviceset", "beta")
+            .and_then(|s| condition(&s, "Accepted")["observedGeneration"].as_i64())
+    };
+    wait(&dir, "the set's status", 60, || observed(&alpha) == Some(1));
+    alpha.api.stop_apiserver();
+    std::thread::sleep(Duration::from_secs(20));
+    alpha.api.start_apiserver();
+    let edited = Instant::now();
+    alpha.apply(&set(json!([rule("orders"), rule("payments")])));
+    wait(&dir, "the edit in the status", 60, || {
+        observed(&alpha) == Some(2)
+    });
+    let took = edited.elapsed();
+    eprintln!("a spec edit reached the status {took:?} after the API server came back");
+    assert!(
+        took < Duration::from_secs(15),
+        "the edit took {took:?} to reach the status"
+    );
+}

@@ -48,6 +48,8 @@ spec:
 pub struct RealApi {
     dir: Scratch,
     children: Vec<Child>,
+    /// The API server's program and arguments (it is `children[1]`), for a restart.
+    apiserver: (PathBuf, Vec<String>),
     /// `https://127.0.0.1:<port>`.
     pub url: String,
     /// The CA the server's certificate comes from (PEM).
@@ -127,33 +129,35 @@ impl RealApi {
         )
         .unwrap();
         let certs = dir.join("certs");
+        let apiserver_args: Vec<String> = vec![
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={}", api.port()),
+            "--insecure-port=0".into(),
+            format!("--etcd-servers=http://{etcd_client}"),
+            format!("--cert-dir={}", certs.display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", key.display()),
+            format!("--service-account-signing-key-file={}", key.display()),
+            "--service-cluster-ip-range=10.96.0.0/24".into(),
+            // 1.20 serves EndpointSlices as v1beta1 only; meshfed reads v1 (GA in 1.21).
+            // The tier turns the built-in version off and serves v1 from a stand-in CRD
+            // (ENDPOINT_SLICE_CRD): same group, resource and shape, no validation and
+            // no EndpointSlice controller — tests write their slices themselves.
+            "--runtime-config=discovery.k8s.io/v1beta1=false".into(),
+        ];
         let apiserver = spawn(
             &dir,
             "kube-apiserver",
             &bin.join("kube-apiserver"),
-            &[
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={}", api.port()),
-                "--insecure-port=0".into(),
-                format!("--etcd-servers=http://{etcd_client}"),
-                format!("--cert-dir={}", certs.display()),
-                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", key.display()),
-                format!("--service-account-signing-key-file={}", key.display()),
-                "--service-cluster-ip-range=10.96.0.0/24".into(),
-                // 1.20 serves EndpointSlices as v1beta1 only; meshfed reads v1 (GA in 1.21).
-                // The tier turns the built-in version off and serves v1 from a stand-in CRD
-                // (ENDPOINT_SLICE_CRD): same group, resource and shape, no validation and
-                // no EndpointSlice controller — tests write their slices themselves.
-                "--runtime-config=discovery.k8s.io/v1beta1=false".into(),
-            ],
+            &apiserver_args,
         );
         let mut me = Self {
             dir,
             children: vec![etcd, apiserver],
+            apiserver: (bin.join("kube-apiserver"), apiserver_args),
             url: format!("https://{api}"),
             ca_pem: String::new(),
             admin: PathBuf::new(),
@@ -198,6 +202,32 @@ impl RealApi {
             "crd/endpointslices.discovery.k8s.io",
         ]);
         Some(me)
+    }
+
+    /// Stops the API server (etcd keeps its data): clients see the outage.
+    pub fn stop_apiserver(&mut self) {
+        let c = &mut self.children[1];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts the API server again on the same port and data; returns once it is ready.
+    pub fn start_apiserver(&mut self) {
+        let (program, args) = &self.apiserver;
+        self.children[1] = spawn(&self.dir, "kube-apiserver-again", program, args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = self.kubectl_raw(&self.admin, &["get", "--raw", "/readyz"], None);
+            if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API server was not ready again in 60 s; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Where the servers' logs and data are.
