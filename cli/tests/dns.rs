@@ -111,62 +111,15 @@ fn an_unmodified_client_resolves_and_reaches_an_imported_name_through_the_sideca
     let (ingress, egress, discovery) = ("127.0.9.21:15443", "127.0.9.11:15443", "127.0.9.21:8188");
     let (ui_in, ui_app) = ("127.0.9.12:15006", "127.0.9.12:8080");
     let (echo_in, echo_app) = ("127.0.9.22:15006", "127.0.9.22:8080");
-    let alpha = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: alpha, namespace: alpha-system}}
-spec:
-  trustDomain: alpha-mesh.local
-  services: [{{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}]
-  workloads:
-  - {{name: ui-1, namespace: web, service: ui, serviceAccount: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
----
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: beta-mesh, namespace: alpha-system}}
-spec:
-  remote: {{addresses: [127.0.9.21], servicePort: 15443}}
-  security:
-    trustDomain: beta-mesh.local
-    clientID: beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account
----
-apiVersion: federation.maistra.io/v1
-kind: ImportedServiceSet
-metadata: {{name: beta-mesh, namespace: alpha-system}}
-spec:
-  importRules:
-  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
-"
+    let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    common::write_gateway_meshes(
+        &dir,
+        addr(ui_in),
+        addr(ui_app),
+        addr(ingress),
+        addr(echo_in),
+        addr(echo_app),
     );
-    let beta = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: beta, namespace: beta-system}}
-spec:
-  trustDomain: beta-mesh.local
-  services: [{{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}]
-  workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
----
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: alpha-mesh, namespace: beta-system}}
-spec:
-  remote: {{addresses: [127.0.9.11]}}
-  security:
-    trustDomain: alpha-mesh.local
-    clientID: alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account
----
-apiVersion: federation.maistra.io/v1
-kind: ExportedServiceSet
-metadata: {{name: alpha-mesh, namespace: beta-system}}
-spec:
-  exportRules:
-  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
-"
-    );
-    std::fs::write(dir.join("alpha.yaml"), alpha).unwrap();
-    std::fs::write(dir.join("beta.yaml"), beta).unwrap();
     std::fs::write(dir.join("upstream.py"), UPSTREAM).unwrap();
     let o = Command::new("unshare")
         .args(["-n", "-m", "sh", "-c", SCRIPT])

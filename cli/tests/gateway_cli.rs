@@ -96,64 +96,7 @@ fn a_workload_in_alpha_reaches_betas_export_through_both_gateway_processes() {
     let discovery = free("127.0.9.21");
     let (ui_in, ui_app, ui_out) = (free("127.0.9.12"), free("127.0.9.12"), free("127.0.9.12"));
     let (echo_in, echo_app) = (free("127.0.9.22"), free("127.0.9.22"));
-    let alpha = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: alpha, namespace: alpha-system}}
-spec:
-  trustDomain: alpha-mesh.local
-  services: [{{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}]
-  workloads:
-  - {{name: ui-1, namespace: web, service: ui, serviceAccount: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
----
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: beta-mesh, namespace: alpha-system}}
-spec:
-  remote: {{addresses: [{}], servicePort: {}}}
-  security:
-    trustDomain: beta-mesh.local
-    clientID: beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account
----
-apiVersion: federation.maistra.io/v1
-kind: ImportedServiceSet
-metadata: {{name: beta-mesh, namespace: alpha-system}}
-spec:
-  importRules:
-  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
-",
-        ingress.ip(),
-        ingress.port()
-    );
-    let beta = format!(
-        "apiVersion: meshfed.io/v1alpha1
-kind: Mesh
-metadata: {{name: beta, namespace: beta-system}}
-spec:
-  trustDomain: beta-mesh.local
-  services: [{{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}]
-  workloads:
-  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
----
-apiVersion: federation.maistra.io/v1
-kind: ServiceMeshPeer
-metadata: {{name: alpha-mesh, namespace: beta-system}}
-spec:
-  remote: {{addresses: [127.0.9.11]}}
-  security:
-    trustDomain: alpha-mesh.local
-    clientID: alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account
----
-apiVersion: federation.maistra.io/v1
-kind: ExportedServiceSet
-metadata: {{name: alpha-mesh, namespace: beta-system}}
-spec:
-  exportRules:
-  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
-"
-    );
-    std::fs::write(dir.join("alpha.yaml"), alpha).unwrap();
-    std::fs::write(dir.join("beta.yaml"), beta).unwrap();
+    common::write_gateway_meshes(&dir, ui_in, ui_app, ingress, echo_in, echo_app);
     let mut procs = Procs::default();
     let s = |a: SocketAddr| a.to_string();
     procs.spawn(

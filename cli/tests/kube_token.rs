@@ -42,7 +42,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Starts `meshfed control --kube --peering` for `mesh` (CA in `<mesh>-ca`).
+/// Starts `meshfed control --kube --peering` for `mesh` (namespace `<mesh>-system`).
 fn control(
     procs: &mut Procs,
     dir: &Path,
@@ -50,37 +50,8 @@ fn control(
     kc: &Path,
     peering: SocketAddr,
 ) -> SocketAddr {
-    let (listen, admin) = (free("127.0.0.1"), free("127.0.0.1"));
     let ns = format!("{mesh}-system");
-    let ca = format!("{mesh}-ca");
-    let boot = format!("{mesh}-boot.json");
-    let (listen, admin_s, peering) = (listen.to_string(), admin.to_string(), peering.to_string());
-    procs.spawn_env(
-        dir,
-        mesh,
-        &[
-            "control",
-            "--kube",
-            "--namespace",
-            &ns,
-            "--dir",
-            &ca,
-            "--listen",
-            &listen,
-            "--admin",
-            &admin_s,
-            "--peering",
-            &peering,
-            "--bootstrap-out",
-            &boot,
-            "--heartbeat",
-            "1s",
-            "--liveness",
-            "3s",
-        ],
-        &[("KUBECONFIG", kc)],
-    );
-    admin
+    common::kube_control(procs, dir, mesh, (mesh, &ns), kc, peering, None)
 }
 
 /// The state of `mesh`'s import from `peer`, per its control plane's `/status`.

@@ -119,37 +119,7 @@ fn control(
     kubeconfig: &Path,
     peering: SocketAddr,
 ) -> SocketAddr {
-    let (listen, admin) = (free("127.0.0.1").to_string(), free("127.0.0.1"));
-    let (admin_s, peering) = (admin.to_string(), peering.to_string());
-    let (ca, boot) = (format!("{mesh}-ca"), format!("{pod}-boot.json"));
-    procs.spawn_env(
-        dir,
-        pod,
-        &[
-            "control",
-            "--kube",
-            "--mesh-name",
-            mesh,
-            "--namespace",
-            NS,
-            "--dir",
-            &ca,
-            "--listen",
-            &listen,
-            "--admin",
-            &admin_s,
-            "--peering",
-            &peering,
-            "--bootstrap-out",
-            &boot,
-            "--heartbeat",
-            "1s",
-            "--liveness",
-            "3s",
-        ],
-        &[("KUBECONFIG", kubeconfig), ("POD_NAME", Path::new(pod))],
-    );
-    admin
+    common::kube_control(procs, dir, pod, (mesh, NS), kubeconfig, peering, Some(pod))
 }
 
 /// `meshfed args…` with KUBECONFIG set; its stdout. Panics when it fails.

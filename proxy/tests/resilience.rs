@@ -406,10 +406,11 @@ async fn request_bodies_arrive_whole_when_replayed_or_streamed() {
     assert_eq!(only_bad.stats.retries.get(), 0);
 }
 
-/// An app that answers the first request on each connection, then reads the next one and
-/// closes the connection without answering: what a receiving sidecar sees when its app dies
-/// while it holds idle connections to it.
-async fn dies_on_reuse() -> std::net::SocketAddr {
+/// An app that reads each request and closes the connection without answering — what a
+/// receiving sidecar sees when its app dies as a request arrives; with `first_answered`, it
+/// answers the first request on each connection and dies on the next: an app dying while
+/// the sidecar holds idle connections to it.
+async fn dying_app(first_answered: bool) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -418,7 +419,12 @@ async fn dies_on_reuse() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 let mut seen = Vec::new();
-                for answered in [true, false] {
+                let answers: &[bool] = if first_answered {
+                    &[true, false]
+                } else {
+                    &[false]
+                };
+                for answered in answers {
                     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
                         match c.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
@@ -426,7 +432,7 @@ async fn dies_on_reuse() -> std::net::SocketAddr {
                         }
                     }
                     seen.clear();
-                    if answered {
+                    if *answered {
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if c.write_all(ok).await.is_err() {
                             return;
@@ -439,6 +445,16 @@ async fn dies_on_reuse() -> std::net::SocketAddr {
     addr
 }
 
+/// Twelve GETs through a client with `dying` and a healthy endpoint: all answered 200.
+async fn gets_go_elsewhere(ca: &meshfed_trust::CertificateAuthority, dying: &Running) {
+    let (healthy, _e) = domain_server(ca, "echo-1").await;
+    let cli = client(ca, UI, vec![endpoint_of(dying), endpoint_of(&healthy)]).await;
+    for i in 0..12 {
+        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+}
+
 /// A GET the receiving sidecar wrote on a reused app connection that then broke is marked
 /// not-delivered (it is safe to repeat), so the calling sidecar sends it to another endpoint:
 /// no request fails while an app dies with idle connections open.
@@ -446,41 +462,13 @@ async fn dies_on_reuse() -> std::net::SocketAddr {
 async fn a_get_lost_on_a_dying_apps_reused_connection_goes_elsewhere() {
     let ca = alpha_ca();
     let dying = meshfed_proxy::sidecar::start(
-        server_config(dies_on_reuse().await),
+        server_config(dying_app(true).await),
         resolver(&ca, ECHO),
         bundles(&ca),
     )
     .await
     .unwrap();
-    let (healthy, _e) = domain_server(&ca, "echo-1").await;
-    let cli = client(&ca, UI, vec![endpoint_of(&dying), endpoint_of(&healthy)]).await;
-    for i in 0..12 {
-        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
-        assert_eq!(status, 200, "request {i}: {body}");
-    }
-}
-
-/// An app that reads each request and closes the connection without answering: killed as
-/// the request arrived, on a connection the receiving sidecar had just opened.
-async fn dies_on_arrival() -> std::net::SocketAddr {
-    use tokio::io::AsyncReadExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
+    gets_go_elsewhere(&ca, &dying).await;
 }
 
 /// The same on a new app connection: a GET goes elsewhere; a POST, which the app may have
@@ -489,18 +477,13 @@ async fn dies_on_arrival() -> std::net::SocketAddr {
 async fn a_get_lost_on_a_new_connection_to_a_dying_app_goes_elsewhere() {
     let ca = alpha_ca();
     let dying = meshfed_proxy::sidecar::start(
-        server_config(dies_on_arrival().await),
+        server_config(dying_app(false).await),
         resolver(&ca, ECHO),
         bundles(&ca),
     )
     .await
     .unwrap();
-    let (healthy, _e) = domain_server(&ca, "echo-1").await;
-    let cli = client(&ca, UI, vec![endpoint_of(&dying), endpoint_of(&healthy)]).await;
-    for i in 0..12 {
-        let (status, body) = get(cli.outbound.unwrap(), HOST, "").await;
-        assert_eq!(status, 200, "request {i}: {body}");
-    }
+    gets_go_elsewhere(&ca, &dying).await;
     let only_dying = client(&ca, UI, vec![endpoint_of(&dying)]).await;
     let (status, body) = post(only_dying.outbound.unwrap(), b"charge once").await;
     assert_eq!(status, 502, "{body}");

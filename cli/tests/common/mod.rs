@@ -242,3 +242,124 @@ pub fn rbac() -> Vec<serde_json::Value> {
         .filter_map(|d| d.root.as_ref().map(|r| r.to_json()))
         .collect()
 }
+
+/// Writes `alpha.yaml` and `beta.yaml` into `dir`: alpha's ui (`web/ui-1`) imports beta's
+/// `shop/echo` (`echo-1`), exported to alpha, through beta's ingress at `ingress` (alpha's
+/// egress is at 127.0.9.11) — the two meshes of the gateway and DNS process tests.
+#[allow(dead_code)] // not every test file uses it
+pub fn write_gateway_meshes(
+    dir: &Path,
+    ui_in: SocketAddr,
+    ui_app: SocketAddr,
+    ingress: SocketAddr,
+    echo_in: SocketAddr,
+    echo_app: SocketAddr,
+) {
+    let alpha = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: alpha, namespace: alpha-system}}
+spec:
+  trustDomain: alpha-mesh.local
+  services: [{{name: ui, namespace: web, ports: [{{name: http, port: 8080}}]}}]
+  workloads:
+  - {{name: ui-1, namespace: web, service: ui, serviceAccount: ui, inbound: \"{ui_in}\", app: \"{ui_app}\"}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: beta-mesh, namespace: alpha-system}}
+spec:
+  remote: {{addresses: [{}], servicePort: {}}}
+  security:
+    trustDomain: beta-mesh.local
+    clientID: beta-mesh.local/ns/beta-system/sa/egress-alpha-mesh-service-account
+---
+apiVersion: federation.maistra.io/v1
+kind: ImportedServiceSet
+metadata: {{name: beta-mesh, namespace: alpha-system}}
+spec:
+  importRules:
+  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
+",
+        ingress.ip(),
+        ingress.port()
+    );
+    let beta = format!(
+        "apiVersion: meshfed.io/v1alpha1
+kind: Mesh
+metadata: {{name: beta, namespace: beta-system}}
+spec:
+  trustDomain: beta-mesh.local
+  services: [{{name: echo, namespace: shop, ports: [{{name: http, port: 8080}}]}}]
+  workloads:
+  - {{name: echo-1, namespace: shop, service: echo, inbound: \"{echo_in}\", app: \"{echo_app}\"}}
+---
+apiVersion: federation.maistra.io/v1
+kind: ServiceMeshPeer
+metadata: {{name: alpha-mesh, namespace: beta-system}}
+spec:
+  remote: {{addresses: [127.0.9.11]}}
+  security:
+    trustDomain: alpha-mesh.local
+    clientID: alpha-mesh.local/ns/alpha-system/sa/egress-beta-mesh-service-account
+---
+apiVersion: federation.maistra.io/v1
+kind: ExportedServiceSet
+metadata: {{name: alpha-mesh, namespace: beta-system}}
+spec:
+  exportRules:
+  - {{type: NameSelector, nameSelector: {{namespace: shop, name: echo}}}}
+"
+    );
+    std::fs::write(dir.join("alpha.yaml"), alpha).unwrap();
+    std::fs::write(dir.join("beta.yaml"), beta).unwrap();
+}
+
+/// Starts `meshfed control --kube --peering` as process `name` (log `<name>.log`): mesh
+/// `mesh` in namespace `ns`, CA in `<mesh>-ca`, KUBECONFIG `kubeconfig`, heartbeats every
+/// second; `pod` sets `POD_NAME` (the replica's name). Its admin address.
+pub fn kube_control(
+    procs: &mut Procs,
+    dir: &Path,
+    name: &str,
+    (mesh, ns): (&str, &str),
+    kubeconfig: &Path,
+    peering: SocketAddr,
+    pod: Option<&str>,
+) -> SocketAddr {
+    let (listen, admin) = (free("127.0.0.1").to_string(), free("127.0.0.1"));
+    let (admin_s, peering) = (admin.to_string(), peering.to_string());
+    let (ca, boot) = (format!("{mesh}-ca"), format!("{name}-boot.json"));
+    let mut env = vec![("KUBECONFIG", kubeconfig)];
+    if let Some(p) = pod {
+        env.push(("POD_NAME", Path::new(p)));
+    }
+    procs.spawn_env(
+        dir,
+        name,
+        &[
+            "control",
+            "--kube",
+            "--mesh-name",
+            mesh,
+            "--namespace",
+            ns,
+            "--dir",
+            &ca,
+            "--listen",
+            &listen,
+            "--admin",
+            &admin_s,
+            "--peering",
+            &peering,
+            "--bootstrap-out",
+            &boot,
+            "--heartbeat",
+            "1s",
+            "--liveness",
+            "3s",
+        ],
+        &env,
+    );
+    admin
+}
