@@ -34,7 +34,7 @@ bench-failover:
 ## fuzz/corpus/<target>; a crash stops the run and is written to fuzz/artifacts/<target>/.
 ## The first build takes several minutes (the whole dependency tree with ASan).
 FUZZ_SECS ?= 60
-FUZZ_TARGETS ?= sni names documents token bundle store_record peering_message config_snapshot
+FUZZ_TARGETS ?= sni names documents token bundle store_record peering_message config_snapshot dns_query
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	$(CARGO) run --quiet --locked -p meshfed-fuzz-targets --bin fuzz-seeds -- fuzz/corpus

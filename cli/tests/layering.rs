@@ -119,6 +119,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "meshfed-crds",
             "meshfed-gateway",
             "meshfed-peering",
+            "meshfed-proxy",
             "meshfed-store",
             "meshfed-trust",
         ],

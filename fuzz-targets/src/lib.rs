@@ -27,7 +27,24 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("store_record", store_record),
     ("peering_message", peering_message),
     ("config_snapshot", config_snapshot),
+    ("dns_query", dns_query),
 ];
+
+/// The sidecar's DNS proxy on what an app sends it: an answer made here is a response to
+/// the same query id, and anything it does not answer is forwarded as it came or dropped.
+pub fn dns_query(data: &[u8]) {
+    use meshfed_proxy::dns::{Answer, DnsTable, answer};
+    let table = DnsTable::new(["orders.shop.svc.beta-imports.local", "a.b"]);
+    match answer(&table, data) {
+        Answer::Local(r) => {
+            assert!(r.len() >= 12 && data.len() >= 12, "{r:?}");
+            assert_eq!(r[..2], data[..2], "the query's id");
+            assert_eq!(r[2] & 0x80, 0x80, "a response");
+        }
+        Answer::Drop => assert!(data.len() < 12 || answer(&table, data) == Answer::Drop),
+        Answer::Forward => {}
+    }
+}
 
 /// A fixed clock, so that a crash replays the same way on any day.
 fn now() -> SystemTime {

@@ -113,6 +113,17 @@ fn token() -> String {
 }
 
 /// The seeds of `target`.
+/// A DNS query (id 0x4242, recursion desired, one A question) for `name`.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(0));
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "sni" => vec![
@@ -164,6 +175,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             );
             vec![snap, delta]
         }
+        "dns_query" => vec![
+            // A query for orders.shop.svc.beta-imports.local (A), and one for example.com (A).
+            dns_query("orders.shop.svc.beta-imports.local"),
+            dns_query("example.com"),
+        ],
         "config_snapshot" => {
             use meshfed_api::config as cfg;
             let snap = cfg::Snapshot {

@@ -64,4 +64,10 @@ fn the_seeds_are_accepted_inputs() {
     let snap = meshfed_api::config::Snapshot::decode(one("config_snapshot").as_slice()).unwrap();
     let own = "alpha-mesh.local".parse().unwrap();
     assert!(meshfed_control::client::check_snapshot(&own, snap).is_ok());
+    // The DNS seeds: one name the sidecar answers, one it forwards.
+    use meshfed_proxy::dns::{Answer, DnsTable, answer};
+    let table = DnsTable::new(["orders.shop.svc.beta-imports.local"]);
+    let dns = seeds("dns_query");
+    assert!(matches!(answer(&table, &dns[0]), Answer::Local(_)));
+    assert_eq!(answer(&table, &dns[1]), Answer::Forward);
 }
