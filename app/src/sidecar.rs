@@ -64,13 +64,20 @@ pub struct SidecarOptions {
 pub struct DnsOptions {
     pub listen: SocketAddr,
     pub upstream: Vec<SocketAddr>,
+    /// The pod's search domains (search-list forms of routed names are answered too).
+    pub search: Vec<String>,
 }
 
-/// The name servers of `/etc/resolv.conf` (the pod's resolver), for the DNS proxy's
-/// upstream; none when it cannot be read.
-pub fn resolv_conf_nameservers() -> Vec<SocketAddr> {
+/// The name servers and search domains of `/etc/resolv.conf` (the pod's resolver), for the
+/// DNS proxy; none when it cannot be read.
+pub fn resolv_conf() -> (Vec<SocketAddr>, Vec<String>) {
     std::fs::read_to_string("/etc/resolv.conf")
-        .map(|t| meshfed_proxy::dns::nameservers(&t))
+        .map(|t| {
+            (
+                meshfed_proxy::dns::nameservers(&t),
+                meshfed_proxy::dns::search_domains(&t),
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -167,7 +174,12 @@ impl Sidecar {
             // routes are answered once its first configuration is in.
             let dns = match &opts.dns {
                 Some(d) => Some(Arc::new(
-                    Dns::start(d.listen, d.upstream.clone(), DnsTable::default()).await?,
+                    Dns::start(
+                        d.listen,
+                        d.upstream.clone(),
+                        DnsTable::default().with_search(&d.search),
+                    )
+                    .await?,
                 )),
                 None => None,
             };

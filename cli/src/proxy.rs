@@ -100,13 +100,17 @@ async fn run_async(args: ProxyArgs) -> Result<ExitCode> {
             tcp: args.tcp,
         },
         drain: args.drain,
-        dns: args.dns.map(|listen| DnsOptions {
-            listen,
-            upstream: if args.dns_upstream.is_empty() {
-                meshfed_app::sidecar::resolv_conf_nameservers()
-            } else {
-                args.dns_upstream
-            },
+        dns: args.dns.map(|listen| {
+            let (servers, search) = meshfed_app::sidecar::resolv_conf();
+            DnsOptions {
+                listen,
+                upstream: if args.dns_upstream.is_empty() {
+                    servers
+                } else {
+                    args.dns_upstream
+                },
+                search,
+            }
         }),
     })
     .await?;

@@ -50,6 +50,10 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 pub struct DnsTable {
     by_name: BTreeMap<String, Ipv4Addr>,
     by_ip: BTreeMap<Ipv4Addr, String>,
+    /// The pod's search domains: a query for `<routed name>.<search domain>` (what a client
+    /// with `ndots:5` asks first) is answered too, as Istio's DNS proxy does, instead of
+    /// taking a round trip to the cluster resolver for each domain of the list.
+    search: Vec<String>,
 }
 
 /// A name as the table keys it: lower case, without the trailing dot.
@@ -99,9 +103,32 @@ impl DnsTable {
         t
     }
 
-    /// The virtual address of `name`, if the sidecar routes it.
+    /// The same table answering search-list forms for `search` (the pod's search domains).
+    #[must_use]
+    pub fn with_search<I, S>(mut self, search: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.search = search
+            .into_iter()
+            .map(|s| key(s.as_ref()))
+            .filter(|s| !s.is_empty())
+            .collect();
+        self
+    }
+
+    /// The virtual address of `name`, if the sidecar routes it — or routes what is left of
+    /// it without one of the search domains.
     pub fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
-        self.by_name.get(&key(name)).copied()
+        let name = key(name);
+        if let Some(ip) = self.by_name.get(&name) {
+            return Some(*ip);
+        }
+        self.search.iter().find_map(|domain| {
+            let rest = name.strip_suffix(domain.as_str())?.strip_suffix('.')?;
+            self.by_name.get(rest).copied()
+        })
     }
 
     /// The name a virtual address stands for.
@@ -170,6 +197,18 @@ pub fn answer(table: &DnsTable, query: &[u8]) -> Answer {
     }
     // AAAA and the rest: the name exists, with no data of that type.
     resp.to_vec().map_or(Answer::Drop, Answer::Local)
+}
+
+/// The search domains of a `resolv.conf` (its last `search` line, as the resolver reads it).
+pub fn search_domains(resolv_conf: &str) -> Vec<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == "search").then(|| words.map(str::to_owned).collect::<Vec<_>>())
+        })
+        .next_back()
+        .unwrap_or_default()
 }
 
 /// The name servers of a `resolv.conf`, on port 53.
@@ -271,12 +310,13 @@ impl Dns {
         Ok(Self { addr, table, tasks })
     }
 
-    /// Answers from `table` from now on.
-    pub fn set_table(&self, table: DnsTable) {
+    /// Answers from `table` from now on (with the search domains it started with).
+    pub fn set_table(&self, mut table: DnsTable) {
         let mut t = self
             .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.search.clone_from(&t.search);
         if **t != table {
             tracing::debug!("DNS proxy: {} name(s)", table.len());
             *t = Arc::new(table);
@@ -502,6 +542,31 @@ mod tests {
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(r[3] & 0x0f, 1, "FORMERR");
         assert_eq!(answer(&t, &[1, 2, 3]), Answer::Drop);
+    }
+
+    #[test]
+    fn search_list_forms_of_a_routed_name_are_answered_too() {
+        let conf = "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\n";
+        let t = DnsTable::new([ORDERS]).with_search(search_domains(conf));
+        let ip = t.lookup(ORDERS).unwrap();
+        let long = format!("{ORDERS}.shop.svc.cluster.local.");
+        let Answer::Local(r) = answer(&t, &query(&long, RecordType::A)) else {
+            panic!("not answered")
+        };
+        let r = Message::from_vec(&r).unwrap();
+        assert_eq!(r.answers[0].name.to_ascii(), long);
+        assert!(matches!(r.answers[0].data, RData::A(A(a)) if a == ip));
+        // Anything else under a search domain is the cluster's.
+        assert_eq!(
+            answer(&t, &query("orders.shop.svc.cluster.local.", RecordType::A)),
+            Answer::Forward
+        );
+        assert_eq!(t.lookup(&format!("x{ORDERS}.cluster.local")), None);
+        // set_table keeps the search list.
+        assert_eq!(
+            search_domains("search a.b\nsearch c.d e.f\n"),
+            ["c.d", "e.f"]
+        );
     }
 
     #[test]
